@@ -1,0 +1,114 @@
+//! CSRF protection for every state-changing HTML request, htmx included: a random
+//! token per session, sent back as the `csrf_token` form field or the `X-CSRF-Token`
+//! header (htmx sends it from `hx-headers` on `<body>`).
+
+use axum::{
+    body::{Body, to_bytes},
+    extract::Request,
+    http::{Method, StatusCode, header},
+    middleware::Next,
+    response::{IntoResponse, Response},
+};
+use base64::Engine;
+use rand::RngCore;
+use tower_sessions::Session;
+
+use crate::error::AppError;
+
+const SESSION_KEY: &str = "csrf";
+/// The form field name.
+pub const FIELD: &str = "csrf_token";
+/// The header name.
+pub const HEADER: &str = "x-csrf-token";
+/// Largest form body read while looking for the token.
+const MAX_FORM_BYTES: usize = 64 * 1024;
+
+/// The session's token, for templates (a request extension).
+#[derive(Clone, Debug)]
+pub struct CsrfToken(pub String);
+
+/// The middleware. Safe methods get a token put in place; others must present it.
+pub async fn protect(session: Session, req: Request, next: Next) -> Response {
+    match check(session, req).await {
+        Ok(req) => next.run(req).await,
+        Err(resp) => resp,
+    }
+}
+
+async fn check(session: Session, mut req: Request) -> Result<Request, Response> {
+    let token = match session.get::<String>(SESSION_KEY).await {
+        Ok(Some(t)) => t,
+        Ok(None) => {
+            let t = new_token();
+            session.insert(SESSION_KEY, &t).await.map_err(|e| AppError::from(e).into_response())?;
+            t
+        }
+        Err(e) => return Err(AppError::from(e).into_response()),
+    };
+    req.extensions_mut().insert(CsrfToken(token.clone()));
+    if matches!(*req.method(), Method::GET | Method::HEAD | Method::OPTIONS) {
+        return Ok(req);
+    }
+    if let Some(h) = req.headers().get(HEADER).and_then(|v| v.to_str().ok()) {
+        return if constant_eq(h, &token) { Ok(req) } else { Err(refusal()) };
+    }
+    let is_form = req
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|ct| ct.starts_with("application/x-www-form-urlencoded"));
+    if !is_form {
+        return Err(refusal());
+    }
+    let (parts, body) = req.into_parts();
+    let bytes = to_bytes(body, MAX_FORM_BYTES)
+        .await
+        .map_err(|_| (StatusCode::PAYLOAD_TOO_LARGE, "The form is too large.").into_response())?;
+    let sent = form_urlencoded_value(&bytes, FIELD);
+    if !sent.is_some_and(|s| constant_eq(&s, &token)) {
+        return Err(refusal());
+    }
+    Ok(Request::from_parts(parts, Body::from(bytes)))
+}
+
+fn form_urlencoded_value(body: &[u8], name: &str) -> Option<String> {
+    let pairs: Vec<(String, String)> = serde_urlencoded::from_bytes(body).ok()?;
+    pairs.into_iter().find(|(k, _)| k == name).map(|(_, v)| v)
+}
+
+fn refusal() -> Response {
+    AppError::Forbidden(
+        "This form has expired or did not come from this site (missing or wrong CSRF token). Reload the page and try again."
+            .into(),
+    )
+    .into_response()
+}
+
+fn new_token() -> String {
+    let mut raw = [0u8; 32];
+    rand::rng().fill_bytes(&mut raw);
+    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(raw)
+}
+
+fn constant_eq(a: &str, b: &str) -> bool {
+    a.len() == b.len() && a.bytes().zip(b.bytes()).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn finds_the_field_in_a_form() {
+        assert_eq!(form_urlencoded_value(b"a=1&csrf_token=xyz", FIELD).as_deref(), Some("xyz"));
+        assert_eq!(form_urlencoded_value(b"a=1", FIELD), None);
+        assert_eq!(form_urlencoded_value(b"%%%", FIELD), None);
+    }
+
+    #[test]
+    fn compares_exactly() {
+        assert!(constant_eq("abc", "abc"));
+        assert!(!constant_eq("abc", "abd"));
+        assert!(!constant_eq("abc", "abcd"));
+    }
+}

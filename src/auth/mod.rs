@@ -1,0 +1,169 @@
+//! Who is asking: sessions, passwords, API tokens, CSRF, and the role extractors.
+
+pub mod csrf;
+pub mod login;
+pub mod password;
+pub mod rate_limit;
+pub mod session_store;
+pub mod tokens;
+
+use axum::{extract::FromRequestParts, http::request::Parts};
+use sqlx::PgPool;
+use tower_sessions::Session;
+
+use crate::{
+    error::{ApiError, AppError},
+    orgs::{Org, OrgSlug, Role},
+    state::AppState,
+};
+
+/// Session keys, in one place.
+pub(crate) const SESSION_USER_ID: &str = "user_id";
+
+/// A signed-in person.
+#[derive(Clone, Debug, sqlx::FromRow)]
+pub struct User {
+    pub id: i64,
+    pub email: String,
+    pub display_name: String,
+    pub is_platform_admin: bool,
+}
+
+/// Loads a user by id.
+pub async fn load_user(pool: &PgPool, id: i64) -> sqlx::Result<Option<User>> {
+    sqlx::query_as(
+        "select u.id, u.email, u.display_name,
+                exists (select 1 from platform_admins p where p.user_id = u.id) as is_platform_admin
+         from users u where u.id = $1",
+    )
+    .bind(id)
+    .fetch_optional(pool)
+    .await
+}
+
+async fn session_user(parts: &mut Parts, state: &AppState) -> Result<Option<User>, AppError> {
+    let session = Session::from_request_parts(parts, state)
+        .await
+        .map_err(|(_, msg)| AppError::Internal(anyhow::anyhow!("session layer missing: {msg}")))?;
+    let Some(id) = session.get::<i64>(SESSION_USER_ID).await? else { return Ok(None) };
+    Ok(load_user(&state.pool, id).await?)
+}
+
+/// The signed-in user of an HTML request; anonymous requests are sent to sign in.
+#[derive(Clone, Debug)]
+pub struct CurrentUser(pub User);
+
+impl FromRequestParts<AppState> for CurrentUser {
+    type Rejection = AppError;
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, AppError> {
+        session_user(parts, state).await?.map(CurrentUser).ok_or(AppError::Unauthorized)
+    }
+}
+
+/// The signed-in user, if any.
+#[derive(Clone, Debug)]
+pub struct MaybeUser(pub Option<User>);
+
+impl FromRequestParts<AppState> for MaybeUser {
+    type Rejection = AppError;
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, AppError> {
+        Ok(MaybeUser(session_user(parts, state).await?))
+    }
+}
+
+/// A platform admin (HTML); others get 403.
+#[derive(Clone, Debug)]
+pub struct PlatformAdmin(pub User);
+
+impl FromRequestParts<AppState> for PlatformAdmin {
+    type Rejection = AppError;
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, AppError> {
+        let CurrentUser(user) = CurrentUser::from_request_parts(parts, state).await?;
+        if !user.is_platform_admin {
+            return Err(AppError::Forbidden("Only platform admins can open this page.".into()));
+        }
+        Ok(PlatformAdmin(user))
+    }
+}
+
+/// The user behind an `Authorization: Bearer` token (JSON API only; the API never
+/// accepts the session cookie, so it needs no CSRF token).
+#[derive(Clone, Debug)]
+pub struct ApiUser(pub User);
+
+impl FromRequestParts<AppState> for ApiUser {
+    type Rejection = ApiError;
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
+        let header = parts.headers.get(http::header::AUTHORIZATION).and_then(|v| v.to_str().ok());
+        let Some(token) = header.and_then(|h| h.strip_prefix("Bearer ")).map(str::trim) else {
+            return Err(ApiError(AppError::Unauthorized));
+        };
+        let Some(user_id) = tokens::authenticate(&state.pool, token).await? else {
+            return Err(ApiError(AppError::Unauthorized));
+        };
+        let user = load_user(&state.pool, user_id).await?.ok_or(AppError::Unauthorized)?;
+        Ok(ApiUser(user))
+    }
+}
+
+/// A user acting within one org, with their role there.
+#[derive(Clone, Debug)]
+pub struct OrgCtx {
+    pub org: Org,
+    pub user: User,
+    pub role: Role,
+}
+
+impl OrgCtx {
+    /// Resolves `{org}` of the path for `user`. Unknown orgs and orgs the user does not
+    /// belong to look the same (404), so org slugs cannot be probed.
+    pub async fn resolve(pool: &PgPool, user: User, raw_slug: &str) -> Result<Self, AppError> {
+        let slug = OrgSlug::parse(raw_slug).ok_or(AppError::NotFound)?;
+        let row: Option<(Org, String)> = crate::orgs::find_with_role(pool, &slug, user.id).await?;
+        let (org, role) = row.ok_or(AppError::NotFound)?;
+        let role = Role::parse(&role).ok_or(AppError::NotFound)?;
+        Ok(Self { org, user, role })
+    }
+
+    /// Refuses (403) unless the user is an admin of this org.
+    pub fn require_admin(self) -> Result<Self, AppError> {
+        if self.role != Role::Admin {
+            return Err(AppError::Forbidden("Only admins of this organization can do this.".into()));
+        }
+        Ok(self)
+    }
+}
+
+fn org_param(parts: &Parts) -> Option<String> {
+    let raw = parts.extensions.get::<axum::extract::OriginalUri>().map(|u| u.0.path().to_string());
+    let path = raw.unwrap_or_else(|| parts.uri.path().to_string());
+    let mut segs = path.split('/').skip_while(|s| *s != "orgs");
+    segs.next()?;
+    segs.next().map(str::to_string)
+}
+
+/// An org admin of the org in the path (HTML): 404 when not a member, 403 when a member.
+#[derive(Clone, Debug)]
+pub struct OrgAdmin(pub OrgCtx);
+
+impl FromRequestParts<AppState> for OrgAdmin {
+    type Rejection = AppError;
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, AppError> {
+        let CurrentUser(user) = CurrentUser::from_request_parts(parts, state).await?;
+        let slug = org_param(parts).ok_or(AppError::NotFound)?;
+        Ok(OrgAdmin(OrgCtx::resolve(&state.pool, user, &slug).await?.require_admin()?))
+    }
+}
+
+/// An org admin of the org in the path (JSON API, bearer token).
+#[derive(Clone, Debug)]
+pub struct ApiOrgAdmin(pub OrgCtx);
+
+impl FromRequestParts<AppState> for ApiOrgAdmin {
+    type Rejection = ApiError;
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
+        let ApiUser(user) = ApiUser::from_request_parts(parts, state).await?;
+        let slug = org_param(parts).ok_or(AppError::NotFound)?;
+        Ok(ApiOrgAdmin(OrgCtx::resolve(&state.pool, user, &slug).await?.require_admin()?))
+    }
+}

@@ -1,0 +1,199 @@
+//! The command line: `data-export [serve|worker|migrate|seed|export|verify-storage|token]`.
+
+use std::{io::Write, path::PathBuf, time::Duration};
+
+use anyhow::{Context, bail};
+use clap::{Parser, Subcommand};
+use tokio::sync::watch;
+
+use crate::{
+    config::Config,
+    exports::{pipeline::Snapshot, runs, sink::Sink},
+    orgs::OrgSlug,
+    platform, seed,
+    startup::{self, Services},
+};
+
+#[derive(Parser, Debug)]
+#[command(name = "data-export", version, about = "Org snapshot exports for a membership platform")]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Option<Command>,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum Command {
+    /// Web UI, JSON API, workers and scheduler in one process (the default).
+    Serve,
+    /// Workers only (run as many as you like).
+    Worker,
+    /// Run migrations and exit.
+    Migrate,
+    /// Demo data: orgs acme and globex with every module on and every section filled.
+    Seed {
+        /// Members per org; every section scales with it.
+        #[arg(long, default_value_t = seed::DEFAULT_MEMBERS)]
+        members: u32,
+    },
+    /// One snapshot, synchronously, through the same pipeline; prints a JSON summary.
+    Export {
+        /// The org's slug.
+        #[arg(long)]
+        org: String,
+        /// Write the .json.gz here instead of the org's bucket (records no run).
+        #[arg(long)]
+        out: Option<PathBuf>,
+    },
+    /// Write, read back and delete a probe object; mark the backup configuration verified.
+    VerifyStorage,
+    /// Personal API tokens.
+    Token {
+        #[command(subcommand)]
+        command: TokenCommand,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+pub enum TokenCommand {
+    /// Print a new token for the user with this email (shown once).
+    Create {
+        #[arg(long)]
+        email: String,
+        #[arg(long, default_value = "cli")]
+        name: String,
+    },
+}
+
+/// Runs a parsed command line.
+pub async fn run(cli: Cli, config: Config) -> anyhow::Result<()> {
+    match cli.command.unwrap_or(Command::Serve) {
+        Command::Serve => startup::serve(config, true).await,
+        Command::Worker => startup::serve(config, false).await,
+        Command::Migrate => {
+            let services = Services::start(config).await?;
+            println!("migrations applied");
+            services.shutdown().await;
+            Ok(())
+        }
+        Command::Seed { members } => {
+            if !(1..=seed::MAX_MEMBERS).contains(&members) {
+                bail!("--members must be from 1 to {} (got {members})", seed::MAX_MEMBERS);
+            }
+            let services = Services::start(config).await?;
+            let state = services.state.clone();
+            let (password, generated) = match &state.config.demo_password {
+                Some(p) => (p.clone(), false),
+                None => (startup::random_password(), true),
+            };
+            let result = seed::run(&state.pool, &state.storage, members, &password).await;
+            services.shutdown().await;
+            let report = result?;
+            println!(
+                "{}",
+                serde_json::json!({ "members_per_org": members, "rows": report.rows, "seconds": (report.seconds * 1000.0).round() / 1000.0,
+                    "rows_per_second": (report.rows as f64 / report.seconds.max(1e-9)).round() })
+            );
+            if generated {
+                eprintln!("demo accounts' password (DEMO_PASSWORD was unset): {password}");
+            }
+            Ok(())
+        }
+        Command::Export { org, out } => export(config, &org, out).await,
+        Command::VerifyStorage => {
+            let services = Services::start(config).await?;
+            let outcome = platform::backup::verify(&services.state, None).await;
+            let endpoint = services.state.storage.identity().to_string();
+            services.shutdown().await;
+            match outcome? {
+                Ok(()) => {
+                    println!("storage verified: {endpoint}");
+                    Ok(())
+                }
+                Err(e) => bail!("storage verification failed: {e}"),
+            }
+        }
+        Command::Token { command: TokenCommand::Create { email, name } } => {
+            if name.trim().is_empty() || name.len() > 100 {
+                bail!("--name must be 1 to 100 characters");
+            }
+            let services = Services::start(config).await?;
+            let created = crate::auth::tokens::create(&services.state.pool, &email, name.trim()).await;
+            services.shutdown().await;
+            match created? {
+                Some(t) => {
+                    println!("{}", t.token);
+                    eprintln!("token {} created for {email}; it is shown only this once", t.id);
+                    Ok(())
+                }
+                None => bail!("no user with email {email:?}"),
+            }
+        }
+    }
+}
+
+async fn export(config: Config, org: &str, out: Option<PathBuf>) -> anyhow::Result<()> {
+    let slug = OrgSlug::parse(org).with_context(|| format!("{org:?} is not a valid org slug"))?;
+    if let Some(path) = &out {
+        let parent = path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(std::path::Path::new("."));
+        if !parent.is_dir() {
+            bail!("cannot write {}: the directory {} does not exist", path.display(), parent.display());
+        }
+    }
+    let services = Services::start(config).await?;
+    let result = export_with(&services, &slug, out).await;
+    services.shutdown().await;
+    let summary = result?;
+    let mut stdout = std::io::stdout();
+    writeln!(stdout, "{summary}")?;
+    Ok(())
+}
+
+async fn export_with(services: &Services, slug: &OrgSlug, out: Option<PathBuf>) -> anyhow::Result<serde_json::Value> {
+    let state = &services.state;
+    let org: Option<crate::orgs::Org> = sqlx::query_as("select id, slug, name, bucket from organizations where slug = $1")
+        .bind(slug.as_str())
+        .fetch_optional(&state.pool)
+        .await?;
+    let org = org.with_context(|| format!("no organization with slug {:?}", slug.as_str()))?;
+    match out {
+        Some(path) => {
+            // Straight through the pipeline to a file: no run, no bucket.
+            let id = ulid::Ulid::generate().to_string();
+            let snapshot = Snapshot::open(&state.pool, org.id).await?;
+            let (progress, _rx) = watch::channel(0);
+            let outcome = snapshot.write(&id, Sink::File(path.clone()), &progress).await?;
+            Ok(serde_json::json!({
+                "id": id, "org": org.slug, "file": path, "rows": outcome.rows, "bytes": outcome.size_bytes,
+                "sha256": outcome.sha256, "seconds": (outcome.seconds * 1000.0).round() / 1000.0,
+            }))
+        }
+        None => {
+            // A recorded run through the job queue, run by this process's workers.
+            if !platform::backup::is_ready(state).await? {
+                bail!("the backup configuration is not active and verified: run `data-export verify-storage` first, or use --out FILE");
+            }
+            let run = runs::create_manual_unattributed(&state.pool, org.id, state.config.export_max_attempts)
+                .await
+                .map_err(|e| anyhow::anyhow!("{}", e.public_message()))?;
+            let stop = tokio_util::sync::CancellationToken::new();
+            let workers = tokio::spawn(crate::jobs::run(state.clone(), stop.clone()));
+            let started = std::time::Instant::now();
+            let done = loop {
+                tokio::time::sleep(Duration::from_millis(200)).await;
+                let r = runs::get_any(&state.pool, &run.id).await?.context("the run disappeared")?;
+                if !r.is_active() {
+                    break r;
+                }
+            };
+            stop.cancel();
+            let _ = workers.await;
+            if done.status != "completed" {
+                bail!("export {} {}: {}", done.id, done.status, done.error.unwrap_or_default());
+            }
+            Ok(serde_json::json!({
+                "id": done.id, "org": org.slug, "bucket": org.bucket, "key": done.object_key, "rows": done.rows_written,
+                "bytes": done.size_bytes, "sha256": done.sha256, "seconds": (started.elapsed().as_secs_f64() * 1000.0).round() / 1000.0,
+            }))
+        }
+    }
+}

@@ -1,0 +1,219 @@
+//! Configuration from the environment (12-factor), each setting with a zero-config default.
+
+use std::{net::SocketAddr, path::PathBuf};
+
+use anyhow::{Context, bail};
+
+/// Where the storage endpoint comes from.
+#[derive(Clone, Debug)]
+pub enum StorageSource {
+    /// Start the embedded S3-compatible endpoint on loopback, data under `DATA_DIR/storage`.
+    Embedded,
+    /// An external S3-compatible endpoint from the `S3_*` variables.
+    External(S3Settings),
+}
+
+/// Settings for an S3-compatible endpoint.
+#[derive(Clone)]
+pub struct S3Settings {
+    /// The endpoint the server talks to, e.g. `https://s3.eu-west-1.amazonaws.com`.
+    pub endpoint: String,
+    pub region: String,
+    pub access_key_id: String,
+    pub secret_access_key: String,
+    pub force_path_style: bool,
+    /// The endpoint presigned URLs are made for (what a browser can reach); defaults to `endpoint`.
+    pub public_endpoint: Option<String>,
+}
+
+impl std::fmt::Debug for S3Settings {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // Never print the secret.
+        f.debug_struct("S3Settings")
+            .field("endpoint", &self.endpoint)
+            .field("region", &self.region)
+            .field("access_key_id", &self.access_key_id)
+            .field("force_path_style", &self.force_path_style)
+            .field("public_endpoint", &self.public_endpoint)
+            .finish_non_exhaustive()
+    }
+}
+
+/// The whole process configuration.
+#[derive(Clone, Debug)]
+pub struct Config {
+    /// `DATABASE_URL`; `None` means the private cluster under `DATA_DIR/postgres`.
+    pub database_url: Option<String>,
+    pub storage: StorageSource,
+    /// `BIND`, default `127.0.0.1:3000`.
+    pub bind: SocketAddr,
+    /// `BOARD_BIND`, default `127.0.0.1:3001`.
+    pub board_bind: SocketAddr,
+    /// `DATA_DIR`, default `.data`.
+    pub data_dir: PathBuf,
+    /// `PUBLIC_URL`: how users reach the web UI; cookies are `Secure` when it is https.
+    pub public_url: String,
+    /// `DEMO_PASSWORD`: the demo accounts' password; random when unset.
+    pub demo_password: Option<String>,
+    /// `WORKER_CONCURRENCY`: export jobs run at once per process (default 2).
+    pub worker_concurrency: usize,
+    /// `HEARTBEAT_SECS` (default 30) and `MISSED_HEARTBEATS` (default 10): a job whose
+    /// worker stopped beating for their product is re-enqueued.
+    pub heartbeat_secs: u64,
+    pub missed_heartbeats: u32,
+    /// `EXPORT_MAX_ATTEMPTS` (default 3).
+    pub export_max_attempts: u32,
+    /// `PRIVACY_BUCKET` (default `data-export-privacy`).
+    pub privacy_bucket: String,
+}
+
+impl Config {
+    /// Reads the environment. Errors name the variable and the fix.
+    pub fn from_env() -> anyhow::Result<Self> {
+        Self::from_lookup(|k| std::env::var(k).ok())
+    }
+
+    /// Reads settings through `get`, so tests can pass a map.
+    pub fn from_lookup(get: impl Fn(&str) -> Option<String>) -> anyhow::Result<Self> {
+        let non_empty = |k: &str| get(k).filter(|v| !v.trim().is_empty());
+        let database_url = non_empty("DATABASE_URL");
+        if let Some(url) = &database_url
+            && !(url.starts_with("postgres://") || url.starts_with("postgresql://"))
+        {
+            bail!("DATABASE_URL must start with postgres:// or postgresql:// (got {:?})", redact_url(url));
+        }
+        let storage = match non_empty("S3_ENDPOINT") {
+            None => StorageSource::Embedded,
+            Some(endpoint) => {
+                if !(endpoint.starts_with("http://") || endpoint.starts_with("https://")) {
+                    bail!("S3_ENDPOINT must be an http:// or https:// URL (got {endpoint:?})");
+                }
+                let need = |k: &str| {
+                    non_empty(k).with_context(|| format!("{k} must be set when S3_ENDPOINT is set"))
+                };
+                StorageSource::External(S3Settings {
+                    endpoint,
+                    region: non_empty("S3_REGION").unwrap_or_else(|| "us-east-1".into()),
+                    access_key_id: need("S3_ACCESS_KEY_ID")?,
+                    secret_access_key: need("S3_SECRET_ACCESS_KEY")?,
+                    force_path_style: parse_bool("S3_FORCE_PATH_STYLE", non_empty("S3_FORCE_PATH_STYLE"), false)?,
+                    public_endpoint: non_empty("S3_PUBLIC_ENDPOINT"),
+                })
+            }
+        };
+        let bind = parse_addr("BIND", non_empty("BIND"), "127.0.0.1:3000")?;
+        let board_bind = parse_addr("BOARD_BIND", non_empty("BOARD_BIND"), "127.0.0.1:3001")?;
+        let data_dir = PathBuf::from(non_empty("DATA_DIR").unwrap_or_else(|| ".data".into()));
+        let public_url = non_empty("PUBLIC_URL").unwrap_or_else(|| format!("http://{bind}"));
+        if !(public_url.starts_with("http://") || public_url.starts_with("https://")) {
+            bail!("PUBLIC_URL must be an http:// or https:// URL (got {public_url:?})");
+        }
+        Ok(Self {
+            database_url,
+            storage,
+            bind,
+            board_bind,
+            data_dir,
+            public_url: public_url.trim_end_matches('/').to_string(),
+            demo_password: non_empty("DEMO_PASSWORD"),
+            worker_concurrency: parse_num("WORKER_CONCURRENCY", non_empty("WORKER_CONCURRENCY"), 2, 1..=64)?,
+            heartbeat_secs: parse_num("HEARTBEAT_SECS", non_empty("HEARTBEAT_SECS"), 30, 1..=3600)?,
+            missed_heartbeats: parse_num("MISSED_HEARTBEATS", non_empty("MISSED_HEARTBEATS"), 10, 1..=1000)?,
+            export_max_attempts: parse_num("EXPORT_MAX_ATTEMPTS", non_empty("EXPORT_MAX_ATTEMPTS"), 3, 1..=25)?,
+            privacy_bucket: non_empty("PRIVACY_BUCKET").unwrap_or_else(|| "data-export-privacy".into()),
+        })
+    }
+
+    /// Whether session cookies carry `Secure`.
+    pub fn cookies_secure(&self) -> bool {
+        self.public_url.starts_with("https://")
+    }
+}
+
+fn parse_bool(name: &str, v: Option<String>, default: bool) -> anyhow::Result<bool> {
+    match v.as_deref().map(str::to_ascii_lowercase).as_deref() {
+        None => Ok(default),
+        Some("1" | "true" | "yes" | "on") => Ok(true),
+        Some("0" | "false" | "no" | "off") => Ok(false),
+        Some(other) => bail!("{name} must be true or false (got {other:?})"),
+    }
+}
+
+fn parse_addr(name: &str, v: Option<String>, default: &str) -> anyhow::Result<SocketAddr> {
+    let v = v.unwrap_or_else(|| default.into());
+    v.parse()
+        .with_context(|| format!("{name} must be an address like 127.0.0.1:3000 (got {v:?})"))
+}
+
+fn parse_num<T>(name: &str, v: Option<String>, default: T, range: std::ops::RangeInclusive<T>) -> anyhow::Result<T>
+where
+    T: std::str::FromStr + PartialOrd + std::fmt::Display + Copy,
+{
+    let Some(v) = v else { return Ok(default) };
+    match v.trim().parse::<T>() {
+        Ok(n) if range.contains(&n) => Ok(n),
+        _ => bail!("{name} must be a whole number from {} to {} (got {v:?})", range.start(), range.end()),
+    }
+}
+
+/// A database URL with any password replaced, for messages and logs.
+pub fn redact_url(url: &str) -> String {
+    match (url.find("://"), url.rfind('@')) {
+        (Some(scheme), Some(at)) if at > scheme => {
+            let creds = &url[scheme + 3..at];
+            match creds.find(':') {
+                Some(colon) => format!("{}{}:***{}", &url[..scheme + 3], &creds[..colon], &url[at..]),
+                None => url.to_string(),
+            }
+        }
+        _ => url.to_string(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::HashMap;
+
+    fn cfg(pairs: &[(&str, &str)]) -> anyhow::Result<Config> {
+        let map: HashMap<String, String> = pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+        Config::from_lookup(|k| map.get(k).cloned())
+    }
+
+    #[test]
+    fn defaults_are_zero_config() {
+        let c = cfg(&[]).unwrap();
+        assert!(c.database_url.is_none());
+        assert!(matches!(c.storage, StorageSource::Embedded));
+        assert_eq!(c.bind.to_string(), "127.0.0.1:3000");
+        assert_eq!(c.board_bind.to_string(), "127.0.0.1:3001");
+        assert_eq!(c.data_dir, PathBuf::from(".data"));
+        assert!(!c.cookies_secure());
+    }
+
+    #[test]
+    fn bad_values_name_the_variable() {
+        for (pairs, needle) in [
+            (vec![("DATABASE_URL", "mysql://x")], "DATABASE_URL"),
+            (vec![("BIND", "nope")], "BIND"),
+            (vec![("S3_ENDPOINT", "ftp://x")], "S3_ENDPOINT"),
+            (vec![("S3_ENDPOINT", "http://x")], "S3_ACCESS_KEY_ID"),
+            (vec![("WORKER_CONCURRENCY", "0")], "WORKER_CONCURRENCY"),
+            (vec![("HEARTBEAT_SECS", "-4")], "HEARTBEAT_SECS"),
+        ] {
+            let err = cfg(&pairs).unwrap_err().to_string();
+            assert!(err.contains(needle), "{err} should name {needle}");
+        }
+    }
+
+    #[test]
+    fn redacts_passwords() {
+        assert_eq!(redact_url("postgres://u:secret@h/db"), "postgres://u:***@h/db");
+        assert_eq!(redact_url("postgres://h/db"), "postgres://h/db");
+    }
+
+    #[test]
+    fn https_public_url_makes_cookies_secure() {
+        assert!(cfg(&[("PUBLIC_URL", "https://x.example/")]).unwrap().cookies_secure());
+    }
+}

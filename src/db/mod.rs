@@ -1,0 +1,40 @@
+//! Database access: the connection pool, migrations, and the private zero-config cluster.
+
+pub mod cluster;
+
+use std::time::Duration;
+
+use anyhow::Context;
+use sqlx::{
+    PgPool,
+    postgres::{PgConnectOptions, PgPoolOptions},
+};
+
+pub use cluster::PrivateCluster;
+
+/// Embedded migrations from `migrations/`.
+pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
+
+/// Opens a pool. Errors are one line naming the fix.
+pub async fn connect(options: PgConnectOptions, max_connections: u32) -> anyhow::Result<PgPool> {
+    PgPoolOptions::new()
+        .max_connections(max_connections)
+        .acquire_timeout(Duration::from_secs(10))
+        .connect_with(options)
+        .await
+        .context("cannot connect to PostgreSQL: check DATABASE_URL (or unset it to use the private cluster) and that the server is running")
+}
+
+/// Parses a `DATABASE_URL`.
+pub fn parse_url(url: &str) -> anyhow::Result<PgConnectOptions> {
+    url.parse::<PgConnectOptions>().with_context(|| {
+        format!("DATABASE_URL is not a valid PostgreSQL URL: {}", crate::config::redact_url(url))
+    })
+}
+
+/// Runs our migrations and apalis' own (schema `apalis`).
+pub async fn migrate(pool: &PgPool) -> anyhow::Result<()> {
+    MIGRATOR.run(pool).await.context("running migrations")?;
+    crate::jobs::setup(pool).await.context("setting up the job queue tables")?;
+    Ok(())
+}

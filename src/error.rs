@@ -1,0 +1,152 @@
+//! The application error: details are logged; the user gets a clear message and the
+//! right status, as an HTML page ([`AppError`]) or JSON ([`ApiError`]).
+
+use axum::{
+    Json,
+    http::StatusCode,
+    response::{IntoResponse, Response},
+};
+use maud::html;
+
+/// Anything a request can fail with.
+#[derive(Debug, thiserror::Error)]
+pub enum AppError {
+    #[error("not found")]
+    NotFound,
+    #[error("sign in required")]
+    Unauthorized,
+    #[error("{0}")]
+    Forbidden(String),
+    #[error("{0}")]
+    BadRequest(String),
+    #[error("an export is already pending or running for this organization")]
+    Conflict { active_export_id: String },
+    #[error("{0}")]
+    RateLimited(String),
+    #[error("the backup configuration is not active and verified; a platform admin must verify it first")]
+    BackupNotVerified,
+    #[error(transparent)]
+    Internal(#[from] anyhow::Error),
+}
+
+/// Shorthand for handlers.
+pub type AppResult<T> = Result<T, AppError>;
+
+impl From<sqlx::Error> for AppError {
+    fn from(e: sqlx::Error) -> Self {
+        Self::Internal(e.into())
+    }
+}
+
+impl From<tower_sessions::session::Error> for AppError {
+    fn from(e: tower_sessions::session::Error) -> Self {
+        Self::Internal(anyhow::anyhow!("session: {e}"))
+    }
+}
+
+impl AppError {
+    /// The HTTP status.
+    pub fn status(&self) -> StatusCode {
+        match self {
+            Self::NotFound => StatusCode::NOT_FOUND,
+            Self::Unauthorized => StatusCode::UNAUTHORIZED,
+            Self::Forbidden(_) => StatusCode::FORBIDDEN,
+            Self::BadRequest(_) => StatusCode::BAD_REQUEST,
+            Self::Conflict { .. } => StatusCode::CONFLICT,
+            Self::RateLimited(_) => StatusCode::TOO_MANY_REQUESTS,
+            Self::BackupNotVerified => StatusCode::SERVICE_UNAVAILABLE,
+            Self::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
+        }
+    }
+
+    /// The stable machine-readable code of the JSON API.
+    pub fn code(&self) -> &'static str {
+        match self {
+            Self::NotFound => "not_found",
+            Self::Unauthorized => "unauthorized",
+            Self::Forbidden(_) => "forbidden",
+            Self::BadRequest(_) => "bad_request",
+            Self::Conflict { .. } => "conflict",
+            Self::RateLimited(_) => "rate_limited",
+            Self::BackupNotVerified => "backup_not_verified",
+            Self::Internal(_) => "internal",
+        }
+    }
+
+    /// The message shown to people; internal details stay in the log.
+    pub fn public_message(&self) -> String {
+        match self {
+            Self::Internal(_) => "Something went wrong on our side. It has been logged; please try again.".into(),
+            other => {
+                let msg = other.to_string();
+                let mut chars = msg.chars();
+                match chars.next() {
+                    Some(first) => first.to_uppercase().chain(chars).collect(),
+                    None => msg,
+                }
+            }
+        }
+    }
+
+    fn log(&self) {
+        if let Self::Internal(e) = self {
+            tracing::error!(error = format!("{e:#}"), "request failed");
+        }
+    }
+}
+
+impl IntoResponse for AppError {
+    fn into_response(self) -> Response {
+        self.log();
+        if matches!(self, Self::Unauthorized) {
+            // HTML pages send anonymous visitors to sign in.
+            return axum::response::Redirect::to(crate::routes::LOGIN).into_response();
+        }
+        let status = self.status();
+        let body = html! {
+            (maud::DOCTYPE)
+            html lang="en" {
+                head {
+                    meta charset="utf-8";
+                    title { (status.as_u16()) " · Data Export" }
+                    link rel="stylesheet" href=(crate::routes::ASSET_CSS);
+                }
+                body.bg-slate-50.text-slate-900 {
+                    main.max-w-xl.mx-auto.p-8 {
+                        div.card role="alert" {
+                            h1.text-xl.font-semibold.mb-2 { (status.canonical_reason().unwrap_or("Error")) }
+                            p.mb-4 { (self.public_message()) }
+                            a.btn.btn-secondary href="/" { "Back to the start page" }
+                        }
+                    }
+                }
+            }
+        };
+        (status, body).into_response()
+    }
+}
+
+/// The JSON API's error: `{"error": code, "message": text}` (plus `active_export_id` on 409).
+#[derive(Debug)]
+pub struct ApiError(pub AppError);
+
+impl<E: Into<AppError>> From<E> for ApiError {
+    fn from(e: E) -> Self {
+        Self(e.into())
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let e = self.0;
+        e.log();
+        let mut body = serde_json::json!({ "error": e.code(), "message": e.public_message() });
+        if let AppError::Conflict { active_export_id } = &e {
+            body["active_export_id"] = serde_json::Value::String(active_export_id.clone());
+        }
+        (e.status(), Json(body)).into_response()
+    }
+}
+
+/// Shorthand for API handlers.
+pub type ApiResult<T> = Result<T, ApiError>;

@@ -1,0 +1,51 @@
+//! The JSON API under `/api/v1` (bearer tokens; the same rules as the UI).
+
+use axum::{
+    Json,
+    extract::{Path, State},
+    http::StatusCode,
+    response::{IntoResponse, Response},
+};
+
+use super::runs;
+use crate::{
+    auth::ApiOrgAdmin,
+    error::{ApiResult, AppError},
+    state::AppState,
+};
+
+/// POST /api/v1/orgs/{org}/exports -> 202 `{"id","status"}`.
+pub async fn create(ApiOrgAdmin(org): ApiOrgAdmin, State(state): State<AppState>) -> ApiResult<Response> {
+    super::require_module(&state, &org).await?;
+    let run = super::trigger(&state, &org).await?;
+    // A worker may already have picked it up; the answer reports the state it was created in.
+    Ok((StatusCode::ACCEPTED, Json(serde_json::json!({ "id": run.id, "status": "pending" }))).into_response())
+}
+
+/// GET /api/v1/orgs/{org}/exports -> the runs, newest first.
+pub async fn list(ApiOrgAdmin(org): ApiOrgAdmin, State(state): State<AppState>) -> ApiResult<Json<serde_json::Value>> {
+    super::require_module(&state, &org).await?;
+    let runs = runs::list(&state.pool, org.org.id, 500).await?;
+    Ok(Json(serde_json::Value::Array(runs.iter().map(runs::Run::api_json).collect())))
+}
+
+/// GET /api/v1/orgs/{org}/exports/{id}
+pub async fn get(ApiOrgAdmin(org): ApiOrgAdmin, State(state): State<AppState>, Path((_, id)): Path<(String, String)>) -> ApiResult<Json<serde_json::Value>> {
+    super::require_module(&state, &org).await?;
+    let run = runs::get(&state.pool, org.org.id, &id).await?.ok_or(AppError::NotFound)?;
+    Ok(Json(run.api_json()))
+}
+
+/// GET /api/v1/orgs/{org}/exports/{id}/download -> 303 to a presigned URL.
+pub async fn download(ApiOrgAdmin(org): ApiOrgAdmin, State(state): State<AppState>, Path((_, id)): Path<(String, String)>) -> ApiResult<Response> {
+    super::require_module(&state, &org).await?;
+    let url = super::download_url(&state, &org, &id, "api").await?;
+    Ok(super::web::see_other(&url))
+}
+
+/// DELETE /api/v1/orgs/{org}/exports/{id} -> 204.
+pub async fn delete(ApiOrgAdmin(org): ApiOrgAdmin, State(state): State<AppState>, Path((_, id)): Path<(String, String)>) -> ApiResult<StatusCode> {
+    super::require_module(&state, &org).await?;
+    super::delete(&state, &org, &id).await?;
+    Ok(StatusCode::NO_CONTENT)
+}

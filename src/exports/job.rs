@@ -1,0 +1,137 @@
+//! The snapshot job: an apalis-postgres worker on the `exports` queue.
+
+use std::time::Duration;
+
+use anyhow::Context;
+use apalis::prelude::*;
+use apalis_postgres::{Config, PgTask, PostgresStorage, Pubsub};
+use serde::{Deserialize, Serialize};
+use tokio::sync::watch;
+use ulid::Ulid;
+
+use super::{
+    pipeline::Snapshot,
+    runs,
+    sink::Sink,
+};
+use crate::state::AppState;
+
+/// The queue name (the job rows' `job_type`).
+pub const QUEUE: &str = "exports";
+
+/// The job's arguments: which run to carry out.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct ExportJob {
+    pub run_id: String,
+}
+
+/// The queue's configuration: heartbeat settings from the process config.
+pub fn config(heartbeat_secs: u64, missed_heartbeats: u32) -> Config {
+    Config::default()
+        .queue(QUEUE)
+        .batch_size(2)
+        .heartbeat_interval(Duration::from_secs(heartbeat_secs))
+        .missed_heartbeats(missed_heartbeats as usize)
+}
+
+/// Adds the job for a run inside the caller's transaction, with the run's id.
+pub async fn enqueue(
+    tx: &mut sqlx::Transaction<'_, sqlx::Postgres>,
+    id: Ulid,
+    job: &ExportJob,
+    max_attempts: u32,
+) -> anyhow::Result<()> {
+    let payload = serde_json::to_vec(job)?;
+    let task: PgTask = TaskBuilder::new(payload).task_id(TaskId::from_ulid(id)).max_attempts(max_attempts as usize).build();
+    apalis_postgres::queries::push_tasks(&mut **tx, QUEUE, vec![task]).await.context("enqueueing the export job")?;
+    Ok(())
+}
+
+/// The worker's backend: LISTEN/NOTIFY for new jobs, with polling as the fallback
+/// (a NOTIFY can be missed, and jobs scheduled for later need the poll).
+pub type Storage = PollWith<PollWith<PostgresStorage<ExportJob>, StreamStrategy<Pubsub>>, IntervalStrategy>;
+
+/// A storage handle for the worker.
+pub fn storage(state: &AppState) -> Storage {
+    PostgresStorage::<ExportJob>::new(&state.pool)
+        .with_config(config(state.config.heartbeat_secs, state.config.missed_heartbeats))
+        .with_pubsub()
+        .poll_with_interval(Duration::from_secs(2))
+}
+
+/// The handler. Errors are recorded on the run; the job itself is then finished
+/// (aborted) rather than retried, except when the run could not even be updated.
+pub async fn run(job: ExportJob, state: Data<AppState>, attempt: Attempt) -> Result<(), BoxDynError> {
+    let attempt = attempt.current() as i32;
+    let max = state.config.export_max_attempts as i32;
+    if attempt > max {
+        // Re-enqueued after worker crashes more often than allowed.
+        runs::fail(&state.pool, &job.run_id, &format!("gave up after {max} attempts: the worker stopped mid-export each time"))
+            .await?;
+        return Err(AbortError::new("too many attempts").into());
+    }
+    let Some(run) = runs::start(&state.pool, &job.run_id, attempt).await? else {
+        tracing::info!(run_id = job.run_id, "run is no longer pending; nothing to do");
+        return Ok(());
+    };
+    let span = tracing::info_span!("export", export_id = %run.id, org_id = run.org_id, attempt);
+    match tracing::Instrument::instrument(execute(&state, &run), span).await {
+        Ok(()) => Ok(()),
+        Err(e) => {
+            let reason = format!("{e:#}");
+            tracing::warn!(export_id = %run.id, reason, "export failed");
+            runs::fail(&state.pool, &run.id, &reason).await?;
+            Err(AbortError::new(reason).into())
+        }
+    }
+}
+
+async fn execute(state: &AppState, run: &runs::Run) -> anyhow::Result<()> {
+    let org: crate::orgs::Org = sqlx::query_as("select id, slug, name, bucket from organizations where id = $1")
+        .bind(run.org_id)
+        .fetch_one(&state.pool)
+        .await?;
+    let snapshot = Snapshot::open(&state.pool, org.id).await?;
+    runs::set_counts(&state.pool, &run.id, &snapshot.counts_json(), snapshot.rows_total(), snapshot.snapshot_at).await?;
+    let key = runs::object_key(&run.id, run.created_at);
+    let sink = Sink::S3 {
+        client: state.storage.client().clone(),
+        bucket: org.bucket.clone(),
+        key: key.clone(),
+        export_id: run.id.clone(),
+    };
+    let (progress, watcher) = watch::channel(0i64);
+    let saver = tokio::spawn(save_progress(state.clone(), run.id.clone(), watcher));
+    let outcome = snapshot.write(&run.id, sink, &progress).await;
+    drop(progress);
+    let _ = saver.await;
+    let outcome = outcome?;
+    let completed =
+        runs::complete(&state.pool, &run.id, &key, outcome.size_bytes as i64, &outcome.sha256, outcome.rows).await?;
+    if !completed {
+        // The run was changed under us (e.g. deleted); do not leave its object behind.
+        state.storage.delete(&org.bucket, &key).await?;
+        anyhow::bail!("the run changed while it was being exported");
+    }
+    tracing::info!(export_id = %run.id, rows = outcome.rows, bytes = outcome.size_bytes, seconds = outcome.seconds, "export completed");
+    Ok(())
+}
+
+/// Saves the progress figure about once a second while the export runs.
+async fn save_progress(state: AppState, id: String, mut rows: watch::Receiver<i64>) {
+    let mut saved = -1;
+    loop {
+        let closed = tokio::time::timeout(Duration::from_secs(1), rows.changed()).await.is_ok_and(|r| r.is_err());
+        let now = *rows.borrow();
+        if now != saved {
+            if let Err(e) = runs::set_progress(&state.pool, &id, now).await {
+                tracing::warn!(error = %e, "could not save progress");
+            }
+            saved = now;
+        }
+        if closed {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+}

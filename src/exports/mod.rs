@@ -1,0 +1,78 @@
+//! The Data Export module: export runs, the snapshot job and pipeline, the
+//! Backups & Export page, downloads, and the JSON API.
+
+pub mod api;
+pub mod copy_binary;
+pub mod job;
+pub mod pipeline;
+pub mod runs;
+pub mod sections;
+pub mod sink;
+pub mod views;
+pub mod web;
+
+use crate::{
+    auth::OrgCtx,
+    error::AppError,
+    orgs::modules::{self, Module},
+    state::AppState,
+};
+
+/// Refuses (404) when the org has the Data Export module off: the section and its
+/// routes exist only while it is on.
+pub async fn require_module(state: &AppState, ctx: &OrgCtx) -> Result<(), AppError> {
+    if modules::is_on(&state.pool, ctx.org.id, Module::DataExport).await? { Ok(()) } else { Err(AppError::NotFound) }
+}
+
+/// Starts a manual export for the org: refuses while the backup configuration is not
+/// ready, and with a conflict while another export is active.
+pub async fn trigger(state: &AppState, ctx: &OrgCtx) -> Result<runs::Run, AppError> {
+    if !crate::platform::backup::is_ready(state).await? {
+        return Err(AppError::BackupNotVerified);
+    }
+    runs::create_manual(&state.pool, ctx.org.id, ctx.user.id, state.config.export_max_attempts).await
+}
+
+/// The presigned URL for a completed run, with an audit entry for the download.
+pub async fn download_url(state: &AppState, ctx: &OrgCtx, id: &str, via: &str) -> Result<String, AppError> {
+    let run = runs::get(&state.pool, ctx.org.id, id).await?.ok_or(AppError::NotFound)?;
+    let key = match (run.status.as_str(), &run.object_key) {
+        ("completed", Some(key)) => key.clone(),
+        _ => return Err(AppError::NotFound),
+    };
+    let filename = format!("{}-export-{}.json.gz", ctx.org.slug, run.id);
+    let url = state.storage.presign_get(&ctx.org.bucket, &key, &filename).await?;
+    crate::orgs::audit(
+        &state.pool,
+        Some(ctx.org.id),
+        Some(ctx.user.id),
+        "export.downloaded",
+        &format!("export:{}", run.id),
+        serde_json::json!({ "via": via }),
+    )
+    .await?;
+    Ok(url)
+}
+
+/// Deletes a completed run's object, then marks the run deleted, with an audit entry.
+pub async fn delete(state: &AppState, ctx: &OrgCtx, id: &str) -> Result<(), AppError> {
+    let run = runs::get(&state.pool, ctx.org.id, id).await?.ok_or(AppError::NotFound)?;
+    if run.status == "deleted" {
+        return Ok(());
+    }
+    let Some(key) = run.object_key.as_deref().filter(|_| run.status == "completed") else {
+        return Err(AppError::BadRequest(format!("Only completed exports can be deleted; this one is {}.", run.status)));
+    };
+    state.storage.delete(&ctx.org.bucket, key).await?;
+    runs::mark_deleted(&state.pool, ctx.org.id, &run.id).await?;
+    crate::orgs::audit(
+        &state.pool,
+        Some(ctx.org.id),
+        Some(ctx.user.id),
+        "export.deleted",
+        &format!("export:{}", run.id),
+        serde_json::json!({}),
+    )
+    .await?;
+    Ok(())
+}

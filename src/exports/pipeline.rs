@@ -1,0 +1,327 @@
+//! The snapshot pipeline, shared by the job and the CLI.
+//!
+//! One REPEATABLE READ, READ ONLY transaction gives the consistent read. Counts
+//! come first; then three stages run at once, joined by bounded channels so memory
+//! stays flat whatever the org's size:
+//!
+//! ```text
+//! PostgreSQL (binary COPY of row_to_json) -> JSON text -> [raw chunks, bounded]
+//!   -> gzip + SHA-256 (blocking thread) -> [parts of PART_SIZE, bounded]
+//!   -> sink: S3 multipart upload (PARTS_IN_FLIGHT at once) or a local file
+//! ```
+//!
+//! Nothing is published until everything succeeded: the multipart upload is
+//! completed (or the temp file renamed) last, and aborted (or removed) on any error.
+
+use std::{io::Write, time::Instant};
+
+use anyhow::Context;
+use bytes::Bytes;
+use chrono::{DateTime, SecondsFormat, Utc};
+use flate2::{Compression, write::GzEncoder};
+use futures::StreamExt;
+use sha2::{Digest, Sha256};
+use sqlx::{PgPool, Postgres, Transaction};
+use tokio::sync::{mpsc, watch};
+
+use super::{
+    copy_binary::CopyDecoder,
+    sections::{self, SECRET_COLUMNS, Section},
+    sink::Sink,
+};
+use crate::orgs::modules::{self, Module};
+
+/// Raw JSON is handed to the compressor in chunks of about this size.
+pub const RAW_CHUNK: usize = 256 * 1024;
+/// Raw chunks waiting for the compressor.
+pub const RAW_QUEUE: usize = 4;
+/// Compressed parts waiting for the sink.
+pub const PART_QUEUE: usize = 1;
+/// The gzip level: 6 matches `gzip -6`'s size (see docs/benchmarks.md).
+pub const GZIP_LEVEL: u32 = 6;
+
+/// The result of a finished snapshot.
+#[derive(Debug, Clone)]
+pub struct Outcome {
+    pub size_bytes: u64,
+    pub sha256: String,
+    pub rows: i64,
+    pub seconds: f64,
+}
+
+/// An open consistent read of one org, with its counts known.
+pub struct Snapshot {
+    tx: Transaction<'static, Postgres>,
+    org_id: i64,
+    pub snapshot_at: DateTime<Utc>,
+    organization: String,
+    modules: Vec<(Module, bool)>,
+    /// Each enabled section with its COPY statement and row count.
+    sections: Vec<(Section, String, i64)>,
+}
+
+impl Snapshot {
+    /// Starts the read for `org_id` and counts every section.
+    pub async fn open(pool: &PgPool, org_id: i64) -> anyhow::Result<Self> {
+        let mut tx = pool
+            .begin_with("begin isolation level repeatable read, read only")
+            .await
+            .context("opening the snapshot transaction")?;
+        // The first statement fixes the snapshot; its clock is the snapshot's instant.
+        let (snapshot_at,): (DateTime<Utc>,) =
+            sqlx::query_as("select clock_timestamp()").fetch_one(&mut *tx).await?;
+        sqlx::query("set local timezone = 'UTC'").execute(&mut *tx).await?;
+        let organization: Option<(String,)> = sqlx::query_as(
+            "select row_to_json(o)::text from (select id, slug, name, bucket, created_at from organizations where id = $1) o",
+        )
+        .bind(org_id)
+        .fetch_optional(&mut *tx)
+        .await?;
+        let (organization,) = organization.context("the organization no longer exists")?;
+        let on: Vec<(String,)> = sqlx::query_as("select module from org_modules where org_id = $1 and enabled")
+            .bind(org_id)
+            .fetch_all(&mut *tx)
+            .await?;
+        let modules: Vec<(Module, bool)> =
+            Module::ALL.iter().map(|m| (*m, on.iter().any(|(k,)| k == m.key()))).collect();
+        let mut sections = Vec::new();
+        for section in sections::enabled(&modules) {
+            let cols: Vec<(String,)> = sqlx::query_as(
+                "select column_name::text from information_schema.columns
+                 where table_schema = current_schema() and table_name = $1 order by ordinal_position",
+            )
+            .bind(section.table)
+            .fetch_all(&mut *tx)
+            .await?;
+            let cols: Vec<String> = cols
+                .into_iter()
+                .map(|c| c.0)
+                .filter(|c| !SECRET_COLUMNS.contains(&c.as_str()))
+                .map(|c| format!("\"{}\"", c.replace('"', "\"\"")))
+                .collect();
+            anyhow::ensure!(!cols.is_empty(), "table {} has no columns", section.table);
+            // Table names come from the fixed registry and org_id is a number.
+            let copy = format!(
+                "copy (select row_to_json(t) from (select {} from {} where org_id = {org_id}) t) to stdout (format binary)",
+                cols.join(", "),
+                section.table
+            );
+            let (n,): (i64,) =
+                sqlx::query_as(sqlx::AssertSqlSafe(format!("select count(*) from {} where org_id = $1", section.table)))
+                    .bind(org_id)
+                    .fetch_one(&mut *tx)
+                    .await?;
+            sections.push((section, copy, n));
+        }
+        Ok(Self { tx, org_id, snapshot_at, organization, modules, sections })
+    }
+
+    /// The org this reads.
+    pub fn org_id(&self) -> i64 {
+        self.org_id
+    }
+
+    /// Rows to be written, `organization` included.
+    pub fn rows_total(&self) -> i64 {
+        1 + self.sections.iter().map(|s| s.2).sum::<i64>()
+    }
+
+    /// `counts` as JSON, in section order.
+    pub fn counts_json(&self) -> String {
+        let mut s = String::from("{\"organization\":1");
+        for (section, _, n) in &self.sections {
+            s.push_str(&format!(",\"{}\":{n}", section.table));
+        }
+        s.push('}');
+        s
+    }
+
+    fn header(&self, export_id: &str) -> String {
+        let ts = |t: DateTime<Utc>| t.to_rfc3339_opts(SecondsFormat::Micros, true);
+        let mut modules = String::from("{\"core\":true");
+        for (m, on) in &self.modules {
+            modules.push_str(&format!(",\"{}\":{on}", m.key()));
+        }
+        modules.push('}');
+        format!(
+            "{{\"format\":\"data-export/snapshot\",\"version\":1,\"export_id\":{},\"generated_at\":\"{}\",\"snapshot_at\":\"{}\",\n\"organization\":{},\n\"modules\":{modules},\n\"counts\":{},\n\"sections\":{{\n\"organization\":{}",
+            serde_json::to_string(export_id).unwrap_or_default(),
+            ts(Utc::now()),
+            ts(self.snapshot_at),
+            self.organization,
+            self.counts_json(),
+            self.organization,
+        )
+    }
+
+    /// Streams the snapshot into `sink`. `progress` receives rows written so far.
+    pub async fn write(self, export_id: &str, sink: Sink, progress: &watch::Sender<i64>) -> anyhow::Result<Outcome> {
+        let started = Instant::now();
+        let (raw_tx, raw_rx) = mpsc::channel::<Vec<u8>>(RAW_QUEUE);
+        let (part_tx, part_rx) = mpsc::channel::<Bytes>(PART_QUEUE);
+        let part_size = sink.part_size();
+        let compressor = tokio::task::spawn_blocking(move || compress(raw_rx, part_tx, part_size));
+        let upload = sink.start().await?;
+        let uploader = tokio::spawn(upload.consume(part_rx));
+        let read = self.produce(export_id, raw_tx, progress).await;
+        let compressed = compressor.await.context("the compressor thread panicked")?;
+        let uploaded = uploader.await.context("the upload task panicked")?;
+        // The first real error wins; channel closures are only its echo.
+        let failure = match (&read, &compressed, &uploaded) {
+            (_, _, Err(e)) if !is_downstream(e) => Some(format!("{e:#}")),
+            (Err(e), _, _) if !is_downstream(e) => Some(format!("{e:#}")),
+            (_, Err(e), _) if !is_downstream(e) => Some(format!("{e:#}")),
+            (Err(e), _, _) | (_, Err(e), _) | (_, _, Err(e)) => Some(format!("{e:#}")),
+            _ => None,
+        };
+        match (failure, compressed, uploaded) {
+            (None, Ok((size_bytes, sha256)), Ok(pending)) => {
+                pending.complete(size_bytes, &sha256).await?;
+                Ok(Outcome {
+                    size_bytes,
+                    sha256,
+                    rows: read.unwrap_or_default(),
+                    seconds: started.elapsed().as_secs_f64(),
+                })
+            }
+            (failure, _, uploaded) => {
+                if let Ok(pending) = uploaded {
+                    pending.abort().await;
+                }
+                Err(anyhow::anyhow!(failure.unwrap_or_else(|| "the export failed".into())))
+            }
+        }
+    }
+
+    async fn produce(mut self, export_id: &str, out: mpsc::Sender<Vec<u8>>, progress: &watch::Sender<i64>) -> anyhow::Result<i64> {
+        let mut w = ChunkWriter { buf: Vec::with_capacity(RAW_CHUNK), out };
+        w.push(self.header(export_id).as_bytes());
+        let mut rows = 1i64;
+        progress.send_replace(rows);
+        for (section, copy, expected) in std::mem::take(&mut self.sections) {
+            w.push(format!(",\n\"{}\":[", section.table).as_bytes());
+            let mut stream = self.tx.copy_out_raw(&copy).await.with_context(|| format!("reading {}", section.table))?;
+            let mut decoder = CopyDecoder::default();
+            let mut written = 0i64;
+            while let Some(chunk) = stream.next().await {
+                let chunk = chunk.with_context(|| format!("reading {}", section.table))?;
+                decoder.feed(&chunk, |row| {
+                    w.push(if written == 0 { b"\n" } else { b",\n" });
+                    w.push(row);
+                    written += 1;
+                    Ok(())
+                })?;
+                if w.full() {
+                    w.flush().await?;
+                    progress.send_replace(rows + written);
+                }
+            }
+            decoder.finish().with_context(|| format!("reading {}", section.table))?;
+            drop(stream);
+            anyhow::ensure!(
+                written == expected,
+                "section {} has {written} rows but {expected} were counted in the same snapshot",
+                section.table
+            );
+            rows += written;
+            progress.send_replace(rows);
+            w.push(b"]");
+        }
+        w.push(b"\n}}\n");
+        w.flush().await?;
+        self.tx.commit().await?;
+        Ok(rows)
+    }
+}
+
+/// The org's module states, for callers that do not open a snapshot.
+pub async fn module_states(pool: &PgPool, org_id: i64) -> sqlx::Result<Vec<(Module, bool)>> {
+    modules::states(pool, org_id).await
+}
+
+/// A downstream stage went away; the real error is that stage's.
+#[derive(Debug, thiserror::Error)]
+#[error("a pipeline stage stopped early")]
+pub struct Downstream;
+
+fn is_downstream(e: &anyhow::Error) -> bool {
+    e.downcast_ref::<Downstream>().is_some()
+}
+
+/// Gathers JSON into chunks of about [`RAW_CHUNK`] for the compressor.
+struct ChunkWriter {
+    buf: Vec<u8>,
+    out: mpsc::Sender<Vec<u8>>,
+}
+
+impl ChunkWriter {
+    fn push(&mut self, bytes: &[u8]) {
+        self.buf.extend_from_slice(bytes);
+    }
+
+    fn full(&self) -> bool {
+        self.buf.len() >= RAW_CHUNK
+    }
+
+    async fn flush(&mut self) -> anyhow::Result<()> {
+        if !self.buf.is_empty() {
+            let chunk = std::mem::replace(&mut self.buf, Vec::with_capacity(RAW_CHUNK));
+            // Waits while the compressor is behind: this is the back-pressure.
+            self.out.send(chunk).await.map_err(|_| Downstream)?;
+        }
+        Ok(())
+    }
+}
+
+/// Gzips raw chunks into parts of `part_size`; returns (compressed size, SHA-256 hex).
+fn compress(mut raw: mpsc::Receiver<Vec<u8>>, parts: mpsc::Sender<Bytes>, part_size: usize) -> anyhow::Result<(u64, String)> {
+    let writer = PartWriter { buf: Vec::with_capacity(part_size), part_size, parts, hasher: Sha256::new(), size: 0 };
+    let mut gz = GzEncoder::new(writer, Compression::new(GZIP_LEVEL));
+    while let Some(chunk) = raw.blocking_recv() {
+        gz.write_all(&chunk).map_err(io_to_anyhow)?;
+    }
+    let mut writer = gz.finish().map_err(io_to_anyhow)?;
+    writer.send_part()?;
+    Ok((writer.size, hex::encode(writer.hasher.finalize())))
+}
+
+fn io_to_anyhow(e: std::io::Error) -> anyhow::Error {
+    if e.get_ref().is_some_and(|inner| inner.is::<Downstream>()) { Downstream.into() } else { e.into() }
+}
+
+struct PartWriter {
+    buf: Vec<u8>,
+    part_size: usize,
+    parts: mpsc::Sender<Bytes>,
+    hasher: Sha256,
+    size: u64,
+}
+
+impl PartWriter {
+    fn send_part(&mut self) -> anyhow::Result<()> {
+        if self.buf.is_empty() {
+            return Ok(());
+        }
+        let part = std::mem::replace(&mut self.buf, Vec::with_capacity(self.part_size));
+        self.parts.blocking_send(Bytes::from(part)).map_err(|_| Downstream)?;
+        Ok(())
+    }
+}
+
+impl Write for PartWriter {
+    fn write(&mut self, data: &[u8]) -> std::io::Result<usize> {
+        let room = self.part_size - self.buf.len();
+        let n = data.len().min(room);
+        self.buf.extend_from_slice(&data[..n]);
+        self.hasher.update(&data[..n]);
+        self.size += n as u64;
+        if self.buf.len() >= self.part_size {
+            self.send_part().map_err(|_| std::io::Error::other(Downstream))?;
+        }
+        Ok(n)
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}

@@ -1,0 +1,248 @@
+//! The `export_runs` table: the run's state machine
+//! `pending -> running -> completed | failed`, then `completed -> deleted | pruned`.
+
+use chrono::{DateTime, Utc};
+use serde::Serialize;
+use sqlx::PgPool;
+use ulid::Ulid;
+
+use super::job::{self, ExportJob};
+use crate::error::AppError;
+
+/// The name of the partial unique index that allows one active export per org.
+pub const ONE_ACTIVE_INDEX: &str = "export_runs_one_active_per_org";
+
+/// A run as stored.
+#[derive(Clone, Debug, Serialize, sqlx::FromRow)]
+pub struct Run {
+    pub id: String,
+    #[serde(skip)]
+    pub org_id: i64,
+    pub status: String,
+    pub trigger: String,
+    #[serde(skip)]
+    pub triggered_by: Option<i64>,
+    /// The email of who triggered it (for the history).
+    #[serde(skip)]
+    pub triggered_by_email: Option<String>,
+    pub created_at: DateTime<Utc>,
+    pub started_at: Option<DateTime<Utc>>,
+    pub finished_at: Option<DateTime<Utc>>,
+    pub snapshot_at: Option<DateTime<Utc>>,
+    #[serde(skip)]
+    pub object_key: Option<String>,
+    pub size_bytes: Option<i64>,
+    pub sha256: Option<String>,
+    pub counts: Option<serde_json::Value>,
+    #[serde(skip)]
+    pub rows_total: Option<i64>,
+    #[serde(skip)]
+    pub rows_written: i64,
+    pub error: Option<String>,
+}
+
+impl Run {
+    /// Progress from 0.0 to 1.0, when known.
+    pub fn progress(&self) -> Option<f64> {
+        match (self.status.as_str(), self.rows_total) {
+            ("completed" | "deleted" | "pruned", _) => Some(1.0),
+            (_, Some(total)) if total > 0 => Some((self.rows_written as f64 / total as f64).clamp(0.0, 1.0)),
+            _ => None,
+        }
+    }
+
+    pub fn is_active(&self) -> bool {
+        matches!(self.status.as_str(), "pending" | "running")
+    }
+
+    /// Seconds from start to finish.
+    pub fn duration_secs(&self) -> Option<f64> {
+        Some((self.finished_at? - self.started_at?).num_milliseconds() as f64 / 1000.0)
+    }
+
+    /// The JSON API's view of a run.
+    pub fn api_json(&self) -> serde_json::Value {
+        serde_json::json!({
+            "id": self.id,
+            "status": self.status,
+            "trigger": self.trigger,
+            "triggered_by": self.triggered_by_email,
+            "created_at": self.created_at,
+            "started_at": self.started_at,
+            "finished_at": self.finished_at,
+            "snapshot_at": self.snapshot_at,
+            "size_bytes": self.size_bytes,
+            "sha256": self.sha256,
+            "counts": self.counts,
+            "rows_total": self.rows_total,
+            "rows_written": self.rows_written,
+            "progress": self.progress(),
+            "error": self.error,
+        })
+    }
+}
+
+const SELECT: &str = "select r.id, r.org_id, r.status, r.trigger, r.triggered_by, u.email as triggered_by_email,
+    r.created_at, r.started_at, r.finished_at, r.snapshot_at, r.object_key, r.size_bytes, r.sha256, r.counts,
+    r.rows_total, r.rows_written, r.error
+    from export_runs r left join users u on u.id = r.triggered_by";
+
+/// The object key for a run: `exports/{YYYY}/{MM}/{run-id}.json.gz`.
+pub fn object_key(id: &str, at: DateTime<Utc>) -> String {
+    format!("exports/{}/{id}.json.gz", at.format("%Y/%m"))
+}
+
+/// Creates a manual run and its job in one transaction. The one-active-export
+/// index turns a concurrent trigger into [`AppError::Conflict`].
+pub async fn create_manual(pool: &PgPool, org_id: i64, user_id: i64, max_attempts: u32) -> Result<Run, AppError> {
+    create(pool, org_id, Some(user_id), max_attempts).await
+}
+
+/// A manual run started from the command line (no user).
+pub async fn create_manual_unattributed(pool: &PgPool, org_id: i64, max_attempts: u32) -> Result<Run, AppError> {
+    create(pool, org_id, None, max_attempts).await
+}
+
+async fn create(pool: &PgPool, org_id: i64, user_id: Option<i64>, max_attempts: u32) -> Result<Run, AppError> {
+    let id = Ulid::generate();
+    let mut tx = pool.begin().await?;
+    let inserted = sqlx::query(
+        "insert into export_runs (id, org_id, status, trigger, triggered_by) values ($1, $2, 'pending', 'manual', $3)",
+    )
+    .bind(id.to_string())
+    .bind(org_id)
+    .bind(user_id)
+    .execute(&mut *tx)
+    .await;
+    if let Err(e) = inserted {
+        let is_active_clash = e.as_database_error().and_then(|d| d.constraint()) == Some(ONE_ACTIVE_INDEX);
+        if is_active_clash {
+            drop(tx);
+            let active = active_id(pool, org_id).await?.unwrap_or_default();
+            return Err(AppError::Conflict { active_export_id: active });
+        }
+        return Err(e.into());
+    }
+    job::enqueue(&mut tx, id, &ExportJob { run_id: id.to_string() }, max_attempts).await?;
+    crate::orgs::audit(&mut *tx, Some(org_id), user_id, "export.triggered", &format!("export:{id}"), serde_json::json!({}))
+        .await?;
+    tx.commit().await?;
+    get(pool, org_id, &id.to_string()).await?.ok_or(AppError::NotFound)
+}
+
+/// The id of the org's pending or running export.
+pub async fn active_id(pool: &PgPool, org_id: i64) -> sqlx::Result<Option<String>> {
+    let row: Option<(String,)> =
+        sqlx::query_as("select id from export_runs where org_id = $1 and status in ('pending', 'running')")
+            .bind(org_id)
+            .fetch_optional(pool)
+            .await?;
+    Ok(row.map(|r| r.0))
+}
+
+/// A run of the org; `None` for a malformed id, another org's run, or no run.
+pub async fn get(pool: &PgPool, org_id: i64, id: &str) -> sqlx::Result<Option<Run>> {
+    if Ulid::from_string(id).is_err() {
+        return Ok(None);
+    }
+    sqlx::query_as(sqlx::AssertSqlSafe(format!("{SELECT} where r.id = $1 and r.org_id = $2")))
+        .bind(id)
+        .bind(org_id)
+        .fetch_optional(pool)
+        .await
+}
+
+/// A run by id, whatever its org (for the job).
+pub async fn get_any(pool: &PgPool, id: &str) -> sqlx::Result<Option<Run>> {
+    sqlx::query_as(sqlx::AssertSqlSafe(format!("{SELECT} where r.id = $1"))).bind(id).fetch_optional(pool).await
+}
+
+/// The org's runs, newest first.
+pub async fn list(pool: &PgPool, org_id: i64, limit: i64) -> sqlx::Result<Vec<Run>> {
+    sqlx::query_as(sqlx::AssertSqlSafe(format!("{SELECT} where r.org_id = $1 order by r.created_at desc, r.id desc limit $2")))
+        .bind(org_id)
+        .bind(limit)
+        .fetch_all(pool)
+        .await
+}
+
+/// Moves a pending run (or one left running by a worker that died) to running.
+/// `None` when the run is gone or already finished: nothing to do.
+pub async fn start(pool: &PgPool, id: &str, attempt: i32) -> sqlx::Result<Option<Run>> {
+    let row: Option<(String,)> = sqlx::query_as(
+        "update export_runs set status = 'running', started_at = now(), attempts = $2, rows_written = 0,
+                rows_total = null, counts = null, error = null
+         where id = $1 and status in ('pending', 'running') returning id",
+    )
+    .bind(id)
+    .bind(attempt)
+    .fetch_optional(pool)
+    .await?;
+    match row {
+        Some(_) => get_any(pool, id).await,
+        None => Ok(None),
+    }
+}
+
+/// Records the counts, known before any row is written.
+pub async fn set_counts(pool: &PgPool, id: &str, counts: &str, total: i64, snapshot_at: DateTime<Utc>) -> sqlx::Result<()> {
+    sqlx::query("update export_runs set counts = $2::jsonb, rows_total = $3, snapshot_at = $4 where id = $1 and status = 'running'")
+        .bind(id)
+        .bind(counts)
+        .bind(total)
+        .bind(snapshot_at)
+        .execute(pool)
+        .await?;
+    Ok(())
+}
+
+/// Saves progress.
+pub async fn set_progress(pool: &PgPool, id: &str, rows_written: i64) -> sqlx::Result<()> {
+    sqlx::query("update export_runs set rows_written = $2 where id = $1 and status = 'running'")
+        .bind(id)
+        .bind(rows_written)
+        .execute(pool)
+        .await?;
+    Ok(())
+}
+
+/// Marks a run completed with its file.
+pub async fn complete(pool: &PgPool, id: &str, key: &str, size: i64, sha256: &str, rows: i64) -> sqlx::Result<bool> {
+    let done = sqlx::query(
+        "update export_runs set status = 'completed', finished_at = now(), object_key = $2, size_bytes = $3,
+                sha256 = $4, rows_written = $5
+         where id = $1 and status = 'running'",
+    )
+    .bind(id)
+    .bind(key)
+    .bind(size)
+    .bind(sha256)
+    .bind(rows)
+    .execute(pool)
+    .await?;
+    Ok(done.rows_affected() == 1)
+}
+
+/// Marks a run failed with a readable reason.
+pub async fn fail(pool: &PgPool, id: &str, reason: &str) -> sqlx::Result<()> {
+    let reason: String = reason.chars().take(2000).collect();
+    sqlx::query(
+        "update export_runs set status = 'failed', finished_at = now(), error = $2
+         where id = $1 and status in ('pending', 'running')",
+    )
+    .bind(id)
+    .bind(reason)
+    .execute(pool)
+    .await?;
+    Ok(())
+}
+
+/// Marks a completed run deleted (after its object is gone).
+pub async fn mark_deleted(pool: &PgPool, org_id: i64, id: &str) -> sqlx::Result<bool> {
+    let done = sqlx::query("update export_runs set status = 'deleted' where id = $1 and org_id = $2 and status = 'completed'")
+        .bind(id)
+        .bind(org_id)
+        .execute(pool)
+        .await?;
+    Ok(done.rows_affected() == 1)
+}

@@ -1,0 +1,93 @@
+//! The snapshot's sections: each org-scoped table is one section named after the
+//! table, unless it is in [`EXCLUDED`] with its reason. A test fails when a table
+//! with an `org_id` column is in neither list.
+
+use crate::orgs::modules::Module;
+
+/// One section: a table and the module it belongs to (`None` = core, always on).
+#[derive(Clone, Copy, Debug)]
+pub struct Section {
+    pub table: &'static str,
+    pub module: Option<Module>,
+}
+
+const fn core(table: &'static str) -> Section {
+    Section { table, module: None }
+}
+const fn of(module: Module, table: &'static str) -> Section {
+    Section { table, module: Some(module) }
+}
+
+/// Every section, in snapshot order. `organization` is the org's own row, written
+/// as an object rather than an array.
+pub const SECTIONS: &[Section] = &[
+    core("regions"),
+    core("chapters"),
+    core("memberships"),
+    core("user_profiles"),
+    core("custom_fields"),
+    core("custom_field_values"),
+    core("saved_views"),
+    core("member_enrichment"),
+    core("documents"),
+    core("audit_log"),
+    of(Module::Engage, "forum_posts"),
+    of(Module::Engage, "forum_comments"),
+    of(Module::Operations, "compliance_records"),
+    of(Module::Operations, "elections"),
+    of(Module::Operations, "election_votes"),
+    of(Module::Operations, "invoices"),
+    of(Module::Operations, "invoice_lines"),
+    of(Module::Operations, "payments"),
+    of(Module::Foundation, "foundation_funds"),
+    of(Module::Foundation, "donations"),
+    of(Module::Learning, "courses"),
+    of(Module::Learning, "enrollments"),
+    of(Module::Alumni, "alumni_profiles"),
+    of(Module::Alumni, "career_postings"),
+];
+
+/// Tables with an `org_id` column that are not sections, and why.
+pub const EXCLUDED: &[(&str, &str)] = &[
+    ("export_runs", "the export machinery's own bookkeeping, not the org's records"),
+    ("org_modules", "module switches are written to the snapshot's `modules` object instead"),
+];
+
+/// Column names that never leave, whatever table they appear in: secrets.
+pub const SECRET_COLUMNS: &[&str] =
+    &["password_hash", "token_hash", "secret", "secret_access_key", "session_data", "credentials"];
+
+/// The sections for the modules that are on.
+pub fn enabled(modules: &[(Module, bool)]) -> Vec<Section> {
+    SECTIONS
+        .iter()
+        .copied()
+        .filter(|s| s.module.is_none_or(|m| modules.iter().any(|(om, on)| *om == m && *on)))
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_are_unique_and_plain() {
+        let mut names: Vec<&str> = SECTIONS.iter().map(|s| s.table).chain(EXCLUDED.iter().map(|e| e.0)).collect();
+        let before = names.len();
+        names.sort();
+        names.dedup();
+        assert_eq!(names.len(), before, "a table is listed twice");
+        // Names are formatted into SQL: keep them to identifier characters.
+        assert!(names.iter().all(|n| n.bytes().all(|b| b.is_ascii_lowercase() || b == b'_')));
+    }
+
+    #[test]
+    fn modules_off_drop_their_sections() {
+        let all_off: Vec<(Module, bool)> = Module::ALL.iter().map(|m| (*m, false)).collect();
+        let core_only = enabled(&all_off);
+        assert!(core_only.iter().all(|s| s.module.is_none()));
+        assert_eq!(core_only.len(), 10);
+        let engage_on: Vec<(Module, bool)> = Module::ALL.iter().map(|m| (*m, *m == Module::Engage)).collect();
+        assert_eq!(enabled(&engage_on).len(), 12);
+    }
+}

@@ -1,0 +1,116 @@
+//! The Backups & Export page and its live Export History fragment.
+
+use maud::{Markup, html};
+
+use super::runs::Run;
+use crate::{routes, views::PageCtx};
+
+/// Rows shown in the history.
+pub const HISTORY_LIMIT: i64 = 50;
+
+/// The whole page.
+pub fn backups_page(ctx: &PageCtx, org_slug: &str, org_name: &str, ready: bool, runs: &[Run], message: Option<(bool, &str)>) -> Markup {
+    crate::views::page(
+        ctx,
+        &format!("{org_name}: Backups & Export"),
+        html! {
+            section.card.mb-6 {
+                h2.text-lg.font-semibold.mb-2 { "Export all data" }
+                p.text-slate-600.mb-4 {
+                    "One gzipped JSON snapshot of everything this organization holds, read at a single instant and written to its own storage bucket. "
+                    "Media files are not copied; documents are listed with their storage keys."
+                }
+                @if !ready {
+                    div.flash-error role="alert" {
+                        "Exports are paused: the platform's backup configuration is not active and verified. A platform admin must verify it first."
+                    }
+                }
+                form method="post" action=(routes::path(routes::ORG_EXPORTS, org_slug, None))
+                    hx-post=(routes::path(routes::ORG_EXPORTS, org_slug, None)) hx-target="#history" hx-swap="outerHTML" {
+                    (ctx.csrf_field())
+                    button.btn.btn-primary type="submit" disabled[!ready] { "Trigger export" }
+                }
+            }
+            section {
+                h2.text-lg.font-semibold.mb-2 { "Export History" }
+                (history(ctx, org_slug, runs, message))
+            }
+        },
+    )
+}
+
+/// The history fragment. It polls itself every 2 s while an export is pending or
+/// running, and stops once none is.
+pub fn history(ctx: &PageCtx, org_slug: &str, runs: &[Run], message: Option<(bool, &str)>) -> Markup {
+    let live = runs.iter().any(Run::is_active);
+    let url = routes::path(routes::ORG_EXPORT_HISTORY, org_slug, None);
+    html! {
+        div #history hx-get=[live.then_some(&url)] hx-trigger=[live.then_some("every 2s")] hx-swap="outerHTML" aria-live="polite" {
+            @if let Some((ok, msg)) = message { (crate::views::layout::flash(ok, msg)) }
+            @if runs.is_empty() {
+                p.text-slate-600 { "No exports yet." }
+            } @else {
+                table.table-basic.w-full {
+                    thead { tr {
+                        th { "Status" } th { "Trigger" } th { "By" } th { "Started" } th { "Duration" }
+                        th { "Size" } th { "Rows" } th { span.sr-only { "Actions" } }
+                    } }
+                    tbody {
+                        @for run in runs { (row(ctx, org_slug, run)) }
+                    }
+                }
+            }
+        }
+    }
+}
+
+fn row(ctx: &PageCtx, org_slug: &str, run: &Run) -> Markup {
+    let badge = format!("badge badge-{}", run.status);
+    html! {
+        tr data-export-id=(run.id) data-status=(run.status) {
+            td {
+                span class=(badge) { (run.status) }
+                @if run.status == "running" {
+                    @if let Some(p) = run.progress() {
+                        div.progress.mt-1 role="progressbar" aria-valuemin="0" aria-valuemax="100" aria-valuenow=(format!("{:.0}", p * 100.0)) {
+                            // Width in steps of 5 % from classes, since the CSP forbids inline styles.
+                            div class=(format!("progress-bar w-pct-{}", ((p * 20.0).floor() as u32) * 5)) {}
+                        }
+                        span.text-xs.text-slate-600 { (format!("{:.0}%", p * 100.0)) }
+                    }
+                }
+                @if let Some(e) = run.error.as_deref().filter(|_| run.status == "failed") {
+                    p.text-xs.text-red-700.mt-1 { (e) }
+                }
+            }
+            td { (run.trigger) }
+            td { (run.triggered_by_email.as_deref().unwrap_or("schedule")) }
+            td { time datetime=(run.created_at.to_rfc3339()) { (run.created_at.format("%Y-%m-%d %H:%M:%S UTC")) } }
+            td { (run.duration_secs().map(|s| format!("{s:.1} s")).unwrap_or_default()) }
+            td { (run.size_bytes.map(human_bytes).unwrap_or_default()) }
+            td { (run.rows_total.map(|n| n.to_string()).unwrap_or_default()) }
+            td.whitespace-nowrap {
+                @if run.status == "completed" {
+                    a.btn.btn-secondary.mr-2 href=(routes::path(routes::ORG_EXPORT_DOWNLOAD, org_slug, Some(&run.id))) rel="noreferrer" { "Download" }
+                    form.inline method="post" action=(routes::path(routes::ORG_EXPORT_DELETE, org_slug, Some(&run.id)))
+                        hx-post=(routes::path(routes::ORG_EXPORT_DELETE, org_slug, Some(&run.id))) hx-target="#history" hx-swap="outerHTML"
+                        hx-confirm="Delete this export's file? This cannot be undone." {
+                        (ctx.csrf_field())
+                        button.btn.btn-danger type="submit" { "Delete" }
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// `1.2 MB` style sizes.
+pub fn human_bytes(n: i64) -> String {
+    let n = n as f64;
+    match n {
+        n if n >= 1e9 => format!("{:.2} GB", n / 1e9),
+        n if n >= 1e6 => format!("{:.1} MB", n / 1e6),
+        n if n >= 1e3 => format!("{:.1} kB", n / 1e3),
+        n => format!("{n} B"),
+    }
+}

@@ -1,0 +1,105 @@
+//! HTML handlers of Backups & Export.
+
+use axum::{
+    extract::{Path, Query, State},
+    http::{HeaderMap, HeaderValue, header},
+    response::{IntoResponse, Redirect, Response},
+};
+use serde::Deserialize;
+
+use super::{runs, views};
+use crate::{
+    auth::{OrgAdmin, OrgCtx},
+    error::{AppError, AppResult},
+    routes,
+    state::AppState,
+    views::PageCtx,
+};
+
+#[derive(Deserialize)]
+pub struct Flash {
+    notice: Option<String>,
+}
+
+fn notice_text(code: Option<&str>) -> Option<(bool, &'static str)> {
+    match code? {
+        "triggered" => Some((true, "Export started. This list updates by itself.")),
+        "deleted" => Some((true, "The export's file was deleted.")),
+        "conflict" => Some((false, "An export is already pending or running for this organization. Wait for it to finish.")),
+        "not_verified" => Some((false, "Exports are paused until a platform admin verifies the backup configuration.")),
+        _ => None,
+    }
+}
+
+fn is_htmx(headers: &HeaderMap) -> bool {
+    headers.contains_key("hx-request")
+}
+
+/// GET /orgs/{org}/settings/backups
+pub async fn page(ctx: PageCtx, OrgAdmin(org): OrgAdmin, State(state): State<AppState>, Query(f): Query<Flash>) -> AppResult<Response> {
+    super::require_module(&state, &org).await?;
+    let ready = crate::platform::backup::is_ready(&state).await?;
+    let list = runs::list(&state.pool, org.org.id, views::HISTORY_LIMIT).await?;
+    let body = views::backups_page(&ctx, &org.org.slug, &org.org.name, ready, &list, notice_text(f.notice.as_deref()));
+    Ok(([(header::REFERRER_POLICY, HeaderValue::from_static("no-referrer"))], body).into_response())
+}
+
+/// GET /orgs/{org}/exports/history: the fragment htmx polls.
+pub async fn history(ctx: PageCtx, OrgAdmin(org): OrgAdmin, State(state): State<AppState>) -> AppResult<Response> {
+    super::require_module(&state, &org).await?;
+    history_response(&ctx, &state, &org, None).await
+}
+
+async fn history_response(ctx: &PageCtx, state: &AppState, org: &OrgCtx, notice: Option<&str>) -> AppResult<Response> {
+    let list = runs::list(&state.pool, org.org.id, views::HISTORY_LIMIT).await?;
+    let body = views::history(ctx, &org.org.slug, &list, notice_text(notice));
+    Ok(([(header::REFERRER_POLICY, HeaderValue::from_static("no-referrer")), (header::CACHE_CONTROL, HeaderValue::from_static("no-store"))], body)
+        .into_response())
+}
+
+/// POST /orgs/{org}/exports: htmx gets the refreshed history, a plain form a redirect.
+pub async fn trigger(ctx: PageCtx, headers: HeaderMap, OrgAdmin(org): OrgAdmin, State(state): State<AppState>) -> AppResult<Response> {
+    super::require_module(&state, &org).await?;
+    let notice = match super::trigger(&state, &org).await {
+        Ok(_) => "triggered",
+        Err(AppError::Conflict { .. }) => "conflict",
+        Err(AppError::BackupNotVerified) => "not_verified",
+        Err(e) => return Err(e),
+    };
+    if is_htmx(&headers) {
+        return history_response(&ctx, &state, &org, Some(notice)).await;
+    }
+    Ok(Redirect::to(&format!("{}?notice={notice}", routes::org_backups(&org.org.slug))).into_response())
+}
+
+/// GET /orgs/{org}/exports/{id}/download: 303 to a fresh presigned URL.
+pub async fn download(OrgAdmin(org): OrgAdmin, State(state): State<AppState>, Path((_, id)): Path<(String, String)>) -> AppResult<Response> {
+    super::require_module(&state, &org).await?;
+    let url = super::download_url(&state, &org, &id, "web").await?;
+    Ok(see_other(&url))
+}
+
+/// POST /orgs/{org}/exports/{id}/delete
+pub async fn delete(
+    ctx: PageCtx,
+    headers: HeaderMap,
+    OrgAdmin(org): OrgAdmin,
+    State(state): State<AppState>,
+    Path((_, id)): Path<(String, String)>,
+) -> AppResult<Response> {
+    super::require_module(&state, &org).await?;
+    super::delete(&state, &org, &id).await?;
+    if is_htmx(&headers) {
+        return history_response(&ctx, &state, &org, Some("deleted")).await;
+    }
+    Ok(Redirect::to(&format!("{}?notice=deleted", routes::org_backups(&org.org.slug))).into_response())
+}
+
+/// A 303 whose target must not learn where the user came from, nor be cached.
+pub fn see_other(url: &str) -> Response {
+    let mut resp = Redirect::to(url).into_response();
+    let h = resp.headers_mut();
+    h.insert(header::REFERRER_POLICY, HeaderValue::from_static("no-referrer"));
+    h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    resp
+}

@@ -1,0 +1,69 @@
+//! The backup configuration: exports run only while it is active and verified
+//! against the storage endpoint in use now.
+
+use chrono::{DateTime, Utc};
+use sqlx::PgPool;
+
+use crate::{orgs, state::AppState};
+
+/// The stored configuration row.
+#[derive(Clone, Debug, sqlx::FromRow)]
+pub struct BackupConfig {
+    pub active: bool,
+    pub verified_at: Option<DateTime<Utc>>,
+    pub verified_endpoint: Option<String>,
+    pub last_error: Option<String>,
+}
+
+impl BackupConfig {
+    /// Active, and verified against `endpoint` (the storage identity in use now).
+    pub fn is_ready(&self, endpoint: &str) -> bool {
+        self.active && self.verified_at.is_some() && self.verified_endpoint.as_deref() == Some(endpoint)
+    }
+}
+
+/// Loads the configuration.
+pub async fn load(pool: &PgPool) -> sqlx::Result<BackupConfig> {
+    sqlx::query_as("select active, verified_at, verified_endpoint, last_error from backup_configuration where id = 1")
+        .fetch_one(pool)
+        .await
+}
+
+/// Whether exports may run now.
+pub async fn is_ready(state: &AppState) -> sqlx::Result<bool> {
+    Ok(load(&state.pool).await?.is_ready(state.storage.identity()))
+}
+
+/// Writes, reads back and deletes a probe object in the privacy bucket and every org
+/// bucket, and records the outcome. Returns the error text on failure.
+pub async fn verify(state: &AppState, actor: Option<i64>) -> anyhow::Result<Result<(), String>> {
+    let mut buckets: Vec<String> = sqlx::query_as::<_, (String,)>("select bucket from organizations order by id")
+        .fetch_all(&state.pool)
+        .await?
+        .into_iter()
+        .map(|b| b.0)
+        .collect();
+    buckets.insert(0, state.storage.privacy_bucket().to_string());
+    let outcome = state.storage.probe(&buckets).await.map_err(|e| format!("{e:#}"));
+    match &outcome {
+        Ok(()) => {
+            sqlx::query(
+                "update backup_configuration set verified_at = now(), verified_endpoint = $1, last_error = null where id = 1",
+            )
+            .bind(state.storage.identity())
+            .execute(&state.pool)
+            .await?;
+        }
+        Err(e) => {
+            sqlx::query(
+                "update backup_configuration set verified_at = null, verified_endpoint = null, last_error = $1 where id = 1",
+            )
+            .bind(e)
+            .execute(&state.pool)
+            .await?;
+        }
+    }
+    let details = serde_json::json!({ "endpoint": state.storage.identity(), "ok": outcome.is_ok(), "error": outcome.as_ref().err() });
+    orgs::audit(&state.pool, None, actor, "backup.verified", "backup_configuration", details).await?;
+    Ok(outcome)
+}

@@ -1,0 +1,43 @@
+//! Every path in one place: the router's patterns and the templates' links both
+//! come from here, so a renamed URL cannot leave a dead link.
+
+pub const LOGIN: &str = "/login";
+pub const LOGOUT: &str = "/logout";
+pub const HOME: &str = "/";
+pub const HEALTHZ: &str = "/healthz";
+pub const READYZ: &str = "/readyz";
+pub const ASSET_CSS: &str = "/assets/app.css";
+pub const ASSET_HTMX: &str = "/assets/htmx.min.js";
+pub const ASSET_APP_JS: &str = "/assets/app.js";
+
+pub const ORG_MODULES: &str = "/orgs/{org}/settings/modules";
+pub const ORG_BACKUPS: &str = "/orgs/{org}/settings/backups";
+pub const ORG_EXPORTS: &str = "/orgs/{org}/exports";
+pub const ORG_EXPORT_HISTORY: &str = "/orgs/{org}/exports/history";
+pub const ORG_EXPORT_DOWNLOAD: &str = "/orgs/{org}/exports/{id}/download";
+pub const ORG_EXPORT_DELETE: &str = "/orgs/{org}/exports/{id}/delete";
+
+/// The JSON API is nested here; its patterns below are relative to it.
+pub const API_PREFIX: &str = "/api/v1";
+pub const API_EXPORTS: &str = "/orgs/{org}/exports";
+pub const API_EXPORT: &str = "/orgs/{org}/exports/{id}";
+pub const API_EXPORT_DOWNLOAD: &str = "/orgs/{org}/exports/{id}/download";
+
+/// Fills `{org}` and `{id}` in a pattern.
+pub fn path(pattern: &str, org: &str, id: Option<&str>) -> String {
+    let p = pattern.replace("{org}", org);
+    match id {
+        Some(id) => p.replace("{id}", id),
+        None => p,
+    }
+}
+
+/// `/orgs/{org}/settings/modules`.
+pub fn org_modules(org: &str) -> String {
+    path(ORG_MODULES, org, None)
+}
+
+/// `/orgs/{org}/settings/backups`.
+pub fn org_backups(org: &str) -> String {
+    path(ORG_BACKUPS, org, None)
+}

@@ -1,0 +1,130 @@
+//! Demo data: orgs `acme` and `globex` with every module on and every section
+//! filled, scaled by the member count, generated inside PostgreSQL (no row-by-row
+//! round trips), plus the demo accounts.
+
+use std::time::Instant;
+
+use anyhow::Context;
+use sqlx::PgPool;
+
+use crate::{
+    auth::password,
+    orgs::{self, OrgSlug, modules::Module},
+    storage::Storage,
+};
+
+/// The demo orgs: (slug, name).
+pub const DEMO_ORGS: [(&str, &str); 2] = [("acme", "Acme Association"), ("globex", "Globex Society")];
+/// Default members per org.
+pub const DEFAULT_MEMBERS: u32 = 1_000;
+/// Largest accepted member count.
+pub const MAX_MEMBERS: u32 = 5_000_000;
+
+/// The demo accounts: (email, name, platform admin, memberships as (org, role)).
+pub const DEMO_ACCOUNTS: [(&str, &str, bool, &[(&str, &str)]); 4] = [
+    ("platform@example.test", "Pat Platform", true, &[]),
+    ("admin@acme.test", "Ada Acme", false, &[("acme", "admin")]),
+    ("admin@globex.test", "Gil Globex", false, &[("globex", "admin")]),
+    ("member@acme.test", "Max Member", false, &[("acme", "member")]),
+];
+
+/// What a seed run did.
+#[derive(Debug)]
+pub struct SeedReport {
+    pub rows: i64,
+    pub seconds: f64,
+}
+
+/// Seeds (or re-seeds: the demo orgs are recreated) with `members` per org, and sets
+/// the demo accounts' password.
+pub async fn run(pool: &PgPool, storage: &Storage, members: u32, demo_password: &str) -> anyhow::Result<SeedReport> {
+    anyhow::ensure!((1..=MAX_MEMBERS).contains(&members), "--members must be from 1 to {MAX_MEMBERS} (got {members})");
+    let started = Instant::now();
+    let hash = password::hash(demo_password)?;
+    let mut rows = 0i64;
+    for (slug, name) in DEMO_ORGS {
+        let slug = OrgSlug::parse(slug).context("demo slug")?;
+        // Re-seeding starts the org afresh (its rows go with it by cascade).
+        sqlx::query("delete from organizations where slug = $1").bind(slug.as_str()).execute(pool).await?;
+        let org = orgs::provision(pool, storage, &slug, name).await?;
+        let sql = org_sql(org.id, slug.as_str(), members);
+        let mut tx = pool.begin().await?;
+        sqlx::raw_sql(sqlx::AssertSqlSafe(sql)).execute(&mut *tx).await.with_context(|| format!("seeding {}", slug.as_str()))?;
+        tx.commit().await?;
+        let wanted: Vec<Module> = Module::ALL.to_vec();
+        orgs::modules::set(pool, org.id, None, &wanted).await?;
+        rows += count_org_rows(pool, org.id).await?;
+    }
+    seed_accounts(pool, &hash).await?;
+    let seconds = started.elapsed().as_secs_f64();
+    Ok(SeedReport { rows, seconds })
+}
+
+/// Whether the demo orgs exist (first start seeds when they do not).
+pub async fn is_seeded(pool: &PgPool) -> sqlx::Result<bool> {
+    let (n,): (i64,) = sqlx::query_as("select count(*) from organizations").fetch_one(pool).await?;
+    Ok(n > 0)
+}
+
+async fn seed_accounts(pool: &PgPool, hash: &str) -> anyhow::Result<()> {
+    for (email, name, platform, memberships) in DEMO_ACCOUNTS {
+        let (user_id,): (i64,) = sqlx::query_as(
+            "insert into users (email, display_name, password_hash) values ($1, $2, $3)
+             on conflict (email) do update set password_hash = excluded.password_hash, display_name = excluded.display_name
+             returning id",
+        )
+        .bind(email)
+        .bind(name)
+        .bind(hash)
+        .fetch_one(pool)
+        .await?;
+        if platform {
+            sqlx::query("insert into platform_admins (user_id) values ($1) on conflict do nothing")
+                .bind(user_id)
+                .execute(pool)
+                .await?;
+        }
+        for (org, role) in memberships {
+            let (first, last) = name.split_once(' ').unwrap_or((name, ""));
+            sqlx::query(
+                "with o as (select id from organizations where slug = $1)
+                 , m as (
+                    insert into memberships (org_id, user_id, role, member_no)
+                    select o.id, $2, $3, 'DEMO-' || $2 from o
+                    on conflict (org_id, user_id) do update set role = excluded.role, status = 'active'
+                    returning org_id)
+                 insert into user_profiles (org_id, user_id, first_name, last_name, email)
+                 select m.org_id, $2, $4, $5, $6 from m
+                 on conflict (org_id, user_id) do nothing",
+            )
+            .bind(org)
+            .bind(user_id)
+            .bind(role)
+            .bind(first)
+            .bind(last)
+            .bind(email)
+            .execute(pool)
+            .await?;
+        }
+    }
+    Ok(())
+}
+
+/// Rows in the org's sections.
+pub async fn count_org_rows(pool: &PgPool, org_id: i64) -> sqlx::Result<i64> {
+    let mut total = 0;
+    for s in crate::exports::sections::SECTIONS {
+        let (n,): (i64,) = sqlx::query_as(sqlx::AssertSqlSafe(format!("select count(*) from {} where org_id = $1", s.table)))
+            .bind(org_id)
+            .fetch_one(pool)
+            .await?;
+        total += n;
+    }
+    Ok(total)
+}
+
+/// The SQL that fills one org. `org_id` and `n` are numbers and `slug` is a
+/// validated slug, so formatting them in is safe.
+fn org_sql(org_id: i64, slug: &str, n: u32) -> String {
+    include_str!("org.sql").replace(":org_id", &org_id.to_string()).replace(":slug", slug).replace(":n", &n.to_string())
+}

@@ -1,0 +1,219 @@
+//! Start-up: resolve the database and storage (zero-config or from the
+//! environment), migrate, seed the demo on first start, verify storage, then run
+//! the web server, the workers, and housekeeping until a shutdown signal.
+
+use std::{net::SocketAddr, path::Path, sync::Arc, time::Duration};
+
+use anyhow::Context;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+
+use crate::{
+    config::{Config, StorageSource},
+    db::{self, PrivateCluster},
+    jobs, platform, seed,
+    state::{App, AppState},
+    storage::{EmbeddedS3, Storage},
+};
+
+/// The database and storage a process runs against, and what it started for them.
+pub struct Services {
+    pub state: AppState,
+    /// The embedded S3 endpoint, when no `S3_ENDPOINT` is set.
+    pub embedded: Option<EmbeddedS3>,
+    /// The private cluster, when no `DATABASE_URL` is set.
+    pub cluster: Option<PrivateCluster>,
+}
+
+impl Services {
+    /// Connects (starting the private cluster and embedded endpoint as needed) and migrates.
+    pub async fn start(config: Config) -> anyhow::Result<Self> {
+        let (options, cluster) = match &config.database_url {
+            Some(url) => (db::parse_url(url)?, None),
+            None => {
+                let cluster = PrivateCluster::ensure(&config.data_dir.join("postgres")).await?;
+                (cluster.connect_options(), Some(cluster))
+            }
+        };
+        let pool = db::connect(options, 20).await?;
+        db::migrate(&pool).await?;
+        let (storage, embedded) = match &config.storage {
+            StorageSource::External(s3) => (Storage::new(s3, &config.privacy_bucket, s3.endpoint.clone()), None),
+            StorageSource::Embedded => {
+                let root = config.data_dir.join("storage");
+                let embedded = EmbeddedS3::start(&root, SocketAddr::from(([127, 0, 0, 1], 0))).await?;
+                let root = std::fs::canonicalize(&root)?;
+                let identity = format!("embedded:{}", root.display());
+                (Storage::new(&embedded.settings(), &config.privacy_bucket, identity), Some(embedded))
+            }
+        };
+        let state = AppState(Arc::new(App { pool, storage, config }));
+        Ok(Self { state, embedded, cluster })
+    }
+
+    /// Stops what this process started.
+    pub async fn shutdown(self) {
+        self.state.pool.close().await;
+        if let Some(e) = self.embedded {
+            e.stop().await;
+        }
+        if let Some(c) = self.cluster
+            && let Err(e) = c.stop().await
+        {
+            tracing::warn!(error = %e, "could not stop the private PostgreSQL cluster");
+        }
+    }
+}
+
+/// The web server, bound and ready to run.
+pub struct Application {
+    listener: TcpListener,
+    state: AppState,
+}
+
+impl Application {
+    /// Binds `addr` (port 0 picks a free port).
+    pub async fn build(state: AppState, addr: SocketAddr) -> anyhow::Result<Self> {
+        let listener = TcpListener::bind(addr).await.with_context(|| format!("cannot listen on {addr}: is BIND free?"))?;
+        Ok(Self { listener, state })
+    }
+
+    pub fn port(&self) -> u16 {
+        self.listener.local_addr().map(|a| a.port()).unwrap_or_default()
+    }
+
+    /// Serves until `stop` is cancelled, then finishes open requests.
+    pub async fn run_until_stopped(self, stop: CancellationToken) -> anyhow::Result<()> {
+        let app = crate::web::router(self.state).into_make_service_with_connect_info::<SocketAddr>();
+        axum::serve(self.listener, app).with_graceful_shutdown(async move { stop.cancelled().await }).await?;
+        Ok(())
+    }
+}
+
+/// Periodic housekeeping: expired sessions.
+pub async fn housekeeping(state: AppState, stop: CancellationToken) {
+    let store = crate::auth::session_store::PgSessionStore::new(state.pool.clone());
+    loop {
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = tokio::time::sleep(Duration::from_secs(600)) => {}
+        }
+        if let Err(e) = store.delete_expired().await {
+            tracing::warn!(error = %e, "could not delete expired sessions");
+        }
+    }
+}
+
+/// Cancels `token` on Ctrl-C or SIGTERM.
+pub fn cancel_on_signal(token: CancellationToken) {
+    tokio::spawn(async move {
+        let ctrl_c = tokio::signal::ctrl_c();
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
+        let term = async {
+            match term.as_mut() {
+                Some(t) => {
+                    t.recv().await;
+                }
+                None => std::future::pending::<()>().await,
+            }
+        };
+        tokio::select! { _ = ctrl_c => {}, _ = term => {} }
+        tracing::info!("shutting down");
+        token.cancel();
+    });
+}
+
+/// The zero-config first start: seed the demo and remember its password.
+async fn first_start(services: &Services) -> anyhow::Result<Option<String>> {
+    let state = &services.state;
+    let pw_file = state.config.data_dir.join("demo-password");
+    if state.config.database_url.is_some() || seed::is_seeded(&state.pool).await? {
+        return Ok(state.config.demo_password.clone().or_else(|| std::fs::read_to_string(&pw_file).ok()));
+    }
+    let password = state.config.demo_password.clone().unwrap_or_else(random_password);
+    tracing::info!("first start: seeding the demo organizations");
+    let report = seed::run(&state.pool, &state.storage, seed::DEFAULT_MEMBERS, &password).await?;
+    tracing::info!(rows = report.rows, seconds = report.seconds, "demo seeded");
+    if state.config.demo_password.is_none() {
+        write_private(&pw_file, &password)?;
+    }
+    Ok(Some(password))
+}
+
+/// A random password for the demo accounts.
+pub fn random_password() -> String {
+    use rand::Rng;
+    const ALPHABET: &[u8] = b"abcdefghijkmnpqrstuvwxyzABCDEFGHJKLMNPQRSTUVWXYZ23456789";
+    let mut rng = rand::rng();
+    (0..16).map(|_| ALPHABET[rng.random_range(0..ALPHABET.len())] as char).collect()
+}
+
+fn write_private(path: &Path, text: &str) -> anyhow::Result<()> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut f = std::fs::OpenOptions::new().create(true).truncate(true).write(true).mode(0o600).open(path)?;
+    std::io::Write::write_all(&mut f, text.as_bytes())?;
+    Ok(())
+}
+
+/// `data-export serve`: web + workers + housekeeping in one process.
+pub async fn serve(config: Config, with_web: bool) -> anyhow::Result<()> {
+    let services = Services::start(config).await?;
+    let state = services.state.clone();
+    let password = if with_web { first_start(&services).await? } else { None };
+    if services.embedded.is_some() {
+        match platform::backup::verify(&state, None).await? {
+            Ok(()) => tracing::info!("backup configuration verified against the embedded S3 endpoint"),
+            Err(e) => tracing::error!(error = e, "the embedded S3 endpoint failed verification"),
+        }
+    }
+    let stop = CancellationToken::new();
+    cancel_on_signal(stop.clone());
+    let mut tasks = tokio::task::JoinSet::new();
+    if with_web {
+        let app = Application::build(state.clone(), state.config.bind).await?;
+        print_banner(&state.config, app.port(), password.as_deref());
+        tasks.spawn(app.run_until_stopped(stop.clone()));
+    }
+    tasks.spawn(jobs::run(state.clone(), stop.clone()));
+    tasks.spawn({
+        let (state, stop) = (state.clone(), stop.clone());
+        async move {
+            housekeeping(state, stop).await;
+            Ok(())
+        }
+    });
+    let mut result = Ok(());
+    while let Some(joined) = tasks.join_next().await {
+        let r = joined.map_err(anyhow::Error::from).and_then(|r| r);
+        if let Err(e) = r {
+            tracing::error!(error = format!("{e:#}"), "a component stopped with an error; shutting down");
+            result = Err(e);
+        }
+        // One part ending ends the process.
+        stop.cancel();
+    }
+    services.shutdown().await;
+    result
+}
+
+fn print_banner(config: &Config, port: u16, password: Option<&str>) {
+    let url = if config.bind.port() == 0 {
+        format!("http://{}:{port}", config.bind.ip())
+    } else {
+        config.public_url.clone()
+    };
+    println!("\nData Export is running at {url}");
+    println!("Demo accounts:");
+    for (email, _, platform, memberships) in seed::DEMO_ACCOUNTS {
+        let role = if platform {
+            "platform admin".to_string()
+        } else {
+            memberships.iter().map(|(o, r)| format!("{r} of {o}")).collect::<Vec<_>>().join(", ")
+        };
+        println!("  {email:<24} {role}");
+    }
+    match password {
+        Some(p) => println!("Password for all of them: {p}\n"),
+        None => println!("Password: the DEMO_PASSWORD used when they were seeded\n"),
+    }
+}

@@ -1,0 +1,110 @@
+//! The embedded S3-compatible endpoint (s3s + s3s-fs) on loopback.
+//!
+//! It keeps objects as files under `DATA_DIR/storage`, verifies SigV4 signatures
+//! (presigned URLs and their expiry included), and has no size or rate limits, so
+//! it is bound to loopback only. Each process that needs it starts its own on a
+//! free port over the same directory; the files are the shared state.
+
+use std::{net::SocketAddr, path::Path};
+
+use anyhow::Context;
+use hyper_util::{
+    rt::{TokioExecutor, TokioIo},
+    server::conn::auto::Builder as ConnBuilder,
+};
+use rand::Rng;
+use tokio::{net::TcpListener, sync::watch};
+
+use crate::config::S3Settings;
+
+/// A running embedded endpoint; stops when dropped or on [`EmbeddedS3::stop`].
+pub struct EmbeddedS3 {
+    addr: SocketAddr,
+    settings: S3Settings,
+    stop: watch::Sender<bool>,
+    task: Option<tokio::task::JoinHandle<()>>,
+}
+
+impl EmbeddedS3 {
+    /// Starts the endpoint on `bind` (port 0 picks a free port) over `root`.
+    pub async fn start(root: &Path, bind: SocketAddr) -> anyhow::Result<Self> {
+        std::fs::create_dir_all(root).with_context(|| format!("cannot create {}", root.display()))?;
+        let fs = s3s_fs::FileSystem::new(root)
+            .map_err(|e| anyhow::anyhow!("cannot open the storage directory {}: {e:?}", root.display()))?;
+        // Fresh credentials per process: only this process signs requests for it.
+        let access_key = format!("local{}", random_token(12));
+        let secret_key = random_token(32);
+        let service = {
+            let mut b = s3s::service::S3ServiceBuilder::new(fs);
+            b.set_auth(s3s::auth::SimpleAuth::from_single(access_key.clone(), secret_key.clone()));
+            b.build()
+        };
+        let listener = TcpListener::bind(bind)
+            .await
+            .with_context(|| format!("cannot bind the embedded S3 endpoint to {bind}"))?;
+        let addr = listener.local_addr()?;
+        let (stop, mut stopped) = watch::channel(false);
+        let task = tokio::spawn(async move {
+            let http = ConnBuilder::new(TokioExecutor::new());
+            let graceful = hyper_util::server::graceful::GracefulShutdown::new();
+            loop {
+                tokio::select! {
+                    accepted = listener.accept() => {
+                        let Ok((socket, _)) = accepted else { continue };
+                        let conn = http.serve_connection(TokioIo::new(socket), service.clone());
+                        let conn = graceful.watch(conn.into_owned());
+                        tokio::spawn(async move { let _ = conn.await; });
+                    }
+                    _ = stopped.changed() => break,
+                }
+            }
+            // In-flight requests get a moment; then connections are dropped.
+            let _ = tokio::time::timeout(std::time::Duration::from_secs(2), graceful.shutdown()).await;
+        });
+        let endpoint = format!("http://{addr}");
+        tracing::info!(%endpoint, root = %root.display(), "embedded S3 endpoint started");
+        Ok(Self {
+            addr,
+            settings: S3Settings {
+                endpoint,
+                region: "us-east-1".into(),
+                access_key_id: access_key,
+                secret_access_key: secret_key,
+                force_path_style: true,
+                public_endpoint: None,
+            },
+            stop,
+            task: Some(task),
+        })
+    }
+
+    /// The address it listens on.
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// Client settings for it.
+    pub fn settings(&self) -> S3Settings {
+        self.settings.clone()
+    }
+
+    /// Stops accepting and closes connections.
+    pub async fn stop(mut self) {
+        let _ = self.stop.send(true);
+        if let Some(task) = self.task.take() {
+            let _ = task.await;
+        }
+    }
+}
+
+impl Drop for EmbeddedS3 {
+    fn drop(&mut self) {
+        let _ = self.stop.send(true);
+    }
+}
+
+fn random_token(len: usize) -> String {
+    const ALPHABET: &[u8] = b"abcdefghijklmnopqrstuvwxyz0123456789";
+    let mut rng = rand::rng();
+    (0..len).map(|_| ALPHABET[rng.random_range(0..ALPHABET.len())] as char).collect()
+}

@@ -1,0 +1,106 @@
+//! The HTML layout. Pages work without JavaScript; htmx only makes them live. No
+//! inline script or style, so the Content-Security-Policy can forbid both.
+
+use axum::{extract::FromRequestParts, http::request::Parts};
+use maud::{DOCTYPE, Markup, PreEscaped, html};
+
+use crate::{
+    auth::{MaybeUser, User, csrf::CsrfToken},
+    error::AppError,
+    routes,
+    state::AppState,
+};
+
+/// What the layout needs about the request: who, their orgs, and the CSRF token.
+#[derive(Clone, Debug)]
+pub struct PageCtx {
+    pub user: Option<User>,
+    /// (slug, name, role) of the user's orgs.
+    pub orgs: Vec<(String, String, String)>,
+    pub csrf: String,
+}
+
+impl FromRequestParts<AppState> for PageCtx {
+    type Rejection = AppError;
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, AppError> {
+        let MaybeUser(user) = MaybeUser::from_request_parts(parts, state).await?;
+        let csrf = parts.extensions.get::<CsrfToken>().map(|t| t.0.clone()).unwrap_or_default();
+        let orgs = match &user {
+            Some(u) => crate::orgs::memberships_of(&state.pool, u.id).await?,
+            None => Vec::new(),
+        };
+        Ok(Self { user, orgs, csrf })
+    }
+}
+
+impl PageCtx {
+    /// The hidden CSRF field for a form.
+    pub fn csrf_field(&self) -> Markup {
+        html! { input type="hidden" name=(crate::auth::csrf::FIELD) value=(self.csrf); }
+    }
+}
+
+/// A whole page.
+pub fn page(ctx: &PageCtx, title: &str, content: Markup) -> Markup {
+    let hx_headers = serde_json::json!({ crate::auth::csrf::HEADER: ctx.csrf }).to_string();
+    html! {
+        (DOCTYPE)
+        html lang="en" {
+            head {
+                meta charset="utf-8";
+                meta name="viewport" content="width=device-width, initial-scale=1";
+                // htmx must not inject its indicator <style>: the CSP forbids inline styles.
+                meta name="htmx-config" content=(PreEscaped(r#"{"includeIndicatorStyles":false}"#));
+                title { (title) " · Data Export" }
+                link rel="stylesheet" href=(routes::ASSET_CSS);
+                script src=(routes::ASSET_HTMX) defer {}
+            }
+            body.bg-slate-50.text-slate-900.min-h-screen hx-headers=(hx_headers) {
+                (nav(ctx))
+                main.max-w-5xl.mx-auto.px-4.py-8 {
+                    h1.text-2xl.font-semibold.mb-6 { (title) }
+                    (content)
+                }
+            }
+        }
+    }
+}
+
+fn nav(ctx: &PageCtx) -> Markup {
+    html! {
+        header.bg-white.border-b.border-slate-200 {
+            nav.max-w-5xl.mx-auto.px-4.py-3.flex.flex-wrap.items-center.gap-4 aria-label="Main" {
+                a.font-semibold.text-slate-900 href=(routes::HOME) { "Data Export" }
+                @if let Some(user) = &ctx.user {
+                    @for (slug, name, role) in &ctx.orgs {
+                        @if role == "admin" {
+                            span.text-slate-400 { "|" }
+                            span.text-sm.text-slate-600 { (name) ":" }
+                            a.text-sm.text-blue-700.hover:underline href=(routes::org_modules(slug)) { "Modules" }
+                            a.text-sm.text-blue-700.hover:underline href=(routes::org_backups(slug)) { "Backups & Export" }
+                        }
+                    }
+                    @if user.is_platform_admin {
+                        span.text-slate-400 { "|" }
+                        span.text-sm.text-slate-600 { "Platform" }
+                    }
+                    span.ml-auto.text-sm.text-slate-600 { (user.display_name) " (" (user.email) ")" }
+                    form method="post" action=(routes::LOGOUT) {
+                        (ctx.csrf_field())
+                        button.btn.btn-secondary type="submit" { "Sign out" }
+                    }
+                } @else {
+                    a.ml-auto.text-sm.text-blue-700.hover:underline href=(routes::LOGIN) { "Sign in" }
+                }
+            }
+        }
+    }
+}
+
+/// An error or success message.
+pub fn flash(ok: bool, message: &str) -> Markup {
+    html! {
+        @if ok { div.flash-ok role="status" { (message) } }
+        @else { div.flash-error role="alert" { (message) } }
+    }
+}

@@ -1,0 +1,125 @@
+//! The HTTP surface: the router with every route, the session and CSRF layers,
+//! security headers, assets, the start page and health checks.
+
+use axum::{
+    Router,
+    extract::{DefaultBodyLimit, State},
+    http::{HeaderValue, StatusCode, header},
+    middleware,
+    response::{IntoResponse, Redirect, Response},
+    routing::{get, post},
+};
+use maud::html;
+use tower_http::{set_header::SetResponseHeaderLayer, trace::TraceLayer};
+use tower_sessions::{Expiry, SessionManagerLayer, cookie::SameSite};
+
+use crate::{
+    auth::{self, MaybeUser, session_store::PgSessionStore},
+    error::{ApiError, AppError},
+    exports, orgs,
+    routes::*,
+    state::AppState,
+    views::{PageCtx, page},
+};
+
+/// The session cookie's name.
+pub const SESSION_COOKIE: &str = "dx_session";
+/// The CSP: no inline script or style, no framing.
+pub const CSP: &str = "default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:; object-src 'none'; base-uri 'none'; frame-ancestors 'none'; form-action 'self'";
+
+/// Every route of the product.
+pub fn router(state: AppState) -> Router {
+    let sessions = SessionManagerLayer::new(PgSessionStore::new(state.pool.clone()))
+        .with_name(SESSION_COOKIE)
+        .with_http_only(true)
+        .with_same_site(SameSite::Lax)
+        .with_secure(state.config.cookies_secure())
+        .with_expiry(Expiry::OnInactivity(time::Duration::hours(12)));
+    let html = Router::new()
+        .route(HOME, get(home))
+        .route(LOGIN, get(auth::login::show).post(auth::login::submit))
+        .route(LOGOUT, post(auth::login::logout))
+        .route(ORG_MODULES, get(orgs::modules::show).post(orgs::modules::update))
+        .route(ORG_BACKUPS, get(exports::web::page))
+        .route(ORG_EXPORTS, post(exports::web::trigger))
+        .route(ORG_EXPORT_HISTORY, get(exports::web::history))
+        .route(ORG_EXPORT_DOWNLOAD, get(exports::web::download))
+        .route(ORG_EXPORT_DELETE, post(exports::web::delete))
+        .fallback(|| async { AppError::NotFound })
+        .layer(middleware::from_fn(auth::csrf::protect))
+        .layer(sessions);
+    let api = Router::new()
+        .route(API_EXPORTS, get(exports::api::list).post(exports::api::create))
+        .route(API_EXPORT, get(exports::api::get).delete(exports::api::delete))
+        .route(API_EXPORT_DOWNLOAD, get(exports::api::download))
+        .fallback(|| async { ApiError(AppError::NotFound) });
+    let ops = Router::new()
+        .route(HEALTHZ, get(|| async { "ok" }))
+        .route(READYZ, get(readyz))
+        .route(ASSET_CSS, get(|| async { asset(APP_CSS, "text/css; charset=utf-8") }))
+        .route(ASSET_HTMX, get(|| async { asset(HTMX_JS, "text/javascript; charset=utf-8") }));
+    Router::new()
+        .merge(ops)
+        .nest(API_PREFIX, api)
+        .merge(html)
+        .layer(DefaultBodyLimit::max(256 * 1024))
+        .layer(SetResponseHeaderLayer::overriding(header::CONTENT_SECURITY_POLICY, HeaderValue::from_static(CSP)))
+        .layer(SetResponseHeaderLayer::overriding(header::X_CONTENT_TYPE_OPTIONS, HeaderValue::from_static("nosniff")))
+        .layer(SetResponseHeaderLayer::overriding(header::X_FRAME_OPTIONS, HeaderValue::from_static("DENY")))
+        .layer(SetResponseHeaderLayer::if_not_present(header::REFERRER_POLICY, HeaderValue::from_static("same-origin")))
+        .layer(TraceLayer::new_for_http())
+        .with_state(state)
+}
+
+const APP_CSS: &[u8] = include_bytes!("../assets/app.css");
+const HTMX_JS: &[u8] = include_bytes!("../assets/htmx.min.js");
+
+fn asset(body: &'static [u8], content_type: &'static str) -> Response {
+    (
+        [
+            (header::CONTENT_TYPE, HeaderValue::from_static(content_type)),
+            // Names are not content-hashed, so revalidate hourly rather than cache forever.
+            (header::CACHE_CONTROL, HeaderValue::from_static("public, max-age=3600")),
+        ],
+        body,
+    )
+        .into_response()
+}
+
+/// The start page: where a signed-in user can go.
+async fn home(ctx: PageCtx, MaybeUser(user): MaybeUser) -> Result<Response, AppError> {
+    let Some(user) = user else { return Ok(Redirect::to(LOGIN).into_response()) };
+    let body = html! {
+        div.card.space-y-3 {
+            p { "Signed in as " strong { (user.email) } "." }
+            @if ctx.orgs.is_empty() {
+                p.text-slate-600 { "You are not a member of any organization." }
+            }
+            ul.space-y-2 {
+                @for (slug, name, role) in &ctx.orgs {
+                    li {
+                        span.font-medium { (name) } " · " (orgs::Role::parse(role).map(|r| r.label()).unwrap_or("Member"))
+                        @if role == "admin" {
+                            " · " a.text-blue-700.hover:underline href=(org_modules(slug)) { "Modules" }
+                            " · " a.text-blue-700.hover:underline href=(org_backups(slug)) { "Backups & Export" }
+                        }
+                    }
+                }
+            }
+        }
+    };
+    Ok(page(&ctx, "Data Export", body).into_response())
+}
+
+/// Ready when the database and the storage endpoint both answer.
+async fn readyz(State(state): State<AppState>) -> Response {
+    let db = sqlx::query("select 1").execute(&state.pool).await.map_err(|e| e.to_string());
+    let storage = state.storage.ping().await.map_err(|e| format!("{e:#}"));
+    let ok = db.is_ok() && storage.is_ok();
+    let body = serde_json::json!({
+        "database": db.err().unwrap_or_else(|| "ok".into()),
+        "storage": storage.err().unwrap_or_else(|| "ok".into()),
+    });
+    let status = if ok { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
+    (status, axum::Json(body)).into_response()
+}
