@@ -12,6 +12,9 @@ create table export_runs (
     finished_at    timestamptz,
     snapshot_at    timestamptz,
     object_key     text,
+    -- The open multipart upload of the current attempt, so that a retry after a
+    -- crash can abort what the dead attempt left behind.
+    upload_id      text,
     size_bytes     bigint,
     sha256         text,
     counts         jsonb,

@@ -161,7 +161,8 @@ async fn export_with(services: &Services, slug: &OrgSlug, out: Option<PathBuf>) 
             let id = ulid::Ulid::generate().to_string();
             let snapshot = Snapshot::open(&state.pool, org.id).await?;
             let (progress, _rx) = watch::channel(0);
-            let outcome = snapshot.write(&id, Sink::File(path.clone()), &progress).await?;
+            let upload = Sink::File(path.clone()).start().await?;
+            let outcome = snapshot.write(&id, upload, &progress).await?;
             Ok(serde_json::json!({
                 "id": id, "org": org.slug, "file": path, "rows": outcome.rows, "bytes": outcome.size_bytes,
                 "sha256": outcome.sha256, "seconds": (outcome.seconds * 1000.0).round() / 1000.0,

@@ -91,18 +91,26 @@ async fn execute(state: &AppState, run: &runs::Run) -> anyhow::Result<()> {
         .bind(run.org_id)
         .fetch_one(&state.pool)
         .await?;
+    let key = runs::object_key(&run.id, run.created_at);
+    if let Some(previous) = &run.upload_id {
+        // An earlier attempt died mid-upload: abort what it left open.
+        tracing::info!(export_id = %run.id, upload_id = previous, "aborting the upload of an earlier attempt");
+        super::sink::abort_upload(state.storage.client(), &org.bucket, &key, previous).await;
+        runs::set_upload_id(&state.pool, &run.id, None).await?;
+    }
     let snapshot = Snapshot::open(&state.pool, org.id).await?;
     runs::set_counts(&state.pool, &run.id, &snapshot.counts_json(), snapshot.rows_total(), snapshot.snapshot_at).await?;
-    let key = runs::object_key(&run.id, run.created_at);
     let sink = Sink::S3 {
         client: state.storage.client().clone(),
         bucket: org.bucket.clone(),
         key: key.clone(),
         export_id: run.id.clone(),
     };
+    let upload = sink.start().await?;
+    runs::set_upload_id(&state.pool, &run.id, upload.upload_id()).await?;
     let (progress, watcher) = watch::channel(0i64);
     let saver = tokio::spawn(save_progress(state.clone(), run.id.clone(), watcher));
-    let outcome = snapshot.write(&run.id, sink, &progress).await;
+    let outcome = snapshot.write(&run.id, upload, &progress).await;
     drop(progress);
     let _ = saver.await;
     let outcome = outcome?;

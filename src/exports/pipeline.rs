@@ -27,7 +27,7 @@ use tokio::sync::{mpsc, watch};
 use super::{
     copy_binary::CopyDecoder,
     sections::{self, SECRET_COLUMNS, Section},
-    sink::Sink,
+    sink::SinkUpload,
 };
 use crate::orgs::modules::{self, Module};
 
@@ -154,14 +154,14 @@ impl Snapshot {
         )
     }
 
-    /// Streams the snapshot into `sink`. `progress` receives rows written so far.
-    pub async fn write(self, export_id: &str, sink: Sink, progress: &watch::Sender<i64>) -> anyhow::Result<Outcome> {
+    /// Streams the snapshot into an opened sink (see [`super::sink::Sink::start`]).
+    /// `progress` receives rows written so far.
+    pub async fn write(self, export_id: &str, upload: SinkUpload, progress: &watch::Sender<i64>) -> anyhow::Result<Outcome> {
         let started = Instant::now();
         let (raw_tx, raw_rx) = mpsc::channel::<Vec<u8>>(RAW_QUEUE);
         let (part_tx, part_rx) = mpsc::channel::<Bytes>(PART_QUEUE);
-        let part_size = sink.part_size();
+        let part_size = super::sink::PART_SIZE;
         let compressor = tokio::task::spawn_blocking(move || compress(raw_rx, part_tx, part_size));
-        let upload = sink.start().await?;
         let uploader = tokio::spawn(upload.consume(part_rx));
         let read = self.produce(export_id, raw_tx, progress).await;
         let compressed = compressor.await.context("the compressor thread panicked")?;

@@ -31,6 +31,8 @@ pub struct Run {
     pub snapshot_at: Option<DateTime<Utc>>,
     #[serde(skip)]
     pub object_key: Option<String>,
+    #[serde(skip)]
+    pub upload_id: Option<String>,
     pub size_bytes: Option<i64>,
     pub sha256: Option<String>,
     pub counts: Option<serde_json::Value>,
@@ -83,7 +85,7 @@ impl Run {
 }
 
 const SELECT: &str = "select r.id, r.org_id, r.status, r.trigger, r.triggered_by, u.email as triggered_by_email,
-    r.created_at, r.started_at, r.finished_at, r.snapshot_at, r.object_key, r.size_bytes, r.sha256, r.counts,
+    r.created_at, r.started_at, r.finished_at, r.snapshot_at, r.object_key, r.upload_id, r.size_bytes, r.sha256, r.counts,
     r.rows_total, r.rows_written, r.error
     from export_runs r left join users u on u.id = r.triggered_by";
 
@@ -184,6 +186,12 @@ pub async fn start(pool: &PgPool, id: &str, attempt: i32) -> sqlx::Result<Option
     }
 }
 
+/// Records the multipart upload of the current attempt.
+pub async fn set_upload_id(pool: &PgPool, id: &str, upload_id: Option<&str>) -> sqlx::Result<()> {
+    sqlx::query("update export_runs set upload_id = $2 where id = $1").bind(id).bind(upload_id).execute(pool).await?;
+    Ok(())
+}
+
 /// Records the counts, known before any row is written.
 pub async fn set_counts(pool: &PgPool, id: &str, counts: &str, total: i64, snapshot_at: DateTime<Utc>) -> sqlx::Result<()> {
     sqlx::query("update export_runs set counts = $2::jsonb, rows_total = $3, snapshot_at = $4 where id = $1 and status = 'running'")
@@ -210,7 +218,7 @@ pub async fn set_progress(pool: &PgPool, id: &str, rows_written: i64) -> sqlx::R
 pub async fn complete(pool: &PgPool, id: &str, key: &str, size: i64, sha256: &str, rows: i64) -> sqlx::Result<bool> {
     let done = sqlx::query(
         "update export_runs set status = 'completed', finished_at = now(), object_key = $2, size_bytes = $3,
-                sha256 = $4, rows_written = $5
+                sha256 = $4, rows_written = $5, upload_id = null
          where id = $1 and status = 'running'",
     )
     .bind(id)

@@ -28,11 +28,6 @@ pub enum Sink {
 }
 
 impl Sink {
-    /// Bytes per part handed to the sink.
-    pub fn part_size(&self) -> usize {
-        PART_SIZE
-    }
-
     /// Opens the destination (creates the multipart upload or the temp file).
     pub async fn start(self) -> anyhow::Result<SinkUpload> {
         match self {
@@ -67,6 +62,14 @@ pub enum SinkUpload {
 }
 
 impl SinkUpload {
+    /// The multipart upload id, for S3.
+    pub fn upload_id(&self) -> Option<&str> {
+        match self {
+            SinkUpload::S3 { upload_id, .. } => Some(upload_id),
+            SinkUpload::File { .. } => None,
+        }
+    }
+
     /// Takes parts until the channel closes. On error the upload is aborted here.
     pub async fn consume(self, mut parts: mpsc::Receiver<Bytes>) -> anyhow::Result<PendingUpload> {
         match self {
@@ -191,11 +194,31 @@ impl PendingUpload {
             PendingUpload::File { tmp, .. } => {
                 let _ = tokio::fs::remove_file(&tmp).await;
             }
-            PendingUpload::S3 { client, bucket, key, upload_id, .. } => {
-                if let Err(e) = client.abort_multipart_upload().bucket(&bucket).key(&key).upload_id(&upload_id).send().await {
-                    tracing::warn!(bucket, key, upload_id, error = %anyhow::Error::new(e.into_service_error()), "could not abort the multipart upload");
+            PendingUpload::S3 { client, bucket, key, upload_id, .. } => abort_upload(&client, &bucket, &key, &upload_id).await,
+        }
+    }
+}
+
+/// Aborts a multipart upload, retrying for about half a minute while the endpoint is
+/// unreachable (the usual reason an upload failed). An upload that is already gone
+/// counts as aborted.
+pub async fn abort_upload(client: &Client, bucket: &str, key: &str, upload_id: &str) {
+    let mut wait = std::time::Duration::from_millis(250);
+    for attempt in 1..=10 {
+        match client.abort_multipart_upload().bucket(bucket).key(key).upload_id(upload_id).send().await {
+            Ok(_) => return,
+            Err(e) => {
+                let e = e.into_service_error();
+                if e.is_no_such_upload() {
+                    return;
+                }
+                if attempt == 10 {
+                    tracing::error!(bucket, key, upload_id, error = %anyhow::Error::new(e), "could not abort the multipart upload; it stays open until a later retry or the bucket's lifecycle rule removes it");
+                    return;
                 }
             }
         }
+        tokio::time::sleep(wait).await;
+        wait = (wait * 2).min(std::time::Duration::from_secs(5));
     }
 }

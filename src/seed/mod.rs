@@ -41,7 +41,7 @@ pub async fn run(pool: &PgPool, storage: &Storage, members: u32, demo_password: 
     anyhow::ensure!((1..=MAX_MEMBERS).contains(&members), "--members must be from 1 to {MAX_MEMBERS} (got {members})");
     let started = Instant::now();
     let hash = password::hash(demo_password)?;
-    let mut rows = 0i64;
+    let mut org_ids = Vec::new();
     for (slug, name) in DEMO_ORGS {
         let slug = OrgSlug::parse(slug).context("demo slug")?;
         // Re-seeding starts the org afresh (its rows go with it by cascade).
@@ -53,9 +53,13 @@ pub async fn run(pool: &PgPool, storage: &Storage, members: u32, demo_password: 
         tx.commit().await?;
         let wanted: Vec<Module> = Module::ALL.to_vec();
         orgs::modules::set(pool, org.id, None, &wanted).await?;
-        rows += count_org_rows(pool, org.id).await?;
+        org_ids.push(org.id);
     }
     seed_accounts(pool, &hash).await?;
+    let mut rows = 0i64;
+    for id in org_ids {
+        rows += count_org_rows(pool, id).await?;
+    }
     let seconds = started.elapsed().as_secs_f64();
     Ok(SeedReport { rows, seconds })
 }

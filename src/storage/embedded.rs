@@ -26,14 +26,22 @@ pub struct EmbeddedS3 {
 }
 
 impl EmbeddedS3 {
-    /// Starts the endpoint on `bind` (port 0 picks a free port) over `root`.
+    /// Starts the endpoint on `bind` (port 0 picks a free port) over `root`, with
+    /// fresh credentials: only this process signs requests for it.
     pub async fn start(root: &Path, bind: SocketAddr) -> anyhow::Result<Self> {
+        Self::start_with(root, bind, format!("local{}", random_token(12)), random_token(32)).await
+    }
+
+    /// Starts it again where `previous` ran: same address and credentials (tests
+    /// stop and restart the endpoint under a running client).
+    pub async fn restart(root: &Path, previous: &S3Settings, addr: SocketAddr) -> anyhow::Result<Self> {
+        Self::start_with(root, addr, previous.access_key_id.clone(), previous.secret_access_key.clone()).await
+    }
+
+    async fn start_with(root: &Path, bind: SocketAddr, access_key: String, secret_key: String) -> anyhow::Result<Self> {
         std::fs::create_dir_all(root).with_context(|| format!("cannot create {}", root.display()))?;
         let fs = s3s_fs::FileSystem::new(root)
             .map_err(|e| anyhow::anyhow!("cannot open the storage directory {}: {e:?}", root.display()))?;
-        // Fresh credentials per process: only this process signs requests for it.
-        let access_key = format!("local{}", random_token(12));
-        let secret_key = random_token(32);
         let service = {
             let mut b = s3s::service::S3ServiceBuilder::new(fs);
             b.set_auth(s3s::auth::SimpleAuth::from_single(access_key.clone(), secret_key.clone()));

@@ -1,1 +1,10 @@
+//! Integration tests: one binary, real PostgreSQL, the embedded S3 endpoint.
 
+mod helpers;
+
+mod auth;
+mod coverage;
+mod exports;
+mod modules;
+mod seed;
+mod zero_config;

@@ -1,0 +1,394 @@
+//! The export module end to end: trigger, job, history, download, delete, API, CLI, faults.
+
+use std::{io::Read, time::Duration};
+
+use data_export::exports::sections::SECTIONS;
+use serde_json::Value;
+
+use crate::helpers::*;
+
+const WAIT: Duration = Duration::from_secs(60);
+
+/// Downloads through a presigned URL and decodes the snapshot.
+pub async fn fetch_snapshot(app: &TestApp, location: &str) -> (Vec<u8>, Value) {
+    let resp = app.client().get(location).send().await.unwrap();
+    assert_eq!(resp.status(), 200, "presigned GET");
+    let bytes = resp.bytes().await.unwrap().to_vec();
+    (bytes.clone(), decode(&bytes))
+}
+
+/// gunzips (exactly one member, nothing after it) and parses.
+pub fn decode(gz: &[u8]) -> Value {
+    let mut d = flate2::read::GzDecoder::new(gz);
+    let mut json = String::new();
+    d.read_to_string(&mut json).unwrap();
+    let rest = d.into_inner();
+    assert!(rest.is_empty(), "one gzip member and nothing after it");
+    serde_json::from_str(&json).unwrap()
+}
+
+/// Validates against docs/snapshot.schema.json.
+pub fn assert_valid(snapshot: &Value) {
+    let schema: Value = serde_json::from_str(include_str!("../../docs/snapshot.schema.json")).unwrap();
+    let validator = jsonschema::validator_for(&schema).unwrap();
+    let errors: Vec<String> = validator.iter_errors(snapshot).take(5).map(|e| format!("{e} at {}", e.instance_path())).collect();
+    assert!(errors.is_empty(), "schema errors: {errors:?}");
+}
+
+/// Each section's row count in the database.
+async fn db_counts(app: &TestApp, org: i64) -> Vec<(&'static str, i64)> {
+    let mut out = Vec::new();
+    for s in SECTIONS {
+        let (n,): (i64,) = sqlx::query_as(sqlx::AssertSqlSafe(format!("select count(*) from {} where org_id = $1", s.table)))
+            .bind(org)
+            .fetch_one(app.pool())
+            .await
+            .unwrap();
+        out.push((s.table, n));
+    }
+    out
+}
+
+fn sha256_hex(bytes: &[u8]) -> String {
+    use sha2::Digest;
+    hex::encode(sha2::Sha256::digest(bytes))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn trigger_watch_download_and_delete_in_the_ui() {
+    let app = TestApp::spawn().await;
+    let s = app.login("admin@acme.test").await;
+    let page = s.get("/orgs/acme/settings/backups").await;
+    assert_eq!(page.status(), 200);
+    assert_eq!(page.headers()["referrer-policy"], "no-referrer");
+    let page = page.text().await.unwrap();
+    assert!(page.contains("Trigger export") && page.contains("No exports yet"));
+
+    // htmx trigger answers with the history fragment, which polls while active.
+    let frag = s.htmx_post("/orgs/acme/exports").await;
+    assert_eq!(frag.status(), 200);
+    let frag = frag.text().await.unwrap();
+    assert!(frag.contains(r#"id="history""#) && frag.contains("Export started"));
+    let id = frag.split("data-export-id=\"").nth(1).unwrap().split('"').next().unwrap().to_string();
+    if frag.contains(r#"data-status="pending""#) || frag.contains(r#"data-status="running""#) {
+        assert!(frag.contains(r#"hx-trigger="every 2s""#), "polls while active: {frag}");
+    }
+    let run = app.wait_for_run(&id, WAIT).await;
+    assert_eq!(run.status, "completed", "{:?}", run.error);
+
+    // Once nothing is active the fragment stops polling and offers Download and Delete.
+    let frag = s.htmx_get("/orgs/acme/exports/history").await.text().await.unwrap();
+    assert!(!frag.contains("hx-trigger"), "stops polling: {frag}");
+    assert!(frag.contains(r#"data-status="completed""#) && frag.contains("Download") && frag.contains("Delete"));
+    // Without JavaScript, a reload shows the same truth.
+    assert!(s.get("/orgs/acme/settings/backups").await.text().await.unwrap().contains(r#"data-status="completed""#));
+
+    // Counts as of now: the download below adds an audit entry of its own.
+    let acme = app.org_id("acme").await;
+    let expected = db_counts(&app, acme).await;
+    let dl = s.get(&format!("/orgs/acme/exports/{id}/download")).await;
+    assert_eq!(dl.status(), 303);
+    assert_eq!(dl.headers()["referrer-policy"], "no-referrer");
+    let location = dl.headers()["location"].to_str().unwrap().to_string();
+    assert!(location.contains("X-Amz-Expires=900"), "{location}");
+    assert!(location.contains(&format!("/org-acme/exports/{}/{id}.json.gz", run.created_at.format("%Y/%m"))), "{location}");
+    let (bytes, snap) = fetch_snapshot(&app, &location).await;
+    assert_eq!(sha256_hex(&bytes), run.sha256.clone().unwrap());
+    assert_eq!(bytes.len() as i64, run.size_bytes.unwrap());
+    assert_valid(&snap);
+    assert_eq!(snap["export_id"], id.as_str());
+    for (table, n) in expected {
+        assert_eq!(snap["counts"][table], n, "{table} count");
+        assert_eq!(snap["sections"][table].as_array().unwrap().len() as i64, n, "{table} rows");
+    }
+    let (downloads,): (i64,) = sqlx::query_as("select count(*) from audit_log where action = 'export.downloaded' and target = $1")
+        .bind(format!("export:{id}"))
+        .fetch_one(app.pool())
+        .await
+        .unwrap();
+    assert_eq!(downloads, 1);
+
+    // Delete removes the object and marks the run.
+    let frag = s.post_form(&format!("/orgs/acme/exports/{id}/delete"), &[]).await;
+    assert_eq!(frag.status(), 303);
+    assert!(app.objects("org-acme").await.is_empty());
+    assert_eq!(app.wait_for_run(&id, WAIT).await.status, "deleted");
+    assert_eq!(s.get(&format!("/orgs/acme/exports/{id}/download")).await.status(), 404);
+    let (deleted,): (i64,) = sqlx::query_as("select count(*) from audit_log where action = 'export.deleted'").fetch_one(app.pool()).await.unwrap();
+    assert_eq!(deleted, 1);
+    // The old presigned URL no longer finds the object.
+    assert_eq!(app.client().get(&location).send().await.unwrap().status(), 404);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_json_api_follows_the_contract() {
+    let app = TestApp::spawn().await;
+    let api = api(&app, &app.token("admin@acme.test").await);
+    let r = api.post("/orgs/acme/exports").await;
+    assert_eq!(r.status(), 202);
+    let body: Value = r.json().await.unwrap();
+    assert_eq!(body["status"], "pending");
+    let id = body["id"].as_str().unwrap().to_string();
+    app.wait_for_run(&id, WAIT).await;
+
+    let one: Value = api.get(&format!("/orgs/acme/exports/{id}")).await.json().await.unwrap();
+    for field in ["id", "status", "trigger", "created_at", "started_at", "finished_at", "size_bytes", "sha256", "counts", "progress", "error"] {
+        assert!(one.get(field).is_some(), "missing {field}: {one}");
+    }
+    assert_eq!(one["status"], "completed");
+    assert_eq!(one["trigger"], "manual");
+    assert_eq!(one["progress"], 1.0);
+    assert!(one["error"].is_null());
+
+    let second: Value = api.post("/orgs/acme/exports").await.json().await.unwrap();
+    let second_id = second["id"].as_str().unwrap().to_string();
+    app.wait_for_run(&second_id, WAIT).await;
+    let list: Vec<Value> = api.get("/orgs/acme/exports").await.json().await.unwrap();
+    assert_eq!(list.iter().map(|r| r["id"].as_str().unwrap()).collect::<Vec<_>>(), [second_id.as_str(), id.as_str()], "newest first");
+
+    let dl = api.get(&format!("/orgs/acme/exports/{id}/download")).await;
+    assert_eq!(dl.status(), 303);
+    let location = dl.headers()["location"].to_str().unwrap().to_string();
+    assert!(location.contains("X-Amz-Expires=900"));
+    let (_, snap) = fetch_snapshot(&app, &location).await;
+    assert_valid(&snap);
+
+    assert_eq!(api.delete(&format!("/orgs/acme/exports/{id}")).await.status(), 204);
+    let gone: Value = api.get(&format!("/orgs/acme/exports/{id}")).await.json().await.unwrap();
+    assert_eq!(gone["status"], "deleted");
+    assert_eq!(api.get(&format!("/orgs/acme/exports/{id}/download")).await.status(), 404);
+    // Deleting again is harmless; a pending/failed run cannot be "deleted".
+    assert_eq!(api.delete(&format!("/orgs/acme/exports/{id}")).await.status(), 204);
+    for bad in ["not-a-ulid", "01ARZ3NDEKTSV4RRFFQ69G5FAV", "%2e%2e", "x'; drop table export_runs; --"] {
+        let r = api.get(&format!("/orgs/acme/exports/{bad}")).await;
+        assert_eq!(r.status(), 404, "{bad}");
+        assert_eq!(r.json::<Value>().await.unwrap()["error"], "not_found");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn twenty_concurrent_triggers_give_one_export_and_nineteen_conflicts() {
+    let app = TestApp::spawn_with(Options { workers: false, ..Default::default() }).await;
+    let token = app.token("admin@acme.test").await;
+    let mut set = tokio::task::JoinSet::new();
+    for _ in 0..20 {
+        let api = api(&app, &token);
+        set.spawn(async move {
+            let r = api.post("/orgs/acme/exports").await;
+            (r.status().as_u16(), r.json::<Value>().await.unwrap())
+        });
+    }
+    let answers: Vec<(u16, Value)> = set.join_all().await;
+    let accepted: Vec<&Value> = answers.iter().filter(|a| a.0 == 202).map(|a| &a.1).collect();
+    assert_eq!(accepted.len(), 1, "{answers:?}");
+    let id = accepted[0]["id"].as_str().unwrap();
+    let conflicts: Vec<&Value> = answers.iter().filter(|a| a.0 == 409).map(|a| &a.1).collect();
+    assert_eq!(conflicts.len(), 19, "{answers:?}");
+    for c in conflicts {
+        assert_eq!(c["error"], "conflict");
+        assert_eq!(c["active_export_id"], id);
+    }
+    let (runs, jobs): (i64, i64) = sqlx::query_as("select (select count(*) from export_runs), (select count(*) from apalis.jobs)")
+        .fetch_one(app.pool())
+        .await
+        .unwrap();
+    assert_eq!((runs, jobs), (1, 1), "one run and exactly its job");
+    // The UI says the same, without an error page.
+    let s = app.login("admin@acme.test").await;
+    let r = s.post_form("/orgs/acme/exports", &[]).await;
+    assert_eq!(r.status(), 303);
+    assert!(r.headers()["location"].to_str().unwrap().ends_with("notice=conflict"));
+    let frag = s.htmx_post("/orgs/acme/exports").await.text().await.unwrap();
+    assert!(frag.contains("already pending or running"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn refusals_module_off_backup_unverified_member_and_other_org() {
+    let app = TestApp::spawn().await;
+    let admin = api(&app, &app.token("admin@acme.test").await);
+    let member = api(&app, &app.token("member@acme.test").await);
+    let globex = api(&app, &app.token("admin@globex.test").await);
+
+    assert_eq!(member.post("/orgs/acme/exports").await.status(), 403);
+    assert_eq!(member.get("/orgs/acme/exports").await.status(), 403);
+    assert_eq!(globex.get("/orgs/acme/exports").await.status(), 404);
+    assert_eq!(admin.get("/orgs/nope/exports").await.status(), 404);
+
+    // Another org's export id answers 404 on every route.
+    let id = admin.post("/orgs/acme/exports").await.json::<Value>().await.unwrap()["id"].as_str().unwrap().to_string();
+    app.wait_for_run(&id, WAIT).await;
+    for path in [format!("/orgs/globex/exports/{id}"), format!("/orgs/globex/exports/{id}/download")] {
+        assert_eq!(globex.get(&path).await.status(), 404, "{path}");
+    }
+    assert_eq!(globex.delete(&format!("/orgs/globex/exports/{id}")).await.status(), 404);
+    let gs = app.login("admin@globex.test").await;
+    assert_eq!(gs.get(&format!("/orgs/globex/exports/{id}/download")).await.status(), 404);
+    assert_eq!(gs.post_form(&format!("/orgs/globex/exports/{id}/delete"), &[]).await.status(), 404);
+    assert_eq!(app.wait_for_run(&id, WAIT).await.status, "completed", "untouched");
+
+    // Backup configuration switched off: 503 and a clear UI message, nothing created.
+    sqlx::query("update backup_configuration set active = false").execute(app.pool()).await.unwrap();
+    let r = admin.post("/orgs/acme/exports").await;
+    assert_eq!(r.status(), 503);
+    assert_eq!(r.json::<Value>().await.unwrap()["error"], "backup_not_verified");
+    let s = app.login("admin@acme.test").await;
+    let page = s.get("/orgs/acme/settings/backups").await.text().await.unwrap();
+    assert!(page.contains("Exports are paused"));
+    let frag = s.htmx_post("/orgs/acme/exports").await.text().await.unwrap();
+    assert!(frag.contains("until a platform admin verifies"));
+    // Verified against another endpoint counts as unverified too.
+    sqlx::query("update backup_configuration set active = true, verified_endpoint = 'http://elsewhere'").execute(app.pool()).await.unwrap();
+    assert_eq!(admin.post("/orgs/acme/exports").await.status(), 503);
+    let (runs,): (i64,) = sqlx::query_as("select count(*) from export_runs").fetch_one(app.pool()).await.unwrap();
+    assert_eq!(runs, 1);
+
+    // Module off: the section and its routes are gone (404).
+    s.post_form("/orgs/acme/settings/modules", &[("module", "engage")]).await;
+    assert_eq!(admin.post("/orgs/acme/exports").await.status(), 404);
+    assert_eq!(admin.get(&format!("/orgs/acme/exports/{id}")).await.status(), 404);
+    assert_eq!(s.get("/orgs/acme/settings/backups").await.status(), 404);
+    assert_eq!(s.get(&format!("/orgs/acme/exports/{id}/download")).await.status(), 404);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sections_of_modules_that_are_off_are_left_out() {
+    let app = TestApp::spawn().await;
+    let s = app.login("admin@acme.test").await;
+    s.post_form("/orgs/acme/settings/modules", &[("module", "data_export"), ("module", "learning")]).await;
+    let api = api(&app, &app.token("admin@acme.test").await);
+    let id = api.post("/orgs/acme/exports").await.json::<Value>().await.unwrap()["id"].as_str().unwrap().to_string();
+    assert_eq!(app.wait_for_run(&id, WAIT).await.status, "completed");
+    let location = api.get(&format!("/orgs/acme/exports/{id}/download")).await.headers()["location"].to_str().unwrap().to_string();
+    let (_, snap) = fetch_snapshot(&app, &location).await;
+    assert_valid(&snap);
+    assert_eq!(snap["modules"]["learning"], true);
+    assert_eq!(snap["modules"]["engage"], false);
+    assert!(snap["sections"].get("courses").is_some() && snap["sections"].get("enrollments").is_some());
+    for off in ["forum_posts", "invoices", "donations", "alumni_profiles"] {
+        assert!(snap["sections"].get(off).is_none() && snap["counts"].get(off).is_none(), "{off}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn presigned_urls_are_refused_when_tampered_with_or_expired() {
+    let app = TestApp::spawn().await;
+    let api = api(&app, &app.token("admin@acme.test").await);
+    let id = api.post("/orgs/acme/exports").await.json::<Value>().await.unwrap()["id"].as_str().unwrap().to_string();
+    let run = app.wait_for_run(&id, WAIT).await;
+    let location = api.get(&format!("/orgs/acme/exports/{id}/download")).await.headers()["location"].to_str().unwrap().to_string();
+    let sig_at = location.find("X-Amz-Signature=").unwrap() + "X-Amz-Signature=".len();
+    let mut tampered = location.clone();
+    let flipped = if &location[sig_at..sig_at + 1] == "a" { "b" } else { "a" };
+    tampered.replace_range(sig_at..sig_at + 1, flipped);
+    assert_eq!(app.client().get(&tampered).send().await.unwrap().status(), 403);
+    let other_key = location.replace(&id, "01ARZ3NDEKTSV4RRFFQ69G5FAV");
+    assert_eq!(app.client().get(&other_key).send().await.unwrap().status(), 403, "the signature covers the key");
+
+    // A URL signed for one second is refused once it has expired.
+    let short = app
+        .state
+        .storage
+        .client()
+        .get_object()
+        .bucket("org-acme")
+        .key(run.object_key.unwrap())
+        .presigned(aws_sdk_s3::presigning::PresigningConfig::expires_in(Duration::from_secs(1)).unwrap())
+        .await
+        .unwrap();
+    assert_eq!(app.client().get(short.uri()).send().await.unwrap().status(), 200);
+    tokio::time::sleep(Duration::from_millis(2100)).await;
+    assert_eq!(app.client().get(short.uri()).send().await.unwrap().status(), 403);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn storage_stopped_mid_upload_fails_cleanly_and_the_next_export_works() {
+    let mut app = TestApp::spawn_with(Options { members: 15_000, ..Default::default() }).await;
+    let api = api(&app, &app.token("admin@acme.test").await);
+    let id = api.post("/orgs/acme/exports").await.json::<Value>().await.unwrap()["id"].as_str().unwrap().to_string();
+    app.wait_for_status(&id, "running", WAIT).await;
+    app.stop_s3().await;
+    // Keep it down long enough for the SDK's retries to give up, then bring it back
+    // so the pipeline's abort can reach it.
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    app.restart_s3().await;
+    let run = app.wait_for_run(&id, WAIT).await;
+    assert_eq!(run.status, "failed");
+    let error = run.error.unwrap();
+    assert!(!error.is_empty() && !error.contains("stage stopped early"), "a readable root cause: {error}");
+    assert!(app.objects("org-acme").await.is_empty(), "no partial object");
+    assert!(app.open_uploads().is_empty(), "no open multipart upload: {:?}", app.open_uploads());
+
+    let next = api.post("/orgs/acme/exports").await.json::<Value>().await.unwrap()["id"].as_str().unwrap().to_string();
+    assert_eq!(app.wait_for_run(&next, WAIT).await.status, "completed");
+    assert_eq!(app.objects("org-acme").await.len(), 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_worker_killed_mid_export_is_recovered_by_another() {
+    let mut app = TestApp::spawn_with(Options { members: 15_000, workers: false, heartbeat_secs: 1, missed_heartbeats: 3 }).await;
+    let api = api(&app, &app.token("admin@acme.test").await);
+    let id = api.post("/orgs/acme/exports").await.json::<Value>().await.unwrap()["id"].as_str().unwrap().to_string();
+    // A separate worker process takes the job...
+    let mut worker = app
+        .command()
+        .arg("worker")
+        .env("HEARTBEAT_SECS", "1")
+        .env("MISSED_HEARTBEATS", "3")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    app.wait_for_status(&id, "running", WAIT).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    // ...and dies with SIGKILL mid-export.
+    worker.kill().unwrap();
+    worker.wait().unwrap();
+    let stuck = data_export::exports::runs::get_any(app.pool(), &id).await.unwrap().unwrap();
+    assert_eq!(stuck.status, "running", "the dead worker left it running");
+    // A new worker re-enqueues the orphan after the heartbeat timeout and finishes it.
+    app.start_workers();
+    let run = app.wait_for_run(&id, WAIT).await;
+    assert_eq!(run.status, "completed", "{:?}", run.error);
+    assert_eq!(app.objects("org-acme").await.len(), 1);
+    assert!(app.open_uploads().is_empty(), "the dead attempt's upload was aborted: {:?}", app.open_uploads());
+    let (attempts,): (i32,) = sqlx::query_as("select attempts from export_runs where id = $1").bind(&id).fetch_one(app.pool()).await.unwrap();
+    assert_eq!(attempts, 2);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn export_command_writes_a_file_or_a_recorded_run() {
+    let app = TestApp::spawn_with(Options { workers: false, ..Default::default() }).await;
+    let out_file = app.storage_dir.join("acme.json.gz");
+    let out = app.command().args(["export", "--org", "acme", "--out"]).arg(&out_file).output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let summary: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let bytes = std::fs::read(&out_file).unwrap();
+    assert_eq!(summary["sha256"], sha256_hex(&bytes));
+    assert_eq!(summary["bytes"], bytes.len());
+    let snap = decode(&bytes);
+    assert_valid(&snap);
+    assert_eq!(summary["rows"], snap["counts"].as_object().unwrap().values().map(|v| v.as_i64().unwrap()).sum::<i64>());
+    let (runs,): (i64,) = sqlx::query_as("select count(*) from export_runs").fetch_one(app.pool()).await.unwrap();
+    assert_eq!(runs, 0, "--out records no run");
+    // No leftovers beside the file.
+    let names: Vec<String> = std::fs::read_dir(&app.storage_dir).unwrap().flatten().map(|e| e.file_name().to_string_lossy().to_string()).collect();
+    assert!(!names.iter().any(|n| n.contains(".partial-")), "{names:?}");
+
+    // Without --out it records a run in the bucket, through the job.
+    let out = app.command().args(["export", "--org", "acme"]).output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let summary: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let run = data_export::exports::runs::get_any(app.pool(), summary["id"].as_str().unwrap()).await.unwrap().unwrap();
+    assert_eq!(run.status, "completed");
+    assert_eq!(app.objects("org-acme").await.len(), 1);
+
+    for (args, needle) in [
+        (vec!["export", "--org", "Not A Slug"], "not a valid org slug"),
+        (vec!["export", "--org", "nope"], "no organization"),
+        (vec!["export", "--org", "acme", "--out", "/nonexistent/dir/x.json.gz"], "does not exist"),
+    ] {
+        let out = app.command().args(&args).output().unwrap();
+        assert_eq!(out.status.code(), Some(1), "{args:?}");
+        assert!(String::from_utf8_lossy(&out.stderr).contains(needle), "{args:?}: {}", String::from_utf8_lossy(&out.stderr));
+    }
+}

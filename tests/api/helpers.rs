@@ -1,0 +1,351 @@
+//! The test harness: a fresh database per test on the server at `DATABASE_URL`,
+//! the embedded S3 endpoint over a temp dir, the app on a random port with its
+//! workers, and cookie-keeping clients that do not follow redirects.
+
+use std::{
+    net::SocketAddr,
+    path::PathBuf,
+    sync::{Arc, Once},
+    time::{Duration, Instant},
+};
+
+use data_export::{
+    config::{Config, StorageSource},
+    db,
+    state::{App, AppState},
+    storage::{EmbeddedS3, Storage},
+};
+use sqlx::PgPool;
+use tokio_util::sync::CancellationToken;
+
+pub const PASSWORD: &str = "test-password-1";
+pub const MEMBERS: u32 = 20;
+
+/// The server tests create their databases on.
+pub fn server_url() -> String {
+    std::env::var("DATABASE_URL").unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".into())
+}
+
+static LOGS: Once = Once::new();
+
+/// Logs in tests with `TEST_LOG=1`.
+pub fn init_logs() {
+    LOGS.call_once(|| {
+        if std::env::var("TEST_LOG").is_ok() {
+            data_export::telemetry::init();
+        }
+    });
+}
+
+/// A fresh, migrated database; returns its pool and name.
+pub async fn fresh_db() -> (PgPool, String) {
+    let admin = db::connect(db::parse_url(&server_url()).unwrap(), 2).await.expect("the test PostgreSQL server is reachable");
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs();
+    let name = format!("dxtest_{now}_{}", ulid::Ulid::generate().to_string().to_lowercase());
+    sqlx::query(sqlx::AssertSqlSafe(format!("create database {name}"))).execute(&admin).await.unwrap();
+    drop_stale(&admin, now).await;
+    admin.close().await;
+    let options = db::parse_url(&server_url()).unwrap().database(&name);
+    let pool = db::connect(options, 20).await.unwrap();
+    db::migrate(&pool).await.unwrap();
+    (pool, name)
+}
+
+/// Drops test databases left by runs more than two hours old.
+async fn drop_stale(admin: &PgPool, now: u64) {
+    let names: Vec<(String,)> =
+        sqlx::query_as("select datname::text from pg_database where datname like 'dxtest\\_%'").fetch_all(admin).await.unwrap_or_default();
+    for (name,) in names {
+        let ts = name.split('_').nth(1).and_then(|t| t.parse::<u64>().ok()).unwrap_or(now);
+        if now.saturating_sub(ts) > 7200 {
+            let _ = sqlx::query(sqlx::AssertSqlSafe(format!("drop database if exists {name} with (force)"))).execute(admin).await;
+        }
+    }
+}
+
+/// Options for [`TestApp::spawn_with`].
+pub struct Options {
+    pub members: u32,
+    pub workers: bool,
+    pub heartbeat_secs: u64,
+    pub missed_heartbeats: u32,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Self { members: MEMBERS, workers: true, heartbeat_secs: 1, missed_heartbeats: 3 }
+    }
+}
+
+/// One running app.
+pub struct TestApp {
+    pub addr: String,
+    pub state: AppState,
+    pub db_name: String,
+    pub storage_dir: PathBuf,
+    pub s3: Option<EmbeddedS3>,
+    pub s3_addr: SocketAddr,
+    pub stop: CancellationToken,
+    workers: Option<(CancellationToken, tokio::task::JoinHandle<()>)>,
+}
+
+impl TestApp {
+    pub async fn spawn() -> Self {
+        Self::spawn_with(Options::default()).await
+    }
+
+    pub async fn spawn_with(opts: Options) -> Self {
+        init_logs();
+        let (pool, db_name) = fresh_db().await;
+        let storage_dir = std::env::temp_dir().join(format!("dxtest-s3-{}", ulid::Ulid::generate()));
+        let s3 = EmbeddedS3::start(&storage_dir, "127.0.0.1:0".parse().unwrap()).await.unwrap();
+        let s3_addr = s3.addr();
+        let mut config = Config::from_lookup(|_| None).unwrap();
+        config.database_url = Some(server_url());
+        config.storage = StorageSource::External(s3.settings());
+        config.bind = "127.0.0.1:0".parse().unwrap();
+        config.heartbeat_secs = opts.heartbeat_secs;
+        config.missed_heartbeats = opts.missed_heartbeats;
+        config.data_dir = storage_dir.clone();
+        // Configured as an external endpoint, so the CLI (given the same S3_* settings)
+        // sees the same storage identity as the verified one.
+        let storage = Storage::new(&s3.settings(), &config.privacy_bucket, s3.settings().endpoint);
+        let state = AppState(Arc::new(App { pool, storage, config }));
+        data_export::seed::run(&state.pool, &state.storage, opts.members, PASSWORD).await.unwrap();
+        data_export::platform::backup::verify(&state, None).await.unwrap().unwrap();
+        let app = data_export::startup::Application::build(state.clone(), state.config.bind).await.unwrap();
+        let addr = format!("http://127.0.0.1:{}", app.port());
+        let stop = CancellationToken::new();
+        tokio::spawn(app.run_until_stopped(stop.clone()));
+        let mut me = Self { addr, state, db_name, storage_dir, s3: Some(s3), s3_addr, stop, workers: None };
+        if opts.workers {
+            me.start_workers();
+        }
+        me
+    }
+
+    pub fn pool(&self) -> &PgPool {
+        &self.state.pool
+    }
+
+    /// Starts this app's workers (a fresh worker identity each time).
+    pub fn start_workers(&mut self) {
+        let token = CancellationToken::new();
+        let handle = tokio::spawn({
+            let (state, token) = (self.state.clone(), token.clone());
+            async move {
+                let _ = data_export::jobs::run(state, token).await;
+            }
+        });
+        self.workers = Some((token, handle));
+    }
+
+    /// Stops the embedded S3 endpoint.
+    pub async fn stop_s3(&mut self) {
+        if let Some(s3) = self.s3.take() {
+            s3.stop().await;
+        }
+    }
+
+    /// Starts the endpoint again on the same address with the same credentials.
+    pub async fn restart_s3(&mut self) {
+        let settings = match &self.state.config.storage {
+            StorageSource::External(s) => s.clone(),
+            StorageSource::Embedded => unreachable!(),
+        };
+        let mut last = None;
+        for _ in 0..50 {
+            match EmbeddedS3::restart(&self.storage_dir, &settings, self.s3_addr).await {
+                Ok(s3) => {
+                    self.s3 = Some(s3);
+                    return;
+                }
+                Err(e) => last = Some(e),
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        panic!("could not restart the S3 endpoint: {last:?}");
+    }
+
+    /// A client with its own cookie jar, not following redirects.
+    pub fn client(&self) -> reqwest::Client {
+        reqwest::Client::builder().cookie_store(true).redirect(reqwest::redirect::Policy::none()).build().unwrap()
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("{}{path}", self.addr)
+    }
+
+    /// A signed-in browser-like session.
+    pub async fn login(&self, email: &str) -> Session {
+        let s = self.anonymous().await;
+        let resp = s.post_form(LOGIN, &[("email", email), ("password", PASSWORD)]).await;
+        assert_eq!(resp.status(), 303, "login as {email}");
+        s
+    }
+
+    /// An anonymous session that has loaded the sign-in page (and so holds a CSRF token).
+    pub async fn anonymous(&self) -> Session {
+        let client = self.client();
+        let page = client.get(self.url(LOGIN)).send().await.unwrap().text().await.unwrap();
+        let csrf = csrf_from(&page).expect("the login page has a CSRF token");
+        Session { client, csrf, base: self.addr.clone() }
+    }
+
+    /// A new API token for `email`.
+    pub async fn token(&self, email: &str) -> String {
+        data_export::auth::tokens::create(self.pool(), email, "test").await.unwrap().unwrap().token
+    }
+
+    pub async fn org_id(&self, slug: &str) -> i64 {
+        sqlx::query_as::<_, (i64,)>("select id from organizations where slug = $1").bind(slug).fetch_one(self.pool()).await.unwrap().0
+    }
+
+    /// Waits until the run leaves pending/running; returns its final row.
+    pub async fn wait_for_run(&self, id: &str, within: Duration) -> data_export::exports::runs::Run {
+        let started = Instant::now();
+        loop {
+            let run = data_export::exports::runs::get_any(self.pool(), id).await.unwrap().expect("run exists");
+            if !run.is_active() {
+                return run;
+            }
+            assert!(started.elapsed() < within, "run {id} still {} after {within:?}", run.status);
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    /// Waits until the run reaches `status`.
+    pub async fn wait_for_status(&self, id: &str, status: &str, within: Duration) {
+        let started = Instant::now();
+        loop {
+            let run = data_export::exports::runs::get_any(self.pool(), id).await.unwrap().expect("run exists");
+            if run.status == status {
+                return;
+            }
+            assert!(started.elapsed() < within, "run {id} is {} not {status} after {within:?}", run.status);
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    /// Objects in a bucket (through the S3 API).
+    pub async fn objects(&self, bucket: &str) -> Vec<String> {
+        let out = self.state.storage.client().list_objects_v2().bucket(bucket).send().await.unwrap();
+        out.contents().iter().filter_map(|o| o.key().map(str::to_string)).filter(|k| !k.starts_with("probes/")).collect()
+    }
+
+    /// Open multipart uploads: s3s-fs keeps each as `.upload-<id>.json` (and its
+    /// parts as `.upload_id-<id>.part-<n>`) in its root; it has no ListMultipartUploads.
+    pub fn open_uploads(&self) -> Vec<String> {
+        std::fs::read_dir(&self.storage_dir)
+            .unwrap()
+            .flatten()
+            .map(|e| e.file_name().to_string_lossy().to_string())
+            .filter(|n| n.starts_with(".upload"))
+            .collect()
+    }
+
+    /// Runs `data-export` with the app's database and storage.
+    pub fn command(&self) -> std::process::Command {
+        let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_data-export"));
+        let url = format!("{}", server_url());
+        let url = match url.rsplit_once('/') {
+            Some((base, _)) => format!("{base}/{}", self.db_name),
+            None => url,
+        };
+        cmd.env_clear()
+            .env("PATH", std::env::var("PATH").unwrap_or_default())
+            .env("DATABASE_URL", url)
+            .env("DATA_DIR", &self.storage_dir)
+            .env("RUST_LOG", "warn");
+        if let StorageSource::External(s) = &self.state.config.storage {
+            cmd.env("S3_ENDPOINT", &s.endpoint)
+                .env("S3_ACCESS_KEY_ID", &s.access_key_id)
+                .env("S3_SECRET_ACCESS_KEY", &s.secret_access_key)
+                .env("S3_FORCE_PATH_STYLE", "true");
+        }
+        cmd
+    }
+}
+
+impl Drop for TestApp {
+    fn drop(&mut self) {
+        self.stop.cancel();
+        if let Some((token, _)) = &self.workers {
+            token.cancel();
+        }
+    }
+}
+
+pub const LOGIN: &str = "/login";
+
+/// A browser-like session: cookies plus the CSRF token.
+pub struct Session {
+    pub client: reqwest::Client,
+    pub csrf: String,
+    pub base: String,
+}
+
+impl Session {
+    pub async fn get(&self, path: &str) -> reqwest::Response {
+        self.client.get(format!("{}{path}", self.base)).send().await.unwrap()
+    }
+
+    pub async fn htmx_get(&self, path: &str) -> reqwest::Response {
+        self.client.get(format!("{}{path}", self.base)).header("HX-Request", "true").send().await.unwrap()
+    }
+
+    /// POSTs a form with the CSRF token added.
+    pub async fn post_form(&self, path: &str, fields: &[(&str, &str)]) -> reqwest::Response {
+        let mut all: Vec<(&str, &str)> = fields.to_vec();
+        all.push(("csrf_token", &self.csrf));
+        self.post_raw(path, &all).await
+    }
+
+    /// POSTs exactly these fields (no CSRF token added).
+    pub async fn post_raw(&self, path: &str, fields: &[(&str, &str)]) -> reqwest::Response {
+        self.client.post(format!("{}{path}", self.base)).form(fields).send().await.unwrap()
+    }
+
+    /// POSTs as htmx does: the token in the header.
+    pub async fn htmx_post(&self, path: &str) -> reqwest::Response {
+        self.client
+            .post(format!("{}{path}", self.base))
+            .header("HX-Request", "true")
+            .header("X-CSRF-Token", &self.csrf)
+            .send()
+            .await
+            .unwrap()
+    }
+}
+
+/// The CSRF token in a page.
+pub fn csrf_from(html: &str) -> Option<String> {
+    let at = html.find("name=\"csrf_token\" value=\"")? + "name=\"csrf_token\" value=\"".len();
+    Some(html[at..].split('"').next()?.to_string())
+}
+
+/// An API client.
+pub fn api(app: &TestApp, token: &str) -> Api {
+    Api { client: app.client(), base: app.addr.clone(), token: token.to_string() }
+}
+
+pub struct Api {
+    pub client: reqwest::Client,
+    pub base: String,
+    pub token: String,
+}
+
+impl Api {
+    pub async fn send(&self, method: reqwest::Method, path: &str) -> reqwest::Response {
+        self.client.request(method, format!("{}/api/v1{path}", self.base)).bearer_auth(&self.token).send().await.unwrap()
+    }
+    pub async fn post(&self, path: &str) -> reqwest::Response {
+        self.send(reqwest::Method::POST, path).await
+    }
+    pub async fn get(&self, path: &str) -> reqwest::Response {
+        self.send(reqwest::Method::GET, path).await
+    }
+    pub async fn delete(&self, path: &str) -> reqwest::Response {
+        self.send(reqwest::Method::DELETE, path).await
+    }
+}
