@@ -150,10 +150,11 @@ async fn export(config: Config, org: &str, out: Option<PathBuf>) -> anyhow::Resu
 
 async fn export_with(services: &Services, slug: &OrgSlug, out: Option<PathBuf>) -> anyhow::Result<serde_json::Value> {
     let state = &services.state;
-    let org: Option<crate::orgs::Org> = sqlx::query_as("select id, slug, name, bucket from organizations where slug = $1")
-        .bind(slug.as_str())
-        .fetch_optional(&state.pool)
-        .await?;
+    let org: Option<crate::orgs::Org> =
+        sqlx::query_as("select id, slug, name, bucket from organizations where slug = $1")
+            .bind(slug.as_str())
+            .fetch_optional(&state.pool)
+            .await?;
     let org = org.with_context(|| format!("no organization with slug {:?}", slug.as_str()))?;
     match out {
         Some(path) => {
@@ -171,7 +172,9 @@ async fn export_with(services: &Services, slug: &OrgSlug, out: Option<PathBuf>) 
         None => {
             // A recorded run through the job queue, run by this process's workers.
             if !platform::backup::is_ready(state).await? {
-                bail!("the backup configuration is not active and verified: run `data-export verify-storage` first, or use --out FILE");
+                bail!(
+                    "the backup configuration is not active and verified: run `data-export verify-storage` first, or use --out FILE"
+                );
             }
             let run = runs::create_manual_unattributed(&state.pool, org.id, state.config.export_max_attempts)
                 .await

@@ -88,9 +88,7 @@ impl Config {
                 if !(endpoint.starts_with("http://") || endpoint.starts_with("https://")) {
                     bail!("S3_ENDPOINT must be an http:// or https:// URL (got {endpoint:?})");
                 }
-                let need = |k: &str| {
-                    non_empty(k).with_context(|| format!("{k} must be set when S3_ENDPOINT is set"))
-                };
+                let need = |k: &str| non_empty(k).with_context(|| format!("{k} must be set when S3_ENDPOINT is set"));
                 StorageSource::External(S3Settings {
                     endpoint,
                     region: non_empty("S3_REGION").unwrap_or_else(|| "us-east-1".into()),
@@ -141,8 +139,7 @@ fn parse_bool(name: &str, v: Option<String>, default: bool) -> anyhow::Result<bo
 
 fn parse_addr(name: &str, v: Option<String>, default: &str) -> anyhow::Result<SocketAddr> {
     let v = v.unwrap_or_else(|| default.into());
-    v.parse()
-        .with_context(|| format!("{name} must be an address like 127.0.0.1:3000 (got {v:?})"))
+    v.parse().with_context(|| format!("{name} must be an address like 127.0.0.1:3000 (got {v:?})"))
 }
 
 fn parse_num<T>(name: &str, v: Option<String>, default: T, range: std::ops::RangeInclusive<T>) -> anyhow::Result<T>

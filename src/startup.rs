@@ -74,7 +74,8 @@ pub struct Application {
 impl Application {
     /// Binds `addr` (port 0 picks a free port).
     pub async fn build(state: AppState, addr: SocketAddr) -> anyhow::Result<Self> {
-        let listener = TcpListener::bind(addr).await.with_context(|| format!("cannot listen on {addr}: is BIND free?"))?;
+        let listener =
+            TcpListener::bind(addr).await.with_context(|| format!("cannot listen on {addr}: is BIND free?"))?;
         Ok(Self { listener, state })
     }
 
@@ -162,7 +163,9 @@ pub async fn serve(config: Config, with_web: bool) -> anyhow::Result<()> {
     let password = if with_web { first_start(&services).await? } else { None };
     if services.embedded.is_some() {
         match platform::backup::verify(&state, None).await? {
-            Ok(()) => tracing::info!("backup configuration verified against the embedded S3 endpoint"),
+            Ok(()) => {
+                tracing::info!("backup configuration verified against the embedded S3 endpoint")
+            }
             Err(e) => tracing::error!(error = e, "the embedded S3 endpoint failed verification"),
         }
     }
@@ -197,15 +200,12 @@ pub async fn serve(config: Config, with_web: bool) -> anyhow::Result<()> {
 }
 
 fn print_banner(config: &Config, port: u16, password: Option<&str>) {
-    let url = if config.bind.port() == 0 {
-        format!("http://{}:{port}", config.bind.ip())
-    } else {
-        config.public_url.clone()
-    };
+    let url =
+        if config.bind.port() == 0 { format!("http://{}:{port}", config.bind.ip()) } else { config.public_url.clone() };
     println!("\nData Export is running at {url}");
     println!("Demo accounts:");
-    for (email, _, platform, memberships) in seed::DEMO_ACCOUNTS {
-        let role = if platform {
+    for seed::DemoAccount { email, platform_admin, memberships, .. } in seed::DEMO_ACCOUNTS {
+        let role = if platform_admin {
             "platform admin".to_string()
         } else {
             memberships.iter().map(|(o, r)| format!("{r} of {o}")).collect::<Vec<_>>().join(", ")

@@ -88,7 +88,9 @@ fn asset(body: &'static [u8], content_type: &'static str) -> Response {
 
 /// The start page: where a signed-in user can go.
 async fn home(ctx: PageCtx, MaybeUser(user): MaybeUser) -> Result<Response, AppError> {
-    let Some(user) = user else { return Ok(Redirect::to(LOGIN).into_response()) };
+    let Some(user) = user else {
+        return Ok(Redirect::to(LOGIN).into_response());
+    };
     let body = html! {
         div.card.space-y-3 {
             p { "Signed in as " strong { (user.email) } "." }

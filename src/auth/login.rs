@@ -60,7 +60,9 @@ pub async fn submit(
     };
     let email = form.email.trim().to_lowercase();
     if email.is_empty() || form.password.is_empty() || email.len() > 254 || form.password.len() > 1024 {
-        return Ok((StatusCode::BAD_REQUEST, view(&ctx, &email, Some("Enter your email and password."))).into_response());
+        return Ok(
+            (StatusCode::BAD_REQUEST, view(&ctx, &email, Some("Enter your email and password."))).into_response()
+        );
     }
     if let Some(msg) = rate_limit::check(&state.pool, &email, &ip).await? {
         tracing::warn!(ip, "sign-in refused by rate limit");
@@ -85,8 +87,15 @@ pub async fn submit(
     // A new session id at sign-in defeats session fixation.
     session.cycle_id().await?;
     session.insert(SESSION_USER_ID, user_id).await?;
-    crate::orgs::audit(&state.pool, None, Some(user_id), "user.login", &format!("user:{user_id}"), serde_json::json!({ "ip": ip }))
-        .await?;
+    crate::orgs::audit(
+        &state.pool,
+        None,
+        Some(user_id),
+        "user.login",
+        &format!("user:{user_id}"),
+        serde_json::json!({ "ip": ip }),
+    )
+    .await?;
     Ok(Redirect::to(routes::HOME).into_response())
 }
 

@@ -45,7 +45,9 @@ async fn session_user(parts: &mut Parts, state: &AppState) -> Result<Option<User
     let session = Session::from_request_parts(parts, state)
         .await
         .map_err(|(_, msg)| AppError::Internal(anyhow::anyhow!("session layer missing: {msg}")))?;
-    let Some(id) = session.get::<i64>(SESSION_USER_ID).await? else { return Ok(None) };
+    let Some(id) = session.get::<i64>(SESSION_USER_ID).await? else {
+        return Ok(None);
+    };
     Ok(load_user(&state.pool, id).await?)
 }
 

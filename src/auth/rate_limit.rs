@@ -33,7 +33,11 @@ pub async fn check(pool: &PgPool, account: &str, ip: &str) -> sqlx::Result<Optio
 
 /// Records a failure (and forgets ones older than the window).
 pub async fn record_failure(pool: &PgPool, account: &str, ip: &str) -> sqlx::Result<()> {
-    sqlx::query("insert into login_failures (account, ip) values ($1, $2)").bind(account).bind(ip).execute(pool).await?;
+    sqlx::query("insert into login_failures (account, ip) values ($1, $2)")
+        .bind(account)
+        .bind(ip)
+        .execute(pool)
+        .await?;
     sqlx::query("delete from login_failures where attempted_at < now() - make_interval(mins => $1)")
         .bind(WINDOW_MINUTES as i32)
         .execute(pool)

@@ -79,14 +79,21 @@ impl SessionStore for PgSessionStore {
                 .fetch_optional(&self.pool)
                 .await
                 .map_err(backend)?;
-        let Some((data, expiry)) = row else { return Ok(None) };
+        let Some((data, expiry)) = row else {
+            return Ok(None);
+        };
         let data = serde_json::from_value(data).map_err(|e| Error::Decode(e.to_string()))?;
-        let expiry_date = OffsetDateTime::from_unix_timestamp(expiry.timestamp()).map_err(|e| Error::Decode(e.to_string()))?;
+        let expiry_date =
+            OffsetDateTime::from_unix_timestamp(expiry.timestamp()).map_err(|e| Error::Decode(e.to_string()))?;
         Ok(Some(Record { id: *id, data, expiry_date }))
     }
 
     async fn delete(&self, id: &Id) -> Result<()> {
-        sqlx::query("delete from sessions where id = $1").bind(id.to_string()).execute(&self.pool).await.map_err(backend)?;
+        sqlx::query("delete from sessions where id = $1")
+            .bind(id.to_string())
+            .execute(&self.pool)
+            .await
+            .map_err(backend)?;
         Ok(())
     }
 }

@@ -17,10 +17,8 @@ pub struct NewToken {
 /// Creates a token for the user with `email`. `None` when there is no such user.
 pub async fn create(pool: &PgPool, email: &str, name: &str) -> anyhow::Result<Option<NewToken>> {
     let email = email.trim().to_lowercase();
-    let Some((user_id,)) = sqlx::query_as::<_, (i64,)>("select id from users where email = $1")
-        .bind(&email)
-        .fetch_optional(pool)
-        .await?
+    let Some((user_id,)) =
+        sqlx::query_as::<_, (i64,)>("select id from users where email = $1").bind(&email).fetch_optional(pool).await?
     else {
         return Ok(None);
     };

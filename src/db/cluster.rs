@@ -49,11 +49,7 @@ impl PrivateCluster {
 
     /// Connection options for the cluster's `postgres` database over the socket.
     pub fn connect_options(&self) -> PgConnectOptions {
-        PgConnectOptions::new()
-            .socket(&self.socket_dir)
-            .port(PORT)
-            .username("postgres")
-            .database("postgres")
+        PgConnectOptions::new().socket(&self.socket_dir).port(PORT).username("postgres").database("postgres")
     }
 
     /// The data directory.
@@ -118,7 +114,10 @@ impl PrivateCluster {
         tracing::info!(data_dir = %self.data_dir.display(), "initialising a private PostgreSQL cluster");
         let data = self.data_dir.display().to_string();
         let out = self
-            .run(&self.bin_dir.join("initdb"), &["-D", &data, "-U", "postgres", "-A", "trust", "-E", "UTF8", "--no-sync"])
+            .run(
+                &self.bin_dir.join("initdb"),
+                &["-D", &data, "-U", "postgres", "-A", "trust", "-E", "UTF8", "--no-sync"],
+            )
             .await?;
         if !out.status.success() {
             bail!("initdb failed: {}", String::from_utf8_lossy(&out.stderr).trim());
@@ -219,9 +218,7 @@ fn is_root() -> bool {
     std::fs::read_to_string("/proc/self/status")
         .ok()
         .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with("Uid:"))
-                .and_then(|l| l.split_whitespace().nth(2).map(|euid| euid == "0"))
+            s.lines().find(|l| l.starts_with("Uid:")).and_then(|l| l.split_whitespace().nth(2).map(|euid| euid == "0"))
         })
         .unwrap_or(false)
 }

@@ -27,9 +27,8 @@ pub async fn connect(options: PgConnectOptions, max_connections: u32) -> anyhow:
 
 /// Parses a `DATABASE_URL`.
 pub fn parse_url(url: &str) -> anyhow::Result<PgConnectOptions> {
-    url.parse::<PgConnectOptions>().with_context(|| {
-        format!("DATABASE_URL is not a valid PostgreSQL URL: {}", crate::config::redact_url(url))
-    })
+    url.parse::<PgConnectOptions>()
+        .with_context(|| format!("DATABASE_URL is not a valid PostgreSQL URL: {}", crate::config::redact_url(url)))
 }
 
 /// Runs our migrations and apalis' own (schema `apalis`).

@@ -30,21 +30,33 @@ pub async fn list(ApiOrgAdmin(org): ApiOrgAdmin, State(state): State<AppState>) 
 }
 
 /// GET /api/v1/orgs/{org}/exports/{id}
-pub async fn get(ApiOrgAdmin(org): ApiOrgAdmin, State(state): State<AppState>, Path((_, id)): Path<(String, String)>) -> ApiResult<Json<serde_json::Value>> {
+pub async fn get(
+    ApiOrgAdmin(org): ApiOrgAdmin,
+    State(state): State<AppState>,
+    Path((_, id)): Path<(String, String)>,
+) -> ApiResult<Json<serde_json::Value>> {
     super::require_module(&state, &org).await?;
     let run = runs::get(&state.pool, org.org.id, &id).await?.ok_or(AppError::NotFound)?;
     Ok(Json(run.api_json()))
 }
 
 /// GET /api/v1/orgs/{org}/exports/{id}/download -> 303 to a presigned URL.
-pub async fn download(ApiOrgAdmin(org): ApiOrgAdmin, State(state): State<AppState>, Path((_, id)): Path<(String, String)>) -> ApiResult<Response> {
+pub async fn download(
+    ApiOrgAdmin(org): ApiOrgAdmin,
+    State(state): State<AppState>,
+    Path((_, id)): Path<(String, String)>,
+) -> ApiResult<Response> {
     super::require_module(&state, &org).await?;
     let url = super::download_url(&state, &org, &id, "api").await?;
     Ok(super::web::see_other(&url))
 }
 
 /// DELETE /api/v1/orgs/{org}/exports/{id} -> 204.
-pub async fn delete(ApiOrgAdmin(org): ApiOrgAdmin, State(state): State<AppState>, Path((_, id)): Path<(String, String)>) -> ApiResult<StatusCode> {
+pub async fn delete(
+    ApiOrgAdmin(org): ApiOrgAdmin,
+    State(state): State<AppState>,
+    Path((_, id)): Path<(String, String)>,
+) -> ApiResult<StatusCode> {
     super::require_module(&state, &org).await?;
     super::delete(&state, &org, &id).await?;
     Ok(StatusCode::NO_CONTENT)

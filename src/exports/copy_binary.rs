@@ -56,7 +56,9 @@ impl CopyDecoder {
                 ensure!(pos == data.len(), "data after the COPY trailer");
                 return Ok(pos);
             }
-            let Some(fields) = data.get(pos..pos + 2) else { return Ok(pos) };
+            let Some(fields) = data.get(pos..pos + 2) else {
+                return Ok(pos);
+            };
             let fields = i16::from_be_bytes([fields[0], fields[1]]);
             if fields == -1 {
                 self.finished = true;
@@ -66,11 +68,15 @@ impl CopyDecoder {
             if fields != 1 {
                 bail!("expected one column per row, got {fields}");
             }
-            let Some(len) = data.get(pos + 2..pos + 6) else { return Ok(pos) };
+            let Some(len) = data.get(pos + 2..pos + 6) else {
+                return Ok(pos);
+            };
             let len = i32::from_be_bytes(len.try_into()?);
             ensure!(len >= 0, "a row's JSON was null");
             let end = pos + 6 + len as usize;
-            let Some(bytes) = data.get(pos + 6..end) else { return Ok(pos) };
+            let Some(bytes) = data.get(pos + 6..end) else {
+                return Ok(pos);
+            };
             row(bytes)?;
             pos = end;
         }

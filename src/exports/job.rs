@@ -9,11 +9,7 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
 use ulid::Ulid;
 
-use super::{
-    pipeline::Snapshot,
-    runs,
-    sink::Sink,
-};
+use super::{pipeline::Snapshot, runs, sink::Sink};
 use crate::state::AppState;
 
 /// The queue name (the job rows' `job_type`).
@@ -42,7 +38,8 @@ pub async fn enqueue(
     max_attempts: u32,
 ) -> anyhow::Result<()> {
     let payload = serde_json::to_vec(job)?;
-    let task: PgTask = TaskBuilder::new(payload).task_id(TaskId::from_ulid(id)).max_attempts(max_attempts as usize).build();
+    let task: PgTask =
+        TaskBuilder::new(payload).task_id(TaskId::from_ulid(id)).max_attempts(max_attempts as usize).build();
     apalis_postgres::queries::push_tasks(&mut **tx, QUEUE, vec![task]).await.context("enqueueing the export job")?;
     Ok(())
 }
@@ -66,8 +63,12 @@ pub async fn run(job: ExportJob, state: Data<AppState>, attempt: Attempt) -> Res
     let max = state.config.export_max_attempts as i32;
     if attempt > max {
         // Re-enqueued after worker crashes more often than allowed.
-        runs::fail(&state.pool, &job.run_id, &format!("gave up after {max} attempts: the worker stopped mid-export each time"))
-            .await?;
+        runs::fail(
+            &state.pool,
+            &job.run_id,
+            &format!("gave up after {max} attempts: the worker stopped mid-export each time"),
+        )
+        .await?;
         return Err(AbortError::new("too many attempts").into());
     }
     let Some(run) = runs::start(&state.pool, &job.run_id, attempt).await? else {
@@ -99,7 +100,8 @@ async fn execute(state: &AppState, run: &runs::Run) -> anyhow::Result<()> {
         runs::set_upload_id(&state.pool, &run.id, None).await?;
     }
     let snapshot = Snapshot::open(&state.pool, org.id).await?;
-    runs::set_counts(&state.pool, &run.id, &snapshot.counts_json(), snapshot.rows_total(), snapshot.snapshot_at).await?;
+    runs::set_counts(&state.pool, &run.id, &snapshot.counts_json(), snapshot.rows_total(), snapshot.snapshot_at)
+        .await?;
     let sink = Sink::S3 {
         client: state.storage.client().clone(),
         bucket: org.bucket.clone(),

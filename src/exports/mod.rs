@@ -61,7 +61,10 @@ pub async fn delete(state: &AppState, ctx: &OrgCtx, id: &str) -> Result<(), AppE
         return Ok(());
     }
     let Some(key) = run.object_key.as_deref().filter(|_| run.status == "completed") else {
-        return Err(AppError::BadRequest(format!("Only completed exports can be deleted; this one is {}.", run.status)));
+        return Err(AppError::BadRequest(format!(
+            "Only completed exports can be deleted; this one is {}.",
+            run.status
+        )));
     };
     state.storage.delete(&ctx.org.bucket, key).await?;
     runs::mark_deleted(&state.pool, ctx.org.id, &run.id).await?;

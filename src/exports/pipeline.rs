@@ -68,8 +68,7 @@ impl Snapshot {
             .await
             .context("opening the snapshot transaction")?;
         // The first statement fixes the snapshot; its clock is the snapshot's instant.
-        let (snapshot_at,): (DateTime<Utc>,) =
-            sqlx::query_as("select clock_timestamp()").fetch_one(&mut *tx).await?;
+        let (snapshot_at,): (DateTime<Utc>,) = sqlx::query_as("select clock_timestamp()").fetch_one(&mut *tx).await?;
         sqlx::query("set local timezone = 'UTC'").execute(&mut *tx).await?;
         let organization: Option<(String,)> = sqlx::query_as(
             "select row_to_json(o)::text from (select id, slug, name, bucket, created_at from organizations where id = $1) o",
@@ -106,11 +105,13 @@ impl Snapshot {
                 cols.join(", "),
                 section.table
             );
-            let (n,): (i64,) =
-                sqlx::query_as(sqlx::AssertSqlSafe(format!("select count(*) from {} where org_id = $1", section.table)))
-                    .bind(org_id)
-                    .fetch_one(&mut *tx)
-                    .await?;
+            let (n,): (i64,) = sqlx::query_as(sqlx::AssertSqlSafe(format!(
+                "select count(*) from {} where org_id = $1",
+                section.table
+            )))
+            .bind(org_id)
+            .fetch_one(&mut *tx)
+            .await?;
             sections.push((section, copy, n));
         }
         Ok(Self { tx, org_id, snapshot_at, organization, modules, sections })
@@ -156,7 +157,12 @@ impl Snapshot {
 
     /// Streams the snapshot into an opened sink (see [`super::sink::Sink::start`]).
     /// `progress` receives rows written so far.
-    pub async fn write(self, export_id: &str, upload: SinkUpload, progress: &watch::Sender<i64>) -> anyhow::Result<Outcome> {
+    pub async fn write(
+        self,
+        export_id: &str,
+        upload: SinkUpload,
+        progress: &watch::Sender<i64>,
+    ) -> anyhow::Result<Outcome> {
         let started = Instant::now();
         let (raw_tx, raw_rx) = mpsc::channel::<Vec<u8>>(RAW_QUEUE);
         let (part_tx, part_rx) = mpsc::channel::<Bytes>(PART_QUEUE);
@@ -193,7 +199,12 @@ impl Snapshot {
         }
     }
 
-    async fn produce(mut self, export_id: &str, out: mpsc::Sender<Vec<u8>>, progress: &watch::Sender<i64>) -> anyhow::Result<i64> {
+    async fn produce(
+        mut self,
+        export_id: &str,
+        out: mpsc::Sender<Vec<u8>>,
+        progress: &watch::Sender<i64>,
+    ) -> anyhow::Result<i64> {
         let mut w = ChunkWriter { buf: Vec::with_capacity(RAW_CHUNK), out };
         w.push(self.header(export_id).as_bytes());
         let mut rows = 1i64;
@@ -274,7 +285,11 @@ impl ChunkWriter {
 }
 
 /// Gzips raw chunks into parts of `part_size`; returns (compressed size, SHA-256 hex).
-fn compress(mut raw: mpsc::Receiver<Vec<u8>>, parts: mpsc::Sender<Bytes>, part_size: usize) -> anyhow::Result<(u64, String)> {
+fn compress(
+    mut raw: mpsc::Receiver<Vec<u8>>,
+    parts: mpsc::Sender<Bytes>,
+    part_size: usize,
+) -> anyhow::Result<(u64, String)> {
     let writer = PartWriter { buf: Vec::with_capacity(part_size), part_size, parts, hasher: Sha256::new(), size: 0 };
     let mut gz = GzEncoder::new(writer, Compression::new(GZIP_LEVEL));
     while let Some(chunk) = raw.blocking_recv() {

@@ -126,8 +126,15 @@ async fn create(pool: &PgPool, org_id: i64, user_id: Option<i64>, max_attempts: 
         return Err(e.into());
     }
     job::enqueue(&mut tx, id, &ExportJob { run_id: id.to_string() }, max_attempts).await?;
-    crate::orgs::audit(&mut *tx, Some(org_id), user_id, "export.triggered", &format!("export:{id}"), serde_json::json!({}))
-        .await?;
+    crate::orgs::audit(
+        &mut *tx,
+        Some(org_id),
+        user_id,
+        "export.triggered",
+        &format!("export:{id}"),
+        serde_json::json!({}),
+    )
+    .await?;
     tx.commit().await?;
     get(pool, org_id, &id.to_string()).await?.ok_or(AppError::NotFound)
 }
@@ -161,11 +168,13 @@ pub async fn get_any(pool: &PgPool, id: &str) -> sqlx::Result<Option<Run>> {
 
 /// The org's runs, newest first.
 pub async fn list(pool: &PgPool, org_id: i64, limit: i64) -> sqlx::Result<Vec<Run>> {
-    sqlx::query_as(sqlx::AssertSqlSafe(format!("{SELECT} where r.org_id = $1 order by r.created_at desc, r.id desc limit $2")))
-        .bind(org_id)
-        .bind(limit)
-        .fetch_all(pool)
-        .await
+    sqlx::query_as(sqlx::AssertSqlSafe(format!(
+        "{SELECT} where r.org_id = $1 order by r.created_at desc, r.id desc limit $2"
+    )))
+    .bind(org_id)
+    .bind(limit)
+    .fetch_all(pool)
+    .await
 }
 
 /// Moves a pending run (or one left running by a worker that died) to running.
@@ -193,7 +202,13 @@ pub async fn set_upload_id(pool: &PgPool, id: &str, upload_id: Option<&str>) -> 
 }
 
 /// Records the counts, known before any row is written.
-pub async fn set_counts(pool: &PgPool, id: &str, counts: &str, total: i64, snapshot_at: DateTime<Utc>) -> sqlx::Result<()> {
+pub async fn set_counts(
+    pool: &PgPool,
+    id: &str,
+    counts: &str,
+    total: i64,
+    snapshot_at: DateTime<Utc>,
+) -> sqlx::Result<()> {
     sqlx::query("update export_runs set counts = $2::jsonb, rows_total = $3, snapshot_at = $4 where id = $1 and status = 'running'")
         .bind(id)
         .bind(counts)
@@ -247,10 +262,11 @@ pub async fn fail(pool: &PgPool, id: &str, reason: &str) -> sqlx::Result<()> {
 
 /// Marks a completed run deleted (after its object is gone).
 pub async fn mark_deleted(pool: &PgPool, org_id: i64, id: &str) -> sqlx::Result<bool> {
-    let done = sqlx::query("update export_runs set status = 'deleted' where id = $1 and org_id = $2 and status = 'completed'")
-        .bind(id)
-        .bind(org_id)
-        .execute(pool)
-        .await?;
+    let done =
+        sqlx::query("update export_runs set status = 'deleted' where id = $1 and org_id = $2 and status = 'completed'")
+            .bind(id)
+            .bind(org_id)
+            .execute(pool)
+            .await?;
     Ok(done.rows_affected() == 1)
 }

@@ -33,7 +33,8 @@ impl Sink {
         match self {
             Sink::File(path) => {
                 let tmp = PathBuf::from(format!("{}.partial-{}", path.display(), ulid::Ulid::generate()));
-                let file = tokio::fs::File::create(&tmp).await.with_context(|| format!("cannot create {}", tmp.display()))?;
+                let file =
+                    tokio::fs::File::create(&tmp).await.with_context(|| format!("cannot create {}", tmp.display()))?;
                 Ok(SinkUpload::File { tmp, path, file })
             }
             Sink::S3 { client, bucket, key, export_id } => {
@@ -112,19 +113,23 @@ impl SinkUpload {
                         anyhow::Ok(CompletedPart::builder().part_number(number).set_e_tag(out.e_tag).build())
                     }
                 });
-                let mut uploads = std::pin::pin!(uploads.buffered(PARTS_IN_FLIGHT));
-                let mut done = Vec::new();
-                let mut failure = None;
-                while let Some(r) = uploads.next().await {
-                    match r {
-                        Ok(p) => done.push(p),
-                        Err(e) => {
-                            failure = Some(e);
-                            break;
+                // In-flight uploads are dropped (cancelled) at the end of this block,
+                // before any abort.
+                let (done, failure) = {
+                    let mut uploads = std::pin::pin!(uploads.buffered(PARTS_IN_FLIGHT));
+                    let mut done = Vec::new();
+                    let mut failure = None;
+                    while let Some(r) = uploads.next().await {
+                        match r {
+                            Ok(p) => done.push(p),
+                            Err(e) => {
+                                failure = Some(e);
+                                break;
+                            }
                         }
                     }
-                }
-                drop(uploads);
+                    (done, failure)
+                };
                 let pending = PendingUpload::S3 { client, bucket, key, upload_id, parts: done };
                 match failure {
                     None => Ok(pending),
@@ -162,7 +167,8 @@ impl PendingUpload {
                     .send()
                     .await;
                 if let Err(e) = completed {
-                    let _ = client.abort_multipart_upload().bucket(&bucket).key(&key).upload_id(&upload_id).send().await;
+                    let _ =
+                        client.abort_multipart_upload().bucket(&bucket).key(&key).upload_id(&upload_id).send().await;
                     return Err(anyhow::Error::new(e.into_service_error()).context("cannot complete the upload"));
                 }
                 // The hash is known only now: copy the object onto itself with it in the
@@ -194,7 +200,9 @@ impl PendingUpload {
             PendingUpload::File { tmp, .. } => {
                 let _ = tokio::fs::remove_file(&tmp).await;
             }
-            PendingUpload::S3 { client, bucket, key, upload_id, .. } => abort_upload(&client, &bucket, &key, &upload_id).await,
+            PendingUpload::S3 { client, bucket, key, upload_id, .. } => {
+                abort_upload(&client, &bucket, &key, &upload_id).await
+            }
         }
     }
 }

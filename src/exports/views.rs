@@ -9,7 +9,14 @@ use crate::{routes, views::PageCtx};
 pub const HISTORY_LIMIT: i64 = 50;
 
 /// The whole page.
-pub fn backups_page(ctx: &PageCtx, org_slug: &str, org_name: &str, ready: bool, runs: &[Run], message: Option<(bool, &str)>) -> Markup {
+pub fn backups_page(
+    ctx: &PageCtx,
+    org_slug: &str,
+    org_name: &str,
+    ready: bool,
+    runs: &[Run],
+    message: Option<(bool, &str)>,
+) -> Markup {
     crate::views::page(
         ctx,
         &format!("{org_name}: Backups & Export"),

@@ -25,7 +25,9 @@ fn notice_text(code: Option<&str>) -> Option<(bool, &'static str)> {
     match code? {
         "triggered" => Some((true, "Export started. This list updates by itself.")),
         "deleted" => Some((true, "The export's file was deleted.")),
-        "conflict" => Some((false, "An export is already pending or running for this organization. Wait for it to finish.")),
+        "conflict" => {
+            Some((false, "An export is already pending or running for this organization. Wait for it to finish."))
+        }
         "not_verified" => Some((false, "Exports are paused until a platform admin verifies the backup configuration.")),
         _ => None,
     }
@@ -36,7 +38,12 @@ fn is_htmx(headers: &HeaderMap) -> bool {
 }
 
 /// GET /orgs/{org}/settings/backups
-pub async fn page(ctx: PageCtx, OrgAdmin(org): OrgAdmin, State(state): State<AppState>, Query(f): Query<Flash>) -> AppResult<Response> {
+pub async fn page(
+    ctx: PageCtx,
+    OrgAdmin(org): OrgAdmin,
+    State(state): State<AppState>,
+    Query(f): Query<Flash>,
+) -> AppResult<Response> {
     super::require_module(&state, &org).await?;
     let ready = crate::platform::backup::is_ready(&state).await?;
     let list = runs::list(&state.pool, org.org.id, views::HISTORY_LIMIT).await?;
@@ -53,12 +60,23 @@ pub async fn history(ctx: PageCtx, OrgAdmin(org): OrgAdmin, State(state): State<
 async fn history_response(ctx: &PageCtx, state: &AppState, org: &OrgCtx, notice: Option<&str>) -> AppResult<Response> {
     let list = runs::list(&state.pool, org.org.id, views::HISTORY_LIMIT).await?;
     let body = views::history(ctx, &org.org.slug, &list, notice_text(notice));
-    Ok(([(header::REFERRER_POLICY, HeaderValue::from_static("no-referrer")), (header::CACHE_CONTROL, HeaderValue::from_static("no-store"))], body)
+    Ok((
+        [
+            (header::REFERRER_POLICY, HeaderValue::from_static("no-referrer")),
+            (header::CACHE_CONTROL, HeaderValue::from_static("no-store")),
+        ],
+        body,
+    )
         .into_response())
 }
 
 /// POST /orgs/{org}/exports: htmx gets the refreshed history, a plain form a redirect.
-pub async fn trigger(ctx: PageCtx, headers: HeaderMap, OrgAdmin(org): OrgAdmin, State(state): State<AppState>) -> AppResult<Response> {
+pub async fn trigger(
+    ctx: PageCtx,
+    headers: HeaderMap,
+    OrgAdmin(org): OrgAdmin,
+    State(state): State<AppState>,
+) -> AppResult<Response> {
     super::require_module(&state, &org).await?;
     let notice = match super::trigger(&state, &org).await {
         Ok(_) => "triggered",
@@ -73,7 +91,11 @@ pub async fn trigger(ctx: PageCtx, headers: HeaderMap, OrgAdmin(org): OrgAdmin, 
 }
 
 /// GET /orgs/{org}/exports/{id}/download: 303 to a fresh presigned URL.
-pub async fn download(OrgAdmin(org): OrgAdmin, State(state): State<AppState>, Path((_, id)): Path<(String, String)>) -> AppResult<Response> {
+pub async fn download(
+    OrgAdmin(org): OrgAdmin,
+    State(state): State<AppState>,
+    Path((_, id)): Path<(String, String)>,
+) -> AppResult<Response> {
     super::require_module(&state, &org).await?;
     let url = super::download_url(&state, &org, &id, "web").await?;
     Ok(see_other(&url))

@@ -24,10 +24,8 @@ impl OrgSlug {
     pub fn parse(s: &str) -> Option<Self> {
         let b = s.as_bytes();
         let ok_char = |c: &u8| c.is_ascii_lowercase() || c.is_ascii_digit() || *c == b'-';
-        let valid = (3..=40).contains(&b.len())
-            && b.iter().all(ok_char)
-            && b.first() != Some(&b'-')
-            && b.last() != Some(&b'-');
+        let valid =
+            (3..=40).contains(&b.len()) && b.iter().all(ok_char) && b.first() != Some(&b'-') && b.last() != Some(&b'-');
         valid.then(|| Self(s.to_string()))
     }
 

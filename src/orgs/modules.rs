@@ -71,8 +71,10 @@ impl Module {
 
 /// Each module and whether it is on for the org.
 pub async fn states(pool: &PgPool, org_id: i64) -> sqlx::Result<Vec<(Module, bool)>> {
-    let on: Vec<(String,)> =
-        sqlx::query_as("select module from org_modules where org_id = $1 and enabled").bind(org_id).fetch_all(pool).await?;
+    let on: Vec<(String,)> = sqlx::query_as("select module from org_modules where org_id = $1 and enabled")
+        .bind(org_id)
+        .fetch_all(pool)
+        .await?;
     Ok(Module::ALL.into_iter().map(|m| (m, on.iter().any(|(k,)| k == m.key()))).collect())
 }
 
@@ -87,18 +89,22 @@ pub async fn is_on(pool: &PgPool, org_id: i64, module: Module) -> sqlx::Result<b
 }
 
 /// Sets modules for an org, auditing each change. Returns the modules that changed.
-pub async fn set(pool: &PgPool, org_id: i64, actor: Option<i64>, wanted: &[Module]) -> sqlx::Result<Vec<(Module, bool)>> {
+pub async fn set(
+    pool: &PgPool,
+    org_id: i64,
+    actor: Option<i64>,
+    wanted: &[Module],
+) -> sqlx::Result<Vec<(Module, bool)>> {
     let mut tx = pool.begin().await?;
     let mut changed = Vec::new();
     for m in Module::ALL {
         let enable = wanted.contains(&m);
-        let prev: Option<(bool,)> = sqlx::query_as(
-            "select enabled from org_modules where org_id = $1 and module = $2 for update",
-        )
-        .bind(org_id)
-        .bind(m.key())
-        .fetch_optional(&mut *tx)
-        .await?;
+        let prev: Option<(bool,)> =
+            sqlx::query_as("select enabled from org_modules where org_id = $1 and module = $2 for update")
+                .bind(org_id)
+                .bind(m.key())
+                .fetch_optional(&mut *tx)
+                .await?;
         if prev.map(|p| p.0).unwrap_or(false) == enable {
             continue;
         }
@@ -146,7 +152,9 @@ pub async fn update(
                 }
             },
             crate::auth::csrf::FIELD => {}
-            other => return Err(AppError::BadRequest(format!("Unexpected form field {other:?}; nothing was changed."))),
+            other => {
+                return Err(AppError::BadRequest(format!("Unexpected form field {other:?}; nothing was changed.")));
+            }
         }
     }
     set(&state.pool, org.org.id, Some(org.user.id), &wanted).await?;

@@ -20,12 +20,36 @@ pub const DEFAULT_MEMBERS: u32 = 1_000;
 /// Largest accepted member count.
 pub const MAX_MEMBERS: u32 = 5_000_000;
 
-/// The demo accounts: (email, name, platform admin, memberships as (org, role)).
-pub const DEMO_ACCOUNTS: [(&str, &str, bool, &[(&str, &str)]); 4] = [
-    ("platform@example.test", "Pat Platform", true, &[]),
-    ("admin@acme.test", "Ada Acme", false, &[("acme", "admin")]),
-    ("admin@globex.test", "Gil Globex", false, &[("globex", "admin")]),
-    ("member@acme.test", "Max Member", false, &[("acme", "member")]),
+/// A demo account.
+pub struct DemoAccount {
+    pub email: &'static str,
+    pub name: &'static str,
+    pub platform_admin: bool,
+    /// (org slug, role).
+    pub memberships: &'static [(&'static str, &'static str)],
+}
+
+/// The demo accounts, all with the demo password.
+pub const DEMO_ACCOUNTS: [DemoAccount; 4] = [
+    DemoAccount { email: "platform@example.test", name: "Pat Platform", platform_admin: true, memberships: &[] },
+    DemoAccount {
+        email: "admin@acme.test",
+        name: "Ada Acme",
+        platform_admin: false,
+        memberships: &[("acme", "admin")],
+    },
+    DemoAccount {
+        email: "admin@globex.test",
+        name: "Gil Globex",
+        platform_admin: false,
+        memberships: &[("globex", "admin")],
+    },
+    DemoAccount {
+        email: "member@acme.test",
+        name: "Max Member",
+        platform_admin: false,
+        memberships: &[("acme", "member")],
+    },
 ];
 
 /// What a seed run did.
@@ -49,7 +73,10 @@ pub async fn run(pool: &PgPool, storage: &Storage, members: u32, demo_password: 
         let org = orgs::provision(pool, storage, &slug, name).await?;
         let sql = org_sql(org.id, slug.as_str(), members);
         let mut tx = pool.begin().await?;
-        sqlx::raw_sql(sqlx::AssertSqlSafe(sql)).execute(&mut *tx).await.with_context(|| format!("seeding {}", slug.as_str()))?;
+        sqlx::raw_sql(sqlx::AssertSqlSafe(sql))
+            .execute(&mut *tx)
+            .await
+            .with_context(|| format!("seeding {}", slug.as_str()))?;
         tx.commit().await?;
         let wanted: Vec<Module> = Module::ALL.to_vec();
         orgs::modules::set(pool, org.id, None, &wanted).await?;
@@ -71,7 +98,7 @@ pub async fn is_seeded(pool: &PgPool) -> sqlx::Result<bool> {
 }
 
 async fn seed_accounts(pool: &PgPool, hash: &str) -> anyhow::Result<()> {
-    for (email, name, platform, memberships) in DEMO_ACCOUNTS {
+    for DemoAccount { email, name, platform_admin: platform, memberships } in DEMO_ACCOUNTS {
         let (user_id,): (i64,) = sqlx::query_as(
             "insert into users (email, display_name, password_hash) values ($1, $2, $3)
              on conflict (email) do update set password_hash = excluded.password_hash, display_name = excluded.display_name
@@ -118,10 +145,11 @@ async fn seed_accounts(pool: &PgPool, hash: &str) -> anyhow::Result<()> {
 pub async fn count_org_rows(pool: &PgPool, org_id: i64) -> sqlx::Result<i64> {
     let mut total = 0;
     for s in crate::exports::sections::SECTIONS {
-        let (n,): (i64,) = sqlx::query_as(sqlx::AssertSqlSafe(format!("select count(*) from {} where org_id = $1", s.table)))
-            .bind(org_id)
-            .fetch_one(pool)
-            .await?;
+        let (n,): (i64,) =
+            sqlx::query_as(sqlx::AssertSqlSafe(format!("select count(*) from {} where org_id = $1", s.table)))
+                .bind(org_id)
+                .fetch_one(pool)
+                .await?;
         total += n;
     }
     Ok(total)

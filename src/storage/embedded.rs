@@ -47,9 +47,8 @@ impl EmbeddedS3 {
             b.set_auth(s3s::auth::SimpleAuth::from_single(access_key.clone(), secret_key.clone()));
             b.build()
         };
-        let listener = TcpListener::bind(bind)
-            .await
-            .with_context(|| format!("cannot bind the embedded S3 endpoint to {bind}"))?;
+        let listener =
+            TcpListener::bind(bind).await.with_context(|| format!("cannot bind the embedded S3 endpoint to {bind}"))?;
         let addr = listener.local_addr()?;
         let (stop, mut stopped) = watch::channel(false);
         let task = tokio::spawn(async move {

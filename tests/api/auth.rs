@@ -88,7 +88,11 @@ async fn malformed_login_forms_get_a_clear_400() {
     let app = TestApp::spawn_with(Options { workers: false, ..Default::default() }).await;
     let s = app.anonymous().await;
     let long = "a".repeat(300);
-    for fields in [vec![("email", "")], vec![("email", "a@b.c"), ("password", "")], vec![("email", long.as_str()), ("password", "x")]] {
+    for fields in [
+        vec![("email", "")],
+        vec![("email", "a@b.c"), ("password", "")],
+        vec![("email", long.as_str()), ("password", "x")],
+    ] {
         let r = s.post_form(LOGIN, &fields).await;
         assert_eq!(r.status(), 400);
         assert!(r.text().await.unwrap().contains("Enter your email and password"));
@@ -140,7 +144,13 @@ async fn roles_and_orgs_are_kept_apart() {
 
     let globex = app.login("admin@globex.test").await;
     assert_eq!(globex.get("/orgs/globex/settings/modules").await.status(), 200);
-    for path in ["/orgs/acme/settings/modules", "/orgs/acme/settings/backups", "/orgs/acme/exports/history", "/orgs/nope/settings/modules", "/orgs/..%2F/settings/modules"] {
+    for path in [
+        "/orgs/acme/settings/modules",
+        "/orgs/acme/settings/backups",
+        "/orgs/acme/exports/history",
+        "/orgs/nope/settings/modules",
+        "/orgs/..%2F/settings/modules",
+    ] {
         assert_eq!(globex.get(path).await.status(), 404, "{path}");
     }
     // A platform admin is not implicitly an org admin.
@@ -192,7 +202,9 @@ async fn pages_carry_security_headers_and_assets_are_cached() {
     let app = TestApp::spawn_with(Options { workers: false, ..Default::default() }).await;
     let r = app.client().get(app.url(LOGIN)).send().await.unwrap();
     let csp = r.headers()["content-security-policy"].to_str().unwrap();
-    assert!(csp.contains("frame-ancestors 'none'") && csp.contains("script-src 'self'") && !csp.contains("unsafe-inline"));
+    assert!(
+        csp.contains("frame-ancestors 'none'") && csp.contains("script-src 'self'") && !csp.contains("unsafe-inline")
+    );
     assert_eq!(r.headers()["x-content-type-options"], "nosniff");
     let body = r.text().await.unwrap();
     assert!(!body.contains("<script>") && !body.contains("style=\""), "no inline script or style");
@@ -205,5 +217,8 @@ async fn pages_carry_security_headers_and_assets_are_cached() {
     assert_eq!(app.client().get(app.url("/healthz")).send().await.unwrap().status(), 200);
     let ready = app.client().get(app.url("/readyz")).send().await.unwrap();
     assert_eq!(ready.status(), 200);
-    assert_eq!(ready.json::<serde_json::Value>().await.unwrap(), serde_json::json!({"database": "ok", "storage": "ok"}));
+    assert_eq!(
+        ready.json::<serde_json::Value>().await.unwrap(),
+        serde_json::json!({"database": "ok", "storage": "ok"})
+    );
 }

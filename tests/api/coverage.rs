@@ -20,12 +20,16 @@ async fn every_org_scoped_table_is_a_section_or_excluded() {
     assert!(tables.len() > 20, "the migrated schema has the domain tables");
     let mut missing = Vec::new();
     for (t,) in &tables {
-        let listed = SECTIONS.iter().any(|s| s.table == t) || EXCLUDED.iter().any(|(e, reason)| e == t && !reason.is_empty());
+        let listed =
+            SECTIONS.iter().any(|s| s.table == t) || EXCLUDED.iter().any(|(e, reason)| e == t && !reason.is_empty());
         if !listed {
             missing.push(t.clone());
         }
     }
-    assert!(missing.is_empty(), "org-scoped tables that are neither a section nor excluded (src/exports/sections.rs): {missing:?}");
+    assert!(
+        missing.is_empty(),
+        "org-scoped tables that are neither a section nor excluded (src/exports/sections.rs): {missing:?}"
+    );
     // And nothing is listed that does not exist.
     for s in SECTIONS {
         assert!(tables.iter().any(|(t,)| t == s.table), "section {} has no table", s.table);
@@ -38,12 +42,15 @@ async fn an_export_of_acme_holds_nothing_of_globex_and_no_secrets() {
     let api = api(&app, &app.token("admin@acme.test").await);
     let id = api.post("/orgs/acme/exports").await.json::<Value>().await.unwrap()["id"].as_str().unwrap().to_string();
     assert_eq!(app.wait_for_run(&id, Duration::from_secs(60)).await.status, "completed");
-    let location = api.get(&format!("/orgs/acme/exports/{id}/download")).await.headers()["location"].to_str().unwrap().to_string();
+    let location =
+        api.get(&format!("/orgs/acme/exports/{id}/download")).await.headers()["location"].to_str().unwrap().to_string();
     let (bytes, snap) = fetch_snapshot(&app, &location).await;
     let acme = app.org_id("acme").await;
     let mut rows = 0;
     for (name, section) in snap["sections"].as_object().unwrap() {
-        let Some(list) = section.as_array() else { continue };
+        let Some(list) = section.as_array() else {
+            continue;
+        };
         for row in list {
             assert_eq!(row["org_id"], acme, "{name} row of another org: {row}");
             for secret in SECRET_COLUMNS {

@@ -31,7 +31,8 @@ pub fn decode(gz: &[u8]) -> Value {
 pub fn assert_valid(snapshot: &Value) {
     let schema: Value = serde_json::from_str(include_str!("../../docs/snapshot.schema.json")).unwrap();
     let validator = jsonschema::validator_for(&schema).unwrap();
-    let errors: Vec<String> = validator.iter_errors(snapshot).take(5).map(|e| format!("{e} at {}", e.instance_path())).collect();
+    let errors: Vec<String> =
+        validator.iter_errors(snapshot).take(5).map(|e| format!("{e} at {}", e.instance_path())).collect();
     assert!(errors.is_empty(), "schema errors: {errors:?}");
 }
 
@@ -39,11 +40,12 @@ pub fn assert_valid(snapshot: &Value) {
 async fn db_counts(app: &TestApp, org: i64) -> Vec<(&'static str, i64)> {
     let mut out = Vec::new();
     for s in SECTIONS {
-        let (n,): (i64,) = sqlx::query_as(sqlx::AssertSqlSafe(format!("select count(*) from {} where org_id = $1", s.table)))
-            .bind(org)
-            .fetch_one(app.pool())
-            .await
-            .unwrap();
+        let (n,): (i64,) =
+            sqlx::query_as(sqlx::AssertSqlSafe(format!("select count(*) from {} where org_id = $1", s.table)))
+                .bind(org)
+                .fetch_one(app.pool())
+                .await
+                .unwrap();
         out.push((s.table, n));
     }
     out
@@ -91,7 +93,10 @@ async fn trigger_watch_download_and_delete_in_the_ui() {
     assert_eq!(dl.headers()["referrer-policy"], "no-referrer");
     let location = dl.headers()["location"].to_str().unwrap().to_string();
     assert!(location.contains("X-Amz-Expires=900"), "{location}");
-    assert!(location.contains(&format!("/org-acme/exports/{}/{id}.json.gz", run.created_at.format("%Y/%m"))), "{location}");
+    assert!(
+        location.contains(&format!("/org-acme/exports/{}/{id}.json.gz", run.created_at.format("%Y/%m"))),
+        "{location}"
+    );
     let (bytes, snap) = fetch_snapshot(&app, &location).await;
     assert_eq!(sha256_hex(&bytes), run.sha256.clone().unwrap());
     assert_eq!(bytes.len() as i64, run.size_bytes.unwrap());
@@ -101,11 +106,12 @@ async fn trigger_watch_download_and_delete_in_the_ui() {
         assert_eq!(snap["counts"][table], n, "{table} count");
         assert_eq!(snap["sections"][table].as_array().unwrap().len() as i64, n, "{table} rows");
     }
-    let (downloads,): (i64,) = sqlx::query_as("select count(*) from audit_log where action = 'export.downloaded' and target = $1")
-        .bind(format!("export:{id}"))
-        .fetch_one(app.pool())
-        .await
-        .unwrap();
+    let (downloads,): (i64,) =
+        sqlx::query_as("select count(*) from audit_log where action = 'export.downloaded' and target = $1")
+            .bind(format!("export:{id}"))
+            .fetch_one(app.pool())
+            .await
+            .unwrap();
     assert_eq!(downloads, 1);
 
     // Delete removes the object and marks the run.
@@ -114,7 +120,10 @@ async fn trigger_watch_download_and_delete_in_the_ui() {
     assert!(app.objects("org-acme").await.is_empty());
     assert_eq!(app.wait_for_run(&id, WAIT).await.status, "deleted");
     assert_eq!(s.get(&format!("/orgs/acme/exports/{id}/download")).await.status(), 404);
-    let (deleted,): (i64,) = sqlx::query_as("select count(*) from audit_log where action = 'export.deleted'").fetch_one(app.pool()).await.unwrap();
+    let (deleted,): (i64,) = sqlx::query_as("select count(*) from audit_log where action = 'export.deleted'")
+        .fetch_one(app.pool())
+        .await
+        .unwrap();
     assert_eq!(deleted, 1);
     // The old presigned URL no longer finds the object.
     assert_eq!(app.client().get(&location).send().await.unwrap().status(), 404);
@@ -132,7 +141,19 @@ async fn the_json_api_follows_the_contract() {
     app.wait_for_run(&id, WAIT).await;
 
     let one: Value = api.get(&format!("/orgs/acme/exports/{id}")).await.json().await.unwrap();
-    for field in ["id", "status", "trigger", "created_at", "started_at", "finished_at", "size_bytes", "sha256", "counts", "progress", "error"] {
+    for field in [
+        "id",
+        "status",
+        "trigger",
+        "created_at",
+        "started_at",
+        "finished_at",
+        "size_bytes",
+        "sha256",
+        "counts",
+        "progress",
+        "error",
+    ] {
         assert!(one.get(field).is_some(), "missing {field}: {one}");
     }
     assert_eq!(one["status"], "completed");
@@ -144,7 +165,11 @@ async fn the_json_api_follows_the_contract() {
     let second_id = second["id"].as_str().unwrap().to_string();
     app.wait_for_run(&second_id, WAIT).await;
     let list: Vec<Value> = api.get("/orgs/acme/exports").await.json().await.unwrap();
-    assert_eq!(list.iter().map(|r| r["id"].as_str().unwrap()).collect::<Vec<_>>(), [second_id.as_str(), id.as_str()], "newest first");
+    assert_eq!(
+        list.iter().map(|r| r["id"].as_str().unwrap()).collect::<Vec<_>>(),
+        [second_id.as_str(), id.as_str()],
+        "newest first"
+    );
 
     let dl = api.get(&format!("/orgs/acme/exports/{id}/download")).await;
     assert_eq!(dl.status(), 303);
@@ -188,10 +213,11 @@ async fn twenty_concurrent_triggers_give_one_export_and_nineteen_conflicts() {
         assert_eq!(c["error"], "conflict");
         assert_eq!(c["active_export_id"], id);
     }
-    let (runs, jobs): (i64, i64) = sqlx::query_as("select (select count(*) from export_runs), (select count(*) from apalis.jobs)")
-        .fetch_one(app.pool())
-        .await
-        .unwrap();
+    let (runs, jobs): (i64, i64) =
+        sqlx::query_as("select (select count(*) from export_runs), (select count(*) from apalis.jobs)")
+            .fetch_one(app.pool())
+            .await
+            .unwrap();
     assert_eq!((runs, jobs), (1, 1), "one run and exactly its job");
     // The UI says the same, without an error page.
     let s = app.login("admin@acme.test").await;
@@ -237,7 +263,10 @@ async fn refusals_module_off_backup_unverified_member_and_other_org() {
     let frag = s.htmx_post("/orgs/acme/exports").await.text().await.unwrap();
     assert!(frag.contains("until a platform admin verifies"));
     // Verified against another endpoint counts as unverified too.
-    sqlx::query("update backup_configuration set active = true, verified_endpoint = 'http://elsewhere'").execute(app.pool()).await.unwrap();
+    sqlx::query("update backup_configuration set active = true, verified_endpoint = 'http://elsewhere'")
+        .execute(app.pool())
+        .await
+        .unwrap();
     assert_eq!(admin.post("/orgs/acme/exports").await.status(), 503);
     let (runs,): (i64,) = sqlx::query_as("select count(*) from export_runs").fetch_one(app.pool()).await.unwrap();
     assert_eq!(runs, 1);
@@ -258,7 +287,8 @@ async fn sections_of_modules_that_are_off_are_left_out() {
     let api = api(&app, &app.token("admin@acme.test").await);
     let id = api.post("/orgs/acme/exports").await.json::<Value>().await.unwrap()["id"].as_str().unwrap().to_string();
     assert_eq!(app.wait_for_run(&id, WAIT).await.status, "completed");
-    let location = api.get(&format!("/orgs/acme/exports/{id}/download")).await.headers()["location"].to_str().unwrap().to_string();
+    let location =
+        api.get(&format!("/orgs/acme/exports/{id}/download")).await.headers()["location"].to_str().unwrap().to_string();
     let (_, snap) = fetch_snapshot(&app, &location).await;
     assert_valid(&snap);
     assert_eq!(snap["modules"]["learning"], true);
@@ -275,7 +305,8 @@ async fn presigned_urls_are_refused_when_tampered_with_or_expired() {
     let api = api(&app, &app.token("admin@acme.test").await);
     let id = api.post("/orgs/acme/exports").await.json::<Value>().await.unwrap()["id"].as_str().unwrap().to_string();
     let run = app.wait_for_run(&id, WAIT).await;
-    let location = api.get(&format!("/orgs/acme/exports/{id}/download")).await.headers()["location"].to_str().unwrap().to_string();
+    let location =
+        api.get(&format!("/orgs/acme/exports/{id}/download")).await.headers()["location"].to_str().unwrap().to_string();
     let sig_at = location.find("X-Amz-Signature=").unwrap() + "X-Amz-Signature=".len();
     let mut tampered = location.clone();
     let flipped = if &location[sig_at..sig_at + 1] == "a" { "b" } else { "a" };
@@ -325,7 +356,8 @@ async fn storage_stopped_mid_upload_fails_cleanly_and_the_next_export_works() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_worker_killed_mid_export_is_recovered_by_another() {
-    let mut app = TestApp::spawn_with(Options { members: 15_000, workers: false, heartbeat_secs: 1, missed_heartbeats: 3 }).await;
+    let mut app =
+        TestApp::spawn_with(Options { members: 15_000, workers: false, heartbeat_secs: 1, missed_heartbeats: 3 }).await;
     let api = api(&app, &app.token("admin@acme.test").await);
     let id = api.post("/orgs/acme/exports").await.json::<Value>().await.unwrap()["id"].as_str().unwrap().to_string();
     // A separate worker process takes the job...
@@ -351,7 +383,8 @@ async fn a_worker_killed_mid_export_is_recovered_by_another() {
     assert_eq!(run.status, "completed", "{:?}", run.error);
     assert_eq!(app.objects("org-acme").await.len(), 1);
     assert!(app.open_uploads().is_empty(), "the dead attempt's upload was aborted: {:?}", app.open_uploads());
-    let (attempts,): (i32,) = sqlx::query_as("select attempts from export_runs where id = $1").bind(&id).fetch_one(app.pool()).await.unwrap();
+    let (attempts,): (i32,) =
+        sqlx::query_as("select attempts from export_runs where id = $1").bind(&id).fetch_one(app.pool()).await.unwrap();
     assert_eq!(attempts, 2);
 }
 
@@ -371,7 +404,11 @@ async fn export_command_writes_a_file_or_a_recorded_run() {
     let (runs,): (i64,) = sqlx::query_as("select count(*) from export_runs").fetch_one(app.pool()).await.unwrap();
     assert_eq!(runs, 0, "--out records no run");
     // No leftovers beside the file.
-    let names: Vec<String> = std::fs::read_dir(&app.storage_dir).unwrap().flatten().map(|e| e.file_name().to_string_lossy().to_string()).collect();
+    let names: Vec<String> = std::fs::read_dir(&app.storage_dir)
+        .unwrap()
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().to_string())
+        .collect();
     assert!(!names.iter().any(|n| n.contains(".partial-")), "{names:?}");
 
     // Without --out it records a run in the bucket, through the job.
@@ -389,6 +426,10 @@ async fn export_command_writes_a_file_or_a_recorded_run() {
     ] {
         let out = app.command().args(&args).output().unwrap();
         assert_eq!(out.status.code(), Some(1), "{args:?}");
-        assert!(String::from_utf8_lossy(&out.stderr).contains(needle), "{args:?}: {}", String::from_utf8_lossy(&out.stderr));
+        assert!(
+            String::from_utf8_lossy(&out.stderr).contains(needle),
+            "{args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
     }
 }

@@ -39,7 +39,8 @@ pub fn init_logs() {
 
 /// A fresh, migrated database; returns its pool and name.
 pub async fn fresh_db() -> (PgPool, String) {
-    let admin = db::connect(db::parse_url(&server_url()).unwrap(), 2).await.expect("the test PostgreSQL server is reachable");
+    let admin =
+        db::connect(db::parse_url(&server_url()).unwrap(), 2).await.expect("the test PostgreSQL server is reachable");
     let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs();
     let name = format!("dxtest_{now}_{}", ulid::Ulid::generate().to_string().to_lowercase());
     sqlx::query(sqlx::AssertSqlSafe(format!("create database {name}"))).execute(&admin).await.unwrap();
@@ -53,12 +54,16 @@ pub async fn fresh_db() -> (PgPool, String) {
 
 /// Drops test databases left by runs more than two hours old.
 async fn drop_stale(admin: &PgPool, now: u64) {
-    let names: Vec<(String,)> =
-        sqlx::query_as("select datname::text from pg_database where datname like 'dxtest\\_%'").fetch_all(admin).await.unwrap_or_default();
+    let names: Vec<(String,)> = sqlx::query_as("select datname::text from pg_database where datname like 'dxtest\\_%'")
+        .fetch_all(admin)
+        .await
+        .unwrap_or_default();
     for (name,) in names {
         let ts = name.split('_').nth(1).and_then(|t| t.parse::<u64>().ok()).unwrap_or(now);
         if now.saturating_sub(ts) > 7200 {
-            let _ = sqlx::query(sqlx::AssertSqlSafe(format!("drop database if exists {name} with (force)"))).execute(admin).await;
+            let _ = sqlx::query(sqlx::AssertSqlSafe(format!("drop database if exists {name} with (force)")))
+                .execute(admin)
+                .await;
         }
     }
 }
@@ -198,7 +203,12 @@ impl TestApp {
     }
 
     pub async fn org_id(&self, slug: &str) -> i64 {
-        sqlx::query_as::<_, (i64,)>("select id from organizations where slug = $1").bind(slug).fetch_one(self.pool()).await.unwrap().0
+        sqlx::query_as::<_, (i64,)>("select id from organizations where slug = $1")
+            .bind(slug)
+            .fetch_one(self.pool())
+            .await
+            .unwrap()
+            .0
     }
 
     /// Waits until the run leaves pending/running; returns its final row.
@@ -230,7 +240,11 @@ impl TestApp {
     /// Objects in a bucket (through the S3 API).
     pub async fn objects(&self, bucket: &str) -> Vec<String> {
         let out = self.state.storage.client().list_objects_v2().bucket(bucket).send().await.unwrap();
-        out.contents().iter().filter_map(|o| o.key().map(str::to_string)).filter(|k| !k.starts_with("probes/")).collect()
+        out.contents()
+            .iter()
+            .filter_map(|o| o.key().map(str::to_string))
+            .filter(|k| !k.starts_with("probes/"))
+            .collect()
     }
 
     /// Open multipart uploads: s3s-fs keeps each as `.upload-<id>.json` (and its
@@ -247,7 +261,7 @@ impl TestApp {
     /// Runs `data-export` with the app's database and storage.
     pub fn command(&self) -> std::process::Command {
         let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_data-export"));
-        let url = format!("{}", server_url());
+        let url = server_url();
         let url = match url.rsplit_once('/') {
             Some((base, _)) => format!("{base}/{}", self.db_name),
             None => url,
@@ -337,7 +351,12 @@ pub struct Api {
 
 impl Api {
     pub async fn send(&self, method: reqwest::Method, path: &str) -> reqwest::Response {
-        self.client.request(method, format!("{}/api/v1{path}", self.base)).bearer_auth(&self.token).send().await.unwrap()
+        self.client
+            .request(method, format!("{}/api/v1{path}", self.base))
+            .bearer_auth(&self.token)
+            .send()
+            .await
+            .unwrap()
     }
     pub async fn post(&self, path: &str) -> reqwest::Response {
         self.send(reqwest::Method::POST, path).await

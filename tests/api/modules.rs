@@ -15,7 +15,11 @@ async fn admins_switch_modules_and_each_change_is_audited() {
     assert_eq!(r.status(), 303);
     let acme = app.org_id("acme").await;
     let on: Vec<(String,)> =
-        sqlx::query_as("select module from org_modules where org_id = $1 and enabled order by module").bind(acme).fetch_all(app.pool()).await.unwrap();
+        sqlx::query_as("select module from org_modules where org_id = $1 and enabled order by module")
+            .bind(acme)
+            .fetch_all(app.pool())
+            .await
+            .unwrap();
     assert_eq!(on.into_iter().map(|r| r.0).collect::<Vec<_>>(), ["data_export", "learning"]);
     let audited: Vec<(String, String)> = sqlx::query_as(
         "select action, target from audit_log where org_id = $1 and action like 'module.%' and actor_user_id is not null order by target",
@@ -26,8 +30,13 @@ async fn admins_switch_modules_and_each_change_is_audited() {
     .unwrap();
     assert_eq!(
         audited,
-        [("module.disabled", "alumni"), ("module.disabled", "engage"), ("module.disabled", "foundation"), ("module.disabled", "operations")]
-            .map(|(a, b)| (a.to_string(), b.to_string()))
+        [
+            ("module.disabled", "alumni"),
+            ("module.disabled", "engage"),
+            ("module.disabled", "foundation"),
+            ("module.disabled", "operations")
+        ]
+        .map(|(a, b)| (a.to_string(), b.to_string()))
     );
     // The form shows the new state.
     let page = s.get("/orgs/acme/settings/modules").await.text().await.unwrap();
@@ -35,7 +44,11 @@ async fn admins_switch_modules_and_each_change_is_audited() {
     assert!(!page.contains(r#"value="engage" checked"#));
     // globex is untouched.
     let globex = app.org_id("globex").await;
-    let (n,): (i64,) = sqlx::query_as("select count(*) from org_modules where org_id = $1 and enabled").bind(globex).fetch_one(app.pool()).await.unwrap();
+    let (n,): (i64,) = sqlx::query_as("select count(*) from org_modules where org_id = $1 and enabled")
+        .bind(globex)
+        .fetch_one(app.pool())
+        .await
+        .unwrap();
     assert_eq!(n, 6);
 }
 
@@ -44,15 +57,27 @@ async fn bad_module_forms_change_nothing() {
     let app = TestApp::spawn_with(Options { workers: false, ..Default::default() }).await;
     let s = app.login("admin@acme.test").await;
     let acme = app.org_id("acme").await;
-    let before: (i64,) = sqlx::query_as("select count(*) from audit_log where org_id = $1").bind(acme).fetch_one(app.pool()).await.unwrap();
+    let before: (i64,) = sqlx::query_as("select count(*) from audit_log where org_id = $1")
+        .bind(acme)
+        .fetch_one(app.pool())
+        .await
+        .unwrap();
     let r = s.post_form("/orgs/acme/settings/modules", &[("module", "engage"), ("module", "bitcoin")]).await;
     assert_eq!(r.status(), 400);
     assert!(r.text().await.unwrap().contains("Unknown module"));
     let r = s.post_form("/orgs/acme/settings/modules", &[("surprise", "1")]).await;
     assert_eq!(r.status(), 400);
-    let after: (i64,) = sqlx::query_as("select count(*) from audit_log where org_id = $1").bind(acme).fetch_one(app.pool()).await.unwrap();
+    let after: (i64,) = sqlx::query_as("select count(*) from audit_log where org_id = $1")
+        .bind(acme)
+        .fetch_one(app.pool())
+        .await
+        .unwrap();
     assert_eq!(before, after);
-    let (n,): (i64,) = sqlx::query_as("select count(*) from org_modules where org_id = $1 and enabled").bind(acme).fetch_one(app.pool()).await.unwrap();
+    let (n,): (i64,) = sqlx::query_as("select count(*) from org_modules where org_id = $1 and enabled")
+        .bind(acme)
+        .fetch_one(app.pool())
+        .await
+        .unwrap();
     assert_eq!(n, 6, "all modules still on");
     // A member cannot change modules.
     let m = app.login("member@acme.test").await;

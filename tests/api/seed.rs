@@ -8,11 +8,12 @@ async fn counts(app: &TestApp, slug: &str) -> Vec<(&'static str, i64)> {
     let org = app.org_id(slug).await;
     let mut out = Vec::new();
     for s in SECTIONS {
-        let (n,): (i64,) = sqlx::query_as(sqlx::AssertSqlSafe(format!("select count(*) from {} where org_id = $1", s.table)))
-            .bind(org)
-            .fetch_one(app.pool())
-            .await
-            .unwrap();
+        let (n,): (i64,) =
+            sqlx::query_as(sqlx::AssertSqlSafe(format!("select count(*) from {} where org_id = $1", s.table)))
+                .bind(org)
+                .fetch_one(app.pool())
+                .await
+                .unwrap();
         out.push((s.table, n));
     }
     out
@@ -25,7 +26,11 @@ async fn every_section_is_filled_and_scales_with_members() {
     for (table, n) in &small {
         assert!(*n > 0, "{table} is empty");
     }
-    assert_eq!(small.iter().find(|c| c.0 == "memberships").unwrap().1, 402, "400 members plus the demo admin and member");
+    assert_eq!(
+        small.iter().find(|c| c.0 == "memberships").unwrap().1,
+        402,
+        "400 members plus the demo admin and member"
+    );
     assert!(counts(&app, "globex").await.iter().all(|(_, n)| *n > 0));
 
     // Re-seeding at 4x recreates the orgs with about 4x the rows.
