@@ -57,15 +57,15 @@ pub fn history(ctx: &PageCtx, org_slug: &str, runs: &[Run], message: Option<(boo
             @if runs.is_empty() {
                 p.text-slate-600 { "No exports yet." }
             } @else {
-                table.table-basic.w-full {
+                div.overflow-x-auto { table.table-basic.w-full {
                     thead { tr {
-                        th { "Status" } th { "Trigger" } th { "By" } th { "Started" } th { "Duration" }
+                        th { "Status" } th { "Trigger" } th { "By" } th { "Requested" } th { "Duration" }
                         th { "Size" } th { "Rows" } th { span.sr-only { "Actions" } }
                     } }
                     tbody {
                         @for run in runs { (row(ctx, org_slug, run)) }
                     }
-                }
+                } }
             }
         }
     }
