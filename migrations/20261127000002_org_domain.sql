@@ -281,3 +281,23 @@ create table career_postings (
     posted_at    timestamptz not null
 );
 create index career_postings_org_id_idx on career_postings (org_id);
+
+-- ---------------------------------------------------------------- foreign-key indexes
+-- Every foreign key gets an index on its referencing column, so deleting an org
+-- (offboarding) or a user (erasure) does not scan a whole table per parent row.
+create index chapters_region_id_idx on chapters (region_id);
+create index memberships_chapter_id_idx on memberships (chapter_id);
+create index user_profiles_user_id_idx on user_profiles (user_id);
+create index custom_field_values_field_id_idx on custom_field_values (field_id);
+create index saved_views_owner_idx on saved_views (owner_user_id);
+create index documents_uploaded_by_idx on documents (uploaded_by);
+create index forum_comments_post_id_idx on forum_comments (post_id);
+create index compliance_records_membership_id_idx on compliance_records (membership_id);
+create index election_votes_voter_idx on election_votes (voter_user_id);
+create index invoices_membership_id_idx on invoices (membership_id);
+create index invoice_lines_invoice_id_idx on invoice_lines (invoice_id);
+create index payments_invoice_id_idx on payments (invoice_id);
+create index donations_fund_id_idx on donations (fund_id);
+create index enrollments_course_id_idx on enrollments (course_id);
+create index alumni_profiles_user_id_idx on alumni_profiles (user_id);
+create index career_postings_posted_by_idx on career_postings (posted_by);

@@ -39,3 +39,4 @@ create unique index export_runs_one_per_slot on export_runs (org_id, scheduled_f
     where scheduled_for is not null;
 
 create index export_runs_org_created_idx on export_runs (org_id, created_at desc);
+create index export_runs_triggered_by_idx on export_runs (triggered_by);

@@ -38,7 +38,11 @@ impl Services {
         let pool = db::connect(options, 20).await?;
         db::migrate(&pool).await?;
         let (storage, embedded) = match &config.storage {
-            StorageSource::External(s3) => (Storage::new(s3, &config.privacy_bucket, s3.endpoint.clone()), None),
+            StorageSource::External(s3) => {
+                let storage = Storage::new(s3, &config.privacy_bucket, s3.endpoint.clone());
+                storage.ping().await.context("check S3_ENDPOINT (or unset it to use the embedded endpoint)")?;
+                (storage, None)
+            }
             StorageSource::Embedded => {
                 let root = config.data_dir.join("storage");
                 let embedded = EmbeddedS3::start(&root, SocketAddr::from(([127, 0, 0, 1], 0))).await?;

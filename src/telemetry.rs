@@ -5,7 +5,7 @@ use tracing_subscriber::{EnvFilter, fmt, prelude::*};
 
 /// The default filter: our crate at info, noisy dependencies quieter. The embedded
 /// S3 endpoint logs refused signatures at ERROR, which are expected (expired links).
-const DEFAULT_FILTER: &str = "info,data_export=info,sqlx=warn,s3s=off,s3s_fs=warn,aws_smithy_runtime=warn,aws_sdk_s3=warn,apalis=warn,apalis_core=warn,apalis_postgres=warn,tower_sessions=warn,hyper=warn";
+const DEFAULT_FILTER: &str = "info,data_export=info,sqlx=error,s3s=off,s3s_fs=warn,aws_smithy_runtime=warn,aws_sdk_s3=warn,apalis=warn,apalis_core=warn,apalis_postgres=warn,tower_sessions=warn,hyper=warn";
 
 /// Installs the global subscriber once; later calls are ignored (tests call it often).
 pub fn init() {

@@ -17,6 +17,10 @@ pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
 
 /// Opens a pool. Errors are one line naming the fix.
 pub async fn connect(options: PgConnectOptions, max_connections: u32) -> anyhow::Result<PgPool> {
+    use sqlx::ConnectOptions;
+    // sqlx would log whole statements (the seed script, COPY queries) as "slow";
+    // our own spans time the work that matters.
+    let options = options.disable_statement_logging();
     PgPoolOptions::new()
         .max_connections(max_connections)
         .acquire_timeout(Duration::from_secs(10))

@@ -126,10 +126,22 @@ pub async fn set(
     Ok(changed)
 }
 
+/// `?saved=1` after a successful POST.
+#[derive(serde::Deserialize)]
+pub struct Saved {
+    saved: Option<String>,
+}
+
 /// GET: the modules form.
-pub async fn show(ctx: PageCtx, OrgAdmin(org): OrgAdmin, state: axum::extract::State<AppState>) -> AppResult<Markup> {
+pub async fn show(
+    ctx: PageCtx,
+    OrgAdmin(org): OrgAdmin,
+    state: axum::extract::State<AppState>,
+    axum::extract::Query(q): axum::extract::Query<Saved>,
+) -> AppResult<Markup> {
     let modules = states(&state.pool, org.org.id).await?;
-    Ok(view(&ctx, &org.org.slug, &org.org.name, &modules, None))
+    let message = q.saved.is_some().then(|| (true, "Modules saved.".to_string()));
+    Ok(view(&ctx, &org.org.slug, &org.org.name, &modules, message))
 }
 
 /// POST: `module=<key>` once per module to switch on; the others are switched off.

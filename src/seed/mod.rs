@@ -65,21 +65,19 @@ pub async fn run(pool: &PgPool, storage: &Storage, members: u32, demo_password: 
     anyhow::ensure!((1..=MAX_MEMBERS).contains(&members), "--members must be from 1 to {MAX_MEMBERS} (got {members})");
     let started = Instant::now();
     let hash = password::hash(demo_password)?;
-    let mut org_ids = Vec::new();
+    let fast = fast_mode_allowed(pool).await;
+    let mut orgs_made = Vec::new();
     for (slug, name) in DEMO_ORGS {
         let slug = OrgSlug::parse(slug).context("demo slug")?;
-        // Re-seeding starts the org afresh (its rows go with it by cascade).
-        sqlx::query("delete from organizations where slug = $1").bind(slug.as_str()).execute(pool).await?;
-        let org = orgs::provision(pool, storage, &slug, name).await?;
-        let sql = org_sql(org.id, slug.as_str(), members);
-        let mut tx = pool.begin().await?;
-        sqlx::raw_sql(sqlx::AssertSqlSafe(sql))
-            .execute(&mut *tx)
-            .await
-            .with_context(|| format!("seeding {}", slug.as_str()))?;
-        tx.commit().await?;
-        let wanted: Vec<Module> = Module::ALL.to_vec();
-        orgs::modules::set(pool, org.id, None, &wanted).await?;
+        remove_org(pool, slug.as_str(), fast).await?;
+        orgs_made.push(orgs::provision(pool, storage, &slug, name).await?);
+    }
+    // The orgs are independent: fill them at once, one connection each.
+    let fills = orgs_made.iter().map(|org| fill_org(pool, org.id, &org.slug, members, fast));
+    futures::future::try_join_all(fills).await?;
+    let mut org_ids = Vec::new();
+    for org in &orgs_made {
+        orgs::modules::set(pool, org.id, None, &Module::ALL).await?;
         org_ids.push(org.id);
     }
     seed_accounts(pool, &hash).await?;
@@ -89,6 +87,61 @@ pub async fn run(pool: &PgPool, storage: &Storage, members: u32, demo_password: 
     }
     let seconds = started.elapsed().as_secs_f64();
     Ok(SeedReport { rows, seconds })
+}
+
+/// Generates one org's rows in one transaction.
+async fn fill_org(pool: &PgPool, org_id: i64, slug: &str, members: u32, fast: bool) -> anyhow::Result<()> {
+    let mut tx = pool.begin().await?;
+    if fast {
+        // The generated rows are consistent by construction, so the per-row
+        // foreign-key triggers can be skipped for this transaction (about 2.5x
+        // faster). Needs superuser; otherwise they run.
+        sqlx::query("set local session_replication_role = replica").execute(&mut *tx).await?;
+    }
+    sqlx::raw_sql(sqlx::AssertSqlSafe(org_sql(org_id, slug, members)))
+        .execute(&mut *tx)
+        .await
+        .with_context(|| format!("seeding {slug}"))?;
+    tx.commit().await?;
+    Ok(())
+}
+
+/// Whether this connection may skip foreign-key triggers (superusers only).
+async fn fast_mode_allowed(pool: &PgPool) -> bool {
+    sqlx::query_as::<_, (bool,)>("select rolsuper from pg_roles where rolname = current_user")
+        .fetch_one(pool)
+        .await
+        .is_ok_and(|r| r.0)
+}
+
+/// Deletes an org and everything it owns. In fast mode the cascade triggers are
+/// off, so every table with an `org_id` is emptied of the org's rows explicitly.
+async fn remove_org(pool: &PgPool, slug: &str, fast: bool) -> anyhow::Result<()> {
+    let Some((org_id,)) = sqlx::query_as::<_, (i64,)>("select id from organizations where slug = $1")
+        .bind(slug)
+        .fetch_optional(pool)
+        .await?
+    else {
+        return Ok(());
+    };
+    let mut tx = pool.begin().await?;
+    if fast {
+        sqlx::query("set local session_replication_role = replica").execute(&mut *tx).await?;
+        let tables: Vec<(String,)> = sqlx::query_as(
+            "select table_name::text from information_schema.columns
+             where table_schema = current_schema() and column_name = 'org_id'",
+        )
+        .fetch_all(&mut *tx)
+        .await?;
+        for (table,) in tables {
+            // Table names come from the catalogue, quoted as identifiers.
+            let sql = format!("delete from \"{}\" where org_id = $1", table.replace('"', "\"\""));
+            sqlx::query(sqlx::AssertSqlSafe(sql)).bind(org_id).execute(&mut *tx).await?;
+        }
+    }
+    sqlx::query("delete from organizations where id = $1").bind(org_id).execute(&mut *tx).await?;
+    tx.commit().await?;
+    Ok(())
 }
 
 /// Whether the demo orgs exist (first start seeds when they do not).

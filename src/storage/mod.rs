@@ -116,10 +116,14 @@ impl Storage {
         Ok(())
     }
 
-    /// Checks the endpoint answers signed requests.
+    /// Checks the endpoint is reachable: any answer from it counts, even a refusal
+    /// (credentials scoped to some buckets may not list them all); no answer fails.
     pub async fn ping(&self) -> anyhow::Result<()> {
-        self.client.list_buckets().send().await.map_err(|e| anyhow::Error::new(e.into_service_error()))?;
-        Ok(())
+        use aws_sdk_s3::error::SdkError;
+        match self.client.list_buckets().send().await {
+            Ok(_) | Err(SdkError::ServiceError(_)) => Ok(()),
+            Err(e) => Err(anyhow::anyhow!("no answer from the S3 endpoint {}: {}", self.endpoint, describe(&e))),
+        }
     }
 
     /// Whether `bucket/key` exists.
@@ -190,4 +194,13 @@ fn client_config(settings: &S3Settings, endpoint: &str) -> aws_sdk_s3::Config {
         .request_checksum_calculation(RequestChecksumCalculation::WhenRequired)
         .response_checksum_validation(ResponseChecksumValidation::WhenRequired)
         .build()
+}
+
+/// The innermost cause of an SDK error, which is the readable part.
+fn describe(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut cause = e;
+    while let Some(next) = cause.source() {
+        cause = next;
+    }
+    cause.to_string()
 }

@@ -79,5 +79,25 @@ async fn an_unreachable_storage_endpoint_fails_verification_clearly() {
         &["verify-storage"],
     );
     assert_eq!(code, Some(1), "{stderr}");
-    assert!(stderr.contains("storage verification failed"), "{stderr}");
+    assert!(stderr.contains("check S3_ENDPOINT") && stderr.contains("no answer from the S3 endpoint"), "{stderr}");
+    assert_eq!(stderr.trim().lines().count(), 1, "one line: {stderr}");
+}
+
+#[test]
+fn zero_config_commands_start_the_private_cluster_and_leave_it_stopped() {
+    let dir = std::env::temp_dir().join(format!("dxtest-zero-{}", ulid::Ulid::generate()));
+    let data_dir = dir.display().to_string();
+    let envs = [("DATA_DIR", data_dir.as_str()), ("RUST_LOG", "info")];
+    let (code, stderr) = run(&envs, &["migrate"]);
+    assert_eq!(code, Some(0), "{stderr}");
+    assert!(stderr.contains("initialising a private PostgreSQL cluster"), "{stderr}");
+    assert!(stderr.contains("embedded S3 endpoint started"), "{stderr}");
+    assert!(stderr.contains("private PostgreSQL stopped"), "{stderr}");
+    assert!(!dir.join("postgres/data/postmaster.pid").exists(), "stopped on exit");
+    // The second run reuses the cluster (and its migrated schema).
+    let (code, stderr) = run(&envs, &["token", "create", "--email", "nobody@example.test"]);
+    assert_eq!(code, Some(1));
+    assert!(!stderr.contains("initialising"), "{stderr}");
+    assert!(stderr.contains("no user with email"), "the schema is there: {stderr}");
+    let _ = std::fs::remove_dir_all(&dir);
 }
