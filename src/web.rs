@@ -115,13 +115,18 @@ async fn home(ctx: PageCtx, MaybeUser(user): MaybeUser) -> Result<Response, AppE
 
 /// Ready when the database and the storage endpoint both answer.
 async fn readyz(State(state): State<AppState>) -> Response {
-    let db = sqlx::query("select 1").execute(&state.pool).await.map_err(|e| e.to_string());
-    let storage = state.storage.ping().await.map_err(|e| format!("{e:#}"));
+    let db = sqlx::query("select 1").execute(&state.pool).await;
+    let storage = state.storage.ping().await;
+    // Details go to the log only: this route is unauthenticated.
+    if let Err(e) = &db {
+        tracing::warn!(error = %e, "readiness: database unavailable");
+    }
+    if let Err(e) = &storage {
+        tracing::warn!(error = format!("{e:#}"), "readiness: storage unavailable");
+    }
     let ok = db.is_ok() && storage.is_ok();
-    let body = serde_json::json!({
-        "database": db.err().unwrap_or_else(|| "ok".into()),
-        "storage": storage.err().unwrap_or_else(|| "ok".into()),
-    });
+    let word = |ok: bool| if ok { "ok" } else { "unavailable" };
+    let body = serde_json::json!({ "database": word(db.is_ok()), "storage": word(storage.is_ok()) });
     let status = if ok { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
     (status, axum::Json(body)).into_response()
 }

@@ -107,6 +107,8 @@ impl PrivateCluster {
         }
         use std::os::unix::fs::PermissionsExt;
         std::fs::set_permissions(&self.data_dir, std::fs::Permissions::from_mode(0o700))?;
+        // Only the server's user (and root) may reach the socket.
+        std::fs::set_permissions(&self.socket_dir, std::fs::Permissions::from_mode(0o700))?;
         Ok(())
     }
 
@@ -124,7 +126,7 @@ impl PrivateCluster {
         }
         // Unix socket only, in a directory of our own.
         let conf = format!(
-            "\n# data-export private cluster\nlisten_addresses = ''\nunix_socket_directories = '{}'\nport = {PORT}\nmax_connections = 200\nfsync = on\n",
+            "\n# data-export private cluster\nlisten_addresses = ''\nunix_socket_directories = '{}'\nunix_socket_permissions = 0700\nport = {PORT}\nmax_connections = 200\nfsync = on\n",
             self.socket_dir.display()
         );
         let conf_path = self.data_dir.join("postgresql.conf");

@@ -26,7 +26,9 @@ impl CopyDecoder {
             self.buf.extend_from_slice(chunk);
             let buf = std::mem::take(&mut self.buf);
             let used = self.decode(&buf, &mut row)?;
-            self.buf = buf[used..].to_vec();
+            let mut buf = buf;
+            buf.drain(..used);
+            self.buf = buf;
         }
         Ok(())
     }

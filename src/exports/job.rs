@@ -63,9 +63,10 @@ pub async fn run(job: ExportJob, state: Data<AppState>, attempt: Attempt) -> Res
     let max = state.config.export_max_attempts as i32;
     if attempt > max {
         // Re-enqueued after worker crashes more often than allowed.
-        runs::fail(
+        runs::fail_persistently(
             &state.pool,
             &job.run_id,
+            None,
             &format!("gave up after {max} attempts: the worker stopped mid-export each time"),
         )
         .await?;
@@ -76,18 +77,18 @@ pub async fn run(job: ExportJob, state: Data<AppState>, attempt: Attempt) -> Res
         return Ok(());
     };
     let span = tracing::info_span!("export", export_id = %run.id, org_id = run.org_id, attempt);
-    match tracing::Instrument::instrument(execute(&state, &run), span).await {
+    match tracing::Instrument::instrument(execute(&state, &run, attempt), span).await {
         Ok(()) => Ok(()),
         Err(e) => {
             let reason = format!("{e:#}");
             tracing::warn!(export_id = %run.id, reason, "export failed");
-            runs::fail(&state.pool, &run.id, &reason).await?;
+            runs::fail_persistently(&state.pool, &run.id, Some(attempt), &reason).await?;
             Err(AbortError::new(reason).into())
         }
     }
 }
 
-async fn execute(state: &AppState, run: &runs::Run) -> anyhow::Result<()> {
+async fn execute(state: &AppState, run: &runs::Run, attempt: i32) -> anyhow::Result<()> {
     let org: crate::orgs::Org = sqlx::query_as("select id, slug, name, bucket from organizations where id = $1")
         .bind(run.org_id)
         .fetch_one(&state.pool)
@@ -97,11 +98,18 @@ async fn execute(state: &AppState, run: &runs::Run) -> anyhow::Result<()> {
         // An earlier attempt died mid-upload: abort what it left open.
         tracing::info!(export_id = %run.id, upload_id = previous, "aborting the upload of an earlier attempt");
         super::sink::abort_upload(state.storage.client(), &org.bucket, &key, previous).await;
-        runs::set_upload_id(&state.pool, &run.id, None).await?;
+        runs::set_upload_id(&state.pool, &run.id, attempt, None).await?;
     }
     let snapshot = Snapshot::open(&state.pool, org.id).await?;
-    runs::set_counts(&state.pool, &run.id, &snapshot.counts_json(), snapshot.rows_total(), snapshot.snapshot_at)
-        .await?;
+    runs::set_counts(
+        &state.pool,
+        &run.id,
+        attempt,
+        &snapshot.counts_json(),
+        snapshot.rows_total(),
+        snapshot.snapshot_at,
+    )
+    .await?;
     let sink = Sink::S3 {
         client: state.storage.client().clone(),
         bucket: org.bucket.clone(),
@@ -109,32 +117,57 @@ async fn execute(state: &AppState, run: &runs::Run) -> anyhow::Result<()> {
         export_id: run.id.clone(),
     };
     let upload = sink.start().await?;
-    runs::set_upload_id(&state.pool, &run.id, upload.upload_id()).await?;
+    let upload_id = upload.upload_id().map(str::to_string);
     let (progress, watcher) = watch::channel(0i64);
-    let saver = tokio::spawn(save_progress(state.clone(), run.id.clone(), watcher));
-    let outcome = snapshot.write(&run.id, upload, &progress).await;
+    let saver = tokio::spawn(save_progress(state.clone(), run.id.clone(), attempt, watcher));
+    let outcome = async {
+        runs::set_upload_id(&state.pool, &run.id, attempt, upload_id.as_deref()).await?;
+        snapshot.write(&run.id, upload, &progress).await
+    }
+    .await;
     drop(progress);
     let _ = saver.await;
-    let outcome = outcome?;
+    let outcome = match outcome {
+        Ok(o) => o,
+        Err(e) => {
+            // The pipeline aborts its own upload; this also covers a stage that
+            // panicked before it could (an upload already gone counts as aborted).
+            if let Some(upload_id) = &upload_id {
+                super::sink::abort_upload(state.storage.client(), &org.bucket, &key, upload_id).await;
+            }
+            return Err(e);
+        }
+    };
     let completed =
-        runs::complete(&state.pool, &run.id, &key, outcome.size_bytes as i64, &outcome.sha256, outcome.rows).await?;
-    if !completed {
-        // The run was changed under us (e.g. deleted); do not leave its object behind.
-        state.storage.delete(&org.bucket, &key).await?;
-        anyhow::bail!("the run changed while it was being exported");
+        runs::complete(&state.pool, &run.id, attempt, &key, outcome.size_bytes as i64, &outcome.sha256, outcome.rows)
+            .await;
+    match completed {
+        Ok(true) => {}
+        Ok(false) => {
+            // A newer attempt took the run over (this worker missed its heartbeats).
+            // The key is shared, so the object is the newer attempt's to publish.
+            anyhow::bail!("a newer attempt took this export over");
+        }
+        Err(e) => {
+            // Published but not recorded: remove it rather than leave an orphan.
+            if let Err(del) = state.storage.delete(&org.bucket, &key).await {
+                tracing::warn!(error = %del, key, "could not remove an unrecorded export object");
+            }
+            return Err(e.into());
+        }
     }
     tracing::info!(export_id = %run.id, rows = outcome.rows, bytes = outcome.size_bytes, seconds = outcome.seconds, "export completed");
     Ok(())
 }
 
 /// Saves the progress figure about once a second while the export runs.
-async fn save_progress(state: AppState, id: String, mut rows: watch::Receiver<i64>) {
+async fn save_progress(state: AppState, id: String, attempt: i32, mut rows: watch::Receiver<i64>) {
     let mut saved = -1;
     loop {
         let closed = tokio::time::timeout(Duration::from_secs(1), rows.changed()).await.is_ok_and(|r| r.is_err());
         let now = *rows.borrow();
         if now != saved {
-            if let Err(e) = runs::set_progress(&state.pool, &id, now).await {
+            if let Err(e) = runs::set_progress(&state.pool, &id, attempt, now).await {
                 tracing::warn!(error = %e, "could not save progress");
             }
             saved = now;

@@ -170,8 +170,9 @@ impl Snapshot {
         let compressor = tokio::task::spawn_blocking(move || compress(raw_rx, part_tx, part_size));
         let uploader = tokio::spawn(upload.consume(part_rx));
         let read = self.produce(export_id, raw_tx, progress).await;
-        let compressed = compressor.await.context("the compressor thread panicked")?;
-        let uploaded = uploader.await.context("the upload task panicked")?;
+        // A panicked stage is an error like any other, so the abort path still runs.
+        let compressed = compressor.await.unwrap_or_else(|e| Err(anyhow::anyhow!("the compressor stopped: {e}")));
+        let uploaded = uploader.await.unwrap_or_else(|e| Err(anyhow::anyhow!("the upload task stopped: {e}")));
         // The first real error wins; channel closures are only its echo.
         let failure = match (&read, &compressed, &uploaded) {
             (_, _, Err(e)) if !is_downstream(e) => Some(format!("{e:#}")),

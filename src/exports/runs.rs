@@ -195,9 +195,18 @@ pub async fn start(pool: &PgPool, id: &str, attempt: i32) -> sqlx::Result<Option
     }
 }
 
+// Every update made by an attempt carries its number (`attempts` is the attempt's
+// lease): if a worker that missed its heartbeats is still running while the
+// re-enqueued job has taken the run over, the older attempt can no longer change it.
+
 /// Records the multipart upload of the current attempt.
-pub async fn set_upload_id(pool: &PgPool, id: &str, upload_id: Option<&str>) -> sqlx::Result<()> {
-    sqlx::query("update export_runs set upload_id = $2 where id = $1").bind(id).bind(upload_id).execute(pool).await?;
+pub async fn set_upload_id(pool: &PgPool, id: &str, attempt: i32, upload_id: Option<&str>) -> sqlx::Result<()> {
+    sqlx::query("update export_runs set upload_id = $3 where id = $1 and attempts = $2")
+        .bind(id)
+        .bind(attempt)
+        .bind(upload_id)
+        .execute(pool)
+        .await?;
     Ok(())
 }
 
@@ -205,59 +214,91 @@ pub async fn set_upload_id(pool: &PgPool, id: &str, upload_id: Option<&str>) -> 
 pub async fn set_counts(
     pool: &PgPool,
     id: &str,
+    attempt: i32,
     counts: &str,
     total: i64,
     snapshot_at: DateTime<Utc>,
 ) -> sqlx::Result<()> {
-    sqlx::query("update export_runs set counts = $2::jsonb, rows_total = $3, snapshot_at = $4 where id = $1 and status = 'running'")
-        .bind(id)
-        .bind(counts)
-        .bind(total)
-        .bind(snapshot_at)
-        .execute(pool)
-        .await?;
+    sqlx::query(
+        "update export_runs set counts = $2::jsonb, rows_total = $3, snapshot_at = $4
+         where id = $1 and status = 'running' and attempts = $5",
+    )
+    .bind(id)
+    .bind(counts)
+    .bind(total)
+    .bind(snapshot_at)
+    .bind(attempt)
+    .execute(pool)
+    .await?;
     Ok(())
 }
 
 /// Saves progress.
-pub async fn set_progress(pool: &PgPool, id: &str, rows_written: i64) -> sqlx::Result<()> {
-    sqlx::query("update export_runs set rows_written = $2 where id = $1 and status = 'running'")
+pub async fn set_progress(pool: &PgPool, id: &str, attempt: i32, rows_written: i64) -> sqlx::Result<()> {
+    sqlx::query("update export_runs set rows_written = $2 where id = $1 and status = 'running' and attempts = $3")
         .bind(id)
         .bind(rows_written)
+        .bind(attempt)
         .execute(pool)
         .await?;
     Ok(())
 }
 
-/// Marks a run completed with its file.
-pub async fn complete(pool: &PgPool, id: &str, key: &str, size: i64, sha256: &str, rows: i64) -> sqlx::Result<bool> {
+/// Marks a run completed with its file; `false` when the attempt lost its lease.
+pub async fn complete(
+    pool: &PgPool,
+    id: &str,
+    attempt: i32,
+    key: &str,
+    size: i64,
+    sha256: &str,
+    rows: i64,
+) -> sqlx::Result<bool> {
     let done = sqlx::query(
         "update export_runs set status = 'completed', finished_at = now(), object_key = $2, size_bytes = $3,
                 sha256 = $4, rows_written = $5, upload_id = null
-         where id = $1 and status = 'running'",
+         where id = $1 and status = 'running' and attempts = $6",
     )
     .bind(id)
     .bind(key)
     .bind(size)
     .bind(sha256)
     .bind(rows)
+    .bind(attempt)
     .execute(pool)
     .await?;
     Ok(done.rows_affected() == 1)
 }
 
-/// Marks a run failed with a readable reason.
-pub async fn fail(pool: &PgPool, id: &str, reason: &str) -> sqlx::Result<()> {
+/// Marks a run failed with a readable reason. With `attempt`, only while that
+/// attempt holds the run.
+pub async fn fail(pool: &PgPool, id: &str, attempt: Option<i32>, reason: &str) -> sqlx::Result<()> {
     let reason: String = reason.chars().take(2000).collect();
     sqlx::query(
         "update export_runs set status = 'failed', finished_at = now(), error = $2
-         where id = $1 and status in ('pending', 'running')",
+         where id = $1 and status in ('pending', 'running') and ($3::int is null or attempts = $3)",
     )
     .bind(id)
     .bind(reason)
+    .bind(attempt)
     .execute(pool)
     .await?;
     Ok(())
+}
+
+/// [`fail`], retried for a while: a run must not stay `running` because the
+/// database hiccuped at the moment of failure.
+pub async fn fail_persistently(pool: &PgPool, id: &str, attempt: Option<i32>, reason: &str) -> sqlx::Result<()> {
+    let mut wait = std::time::Duration::from_millis(200);
+    for _ in 0..8 {
+        match fail(pool, id, attempt, reason).await {
+            Ok(()) => return Ok(()),
+            Err(e) => tracing::warn!(export_id = id, error = %e, "could not mark the run failed; retrying"),
+        }
+        tokio::time::sleep(wait).await;
+        wait = (wait * 2).min(std::time::Duration::from_secs(5));
+    }
+    fail(pool, id, attempt, reason).await
 }
 
 /// Marks a completed run deleted (after its object is gone).

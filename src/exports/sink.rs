@@ -181,6 +181,7 @@ impl PendingUpload {
                     .copy_source(format!("{bucket}/{key}"))
                     .metadata_directive(MetadataDirective::Replace)
                     .content_type("application/gzip")
+                    .metadata("export-id", export_id_of(&key))
                     .metadata("sha256", sha256)
                     .metadata("size-bytes", size.to_string())
                     .metadata("format", "data-export/snapshot;version=1")
@@ -229,4 +230,9 @@ pub async fn abort_upload(client: &Client, bucket: &str, key: &str, upload_id: &
         tokio::time::sleep(wait).await;
         wait = (wait * 2).min(std::time::Duration::from_secs(5));
     }
+}
+
+/// The export id in a key `exports/YYYY/MM/<id>.json.gz`.
+fn export_id_of(key: &str) -> &str {
+    key.rsplit('/').next().unwrap_or(key).trim_end_matches(".json.gz")
 }

@@ -102,6 +102,20 @@ async fn trigger_watch_download_and_delete_in_the_ui() {
     assert_eq!(bytes.len() as i64, run.size_bytes.unwrap());
     assert_valid(&snap);
     assert_eq!(snap["export_id"], id.as_str());
+    let head = app
+        .state
+        .storage
+        .client()
+        .head_object()
+        .bucket("org-acme")
+        .key(run.object_key.clone().unwrap())
+        .send()
+        .await
+        .unwrap();
+    let meta = head.metadata().unwrap();
+    assert_eq!(meta.get("sha256"), run.sha256.as_ref(), "the object's metadata carries the hash");
+    assert_eq!(meta.get("size-bytes"), Some(&run.size_bytes.unwrap().to_string()));
+    assert_eq!(meta.get("export-id"), Some(&id));
     for (table, n) in expected {
         assert_eq!(snap["counts"][table], n, "{table} count");
         assert_eq!(snap["sections"][table].as_array().unwrap().len() as i64, n, "{table} rows");
