@@ -38,6 +38,10 @@ pub async fn protect(session: Session, req: Request, next: Next) -> Response {
 async fn check(session: Session, mut req: Request) -> Result<Request, Response> {
     let token = match session.get::<String>(SESSION_KEY).await {
         Ok(Some(t)) => t,
+        // Anonymous visitors get a session (and a token) only on the sign-in page,
+        // the one form they can use; elsewhere they are redirected to it, and no
+        // session row is written for them.
+        Ok(None) if !(is_safe(req.method()) && req.uri().path() == crate::routes::LOGIN) => String::new(),
         Ok(None) => {
             let t = new_token();
             session.insert(SESSION_KEY, &t).await.map_err(|e| AppError::from(e).into_response())?;
@@ -46,8 +50,11 @@ async fn check(session: Session, mut req: Request) -> Result<Request, Response> 
         Err(e) => return Err(AppError::from(e).into_response()),
     };
     req.extensions_mut().insert(CsrfToken(token.clone()));
-    if matches!(*req.method(), Method::GET | Method::HEAD | Method::OPTIONS) {
+    if is_safe(req.method()) {
         return Ok(req);
+    }
+    if token.is_empty() {
+        return Err(refusal());
     }
     if let Some(h) = req.headers().get(HEADER).and_then(|v| v.to_str().ok()) {
         return if constant_eq(h, &token) { Ok(req) } else { Err(refusal()) };
@@ -69,6 +76,10 @@ async fn check(session: Session, mut req: Request) -> Result<Request, Response> 
         return Err(refusal());
     }
     Ok(Request::from_parts(parts, Body::from(bytes)))
+}
+
+fn is_safe(method: &Method) -> bool {
+    matches!(*method, Method::GET | Method::HEAD | Method::OPTIONS)
 }
 
 fn form_urlencoded_value(body: &[u8], name: &str) -> Option<String> {

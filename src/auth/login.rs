@@ -64,6 +64,9 @@ pub async fn submit(
             (StatusCode::BAD_REQUEST, view(&ctx, &email, Some("Enter your email and password."))).into_response()
         );
     }
+    // The attempt is counted before it is checked, so a burst of parallel attempts
+    // cannot all slip under the limit; a successful sign-in clears the count.
+    rate_limit::record_attempt(&state.pool, &email, &ip).await?;
     if let Some(msg) = rate_limit::check(&state.pool, &email, &ip).await? {
         tracing::warn!(ip, "sign-in refused by rate limit");
         return Ok((StatusCode::TOO_MANY_REQUESTS, view(&ctx, &email, Some(&msg))).into_response());
@@ -77,7 +80,6 @@ pub async fn submit(
         None => (None, None),
     };
     if !password::verify(form.password, hash).await {
-        rate_limit::record_failure(&state.pool, &email, &ip).await?;
         tracing::info!(ip, "sign-in failed");
         let msg = "That email and password do not match an account.";
         return Ok((StatusCode::UNAUTHORIZED, view(&ctx, &email, Some(msg))).into_response());

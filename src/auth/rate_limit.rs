@@ -10,7 +10,9 @@ pub const MAX_PER_ACCOUNT: i64 = 5;
 /// Failed attempts allowed per address in the window.
 pub const MAX_PER_IP: i64 = 20;
 
-/// `Some(message)` when a sign-in for `account` from `ip` must be refused now.
+/// `Some(message)` when a sign-in for `account` from `ip` must be refused now. The
+/// current attempt is already recorded (see [`record_attempt`]), so a count above the
+/// allowance refuses.
 pub async fn check(pool: &PgPool, account: &str, ip: &str) -> sqlx::Result<Option<String>> {
     let (by_account, by_ip): (i64, i64) = sqlx::query_as(
         "select count(*) filter (where account = $1), count(*) filter (where ip = $2)
@@ -22,17 +24,18 @@ pub async fn check(pool: &PgPool, account: &str, ip: &str) -> sqlx::Result<Optio
     .bind(WINDOW_MINUTES as i32)
     .fetch_one(pool)
     .await?;
-    Ok(if by_account >= MAX_PER_ACCOUNT {
+    Ok(if by_account > MAX_PER_ACCOUNT {
         Some(format!("Too many failed sign-ins for this account. Try again in {WINDOW_MINUTES} minutes."))
-    } else if by_ip >= MAX_PER_IP {
+    } else if by_ip > MAX_PER_IP {
         Some(format!("Too many failed sign-ins from your address. Try again in {WINDOW_MINUTES} minutes."))
     } else {
         None
     })
 }
 
-/// Records a failure (and forgets ones older than the window).
-pub async fn record_failure(pool: &PgPool, account: &str, ip: &str) -> sqlx::Result<()> {
+/// Records an attempt as failed until it succeeds (and forgets ones older than the
+/// window). Refused attempts count too, so hammering a locked account keeps it locked.
+pub async fn record_attempt(pool: &PgPool, account: &str, ip: &str) -> sqlx::Result<()> {
     sqlx::query("insert into login_failures (account, ip) values ($1, $2)")
         .bind(account)
         .bind(ip)

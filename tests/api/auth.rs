@@ -222,3 +222,21 @@ async fn pages_carry_security_headers_and_assets_are_cached() {
         serde_json::json!({"database": "ok", "storage": "ok"})
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn anonymous_requests_write_no_session_except_on_the_sign_in_page() {
+    let app = TestApp::spawn_with(Options { workers: false, ..Default::default() }).await;
+    let sessions = || async {
+        sqlx::query_as::<_, (i64,)>("select count(*) from sessions").fetch_one(app.pool()).await.unwrap().0
+    };
+    for path in ["/", "/orgs/acme/settings/modules", "/no/such/page", "/orgs/acme/exports/history"] {
+        let r = app.client().get(app.url(path)).send().await.unwrap();
+        assert!(r.headers().get("set-cookie").is_none(), "{path} set a cookie");
+    }
+    assert_eq!(sessions().await, 0);
+    // Anonymous POSTs are refused by CSRF and write nothing lasting either.
+    let r = app.client().post(app.url("/orgs/acme/exports")).send().await.unwrap();
+    assert_eq!(r.status(), 403);
+    app.anonymous().await;
+    assert_eq!(sessions().await, 1, "the sign-in page starts one");
+}

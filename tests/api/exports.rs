@@ -2,7 +2,6 @@
 
 use std::{io::Read, time::Duration};
 
-use data_export::exports::sections::SECTIONS;
 use serde_json::Value;
 
 use crate::helpers::*;
@@ -34,21 +33,6 @@ pub fn assert_valid(snapshot: &Value) {
     let errors: Vec<String> =
         validator.iter_errors(snapshot).take(5).map(|e| format!("{e} at {}", e.instance_path())).collect();
     assert!(errors.is_empty(), "schema errors: {errors:?}");
-}
-
-/// Each section's row count in the database.
-async fn db_counts(app: &TestApp, org: i64) -> Vec<(&'static str, i64)> {
-    let mut out = Vec::new();
-    for s in SECTIONS {
-        let (n,): (i64,) =
-            sqlx::query_as(sqlx::AssertSqlSafe(format!("select count(*) from {} where org_id = $1", s.table)))
-                .bind(org)
-                .fetch_one(app.pool())
-                .await
-                .unwrap();
-        out.push((s.table, n));
-    }
-    out
 }
 
 fn sha256_hex(bytes: &[u8]) -> String {
@@ -87,7 +71,7 @@ async fn trigger_watch_download_and_delete_in_the_ui() {
 
     // Counts as of now: the download below adds an audit entry of its own.
     let acme = app.org_id("acme").await;
-    let expected = db_counts(&app, acme).await;
+    let expected = app.section_counts(acme).await;
     let dl = s.get(&format!("/orgs/acme/exports/{id}/download")).await;
     assert_eq!(dl.status(), 303);
     assert_eq!(dl.headers()["referrer-policy"], "no-referrer");

@@ -1,22 +1,9 @@
 //! The seeder fills every section and scales with --members.
 
-use data_export::exports::sections::SECTIONS;
-
 use crate::helpers::*;
 
 async fn counts(app: &TestApp, slug: &str) -> Vec<(&'static str, i64)> {
-    let org = app.org_id(slug).await;
-    let mut out = Vec::new();
-    for s in SECTIONS {
-        let (n,): (i64,) =
-            sqlx::query_as(sqlx::AssertSqlSafe(format!("select count(*) from {} where org_id = $1", s.table)))
-                .bind(org)
-                .fetch_one(app.pool())
-                .await
-                .unwrap();
-        out.push((s.table, n));
-    }
-    out
+    app.section_counts(app.org_id(slug).await).await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
