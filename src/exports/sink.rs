@@ -50,7 +50,7 @@ impl Sink {
                     .map_err(|e| anyhow::Error::new(e.into_service_error()))
                     .with_context(|| format!("cannot start the upload to bucket {bucket}"))?;
                 let upload_id = created.upload_id.context("the storage endpoint returned no upload id")?;
-                Ok(SinkUpload::S3 { client, bucket, key, upload_id })
+                Ok(SinkUpload::S3 { client, bucket, key, upload_id, export_id })
             }
         }
     }
@@ -59,7 +59,7 @@ impl Sink {
 /// An opened destination taking parts.
 pub enum SinkUpload {
     File { tmp: PathBuf, path: PathBuf, file: tokio::fs::File },
-    S3 { client: Client, bucket: String, key: String, upload_id: String },
+    S3 { client: Client, bucket: String, key: String, upload_id: String, export_id: String },
 }
 
 impl SinkUpload {
@@ -92,7 +92,7 @@ impl SinkUpload {
                     }
                 }
             }
-            SinkUpload::S3 { client, bucket, key, upload_id } => {
+            SinkUpload::S3 { client, bucket, key, upload_id, export_id } => {
                 let stream = futures::stream::poll_fn(|cx| parts.poll_recv(cx));
                 let target = (client.clone(), bucket.clone(), key.clone(), upload_id.clone());
                 let uploads = stream.enumerate().map(move |(i, body)| {
@@ -130,7 +130,7 @@ impl SinkUpload {
                     }
                     (done, failure)
                 };
-                let pending = PendingUpload::S3 { client, bucket, key, upload_id, parts: done };
+                let pending = PendingUpload::S3 { client, bucket, key, upload_id, export_id, parts: done };
                 match failure {
                     None => Ok(pending),
                     Some(e) => {
@@ -146,7 +146,7 @@ impl SinkUpload {
 /// All parts are in; nothing is published yet.
 pub enum PendingUpload {
     File { tmp: PathBuf, path: PathBuf },
-    S3 { client: Client, bucket: String, key: String, upload_id: String, parts: Vec<CompletedPart> },
+    S3 { client: Client, bucket: String, key: String, upload_id: String, export_id: String, parts: Vec<CompletedPart> },
 }
 
 impl PendingUpload {
@@ -157,7 +157,7 @@ impl PendingUpload {
                 tokio::fs::rename(&tmp, &path).await.with_context(|| format!("cannot write {}", path.display()))?;
                 Ok(())
             }
-            PendingUpload::S3 { client, bucket, key, upload_id, parts } => {
+            PendingUpload::S3 { client, bucket, key, upload_id, export_id, parts } => {
                 let completed = client
                     .complete_multipart_upload()
                     .bucket(&bucket)
@@ -167,8 +167,7 @@ impl PendingUpload {
                     .send()
                     .await;
                 if let Err(e) = completed {
-                    let _ =
-                        client.abort_multipart_upload().bucket(&bucket).key(&key).upload_id(&upload_id).send().await;
+                    abort_upload(&client, &bucket, &key, &upload_id).await;
                     return Err(anyhow::Error::new(e.into_service_error()).context("cannot complete the upload"));
                 }
                 // The hash is known only now: copy the object onto itself with it in the
@@ -181,7 +180,7 @@ impl PendingUpload {
                     .copy_source(format!("{bucket}/{key}"))
                     .metadata_directive(MetadataDirective::Replace)
                     .content_type("application/gzip")
-                    .metadata("export-id", export_id_of(&key))
+                    .metadata("export-id", export_id)
                     .metadata("sha256", sha256)
                     .metadata("size-bytes", size.to_string())
                     .metadata("format", "data-export/snapshot;version=1")
@@ -230,9 +229,4 @@ pub async fn abort_upload(client: &Client, bucket: &str, key: &str, upload_id: &
         tokio::time::sleep(wait).await;
         wait = (wait * 2).min(std::time::Duration::from_secs(5));
     }
-}
-
-/// The export id in a key `exports/YYYY/MM/<id>.json.gz`.
-fn export_id_of(key: &str) -> &str {
-    key.rsplit('/').next().unwrap_or(key).trim_end_matches(".json.gz")
 }

@@ -213,14 +213,7 @@ impl TestApp {
 
     /// Each section's row count for an org, in the database now.
     pub async fn section_counts(&self, org_id: i64) -> Vec<(&'static str, i64)> {
-        let mut out = Vec::new();
-        for s in data_export::exports::sections::SECTIONS {
-            let sql = format!("select count(*) from {} where org_id = $1", s.table);
-            let (n,): (i64,) =
-                sqlx::query_as(sqlx::AssertSqlSafe(sql)).bind(org_id).fetch_one(self.pool()).await.unwrap();
-            out.push((s.table, n));
-        }
-        out
+        data_export::seed::section_counts(self.pool(), org_id).await.unwrap()
     }
 
     /// Waits until the run leaves pending/running; returns its final row.
