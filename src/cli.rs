@@ -44,6 +44,16 @@ pub enum Command {
         #[arg(long)]
         out: Option<PathBuf>,
     },
+    /// Apply retention to completed scheduled exports (or, with --dry-run, list what
+    /// each rule keeps and what would be removed).
+    Prune {
+        /// Change nothing; print each export with the rule that keeps it or "will be removed".
+        #[arg(long)]
+        dry_run: bool,
+        /// Only this org (its slug).
+        #[arg(long)]
+        org: Option<String>,
+    },
     /// Write, read back and delete a probe object; mark the backup configuration verified.
     VerifyStorage,
     /// Personal API tokens.
@@ -99,6 +109,16 @@ pub async fn run(cli: Cli, config: Config) -> anyhow::Result<()> {
             Ok(())
         }
         Command::Export { org, out } => export(config, &org, out).await,
+        Command::Prune { dry_run, org } => {
+            let slug = match &org {
+                Some(o) => Some(OrgSlug::parse(o).with_context(|| format!("{o:?} is not a valid org slug"))?),
+                None => None,
+            };
+            let services = Services::start(config).await?;
+            let result = prune(&services, slug.as_ref(), dry_run).await;
+            services.shutdown().await;
+            result
+        }
         Command::VerifyStorage => {
             let services = Services::start(config).await?;
             let outcome = platform::backup::verify(&services.state, None).await;
@@ -131,6 +151,43 @@ pub async fn run(cli: Cli, config: Config) -> anyhow::Result<()> {
     }
 }
 
+async fn prune(services: &Services, slug: Option<&OrgSlug>, dry_run: bool) -> anyhow::Result<()> {
+    let state = &services.state;
+    let org_id = match slug {
+        Some(slug) => Some(
+            crate::orgs::find_by_slug(&state.pool, slug.as_str())
+                .await?
+                .with_context(|| format!("no organization {:?}", slug.as_str()))?
+                .id,
+        ),
+        None => None,
+    };
+    let (settings, plans) = platform::pruner::plan(&state.pool, org_id).await?;
+    let p = settings.retention;
+    println!(
+        "retention: daily {} / weekly {} / monthly {}, timezone {}{}",
+        p.daily,
+        p.weekly,
+        p.monthly,
+        settings.timezone.name(),
+        if dry_run { " (dry run: nothing is changed)" } else { "" }
+    );
+    for plan in &plans {
+        for d in &plan.decisions {
+            let at = d.at.with_timezone(&settings.timezone).format("%Y-%m-%d %H:%M %Z");
+            println!("{:<12} {}  {at}  {}", plan.slug, d.id, d.describe());
+        }
+    }
+    let to_remove: usize = plans.iter().map(|p| p.removals()).sum();
+    if dry_run {
+        println!("{to_remove} export(s) would be removed");
+        return Ok(());
+    }
+    let removed = platform::pruner::apply(state, org_id).await?;
+    println!("{} export(s) removed", removed.len());
+    Ok(())
+}
+
 async fn export(config: Config, org: &str, out: Option<PathBuf>) -> anyhow::Result<()> {
     let slug = OrgSlug::parse(org).with_context(|| format!("{org:?} is not a valid org slug"))?;
     if let Some(path) = &out {
@@ -150,11 +207,7 @@ async fn export(config: Config, org: &str, out: Option<PathBuf>) -> anyhow::Resu
 
 async fn export_with(services: &Services, slug: &OrgSlug, out: Option<PathBuf>) -> anyhow::Result<serde_json::Value> {
     let state = &services.state;
-    let org: Option<crate::orgs::Org> =
-        sqlx::query_as("select id, slug, name, bucket from organizations where slug = $1")
-            .bind(slug.as_str())
-            .fetch_optional(&state.pool)
-            .await?;
+    let org = crate::orgs::find_by_slug(&state.pool, slug.as_str()).await?;
     let org = org.with_context(|| format!("no organization with slug {:?}", slug.as_str()))?;
     match out {
         Some(path) => {

@@ -17,6 +17,14 @@ pub const ORG_EXPORT_HISTORY: &str = "/orgs/{org}/exports/history";
 pub const ORG_EXPORT_DOWNLOAD: &str = "/orgs/{org}/exports/{id}/download";
 pub const ORG_EXPORT_DELETE: &str = "/orgs/{org}/exports/{id}/delete";
 
+pub const PLATFORM_SETTINGS: &str = "/platform/settings";
+pub const PLATFORM_BACKUP: &str = "/platform/settings/backup";
+pub const PLATFORM_VERIFY: &str = "/platform/settings/backup/verify";
+pub const PLATFORM_RETENTION: &str = "/platform/settings/retention";
+pub const PLATFORM_SCHEDULE: &str = "/platform/settings/schedule";
+/// Redirects to the job board's own listener.
+pub const PLATFORM_BOARD: &str = "/platform/board";
+
 /// The JSON API is nested here; its patterns below are relative to it.
 pub const API_PREFIX: &str = "/api/v1";
 pub const API_EXPORTS: &str = "/orgs/{org}/exports";

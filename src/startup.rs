@@ -51,7 +51,7 @@ impl Services {
                 (Storage::new(&embedded.settings(), &config.privacy_bucket, identity), Some(embedded))
             }
         };
-        let state = AppState(Arc::new(App { pool, storage, config }));
+        let state = AppState(Arc::new(App::new(pool, storage, config)));
         Ok(Self { state, embedded, cluster })
     }
 
@@ -69,18 +69,28 @@ impl Services {
     }
 }
 
-/// The web server, bound and ready to run.
+/// The web server and the job board, bound and ready to run.
 pub struct Application {
     listener: TcpListener,
+    board: Option<TcpListener>,
     state: AppState,
 }
 
 impl Application {
-    /// Binds `addr` (port 0 picks a free port).
-    pub async fn build(state: AppState, addr: SocketAddr) -> anyhow::Result<Self> {
+    /// Binds `addr`, and `board` for the job board if given (port 0 picks a free port).
+    pub async fn build(state: AppState, addr: SocketAddr, board: Option<SocketAddr>) -> anyhow::Result<Self> {
         let listener =
             TcpListener::bind(addr).await.with_context(|| format!("cannot listen on {addr}: is BIND free?"))?;
-        Ok(Self { listener, state })
+        let board = match board {
+            Some(b) => {
+                let l =
+                    TcpListener::bind(b).await.with_context(|| format!("cannot listen on {b}: is BOARD_BIND free?"))?;
+                let _ = state.board_port.set(l.local_addr()?.port());
+                Some(l)
+            }
+            None => None,
+        };
+        Ok(Self { listener, board, state })
     }
 
     pub fn port(&self) -> u16 {
@@ -89,13 +99,23 @@ impl Application {
 
     /// Serves until `stop` is cancelled, then finishes open requests.
     pub async fn run_until_stopped(self, stop: CancellationToken) -> anyhow::Result<()> {
+        let board = self.board.map(|listener| {
+            let app = crate::platform::board::router(&self.state).into_make_service();
+            let stop = stop.clone();
+            tokio::spawn(async move {
+                axum::serve(listener, app).with_graceful_shutdown(async move { stop.cancelled().await }).await
+            })
+        });
         let app = crate::web::router(self.state).into_make_service_with_connect_info::<SocketAddr>();
         axum::serve(self.listener, app).with_graceful_shutdown(async move { stop.cancelled().await }).await?;
+        if let Some(board) = board {
+            board.await??;
+        }
         Ok(())
     }
 }
 
-/// Periodic housekeeping: expired sessions.
+/// Periodic housekeeping: expired sessions, old schedule slot claims.
 pub async fn housekeeping(state: AppState, stop: CancellationToken) {
     let store = crate::auth::session_store::PgSessionStore::new(state.pool.clone());
     loop {
@@ -105,6 +125,14 @@ pub async fn housekeeping(state: AppState, stop: CancellationToken) {
         }
         if let Err(e) = store.delete_expired().await {
             tracing::warn!(error = %e, "could not delete expired sessions");
+        }
+        // Slot claims only matter around their slot (the latest slot is never more
+        // than a week old), so a month of them is kept for the platform page.
+        if let Err(e) = sqlx::query("delete from schedule_slots where claimed_at < now() - interval '30 days'")
+            .execute(&state.pool)
+            .await
+        {
+            tracing::warn!(error = %e, "could not delete old schedule slot claims");
         }
     }
 }
@@ -160,7 +188,8 @@ fn write_private(path: &Path, text: &str) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// `data-export serve`: web + workers + housekeeping in one process.
+/// `data-export serve` (web, job board, workers, scheduler, housekeeping) or, without
+/// the web, `data-export worker` (workers, scheduler, housekeeping).
 pub async fn serve(config: Config, with_web: bool) -> anyhow::Result<()> {
     let services = Services::start(config).await?;
     let state = services.state.clone();
@@ -177,11 +206,18 @@ pub async fn serve(config: Config, with_web: bool) -> anyhow::Result<()> {
     cancel_on_signal(stop.clone());
     let mut tasks = tokio::task::JoinSet::new();
     if with_web {
-        let app = Application::build(state.clone(), state.config.bind).await?;
-        print_banner(&state.config, app.port(), password.as_deref());
+        let app = Application::build(state.clone(), state.config.bind, Some(state.config.board_bind)).await?;
+        print_banner(&state.config, app.port(), state.board_port(), password.as_deref());
         tasks.spawn(app.run_until_stopped(stop.clone()));
     }
     tasks.spawn(jobs::run(state.clone(), stop.clone()));
+    tasks.spawn({
+        let (state, stop) = (state.clone(), stop.clone());
+        async move {
+            platform::scheduler::run_loop(state, stop).await;
+            Ok(())
+        }
+    });
     tasks.spawn({
         let (state, stop) = (state.clone(), stop.clone());
         async move {
@@ -203,10 +239,11 @@ pub async fn serve(config: Config, with_web: bool) -> anyhow::Result<()> {
     result
 }
 
-fn print_banner(config: &Config, port: u16, password: Option<&str>) {
+fn print_banner(config: &Config, port: u16, board_port: u16, password: Option<&str>) {
     let url =
         if config.bind.port() == 0 { format!("http://{}:{port}", config.bind.ip()) } else { config.public_url.clone() };
     println!("\nData Export is running at {url}");
+    println!("Job board (platform admins): http://{}:{board_port}/", config.board_bind.ip());
     println!("Demo accounts:");
     for seed::DemoAccount { email, platform_admin, memberships, .. } in seed::DEMO_ACCOUNTS {
         let role = if platform_admin {

@@ -1,6 +1,9 @@
 //! The shared application state handed to every handler and job.
 
-use std::{ops::Deref, sync::Arc};
+use std::{
+    ops::Deref,
+    sync::{Arc, OnceLock},
+};
 
 use sqlx::PgPool;
 
@@ -19,6 +22,19 @@ pub struct App {
     pub storage: Storage,
     /// The process configuration.
     pub config: Config,
+    /// The job board's port once its listener is bound (BOARD_BIND may say 0).
+    pub board_port: OnceLock<u16>,
+}
+
+impl App {
+    pub fn new(pool: PgPool, storage: Storage, config: Config) -> Self {
+        Self { pool, storage, config, board_port: OnceLock::new() }
+    }
+
+    /// The job board's port: the bound one, else the configured one.
+    pub fn board_port(&self) -> u16 {
+        self.board_port.get().copied().unwrap_or(self.config.board_bind.port())
+    }
 }
 
 impl Deref for AppState {

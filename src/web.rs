@@ -16,7 +16,7 @@ use tower_sessions::{Expiry, SessionManagerLayer, cookie::SameSite};
 use crate::{
     auth::{self, MaybeUser, session_store::PgSessionStore},
     error::{ApiError, AppError},
-    exports, orgs,
+    exports, orgs, platform,
     routes::*,
     state::AppState,
     views::{PageCtx, page},
@@ -29,12 +29,7 @@ pub const CSP: &str = "default-src 'self'; script-src 'self'; style-src 'self'; 
 
 /// Every route of the product.
 pub fn router(state: AppState) -> Router {
-    let sessions = SessionManagerLayer::new(PgSessionStore::new(state.pool.clone()))
-        .with_name(SESSION_COOKIE)
-        .with_http_only(true)
-        .with_same_site(SameSite::Lax)
-        .with_secure(state.config.cookies_secure())
-        .with_expiry(Expiry::OnInactivity(time::Duration::hours(12)));
+    let sessions = session_layer(&state);
     let html = Router::new()
         .route(HOME, get(home))
         .route(LOGIN, get(auth::login::show).post(auth::login::submit))
@@ -45,6 +40,12 @@ pub fn router(state: AppState) -> Router {
         .route(ORG_EXPORT_HISTORY, get(exports::web::history))
         .route(ORG_EXPORT_DOWNLOAD, get(exports::web::download))
         .route(ORG_EXPORT_DELETE, post(exports::web::delete))
+        .route(PLATFORM_SETTINGS, get(platform::web::show))
+        .route(PLATFORM_BACKUP, post(platform::web::save_backup))
+        .route(PLATFORM_VERIFY, post(platform::web::verify))
+        .route(PLATFORM_RETENTION, post(platform::web::save_retention))
+        .route(PLATFORM_SCHEDULE, post(platform::web::save_schedule))
+        .route(PLATFORM_BOARD, get(platform::web::board))
         .fallback(|| async { AppError::NotFound })
         .layer(middleware::from_fn(auth::csrf::protect))
         .layer(sessions);
@@ -69,6 +70,16 @@ pub fn router(state: AppState) -> Router {
         .layer(SetResponseHeaderLayer::if_not_present(header::REFERRER_POLICY, HeaderValue::from_static("same-origin")))
         .layer(TraceLayer::new_for_http())
         .with_state(state)
+}
+
+/// The session layer (also used by the job board's listener, which shares the cookie).
+pub fn session_layer(state: &AppState) -> SessionManagerLayer<PgSessionStore> {
+    SessionManagerLayer::new(PgSessionStore::new(state.pool.clone()))
+        .with_name(SESSION_COOKIE)
+        .with_http_only(true)
+        .with_same_site(SameSite::Lax)
+        .with_secure(state.config.cookies_secure())
+        .with_expiry(Expiry::OnInactivity(time::Duration::hours(12)))
 }
 
 const APP_CSS: &[u8] = include_bytes!("../assets/app.css");

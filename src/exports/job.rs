@@ -4,13 +4,12 @@ use std::time::Duration;
 
 use anyhow::Context;
 use apalis::prelude::*;
-use apalis_postgres::{Config, PgTask, PostgresStorage, Pubsub};
 use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
 use ulid::Ulid;
 
 use super::{pipeline::Snapshot, runs, sink::Sink};
-use crate::state::AppState;
+use crate::{jobs, state::AppState};
 
 /// The queue name (the job rows' `job_type`).
 pub const QUEUE: &str = "exports";
@@ -21,15 +20,6 @@ pub struct ExportJob {
     pub run_id: String,
 }
 
-/// The queue's configuration: heartbeat settings from the process config.
-pub fn config(heartbeat_secs: u64, missed_heartbeats: u32) -> Config {
-    Config::default()
-        .queue(QUEUE)
-        .batch_size(2)
-        .heartbeat_interval(Duration::from_secs(heartbeat_secs))
-        .missed_heartbeats(missed_heartbeats as usize)
-}
-
 /// Adds the job for a run inside the caller's transaction, with the run's id.
 pub async fn enqueue(
     tx: &mut sqlx::Transaction<'_, sqlx::Postgres>,
@@ -37,23 +27,12 @@ pub async fn enqueue(
     job: &ExportJob,
     max_attempts: u32,
 ) -> anyhow::Result<()> {
-    let payload = serde_json::to_vec(job)?;
-    let task: PgTask =
-        TaskBuilder::new(payload).task_id(TaskId::from_ulid(id)).max_attempts(max_attempts as usize).build();
-    apalis_postgres::queries::push_tasks(&mut **tx, QUEUE, vec![task]).await.context("enqueueing the export job")?;
-    Ok(())
+    jobs::push(tx, QUEUE, id, job, max_attempts).await.context("enqueueing the export job")
 }
 
-/// The worker's backend: LISTEN/NOTIFY for new jobs, with polling as the fallback
-/// (a NOTIFY can be missed, and jobs scheduled for later need the poll).
-pub type Storage = PollWith<PollWith<PostgresStorage<ExportJob>, StreamStrategy<Pubsub>>, IntervalStrategy>;
-
-/// A storage handle for the worker.
-pub fn storage(state: &AppState) -> Storage {
-    PostgresStorage::<ExportJob>::new(&state.pool)
-        .with_config(config(state.config.heartbeat_secs, state.config.missed_heartbeats))
-        .with_pubsub()
-        .poll_with_interval(Duration::from_secs(2))
+/// The worker's backend.
+pub fn storage(state: &AppState) -> jobs::Storage<ExportJob> {
+    jobs::storage(state, QUEUE)
 }
 
 /// The handler. Errors are recorded on the run; the job itself is then finished
@@ -157,6 +136,12 @@ async fn execute(state: &AppState, run: &runs::Run, attempt: i32) -> anyhow::Res
         }
     }
     tracing::info!(export_id = %run.id, rows = outcome.rows, bytes = outcome.size_bytes, seconds = outcome.seconds, "export completed");
+    if run.trigger == "scheduled" {
+        // Retention applies after each scheduled export (and hourly).
+        if let Err(e) = crate::platform::pruner::enqueue(&state.pool, org.id).await {
+            tracing::warn!(error = format!("{e:#}"), "could not queue the prune after a scheduled export");
+        }
+    }
     Ok(())
 }
 

@@ -58,6 +58,14 @@ impl Role {
     }
 }
 
+/// The org with `slug`.
+pub async fn find_by_slug(pool: &PgPool, slug: &str) -> sqlx::Result<Option<Org>> {
+    sqlx::query_as("select id, slug, name, bucket from organizations where slug = $1")
+        .bind(slug)
+        .fetch_optional(pool)
+        .await
+}
+
 /// The org with `slug` and the role of `user_id` in it, if they belong to it.
 pub async fn find_with_role(pool: &PgPool, slug: &OrgSlug, user_id: i64) -> sqlx::Result<Option<(Org, String)>> {
     let row: Option<(i64, String, String, String, String)> = sqlx::query_as(

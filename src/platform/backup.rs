@@ -67,3 +67,33 @@ pub async fn verify(state: &AppState, actor: Option<i64>) -> anyhow::Result<Resu
     orgs::audit(&state.pool, None, actor, "backup.verified", "backup_configuration", details).await?;
     Ok(outcome)
 }
+
+/// Switches the configuration on or off. A change clears "verified": the
+/// configuration must be verified again before exports run.
+pub async fn set_active(pool: &PgPool, actor: i64, active: bool) -> anyhow::Result<bool> {
+    let mut tx = pool.begin().await?;
+    let changed = sqlx::query(
+        "update backup_configuration set active = $1, verified_at = null, verified_endpoint = null,
+         updated_at = now(), updated_by = $2 where id = 1 and active <> $1",
+    )
+    .bind(active)
+    .bind(actor)
+    .execute(&mut *tx)
+    .await?
+    .rows_affected()
+        == 1;
+    if changed {
+        let action = if active { "backup.activated" } else { "backup.deactivated" };
+        orgs::audit(
+            &mut *tx,
+            None,
+            Some(actor),
+            action,
+            "backup_configuration",
+            serde_json::json!({ "active": active }),
+        )
+        .await?;
+    }
+    tx.commit().await?;
+    Ok(changed)
+}

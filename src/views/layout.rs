@@ -80,6 +80,10 @@ fn nav(ctx: &PageCtx) -> Markup {
                             a.text-sm.text-blue-700.hover:underline href=(routes::org_backups(slug)) { "Backups & Export" }
                         }
                     }
+                    @if user.is_platform_admin {
+                        span.text-slate-400 { "|" }
+                        a.text-sm.text-blue-700.hover:underline href=(routes::PLATFORM_SETTINGS) { "Platform settings" }
+                    }
                     span.ml-auto.text-sm.text-slate-600 { (user.display_name) " (" (user.email) ")" }
                     form method="post" action=(routes::LOGOUT) {
                         (ctx.csrf_field())

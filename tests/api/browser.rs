@@ -120,3 +120,146 @@ async fn an_org_admin_triggers_watches_it_complete_live_and_downloads() {
     assert_eq!(snap["counts"]["memberships"], 2_002);
     c.close().await.unwrap();
 }
+
+/// The platform admin's round: verify, retention 7 / 4 / 6, every 12 hours, the
+/// dry-run preview, the job board; then scheduled exports in acme's history, pruned
+/// as the preview said.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_platform_admin_configures_backups_retention_and_the_schedule() {
+    let app = TestApp::spawn_with(Options { workers: true, ..Default::default() }).await;
+    sqlx::query("update platform_settings set retention_daily = 1, retention_weekly = 1, retention_monthly = 1")
+        .execute(app.pool())
+        .await
+        .unwrap();
+    sqlx::query("update backup_configuration set verified_at = null, verified_endpoint = null")
+        .execute(app.pool())
+        .await
+        .unwrap();
+    let driver = Driver::start();
+    let profile = app.storage_dir.join("chromium-profile-platform");
+    let downloads = app.storage_dir.join("downloads-platform");
+    let c = browser(&driver, &profile, &downloads).await;
+
+    c.goto(&app.url("/login")).await.unwrap();
+    c.find(Locator::Css("#email")).await.unwrap().send_keys("platform@example.test").await.unwrap();
+    c.find(Locator::Css("#password")).await.unwrap().send_keys(PASSWORD).await.unwrap();
+    c.find(Locator::Css("button[type=submit].btn-primary")).await.unwrap().click().await.unwrap();
+    c.wait().at_most(Duration::from_secs(10)).for_url(&url::Url::parse(&app.url("/")).unwrap()).await.unwrap();
+    c.find(Locator::LinkText("Platform settings")).await.unwrap().click().await.unwrap();
+    assert_eq!(c.find(Locator::Css("#backup-state")).await.unwrap().text().await.unwrap(), "Not ready");
+
+    // Verify.
+    c.find(Locator::XPath("//button[normalize-space()='Verify']")).await.unwrap().click().await.unwrap();
+    // Wait for the new page (its flash), not the old page's badge.
+    c.wait()
+        .at_most(Duration::from_secs(20))
+        .for_element(Locator::XPath("//*[contains(text(),'Verified: the probe object')]"))
+        .await
+        .unwrap();
+    assert_eq!(c.find(Locator::Css("#backup-state")).await.unwrap().text().await.unwrap(), "Active and verified");
+
+    // Retention 7 / 4 / 6.
+    for (id, value) in [("#retention-daily", "7"), ("#retention-weekly", "4"), ("#retention-monthly", "6")] {
+        let input = c.find(Locator::Css(id)).await.unwrap();
+        input.clear().await.unwrap();
+        input.send_keys(value).await.unwrap();
+    }
+    c.find(Locator::XPath("//button[normalize-space()='Save retention']")).await.unwrap().click().await.unwrap();
+    c.wait()
+        .at_most(Duration::from_secs(10))
+        .for_element(Locator::XPath("//*[contains(text(),'Retention saved')]"))
+        .await
+        .unwrap();
+
+    // Every 12 hours.
+    c.find(Locator::Css("#schedule-preset option[value='every_12h']")).await.unwrap().click().await.unwrap();
+    c.find(Locator::XPath("//button[normalize-space()='Save schedule']")).await.unwrap().click().await.unwrap();
+    c.wait()
+        .at_most(Duration::from_secs(10))
+        .for_element(Locator::XPath("//*[contains(text(),'Schedule saved')]"))
+        .await
+        .unwrap();
+    let saved: (i32, i32, i32, String) = sqlx::query_as(
+        "select retention_daily, retention_weekly, retention_monthly, schedule_preset from platform_settings",
+    )
+    .fetch_one(app.pool())
+    .await
+    .unwrap();
+    assert_eq!(saved, (7, 4, 6, "every_12h".to_string()));
+    assert!(
+        c.find(Locator::Css("#next-slot")).await.unwrap().text().await.unwrap().starts_with("Next scheduled export:")
+    );
+
+    // Twelve days of slots, one a day (a day keeps only its newest export, so more
+    // than one a day would be pruned as they are made).
+    sqlx::query("update platform_settings set schedule_since = '2026-01-01'").execute(app.pool()).await.unwrap();
+    let acme = app.org_id("acme").await;
+    let slots: Vec<String> = (1..=12).map(|day| format!("2026-11-{day:02}T12:00:00Z")).collect();
+    // Keep all while they are made (the pruner runs after each scheduled export).
+    sqlx::query("update platform_settings set retention_daily = 366").execute(app.pool()).await.unwrap();
+    for slot in &slots {
+        let at = chrono::DateTime::parse_from_rfc3339(slot).unwrap().with_timezone(&chrono::Utc);
+        data_export::platform::scheduler::fire_slot(&app.state, at).await.unwrap();
+        let (id,): (String,) = sqlx::query_as("select id from export_runs where org_id = $1 and scheduled_for = $2")
+            .bind(acme)
+            .bind(at)
+            .fetch_one(app.pool())
+            .await
+            .unwrap();
+        let globex: Vec<(String,)> =
+            sqlx::query_as("select id from export_runs where scheduled_for = $1 and org_id <> $2")
+                .bind(at)
+                .bind(acme)
+                .fetch_all(app.pool())
+                .await
+                .unwrap();
+        assert_eq!(app.wait_for_run(&id, Duration::from_secs(60)).await.status, "completed");
+        for (g,) in globex {
+            app.wait_for_run(&g, Duration::from_secs(60)).await;
+        }
+    }
+    app.wait_for_idle_queue("pruner", Duration::from_secs(30)).await;
+    sqlx::query("update platform_settings set retention_daily = 7").execute(app.pool()).await.unwrap();
+
+    // The preview: of 12 exports per org, daily keeps Nov 6 to 12; weekly and monthly
+    // keep the newest of their periods, which daily already keeps, except ISO week 44
+    // (Nov 1, a Sunday): 8 kept, Nov 2 to 5 removed.
+    c.goto(&app.url("/platform/settings")).await.unwrap();
+    let preview = c.find(Locator::Css("#preview")).await.unwrap().text().await.unwrap();
+    let removed_rows = preview.lines().filter(|l| l.contains("will be removed")).count();
+    let (_, plans) = data_export::platform::pruner::plan(app.pool(), Some(acme)).await.unwrap();
+    let planned_removals = plans[0].removals();
+    assert_eq!(planned_removals, 12 - 8, "7 daily + week 44's Sunday");
+    assert_eq!(removed_rows, 2 * planned_removals, "the page lists acme's and globex's removals");
+    let keep_ids: Vec<String> = plans[0].decisions.iter().filter(|d| d.is_kept()).map(|d| d.id.clone()).collect();
+
+    // The job board opens from the page.
+    c.find(Locator::Css("#board-link")).await.unwrap().click().await.unwrap();
+    c.wait()
+        .at_most(Duration::from_secs(10))
+        .for_url(&url::Url::parse(&app.board_url("/")).unwrap())
+        .await
+        .expect("the board's own listener");
+    // The admin's session passed the guard: the board's own page, not the 403 text.
+    assert!(c.title().await.unwrap().ends_with("Apalis Board"));
+    c.close().await.unwrap();
+
+    // acme's history shows them as scheduled; pruning removes what the preview said.
+    let removed = data_export::platform::pruner::apply(&app.state, Some(acme)).await.unwrap();
+    assert_eq!(removed.len(), planned_removals);
+    let left: Vec<(String,)> =
+        sqlx::query_as("select id from export_runs where org_id = $1 and status = 'completed' order by scheduled_for")
+            .bind(acme)
+            .fetch_all(app.pool())
+            .await
+            .unwrap();
+    let mut left: Vec<String> = left.into_iter().map(|r| r.0).collect();
+    let mut keep_ids = keep_ids;
+    left.sort();
+    keep_ids.sort();
+    assert_eq!(left, keep_ids);
+    assert_eq!(app.objects("org-acme").await.len(), keep_ids.len());
+    let s = app.login("admin@acme.test").await;
+    let history = s.get("/orgs/acme/exports/history").await.text().await.unwrap();
+    assert!(history.contains("scheduled") && history.contains("pruned"));
+}

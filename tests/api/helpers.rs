@@ -115,10 +115,16 @@ impl TestApp {
         // Configured as an external endpoint, so the CLI (given the same S3_* settings)
         // sees the same storage identity as the verified one.
         let storage = Storage::new(&s3.settings(), &config.privacy_bucket, s3.settings().endpoint);
-        let state = AppState(Arc::new(App { pool, storage, config }));
+        let state = AppState(Arc::new(App::new(pool, storage, config)));
         data_export::seed::run(&state.pool, &state.storage, opts.members, PASSWORD).await.unwrap();
         data_export::platform::backup::verify(&state, None).await.unwrap().unwrap();
-        let app = data_export::startup::Application::build(state.clone(), state.config.bind).await.unwrap();
+        let app = data_export::startup::Application::build(
+            state.clone(),
+            state.config.bind,
+            Some("127.0.0.1:0".parse().unwrap()),
+        )
+        .await
+        .unwrap();
         let addr = format!("http://127.0.0.1:{}", app.port());
         let stop = CancellationToken::new();
         tokio::spawn(app.run_until_stopped(stop.clone()));
@@ -261,6 +267,47 @@ impl TestApp {
             .map(|e| e.file_name().to_string_lossy().to_string())
             .filter(|n| n.starts_with(".upload"))
             .collect()
+    }
+
+    /// The job board's URL for `path`.
+    pub fn board_url(&self, path: &str) -> String {
+        format!("http://127.0.0.1:{}{path}", self.state.board_port())
+    }
+
+    /// Another process's view of the same database and storage: its own pool (own
+    /// connections), as a second `serve` or `worker` process would have.
+    pub async fn second_process(&self) -> AppState {
+        let options = db::parse_url(&server_url()).unwrap().database(&self.db_name);
+        let pool = db::connect(options, 5).await.unwrap();
+        AppState(Arc::new(App::new(pool, self.state.storage.clone(), self.state.config.clone())))
+    }
+
+    /// Waits until no job of `queue` is waiting or running.
+    pub async fn wait_for_idle_queue(&self, queue: &str, within: Duration) {
+        let started = Instant::now();
+        loop {
+            let (busy,): (i64,) = sqlx::query_as(
+                "select count(*) from apalis.jobs where job_type = $1 and status in ('Pending', 'Queued', 'Running')",
+            )
+            .bind(queue)
+            .fetch_one(self.pool())
+            .await
+            .unwrap();
+            if busy == 0 {
+                return;
+            }
+            assert!(started.elapsed() < within, "{busy} {queue} job(s) still busy after {within:?}");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    /// Audit entries with this action.
+    pub async fn audits(&self, action: &str) -> Vec<(Option<i64>, Option<i64>, String, serde_json::Value)> {
+        sqlx::query_as("select org_id, actor_user_id, target, details from audit_log where action = $1 order by id")
+            .bind(action)
+            .fetch_all(self.pool())
+            .await
+            .unwrap()
     }
 
     /// Runs `data-export` with the app's database and storage.

@@ -7,5 +7,6 @@ mod browser;
 mod coverage;
 mod exports;
 mod modules;
+mod platform;
 mod seed;
 mod zero_config;

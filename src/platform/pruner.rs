@@ -1,0 +1,171 @@
+//! The retention pruner: applies [`retention::decide`] to each org's completed
+//! scheduled exports. For each export to remove it deletes the object first, then
+//! marks the run `pruned` (with an audit entry), so a crash between the two only
+//! repeats the delete. Per org it holds a transaction-scoped advisory lock, so two
+//! pruners running at once take turns and the second finds nothing left to do.
+//! Manual exports are never touched.
+
+use std::collections::HashMap;
+
+use apalis::prelude::*;
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+use sqlx::PgPool;
+use ulid::Ulid;
+
+use super::{
+    retention::{self, Decision},
+    settings::{self, Settings},
+};
+use crate::{jobs, orgs, state::AppState};
+
+/// The queue of prune jobs.
+pub const QUEUE: &str = "pruner";
+/// The advisory lock class of the per-org prune lock (the second key is the org id).
+const LOCK_CLASS: i32 = 0x4458_5052; // "DXPR"
+
+/// Prune one org, or all of them.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct PruneJob {
+    pub org_id: Option<i64>,
+}
+
+/// The worker's backend.
+pub fn storage(state: &AppState) -> jobs::Storage<PruneJob> {
+    jobs::storage(state, QUEUE)
+}
+
+/// Queues a prune of one org (after its scheduled export completed).
+pub async fn enqueue(pool: &PgPool, org_id: i64) -> anyhow::Result<()> {
+    let mut conn = pool.acquire().await?;
+    jobs::push(&mut conn, QUEUE, Ulid::generate(), &PruneJob { org_id: Some(org_id) }, 3).await
+}
+
+/// One org's plan.
+#[derive(Clone, Debug)]
+pub struct OrgPlan {
+    pub org_id: i64,
+    pub slug: String,
+    pub decisions: Vec<Decision<String>>,
+}
+
+impl OrgPlan {
+    pub fn removals(&self) -> usize {
+        self.decisions.iter().filter(|d| !d.is_kept()).count()
+    }
+}
+
+type Candidate = (String, DateTime<Utc>, String);
+
+/// An org's completed scheduled exports: (id, slot, object key).
+async fn candidates<'e, E: sqlx::PgExecutor<'e>>(db: E, org_id: i64, lock: bool) -> sqlx::Result<Vec<Candidate>> {
+    let sql = if lock {
+        "select id, scheduled_for, object_key from export_runs
+         where org_id = $1 and trigger = 'scheduled' and status = 'completed' for update"
+    } else {
+        "select id, scheduled_for, object_key from export_runs
+         where org_id = $1 and trigger = 'scheduled' and status = 'completed'"
+    };
+    sqlx::query_as(sqlx::AssertSqlSafe(sql)).bind(org_id).fetch_all(db).await
+}
+
+fn decide(settings: &Settings, rows: &[Candidate]) -> Vec<Decision<String>> {
+    let items: Vec<(String, DateTime<Utc>)> = rows.iter().map(|(id, at, _)| (id.clone(), *at)).collect();
+    retention::decide(&items, settings.retention, settings.timezone)
+}
+
+async fn orgs_to_prune(pool: &PgPool, org_id: Option<i64>) -> sqlx::Result<Vec<(i64, String, String)>> {
+    sqlx::query_as("select id, slug, bucket from organizations where $1::bigint is null or id = $1 order by slug")
+        .bind(org_id)
+        .fetch_all(pool)
+        .await
+}
+
+/// The dry run: for each org, each completed scheduled export with the rules that
+/// keep it or "will be removed". Changes nothing.
+pub async fn plan(pool: &PgPool, org_id: Option<i64>) -> anyhow::Result<(Settings, Vec<OrgPlan>)> {
+    let settings = settings::load(pool).await?;
+    let mut plans = Vec::new();
+    for (org_id, slug, _) in orgs_to_prune(pool, org_id).await? {
+        let rows = candidates(pool, org_id, false).await?;
+        plans.push(OrgPlan { org_id, slug, decisions: decide(&settings, &rows) });
+    }
+    Ok((settings, plans))
+}
+
+/// One removal that was carried out.
+#[derive(Clone, Debug, Serialize)]
+pub struct Removed {
+    pub org: String,
+    pub export_id: String,
+    pub scheduled_for: DateTime<Utc>,
+}
+
+/// Applies retention to one org or all. Returns what it removed. An object that
+/// cannot be deleted leaves its run `completed` for the next prune, and the error is
+/// returned after the other orgs were pruned.
+pub async fn apply(state: &AppState, org_id: Option<i64>) -> anyhow::Result<Vec<Removed>> {
+    let settings = settings::load(&state.pool).await?;
+    let mut removed = Vec::new();
+    let mut failures = Vec::new();
+    for (org_id, slug, bucket) in orgs_to_prune(&state.pool, org_id).await? {
+        let mut tx = state.pool.begin().await?;
+        sqlx::query("select pg_advisory_xact_lock($1, ($2 % 2147483647)::int)")
+            .bind(LOCK_CLASS)
+            .bind(org_id)
+            .execute(&mut *tx)
+            .await?;
+        let rows = candidates(&mut *tx, org_id, true).await?;
+        let keys: HashMap<&str, (&DateTime<Utc>, &str)> =
+            rows.iter().map(|(id, at, key)| (id.as_str(), (at, key.as_str()))).collect();
+        for d in decide(&settings, &rows).into_iter().filter(|d| !d.is_kept()) {
+            let Some((at, key)) = keys.get(d.id.as_str()) else { continue };
+            if let Err(e) = state.storage.delete(&bucket, key).await {
+                tracing::warn!(
+                    org = slug,
+                    export_id = d.id,
+                    error = format!("{e:#}"),
+                    "could not delete a pruned export's object"
+                );
+                failures.push(format!("{slug}/{}: {e:#}", d.id));
+                continue;
+            }
+            let marked = sqlx::query("update export_runs set status = 'pruned' where id = $1 and status = 'completed'")
+                .bind(&d.id)
+                .execute(&mut *tx)
+                .await?
+                .rows_affected()
+                == 1;
+            if marked {
+                let p = settings.retention;
+                let details = serde_json::json!({
+                    "scheduled_for": at,
+                    "retention": { "daily": p.daily, "weekly": p.weekly, "monthly": p.monthly },
+                    "timezone": settings.timezone.name(),
+                });
+                orgs::audit(&mut *tx, Some(org_id), None, "export.pruned", &format!("export:{}", d.id), details)
+                    .await?;
+                tracing::info!(org = slug, export_id = d.id, scheduled_for = %at, "export pruned");
+                removed.push(Removed { org: slug.clone(), export_id: d.id.clone(), scheduled_for: **at });
+            }
+        }
+        tx.commit().await?;
+    }
+    if !failures.is_empty() {
+        anyhow::bail!(
+            "pruned {} export(s); could not delete {}: {}",
+            removed.len(),
+            failures.len(),
+            failures.join("; ")
+        );
+    }
+    Ok(removed)
+}
+
+/// The prune job's handler (hourly for every org, and after each scheduled export
+/// for its org).
+pub async fn run(job: PruneJob, state: Data<AppState>) -> Result<(), BoxDynError> {
+    let removed = apply(&state, job.org_id).await?;
+    tracing::info!(org_id = job.org_id, removed = removed.len(), "prune finished");
+    Ok(())
+}

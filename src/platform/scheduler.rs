@@ -1,0 +1,174 @@
+//! The scheduler. Every `serve` and `worker` process ticks every 30 s; a tick claims
+//! the latest due slot of the preset (and the current hour's prune) by inserting a
+//! `schedule_slots` row, and only the process whose insert wins pushes the slot's
+//! job, in the same transaction. The slot's job (queue `scheduler`) then creates one
+//! scheduled run per org with Data Export on, and each run's unique
+//! `(org_id, scheduled_for)` keeps that exactly-once even when the job is retried.
+//!
+//! Missed slots: only the latest slot at or before now is ever due, so after
+//! downtime the latest missed slot runs once and older ones are dropped. Slots before
+//! `schedule_since` (install time, or the last change of preset or timezone) never
+//! run.
+
+use std::time::Duration;
+
+use apalis::prelude::*;
+use chrono::{DateTime, DurationRound, TimeDelta, Utc};
+use serde::{Deserialize, Serialize};
+use sqlx::PgPool;
+use tokio_util::sync::CancellationToken;
+use ulid::Ulid;
+
+use super::{backup, pruner, settings};
+use crate::{
+    exports::runs::{self, Scheduled},
+    jobs, orgs,
+    state::AppState,
+};
+
+/// The queue of slot jobs.
+pub const QUEUE: &str = "scheduler";
+/// How often each process looks for a due slot.
+pub const TICK: Duration = Duration::from_secs(30);
+
+/// A schedule slot to fire.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct SlotJob {
+    pub slot: DateTime<Utc>,
+}
+
+/// The worker's backend.
+pub fn storage(state: &AppState) -> jobs::Storage<SlotJob> {
+    jobs::storage(state, QUEUE)
+}
+
+/// What one tick claimed (None: nothing due, or another process claimed it).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Tick {
+    pub export_slot: Option<DateTime<Utc>>,
+    pub prune_slot: Option<DateTime<Utc>>,
+}
+
+/// One scheduler tick at `now`.
+pub async fn tick(state: &AppState, now: DateTime<Utc>) -> anyhow::Result<Tick> {
+    let settings = settings::load(&state.pool).await?;
+    let mut claimed = Tick::default();
+    if let Some(slot) = settings.preset.latest_at_or_before(settings.timezone, now)
+        && slot >= settings.schedule_since
+        && claim(&state.pool, "export", slot, QUEUE, &SlotJob { slot }).await?
+    {
+        tracing::info!(%slot, preset = settings.preset.key(), "schedule slot claimed");
+        claimed.export_slot = Some(slot);
+    }
+    let hour = now.duration_trunc(TimeDelta::hours(1))?;
+    if claim(&state.pool, "prune", hour, pruner::QUEUE, &pruner::PruneJob { org_id: None }).await? {
+        claimed.prune_slot = Some(hour);
+    }
+    Ok(claimed)
+}
+
+/// Inserts the slot's claim and, if this process won it, pushes its job in the
+/// same transaction.
+async fn claim<T: Serialize>(
+    pool: &PgPool,
+    kind: &str,
+    slot: DateTime<Utc>,
+    queue: &str,
+    args: &T,
+) -> anyhow::Result<bool> {
+    let mut tx = pool.begin().await?;
+    let won = sqlx::query("insert into schedule_slots (kind, slot) values ($1, $2) on conflict do nothing")
+        .bind(kind)
+        .bind(slot)
+        .execute(&mut *tx)
+        .await?
+        .rows_affected()
+        == 1;
+    if won {
+        jobs::push(&mut tx, queue, Ulid::generate(), args, 3).await?;
+    }
+    tx.commit().await?;
+    Ok(won)
+}
+
+/// What a slot did.
+#[derive(Clone, Debug, Default, Serialize, PartialEq, Eq)]
+pub struct SlotOutcome {
+    /// Slugs of the orgs whose scheduled export was created.
+    pub started: Vec<String>,
+    /// (slug, why) of the orgs skipped.
+    pub skipped: Vec<(String, String)>,
+    /// Why the whole slot was skipped.
+    pub reason: Option<String>,
+}
+
+/// Fires a slot: one scheduled run per org with Data Export on. Safe to repeat.
+pub async fn fire_slot(state: &AppState, slot: DateTime<Utc>) -> anyhow::Result<SlotOutcome> {
+    let mut outcome = SlotOutcome::default();
+    if !backup::is_ready(state).await? {
+        let reason = "the backup configuration is not active and verified".to_string();
+        tracing::warn!(%slot, reason, "schedule slot skipped");
+        let details = serde_json::json!({ "slot": slot, "reason": reason });
+        orgs::audit(&state.pool, None, None, "schedule.slot_skipped", &format!("schedule:{slot}"), details).await?;
+        outcome.reason = Some(reason);
+    } else {
+        let orgs: Vec<(i64, String)> = sqlx::query_as(
+            "select o.id, o.slug from organizations o
+             join org_modules m on m.org_id = o.id and m.module = 'data_export' and m.enabled
+             order by o.slug",
+        )
+        .fetch_all(&state.pool)
+        .await?;
+        for (org_id, slug) in orgs {
+            match runs::create_scheduled(&state.pool, org_id, slot, state.config.export_max_attempts).await? {
+                Scheduled::Created(id) => {
+                    tracing::info!(%slot, org = slug, export_id = id, "scheduled export created");
+                    outcome.started.push(slug);
+                }
+                Scheduled::AlreadyScheduled(id) => {
+                    tracing::info!(%slot, org = slug, export_id = id, "slot already has its export");
+                }
+                Scheduled::Skipped { active_export_id } => {
+                    let why = format!("export {active_export_id} was still active");
+                    tracing::warn!(%slot, org = slug, active_export_id, "scheduled export skipped: another export is active");
+                    let details = serde_json::json!({ "slot": slot, "active_export_id": active_export_id });
+                    orgs::audit(
+                        &state.pool,
+                        Some(org_id),
+                        None,
+                        "export.schedule_skipped",
+                        &format!("schedule:{slot}"),
+                        details,
+                    )
+                    .await?;
+                    outcome.skipped.push((slug, why));
+                }
+            }
+        }
+    }
+    sqlx::query("update schedule_slots set finished_at = now(), outcome = $2 where kind = 'export' and slot = $1")
+        .bind(slot)
+        .bind(serde_json::to_value(&outcome)?)
+        .execute(&state.pool)
+        .await?;
+    Ok(outcome)
+}
+
+/// The slot job's handler (retried on error: firing a slot twice is harmless).
+pub async fn run(job: SlotJob, state: Data<AppState>) -> Result<(), BoxDynError> {
+    fire_slot(&state, job.slot).await?;
+    Ok(())
+}
+
+/// Ticks until `stop` is cancelled.
+pub async fn run_loop(state: AppState, stop: CancellationToken) {
+    loop {
+        if let Err(e) = tick(&state, Utc::now()).await {
+            tracing::warn!(error = format!("{e:#}"), "scheduler tick failed; trying again at the next tick");
+        }
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = tokio::time::sleep(TICK) => {}
+        }
+    }
+}
