@@ -5,6 +5,9 @@ create table schedule_slots (
     kind        text not null,
     slot        timestamptz not null,
     claimed_at  timestamptz not null default now(),
+    -- The apalis job that fires the slot; re-pushed by a later tick if it failed
+    -- for good before the slot finished, so a claimed slot is never lost.
+    job_id      text not null,
     finished_at timestamptz,
     -- {"started": n, "skipped": [...], "reason": "..."} once the slot's job ran.
     outcome     jsonb,

@@ -49,6 +49,9 @@ pub struct Config {
     pub bind: SocketAddr,
     /// `BOARD_BIND`, default `127.0.0.1:3001`.
     pub board_bind: SocketAddr,
+    /// `BOARD_PUBLIC_URL`: how platform admins reach the job board; default: the
+    /// scheme and host of `PUBLIC_URL` with the board's port.
+    pub board_public_url: Option<String>,
     /// `DATA_DIR`, default `.data`.
     pub data_dir: PathBuf,
     /// `PUBLIC_URL`: how users reach the web UI; cookies are `Secure` when it is https.
@@ -106,8 +109,15 @@ impl Config {
         if !(public_url.starts_with("http://") || public_url.starts_with("https://")) {
             bail!("PUBLIC_URL must be an http:// or https:// URL (got {public_url:?})");
         }
+        let board_public_url = non_empty("BOARD_PUBLIC_URL");
+        if let Some(u) = &board_public_url
+            && !(u.starts_with("http://") || u.starts_with("https://"))
+        {
+            bail!("BOARD_PUBLIC_URL must be an http:// or https:// URL (got {u:?})");
+        }
         Ok(Self {
             database_url,
+            board_public_url: board_public_url.map(|u| u.trim_end_matches('/').to_string()),
             storage,
             bind,
             board_bind,
@@ -197,6 +207,8 @@ mod tests {
             (vec![("S3_ENDPOINT", "http://x")], "S3_ACCESS_KEY_ID"),
             (vec![("WORKER_CONCURRENCY", "0")], "WORKER_CONCURRENCY"),
             (vec![("HEARTBEAT_SECS", "-4")], "HEARTBEAT_SECS"),
+            (vec![("BOARD_BIND", "localhost")], "BOARD_BIND"),
+            (vec![("BOARD_PUBLIC_URL", "board.example")], "BOARD_PUBLIC_URL"),
         ] {
             let err = cfg(&pairs).unwrap_err().to_string();
             assert!(err.contains(needle), "{err} should name {needle}");

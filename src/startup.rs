@@ -207,7 +207,7 @@ pub async fn serve(config: Config, with_web: bool) -> anyhow::Result<()> {
     let mut tasks = tokio::task::JoinSet::new();
     if with_web {
         let app = Application::build(state.clone(), state.config.bind, Some(state.config.board_bind)).await?;
-        print_banner(&state.config, app.port(), state.board_port(), password.as_deref());
+        print_banner(&state.config, app.port(), &state.board_url(), password.as_deref());
         tasks.spawn(app.run_until_stopped(stop.clone()));
     }
     tasks.spawn(jobs::run(state.clone(), stop.clone()));
@@ -239,11 +239,11 @@ pub async fn serve(config: Config, with_web: bool) -> anyhow::Result<()> {
     result
 }
 
-fn print_banner(config: &Config, port: u16, board_port: u16, password: Option<&str>) {
+fn print_banner(config: &Config, port: u16, board_url: &str, password: Option<&str>) {
     let url =
         if config.bind.port() == 0 { format!("http://{}:{port}", config.bind.ip()) } else { config.public_url.clone() };
     println!("\nData Export is running at {url}");
-    println!("Job board (platform admins): http://{}:{board_port}/", config.board_bind.ip());
+    println!("Job board (platform admins): {board_url}");
     println!("Demo accounts:");
     for seed::DemoAccount { email, platform_admin, memberships, .. } in seed::DEMO_ACCOUNTS {
         let role = if platform_admin {

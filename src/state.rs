@@ -35,6 +35,20 @@ impl App {
     pub fn board_port(&self) -> u16 {
         self.board_port.get().copied().unwrap_or(self.config.board_bind.port())
     }
+
+    /// Where platform admins open the job board: `BOARD_PUBLIC_URL`, else the scheme
+    /// and host of `PUBLIC_URL` with the board's port (the session cookie is per
+    /// host, so the board must be reached by the site's host name).
+    pub fn board_url(&self) -> String {
+        if let Some(u) = &self.config.board_public_url {
+            return format!("{u}/");
+        }
+        let uri: Option<http::Uri> = self.config.public_url.parse().ok();
+        let scheme = uri.as_ref().and_then(|u| u.scheme_str()).unwrap_or("http").to_string();
+        let host = uri.as_ref().and_then(|u| u.host()).map(str::to_string);
+        let host = host.unwrap_or_else(|| self.config.board_bind.ip().to_string());
+        format!("{scheme}://{host}:{}/", self.board_port())
+    }
 }
 
 impl Deref for AppState {

@@ -55,6 +55,12 @@ pub async fn run(job: ExportJob, state: Data<AppState>, attempt: Attempt) -> Res
         tracing::info!(run_id = job.run_id, "run is no longer pending; nothing to do");
         return Ok(());
     };
+    if !crate::platform::backup::is_ready(&state).await? {
+        // Switched off (or the storage changed) after the run was created.
+        let reason = crate::error::AppError::BackupNotVerified.to_string();
+        runs::fail_persistently(&state.pool, &run.id, Some(attempt), &reason).await?;
+        return Err(AbortError::new(reason).into());
+    }
     let span = tracing::info_span!("export", export_id = %run.id, org_id = run.org_id, attempt);
     match tracing::Instrument::instrument(execute(&state, &run, attempt), span).await {
         Ok(()) => Ok(()),

@@ -44,24 +44,35 @@ pub async fn verify(state: &AppState, actor: Option<i64>) -> anyhow::Result<Resu
         .map(|b| b.0)
         .collect();
     buckets.insert(0, state.storage.privacy_bucket().to_string());
-    let outcome = state.storage.probe(&buckets).await.map_err(|e| format!("{e:#}"));
-    match &outcome {
+    // The result is stored only if the configuration did not change while probing
+    // (a switch flipped meanwhile must keep its "cleared").
+    let (seen,): (DateTime<Utc>,) =
+        sqlx::query_as("select updated_at from backup_configuration where id = 1").fetch_one(&state.pool).await?;
+    let mut outcome = state.storage.probe(&buckets).await.map_err(|e| format!("{e:#}"));
+    let stored = match &outcome {
         Ok(()) => {
             sqlx::query(
-                "update backup_configuration set verified_at = now(), verified_endpoint = $1, last_error = null where id = 1",
+                "update backup_configuration set verified_at = now(), verified_endpoint = $1, last_error = null
+             where id = 1 and updated_at = $2",
             )
             .bind(state.storage.identity())
+            .bind(seen)
             .execute(&state.pool)
-            .await?;
+            .await?
         }
         Err(e) => {
             sqlx::query(
-                "update backup_configuration set verified_at = null, verified_endpoint = null, last_error = $1 where id = 1",
+                "update backup_configuration set verified_at = null, verified_endpoint = null, last_error = $1
+             where id = 1 and updated_at = $2",
             )
             .bind(e)
+            .bind(seen)
             .execute(&state.pool)
-            .await?;
+            .await?
         }
+    };
+    if stored.rows_affected() == 0 {
+        outcome = Err("the configuration changed while it was being verified; verify again".to_string());
     }
     let details = serde_json::json!({ "endpoint": state.storage.identity(), "ok": outcome.is_ok(), "error": outcome.as_ref().err() });
     orgs::audit(&state.pool, None, actor, "backup.verified", "backup_configuration", details).await?;
@@ -84,15 +95,8 @@ pub async fn set_active(pool: &PgPool, actor: i64, active: bool) -> anyhow::Resu
         == 1;
     if changed {
         let action = if active { "backup.activated" } else { "backup.deactivated" };
-        orgs::audit(
-            &mut *tx,
-            None,
-            Some(actor),
-            action,
-            "backup_configuration",
-            serde_json::json!({ "active": active }),
-        )
-        .await?;
+        let details = serde_json::json!({ "before": { "active": !active }, "after": { "active": active } });
+        orgs::audit(&mut *tx, None, Some(actor), action, "backup_configuration", details).await?;
     }
     tx.commit().await?;
     Ok(changed)

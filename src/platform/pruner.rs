@@ -1,8 +1,8 @@
 //! The retention pruner: applies [`retention::decide`] to each org's completed
 //! scheduled exports. For each export to remove it deletes the object first, then
 //! marks the run `pruned` (with an audit entry), so a crash between the two only
-//! repeats the delete. Per org it holds a transaction-scoped advisory lock, so two
-//! pruners running at once take turns and the second finds nothing left to do.
+//! repeats the delete. Per org it holds an advisory lock, so two pruners running at
+//! once take turns and the second finds nothing left to do.
 //! Manual exports are never touched.
 
 use std::collections::HashMap;
@@ -58,15 +58,14 @@ impl OrgPlan {
 type Candidate = (String, DateTime<Utc>, String);
 
 /// An org's completed scheduled exports: (id, slot, object key).
-async fn candidates<'e, E: sqlx::PgExecutor<'e>>(db: E, org_id: i64, lock: bool) -> sqlx::Result<Vec<Candidate>> {
-    let sql = if lock {
+async fn candidates(pool: &PgPool, org_id: i64) -> sqlx::Result<Vec<Candidate>> {
+    sqlx::query_as(
         "select id, scheduled_for, object_key from export_runs
-         where org_id = $1 and trigger = 'scheduled' and status = 'completed' for update"
-    } else {
-        "select id, scheduled_for, object_key from export_runs
-         where org_id = $1 and trigger = 'scheduled' and status = 'completed'"
-    };
-    sqlx::query_as(sqlx::AssertSqlSafe(sql)).bind(org_id).fetch_all(db).await
+         where org_id = $1 and trigger = 'scheduled' and status = 'completed'",
+    )
+    .bind(org_id)
+    .fetch_all(pool)
+    .await
 }
 
 fn decide(settings: &Settings, rows: &[Candidate]) -> Vec<Decision<String>> {
@@ -87,7 +86,7 @@ pub async fn plan(pool: &PgPool, org_id: Option<i64>) -> anyhow::Result<(Setting
     let settings = settings::load(pool).await?;
     let mut plans = Vec::new();
     for (org_id, slug, _) in orgs_to_prune(pool, org_id).await? {
-        let rows = candidates(pool, org_id, false).await?;
+        let rows = candidates(pool, org_id).await?;
         plans.push(OrgPlan { org_id, slug, decisions: decide(&settings, &rows) });
     }
     Ok((settings, plans))
@@ -101,55 +100,33 @@ pub struct Removed {
     pub scheduled_for: DateTime<Utc>,
 }
 
-/// Applies retention to one org or all. Returns what it removed. An object that
-/// cannot be deleted leaves its run `completed` for the next prune, and the error is
-/// returned after the other orgs were pruned.
+/// Applies retention to one org or all. Returns what it removed. Refused while the
+/// backup configuration is not active and verified (the storage in use may not be
+/// the one the exports were written to). An object that cannot be deleted leaves
+/// its run `completed` for the next prune, and the error is returned after the
+/// other orgs were pruned.
 pub async fn apply(state: &AppState, org_id: Option<i64>) -> anyhow::Result<Vec<Removed>> {
+    if !super::backup::is_ready(state).await? {
+        anyhow::bail!("not pruning: the backup configuration is not active and verified against this storage");
+    }
     let settings = settings::load(&state.pool).await?;
     let mut removed = Vec::new();
     let mut failures = Vec::new();
     for (org_id, slug, bucket) in orgs_to_prune(&state.pool, org_id).await? {
-        let mut tx = state.pool.begin().await?;
-        sqlx::query("select pg_advisory_xact_lock($1, ($2 % 2147483647)::int)")
+        // The org's lock lives on one connection for the whole org; each removal
+        // commits on its own, so a later error cannot undo an earlier mark.
+        let mut lock = state.pool.acquire().await?;
+        sqlx::query("select pg_advisory_lock($1, ($2 % 2147483647)::int)")
             .bind(LOCK_CLASS)
             .bind(org_id)
-            .execute(&mut *tx)
+            .execute(&mut *lock)
             .await?;
-        let rows = candidates(&mut *tx, org_id, true).await?;
-        let keys: HashMap<&str, (&DateTime<Utc>, &str)> =
-            rows.iter().map(|(id, at, key)| (id.as_str(), (at, key.as_str()))).collect();
-        for d in decide(&settings, &rows).into_iter().filter(|d| !d.is_kept()) {
-            let Some((at, key)) = keys.get(d.id.as_str()) else { continue };
-            if let Err(e) = state.storage.delete(&bucket, key).await {
-                tracing::warn!(
-                    org = slug,
-                    export_id = d.id,
-                    error = format!("{e:#}"),
-                    "could not delete a pruned export's object"
-                );
-                failures.push(format!("{slug}/{}: {e:#}", d.id));
-                continue;
-            }
-            let marked = sqlx::query("update export_runs set status = 'pruned' where id = $1 and status = 'completed'")
-                .bind(&d.id)
-                .execute(&mut *tx)
-                .await?
-                .rows_affected()
-                == 1;
-            if marked {
-                let p = settings.retention;
-                let details = serde_json::json!({
-                    "scheduled_for": at,
-                    "retention": { "daily": p.daily, "weekly": p.weekly, "monthly": p.monthly },
-                    "timezone": settings.timezone.name(),
-                });
-                orgs::audit(&mut *tx, Some(org_id), None, "export.pruned", &format!("export:{}", d.id), details)
-                    .await?;
-                tracing::info!(org = slug, export_id = d.id, scheduled_for = %at, "export pruned");
-                removed.push(Removed { org: slug.clone(), export_id: d.id.clone(), scheduled_for: **at });
-            }
-        }
-        tx.commit().await?;
+        // The connection is closed rather than returned to the pool, which releases
+        // the lock whatever happens below (an error, a panic, a cancelled job).
+        lock.close_on_drop();
+        let outcome = prune_org(state, &settings, org_id, &slug, &bucket, &mut removed, &mut failures).await;
+        drop(lock);
+        outcome?;
     }
     if !failures.is_empty() {
         anyhow::bail!(
@@ -160,6 +137,56 @@ pub async fn apply(state: &AppState, org_id: Option<i64>) -> anyhow::Result<Vec<
         );
     }
     Ok(removed)
+}
+
+async fn prune_org(
+    state: &AppState,
+    settings: &Settings,
+    org_id: i64,
+    slug: &str,
+    bucket: &str,
+    removed: &mut Vec<Removed>,
+    failures: &mut Vec<String>,
+) -> anyhow::Result<()> {
+    // Read under the lock: what another pruner removed is no longer a candidate.
+    let rows = candidates(&state.pool, org_id).await?;
+    let keys: HashMap<&str, (&DateTime<Utc>, &str)> =
+        rows.iter().map(|(id, at, key)| (id.as_str(), (at, key.as_str()))).collect();
+    for d in decide(settings, &rows).into_iter().filter(|d| !d.is_kept()) {
+        let Some((at, key)) = keys.get(d.id.as_str()) else { continue };
+        if let Err(e) = state.storage.delete(bucket, key).await {
+            tracing::warn!(
+                org = slug,
+                export_id = d.id,
+                error = format!("{e:#}"),
+                "could not delete a pruned export's object"
+            );
+            failures.push(format!("{slug}/{}: {e:#}", d.id));
+            continue;
+        }
+        let mut tx = state.pool.begin().await?;
+        let marked = sqlx::query("update export_runs set status = 'pruned' where id = $1 and status = 'completed'")
+            .bind(&d.id)
+            .execute(&mut *tx)
+            .await?
+            .rows_affected()
+            == 1;
+        if marked {
+            let p = settings.retention;
+            let details = serde_json::json!({
+                "scheduled_for": at,
+                "retention": { "daily": p.daily, "weekly": p.weekly, "monthly": p.monthly },
+                "timezone": settings.timezone.name(),
+            });
+            orgs::audit(&mut *tx, Some(org_id), None, "export.pruned", &format!("export:{}", d.id), details).await?;
+        }
+        tx.commit().await?;
+        if marked {
+            tracing::info!(org = slug, export_id = d.id, scheduled_for = %at, "export pruned");
+            removed.push(Removed { org: slug.to_string(), export_id: d.id.clone(), scheduled_for: **at });
+        }
+    }
+    Ok(())
 }
 
 /// The prune job's handler (hourly for every org, and after each scheduled export

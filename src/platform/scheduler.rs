@@ -68,7 +68,8 @@ pub async fn tick(state: &AppState, now: DateTime<Utc>) -> anyhow::Result<Tick> 
 }
 
 /// Inserts the slot's claim and, if this process won it, pushes its job in the
-/// same transaction.
+/// same transaction. A slot claimed earlier whose job then failed for good before
+/// the slot finished gets a new job (once, by whichever process locks it first).
 async fn claim<T: Serialize>(
     pool: &PgPool,
     kind: &str,
@@ -77,24 +78,49 @@ async fn claim<T: Serialize>(
     args: &T,
 ) -> anyhow::Result<bool> {
     let mut tx = pool.begin().await?;
-    let won = sqlx::query("insert into schedule_slots (kind, slot) values ($1, $2) on conflict do nothing")
+    let job_id = Ulid::generate();
+    let won = sqlx::query("insert into schedule_slots (kind, slot, job_id) values ($1, $2, $3) on conflict do nothing")
         .bind(kind)
         .bind(slot)
+        .bind(job_id.to_string())
         .execute(&mut *tx)
         .await?
         .rows_affected()
         == 1;
     if won {
-        jobs::push(&mut tx, queue, Ulid::generate(), args, 3).await?;
+        jobs::push(&mut tx, queue, job_id, args, 3).await?;
+        tx.commit().await?;
+        return Ok(true);
+    }
+    let lost: Option<(String,)> = sqlx::query_as(
+        "select s.job_id from schedule_slots s left join apalis.jobs j on j.id = s.job_id
+         where s.kind = $1 and s.slot = $2 and s.finished_at is null
+           and (j.id is null or j.status in ('Failed', 'Killed'))
+         for update of s skip locked",
+    )
+    .bind(kind)
+    .bind(slot)
+    .fetch_optional(&mut *tx)
+    .await?;
+    if let Some((old,)) = lost {
+        tracing::warn!(kind, %slot, old_job = old, "the slot's job failed before the slot finished; pushing it again");
+        sqlx::query("update schedule_slots set job_id = $3 where kind = $1 and slot = $2")
+            .bind(kind)
+            .bind(slot)
+            .bind(job_id.to_string())
+            .execute(&mut *tx)
+            .await?;
+        jobs::push(&mut tx, queue, job_id, args, 3).await?;
     }
     tx.commit().await?;
-    Ok(won)
+    Ok(false)
 }
 
 /// What a slot did.
 #[derive(Clone, Debug, Default, Serialize, PartialEq, Eq)]
 pub struct SlotOutcome {
-    /// Slugs of the orgs whose scheduled export was created.
+    /// Slugs of the orgs whose scheduled export was created (by this or an earlier
+    /// attempt of the slot's job).
     pub started: Vec<String>,
     /// (slug, why) of the orgs skipped.
     pub skipped: Vec<(String, String)>,
@@ -126,7 +152,9 @@ pub async fn fire_slot(state: &AppState, slot: DateTime<Utc>) -> anyhow::Result<
                     outcome.started.push(slug);
                 }
                 Scheduled::AlreadyScheduled(id) => {
+                    // An earlier attempt of this slot's job created it.
                     tracing::info!(%slot, org = slug, export_id = id, "slot already has its export");
+                    outcome.started.push(slug);
                 }
                 Scheduled::Skipped { active_export_id } => {
                     let why = format!("export {active_export_id} was still active");
@@ -154,8 +182,19 @@ pub async fn fire_slot(state: &AppState, slot: DateTime<Utc>) -> anyhow::Result<
     Ok(outcome)
 }
 
-/// The slot job's handler (retried on error: firing a slot twice is harmless).
+/// The slot job's handler (retried on error: firing a slot twice is harmless). It
+/// fires only claimed slots that are due, so a job pushed by hand (say, from the
+/// job board) cannot invent a slot.
 pub async fn run(job: SlotJob, state: Data<AppState>) -> Result<(), BoxDynError> {
+    let claimed: Option<(i32,)> =
+        sqlx::query_as("select 1 from schedule_slots where kind = 'export' and slot = $1 and slot <= now()")
+            .bind(job.slot)
+            .fetch_optional(&state.pool)
+            .await?;
+    if claimed.is_none() {
+        tracing::warn!(slot = %job.slot, "refusing a slot job with no claimed, due slot");
+        return Err(AbortError::new("no claimed, due slot").into());
+    }
     fire_slot(&state, job.slot).await?;
     Ok(())
 }

@@ -29,12 +29,12 @@ type Row = (i32, i32, i32, String, String, DateTime<Utc>, DateTime<Utc>);
 
 /// Loads the settings. A stored value the code does not know (edited by hand) falls
 /// back to the safe choice: schedule disabled, UTC.
-pub async fn load(pool: &PgPool) -> sqlx::Result<Settings> {
+pub async fn load<'e, E: sqlx::PgExecutor<'e>>(db: E) -> sqlx::Result<Settings> {
     let (daily, weekly, monthly, preset, timezone, schedule_since, updated_at): Row = sqlx::query_as(
         "select retention_daily, retention_weekly, retention_monthly, schedule_preset, timezone, schedule_since, updated_at
          from platform_settings where id = 1",
     )
-    .fetch_one(pool)
+    .fetch_one(db)
     .await?;
     let count = |n: i32| u32::try_from(n).unwrap_or(0).min(MAX_RETENTION);
     Ok(Settings {
@@ -61,13 +61,21 @@ pub fn parse_count(label: &str, raw: &str) -> Result<u32, String> {
     }
 }
 
+/// Locks the settings row for the transaction, so concurrent saves take turns and
+/// each audits the true "before".
+async fn lock(tx: &mut sqlx::Transaction<'_, sqlx::Postgres>) -> sqlx::Result<()> {
+    sqlx::query("select 1 from platform_settings where id = 1 for update").execute(&mut **tx).await?;
+    Ok(())
+}
+
 /// Saves the retention counts. Returns whether anything changed.
 pub async fn set_retention(pool: &PgPool, actor: i64, policy: Policy) -> anyhow::Result<bool> {
-    let before = load(pool).await?.retention;
+    let mut tx = pool.begin().await?;
+    lock(&mut tx).await?;
+    let before = load(&mut *tx).await?.retention;
     if before == policy {
         return Ok(false);
     }
-    let mut tx = pool.begin().await?;
     sqlx::query(
         "update platform_settings set retention_daily = $1, retention_weekly = $2, retention_monthly = $3,
          updated_at = now(), updated_by = $4 where id = 1",
@@ -88,11 +96,12 @@ pub async fn set_retention(pool: &PgPool, actor: i64, policy: Policy) -> anyhow:
 /// Saves the schedule preset and timezone. A change moves `schedule_since` to now,
 /// so the new schedule's first slot is its next one, not one from the past.
 pub async fn set_schedule(pool: &PgPool, actor: i64, preset: Preset, timezone: Tz) -> anyhow::Result<bool> {
-    let before = load(pool).await?;
+    let mut tx = pool.begin().await?;
+    lock(&mut tx).await?;
+    let before = load(&mut *tx).await?;
     if before.preset == preset && before.timezone == timezone {
         return Ok(false);
     }
-    let mut tx = pool.begin().await?;
     sqlx::query(
         "update platform_settings set schedule_preset = $1, timezone = $2, schedule_since = now(),
          updated_at = now(), updated_by = $3 where id = 1",

@@ -347,20 +347,9 @@ fn view(
     )
 }
 
-/// GET: a redirect to the job board on its own port, on the host this page was
-/// reached by (the session cookie is per host, not per port, so it goes along).
-pub async fn board(
-    _admin: PlatformAdmin,
-    State(state): State<AppState>,
-    headers: axum::http::HeaderMap,
-) -> AppResult<Response> {
-    let host = headers
-        .get(axum::http::header::HOST)
-        .and_then(|h| h.to_str().ok())
-        .and_then(|h| h.parse::<axum::http::uri::Authority>().ok())
-        .map(|a| a.host().to_string())
-        .unwrap_or_else(|| state.config.board_bind.ip().to_string());
-    Ok(Redirect::to(&format!("http://{host}:{}/", state.board_port())).into_response())
+/// GET: a redirect to the job board on its own listener (see [`AppState::board_url`]).
+pub async fn board(_admin: PlatformAdmin, State(state): State<AppState>) -> Response {
+    Redirect::to(&state.board_url()).into_response()
 }
 
 fn slot_summary(finished: Option<DateTime<Utc>>, outcome: Option<&serde_json::Value>) -> String {

@@ -69,6 +69,15 @@ async fn browser(driver: &Driver, profile: &Path, downloads: &Path) -> Client {
         .expect("a Chromium session")
 }
 
+/// Saves a screenshot when `SCREENSHOT_DIR` is set (to look at the pages by eye).
+async fn screenshot(c: &Client, name: &str) {
+    if let Ok(dir) = std::env::var("SCREENSHOT_DIR") {
+        c.set_window_size(1280, 2200).await.unwrap();
+        let png = c.screenshot().await.unwrap();
+        std::fs::write(Path::new(&dir).join(format!("{name}.png")), png).unwrap();
+    }
+}
+
 fn downloaded(dir: &Path) -> Option<PathBuf> {
     std::fs::read_dir(dir).ok()?.flatten().map(|e| e.path()).find(|p| p.to_string_lossy().ends_with(".json.gz"))
 }
@@ -218,7 +227,8 @@ async fn a_platform_admin_configures_backups_retention_and_the_schedule() {
             app.wait_for_run(&g, Duration::from_secs(60)).await;
         }
     }
-    app.wait_for_idle_queue("pruner", Duration::from_secs(30)).await;
+    // One prune job per scheduled export (24), all finished, before retention changes.
+    app.wait_for_done_jobs("pruner", 24, Duration::from_secs(60)).await;
     sqlx::query("update platform_settings set retention_daily = 7").execute(app.pool()).await.unwrap();
 
     // The preview: of 12 exports per org, daily keeps Nov 6 to 12; weekly and monthly
@@ -233,6 +243,8 @@ async fn a_platform_admin_configures_backups_retention_and_the_schedule() {
     assert_eq!(removed_rows, 2 * planned_removals, "the page lists acme's and globex's removals");
     let keep_ids: Vec<String> = plans[0].decisions.iter().filter(|d| d.is_kept()).map(|d| d.id.clone()).collect();
 
+    screenshot(&c, "platform-settings").await;
+
     // The job board opens from the page.
     c.find(Locator::Css("#board-link")).await.unwrap().click().await.unwrap();
     c.wait()
@@ -242,6 +254,8 @@ async fn a_platform_admin_configures_backups_retention_and_the_schedule() {
         .expect("the board's own listener");
     // The admin's session passed the guard: the board's own page, not the 403 text.
     assert!(c.title().await.unwrap().ends_with("Apalis Board"));
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    screenshot(&c, "job-board").await;
     c.close().await.unwrap();
 
     // acme's history shows them as scheduled; pruning removes what the preview said.

@@ -282,21 +282,23 @@ impl TestApp {
         AppState(Arc::new(App::new(pool, self.state.storage.clone(), self.state.config.clone())))
     }
 
-    /// Waits until no job of `queue` is waiting or running.
-    pub async fn wait_for_idle_queue(&self, queue: &str, within: Duration) {
+    /// Waits until `n` jobs of `queue` are done and none is waiting or running.
+    pub async fn wait_for_done_jobs(&self, queue: &str, n: i64, within: Duration) {
         let started = Instant::now();
         loop {
-            let (busy,): (i64,) = sqlx::query_as(
-                "select count(*) from apalis.jobs where job_type = $1 and status in ('Pending', 'Queued', 'Running')",
+            let (done, busy): (i64, i64) = sqlx::query_as(
+                "select count(*) filter (where status = 'Done'),
+                        count(*) filter (where status in ('Pending', 'Queued', 'Running'))
+                 from apalis.jobs where job_type = $1",
             )
             .bind(queue)
             .fetch_one(self.pool())
             .await
             .unwrap();
-            if busy == 0 {
+            if done >= n && busy == 0 {
                 return;
             }
-            assert!(started.elapsed() < within, "{busy} {queue} job(s) still busy after {within:?}");
+            assert!(started.elapsed() < within, "{queue}: {done} of {n} jobs done, {busy} busy after {within:?}");
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
     }

@@ -133,9 +133,12 @@ async fn verify_against_a_working_and_a_stopped_endpoint() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_change_clears_verification_and_blocks_exports_and_slots() {
-    let app = TestApp::spawn().await;
+    let mut app = TestApp::spawn_with(Options { workers: false, ..Options::default() }).await;
     let s = app.login("platform@example.test").await;
     let token = app.token("admin@acme.test").await;
+    // An export queued while it was ready...
+    let queued: serde_json::Value = api(&app, &token).post("/orgs/acme/exports").await.json().await.unwrap();
+    let queued = queued["id"].as_str().unwrap().to_string();
 
     // Saving without a change changes nothing (and keeps it verified).
     let resp = s.post_form("/platform/settings/backup", &[("active", "on")]).await;
@@ -146,7 +149,15 @@ async fn a_change_clears_verification_and_blocks_exports_and_slots() {
     let resp = s.post_form("/platform/settings/backup", &[]).await;
     assert_eq!(location(&resp), "/platform/settings?done=backup");
     assert_eq!(backup_row(&app).await, (false, None, None));
-    assert_eq!(app.audits("backup.deactivated").await.len(), 1);
+    let deactivated = app.audits("backup.deactivated").await;
+    assert_eq!(deactivated.len(), 1);
+    assert_eq!(deactivated[0].3, serde_json::json!({ "before": { "active": true }, "after": { "active": false } }));
+    // ...does not run once it is switched off: the job checks again and fails it.
+    app.start_workers();
+    let run = app.wait_for_run(&queued, WAIT).await;
+    assert_eq!(run.status, "failed");
+    assert!(run.error.unwrap().contains("not active and verified"));
+    assert!(app.objects("org-acme").await.is_empty());
     assert_eq!(api(&app, &token).post("/orgs/acme/exports").await.status(), 503);
     let acme = app.login("admin@acme.test").await;
     assert!(acme.get("/orgs/acme/settings/backups").await.text().await.unwrap().contains("Exports are paused"));
@@ -157,7 +168,10 @@ async fn a_change_clears_verification_and_blocks_exports_and_slots() {
     assert!(outcome.started.is_empty());
     assert!(outcome.reason.unwrap().contains("not active and verified"));
     assert_eq!(app.audits("schedule.slot_skipped").await.len(), 1);
-    let runs: (i64,) = sqlx::query_as("select count(*) from export_runs").fetch_one(app.pool()).await.unwrap();
+    let runs: (i64,) = sqlx::query_as("select count(*) from export_runs where trigger = 'scheduled'")
+        .fetch_one(app.pool())
+        .await
+        .unwrap();
     assert_eq!(runs.0, 0);
 
     // Back on: still not verified until Verify.
@@ -165,8 +179,14 @@ async fn a_change_clears_verification_and_blocks_exports_and_slots() {
     assert_eq!(backup_row(&app).await, (true, None, None));
     assert_eq!(app.audits("backup.activated").await.len(), 1);
     assert_eq!(api(&app, &token).post("/orgs/acme/exports").await.status(), 503);
+    // The pruner does not delete while it is not ready either.
+    let err = pruner::apply(&app.state, None).await.unwrap_err().to_string();
+    assert!(err.contains("not pruning"), "{err}");
     s.post_form("/platform/settings/backup/verify", &[]).await;
-    assert_eq!(api(&app, &token).post("/orgs/acme/exports").await.status(), 202);
+    let resp = api(&app, &token).post("/orgs/acme/exports").await;
+    assert_eq!(resp.status(), 202);
+    let id: serde_json::Value = resp.json().await.unwrap();
+    assert_eq!(app.wait_for_run(id["id"].as_str().unwrap(), WAIT).await.status, "completed");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -267,10 +287,8 @@ async fn a_slot_runs_once_across_processes() {
 
     // The slot's job run twice at once (a retry racing a re-delivery): one run per org.
     let (x, y) = tokio::join!(scheduler::fire_slot(&app.state, slot), scheduler::fire_slot(&other, slot));
-    let mut started = x.unwrap().started;
-    started.extend(y.unwrap().started);
-    started.sort();
-    assert_eq!(started, vec!["acme", "globex"]);
+    assert_eq!(x.unwrap().started, vec!["acme", "globex"]);
+    assert_eq!(y.unwrap().started, vec!["acme", "globex"], "the later one finds the runs there");
     let runs: Vec<(String, String, Option<DateTime<Utc>>)> =
         sqlx::query_as("select o.slug, r.trigger, r.scheduled_for from export_runs r join organizations o on o.id = r.org_id order by 1")
             .fetch_all(app.pool())
@@ -317,6 +335,31 @@ async fn missed_slots_skipped_slots_and_a_disabled_schedule() {
     let slots: Vec<(DateTime<Utc>,)> =
         sqlx::query_as("select slot from schedule_slots where kind = 'export'").fetch_all(app.pool()).await.unwrap();
     assert_eq!(slots, vec![(utc("2026-11-25T12:00:00Z"),)]);
+
+    // The slot's job failing for good before the slot finished: the next tick pushes
+    // it again (and only once).
+    sqlx::query("update apalis.jobs set status = 'Failed' where job_type = 'scheduler'")
+        .execute(app.pool())
+        .await
+        .unwrap();
+    let t = scheduler::tick(&app.state, utc("2026-11-25T13:00:30Z")).await.unwrap();
+    assert_eq!(t.export_slot, None, "not claimed again");
+    let again = scheduler::tick(&app.state, utc("2026-11-25T13:01:00Z")).await.unwrap();
+    assert_eq!(again, scheduler::Tick::default());
+    let jobs: Vec<(String,)> =
+        sqlx::query_as("select status from apalis.jobs where job_type = 'scheduler' order by status")
+            .fetch_all(app.pool())
+            .await
+            .unwrap();
+    assert_eq!(jobs, vec![("Failed".to_string(),), ("Pending".to_string(),)]);
+    let (job_id,): (String,) =
+        sqlx::query_as("select job_id from schedule_slots where kind = 'export'").fetch_one(app.pool()).await.unwrap();
+    let (pending,): (String,) =
+        sqlx::query_as("select id from apalis.jobs where job_type = 'scheduler' and status = 'Pending'")
+            .fetch_one(app.pool())
+            .await
+            .unwrap();
+    assert_eq!(job_id, pending, "the claim points at the new job");
 
     // A slot that finds a manual export active skips that org, logged and audited.
     let token = app.token("admin@acme.test").await;
@@ -392,7 +435,7 @@ async fn pruning_end_to_end() {
     assert_eq!(app.wait_for_run(&manual, WAIT).await.status, "completed");
     // The prune after each scheduled export already ran: a day keeps one export (its
     // newest), so Nov 28's midnight export went when Nov 28's noon one completed.
-    app.wait_for_idle_queue("pruner", WAIT).await;
+    app.wait_for_done_jobs("pruner", 6, WAIT).await;
     assert_eq!(data_export::exports::runs::get_any(app.pool(), &ids[3]).await.unwrap().unwrap().status, "pruned");
     assert_eq!(app.audits("export.pruned").await.len(), 1);
     assert_eq!(app.objects("org-acme").await.len(), 6);
@@ -512,7 +555,13 @@ async fn the_job_board_is_for_platform_admins_only() {
     let _: serde_json::Value = queues.json().await.unwrap();
     let tasks = admin.client.get(app.board_url("/api/v1/queues/exports/tasks")).send().await.unwrap();
     assert_eq!(tasks.status(), 200);
-    // A cross-origin push is refused even with an admin's cookie.
+    // A push from the board's own origin works (the board's UI does this)...
+    let own = format!("http://127.0.0.1:{}", app.state.board_port());
+    assert_eq!(push(&admin.client, Some(&own)).await.unwrap().status(), 200);
+    let pushed: (i64,) = sqlx::query_as("select count(*) from apalis.jobs").fetch_one(app.pool()).await.unwrap();
+    assert_eq!(pushed.0, jobs_before.0 + 1);
+    let jobs_before = pushed;
+    // ...a cross-origin push is refused even with an admin's cookie.
     assert_eq!(push(&admin.client, Some("https://evil.example")).await.unwrap().status(), 403);
     let jobs_after: (i64,) = sqlx::query_as("select count(*) from apalis.jobs").fetch_one(app.pool()).await.unwrap();
     assert_eq!(jobs_after, jobs_before);
