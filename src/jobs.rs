@@ -11,7 +11,7 @@ use sqlx::PgPool;
 use tokio_util::sync::CancellationToken;
 use ulid::Ulid;
 
-use crate::{exports, platform, state::AppState};
+use crate::{exports, platform, privacy, state::AppState};
 
 /// Runs apalis' own migrations (schema `apalis`).
 pub async fn setup(pool: &PgPool) -> anyhow::Result<()> {
@@ -64,8 +64,8 @@ pub async fn run(state: AppState, stop: CancellationToken) -> anyhow::Result<()>
     let host = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap_or_default().trim().to_string();
     let process = format!("{host}-{}", Ulid::generate());
     let concurrency = state.config.worker_concurrency;
-    let (s1, s2, s3) = (state.clone(), state.clone(), state.clone());
-    let (p1, p2, p3) = (process.clone(), process.clone(), process);
+    let (s1, s2, s3, s4) = (state.clone(), state.clone(), state.clone(), state.clone());
+    let (p1, p2, p3, p4) = (process.clone(), process.clone(), process.clone(), process);
     Monitor::new()
         .register(move |restarts| {
             WorkerBuilder::new(format!("{}-{p1}-{restarts}", exports::job::QUEUE))
@@ -87,6 +87,13 @@ pub async fn run(state: AppState, stop: CancellationToken) -> anyhow::Result<()>
                 .data(s3.clone())
                 .concurrency(1)
                 .build(platform::pruner::run)
+        })
+        .register(move |restarts| {
+            WorkerBuilder::new(format!("{}-{p4}-{restarts}", privacy::QUEUE))
+                .backend(privacy::storage(&s4))
+                .data(s4.clone())
+                .concurrency(1)
+                .build(privacy::run)
         })
         .should_restart(|ctx, err| {
             tracing::error!(worker = ctx.name(), %err, "worker stopped with an error; restarting");

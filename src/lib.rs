@@ -13,6 +13,7 @@ pub mod exports;
 pub mod jobs;
 pub mod orgs;
 pub mod platform;
+pub mod privacy;
 pub mod routes;
 pub mod seed;
 pub mod startup;

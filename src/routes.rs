@@ -22,6 +22,12 @@ pub const PLATFORM_BACKUP: &str = "/platform/settings/backup";
 pub const PLATFORM_VERIFY: &str = "/platform/settings/backup/verify";
 pub const PLATFORM_RETENTION: &str = "/platform/settings/retention";
 pub const PLATFORM_SCHEDULE: &str = "/platform/settings/schedule";
+pub const ME_PRIVACY: &str = "/me/privacy";
+pub const ME_PRIVACY_HISTORY: &str = "/me/privacy/history";
+pub const ME_PRIVACY_DOWNLOAD: &str = "/me/privacy/{id}/download";
+pub const PLATFORM_PRIVACY: &str = "/platform/privacy";
+pub const PLATFORM_PRIVACY_RETENTION: &str = "/platform/privacy/retention";
+pub const PLATFORM_PRIVACY_DOWNLOAD: &str = "/platform/privacy/{id}/download";
 /// Redirects to the job board's own listener.
 pub const PLATFORM_BOARD: &str = "/platform/board";
 

@@ -16,7 +16,7 @@ use tower_sessions::{Expiry, SessionManagerLayer, cookie::SameSite};
 use crate::{
     auth::{self, MaybeUser, session_store::PgSessionStore},
     error::{ApiError, AppError},
-    exports, orgs, platform,
+    exports, orgs, platform, privacy,
     routes::*,
     state::AppState,
     views::{PageCtx, page},
@@ -46,6 +46,12 @@ pub fn router(state: AppState) -> Router {
         .route(PLATFORM_RETENTION, post(platform::web::save_retention))
         .route(PLATFORM_SCHEDULE, post(platform::web::save_schedule))
         .route(PLATFORM_BOARD, get(platform::web::board))
+        .route(ME_PRIVACY, get(privacy::web::show).post(privacy::web::request))
+        .route(ME_PRIVACY_HISTORY, get(privacy::web::history_fragment))
+        .route(ME_PRIVACY_DOWNLOAD, get(privacy::web::download))
+        .route(PLATFORM_PRIVACY, get(privacy::web::platform_show).post(privacy::web::platform_request))
+        .route(PLATFORM_PRIVACY_RETENTION, post(privacy::web::platform_retention))
+        .route(PLATFORM_PRIVACY_DOWNLOAD, get(privacy::web::admin_download))
         .fallback(|| async { AppError::NotFound })
         .layer(middleware::from_fn(auth::csrf::protect))
         .layer(sessions);

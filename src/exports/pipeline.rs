@@ -49,27 +49,83 @@ pub struct Outcome {
     pub seconds: f64,
 }
 
-/// An open consistent read of one org, with its counts known.
+/// An open consistent read, with its counts known: of one org (the org snapshot)
+/// or of one person (the data-subject export, see [`crate::privacy`]).
 pub struct Snapshot {
     tx: Transaction<'static, Postgres>,
-    org_id: i64,
     pub snapshot_at: DateTime<Utc>,
-    organization: String,
-    modules: Vec<(Module, bool)>,
-    /// Each enabled section with its COPY statement and row count.
-    sections: Vec<(Section, String, i64)>,
+    kind: Kind,
+    /// Each section with its COPY statement and row count.
+    sections: Vec<(String, String, i64)>,
+}
+
+/// What the file's header says.
+enum Kind {
+    Org { organization: String, modules: Vec<(Module, bool)> },
+    Subject { subject: String, organizations: String },
+}
+
+/// A section to read for [`Snapshot::open_subject`]: its name, its table, and the
+/// condition (on alias `t`) that selects the person's rows, with ids inlined as
+/// numbers (never text from input).
+pub struct SubjectSection {
+    pub name: &'static str,
+    pub table: &'static str,
+    pub condition: String,
+}
+
+/// Starts a REPEATABLE READ, READ ONLY transaction and returns its instant.
+async fn begin_snapshot(pool: &PgPool) -> anyhow::Result<(Transaction<'static, Postgres>, DateTime<Utc>)> {
+    let mut tx = pool
+        .begin_with("begin isolation level repeatable read, read only")
+        .await
+        .context("opening the snapshot transaction")?;
+    // The first statement fixes the snapshot; its clock is the snapshot's instant.
+    let (snapshot_at,): (DateTime<Utc>,) = sqlx::query_as("select clock_timestamp()").fetch_one(&mut *tx).await?;
+    sqlx::query("set local timezone = 'UTC'").execute(&mut *tx).await?;
+    Ok((tx, snapshot_at))
+}
+
+/// A table's exportable columns, quoted: every column but the secret ones.
+async fn columns(tx: &mut Transaction<'static, Postgres>, table: &str) -> anyhow::Result<String> {
+    let cols: Vec<(String,)> = sqlx::query_as(
+        "select column_name::text from information_schema.columns
+         where table_schema = current_schema() and table_name = $1 order by ordinal_position",
+    )
+    .bind(table)
+    .fetch_all(&mut **tx)
+    .await?;
+    let cols: Vec<String> = cols
+        .into_iter()
+        .map(|c| c.0)
+        .filter(|c| !SECRET_COLUMNS.contains(&c.as_str()))
+        .map(|c| format!("t.\"{}\"", c.replace('"', "\"\"")))
+        .collect();
+    anyhow::ensure!(!cols.is_empty(), "table {table} has no columns");
+    Ok(cols.join(", "))
+}
+
+/// The COPY statement and the row count of `select .. from table t where condition`.
+async fn section(
+    tx: &mut Transaction<'static, Postgres>,
+    table: &str,
+    condition: &str,
+) -> anyhow::Result<(String, i64)> {
+    let cols = columns(tx, table).await?;
+    // Table names come from fixed registries; conditions hold only numeric ids.
+    let copy = format!(
+        "copy (select row_to_json(r) from (select {cols} from {table} t where {condition}) r) to stdout (format binary)"
+    );
+    let (n,): (i64,) = sqlx::query_as(sqlx::AssertSqlSafe(format!("select count(*) from {table} t where {condition}")))
+        .fetch_one(&mut **tx)
+        .await?;
+    Ok((copy, n))
 }
 
 impl Snapshot {
     /// Starts the read for `org_id` and counts every section.
     pub async fn open(pool: &PgPool, org_id: i64) -> anyhow::Result<Self> {
-        let mut tx = pool
-            .begin_with("begin isolation level repeatable read, read only")
-            .await
-            .context("opening the snapshot transaction")?;
-        // The first statement fixes the snapshot; its clock is the snapshot's instant.
-        let (snapshot_at,): (DateTime<Utc>,) = sqlx::query_as("select clock_timestamp()").fetch_one(&mut *tx).await?;
-        sqlx::query("set local timezone = 'UTC'").execute(&mut *tx).await?;
+        let (mut tx, snapshot_at) = begin_snapshot(pool).await?;
         let organization: Option<(String,)> = sqlx::query_as(
             "select row_to_json(o)::text from (select id, slug, name, bucket, created_at from organizations where id = $1) o",
         )
@@ -84,75 +140,86 @@ impl Snapshot {
         let modules: Vec<(Module, bool)> =
             Module::ALL.iter().map(|m| (*m, on.iter().any(|(k,)| k == m.key()))).collect();
         let mut sections = Vec::new();
-        for section in sections::enabled(&modules) {
-            let cols: Vec<(String,)> = sqlx::query_as(
-                "select column_name::text from information_schema.columns
-                 where table_schema = current_schema() and table_name = $1 order by ordinal_position",
-            )
-            .bind(section.table)
-            .fetch_all(&mut *tx)
-            .await?;
-            let cols: Vec<String> = cols
-                .into_iter()
-                .map(|c| c.0)
-                .filter(|c| !SECRET_COLUMNS.contains(&c.as_str()))
-                .map(|c| format!("\"{}\"", c.replace('"', "\"\"")))
-                .collect();
-            anyhow::ensure!(!cols.is_empty(), "table {} has no columns", section.table);
-            // Table names come from the fixed registry and org_id is a number.
-            let copy = format!(
-                "copy (select row_to_json(t) from (select {} from {} where org_id = {org_id}) t) to stdout (format binary)",
-                cols.join(", "),
-                section.table
-            );
-            let (n,): (i64,) = sqlx::query_as(sqlx::AssertSqlSafe(format!(
-                "select count(*) from {} where org_id = $1",
-                section.table
-            )))
-            .bind(org_id)
-            .fetch_one(&mut *tx)
-            .await?;
-            sections.push((section, copy, n));
+        for Section { table, .. } in sections::enabled(&modules) {
+            let (copy, n) = section(&mut tx, table, &format!("t.org_id = {org_id}")).await?;
+            sections.push((table.to_string(), copy, n));
         }
-        Ok(Self { tx, org_id, snapshot_at, organization, modules, sections })
+        Ok(Self { tx, snapshot_at, kind: Kind::Org { organization, modules }, sections })
     }
 
-    /// The org this reads.
-    pub fn org_id(&self) -> i64 {
-        self.org_id
+    /// Starts the read for one person: `subject_sql` reads their account as one
+    /// JSON text column (bound to `subject_id`) in the same snapshot, and each
+    /// section selects their rows. The orgs those rows belong to are listed (id,
+    /// slug, name) so that org ids make sense.
+    pub async fn open_subject(
+        pool: &PgPool,
+        subject_sql: &'static str,
+        subject_id: i64,
+        list: Vec<SubjectSection>,
+    ) -> anyhow::Result<Self> {
+        let (mut tx, snapshot_at) = begin_snapshot(pool).await?;
+        let subject: Option<(String,)> = sqlx::query_as(subject_sql).bind(subject_id).fetch_optional(&mut *tx).await?;
+        let (subject,) = subject.context("the account no longer exists")?;
+        let mut sections = Vec::new();
+        let mut org_ids = Vec::new();
+        for SubjectSection { name, table, condition } in &list {
+            let (copy, n) = section(&mut tx, table, condition).await?;
+            sections.push((name.to_string(), copy, n));
+            org_ids.push(format!("select t.org_id from {table} t where {condition}"));
+        }
+        let orgs_sql = format!(
+            "select coalesce(json_agg(o order by o.id), '[]')::text from (select id, slug, name from organizations
+             where id in ({})) o",
+            if org_ids.is_empty() { "select null::bigint".to_string() } else { org_ids.join(" union ") }
+        );
+        let (organizations,): (String,) = sqlx::query_as(sqlx::AssertSqlSafe(orgs_sql)).fetch_one(&mut *tx).await?;
+        Ok(Self { tx, snapshot_at, kind: Kind::Subject { subject, organizations }, sections })
     }
 
-    /// Rows to be written, `organization` included.
+    /// Rows to be written (for the org snapshot, `organization` included).
     pub fn rows_total(&self) -> i64 {
-        1 + self.sections.iter().map(|s| s.2).sum::<i64>()
+        let head = if matches!(self.kind, Kind::Org { .. }) { 1 } else { 0 };
+        head + self.sections.iter().map(|s| s.2).sum::<i64>()
     }
 
     /// `counts` as JSON, in section order.
     pub fn counts_json(&self) -> String {
-        let mut s = String::from("{\"organization\":1");
-        for (section, _, n) in &self.sections {
-            s.push_str(&format!(",\"{}\":{n}", section.table));
+        let mut parts: Vec<String> = Vec::new();
+        if matches!(self.kind, Kind::Org { .. }) {
+            parts.push("\"organization\":1".to_string());
         }
-        s.push('}');
-        s
+        for (name, _, n) in &self.sections {
+            parts.push(format!("\"{name}\":{n}"));
+        }
+        format!("{{{}}}", parts.join(","))
     }
 
+    /// Everything before the first section's rows. Ends inside `"sections":{`, after
+    /// the org's `organization` object for the org snapshot.
     fn header(&self, export_id: &str) -> String {
         let ts = |t: DateTime<Utc>| t.to_rfc3339_opts(SecondsFormat::Micros, true);
-        let mut modules = String::from("{\"core\":true");
-        for (m, on) in &self.modules {
-            modules.push_str(&format!(",\"{}\":{on}", m.key()));
+        let id = serde_json::to_string(export_id).unwrap_or_default();
+        match &self.kind {
+            Kind::Org { organization, modules } => {
+                let mut on = String::from("{\"core\":true");
+                for (m, enabled) in modules {
+                    on.push_str(&format!(",\"{}\":{enabled}", m.key()));
+                }
+                on.push('}');
+                format!(
+                    "{{\"format\":\"data-export/snapshot\",\"version\":1,\"export_id\":{id},\"generated_at\":\"{}\",\"snapshot_at\":\"{}\",\n\"organization\":{organization},\n\"modules\":{on},\n\"counts\":{},\n\"sections\":{{\n\"organization\":{organization}",
+                    ts(Utc::now()),
+                    ts(self.snapshot_at),
+                    self.counts_json(),
+                )
+            }
+            Kind::Subject { subject, organizations } => format!(
+                "{{\"format\":\"data-export/subject-access\",\"version\":1,\"request_id\":{id},\"generated_at\":\"{}\",\"snapshot_at\":\"{}\",\n\"subject\":{subject},\n\"organizations\":{organizations},\n\"counts\":{},\n\"sections\":{{",
+                ts(Utc::now()),
+                ts(self.snapshot_at),
+                self.counts_json(),
+            ),
         }
-        modules.push('}');
-        format!(
-            "{{\"format\":\"data-export/snapshot\",\"version\":1,\"export_id\":{},\"generated_at\":\"{}\",\"snapshot_at\":\"{}\",\n\"organization\":{},\n\"modules\":{modules},\n\"counts\":{},\n\"sections\":{{\n\"organization\":{}",
-            serde_json::to_string(export_id).unwrap_or_default(),
-            ts(Utc::now()),
-            ts(self.snapshot_at),
-            self.organization,
-            self.counts_json(),
-            self.organization,
-        )
     }
 
     /// Streams the snapshot into an opened sink (see [`super::sink::Sink::start`]).
@@ -208,15 +275,17 @@ impl Snapshot {
     ) -> anyhow::Result<i64> {
         let mut w = ChunkWriter { buf: Vec::with_capacity(RAW_CHUNK), out };
         w.push(self.header(export_id).as_bytes());
-        let mut rows = 1i64;
+        let mut rows = if matches!(self.kind, Kind::Org { .. }) { 1i64 } else { 0 };
         progress.send_replace(rows);
-        for (section, copy, expected) in std::mem::take(&mut self.sections) {
-            w.push(format!(",\n\"{}\":[", section.table).as_bytes());
-            let mut stream = self.tx.copy_out_raw(&copy).await.with_context(|| format!("reading {}", section.table))?;
+        for (i, (table, copy, expected)) in std::mem::take(&mut self.sections).into_iter().enumerate() {
+            // The org snapshot's `organization` object came first, in the header.
+            let comma = if i == 0 && matches!(self.kind, Kind::Subject { .. }) { "" } else { "," };
+            w.push(format!("{comma}\n\"{table}\":[").as_bytes());
+            let mut stream = self.tx.copy_out_raw(&copy).await.with_context(|| format!("reading {table}"))?;
             let mut decoder = CopyDecoder::default();
             let mut written = 0i64;
             while let Some(chunk) = stream.next().await {
-                let chunk = chunk.with_context(|| format!("reading {}", section.table))?;
+                let chunk = chunk.with_context(|| format!("reading {table}"))?;
                 decoder.feed(&chunk, |row| {
                     w.push(if written == 0 { b"\n" } else { b",\n" });
                     w.push(row);
@@ -228,12 +297,11 @@ impl Snapshot {
                     progress.send_replace(rows + written);
                 }
             }
-            decoder.finish().with_context(|| format!("reading {}", section.table))?;
+            decoder.finish().with_context(|| format!("reading {table}"))?;
             drop(stream);
             anyhow::ensure!(
                 written == expected,
-                "section {} has {written} rows but {expected} were counted in the same snapshot",
-                section.table
+                "section {table} has {written} rows but {expected} were counted in the same snapshot"
             );
             rows += written;
             progress.send_replace(rows);

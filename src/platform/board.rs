@@ -30,6 +30,7 @@ pub fn router(state: &AppState) -> Router {
         .register(exports::job::QUEUE, backend::<exports::job::ExportJob>(state, exports::job::QUEUE))
         .register(scheduler::QUEUE, backend::<scheduler::SlotJob>(state, scheduler::QUEUE))
         .register(pruner::QUEUE, backend::<pruner::PruneJob>(state, pruner::QUEUE))
+        .register(crate::privacy::QUEUE, backend::<crate::privacy::PrivacyJob>(state, crate::privacy::QUEUE))
         .build();
     Router::new()
         .nest("/api/v1", api)

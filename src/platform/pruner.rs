@@ -192,6 +192,13 @@ async fn prune_org(
 /// The prune job's handler (hourly for every org, and after each scheduled export
 /// for its org).
 pub async fn run(job: PruneJob, state: Data<AppState>) -> Result<(), BoxDynError> {
+    if job.org_id.is_none() {
+        // The hourly run also removes expired data-subject export files.
+        let expired = crate::privacy::expire(&state, chrono::Utc::now()).await?;
+        if expired > 0 {
+            tracing::info!(expired, "expired data-subject exports removed");
+        }
+    }
     let removed = apply(&state, job.org_id).await?;
     tracing::info!(org_id = job.org_id, removed = removed.len(), "prune finished");
     Ok(())

@@ -76,8 +76,9 @@ async fn refuse(ctx: &PageCtx, state: &AppState, error: String) -> AppResult<Res
     Ok((StatusCode::BAD_REQUEST, body).into_response())
 }
 
-/// The form's fields, refusing any it does not expect (and ignoring the CSRF token).
-fn fields(pairs: Vec<(String, String)>, allowed: &[&str]) -> Result<Vec<(String, String)>, String> {
+/// The form's fields, refusing any it does not expect or that repeats (and ignoring
+/// the CSRF token).
+pub fn form_fields(pairs: Vec<(String, String)>, allowed: &[&str]) -> Result<Vec<(String, String)>, String> {
     let mut out = Vec::new();
     for (k, v) in pairs {
         if k == csrf::FIELD {
@@ -106,7 +107,7 @@ pub async fn save_backup(
     State(state): State<AppState>,
     Form(pairs): Form<Vec<(String, String)>>,
 ) -> AppResult<Response> {
-    let fields = match fields(pairs, &["active"]) {
+    let fields = match form_fields(pairs, &["active"]) {
         Ok(f) => f,
         Err(e) => return refuse(&ctx, &state, e).await,
     };
@@ -127,7 +128,7 @@ pub async fn verify(
     State(state): State<AppState>,
     Form(pairs): Form<Vec<(String, String)>>,
 ) -> AppResult<Response> {
-    if let Err(e) = fields(pairs, &[]) {
+    if let Err(e) = form_fields(pairs, &[]) {
         return refuse(&ctx, &state, e).await;
     }
     let outcome = backup::verify(&state, Some(admin.id)).await?;
@@ -141,7 +142,7 @@ pub async fn save_retention(
     State(state): State<AppState>,
     Form(pairs): Form<Vec<(String, String)>>,
 ) -> AppResult<Response> {
-    let parsed = fields(pairs, &["daily", "weekly", "monthly"]).and_then(|f| {
+    let parsed = form_fields(pairs, &["daily", "weekly", "monthly"]).and_then(|f| {
         let count = |name: &str, label: &str| settings::parse_count(label, field(&f, name).unwrap_or(""));
         Ok(Policy {
             daily: count("daily", "Daily")?,
@@ -165,7 +166,7 @@ pub async fn save_schedule(
     State(state): State<AppState>,
     Form(pairs): Form<Vec<(String, String)>>,
 ) -> AppResult<Response> {
-    let parsed = fields(pairs, &["preset", "timezone"]).and_then(|f| {
+    let parsed = form_fields(pairs, &["preset", "timezone"]).and_then(|f| {
         let raw = field(&f, "preset").unwrap_or("");
         let preset = Preset::parse(raw).ok_or_else(|| format!("Unknown schedule preset {raw:?}."))?;
         let raw = field(&f, "timezone").unwrap_or("");

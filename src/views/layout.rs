@@ -83,7 +83,10 @@ fn nav(ctx: &PageCtx) -> Markup {
                     @if user.is_platform_admin {
                         span.text-slate-400 { "|" }
                         a.text-sm.text-blue-700.hover:underline href=(routes::PLATFORM_SETTINGS) { "Platform settings" }
+                        a.text-sm.text-blue-700.hover:underline href=(routes::PLATFORM_PRIVACY) { "Privacy requests" }
                     }
+                    span.text-slate-400 { "|" }
+                    a.text-sm.text-blue-700.hover:underline href=(routes::ME_PRIVACY) { "My data" }
                     span.ml-auto.text-sm.text-slate-600 { (user.display_name) " (" (user.email) ")" }
                     form method="post" action=(routes::LOGOUT) {
                         (ctx.csrf_field())

@@ -8,5 +8,6 @@ mod coverage;
 mod exports;
 mod modules;
 mod platform;
+mod privacy;
 mod seed;
 mod zero_config;

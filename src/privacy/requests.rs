@@ -1,0 +1,229 @@
+//! The `privacy_requests` table: `pending -> running -> completed | failed`, then
+//! `completed -> expired`.
+
+use chrono::{DateTime, Duration, Utc};
+use serde::Serialize;
+use sqlx::PgPool;
+use ulid::Ulid;
+
+use super::{PrivacyJob, QUEUE};
+use crate::{jobs, orgs};
+
+/// Self-service requests allowed per person in this window.
+pub const SELF_SERVICE_WINDOW_HOURS: i64 = 24;
+/// The advisory lock class serialising one person's request creation.
+const LOCK_CLASS: i32 = 0x4458_5052 + 1;
+const ONE_ACTIVE_INDEX: &str = "privacy_requests_one_active_per_user";
+
+/// A request as stored, with who it is for and who asked.
+#[derive(Clone, Debug, Serialize, sqlx::FromRow)]
+pub struct Request {
+    pub id: String,
+    pub user_id: i64,
+    pub user_email: String,
+    pub requested_by: Option<i64>,
+    pub requested_by_email: Option<String>,
+    pub on_behalf: bool,
+    pub reason: Option<String>,
+    pub status: String,
+    pub created_at: DateTime<Utc>,
+    pub started_at: Option<DateTime<Utc>>,
+    pub finished_at: Option<DateTime<Utc>>,
+    pub object_key: Option<String>,
+    pub size_bytes: Option<i64>,
+    pub sha256: Option<String>,
+    pub counts: Option<serde_json::Value>,
+    pub error: Option<String>,
+}
+
+impl Request {
+    pub fn is_active(&self) -> bool {
+        matches!(self.status.as_str(), "pending" | "running")
+    }
+
+    /// When the file goes, for a completed request.
+    pub fn expires_at(&self, retention_days: i32) -> Option<DateTime<Utc>> {
+        (self.status == "completed").then_some(self.finished_at? + Duration::days(retention_days.into()))
+    }
+}
+
+const SELECT: &str = "select r.id, r.user_id, u.email as user_email, r.requested_by, b.email as requested_by_email,
+    r.on_behalf, r.reason, r.status, r.created_at, r.started_at, r.finished_at, r.object_key, r.size_bytes, r.sha256,
+    r.counts, r.error
+    from privacy_requests r join users u on u.id = r.user_id left join users b on b.id = r.requested_by";
+
+/// Why a request was not created.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Refusal {
+    /// One is already pending or running.
+    Active { id: String },
+    /// The person asked within the last 24 hours; the next request is possible then.
+    TooSoon { next: DateTime<Utc> },
+}
+
+/// The person's own request: at most one per 24 hours (failed ones do not count),
+/// and one active at a time. Serialised per person, so parallel clicks make one.
+pub async fn create_self(pool: &PgPool, user_id: i64) -> anyhow::Result<Result<Request, Refusal>> {
+    create(pool, user_id, user_id, None).await
+}
+
+/// A platform admin's request on someone's behalf, with its reason (3 to 500
+/// characters). Not limited to one per 24 hours, but one active at a time.
+pub async fn create_on_behalf(
+    pool: &PgPool,
+    admin_id: i64,
+    user_id: i64,
+    reason: &str,
+) -> anyhow::Result<Result<Request, Refusal>> {
+    create(pool, user_id, admin_id, Some(reason)).await
+}
+
+async fn create(
+    pool: &PgPool,
+    user_id: i64,
+    requested_by: i64,
+    reason: Option<&str>,
+) -> anyhow::Result<Result<Request, Refusal>> {
+    let mut tx = pool.begin().await?;
+    sqlx::query("select pg_advisory_xact_lock($1, ($2 % 2147483647)::int)")
+        .bind(LOCK_CLASS)
+        .bind(user_id)
+        .execute(&mut *tx)
+        .await?;
+    let active: Option<(String,)> =
+        sqlx::query_as("select id from privacy_requests where user_id = $1 and status in ('pending', 'running')")
+            .bind(user_id)
+            .fetch_optional(&mut *tx)
+            .await?;
+    if let Some((id,)) = active {
+        return Ok(Err(Refusal::Active { id }));
+    }
+    if reason.is_none() {
+        let last: Option<(DateTime<Utc>,)> = sqlx::query_as(
+            "select created_at from privacy_requests
+             where user_id = $1 and not on_behalf and status <> 'failed' and created_at > now() - make_interval(hours => $2)
+             order by created_at desc limit 1",
+        )
+        .bind(user_id)
+        .bind(SELF_SERVICE_WINDOW_HOURS as i32)
+        .fetch_optional(&mut *tx)
+        .await?;
+        if let Some((at,)) = last {
+            return Ok(Err(Refusal::TooSoon { next: at + Duration::hours(SELF_SERVICE_WINDOW_HOURS) }));
+        }
+    }
+    let id = Ulid::generate();
+    let inserted = sqlx::query(
+        "insert into privacy_requests (id, user_id, requested_by, on_behalf, reason) values ($1, $2, $3, $4, $5)",
+    )
+    .bind(id.to_string())
+    .bind(user_id)
+    .bind(requested_by)
+    .bind(reason.is_some())
+    .bind(reason.map(str::trim))
+    .execute(&mut *tx)
+    .await;
+    if let Err(e) = inserted {
+        if e.as_database_error().and_then(|d| d.constraint()) == Some(ONE_ACTIVE_INDEX) {
+            return Ok(Err(Refusal::Active { id: String::new() }));
+        }
+        return Err(e.into());
+    }
+    jobs::push(&mut tx, QUEUE, id, &PrivacyJob { request_id: id.to_string() }, 3).await?;
+    let (action, details) = match reason {
+        Some(r) => ("privacy.requested_on_behalf", serde_json::json!({ "user_id": user_id, "reason": r.trim() })),
+        None => ("privacy.requested", serde_json::json!({ "user_id": user_id })),
+    };
+    orgs::audit(&mut *tx, None, Some(requested_by), action, &format!("privacy_request:{id}"), details).await?;
+    tx.commit().await?;
+    let request = get_any(pool, &id.to_string()).await?.ok_or_else(|| anyhow::anyhow!("the new request vanished"))?;
+    Ok(Ok(request))
+}
+
+/// A person's requests, newest first.
+pub async fn list_for_user(pool: &PgPool, user_id: i64, limit: i64) -> sqlx::Result<Vec<Request>> {
+    sqlx::query_as(sqlx::AssertSqlSafe(format!("{SELECT} where r.user_id = $1 order by r.created_at desc limit $2")))
+        .bind(user_id)
+        .bind(limit)
+        .fetch_all(pool)
+        .await
+}
+
+/// Every person's recent requests (the platform page).
+pub async fn list_recent(pool: &PgPool, limit: i64) -> sqlx::Result<Vec<Request>> {
+    sqlx::query_as(sqlx::AssertSqlSafe(format!("{SELECT} order by r.created_at desc limit $1")))
+        .bind(limit)
+        .fetch_all(pool)
+        .await
+}
+
+/// One of the person's requests (None for anyone else's).
+pub async fn get_for_user(pool: &PgPool, user_id: i64, id: &str) -> sqlx::Result<Option<Request>> {
+    sqlx::query_as(sqlx::AssertSqlSafe(format!("{SELECT} where r.id = $1 and r.user_id = $2")))
+        .bind(id)
+        .bind(user_id)
+        .fetch_optional(pool)
+        .await
+}
+
+/// Any request by id.
+pub async fn get_any(pool: &PgPool, id: &str) -> sqlx::Result<Option<Request>> {
+    sqlx::query_as(sqlx::AssertSqlSafe(format!("{SELECT} where r.id = $1"))).bind(id).fetch_optional(pool).await
+}
+
+/// Takes a pending request (or one whose worker died) for this attempt.
+pub async fn start(pool: &PgPool, id: &str, attempt: i32) -> sqlx::Result<Option<Request>> {
+    let taken = sqlx::query(
+        "update privacy_requests set status = 'running', started_at = coalesce(started_at, now()), attempts = $2
+         where id = $1 and status in ('pending', 'running') and attempts < $2",
+    )
+    .bind(id)
+    .bind(attempt)
+    .execute(pool)
+    .await?;
+    if taken.rows_affected() == 0 {
+        return Ok(None);
+    }
+    get_any(pool, id).await
+}
+
+/// Records the file of this attempt. False when a newer attempt took over.
+pub async fn complete(
+    pool: &PgPool,
+    id: &str,
+    attempt: i32,
+    key: &str,
+    size_bytes: i64,
+    sha256: &str,
+    counts: &serde_json::Value,
+) -> sqlx::Result<bool> {
+    let done = sqlx::query(
+        "update privacy_requests set status = 'completed', finished_at = now(), object_key = $3, size_bytes = $4,
+         sha256 = $5, counts = $6, error = null
+         where id = $1 and status = 'running' and attempts = $2",
+    )
+    .bind(id)
+    .bind(attempt)
+    .bind(key)
+    .bind(size_bytes)
+    .bind(sha256)
+    .bind(counts)
+    .execute(pool)
+    .await?;
+    Ok(done.rows_affected() == 1)
+}
+
+/// Marks the request failed with the reason (for this attempt, or any when None).
+pub async fn fail(pool: &PgPool, id: &str, attempt: Option<i32>, reason: &str) -> sqlx::Result<()> {
+    let reason: String = reason.chars().take(2000).collect();
+    sqlx::query(
+        "update privacy_requests set status = 'failed', finished_at = now(), error = $2
+         where id = $1 and status in ('pending', 'running') and ($3::int is null or attempts = $3)",
+    )
+    .bind(id)
+    .bind(reason)
+    .bind(attempt)
+    .execute(pool)
+    .await?;
+    Ok(())
+}
