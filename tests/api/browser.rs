@@ -277,3 +277,85 @@ async fn a_platform_admin_configures_backups_retention_and_the_schedule() {
     let history = s.get("/orgs/acme/exports/history").await.text().await.unwrap();
     assert!(history.contains("scheduled") && history.contains("pruned"));
 }
+
+async fn sign_in(c: &Client, app: &TestApp, email: &str) {
+    c.goto(&app.url("/login")).await.unwrap();
+    c.find(Locator::Css("#email")).await.unwrap().send_keys(email).await.unwrap();
+    c.find(Locator::Css("#password")).await.unwrap().send_keys(PASSWORD).await.unwrap();
+    c.find(Locator::Css("button[type=submit].btn-primary")).await.unwrap().click().await.unwrap();
+    c.wait().at_most(Duration::from_secs(10)).for_url(&url::Url::parse(&app.url("/")).unwrap()).await.unwrap();
+}
+
+/// A member requests their data, watches it complete and downloads it; a platform
+/// admin exports the same member's data on their behalf with a reason.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_member_downloads_their_data_and_an_admin_exports_it_on_their_behalf() {
+    let app = TestApp::spawn().await;
+    let driver = Driver::start();
+    let profile = app.storage_dir.join("chromium-profile-privacy");
+    let downloads = app.storage_dir.join("downloads-privacy");
+    std::fs::create_dir_all(&downloads).unwrap();
+    let c = browser(&driver, &profile, &downloads).await;
+
+    sign_in(&c, &app, "member@acme.test").await;
+    c.find(Locator::LinkText("My data")).await.unwrap().click().await.unwrap();
+    assert!(c.source().await.unwrap().contains("No requests yet."));
+    c.find(Locator::XPath("//button[normalize-space()='Request my data']")).await.unwrap().click().await.unwrap();
+    c.execute("window.__noReload = 'still here'; return null;", vec![]).await.unwrap();
+    let row = c
+        .wait()
+        .at_most(Duration::from_secs(60))
+        .every(Duration::from_millis(250))
+        .for_element(Locator::Css("#privacy-history tr[data-status='completed']"))
+        .await
+        .expect("the request completes, shown without a reload");
+    let marker = c.execute("return window.__noReload || null;", vec![]).await.unwrap();
+    assert_eq!(marker, json!("still here"), "the history updated in place");
+    let id = row.attr("data-request-id").await.unwrap().unwrap();
+    row.find(Locator::LinkText("Download")).await.unwrap().click().await.unwrap();
+    let started = Instant::now();
+    let file = loop {
+        if let Some(f) = downloaded(&downloads) {
+            break f;
+        }
+        assert!(started.elapsed() < Duration::from_secs(30), "no download arrived");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    let data = decode(&std::fs::read(&file).unwrap());
+    assert_eq!(data["format"], "data-export/subject-access");
+    assert_eq!(data["request_id"], id.as_str());
+    assert_eq!(data["subject"]["email"], "member@acme.test");
+    screenshot(&c, "my-data").await;
+    c.delete_all_cookies().await.unwrap();
+
+    sign_in(&c, &app, "platform@example.test").await;
+    c.find(Locator::LinkText("Privacy requests")).await.unwrap().click().await.unwrap();
+    c.find(Locator::Css("#behalf-email")).await.unwrap().send_keys("member@acme.test").await.unwrap();
+    c.find(Locator::Css("#behalf-reason")).await.unwrap().send_keys("Ticket #123, request by email").await.unwrap();
+    c.find(Locator::XPath("//button[normalize-space()='Start export']")).await.unwrap().click().await.unwrap();
+    c.wait()
+        .at_most(Duration::from_secs(10))
+        .for_element(Locator::XPath("//*[contains(text(),'on the person')]"))
+        .await
+        .expect("the confirmation");
+    let started = Instant::now();
+    loop {
+        c.refresh().await.unwrap();
+        let done = c.find_all(Locator::Css("#privacy-requests tr[data-status='completed']")).await.unwrap().len();
+        if done == 2 {
+            break;
+        }
+        assert!(started.elapsed() < Duration::from_secs(60), "the on-behalf request did not complete");
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+    let table = c.find(Locator::Css("#privacy-requests")).await.unwrap().text().await.unwrap();
+    assert!(table.contains("Ticket #123, request by email") && table.contains("platform@example.test"));
+    screenshot(&c, "privacy-requests").await;
+    c.close().await.unwrap();
+    let (reason,): (Option<String>,) =
+        sqlx::query_as("select reason from privacy_requests where on_behalf order by created_at desc limit 1")
+            .fetch_one(app.pool())
+            .await
+            .unwrap();
+    assert_eq!(reason.as_deref(), Some("Ticket #123, request by email"));
+}
