@@ -14,6 +14,8 @@ create table privacy_requests (
     finished_at   timestamptz,
     snapshot_at   timestamptz,
     object_key    text,
+    -- The open multipart upload of the current attempt, aborted by a retry.
+    upload_id     text,
     size_bytes    bigint,
     sha256        text,
     counts        jsonb,

@@ -72,6 +72,8 @@ pub struct SubjectSection {
     pub name: &'static str,
     pub table: &'static str,
     pub condition: String,
+    /// The select list (on alias `t`) when not every non-secret column is wanted.
+    pub columns: Option<String>,
 }
 
 /// Starts a REPEATABLE READ, READ ONLY transaction and returns its instant.
@@ -110,8 +112,12 @@ async fn section(
     tx: &mut Transaction<'static, Postgres>,
     table: &str,
     condition: &str,
+    select: Option<&str>,
 ) -> anyhow::Result<(String, i64)> {
-    let cols = columns(tx, table).await?;
+    let cols = match select {
+        Some(list) => list.to_string(),
+        None => columns(tx, table).await?,
+    };
     // Table names come from fixed registries; conditions hold only numeric ids.
     let copy = format!(
         "copy (select row_to_json(r) from (select {cols} from {table} t where {condition}) r) to stdout (format binary)"
@@ -141,7 +147,7 @@ impl Snapshot {
             Module::ALL.iter().map(|m| (*m, on.iter().any(|(k,)| k == m.key()))).collect();
         let mut sections = Vec::new();
         for Section { table, .. } in sections::enabled(&modules) {
-            let (copy, n) = section(&mut tx, table, &format!("t.org_id = {org_id}")).await?;
+            let (copy, n) = section(&mut tx, table, &format!("t.org_id = {org_id}"), None).await?;
             sections.push((table.to_string(), copy, n));
         }
         Ok(Self { tx, snapshot_at, kind: Kind::Org { organization, modules }, sections })
@@ -162,8 +168,8 @@ impl Snapshot {
         let (subject,) = subject.context("the account no longer exists")?;
         let mut sections = Vec::new();
         let mut org_ids = Vec::new();
-        for SubjectSection { name, table, condition } in &list {
-            let (copy, n) = section(&mut tx, table, condition).await?;
+        for SubjectSection { name, table, condition, columns } in &list {
+            let (copy, n) = section(&mut tx, table, condition, columns.as_deref()).await?;
             sections.push((name.to_string(), copy, n));
             org_ids.push(format!("select t.org_id from {table} t where {condition}"));
         }

@@ -194,9 +194,10 @@ async fn prune_org(
 pub async fn run(job: PruneJob, state: Data<AppState>) -> Result<(), BoxDynError> {
     if job.org_id.is_none() {
         // The hourly run also removes expired data-subject export files.
-        let expired = crate::privacy::expire(&state, chrono::Utc::now()).await?;
-        if expired > 0 {
-            tracing::info!(expired, "expired data-subject exports removed");
+        match crate::privacy::expire(&state, chrono::Utc::now()).await {
+            Ok(0) => {}
+            Ok(expired) => tracing::info!(expired, "expired data-subject exports removed"),
+            Err(e) => tracing::warn!(error = format!("{e:#}"), "expiring data-subject exports failed; pruning goes on"),
         }
     }
     let removed = apply(&state, job.org_id).await?;

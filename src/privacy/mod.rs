@@ -50,11 +50,20 @@ const SUBJECT_SQL: &str =
 
 /// What the file holds, section by section: the person's memberships and what hangs
 /// off them, what they authored, what is about them, and their audit entries. Every
-/// condition selects by the person's id; no other person's rows are read.
+/// condition selects by the person's id; no other person's rows are read. A few
+/// org definitions (custom fields, chapters, elections, courses, funds) come along,
+/// limited to those the person's rows point at, so that the rows make sense.
 pub fn subject_sections(user_id: i64) -> Vec<SubjectSection> {
-    let mine = format!("t.membership_id in (select m.id from memberships m where m.user_id = {user_id})");
+    let memberships = format!("select m.id from memberships m where m.user_id = {user_id}");
+    let mine = format!("t.membership_id in ({memberships})");
+    let invoices = format!("select i.id from invoices i where i.membership_id in ({memberships})");
     let by = |column: &str| format!("t.{column} = {user_id}");
-    let s = |name: &'static str, table: &'static str, condition: String| SubjectSection { name, table, condition };
+    let s = |name: &'static str, table: &'static str, condition: String| SubjectSection {
+        name,
+        table,
+        condition,
+        columns: None,
+    };
     vec![
         // Membership: each org membership with its profile, custom field values, enrichment.
         s("memberships", "memberships", by("user_id")),
@@ -69,27 +78,31 @@ pub fn subject_sections(user_id: i64) -> Vec<SubjectSection> {
         s("documents", "documents", by("uploaded_by")),
         // What is about them.
         s("invoices", "invoices", mine.clone()),
-        s(
-            "invoice_lines",
-            "invoice_lines",
-            format!(
-                "t.invoice_id in (select i.id from invoices i join memberships m on m.id = i.membership_id where m.user_id = {user_id})"
-            ),
-        ),
-        s(
-            "payments",
-            "payments",
-            format!(
-                "t.invoice_id in (select i.id from invoices i join memberships m on m.id = i.membership_id where m.user_id = {user_id})"
-            ),
-        ),
+        s("invoice_lines", "invoice_lines", format!("t.invoice_id in ({invoices})")),
+        s("payments", "payments", format!("t.invoice_id in ({invoices})")),
         s("donations", "donations", by("donor_user_id")),
         s("enrollments", "enrollments", by("user_id")),
         s("alumni_profiles", "alumni_profiles", by("user_id")),
-        s("compliance_records", "compliance_records", mine),
+        s("compliance_records", "compliance_records", mine.clone()),
         s("election_votes", "election_votes", by("voter_user_id")),
-        // Their actions.
-        s("audit_log", "audit_log", by("actor_user_id")),
+        // Their actions. An entry's details name another person (a request made on
+        // someone's behalf, a download of their file) are left out.
+        SubjectSection {
+            name: "audit_log",
+            table: "audit_log",
+            condition: by("actor_user_id"),
+            columns: Some(format!(
+                "t.id, t.org_id, t.actor_user_id, t.action, t.target,
+                 case when t.details->>'user_id' is null or t.details->>'user_id' = '{user_id}' then t.details end as details,
+                 t.created_at"
+            )),
+        },
+        // Org definitions the rows above point at.
+        s("custom_fields", "custom_fields", format!("t.id in (select v.field_id from custom_field_values v where v.membership_id in ({memberships}))")),
+        s("chapters", "chapters", format!("t.id in (select m.chapter_id from memberships m where m.user_id = {user_id})")),
+        s("elections", "elections", format!("t.id in (select v.election_id from election_votes v where v.voter_user_id = {user_id})")),
+        s("courses", "courses", format!("t.id in (select e.course_id from enrollments e where e.user_id = {user_id})")),
+        s("foundation_funds", "foundation_funds", format!("t.id in (select d.fund_id from donations d where d.donor_user_id = {user_id})")),
     ]
 }
 
@@ -99,45 +112,72 @@ pub async fn run(job: PrivacyJob, state: Data<AppState>, attempt: Attempt) -> Re
     let attempt = attempt.current() as i32;
     let max = state.config.export_max_attempts as i32;
     if attempt > max {
-        requests::fail(&state.pool, &job.request_id, None, &format!("gave up after {max} attempts")).await?;
+        let reason = format!("gave up after {max} attempts: the worker stopped mid-export each time");
+        if requests::fail(&state.pool, &job.request_id, None, &reason).await? {
+            discard(&state, &job.request_id).await;
+        }
         return Err(AbortError::new("too many attempts").into());
     }
     let Some(request) = requests::start(&state.pool, &job.request_id, attempt).await? else {
         tracing::info!(request_id = job.request_id, "request is no longer pending; nothing to do");
         return Ok(());
     };
-    if !crate::platform::backup::is_ready(&state).await? {
-        let reason = crate::error::AppError::BackupNotVerified.to_string();
-        requests::fail(&state.pool, &request.id, Some(attempt), &reason).await?;
-        return Err(AbortError::new(reason).into());
-    }
-    let span = tracing::info_span!("privacy_export", request_id = %request.id, user_id = request.user_id, attempt);
-    match tracing::Instrument::instrument(execute(&state, &request, attempt), span).await {
+    let outcome = if crate::platform::backup::is_ready(&state).await? {
+        let span = tracing::info_span!("privacy_export", request_id = %request.id, user_id = request.user_id, attempt);
+        tracing::Instrument::instrument(execute(&state, &request, attempt), span).await
+    } else {
+        Err(anyhow::anyhow!(crate::error::AppError::BackupNotVerified.to_string()))
+    };
+    match outcome {
         Ok(()) => Ok(()),
         Err(e) => {
             let reason = format!("{e:#}");
             tracing::warn!(request_id = %request.id, reason, "data-subject export failed");
-            requests::fail(&state.pool, &request.id, Some(attempt), &reason).await?;
+            if requests::fail(&state.pool, &request.id, Some(attempt), &reason).await? {
+                discard(&state, &request.id).await;
+            }
             Err(AbortError::new(reason).into())
         }
+    }
+}
+
+/// Removes whatever a failed request may have left at its key (an older attempt
+/// that lost its lease can still have published it). Never a completed one's file:
+/// only called after this call marked the request failed.
+async fn discard(state: &AppState, request_id: &str) {
+    let Ok(Some(r)) = requests::get_any(&state.pool, request_id).await else { return };
+    let bucket = state.storage.privacy_bucket();
+    let key = object_key(r.user_id, &r.id);
+    if let Some(upload_id) = &r.upload_id {
+        sink::abort_upload(state.storage.client(), bucket, &key, upload_id).await;
+    }
+    if let Err(e) = state.storage.delete(bucket, &key).await {
+        tracing::warn!(request_id, error = format!("{e:#}"), "could not remove a failed request's object");
     }
 }
 
 async fn execute(state: &AppState, request: &requests::Request, attempt: i32) -> anyhow::Result<()> {
     let bucket = state.storage.privacy_bucket().to_string();
     let key = object_key(request.user_id, &request.id);
+    if let Some(previous) = &request.upload_id {
+        // An earlier attempt died mid-upload: abort what it left open.
+        sink::abort_upload(state.storage.client(), &bucket, &key, previous).await;
+        requests::set_upload_id(&state.pool, &request.id, attempt, None).await?;
+    }
     let snapshot = Snapshot::open_subject(&state.pool, SUBJECT_SQL, request.user_id, subject_sections(request.user_id))
         .await
         .context("reading the person's data")?;
+    let snapshot_at = snapshot.snapshot_at;
+    let counts: serde_json::Value = serde_json::from_str(&snapshot.counts_json())?;
     let sink = Sink::S3 {
         client: state.storage.client().clone(),
         bucket: bucket.clone(),
         key: key.clone(),
         export_id: request.id.clone(),
     };
-    let counts: serde_json::Value = serde_json::from_str(&snapshot.counts_json())?;
     let upload = sink.start().await?;
     let upload_id = upload.upload_id().map(str::to_string);
+    requests::set_upload_id(&state.pool, &request.id, attempt, upload_id.as_deref()).await?;
     let (progress, _watch) = watch::channel(0i64);
     let outcome = match snapshot.write(&request.id, upload, &progress).await {
         Ok(o) => o,
@@ -148,17 +188,14 @@ async fn execute(state: &AppState, request: &requests::Request, attempt: i32) ->
             return Err(e);
         }
     };
-    let recorded = requests::complete(
-        &state.pool,
-        &request.id,
-        attempt,
-        &key,
-        outcome.size_bytes as i64,
-        &outcome.sha256,
-        &counts,
-    )
-    .await;
-    match recorded {
+    let written = requests::Written {
+        key: &key,
+        size_bytes: outcome.size_bytes as i64,
+        sha256: &outcome.sha256,
+        counts: &counts,
+        snapshot_at,
+    };
+    match requests::complete(&state.pool, &request.id, attempt, written).await {
         Ok(true) => {}
         Ok(false) => anyhow::bail!("a newer attempt took this request over"),
         Err(e) => {
@@ -174,8 +211,14 @@ async fn execute(state: &AppState, request: &requests::Request, attempt: i32) ->
 
 /// Removes the files of completed requests older than the platform's
 /// `privacy_retention_days` (as of `now`), then marks them `expired`, each with an
-/// audit entry. Returns how many expired. Runs with the hourly prune job.
+/// audit entry; also fails requests whose job ended without finishing them. Returns
+/// how many expired. A file that cannot be deleted is logged and tried again next
+/// hour; the others go on. Runs with the hourly prune job.
 pub async fn expire(state: &AppState, now: DateTime<Utc>) -> anyhow::Result<usize> {
+    let abandoned = requests::fail_abandoned(&state.pool).await?;
+    if abandoned > 0 {
+        tracing::warn!(abandoned, "data-subject requests whose job ended unfinished were marked failed");
+    }
     let due: Vec<(String, i64, String)> = sqlx::query_as(
         "select r.id, r.user_id, r.object_key from privacy_requests r, platform_settings s
          where s.id = 1 and r.status = 'completed' and r.finished_at + make_interval(days => s.privacy_retention_days) <= $1
@@ -185,8 +228,17 @@ pub async fn expire(state: &AppState, now: DateTime<Utc>) -> anyhow::Result<usiz
     .fetch_all(&state.pool)
     .await?;
     let mut expired = 0;
+    let mut failures = 0;
     for (id, user_id, key) in due {
-        state.storage.delete(state.storage.privacy_bucket(), &key).await?;
+        if let Err(e) = state.storage.delete(state.storage.privacy_bucket(), &key).await {
+            tracing::warn!(
+                request_id = id,
+                error = format!("{e:#}"),
+                "could not delete an expired data-subject export"
+            );
+            failures += 1;
+            continue;
+        }
         let mut tx = state.pool.begin().await?;
         let marked =
             sqlx::query("update privacy_requests set status = 'expired' where id = $1 and status = 'completed'")
@@ -201,6 +253,11 @@ pub async fn expire(state: &AppState, now: DateTime<Utc>) -> anyhow::Result<usiz
             expired += 1;
         }
         tx.commit().await?;
+    }
+    if failures > 0 {
+        anyhow::bail!(
+            "expired {expired} data-subject export(s); {failures} could not be deleted and stay for the next run"
+        );
     }
     Ok(expired)
 }

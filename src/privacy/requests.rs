@@ -30,6 +30,9 @@ pub struct Request {
     pub started_at: Option<DateTime<Utc>>,
     pub finished_at: Option<DateTime<Utc>>,
     pub object_key: Option<String>,
+    #[serde(skip)]
+    pub upload_id: Option<String>,
+    pub snapshot_at: Option<DateTime<Utc>>,
     pub size_bytes: Option<i64>,
     pub sha256: Option<String>,
     pub counts: Option<serde_json::Value>,
@@ -48,7 +51,7 @@ impl Request {
 }
 
 const SELECT: &str = "select r.id, r.user_id, u.email as user_email, r.requested_by, b.email as requested_by_email,
-    r.on_behalf, r.reason, r.status, r.created_at, r.started_at, r.finished_at, r.object_key, r.size_bytes, r.sha256,
+    r.on_behalf, r.reason, r.status, r.created_at, r.started_at, r.finished_at, r.object_key, r.upload_id, r.snapshot_at, r.size_bytes, r.sha256,
     r.counts, r.error
     from privacy_requests r join users u on u.id = r.user_id left join users b on b.id = r.requested_by";
 
@@ -63,8 +66,8 @@ pub enum Refusal {
 
 /// The person's own request: at most one per 24 hours (failed ones do not count),
 /// and one active at a time. Serialised per person, so parallel clicks make one.
-pub async fn create_self(pool: &PgPool, user_id: i64) -> anyhow::Result<Result<Request, Refusal>> {
-    create(pool, user_id, user_id, None).await
+pub async fn create_self(pool: &PgPool, user_id: i64, max_attempts: u32) -> anyhow::Result<Result<Request, Refusal>> {
+    create(pool, user_id, user_id, None, max_attempts).await
 }
 
 /// A platform admin's request on someone's behalf, with its reason (3 to 500
@@ -74,8 +77,9 @@ pub async fn create_on_behalf(
     admin_id: i64,
     user_id: i64,
     reason: &str,
+    max_attempts: u32,
 ) -> anyhow::Result<Result<Request, Refusal>> {
-    create(pool, user_id, admin_id, Some(reason)).await
+    create(pool, user_id, admin_id, Some(reason), max_attempts).await
 }
 
 async fn create(
@@ -83,6 +87,7 @@ async fn create(
     user_id: i64,
     requested_by: i64,
     reason: Option<&str>,
+    max_attempts: u32,
 ) -> anyhow::Result<Result<Request, Refusal>> {
     let mut tx = pool.begin().await?;
     sqlx::query("select pg_advisory_xact_lock($1, ($2 % 2147483647)::int)")
@@ -129,7 +134,7 @@ async fn create(
         }
         return Err(e.into());
     }
-    jobs::push(&mut tx, QUEUE, id, &PrivacyJob { request_id: id.to_string() }, 3).await?;
+    jobs::push(&mut tx, QUEUE, id, &PrivacyJob { request_id: id.to_string() }, max_attempts).await?;
     let (action, details) = match reason {
         Some(r) => ("privacy.requested_on_behalf", serde_json::json!({ "user_id": user_id, "reason": r.trim() })),
         None => ("privacy.requested", serde_json::json!({ "user_id": user_id })),
@@ -187,43 +192,88 @@ pub async fn start(pool: &PgPool, id: &str, attempt: i32) -> sqlx::Result<Option
     get_any(pool, id).await
 }
 
+/// Records (or clears) this attempt's open multipart upload.
+pub async fn set_upload_id(pool: &PgPool, id: &str, attempt: i32, upload_id: Option<&str>) -> sqlx::Result<()> {
+    sqlx::query("update privacy_requests set upload_id = $3 where id = $1 and attempts = $2")
+        .bind(id)
+        .bind(attempt)
+        .bind(upload_id)
+        .execute(pool)
+        .await?;
+    Ok(())
+}
+
+/// What a completed attempt wrote.
+pub struct Written<'a> {
+    pub key: &'a str,
+    pub size_bytes: i64,
+    pub sha256: &'a str,
+    pub counts: &'a serde_json::Value,
+    pub snapshot_at: DateTime<Utc>,
+}
+
 /// Records the file of this attempt. False when a newer attempt took over.
-pub async fn complete(
-    pool: &PgPool,
-    id: &str,
-    attempt: i32,
-    key: &str,
-    size_bytes: i64,
-    sha256: &str,
-    counts: &serde_json::Value,
-) -> sqlx::Result<bool> {
+pub async fn complete(pool: &PgPool, id: &str, attempt: i32, w: Written<'_>) -> sqlx::Result<bool> {
     let done = sqlx::query(
         "update privacy_requests set status = 'completed', finished_at = now(), object_key = $3, size_bytes = $4,
-         sha256 = $5, counts = $6, error = null
+         sha256 = $5, counts = $6, snapshot_at = $7, upload_id = null, error = null
          where id = $1 and status = 'running' and attempts = $2",
     )
     .bind(id)
     .bind(attempt)
-    .bind(key)
-    .bind(size_bytes)
-    .bind(sha256)
-    .bind(counts)
+    .bind(w.key)
+    .bind(w.size_bytes)
+    .bind(w.sha256)
+    .bind(w.counts)
+    .bind(w.snapshot_at)
     .execute(pool)
     .await?;
     Ok(done.rows_affected() == 1)
 }
 
-/// Marks the request failed with the reason (for this attempt, or any when None).
-pub async fn fail(pool: &PgPool, id: &str, attempt: Option<i32>, reason: &str) -> sqlx::Result<()> {
+/// Marks the request failed with the reason (for this attempt, or any when None);
+/// retried for a while, so a database hiccup cannot leave it `running` (which would
+/// block the person's next request). True when this call marked it.
+pub async fn fail(pool: &PgPool, id: &str, attempt: Option<i32>, reason: &str) -> sqlx::Result<bool> {
     let reason: String = reason.chars().take(2000).collect();
-    sqlx::query(
-        "update privacy_requests set status = 'failed', finished_at = now(), error = $2
-         where id = $1 and status in ('pending', 'running') and ($3::int is null or attempts = $3)",
+    let mut wait = std::time::Duration::from_millis(200);
+    let mut tries = 0;
+    loop {
+        let done = sqlx::query(
+            "update privacy_requests set status = 'failed', finished_at = now(), error = $2
+             where id = $1 and status in ('pending', 'running') and ($3::int is null or attempts = $3)",
+        )
+        .bind(id)
+        .bind(&reason)
+        .bind(attempt)
+        .execute(pool)
+        .await;
+        match done {
+            Ok(d) => return Ok(d.rows_affected() == 1),
+            Err(e) if tries < 8 => {
+                tracing::warn!(request_id = id, error = %e, "could not mark the request failed; retrying")
+            }
+            Err(e) => return Err(e),
+        }
+        tries += 1;
+        tokio::time::sleep(wait).await;
+        wait = (wait * 2).min(std::time::Duration::from_secs(5));
+    }
+}
+
+/// Marks failed the requests left pending or running whose job is over for good
+/// (a worker that died on the last attempt, a job removed by hand), so that no
+/// request blocks its person for ever. Returns how many.
+pub async fn fail_abandoned(pool: &PgPool) -> sqlx::Result<u64> {
+    let done = sqlx::query(
+        "update privacy_requests r set status = 'failed', finished_at = now(),
+                error = 'the export job ended without finishing the request'
+         where r.status in ('pending', 'running') and r.created_at < now() - interval '5 minutes'
+           and not exists (select 1 from apalis.jobs j where j.id = r.id
+                           and (j.status in ('Pending', 'Queued', 'Running')
+                                or (j.status = 'Failed' and j.attempts < j.max_attempts)))",
     )
-    .bind(id)
-    .bind(reason)
-    .bind(attempt)
     .execute(pool)
     .await?;
-    Ok(())
+    Ok(done.rows_affected())
 }

@@ -124,7 +124,10 @@ pub fn history(list: &[Request], retention_days: i32) -> Markup {
                                 }
                                 td {
                                     span class=(format!("badge badge-{}", r.status)) { (r.status) }
-                                    @if let Some(e) = &r.error { br; span.text-xs.text-red-800 { (e) } }
+                                    // The reason is for platform admins (it can name internals).
+                                    @if r.status == "failed" {
+                                        br; span.text-xs.text-red-800 { "It could not be completed. Please request it again; if it fails again, contact support." }
+                                    }
                                 }
                                 td { @if let Some(b) = r.size_bytes { (format!("{:.1} KiB", b as f64 / 1024.0)) } }
                                 td { @if let Some(at) = r.expires_at(retention_days) { (when(at)) } }
@@ -158,7 +161,12 @@ pub async fn request(
     if let Err(e) = form_fields(pairs, &[]) {
         return Err(AppError::BadRequest(e));
     }
-    match requests::create_self(&state.pool, user.id).await? {
+    if !crate::platform::backup::is_ready(&state).await? {
+        let msg = "Data exports are paused by the platform at the moment; please try again later.".to_string();
+        let body = member_page(&ctx, &state, user.id, Some((false, msg))).await?;
+        return Ok((StatusCode::SERVICE_UNAVAILABLE, body).into_response());
+    }
+    match requests::create_self(&state.pool, user.id, state.config.export_max_attempts).await? {
         Ok(_) => Ok(Redirect::to(&format!("{}?done=requested", routes::ME_PRIVACY)).into_response()),
         Err(refusal) => {
             let status = if matches!(refusal, Refusal::TooSoon { .. }) {
@@ -295,7 +303,10 @@ async fn platform_page(
                                     td { (when(r.created_at)) }
                                     td { @if r.on_behalf { (r.requested_by_email.as_deref().unwrap_or("(removed)")) } @else { "themselves" } }
                                     td { (r.reason.as_deref().unwrap_or("")) }
-                                    td { span class=(format!("badge badge-{}", r.status)) { (r.status) } }
+                                    td {
+                                        span class=(format!("badge badge-{}", r.status)) { (r.status) }
+                                        @if let Some(e) = &r.error { br; span.text-xs.text-red-800 { (e) } }
+                                    }
                                     td {
                                         @if r.status == "completed" {
                                             a.text-blue-700.hover:underline href=(routes::path(routes::PLATFORM_PRIVACY_DOWNLOAD, "", Some(&r.id))) { "Download" }
@@ -324,6 +335,10 @@ pub async fn platform_request(
     };
     let get = |k: &str| fields.iter().find(|(n, _)| n == k).map(|(_, v)| v.trim().to_string()).unwrap_or_default();
     let (email, reason) = (get("email").to_lowercase(), get("reason"));
+    if email.chars().chain(reason.chars()).any(char::is_control) {
+        let e = "The email and the reason must not contain control characters.".to_string();
+        return refuse(&ctx, &state, StatusCode::BAD_REQUEST, e, "", "").await;
+    }
     if !(3..=500).contains(&reason.chars().count()) {
         let e = "A reason of 3 to 500 characters is required (a ticket number, the date of the request).".to_string();
         return refuse(&ctx, &state, StatusCode::BAD_REQUEST, e, &email, &reason).await;
@@ -334,7 +349,12 @@ pub async fn platform_request(
         let e = format!("No account with the email {email:?}.");
         return refuse(&ctx, &state, StatusCode::BAD_REQUEST, e, &email, &reason).await;
     };
-    match requests::create_on_behalf(&state.pool, admin.id, user_id, &reason).await? {
+    if !crate::platform::backup::is_ready(&state).await? {
+        let e =
+            "The backup configuration is not active and verified; verify it under Platform settings first.".to_string();
+        return refuse(&ctx, &state, StatusCode::SERVICE_UNAVAILABLE, e, &email, &reason).await;
+    }
+    match requests::create_on_behalf(&state.pool, admin.id, user_id, &reason, state.config.export_max_attempts).await? {
         Ok(_) => Ok(Redirect::to(&format!("{}?done=requested", routes::PLATFORM_PRIVACY)).into_response()),
         Err(refusal) => refuse(&ctx, &state, StatusCode::CONFLICT, refusal_text(&refusal), &email, &reason).await,
     }

@@ -78,6 +78,21 @@ async fn two_orgs_and_a_third_person(app: &TestApp) -> (i64, i64) {
             .await
             .unwrap();
     }
+    // An invoice with a line and a payment on the member's acme membership.
+    sqlx::query(
+        "with i as (insert into invoices (org_id, membership_id, number, issued_on, due_on, total_cents, status)
+                    select $1, m.id, 'INV-MAX-1', current_date, current_date + 30, 1200, 'paid'
+                    from memberships m where m.org_id = $1 and m.user_id = $2 returning id),
+              l as (insert into invoice_lines (org_id, invoice_id, description, quantity, unit_cents)
+                    select $1, i.id, 'Dues', 1, 1200 from i returning id)
+         insert into payments (org_id, invoice_id, amount_cents, method, reference, paid_at)
+         select $1, i.id, 1200, 'card', 'PAY-MAX-1', now() from i",
+    )
+    .bind(acme)
+    .bind(member)
+    .execute(app.pool())
+    .await
+    .unwrap();
     sqlx::query(
         "insert into donations (org_id, fund_id, donor_user_id, amount_cents, donated_at)
          select $1, f.id, $2, 4200, now() from foundation_funds f where f.org_id = $1 limit 1",
@@ -160,6 +175,26 @@ async fn a_member_requests_and_downloads_their_own_data() {
             }
         }
     }
+    // Rows hanging off memberships or invoices are the member's own, and there are
+    // some (the seeded orgs hold thousands of other people's).
+    let (mine,): (Vec<i64>,) = sqlx::query_as("select array_agg(id) from memberships where user_id = $1")
+        .bind(member)
+        .fetch_one(app.pool())
+        .await
+        .unwrap();
+    let invoice_ids: Vec<Value> =
+        file["sections"]["invoices"].as_array().unwrap().iter().map(|i| i["id"].clone()).collect();
+    assert_eq!(invoice_ids.len(), 1);
+    for name in ["custom_field_values", "member_enrichment", "invoices", "compliance_records"] {
+        for row in file["sections"][name].as_array().unwrap() {
+            assert!(mine.contains(&row["membership_id"].as_i64().unwrap()), "{name}: {row}");
+        }
+    }
+    for name in ["invoice_lines", "payments"] {
+        let rows = file["sections"][name].as_array().unwrap();
+        assert_eq!(rows.len(), 1, "{name}");
+        assert!(rows.iter().all(|r| invoice_ids.contains(&r["invoice_id"])), "{name}");
+    }
     let text = file.to_string();
     assert!(
         !text.contains("THIRD-PERSON-SECRET-TITLE") && !text.contains("third@other.test") && !text.contains("A-THIRD")
@@ -194,7 +229,14 @@ async fn a_member_requests_and_downloads_their_own_data() {
     let resp = s.post_form("/me/privacy", &[]).await;
     assert_eq!(resp.status(), 429);
     let body = resp.text().await.unwrap();
-    assert!(body.contains("once every 24 hours") && body.contains("next request is possible after"), "{body}");
+    let (created,): (chrono::DateTime<chrono::Utc>,) =
+        sqlx::query_as("select created_at from privacy_requests where id = $1")
+            .bind(&id)
+            .fetch_one(app.pool())
+            .await
+            .unwrap();
+    let next = (created + chrono::Duration::hours(24)).format("%Y-%m-%d %H:%M UTC").to_string();
+    assert!(body.contains(&format!("next request is possible after {next}")), "{body}");
     let (n,): (i64,) = sqlx::query_as("select count(*) from privacy_requests where user_id = $1")
         .bind(member)
         .fetch_one(app.pool())
@@ -290,6 +332,22 @@ async fn a_platform_admin_exports_on_a_members_behalf_with_a_reason() {
     let page = admin.get("/platform/privacy").await.text().await.unwrap();
     assert!(page.contains("Ticket #4711") && page.contains("member@acme.test"));
 
+    // The admin's own export: their on-behalf entries are there without the other
+    // person's details.
+    let wait = admin.post_form("/me/privacy", &[]).await;
+    assert_eq!(wait.status(), 303);
+    let (own, status) = wait_for_request(&app, admin_id).await;
+    assert_eq!(status, "completed");
+    let location =
+        admin.get(&format!("/me/privacy/{own}/download")).await.headers()["location"].to_str().unwrap().to_string();
+    let gz = app.client().get(&location).send().await.unwrap().bytes().await.unwrap();
+    let file = crate::exports::decode(&gz);
+    let entries = file["sections"]["audit_log"].as_array().unwrap();
+    let behalf =
+        entries.iter().find(|e| e["action"] == "privacy.requested_on_behalf").expect("the admin's action is there");
+    assert!(behalf["details"].is_null(), "{behalf}");
+    assert!(!file.to_string().contains("Ticket #4711"));
+
     // Retention days: saved and audited.
     let resp = admin.post_form("/platform/privacy/retention", &[("days", "30")]).await;
     assert_eq!(resp.headers()["location"], "/platform/privacy?done=retention");
@@ -302,8 +360,16 @@ async fn one_active_request_and_failures_leave_no_object() {
     let mut app = TestApp::spawn_with(Options { workers: false, ..Options::default() }).await;
     let member = user_id(&app, "member@acme.test").await;
     let admin_id = user_id(&app, "platform@example.test").await;
-    // Parallel clicks make one request.
     let s = app.login("member@acme.test").await;
+    // While the backup configuration is not ready, requests are refused up front.
+    sqlx::query("update backup_configuration set active = false").execute(app.pool()).await.unwrap();
+    let resp = s.post_form("/me/privacy", &[]).await;
+    assert_eq!(resp.status(), 503);
+    assert!(resp.text().await.unwrap().contains("paused"));
+    sqlx::query("update backup_configuration set active = true").execute(app.pool()).await.unwrap();
+    let (n,): (i64,) = sqlx::query_as("select count(*) from privacy_requests").fetch_one(app.pool()).await.unwrap();
+    assert_eq!(n, 0);
+    // Parallel clicks make one request.
     let (a, b) = tokio::join!(s.post_form("/me/privacy", &[]), s.post_form("/me/privacy", &[]));
     let mut statuses = vec![a.status().as_u16(), b.status().as_u16()];
     statuses.sort();
@@ -311,7 +377,7 @@ async fn one_active_request_and_failures_leave_no_object() {
     assert!(statuses[1] == 409 || statuses[1] == 429, "{statuses:?}");
     // An admin's request while one is pending: refused as a conflict.
     let refused =
-        data_export::privacy::requests::create_on_behalf(app.pool(), admin_id, member, "ticket 9").await.unwrap();
+        data_export::privacy::requests::create_on_behalf(app.pool(), admin_id, member, "ticket 9", 3).await.unwrap();
     assert!(refused.is_err());
     let (n,): (i64,) = sqlx::query_as("select count(*) from privacy_requests").fetch_one(app.pool()).await.unwrap();
     assert_eq!(n, 1);
