@@ -47,6 +47,19 @@ pub struct Outcome {
     pub sha256: String,
     pub rows: i64,
     pub seconds: f64,
+    pub buffers: Buffers,
+}
+
+/// What the pipeline held in memory: how many raw chunks and compressed parts it
+/// made, and the largest of each. With the bounded queues these bound its memory
+/// (at most `RAW_QUEUE + 2` chunks and `PART_QUEUE + 2` parts plus the uploads in
+/// flight exist at once), whatever the org's size.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Buffers {
+    pub chunks: u64,
+    pub max_chunk_bytes: usize,
+    pub parts: u64,
+    pub max_part_bytes: usize,
 }
 
 /// An open consistent read, with its counts known: of one org (the org snapshot)
@@ -241,8 +254,9 @@ impl Snapshot {
         let (part_tx, part_rx) = mpsc::channel::<Bytes>(PART_QUEUE);
         let part_size = super::sink::PART_SIZE;
         let compressor = tokio::task::spawn_blocking(move || compress(raw_rx, part_tx, part_size));
+        let mut buffers = Buffers::default();
         let uploader = tokio::spawn(upload.consume(part_rx));
-        let read = self.produce(export_id, raw_tx, progress).await;
+        let read = self.produce(export_id, raw_tx, progress, &mut buffers).await;
         // A panicked stage is an error like any other, so the abort path still runs.
         let compressed = compressor.await.unwrap_or_else(|e| Err(anyhow::anyhow!("the compressor stopped: {e}")));
         let uploaded = uploader.await.unwrap_or_else(|e| Err(anyhow::anyhow!("the upload task stopped: {e}")));
@@ -255,13 +269,14 @@ impl Snapshot {
             _ => None,
         };
         match (failure, compressed, uploaded) {
-            (None, Ok((size_bytes, sha256)), Ok(pending)) => {
+            (None, Ok((size_bytes, sha256, (parts, max_part_bytes))), Ok(pending)) => {
                 pending.complete(size_bytes, &sha256).await?;
                 Ok(Outcome {
                     size_bytes,
                     sha256,
                     rows: read.unwrap_or_default(),
                     seconds: started.elapsed().as_secs_f64(),
+                    buffers: Buffers { parts, max_part_bytes, ..buffers },
                 })
             }
             (failure, _, uploaded) => {
@@ -278,8 +293,9 @@ impl Snapshot {
         export_id: &str,
         out: mpsc::Sender<Vec<u8>>,
         progress: &watch::Sender<i64>,
+        buffers: &mut Buffers,
     ) -> anyhow::Result<i64> {
-        let mut w = ChunkWriter { buf: Vec::with_capacity(RAW_CHUNK), out };
+        let mut w = ChunkWriter { buf: Vec::with_capacity(RAW_CHUNK), out, chunks: 0, max_chunk: 0 };
         w.push(self.header(export_id).as_bytes());
         let mut rows = if matches!(self.kind, Kind::Org { .. }) { 1i64 } else { 0 };
         progress.send_replace(rows);
@@ -315,6 +331,8 @@ impl Snapshot {
         }
         w.push(b"\n}}\n");
         w.flush().await?;
+        buffers.chunks = w.chunks;
+        buffers.max_chunk_bytes = w.max_chunk;
         self.tx.commit().await?;
         Ok(rows)
     }
@@ -338,6 +356,8 @@ fn is_downstream(e: &anyhow::Error) -> bool {
 struct ChunkWriter {
     buf: Vec<u8>,
     out: mpsc::Sender<Vec<u8>>,
+    chunks: u64,
+    max_chunk: usize,
 }
 
 impl ChunkWriter {
@@ -352,6 +372,8 @@ impl ChunkWriter {
     async fn flush(&mut self) -> anyhow::Result<()> {
         if !self.buf.is_empty() {
             let chunk = std::mem::replace(&mut self.buf, Vec::with_capacity(RAW_CHUNK));
+            self.chunks += 1;
+            self.max_chunk = self.max_chunk.max(chunk.len());
             // Waits while the compressor is behind: this is the back-pressure.
             self.out.send(chunk).await.map_err(|_| Downstream)?;
         }
@@ -359,20 +381,29 @@ impl ChunkWriter {
     }
 }
 
-/// Gzips raw chunks into parts of `part_size`; returns (compressed size, SHA-256 hex).
+/// Gzips raw chunks into parts of `part_size`; returns (compressed size, SHA-256
+/// hex, (parts made, largest part)).
 fn compress(
     mut raw: mpsc::Receiver<Vec<u8>>,
     parts: mpsc::Sender<Bytes>,
     part_size: usize,
-) -> anyhow::Result<(u64, String)> {
-    let writer = PartWriter { buf: Vec::with_capacity(part_size), part_size, parts, hasher: Sha256::new(), size: 0 };
+) -> anyhow::Result<(u64, String, (u64, usize))> {
+    let writer = PartWriter {
+        buf: Vec::with_capacity(part_size),
+        part_size,
+        parts,
+        hasher: Sha256::new(),
+        size: 0,
+        made: 0,
+        largest: 0,
+    };
     let mut gz = GzEncoder::new(writer, Compression::new(GZIP_LEVEL));
     while let Some(chunk) = raw.blocking_recv() {
         gz.write_all(&chunk).map_err(io_to_anyhow)?;
     }
     let mut writer = gz.finish().map_err(io_to_anyhow)?;
     writer.send_part()?;
-    Ok((writer.size, hex::encode(writer.hasher.finalize())))
+    Ok((writer.size, hex::encode(writer.hasher.finalize()), (writer.made, writer.largest)))
 }
 
 fn io_to_anyhow(e: std::io::Error) -> anyhow::Error {
@@ -385,6 +416,8 @@ struct PartWriter {
     parts: mpsc::Sender<Bytes>,
     hasher: Sha256,
     size: u64,
+    made: u64,
+    largest: usize,
 }
 
 impl PartWriter {
@@ -393,6 +426,8 @@ impl PartWriter {
             return Ok(());
         }
         let part = std::mem::replace(&mut self.buf, Vec::with_capacity(self.part_size));
+        self.made += 1;
+        self.largest = self.largest.max(part.len());
         self.parts.blocking_send(Bytes::from(part)).map_err(|_| Downstream)?;
         Ok(())
     }

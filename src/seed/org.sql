@@ -116,7 +116,7 @@ select :org_id, i.id, i.total_cents, (array['card', 'ach', 'check'])[1 + i.id % 
 from invoices i where i.org_id = :org_id and i.id % 5 <> 0;
 
 insert into foundation_funds (org_id, name, purpose, target_cents)
-select :org_id, 'Fund ' || g, (array['Scholarships', 'Research', 'Hardship relief'])[1 + g % 3], 10000000 * g
+select :org_id, 'Fund ' || g, (array['Scholarships', 'Research', 'Hardship relief'])[1 + g % 3], 10000000::bigint * g
 from generate_series(1, greatest(3, :n / 1000)) g;
 
 insert into donations (org_id, fund_id, donor_user_id, amount_cents, anonymous, donated_at)

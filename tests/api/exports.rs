@@ -431,3 +431,34 @@ async fn export_command_writes_a_file_or_a_recorded_run() {
         );
     }
 }
+
+/// The regression guard for memory, by counts rather than time: the pipeline hands
+/// the compressor chunks of about RAW_CHUNK and the sink parts of at most PART_SIZE,
+/// however large the org, so with its bounded queues its buffers stay under a fixed
+/// budget. Holding a whole section (or the whole file) in memory would fail here.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_pipeline_buffers_stay_bounded_whatever_the_size() {
+    use data_export::exports::{pipeline, sink};
+    let app = TestApp::spawn_with(Options { members: 3_000, workers: false, ..Options::default() }).await;
+    let org = app.org_id("acme").await;
+    let snapshot = pipeline::Snapshot::open(app.pool(), org).await.unwrap();
+    let rows = snapshot.rows_total();
+    let path = app.storage_dir.join("bounded.json.gz");
+    let upload = sink::Sink::File(path.clone()).start().await.unwrap();
+    let (progress, _rx) = tokio::sync::watch::channel(0);
+    let outcome = snapshot.write("01JAAAAAAAAAAAAAAAAAAAAAAA", upload, &progress).await.unwrap();
+    let json_bytes = decode(&std::fs::read(&path).unwrap()).to_string().len();
+    let b = outcome.buffers;
+    assert_eq!(outcome.rows, rows);
+    assert!(json_bytes > 8 * pipeline::RAW_CHUNK, "the org is large enough to need many chunks ({json_bytes} bytes)");
+    assert!(b.chunks as usize >= json_bytes / pipeline::RAW_CHUNK / 2, "{b:?}");
+    // A chunk is flushed once it passes RAW_CHUNK: at most one COPY message over.
+    assert!(b.max_chunk_bytes <= pipeline::RAW_CHUNK + 128 * 1024, "{b:?}");
+    assert!(b.max_part_bytes <= sink::PART_SIZE, "{b:?}");
+    assert_eq!(b.parts, (outcome.size_bytes as usize).div_ceil(sink::PART_SIZE) as u64, "{b:?}");
+    // The budget those bounds give (chunks queued + in hand on each side, parts
+    // queued + in hand + uploading) stays well under the 64 MiB target.
+    let budget = (pipeline::RAW_QUEUE + 2) * (pipeline::RAW_CHUNK + 128 * 1024)
+        + (pipeline::PART_QUEUE + 2 + sink::PARTS_IN_FLIGHT) * sink::PART_SIZE;
+    assert!(budget <= 48 * 1024 * 1024, "buffer budget {budget} bytes");
+}
