@@ -200,6 +200,12 @@ pub async fn run(job: PruneJob, state: Data<AppState>) -> Result<(), BoxDynError
             Err(e) => tracing::warn!(error = format!("{e:#}"), "expiring data-subject exports failed; pruning goes on"),
         }
     }
+    if !super::backup::is_ready(&state).await? {
+        // Expected while an admin has paused backups or not verified a new endpoint:
+        // a skip, not a job failure to retry.
+        tracing::warn!(org_id = job.org_id, "prune skipped: the backup configuration is not active and verified");
+        return Ok(());
+    }
     let removed = apply(&state, job.org_id).await?;
     tracing::info!(org_id = job.org_id, removed = removed.len(), "prune finished");
     Ok(())
