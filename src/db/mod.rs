@@ -15,6 +15,26 @@ pub use cluster::PrivateCluster;
 /// Embedded migrations from `migrations/`.
 pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
 
+/// Runs a database write, retrying with backoff for about half a minute: for marks
+/// that must not be lost to a hiccup (a run or request left `running` would block
+/// its owner). `what` names it in the log.
+pub async fn persist<T, F, Fut>(what: &str, mut write: F) -> sqlx::Result<T>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = sqlx::Result<T>>,
+{
+    let mut wait = Duration::from_millis(200);
+    for _ in 0..8 {
+        match write().await {
+            Ok(v) => return Ok(v),
+            Err(e) => tracing::warn!(what, error = %e, "database write failed; retrying"),
+        }
+        tokio::time::sleep(wait).await;
+        wait = (wait * 2).min(Duration::from_secs(5));
+    }
+    write().await
+}
+
 /// Opens a pool. Errors are one line naming the fix.
 pub async fn connect(options: PgConnectOptions, max_connections: u32) -> anyhow::Result<PgPool> {
     use sqlx::ConnectOptions;

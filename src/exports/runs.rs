@@ -349,16 +349,7 @@ pub async fn fail(pool: &PgPool, id: &str, attempt: Option<i32>, reason: &str) -
 /// [`fail`], retried for a while: a run must not stay `running` because the
 /// database hiccuped at the moment of failure.
 pub async fn fail_persistently(pool: &PgPool, id: &str, attempt: Option<i32>, reason: &str) -> sqlx::Result<()> {
-    let mut wait = std::time::Duration::from_millis(200);
-    for _ in 0..8 {
-        match fail(pool, id, attempt, reason).await {
-            Ok(()) => return Ok(()),
-            Err(e) => tracing::warn!(export_id = id, error = %e, "could not mark the run failed; retrying"),
-        }
-        tokio::time::sleep(wait).await;
-        wait = (wait * 2).min(std::time::Duration::from_secs(5));
-    }
-    fail(pool, id, attempt, reason).await
+    crate::db::persist("marking an export run failed", || fail(pool, id, attempt, reason)).await
 }
 
 /// Marks a completed run deleted (after its object is gone).

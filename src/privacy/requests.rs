@@ -236,9 +236,7 @@ pub async fn complete(pool: &PgPool, id: &str, attempt: i32, w: Written<'_>) -> 
 /// block the person's next request). True when this call marked it.
 pub async fn fail(pool: &PgPool, id: &str, attempt: Option<i32>, reason: &str) -> sqlx::Result<bool> {
     let reason: String = reason.chars().take(2000).collect();
-    let mut wait = std::time::Duration::from_millis(200);
-    let mut tries = 0;
-    loop {
+    let mark = || async {
         let done = sqlx::query(
             "update privacy_requests set status = 'failed', finished_at = now(), error = $2
              where id = $1 and status in ('pending', 'running') and ($3::int is null or attempts = $3)",
@@ -247,18 +245,10 @@ pub async fn fail(pool: &PgPool, id: &str, attempt: Option<i32>, reason: &str) -
         .bind(&reason)
         .bind(attempt)
         .execute(pool)
-        .await;
-        match done {
-            Ok(d) => return Ok(d.rows_affected() == 1),
-            Err(e) if tries < 8 => {
-                tracing::warn!(request_id = id, error = %e, "could not mark the request failed; retrying")
-            }
-            Err(e) => return Err(e),
-        }
-        tries += 1;
-        tokio::time::sleep(wait).await;
-        wait = (wait * 2).min(std::time::Duration::from_secs(5));
-    }
+        .await?;
+        Ok(done.rows_affected() == 1)
+    };
+    crate::db::persist("marking a data-subject request failed", mark).await
 }
 
 /// Marks failed the requests left pending or running whose job is over for good

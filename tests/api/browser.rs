@@ -91,11 +91,7 @@ async fn an_org_admin_triggers_watches_it_complete_live_and_downloads() {
     std::fs::create_dir_all(&downloads).unwrap();
     let c = browser(&driver, &profile, &downloads).await;
 
-    c.goto(&app.url("/login")).await.unwrap();
-    c.find(Locator::Css("#email")).await.unwrap().send_keys("admin@acme.test").await.unwrap();
-    c.find(Locator::Css("#password")).await.unwrap().send_keys(PASSWORD).await.unwrap();
-    c.find(Locator::Css("button[type=submit].btn-primary")).await.unwrap().click().await.unwrap();
-    c.wait().at_most(Duration::from_secs(10)).for_url(&url::Url::parse(&app.url("/")).unwrap()).await.unwrap();
+    sign_in(&c, &app, "admin@acme.test").await;
 
     c.goto(&app.url("/orgs/acme/settings/backups")).await.unwrap();
     assert!(c.source().await.unwrap().contains("No exports yet"));
@@ -149,11 +145,7 @@ async fn a_platform_admin_configures_backups_retention_and_the_schedule() {
     let downloads = app.storage_dir.join("downloads-platform");
     let c = browser(&driver, &profile, &downloads).await;
 
-    c.goto(&app.url("/login")).await.unwrap();
-    c.find(Locator::Css("#email")).await.unwrap().send_keys("platform@example.test").await.unwrap();
-    c.find(Locator::Css("#password")).await.unwrap().send_keys(PASSWORD).await.unwrap();
-    c.find(Locator::Css("button[type=submit].btn-primary")).await.unwrap().click().await.unwrap();
-    c.wait().at_most(Duration::from_secs(10)).for_url(&url::Url::parse(&app.url("/")).unwrap()).await.unwrap();
+    sign_in(&c, &app, "platform@example.test").await;
     c.find(Locator::LinkText("Platform settings")).await.unwrap().click().await.unwrap();
     assert_eq!(c.find(Locator::Css("#backup-state")).await.unwrap().text().await.unwrap(), "Not ready");
 
@@ -278,6 +270,7 @@ async fn a_platform_admin_configures_backups_retention_and_the_schedule() {
     assert!(history.contains("scheduled") && history.contains("pruned"));
 }
 
+/// Signs in through the form and waits for the start page.
 async fn sign_in(c: &Client, app: &TestApp, email: &str) {
     c.goto(&app.url("/login")).await.unwrap();
     c.find(Locator::Css("#email")).await.unwrap().send_keys(email).await.unwrap();
