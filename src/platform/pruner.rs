@@ -44,7 +44,6 @@ pub async fn enqueue(pool: &PgPool, org_id: i64) -> anyhow::Result<()> {
 /// One org's plan.
 #[derive(Clone, Debug)]
 pub struct OrgPlan {
-    pub org_id: i64,
     pub slug: String,
     pub decisions: Vec<Decision<String>>,
 }
@@ -87,7 +86,7 @@ pub async fn plan(pool: &PgPool, org_id: Option<i64>) -> anyhow::Result<(Setting
     let mut plans = Vec::new();
     for (org_id, slug, _) in orgs_to_prune(pool, org_id).await? {
         let rows = candidates(pool, org_id).await?;
-        plans.push(OrgPlan { org_id, slug, decisions: decide(&settings, &rows) });
+        plans.push(OrgPlan { slug, decisions: decide(&settings, &rows) });
     }
     Ok((settings, plans))
 }

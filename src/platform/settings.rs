@@ -22,16 +22,15 @@ pub struct Settings {
     pub timezone: Tz,
     /// Slots before this instant are not due (set when preset or timezone change).
     pub schedule_since: DateTime<Utc>,
-    pub updated_at: DateTime<Utc>,
 }
 
-type Row = (i32, i32, i32, String, String, DateTime<Utc>, DateTime<Utc>);
+type Row = (i32, i32, i32, String, String, DateTime<Utc>);
 
 /// Loads the settings. A stored value the code does not know (edited by hand) falls
 /// back to the safe choice: schedule disabled, UTC.
 pub async fn load<'e, E: sqlx::PgExecutor<'e>>(db: E) -> sqlx::Result<Settings> {
-    let (daily, weekly, monthly, preset, timezone, schedule_since, updated_at): Row = sqlx::query_as(
-        "select retention_daily, retention_weekly, retention_monthly, schedule_preset, timezone, schedule_since, updated_at
+    let (daily, weekly, monthly, preset, timezone, schedule_since): Row = sqlx::query_as(
+        "select retention_daily, retention_weekly, retention_monthly, schedule_preset, timezone, schedule_since
          from platform_settings where id = 1",
     )
     .fetch_one(db)
@@ -48,7 +47,6 @@ pub async fn load<'e, E: sqlx::PgExecutor<'e>>(db: E) -> sqlx::Result<Settings> 
             chrono_tz::UTC
         }),
         schedule_since,
-        updated_at,
     })
 }
 

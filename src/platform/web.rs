@@ -92,7 +92,8 @@ pub fn form_fields(pairs: Vec<(String, String)>, allowed: &[&str]) -> Result<Vec
     Ok(out)
 }
 
-fn field<'a>(fields: &'a [(String, String)], name: &str) -> Option<&'a str> {
+/// The value of one field from [`form_fields`].
+pub fn field<'a>(fields: &'a [(String, String)], name: &str) -> Option<&'a str> {
     fields.iter().find(|(k, _)| k == name).map(|(_, v)| v.as_str())
 }
 

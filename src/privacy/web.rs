@@ -5,7 +5,7 @@
 use axum::{
     Form,
     extract::{Path, Query, State},
-    http::{HeaderValue, StatusCode, header},
+    http::StatusCode,
     response::{IntoResponse, Redirect, Response},
 };
 use chrono::{DateTime, Utc};
@@ -16,7 +16,7 @@ use crate::{
     auth::{CurrentUser, PlatformAdmin},
     error::{AppError, AppResult},
     orgs,
-    platform::web::form_fields,
+    platform::web::{field, form_fields},
     routes,
     state::AppState,
     views::{PageCtx, layout::flash, page},
@@ -198,10 +198,7 @@ async fn download_response(state: &AppState, request: Request, actor: i64, via: 
         details,
     )
     .await?;
-    let mut resp = StatusCode::SEE_OTHER.into_response();
-    resp.headers_mut().insert(header::LOCATION, HeaderValue::from_str(&url).map_err(anyhow::Error::from)?);
-    resp.headers_mut().insert(header::REFERRER_POLICY, HeaderValue::from_static("no-referrer"));
-    Ok(resp)
+    Ok(crate::exports::web::see_other(&url))
 }
 
 /// GET /me/privacy/{id}/download: only the person's own requests (404 otherwise).
@@ -333,7 +330,7 @@ pub async fn platform_request(
         Ok(f) => f,
         Err(e) => return refuse(&ctx, &state, StatusCode::BAD_REQUEST, e, "", "").await,
     };
-    let get = |k: &str| fields.iter().find(|(n, _)| n == k).map(|(_, v)| v.trim().to_string()).unwrap_or_default();
+    let get = |k: &str| field(&fields, k).unwrap_or("").trim().to_string();
     let (email, reason) = (get("email").to_lowercase(), get("reason"));
     if email.chars().chain(reason.chars()).any(char::is_control) {
         let e = "The email and the reason must not contain control characters.".to_string();
@@ -380,7 +377,7 @@ pub async fn platform_retention(
     Form(pairs): Form<Vec<(String, String)>>,
 ) -> AppResult<Response> {
     let days = form_fields(pairs, &["days"]).and_then(|f| {
-        let raw = f.iter().find(|(k, _)| k == "days").map(|(_, v)| v.trim().to_string()).unwrap_or_default();
+        let raw = field(&f, "days").unwrap_or("").trim().to_string();
         match raw.parse::<i32>() {
             Ok(d) if (1..=90).contains(&d) => Ok(d),
             _ => Err(format!("Days must be a whole number from 1 to 90; got {raw:?}.")),

@@ -78,6 +78,18 @@ async fn screenshot(c: &Client, name: &str) {
     }
 }
 
+/// Waits (up to 30 s) for a finished `.json.gz` download in `dir`.
+async fn wait_for_download(dir: &Path) -> PathBuf {
+    let started = Instant::now();
+    loop {
+        if let Some(f) = downloaded(dir) {
+            return f;
+        }
+        assert!(started.elapsed() < Duration::from_secs(30), "no download arrived");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
 fn downloaded(dir: &Path) -> Option<PathBuf> {
     std::fs::read_dir(dir).ok()?.flatten().map(|e| e.path()).find(|p| p.to_string_lossy().ends_with(".json.gz"))
 }
@@ -111,14 +123,7 @@ async fn an_org_admin_triggers_watches_it_complete_live_and_downloads() {
     let id = row.attr("data-export-id").await.unwrap().unwrap();
 
     row.find(Locator::LinkText("Download")).await.unwrap().click().await.unwrap();
-    let started = Instant::now();
-    let file = loop {
-        if let Some(f) = downloaded(&downloads) {
-            break f;
-        }
-        assert!(started.elapsed() < Duration::from_secs(30), "no download arrived");
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    };
+    let file = wait_for_download(&downloads).await;
     let snap = decode(&std::fs::read(&file).unwrap());
     assert_valid(&snap);
     assert_eq!(snap["export_id"], id.as_str());
@@ -306,14 +311,7 @@ async fn a_member_downloads_their_data_and_an_admin_exports_it_on_their_behalf()
     assert_eq!(marker, json!("still here"), "the history updated in place");
     let id = row.attr("data-request-id").await.unwrap().unwrap();
     row.find(Locator::LinkText("Download")).await.unwrap().click().await.unwrap();
-    let started = Instant::now();
-    let file = loop {
-        if let Some(f) = downloaded(&downloads) {
-            break f;
-        }
-        assert!(started.elapsed() < Duration::from_secs(30), "no download arrived");
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    };
+    let file = wait_for_download(&downloads).await;
     let data = decode(&std::fs::read(&file).unwrap());
     assert_eq!(data["format"], "data-export/subject-access");
     assert_eq!(data["request_id"], id.as_str());
