@@ -59,51 +59,76 @@ pub async fn push<T: Serialize>(
 }
 
 /// Runs the workers of every queue until `stop` is cancelled, then lets running
-/// jobs finish for up to 30 s.
+/// jobs finish for up to 30 s. Each queue's worker is supervised on its own: when
+/// it stops (its backend lost the database, most often), it is started again after
+/// a pause that doubles up to 30 s, so an outage neither spins nor ends the workers.
 pub async fn run(state: AppState, stop: CancellationToken) -> anyhow::Result<()> {
     let host = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap_or_default().trim().to_string();
     let process = format!("{host}-{}", Ulid::generate());
     let concurrency = state.config.worker_concurrency;
-    let (s1, s2, s3, s4) = (state.clone(), state.clone(), state.clone(), state.clone());
-    let (p1, p2, p3, p4) = (process.clone(), process.clone(), process.clone(), process);
-    Monitor::new()
-        .register(move |restarts| {
-            WorkerBuilder::new(format!("{}-{p1}-{restarts}", exports::job::QUEUE))
-                .backend(exports::job::storage(&s1))
-                .data(s1.clone())
-                .concurrency(concurrency)
-                .build(exports::job::run)
-        })
-        .register(move |restarts| {
-            WorkerBuilder::new(format!("{}-{p2}-{restarts}", platform::scheduler::QUEUE))
-                .backend(platform::scheduler::storage(&s2))
-                .data(s2.clone())
-                .concurrency(1)
-                .build(platform::scheduler::run)
-        })
-        .register(move |restarts| {
-            WorkerBuilder::new(format!("{}-{p3}-{restarts}", platform::pruner::QUEUE))
-                .backend(platform::pruner::storage(&s3))
-                .data(s3.clone())
-                .concurrency(1)
-                .build(platform::pruner::run)
-        })
-        .register(move |restarts| {
-            WorkerBuilder::new(format!("{}-{p4}-{restarts}", privacy::QUEUE))
-                .backend(privacy::storage(&s4))
-                .data(s4.clone())
-                .concurrency(1)
-                .build(privacy::run)
-        })
-        .should_restart(|ctx, err| {
-            tracing::error!(worker = ctx.name(), %err, "worker stopped with an error; restarting");
-            ctx.restarts() < 100
-        })
-        .shutdown_timeout(Duration::from_secs(30))
-        .run_with_signal(async move {
-            stop.cancelled().await;
-            Ok(())
-        })
-        .await?;
+    // One queue's worker, under a monitor of its own, as a restartable future.
+    macro_rules! worker {
+        ($queue:expr, $storage:path, $handler:path, $concurrency:expr) => {{
+            let (state, stop, process) = (state.clone(), stop.clone(), process.clone());
+            supervise($queue, stop.clone(), move |generation| {
+                let (state, stop, process) = (state.clone(), stop.clone(), process.clone());
+                async move {
+                    Monitor::new()
+                        .register(move |restarts| {
+                            WorkerBuilder::new(format!("{}-{process}-{generation}-{restarts}", $queue))
+                                .backend($storage(&state))
+                                .data(state.clone())
+                                .concurrency($concurrency)
+                                .build($handler)
+                        })
+                        .shutdown_timeout(Duration::from_secs(30))
+                        .run_with_signal(async move {
+                            stop.cancelled().await;
+                            Ok(())
+                        })
+                        .await
+                }
+            })
+        }};
+    }
+    tokio::join!(
+        worker!(exports::job::QUEUE, exports::job::storage, exports::job::run, concurrency),
+        worker!(platform::scheduler::QUEUE, platform::scheduler::storage, platform::scheduler::run, 1),
+        worker!(platform::pruner::QUEUE, platform::pruner::storage, platform::pruner::run, 1),
+        worker!(privacy::QUEUE, privacy::storage, privacy::run, 1),
+    );
     Ok(())
+}
+
+/// Runs `start(generation)` again whenever it ends before `stop`, pausing 0.5 s, then
+/// twice as long each time up to 30 s (back to 0.5 s after a minute of running).
+async fn supervise<F, Fut, E>(queue: &'static str, stop: CancellationToken, start: F)
+where
+    F: Fn(usize) -> Fut,
+    Fut: std::future::Future<Output = Result<(), E>>,
+    E: std::fmt::Display,
+{
+    const FIRST: Duration = Duration::from_millis(500);
+    let mut pause = FIRST;
+    for generation in 0.. {
+        let started = std::time::Instant::now();
+        let result = start(generation).await;
+        if stop.is_cancelled() {
+            return;
+        }
+        if started.elapsed() > Duration::from_secs(60) {
+            pause = FIRST;
+        }
+        match result {
+            Err(e) => {
+                tracing::error!(queue, error = %e, retry_in = ?pause, "worker stopped; starting it again after a pause")
+            }
+            Ok(()) => tracing::warn!(queue, retry_in = ?pause, "worker ended; starting it again after a pause"),
+        }
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = tokio::time::sleep(pause) => {}
+        }
+        pause = (pause * 2).min(Duration::from_secs(30));
+    }
 }
