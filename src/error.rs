@@ -15,6 +15,8 @@ pub enum AppError {
     NotFound,
     #[error("sign in required")]
     Unauthorized,
+    #[error("this address does not take that method")]
+    MethodNotAllowed,
     #[error("{0}")]
     Forbidden(String),
     #[error("{0}")]
@@ -50,6 +52,7 @@ impl AppError {
         match self {
             Self::NotFound => StatusCode::NOT_FOUND,
             Self::Unauthorized => StatusCode::UNAUTHORIZED,
+            Self::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
             Self::Forbidden(_) => StatusCode::FORBIDDEN,
             Self::BadRequest(_) => StatusCode::BAD_REQUEST,
             Self::Conflict { .. } => StatusCode::CONFLICT,
@@ -64,6 +67,7 @@ impl AppError {
         match self {
             Self::NotFound => "not_found",
             Self::Unauthorized => "unauthorized",
+            Self::MethodNotAllowed => "method_not_allowed",
             Self::Forbidden(_) => "forbidden",
             Self::BadRequest(_) => "bad_request",
             Self::Conflict { .. } => "conflict",

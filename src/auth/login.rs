@@ -59,7 +59,14 @@ pub async fn submit(
         return Ok((StatusCode::BAD_REQUEST, view(&ctx, "", Some("Enter your email and password."))).into_response());
     };
     let email = form.email.trim().to_lowercase();
-    if email.is_empty() || form.password.is_empty() || email.len() > 254 || form.password.len() > 1024 {
+    // Control characters (a NUL above all, which PostgreSQL text refuses) are in no
+    // account's email.
+    if email.is_empty()
+        || form.password.is_empty()
+        || email.len() > 254
+        || form.password.len() > 1024
+        || email.chars().any(char::is_control)
+    {
         return Ok(
             (StatusCode::BAD_REQUEST, view(&ctx, &email, Some("Enter your email and password."))).into_response()
         );

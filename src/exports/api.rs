@@ -2,6 +2,7 @@
 
 use axum::{
     Json,
+    body::Bytes,
     extract::{Path, State},
     http::StatusCode,
     response::{IntoResponse, Response},
@@ -14,8 +15,15 @@ use crate::{
     state::AppState,
 };
 
-/// POST /api/v1/orgs/{org}/exports -> 202 `{"id","status"}`.
-pub async fn create(ApiOrgAdmin(org): ApiOrgAdmin, State(state): State<AppState>) -> ApiResult<Response> {
+/// POST /api/v1/orgs/{org}/exports -> 202 `{"id","status"}`. Takes no body (an
+/// empty one or `{}`); anything else is refused, so a client that thinks it is
+/// passing options learns that it is not.
+pub async fn create(ApiOrgAdmin(org): ApiOrgAdmin, State(state): State<AppState>, body: Bytes) -> ApiResult<Response> {
+    let empty = body.trim_ascii().is_empty()
+        || serde_json::from_slice::<serde_json::Map<String, serde_json::Value>>(&body).is_ok_and(|m| m.is_empty());
+    if !empty {
+        return Err(AppError::BadRequest("This request takes no body (send none, or {}).".into()).into());
+    }
     super::require_module(&state, &org).await?;
     let run = super::trigger(&state, &org).await?;
     // A worker may already have picked it up; the answer reports the state it was created in.
@@ -60,4 +68,18 @@ pub async fn delete(
     super::require_module(&state, &org).await?;
     super::delete(&state, &org, &id).await?;
     Ok(StatusCode::NO_CONTENT)
+}
+
+/// POST /api/v1/orgs/{org}/exports/{id}/verify -> 200 `{"ok": true, "report": {..}}`
+/// or `{"ok": false, "error": ".."}` (the file was read; it is damaged).
+pub async fn verify(
+    ApiOrgAdmin(org): ApiOrgAdmin,
+    State(state): State<AppState>,
+    Path((_, id)): Path<(String, String)>,
+) -> ApiResult<Json<serde_json::Value>> {
+    super::require_module(&state, &org).await?;
+    Ok(Json(match super::verify_run(&state, &org, &id, "api").await? {
+        Ok(report) => serde_json::json!({ "ok": true, "report": report }),
+        Err(e) => serde_json::json!({ "ok": false, "error": e.0 }),
+    }))
 }

@@ -164,6 +164,11 @@ pub async fn list_recent(pool: &PgPool, limit: i64) -> sqlx::Result<Vec<Request>
 
 /// One of the person's requests (None for anyone else's).
 pub async fn get_for_user(pool: &PgPool, user_id: i64, id: &str) -> sqlx::Result<Option<Request>> {
+    // Ids are ULIDs; anything else (including a NUL, which PostgreSQL text refuses)
+    // names no request.
+    if ulid::Ulid::from_string(id).is_err() {
+        return Ok(None);
+    }
     sqlx::query_as(sqlx::AssertSqlSafe(format!("{SELECT} where r.id = $1 and r.user_id = $2")))
         .bind(id)
         .bind(user_id)
@@ -173,6 +178,9 @@ pub async fn get_for_user(pool: &PgPool, user_id: i64, id: &str) -> sqlx::Result
 
 /// Any request by id.
 pub async fn get_any(pool: &PgPool, id: &str) -> sqlx::Result<Option<Request>> {
+    if ulid::Ulid::from_string(id).is_err() {
+        return Ok(None);
+    }
     sqlx::query_as(sqlx::AssertSqlSafe(format!("{SELECT} where r.id = $1"))).bind(id).fetch_optional(pool).await
 }
 
