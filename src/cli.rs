@@ -1,4 +1,4 @@
-//! The command line: `data-export [serve|worker|migrate|seed|export|verify-storage|token]`.
+//! The command line: `data-export [serve|worker|migrate|seed|export|prune|verify-storage|verify|token]`.
 
 use std::{io::Write, path::PathBuf, time::Duration};
 
@@ -56,6 +56,15 @@ pub enum Command {
     },
     /// Write, read back and delete a probe object; mark the backup configuration verified.
     VerifyStorage,
+    /// Check a snapshot file: one whole gzip member, the JSON Schema, every section's
+    /// length against `counts`, and the SHA-256 when given. Needs no database.
+    Verify {
+        /// The .json.gz file (as downloaded or written by `export --out`).
+        file: PathBuf,
+        /// The SHA-256 recorded for it (the run's `sha256` in the API or history).
+        #[arg(long)]
+        sha256: Option<String>,
+    },
     /// Personal API tokens.
     Token {
         #[command(subcommand)]
@@ -132,6 +141,7 @@ pub async fn run(cli: Cli, config: Config) -> anyhow::Result<()> {
                 Err(e) => bail!("storage verification failed: {e}"),
             }
         }
+        Command::Verify { file, sha256 } => verify_file(&file, sha256.as_deref()).await,
         Command::Token { command: TokenCommand::Create { email, name } } => {
             if name.trim().is_empty() || name.len() > 100 {
                 bail!("--name must be 1 to 100 characters");
@@ -252,5 +262,25 @@ async fn export_with(services: &Services, slug: &OrgSlug, out: Option<PathBuf>) 
                 "bytes": done.size_bytes, "sha256": done.sha256, "seconds": (started.elapsed().as_secs_f64() * 1000.0).round() / 1000.0,
             }))
         }
+    }
+}
+
+/// `data-export verify FILE [--sha256 HEX]`: prints the report as one JSON line, or
+/// fails with what is wrong.
+async fn verify_file(file: &std::path::Path, sha256: Option<&str>) -> anyhow::Result<()> {
+    if let Some(s) = sha256
+        && (s.len() != 64 || !s.bytes().all(|b| b.is_ascii_hexdigit()))
+    {
+        bail!("--sha256 must be 64 hexadecimal characters (got {s:?})");
+    }
+    let f = std::fs::File::open(file).with_context(|| format!("cannot open {}", file.display()))?;
+    let expected = sha256.map(str::to_string);
+    let report = tokio::task::spawn_blocking(move || crate::exports::verify::verify(f, expected.as_deref())).await?;
+    match report {
+        Ok(r) => {
+            println!("{}", serde_json::json!({ "ok": true, "file": file.display().to_string(), "report": r }));
+            Ok(())
+        }
+        Err(e) => bail!("{} is not a valid snapshot: {e}", file.display()),
     }
 }

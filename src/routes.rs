@@ -16,6 +16,7 @@ pub const ORG_EXPORTS: &str = "/orgs/{org}/exports";
 pub const ORG_EXPORT_HISTORY: &str = "/orgs/{org}/exports/history";
 pub const ORG_EXPORT_DOWNLOAD: &str = "/orgs/{org}/exports/{id}/download";
 pub const ORG_EXPORT_DELETE: &str = "/orgs/{org}/exports/{id}/delete";
+pub const ORG_EXPORT_VERIFY: &str = "/orgs/{org}/exports/{id}/verify";
 
 pub const PLATFORM_SETTINGS: &str = "/platform/settings";
 pub const PLATFORM_BACKUP: &str = "/platform/settings/backup";
@@ -36,6 +37,7 @@ pub const API_PREFIX: &str = "/api/v1";
 pub const API_EXPORTS: &str = "/orgs/{org}/exports";
 pub const API_EXPORT: &str = "/orgs/{org}/exports/{id}";
 pub const API_EXPORT_DOWNLOAD: &str = "/orgs/{org}/exports/{id}/download";
+pub const API_EXPORT_VERIFY: &str = "/orgs/{org}/exports/{id}/verify";
 
 /// Fills `{org}` and `{id}` in a pattern.
 pub fn path(pattern: &str, org: &str, id: Option<&str>) -> String {

@@ -7,7 +7,6 @@ use axum::{
     http::{HeaderValue, StatusCode, header},
     middleware,
     response::{IntoResponse, Redirect, Response},
-    routing::{get, post},
 };
 use maud::html;
 use tower_http::{set_header::SetResponseHeaderLayer, trace::TraceLayer};
@@ -27,46 +26,74 @@ pub const SESSION_COOKIE: &str = "dx_session";
 /// The CSP: no inline script or style, no framing.
 pub const CSP: &str = "default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:; object-src 'none'; base-uri 'none'; frame-ancestors 'none'; form-action 'self'";
 
+/// Declares routes once: the router is built from the same list that
+/// [`ROUTES`] publishes, so the access-matrix test sees every route there is.
+macro_rules! route_table {
+    ($table:ident, $build:ident: $( $pattern:expr => [ $( $method:ident $handler:expr ),+ ] ),+ $(,)?) => {
+        /// Every route of this part, as `(method, pattern)`.
+        pub const $table: &[(&str, &str)] = &[ $( $( (route_table!(@upper $method), $pattern) ),+ ),+ ];
+        fn $build(router: Router<AppState>) -> Router<AppState> {
+            router $( .route($pattern, axum::routing::MethodRouter::new() $( .$method($handler) )+) )+
+        }
+    };
+    (@upper get) => { "GET" };
+    (@upper post) => { "POST" };
+    (@upper delete) => { "DELETE" };
+}
+
+route_table!(HTML_ROUTES, html_routes:
+    HOME => [get home],
+    LOGIN => [get auth::login::show, post auth::login::submit],
+    LOGOUT => [post auth::login::logout],
+    ORG_MODULES => [get orgs::modules::show, post orgs::modules::update],
+    ORG_BACKUPS => [get exports::web::page],
+    ORG_EXPORTS => [post exports::web::trigger],
+    ORG_EXPORT_HISTORY => [get exports::web::history],
+    ORG_EXPORT_DOWNLOAD => [get exports::web::download],
+    ORG_EXPORT_DELETE => [post exports::web::delete],
+    ORG_EXPORT_VERIFY => [post exports::web::verify],
+    PLATFORM_SETTINGS => [get platform::web::show],
+    PLATFORM_BACKUP => [post platform::web::save_backup],
+    PLATFORM_VERIFY => [post platform::web::verify],
+    PLATFORM_RETENTION => [post platform::web::save_retention],
+    PLATFORM_SCHEDULE => [post platform::web::save_schedule],
+    PLATFORM_BOARD => [get platform::web::board],
+    ME_PRIVACY => [get privacy::web::show, post privacy::web::request],
+    ME_PRIVACY_HISTORY => [get privacy::web::history_fragment],
+    ME_PRIVACY_DOWNLOAD => [get privacy::web::download],
+    PLATFORM_PRIVACY => [get privacy::web::platform_show, post privacy::web::platform_request],
+    PLATFORM_PRIVACY_RETENTION => [post privacy::web::platform_retention],
+    PLATFORM_PRIVACY_DOWNLOAD => [get privacy::web::admin_download],
+);
+
+// Patterns relative to API_PREFIX.
+route_table!(API_ROUTES, api_routes:
+    API_EXPORTS => [get exports::api::list, post exports::api::create],
+    API_EXPORT => [get exports::api::get, delete exports::api::delete],
+    API_EXPORT_DOWNLOAD => [get exports::api::download],
+    API_EXPORT_VERIFY => [post exports::api::verify],
+);
+
+route_table!(OPS_ROUTES, ops_routes:
+    HEALTHZ => [get || async { "ok" }],
+    READYZ => [get readyz],
+    ASSET_CSS => [get || async { asset(APP_CSS, "text/css; charset=utf-8") }],
+    ASSET_HTMX => [get || async { asset(HTMX_JS, "text/javascript; charset=utf-8") }],
+);
+
 /// Every route of the product.
 pub fn router(state: AppState) -> Router {
     let sessions = session_layer(&state);
-    let html = Router::new()
-        .route(HOME, get(home))
-        .route(LOGIN, get(auth::login::show).post(auth::login::submit))
-        .route(LOGOUT, post(auth::login::logout))
-        .route(ORG_MODULES, get(orgs::modules::show).post(orgs::modules::update))
-        .route(ORG_BACKUPS, get(exports::web::page))
-        .route(ORG_EXPORTS, post(exports::web::trigger))
-        .route(ORG_EXPORT_HISTORY, get(exports::web::history))
-        .route(ORG_EXPORT_DOWNLOAD, get(exports::web::download))
-        .route(ORG_EXPORT_DELETE, post(exports::web::delete))
-        .route(PLATFORM_SETTINGS, get(platform::web::show))
-        .route(PLATFORM_BACKUP, post(platform::web::save_backup))
-        .route(PLATFORM_VERIFY, post(platform::web::verify))
-        .route(PLATFORM_RETENTION, post(platform::web::save_retention))
-        .route(PLATFORM_SCHEDULE, post(platform::web::save_schedule))
-        .route(PLATFORM_BOARD, get(platform::web::board))
-        .route(ME_PRIVACY, get(privacy::web::show).post(privacy::web::request))
-        .route(ME_PRIVACY_HISTORY, get(privacy::web::history_fragment))
-        .route(ME_PRIVACY_DOWNLOAD, get(privacy::web::download))
-        .route(PLATFORM_PRIVACY, get(privacy::web::platform_show).post(privacy::web::platform_request))
-        .route(PLATFORM_PRIVACY_RETENTION, post(privacy::web::platform_retention))
-        .route(PLATFORM_PRIVACY_DOWNLOAD, get(privacy::web::admin_download))
+    let html = html_routes(Router::new())
         .fallback(|| async { AppError::NotFound })
+        .method_not_allowed_fallback(|| async { AppError::MethodNotAllowed })
         .layer(middleware::from_fn(auth::csrf::protect))
         .layer(sessions);
-    let api = Router::new()
-        .route(API_EXPORTS, get(exports::api::list).post(exports::api::create))
-        .route(API_EXPORT, get(exports::api::get).delete(exports::api::delete))
-        .route(API_EXPORT_DOWNLOAD, get(exports::api::download))
-        .fallback(|| async { ApiError(AppError::NotFound) });
-    let ops = Router::new()
-        .route(HEALTHZ, get(|| async { "ok" }))
-        .route(READYZ, get(readyz))
-        .route(ASSET_CSS, get(|| async { asset(APP_CSS, "text/css; charset=utf-8") }))
-        .route(ASSET_HTMX, get(|| async { asset(HTMX_JS, "text/javascript; charset=utf-8") }));
+    let api = api_routes(Router::new())
+        .fallback(|| async { ApiError(AppError::NotFound) })
+        .method_not_allowed_fallback(|| async { ApiError(AppError::MethodNotAllowed) });
     Router::new()
-        .merge(ops)
+        .merge(ops_routes(Router::new()))
         .nest(API_PREFIX, api)
         .merge(html)
         .layer(DefaultBodyLimit::max(256 * 1024))

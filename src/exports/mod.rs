@@ -8,6 +8,7 @@ pub mod pipeline;
 pub mod runs;
 pub mod sections;
 pub mod sink;
+pub mod verify;
 pub mod views;
 pub mod web;
 
@@ -52,6 +53,52 @@ pub async fn download_url(state: &AppState, ctx: &OrgCtx, id: &str, via: &str) -
     )
     .await?;
     Ok(url)
+}
+
+/// Re-reads a completed run's object and checks it ([`verify::verify`], with the
+/// recorded SHA-256), records the outcome on the run and in the audit log, and
+/// returns it. One verification runs at a time per process: it takes a core while
+/// it decompresses and parses, so a second one gets [`AppError::RateLimited`].
+pub async fn verify_run(
+    state: &AppState,
+    ctx: &OrgCtx,
+    id: &str,
+    via: &str,
+) -> Result<Result<verify::Report, verify::Invalid>, AppError> {
+    static ONE_AT_A_TIME: tokio::sync::Semaphore = tokio::sync::Semaphore::const_new(1);
+    let run = runs::get(&state.pool, ctx.org.id, id).await?.ok_or(AppError::NotFound)?;
+    let key = match (run.status.as_str(), &run.object_key) {
+        ("completed", Some(key)) => key.clone(),
+        _ => {
+            return Err(AppError::BadRequest(format!(
+                "Only completed exports can be verified; this one is {}.",
+                run.status
+            )));
+        }
+    };
+    let Ok(_permit) = ONE_AT_A_TIME.try_acquire() else {
+        return Err(AppError::RateLimited("Another export is being verified; try again in a moment.".into()));
+    };
+    let outcome = state.storage.verify_object(&ctx.org.bucket, &key, run.sha256.as_deref()).await?;
+    let outcome = outcome.and_then(|report| {
+        if report.export_id != run.id {
+            Err(verify::Invalid(format!("the file is export {}, not {}", report.export_id, run.id)))
+        } else {
+            Ok(report)
+        }
+    });
+    let error = outcome.as_ref().err().map(|e| e.0.as_str());
+    runs::set_verified(&state.pool, ctx.org.id, &run.id, error).await?;
+    crate::orgs::audit(
+        &state.pool,
+        Some(ctx.org.id),
+        Some(ctx.user.id),
+        "export.verified",
+        &format!("export:{}", run.id),
+        serde_json::json!({ "via": via, "ok": error.is_none(), "error": error }),
+    )
+    .await?;
+    Ok(outcome)
 }
 
 /// Deletes a completed run's object, then marks the run deleted, with an audit entry.

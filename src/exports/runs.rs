@@ -41,6 +41,9 @@ pub struct Run {
     #[serde(skip)]
     pub rows_written: i64,
     pub error: Option<String>,
+    /// When the object was last re-read by the Verify action, and why it failed.
+    pub verified_at: Option<DateTime<Utc>>,
+    pub verify_error: Option<String>,
 }
 
 impl Run {
@@ -80,13 +83,15 @@ impl Run {
             "rows_written": self.rows_written,
             "progress": self.progress(),
             "error": self.error,
+            "verified_at": self.verified_at,
+            "verify_error": self.verify_error,
         })
     }
 }
 
 const SELECT: &str = "select r.id, r.org_id, r.status, r.trigger, r.triggered_by, u.email as triggered_by_email,
     r.created_at, r.started_at, r.finished_at, r.snapshot_at, r.object_key, r.upload_id, r.size_bytes, r.sha256, r.counts,
-    r.rows_total, r.rows_written, r.error
+    r.rows_total, r.rows_written, r.error, r.verified_at, r.verify_error
     from export_runs r left join users u on u.id = r.triggered_by";
 
 /// The object key for a run: `exports/{YYYY}/{MM}/{run-id}.json.gz`.
@@ -350,6 +355,17 @@ pub async fn fail(pool: &PgPool, id: &str, attempt: Option<i32>, reason: &str) -
 /// database hiccuped at the moment of failure.
 pub async fn fail_persistently(pool: &PgPool, id: &str, attempt: Option<i32>, reason: &str) -> sqlx::Result<()> {
     crate::db::persist("marking an export run failed", || fail(pool, id, attempt, reason)).await
+}
+
+/// Records the outcome of re-reading a completed run's object.
+pub async fn set_verified(pool: &PgPool, org_id: i64, id: &str, error: Option<&str>) -> sqlx::Result<()> {
+    sqlx::query("update export_runs set verified_at = now(), verify_error = $3 where id = $1 and org_id = $2")
+        .bind(id)
+        .bind(org_id)
+        .bind(error)
+        .execute(pool)
+        .await?;
+    Ok(())
 }
 
 /// Marks a completed run deleted (after its object is gone).

@@ -89,6 +89,12 @@ fn row(ctx: &PageCtx, org_slug: &str, run: &Run) -> Markup {
                 @if let Some(e) = run.error.as_deref().filter(|_| run.status == "failed") {
                     p.text-xs.text-red-700.mt-1 { (e) }
                 }
+                @if let Some(at) = run.verified_at.filter(|_| run.status == "completed") {
+                    @match run.verify_error.as_deref() {
+                        None => p.text-xs.text-green-700.mt-1 data-verified="ok" { "Verified " (at.format("%Y-%m-%d %H:%M UTC")) },
+                        Some(e) => p.text-xs.text-red-700.mt-1 data-verified="failed" { "Verification failed: " (e) },
+                    }
+                }
             }
             td { (run.trigger) }
             td { (run.triggered_by_email.as_deref().unwrap_or("schedule")) }
@@ -104,6 +110,11 @@ fn row(ctx: &PageCtx, org_slug: &str, run: &Run) -> Markup {
                         hx-confirm="Delete this export's file? This cannot be undone." {
                         (ctx.csrf_field())
                         button.btn.btn-danger type="submit" { "Delete" }
+                    }
+                    form.inline.ml-2 method="post" action=(routes::path(routes::ORG_EXPORT_VERIFY, org_slug, Some(&run.id)))
+                        hx-post=(routes::path(routes::ORG_EXPORT_VERIFY, org_slug, Some(&run.id))) hx-target="#history" hx-swap="outerHTML" {
+                        (ctx.csrf_field())
+                        button.btn.btn-secondary type="submit" title="Re-read the file and check its gzip, schema, counts and SHA-256" { "Verify" }
                     }
                 }
             }

@@ -25,6 +25,10 @@ fn notice_text(code: Option<&str>) -> Option<(bool, &'static str)> {
     match code? {
         "triggered" => Some((true, "Export started. This list updates by itself.")),
         "deleted" => Some((true, "The export's file was deleted.")),
+        "verified" => {
+            Some((true, "The export's file was re-read: it is whole and matches its schema, counts and SHA-256."))
+        }
+        "verify_failed" => Some((false, "The export's file failed verification; the reason is in its row.")),
         "conflict" => {
             Some((false, "An export is already pending or running for this organization. Wait for it to finish."))
         }
@@ -115,6 +119,25 @@ pub async fn delete(
         return history_response(&ctx, &state, &org, Some("deleted")).await;
     }
     Ok(Redirect::to(&format!("{}?notice=deleted", routes::org_backups(&org.org.slug))).into_response())
+}
+
+/// POST /orgs/{org}/exports/{id}/verify: re-reads the file; the row shows the outcome.
+pub async fn verify(
+    ctx: PageCtx,
+    headers: HeaderMap,
+    OrgAdmin(org): OrgAdmin,
+    State(state): State<AppState>,
+    Path((_, id)): Path<(String, String)>,
+) -> AppResult<Response> {
+    super::require_module(&state, &org).await?;
+    let notice = match super::verify_run(&state, &org, &id, "web").await? {
+        Ok(_) => "verified",
+        Err(_) => "verify_failed",
+    };
+    if is_htmx(&headers) {
+        return history_response(&ctx, &state, &org, Some(notice)).await;
+    }
+    Ok(Redirect::to(&format!("{}?notice={notice}", routes::org_backups(&org.org.slug))).into_response())
 }
 
 /// A 303 whose target must not learn where the user came from, nor be cached.

@@ -126,6 +126,29 @@ impl Storage {
         }
     }
 
+    /// Streams `bucket/key` through [`crate::exports::verify::verify`] (on a blocking
+    /// thread, one row in memory at a time). The outer error is the storage's; the
+    /// inner one says what is wrong with the file.
+    pub async fn verify_object(
+        &self,
+        bucket: &str,
+        key: &str,
+        expected_sha256: Option<&str>,
+    ) -> anyhow::Result<Result<crate::exports::verify::Report, crate::exports::verify::Invalid>> {
+        let object = self
+            .client
+            .get_object()
+            .bucket(bucket)
+            .key(key)
+            .send()
+            .await
+            .map_err(|e| anyhow::Error::new(e.into_service_error()))
+            .with_context(|| format!("cannot read {bucket}/{key}"))?;
+        let reader = tokio_util::io::SyncIoBridge::new(object.body.into_async_read());
+        let expected = expected_sha256.map(str::to_string);
+        Ok(tokio::task::spawn_blocking(move || crate::exports::verify::verify(reader, expected.as_deref())).await?)
+    }
+
     /// Whether `bucket/key` exists.
     pub async fn exists(&self, bucket: &str, key: &str) -> anyhow::Result<bool> {
         match self.client.head_object().bucket(bucket).key(key).send().await {

@@ -1,0 +1,365 @@
+//! Re-reads a snapshot and checks it: one whole gzip member, the JSON Schema of
+//! `docs/snapshot.schema.json`, each section's length against `counts`, and the
+//! SHA-256 of the compressed bytes against the recorded one. It streams: one row
+//! is in memory at a time, so a file of any size verifies in flat memory.
+//!
+//! Used by `data-export verify FILE`, by the Verify action on a completed run, and
+//! by the fault tests.
+
+use std::{
+    collections::BTreeMap,
+    fmt,
+    io::{BufRead, BufReader, Read},
+};
+
+use serde::de::{DeserializeSeed, Deserializer, MapAccess, SeqAccess, Visitor};
+use serde_json::Value;
+use sha2::{Digest, Sha256};
+
+/// The snapshot's JSON Schema, the same file the docs publish.
+pub const SCHEMA: &str = include_str!("../../docs/snapshot.schema.json");
+
+/// What a whole, valid snapshot holds.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct Report {
+    pub export_id: String,
+    pub organization: String,
+    pub snapshot_at: String,
+    /// Size of the compressed file.
+    pub size_bytes: u64,
+    pub sha256: String,
+    /// Rows per section, as counted in the file (and equal to its `counts`).
+    pub counts: BTreeMap<String, u64>,
+    pub rows: u64,
+}
+
+/// Why a snapshot is not whole or not valid. The message says where.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct Invalid(pub String);
+
+fn invalid(msg: impl Into<String>) -> Invalid {
+    Invalid(msg.into())
+}
+
+/// The compiled schema: the whole document (with sections' rows taken out) and a
+/// row on its own, both from [`SCHEMA`].
+pub struct Schemas {
+    document: jsonschema::Validator,
+    row: jsonschema::Validator,
+}
+
+impl Schemas {
+    pub fn load() -> Self {
+        let doc: Value = serde_json::from_str(SCHEMA).expect("the bundled schema is JSON");
+        let row = serde_json::json!({
+            "$schema": doc["$schema"],
+            "$defs": doc["$defs"],
+            "$ref": "#/$defs/row",
+        });
+        Self {
+            document: jsonschema::validator_for(&doc).expect("the bundled schema compiles"),
+            row: jsonschema::validator_for(&row).expect("the bundled row schema compiles"),
+        }
+    }
+}
+
+/// Verifies a snapshot read from `input` (the compressed bytes). With `expected_sha256`
+/// the file's hash must equal it.
+pub fn verify(input: impl Read, expected_sha256: Option<&str>) -> Result<Report, Invalid> {
+    let schemas = Schemas::load();
+    let mut hashed = HashingReader { inner: input, hasher: Sha256::new(), bytes: 0 };
+    let found = {
+        let mut buffered = BufReader::with_capacity(256 * 1024, &mut hashed);
+        let found = {
+            let mut gz = flate2::bufread::GzDecoder::new(&mut buffered);
+            let found = read_document(&mut gz, &schemas)?;
+            // The JSON ended; the rest of the member must be only its trailer.
+            let mut rest = [0u8; 1];
+            match gz.read(&mut rest) {
+                Ok(0) => {}
+                Ok(_) => return Err(invalid("data after the JSON document")),
+                Err(e) => return Err(invalid(format!("not a whole gzip file: {e}"))),
+            }
+            found
+        };
+        // One member only: nothing may follow its trailer.
+        match buffered.fill_buf() {
+            Ok([]) => {}
+            Ok(_) => return Err(invalid("more than one gzip member, or bytes after the gzip trailer")),
+            Err(e) => return Err(invalid(format!("cannot read the file: {e}"))),
+        }
+        found
+    };
+    let sha256 = hex::encode(hashed.hasher.finalize());
+    if let Some(expected) = expected_sha256
+        && !expected.eq_ignore_ascii_case(&sha256)
+    {
+        return Err(invalid(format!("SHA-256 is {sha256}, but {expected} was recorded")));
+    }
+    let Found { header, counts } = found;
+    let declared = header.get("counts").and_then(Value::as_object).cloned().unwrap_or_default();
+    for (name, n) in &counts {
+        match declared.get(name).and_then(Value::as_u64) {
+            Some(d) if d == *n => {}
+            Some(d) => return Err(invalid(format!("section {name} has {n} rows, but counts says {d}"))),
+            None => return Err(invalid(format!("section {name} is not in counts"))),
+        }
+    }
+    if let Some(name) = declared.keys().find(|k| !counts.contains_key(*k)) {
+        return Err(invalid(format!("counts names section {name}, which is not in the file")));
+    }
+    let text = |k: &str| header.get(k).and_then(Value::as_str).unwrap_or_default().to_string();
+    Ok(Report {
+        export_id: text("export_id"),
+        organization: header["organization"]["slug"].as_str().unwrap_or_default().to_string(),
+        snapshot_at: text("snapshot_at"),
+        size_bytes: hashed.bytes,
+        sha256,
+        rows: counts.values().sum(),
+        counts,
+    })
+}
+
+/// The document with every section's rows replaced by `[]` (already validated one by
+/// one), and the rows counted per section.
+struct Found {
+    header: serde_json::Map<String, Value>,
+    counts: BTreeMap<String, u64>,
+}
+
+fn read_document(input: impl Read, schemas: &Schemas) -> Result<Found, Invalid> {
+    let mut de = serde_json::Deserializer::from_reader(input);
+    let mut problem = None;
+    let parsed = DocumentSeed { schemas, problem: &mut problem }.deserialize(&mut de).and_then(|f| de.end().map(|_| f));
+    if let Some(p) = problem {
+        return Err(p);
+    }
+    let found = parsed.map_err(|e| {
+        if e.is_io() { invalid(format!("not a whole gzip file: {e}")) } else { invalid(format!("not valid JSON: {e}")) }
+    })?;
+    let doc = Value::Object(found.header.clone());
+    if let Some(e) = schemas.document.iter_errors(&doc).next() {
+        return Err(invalid(format!("does not match the snapshot schema at {}: {e}", location(&e.instance_path()))));
+    }
+    Ok(found)
+}
+
+fn location(pointer: &impl ToString) -> String {
+    let p = pointer.to_string();
+    if p.is_empty() { "the top level".into() } else { p }
+}
+
+struct DocumentSeed<'a> {
+    schemas: &'a Schemas,
+    problem: &'a mut Option<Invalid>,
+}
+
+impl<'de> DeserializeSeed<'de> for DocumentSeed<'_> {
+    type Value = Found;
+    fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<Found, D::Error> {
+        d.deserialize_map(self)
+    }
+}
+
+impl<'de> Visitor<'de> for DocumentSeed<'_> {
+    type Value = Found;
+    fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        f.write_str("a snapshot object")
+    }
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Found, A::Error> {
+        let mut header = serde_json::Map::new();
+        let mut counts = BTreeMap::new();
+        while let Some(key) = map.next_key::<String>()? {
+            if header.contains_key(&key) {
+                return Err(serde::de::Error::custom(format!("duplicate key {key:?}")));
+            }
+            if key == "sections" {
+                let sections = map.next_value_seed(SectionsSeed {
+                    schemas: self.schemas,
+                    problem: self.problem,
+                    counts: &mut counts,
+                })?;
+                header.insert(key, Value::Object(sections));
+            } else {
+                let v: Value = map.next_value()?;
+                header.insert(key, v);
+            }
+        }
+        Ok(Found { header, counts })
+    }
+}
+
+/// `sections`: `organization` kept whole; every other section's rows validated and
+/// counted one at a time, and replaced by `[]`.
+struct SectionsSeed<'a> {
+    schemas: &'a Schemas,
+    problem: &'a mut Option<Invalid>,
+    counts: &'a mut BTreeMap<String, u64>,
+}
+
+impl<'de> DeserializeSeed<'de> for SectionsSeed<'_> {
+    type Value = serde_json::Map<String, Value>;
+    fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<Self::Value, D::Error> {
+        d.deserialize_map(self)
+    }
+}
+
+impl<'de> Visitor<'de> for SectionsSeed<'_> {
+    type Value = serde_json::Map<String, Value>;
+    fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        f.write_str("an object of sections")
+    }
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
+        let mut out = serde_json::Map::new();
+        while let Some(name) = map.next_key::<String>()? {
+            if out.contains_key(&name) {
+                return Err(serde::de::Error::custom(format!("duplicate section {name:?}")));
+            }
+            if name == "organization" {
+                let v: Value = map.next_value()?;
+                self.counts.insert(name.clone(), 1);
+                out.insert(name, v);
+                continue;
+            }
+            let n = map.next_value_seed(RowsSeed { schemas: self.schemas, problem: self.problem, section: &name })?;
+            self.counts.insert(name.clone(), n);
+            out.insert(name, Value::Array(Vec::new()));
+        }
+        Ok(out)
+    }
+}
+
+struct RowsSeed<'a> {
+    schemas: &'a Schemas,
+    problem: &'a mut Option<Invalid>,
+    section: &'a str,
+}
+
+impl<'de> DeserializeSeed<'de> for RowsSeed<'_> {
+    type Value = u64;
+    fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<u64, D::Error> {
+        d.deserialize_seq(self)
+    }
+}
+
+impl<'de> Visitor<'de> for RowsSeed<'_> {
+    type Value = u64;
+    fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        write!(f, "an array of rows for section {}", self.section)
+    }
+    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<u64, A::Error> {
+        let mut n = 0u64;
+        while let Some(row) = seq.next_element::<Value>()? {
+            if let Some(e) = self.schemas.row.iter_errors(&row).next() {
+                let msg = format!(
+                    "row {} of section {} does not match the snapshot schema at {}: {e}",
+                    n + 1,
+                    self.section,
+                    location(&e.instance_path())
+                );
+                *self.problem = Some(invalid(msg.clone()));
+                return Err(serde::de::Error::custom(msg));
+            }
+            n += 1;
+        }
+        Ok(n)
+    }
+}
+
+/// Hashes and counts what passes through.
+struct HashingReader<R> {
+    inner: R,
+    hasher: Sha256,
+    bytes: u64,
+}
+
+impl<R: Read> Read for HashingReader<R> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        self.hasher.update(&buf[..n]);
+        self.bytes += n as u64;
+        Ok(n)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::io::Write;
+
+    use super::*;
+
+    fn gz(text: &str) -> Vec<u8> {
+        let mut e = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
+        e.write_all(text.as_bytes()).unwrap();
+        e.finish().unwrap()
+    }
+
+    fn doc(memberships: &str, count: u64) -> String {
+        let core = [
+            "regions",
+            "chapters",
+            "user_profiles",
+            "custom_fields",
+            "custom_field_values",
+            "saved_views",
+            "member_enrichment",
+            "documents",
+            "audit_log",
+        ];
+        let mut sections = format!(
+            r#""organization":{{"id":1,"slug":"acme","name":"Acme","bucket":"org-acme","created_at":"2026-01-01T00:00:00Z"}},"memberships":{memberships}"#
+        );
+        let mut counts = format!(r#""organization":1,"memberships":{count}"#);
+        for s in core {
+            sections.push_str(&format!(r#","{s}":[]"#));
+            counts.push_str(&format!(r#","{s}":0"#));
+        }
+        format!(
+            r#"{{"format":"data-export/snapshot","version":1,"export_id":"01M8F18Q922CNFEQSWZD9A6EMB","generated_at":"2026-11-27T17:36:20Z","snapshot_at":"2026-11-27T17:36:20Z","organization":{{"id":1,"slug":"acme","name":"Acme","bucket":"org-acme","created_at":"2026-01-01T00:00:00Z"}},"modules":{{"core":true,"data_export":true,"engage":false,"operations":false,"foundation":false,"learning":false,"alumni":false}},"counts":{{{counts}}},"sections":{{{sections}}}}}"#
+        )
+    }
+
+    #[test]
+    fn a_whole_valid_file_verifies_with_its_hash() {
+        let file = gz(&doc(r#"[{"id":1},{"id":2,"note":"ü"}]"#, 2));
+        let sha = hex::encode(Sha256::digest(&file));
+        let r = verify(&file[..], Some(&sha)).unwrap();
+        assert_eq!(r.counts["memberships"], 2);
+        assert_eq!(r.rows, 3);
+        assert_eq!(r.size_bytes, file.len() as u64);
+        assert_eq!(r.organization, "acme");
+    }
+
+    #[test]
+    fn every_kind_of_damage_is_named() {
+        let good = gz(&doc(r#"[{"id":1}]"#, 1));
+        let cases: Vec<(&str, Vec<u8>, Option<&str>, &str)> = vec![
+            ("truncated", good[..good.len() - 9].to_vec(), None, "not a whole gzip file"),
+            (
+                "bad crc",
+                {
+                    let mut b = good.clone();
+                    let n = b.len();
+                    b[n - 6] ^= 1;
+                    b
+                },
+                None,
+                "not a whole gzip file",
+            ),
+            ("two members", [good.clone(), good.clone()].concat(), None, "more than one gzip member"),
+            ("not gzip", b"{}".to_vec(), None, "not a whole gzip file"),
+            ("wrong hash", good.clone(), Some("00"), "SHA-256 is"),
+            ("count off", gz(&doc(r#"[{"id":1}]"#, 2)), None, "counts says 2"),
+            ("row without id", gz(&doc(r#"[{"x":1}]"#, 1)), None, "row 1 of section memberships"),
+            ("secret column", gz(&doc(r#"[{"id":1,"password_hash":"x"}]"#, 1)), None, "row 1 of section memberships"),
+            ("not json", gz("{\"format\":"), None, "not valid JSON"),
+            ("trailing", gz(&(doc("[]", 0) + " {}")), None, "not valid JSON"),
+            ("wrong format", gz(&doc("[]", 0).replace("data-export/snapshot", "other")), None, "/format"),
+        ];
+        for (what, bytes, sha, expect) in cases {
+            let e = verify(&bytes[..], sha).expect_err(what);
+            assert!(e.0.contains(expect), "{what}: {e}");
+        }
+    }
+}
