@@ -240,3 +240,60 @@ async fn anonymous_requests_write_no_session_except_on_the_sign_in_page() {
     app.anonymous().await;
     assert_eq!(sessions().await, 1, "the sign-in page starts one");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn passwords_tokens_and_keys_never_reach_the_logs() {
+    let app = TestApp::spawn_with(Options { workers: false, ..Default::default() }).await;
+    // The most verbose level an operator would turn on.
+    let serve = app.spawn_serve(&[("RUST_LOG", "debug")]);
+    let wrong = "Wrong-Secret-4711";
+    let s = anonymous_at(&serve.addr).await;
+    let r = s.post_form(LOGIN, &[("email", "admin@acme.test"), ("password", wrong)]).await;
+    assert_eq!(r.status(), 401);
+    let r = s.post_form(LOGIN, &[("email", "admin@acme.test"), ("password", PASSWORD)]).await;
+    assert_eq!(r.status(), 303);
+    let cookie =
+        r.headers()["set-cookie"].to_str().unwrap().split(';').next().unwrap().split('=').nth(1).unwrap().to_string();
+    // A token, used for a whole export and its download.
+    let token = app.token("admin@acme.test").await;
+    let api = Api { client: app.client(), base: serve.addr.clone(), token: token.clone() };
+    let created = api.post("/orgs/acme/exports").await;
+    assert_eq!(created.status(), 202);
+    let id = created.json::<serde_json::Value>().await.unwrap()["id"].as_str().unwrap().to_string();
+    assert_eq!(app.wait_for_run(&id, std::time::Duration::from_secs(60)).await.status, "completed");
+    let location =
+        api.get(&format!("/orgs/acme/exports/{id}/download")).await.headers()["location"].to_str().unwrap().to_string();
+    let signature = location.split("X-Amz-Signature=").nth(1).unwrap().split('&').next().unwrap().to_string();
+    assert_eq!(app.client().get(&location).send().await.unwrap().status(), 200);
+    // A bad token, too.
+    let forged = format!("{token}x");
+    assert_eq!(Api { token: forged.clone(), ..api }.get("/orgs/acme/exports").await.status(), 401);
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    let secret_key = match &app.state.config.storage {
+        data_export::config::StorageSource::External(s3) => s3.secret_access_key.clone(),
+        data_export::config::StorageSource::Embedded => unreachable!(),
+    };
+    let logs = serve.logs();
+    // The log was captured, at debug level, and covers what happened.
+    assert!(logs.contains("sign-in failed") && logs.contains(&id), "captured logs:\n{logs}");
+    for (what, secret) in [
+        ("the right password", PASSWORD),
+        ("a wrong password", wrong),
+        ("the API token", token.as_str()),
+        ("a forged token", forged.as_str()),
+        ("the session id", cookie.as_str()),
+        ("the CSRF token", s.csrf.as_str()),
+        ("a presigned URL's signature", signature.as_str()),
+        ("the S3 secret key", secret_key.as_str()),
+    ] {
+        assert!(!logs.contains(secret), "{what} is in the log");
+    }
+    println!("secrets: {} lines of debug log checked for 8 secrets", logs.lines().count());
+    drop(serve);
+
+    // Cookies are Secure once the public URL is https.
+    let https = app.spawn_serve(&[("PUBLIC_URL", "https://export.example.test")]);
+    let r = app.client().get(format!("{}{LOGIN}", https.addr)).send().await.unwrap();
+    let cookie = r.headers()["set-cookie"].to_str().unwrap().to_string();
+    assert!(cookie.contains("Secure") && cookie.contains("HttpOnly") && cookie.contains("SameSite=Lax"), "{cookie}");
+}

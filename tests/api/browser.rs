@@ -128,6 +128,18 @@ async fn an_org_admin_triggers_watches_it_complete_live_and_downloads() {
     assert_valid(&snap);
     assert_eq!(snap["export_id"], id.as_str());
     assert_eq!(snap["counts"]["memberships"], 2_002);
+
+    // Verify re-reads the file in the bucket; the row says it passed.
+    let row = c.find(Locator::Css(&format!("tr[data-export-id='{id}']"))).await.unwrap();
+    row.find(Locator::XPath(".//button[normalize-space()='Verify']")).await.unwrap().click().await.unwrap();
+    let verified = c
+        .wait()
+        .at_most(Duration::from_secs(30))
+        .for_element(Locator::Css(&format!("tr[data-export-id='{id}'] [data-verified='ok']")))
+        .await
+        .expect("the row shows the verification");
+    assert!(verified.text().await.unwrap().starts_with("Verified"));
+    assert!(c.source().await.unwrap().contains("it is whole and matches its schema"));
     c.close().await.unwrap();
 }
 

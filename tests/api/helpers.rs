@@ -37,16 +37,20 @@ pub fn init_logs() {
     });
 }
 
-/// A fresh, migrated database; returns its pool and name.
+/// A fresh, migrated database on [`server_url`]; returns its pool and name.
 pub async fn fresh_db() -> (PgPool, String) {
-    let admin =
-        db::connect(db::parse_url(&server_url()).unwrap(), 2).await.expect("the test PostgreSQL server is reachable");
+    fresh_db_on(&server_url()).await
+}
+
+/// A fresh, migrated database on `server`; returns its pool and name.
+pub async fn fresh_db_on(server: &str) -> (PgPool, String) {
+    let admin = db::connect(db::parse_url(server).unwrap(), 2).await.expect("the test PostgreSQL server is reachable");
     let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs();
     let name = format!("dxtest_{now}_{}", ulid::Ulid::generate().to_string().to_lowercase());
     sqlx::query(sqlx::AssertSqlSafe(format!("create database {name}"))).execute(&admin).await.unwrap();
     drop_stale(&admin, now).await;
     admin.close().await;
-    let options = db::parse_url(&server_url()).unwrap().database(&name);
+    let options = db::parse_url(server).unwrap().database(&name);
     let pool = db::connect(options, 20).await.unwrap();
     db::migrate(&pool).await.unwrap();
     (pool, name)
@@ -74,11 +78,22 @@ pub struct Options {
     pub workers: bool,
     pub heartbeat_secs: u64,
     pub missed_heartbeats: u32,
+    /// Talk to the S3 endpoint through a [`FaultProxy`] (see [`TestApp::proxy`]).
+    pub fault_proxy: bool,
+    /// The PostgreSQL server to create the test database on (default [`server_url`]).
+    pub server: Option<String>,
 }
 
 impl Default for Options {
     fn default() -> Self {
-        Self { members: MEMBERS, workers: true, heartbeat_secs: 1, missed_heartbeats: 3 }
+        Self {
+            members: MEMBERS,
+            workers: true,
+            heartbeat_secs: 1,
+            missed_heartbeats: 3,
+            fault_proxy: false,
+            server: None,
+        }
     }
 }
 
@@ -91,6 +106,10 @@ pub struct TestApp {
     pub s3: Option<EmbeddedS3>,
     pub s3_addr: SocketAddr,
     pub stop: CancellationToken,
+    /// Between the app and the S3 endpoint, with [`Options::fault_proxy`].
+    pub proxy: Option<FaultProxy>,
+    /// The PostgreSQL server the database is on.
+    pub server: String,
     workers: Option<(CancellationToken, tokio::task::JoinHandle<()>)>,
 }
 
@@ -101,20 +120,26 @@ impl TestApp {
 
     pub async fn spawn_with(opts: Options) -> Self {
         init_logs();
-        let (pool, db_name) = fresh_db().await;
+        let server = opts.server.clone().unwrap_or_else(server_url);
+        let (pool, db_name) = fresh_db_on(&server).await;
         let storage_dir = std::env::temp_dir().join(format!("dxtest-s3-{}", ulid::Ulid::generate()));
         let s3 = EmbeddedS3::start(&storage_dir, "127.0.0.1:0".parse().unwrap()).await.unwrap();
         let s3_addr = s3.addr();
+        let proxy = if opts.fault_proxy { Some(FaultProxy::start(s3_addr).await) } else { None };
+        let mut settings = s3.settings();
+        if let Some(p) = &proxy {
+            settings.endpoint = format!("http://{}", p.addr);
+        }
         let mut config = Config::from_lookup(|_| None).unwrap();
-        config.database_url = Some(server_url());
-        config.storage = StorageSource::External(s3.settings());
+        config.database_url = Some(server.clone());
+        config.storage = StorageSource::External(settings.clone());
         config.bind = "127.0.0.1:0".parse().unwrap();
         config.heartbeat_secs = opts.heartbeat_secs;
         config.missed_heartbeats = opts.missed_heartbeats;
         config.data_dir = storage_dir.clone();
         // Configured as an external endpoint, so the CLI (given the same S3_* settings)
         // sees the same storage identity as the verified one.
-        let storage = Storage::new(&s3.settings(), &config.privacy_bucket, s3.settings().endpoint);
+        let storage = Storage::new(&settings, &config.privacy_bucket, settings.endpoint.clone());
         let state = AppState(Arc::new(App::new(pool, storage, config)));
         data_export::seed::run(&state.pool, &state.storage, opts.members, PASSWORD).await.unwrap();
         data_export::platform::backup::verify(&state, None).await.unwrap().unwrap();
@@ -128,7 +153,8 @@ impl TestApp {
         let addr = format!("http://127.0.0.1:{}", app.port());
         let stop = CancellationToken::new();
         tokio::spawn(app.run_until_stopped(stop.clone()));
-        let mut me = Self { addr, state, db_name, storage_dir, s3: Some(s3), s3_addr, stop, workers: None };
+        let mut me =
+            Self { addr, state, db_name, storage_dir, s3: Some(s3), s3_addr, stop, proxy, server, workers: None };
         if opts.workers {
             me.start_workers();
         }
@@ -160,10 +186,11 @@ impl TestApp {
 
     /// Starts the endpoint again on the same address with the same credentials.
     pub async fn restart_s3(&mut self) {
-        let settings = match &self.state.config.storage {
+        let mut settings = match &self.state.config.storage {
             StorageSource::External(s) => s.clone(),
             StorageSource::Embedded => unreachable!(),
         };
+        settings.endpoint = format!("http://{}", self.s3_addr);
         let mut last = None;
         for _ in 0..50 {
             match EmbeddedS3::restart(&self.storage_dir, &settings, self.s3_addr).await {
@@ -189,18 +216,12 @@ impl TestApp {
 
     /// A signed-in browser-like session.
     pub async fn login(&self, email: &str) -> Session {
-        let s = self.anonymous().await;
-        let resp = s.post_form(LOGIN, &[("email", email), ("password", PASSWORD)]).await;
-        assert_eq!(resp.status(), 303, "login as {email}");
-        s
+        login_at(&self.addr, email).await
     }
 
     /// An anonymous session that has loaded the sign-in page (and so holds a CSRF token).
     pub async fn anonymous(&self) -> Session {
-        let client = self.client();
-        let page = client.get(self.url(LOGIN)).send().await.unwrap().text().await.unwrap();
-        let csrf = csrf_from(&page).expect("the login page has a CSRF token");
-        Session { client, csrf, base: self.addr.clone() }
+        anonymous_at(&self.addr).await
     }
 
     /// A new API token for `email`.
@@ -277,7 +298,7 @@ impl TestApp {
     /// Another process's view of the same database and storage: its own pool (own
     /// connections), as a second `serve` or `worker` process would have.
     pub async fn second_process(&self) -> AppState {
-        let options = db::parse_url(&server_url()).unwrap().database(&self.db_name);
+        let options = db::parse_url(&self.server).unwrap().database(&self.db_name);
         let pool = db::connect(options, 5).await.unwrap();
         AppState(Arc::new(App::new(pool, self.state.storage.clone(), self.state.config.clone())))
     }
@@ -315,7 +336,7 @@ impl TestApp {
     /// Runs `data-export` with the app's database and storage.
     pub fn command(&self) -> std::process::Command {
         let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_data-export"));
-        let url = server_url();
+        let url = self.server.clone();
         let url = match url.rsplit_once('/') {
             Some((base, _)) => format!("{base}/{}", self.db_name),
             None => url,
@@ -333,6 +354,106 @@ impl TestApp {
         }
         cmd
     }
+}
+
+/// A `data-export serve` child process on this app's database and storage.
+pub struct ServeProcess {
+    pub child: std::process::Child,
+    /// Its base URL, from the banner it prints.
+    pub addr: String,
+    /// Everything it logged so far (stderr).
+    pub logs: Arc<std::sync::Mutex<String>>,
+}
+
+impl ServeProcess {
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Its resident set, in KiB.
+    pub fn rss_kib(&self) -> u64 {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.pid())).unwrap();
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmRSS:"))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+            .unwrap()
+    }
+
+    pub fn logs(&self) -> String {
+        self.logs.lock().unwrap().clone()
+    }
+}
+
+impl Drop for ServeProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl TestApp {
+    /// Starts `data-export serve` on free ports with these extra variables, and waits
+    /// for its banner.
+    pub fn spawn_serve(&self, envs: &[(&str, &str)]) -> ServeProcess {
+        use std::io::{BufRead, BufReader, Read};
+        let mut child = self
+            .command()
+            .arg("serve")
+            .env("BIND", "127.0.0.1:0")
+            .env("BOARD_BIND", "127.0.0.1:0")
+            .envs(envs.iter().copied())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        let logs = Arc::new(std::sync::Mutex::new(String::new()));
+        let mut stderr = child.stderr.take().unwrap();
+        std::thread::spawn({
+            let logs = logs.clone();
+            move || {
+                let mut buf = [0u8; 8192];
+                while let Ok(n) = stderr.read(&mut buf) {
+                    if n == 0 {
+                        break;
+                    }
+                    logs.lock().unwrap().push_str(&String::from_utf8_lossy(&buf[..n]));
+                }
+            }
+        });
+        let (tx, rx) = std::sync::mpsc::channel();
+        let stdout = child.stdout.take().unwrap();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                if let Some(url) = line.strip_prefix("Data Export is running at ") {
+                    let _ = tx.send(url.trim().to_string());
+                }
+            }
+        });
+        let addr = match rx.recv_timeout(Duration::from_secs(60)) {
+            Ok(a) => a,
+            Err(_) => panic!("serve printed no banner; its log:\n{}", logs.lock().unwrap()),
+        };
+        ServeProcess { child, addr, logs }
+    }
+}
+
+/// Signs in at `base` (this app's or another process's address).
+pub async fn login_at(base: &str, email: &str) -> Session {
+    let s = anonymous_at(base).await;
+    let resp = s.post_form(LOGIN, &[("email", email), ("password", PASSWORD)]).await;
+    assert_eq!(resp.status(), 303, "login as {email}");
+    s
+}
+
+/// An anonymous session at `base` that has loaded the sign-in page (and so holds a
+/// CSRF token).
+pub async fn anonymous_at(base: &str) -> Session {
+    let client =
+        reqwest::Client::builder().cookie_store(true).redirect(reqwest::redirect::Policy::none()).build().unwrap();
+    let page = client.get(format!("{base}{LOGIN}")).send().await.unwrap().text().await.unwrap();
+    let csrf = csrf_from(&page).expect("the login page has a CSRF token");
+    Session { client, csrf, base: base.to_string() }
 }
 
 impl Drop for TestApp {
@@ -420,5 +541,103 @@ impl Api {
     }
     pub async fn delete(&self, path: &str) -> reqwest::Response {
         self.send(reqwest::Method::DELETE, path).await
+    }
+}
+
+/// What the [`FaultProxy`] does to requests.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum Fault {
+    /// Passes everything through.
+    None,
+    /// Answers the next `n` UploadPart requests with 500 InternalError.
+    PartErrors(u32),
+    /// Answers every UploadPart with 500 InternalError.
+    PartErrorsAlways,
+    /// Holds each UploadPart this long before passing it on.
+    SlowParts(Duration),
+    /// The endpoint is full: every PUT and POST gets 507 (as MinIO answers when its
+    /// drives are full). Aborts (DELETE) still pass.
+    Full,
+}
+
+/// A reverse proxy in front of the embedded S3 endpoint that injects faults. It
+/// keeps the Host header, so SigV4 signatures (made for the proxy's address) verify.
+pub struct FaultProxy {
+    pub addr: SocketAddr,
+    fault: Arc<std::sync::Mutex<Fault>>,
+    /// Requests answered with an injected error.
+    pub injected: Arc<std::sync::atomic::AtomicU32>,
+    /// UploadPart requests passed through.
+    pub parts_passed: Arc<std::sync::atomic::AtomicU32>,
+}
+
+impl FaultProxy {
+    pub async fn start(target: SocketAddr) -> Self {
+        use axum::{body::Body, extract::Request, response::IntoResponse};
+        use hyper_util::{client::legacy::Client, rt::TokioExecutor};
+        use std::sync::atomic::Ordering;
+        let fault = Arc::new(std::sync::Mutex::new(Fault::None));
+        let injected = Arc::new(std::sync::atomic::AtomicU32::new(0));
+        let parts_passed = Arc::new(std::sync::atomic::AtomicU32::new(0));
+        let client: Client<_, Body> = Client::builder(TokioExecutor::new()).build_http();
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let handler = {
+            let (fault, injected, parts_passed) = (fault.clone(), injected.clone(), parts_passed.clone());
+            move |mut req: Request| {
+                let (fault, injected, parts_passed, client) =
+                    (fault.clone(), injected.clone(), parts_passed.clone(), client.clone());
+                async move {
+                    let query = req.uri().query().unwrap_or("").to_string();
+                    let is_part = req.method() == http::Method::PUT && query.contains("partNumber=");
+                    let is_write = req.method() == http::Method::PUT || req.method() == http::Method::POST;
+                    let error = |status: u16, code: &str| {
+                        injected.fetch_add(1, Ordering::SeqCst);
+                        let body = format!(
+                            "<?xml version=\"1.0\" encoding=\"UTF-8\"?><Error><Code>{code}</Code><Message>injected by the test's fault proxy</Message></Error>"
+                        );
+                        (http::StatusCode::from_u16(status).unwrap(), [("content-type", "application/xml")], body)
+                            .into_response()
+                    };
+                    let now = *fault.lock().unwrap();
+                    match now {
+                        Fault::PartErrors(n) if is_part && n > 0 => {
+                            *fault.lock().unwrap() = Fault::PartErrors(n - 1);
+                            return error(500, "InternalError");
+                        }
+                        Fault::PartErrorsAlways if is_part => return error(500, "InternalError"),
+                        Fault::Full if is_write => return error(507, "XMinioStorageFull"),
+                        Fault::SlowParts(d) if is_part => tokio::time::sleep(d).await,
+                        _ => {}
+                    }
+                    let path = req.uri().path_and_query().map(|p| p.as_str().to_string()).unwrap_or_default();
+                    *req.uri_mut() = format!("http://{target}{path}").parse().unwrap();
+                    match client.request(req).await {
+                        Ok(resp) => {
+                            if is_part && resp.status().is_success() {
+                                parts_passed.fetch_add(1, Ordering::SeqCst);
+                            }
+                            resp.map(Body::new).into_response()
+                        }
+                        Err(e) => (http::StatusCode::BAD_GATEWAY, e.to_string()).into_response(),
+                    }
+                }
+            }
+        };
+        let app = axum::Router::new().fallback(handler);
+        tokio::spawn(async move { axum::serve(listener, app).await });
+        Self { addr, fault, injected, parts_passed }
+    }
+
+    pub fn set(&self, fault: Fault) {
+        *self.fault.lock().unwrap() = fault;
+    }
+
+    pub fn injected(&self) -> u32 {
+        self.injected.load(std::sync::atomic::Ordering::SeqCst)
+    }
+
+    pub fn parts_passed(&self) -> u32 {
+        self.parts_passed.load(std::sync::atomic::Ordering::SeqCst)
     }
 }

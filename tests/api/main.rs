@@ -2,12 +2,16 @@
 
 mod helpers;
 
+mod access;
 mod auth;
 mod browser;
 mod coverage;
 mod exports;
+mod faults;
+mod inputs;
 mod modules;
 mod platform;
 mod privacy;
 mod seed;
+mod soak;
 mod zero_config;

@@ -1,0 +1,253 @@
+//! Faults during an export: the storage endpoint answers with errors, slowly, or
+//! refuses writes (full); PostgreSQL restarts mid-export; two `serve` processes and
+//! one `worker` share the database. Each run ends `completed` or `failed` with a
+//! reason, leaves no partial or orphaned object and no open multipart upload (every
+//! object left re-reads whole with `verify`), and the next export works.
+//! (The endpoint stopped mid-upload and a worker killed with SIGKILL are in exports.rs.)
+
+use std::time::Duration;
+
+use data_export::exports::runs::Run;
+use serde_json::Value;
+
+use crate::helpers::*;
+
+const WAIT: Duration = Duration::from_secs(90);
+
+async fn trigger(app: &TestApp) -> String {
+    let api = api(app, &app.token("admin@acme.test").await);
+    let resp = api.post("/orgs/acme/exports").await;
+    assert_eq!(resp.status(), 202);
+    resp.json::<Value>().await.unwrap()["id"].as_str().unwrap().to_string()
+}
+
+/// The run ended cleanly: completed, or failed with a reason; the bucket holds
+/// exactly the completed runs' objects, each of which verifies; no upload is open.
+pub async fn assert_clean(app: &TestApp, id: &str) -> Run {
+    let run = app.wait_for_run(id, WAIT).await;
+    match run.status.as_str() {
+        "completed" => {}
+        "failed" => assert!(run.error.as_deref().is_some_and(|e| !e.trim().is_empty()), "a failure says why"),
+        other => panic!("run {id} ended {other}"),
+    }
+    let completed: Vec<(String, String)> = sqlx::query_as(
+        "select r.object_key, r.sha256 from export_runs r join organizations o on o.id = r.org_id
+         where o.slug = 'acme' and r.status = 'completed'",
+    )
+    .fetch_all(app.pool())
+    .await
+    .unwrap();
+    let mut objects = app.objects("org-acme").await;
+    objects.sort();
+    let mut keys: Vec<String> = completed.iter().map(|(k, _)| k.clone()).collect();
+    keys.sort();
+    assert_eq!(objects, keys, "the bucket holds exactly the completed exports: no partial or orphaned object");
+    for (key, sha) in &completed {
+        let report = app.state.storage.verify_object("org-acme", key, Some(sha)).await.unwrap();
+        assert!(report.is_ok(), "{key} verifies: {report:?}");
+    }
+    assert!(app.open_uploads().is_empty(), "no open multipart upload: {:?}", app.open_uploads());
+    run
+}
+
+/// The next export completes and verifies.
+async fn next_export_works(app: &TestApp) {
+    let id = trigger(app).await;
+    let run = assert_clean(app, &id).await;
+    assert_eq!(run.status, "completed", "the next export works: {:?}", run.error);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn transient_storage_errors_are_retried_and_the_export_completes() {
+    let app = TestApp::spawn_with(Options { members: 2_000, fault_proxy: true, ..Default::default() }).await;
+    let proxy = app.proxy.as_ref().unwrap();
+    proxy.set(Fault::PartErrors(2));
+    let id = trigger(&app).await;
+    let run = assert_clean(&app, &id).await;
+    assert_eq!(run.status, "completed", "{:?}", run.error);
+    assert_eq!(proxy.injected(), 2, "both injected 500s were met, and retried");
+    assert!(proxy.parts_passed() >= 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn persistent_storage_errors_fail_the_run_with_the_reason_and_leave_nothing() {
+    let app = TestApp::spawn_with(Options { members: 2_000, fault_proxy: true, ..Default::default() }).await;
+    let proxy = app.proxy.as_ref().unwrap();
+    proxy.set(Fault::PartErrorsAlways);
+    let id = trigger(&app).await;
+    let run = assert_clean(&app, &id).await;
+    assert_eq!(run.status, "failed");
+    let error = run.error.unwrap();
+    assert!(error.contains("part"), "the reason names the step: {error}");
+    // The SDK's standard retry: 4 attempts of the part, then the run fails.
+    assert_eq!(proxy.injected(), 4, "retried with backoff, then given up");
+    proxy.set(Fault::None);
+    next_export_works(&app).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slow_endpoint_still_completes() {
+    let app = TestApp::spawn_with(Options { members: 2_000, fault_proxy: true, ..Default::default() }).await;
+    let proxy = app.proxy.as_ref().unwrap();
+    proxy.set(Fault::SlowParts(Duration::from_millis(1500)));
+    let id = trigger(&app).await;
+    let run = assert_clean(&app, &id).await;
+    assert_eq!(run.status, "completed", "{:?}", run.error);
+    assert!(run.duration_secs().unwrap() >= 1.5, "the part was held");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_bucket_fails_fast_with_the_reason() {
+    let app = TestApp::spawn_with(Options { members: 2_000, fault_proxy: true, ..Default::default() }).await;
+    let proxy = app.proxy.as_ref().unwrap();
+    proxy.set(Fault::Full);
+    let id = trigger(&app).await;
+    let run = assert_clean(&app, &id).await;
+    assert_eq!(run.status, "failed");
+    let error = run.error.unwrap();
+    assert!(error.contains("XMinioStorageFull") || error.contains("507"), "the endpoint's reason: {error}");
+    // A refusal that is not transient is not retried.
+    assert_eq!(proxy.injected(), 1, "failed fast: one refused request");
+    proxy.set(Fault::None);
+    next_export_works(&app).await;
+}
+
+/// The test's own PostgreSQL cluster (so restarting it disturbs no other test).
+struct OwnCluster {
+    dir: std::path::PathBuf,
+    cluster: data_export::db::PrivateCluster,
+}
+
+impl OwnCluster {
+    async fn start() -> Self {
+        let dir = std::env::temp_dir().join(format!("dxtest-pg-{}", ulid::Ulid::generate()));
+        let cluster = data_export::db::PrivateCluster::ensure(&dir).await.unwrap();
+        Self { dir, cluster }
+    }
+
+    /// A URL for it (the socket directory, percent-encoded as the host).
+    fn url(&self) -> String {
+        let socket = self.cluster.connect_options().get_socket().cloned().unwrap();
+        let host = socket.display().to_string().replace('/', "%2F");
+        format!("postgres://postgres@{host}:5432/postgres")
+    }
+
+    async fn restart(&mut self) {
+        self.cluster.stop().await.unwrap();
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        self.cluster = data_export::db::PrivateCluster::ensure(&self.dir).await.unwrap();
+    }
+}
+
+impl Drop for OwnCluster {
+    /// Stops the server even when the test failed (as root it runs as `postgres`).
+    fn drop(&mut self) {
+        let pg_ctl = data_export::db::cluster::find_bin_dir().unwrap().join("pg_ctl");
+        let data = self.cluster.data_dir().display().to_string();
+        let root = std::process::Command::new("id").arg("-u").output().is_ok_and(|o| o.stdout.starts_with(b"0"));
+        let mut cmd = if root {
+            let mut c = std::process::Command::new("runuser");
+            c.args(["-u", "postgres", "--"]).arg(&pg_ctl);
+            c
+        } else {
+            std::process::Command::new(&pg_ctl)
+        };
+        let _ = cmd.args(["-D", &data, "-m", "immediate", "-w", "stop"]).output();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgresql_restarted_mid_export() {
+    let mut pg = OwnCluster::start().await;
+    let app = TestApp::spawn_with(Options { members: 15_000, server: Some(pg.url()), ..Default::default() }).await;
+    let id = trigger(&app).await;
+    app.wait_for_status(&id, "running", WAIT).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    pg.restart().await;
+    let run = assert_clean(&app, &id).await;
+    println!("after a PostgreSQL restart the run ended {}: {:?}", run.status, run.error);
+    next_export_works(&app).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn two_serve_processes_and_one_worker_share_the_database() {
+    use data_export::startup::Application;
+    // serve #1 (this TestApp, its workers off), serve #2 (a second web app on its
+    // own pool), and a separate `worker` process.
+    let app = TestApp::spawn_with(Options { workers: false, ..Default::default() }).await;
+    let second = app.second_process().await;
+    let web2 = Application::build(second.clone(), "127.0.0.1:0".parse().unwrap(), None).await.unwrap();
+    let addr2 = format!("http://127.0.0.1:{}", web2.port());
+    tokio::spawn(web2.run_until_stopped(app.stop.clone()));
+    let mut worker = app
+        .command()
+        .arg("worker")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+
+    let token = app.token("admin@acme.test").await;
+    let client = app.client();
+    let triggers = (0..20).map(|i| {
+        let base = if i % 2 == 0 { app.addr.clone() } else { addr2.clone() };
+        let (client, token) = (client.clone(), token.clone());
+        async move { client.post(format!("{base}/api/v1/orgs/acme/exports")).bearer_auth(token).send().await.unwrap() }
+    });
+    let answers = futures::future::join_all(triggers).await;
+    let accepted: Vec<_> = answers.iter().filter(|r| r.status() == 202).collect();
+    let conflicts = answers.iter().filter(|r| r.status() == 409).count();
+    assert_eq!((accepted.len(), conflicts), (1, 19), "{:?}", answers.iter().map(|r| r.status()).collect::<Vec<_>>());
+    let (runs_n,): (i64,) = sqlx::query_as("select count(*) from export_runs").fetch_one(app.pool()).await.unwrap();
+    assert_eq!(runs_n, 1);
+    let id: String =
+        sqlx::query_as::<_, (String,)>("select id from export_runs").fetch_one(app.pool()).await.unwrap().0;
+    let run = assert_clean(&app, &id).await;
+    assert_eq!(run.status, "completed", "the worker process ran it: {:?}", run.error);
+
+    // A schedule slot fired by both serve processes (and the worker's own loop) at
+    // once runs exactly once.
+    sqlx::query("update platform_settings set schedule_since = now() - interval '2 days'")
+        .execute(app.pool())
+        .await
+        .unwrap();
+    let now = chrono::Utc::now();
+    let (a, b) = tokio::join!(
+        data_export::platform::scheduler::tick(&app.state, now),
+        data_export::platform::scheduler::tick(&second, now)
+    );
+    a.unwrap();
+    b.unwrap();
+    let started = std::time::Instant::now();
+    loop {
+        let (scheduled, active): (i64, i64) = sqlx::query_as(
+            "select count(*) filter (where trigger = 'scheduled'),
+                    count(*) filter (where status in ('pending', 'running'))
+             from export_runs",
+        )
+        .fetch_one(app.pool())
+        .await
+        .unwrap();
+        if scheduled == 2 && active == 0 {
+            break;
+        }
+        assert!(started.elapsed() < WAIT, "{scheduled} scheduled runs, {active} active");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let (slots,): (i64,) = sqlx::query_as("select count(*) from schedule_slots where kind = 'export'")
+        .fetch_one(app.pool())
+        .await
+        .unwrap();
+    assert_eq!(slots, 1, "one slot claimed");
+    let per_org: Vec<(String, i64)> = sqlx::query_as(
+        "select o.slug, count(*) from export_runs r join organizations o on o.id = r.org_id
+         where r.trigger = 'scheduled' and r.status = 'completed' group by o.slug order by o.slug",
+    )
+    .fetch_all(app.pool())
+    .await
+    .unwrap();
+    assert_eq!(per_org, vec![("acme".to_string(), 1), ("globex".to_string(), 1)]);
+    worker.kill().unwrap();
+    worker.wait().unwrap();
+}
