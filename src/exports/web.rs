@@ -52,7 +52,7 @@ pub async fn page(
     let ready = crate::platform::backup::is_ready(&state).await?;
     let list = runs::list(&state.pool, org.org.id, views::HISTORY_LIMIT).await?;
     let body = views::backups_page(&ctx, &org.org.slug, &org.org.name, ready, &list, notice_text(f.notice.as_deref()));
-    Ok(([(header::REFERRER_POLICY, HeaderValue::from_static("no-referrer"))], body).into_response())
+    Ok(body.into_response())
 }
 
 /// GET /orgs/{org}/exports/history: the fragment htmx polls.
@@ -64,14 +64,7 @@ pub async fn history(ctx: PageCtx, OrgAdmin(org): OrgAdmin, State(state): State<
 async fn history_response(ctx: &PageCtx, state: &AppState, org: &OrgCtx, notice: Option<&str>) -> AppResult<Response> {
     let list = runs::list(&state.pool, org.org.id, views::HISTORY_LIMIT).await?;
     let body = views::history(ctx, &org.org.slug, &list, notice_text(notice));
-    Ok((
-        [
-            (header::REFERRER_POLICY, HeaderValue::from_static("no-referrer")),
-            (header::CACHE_CONTROL, HeaderValue::from_static("no-store")),
-        ],
-        body,
-    )
-        .into_response())
+    Ok(([(header::CACHE_CONTROL, HeaderValue::from_static("no-store"))], body).into_response())
 }
 
 /// POST /orgs/{org}/exports: htmx gets the refreshed history, a plain form a redirect.
@@ -140,11 +133,10 @@ pub async fn verify(
     Ok(Redirect::to(&format!("{}?notice={notice}", routes::org_backups(&org.org.slug))).into_response())
 }
 
-/// A 303 whose target must not learn where the user came from, nor be cached.
+/// A 303 to a presigned URL, which must not be cached (the router's layer adds
+/// `Referrer-Policy: no-referrer`, so its target does not learn where the user came from).
 pub fn see_other(url: &str) -> Response {
     let mut resp = Redirect::to(url).into_response();
-    let h = resp.headers_mut();
-    h.insert(header::REFERRER_POLICY, HeaderValue::from_static("no-referrer"));
-    h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    resp.headers_mut().insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
     resp
 }

@@ -251,6 +251,16 @@ async fn every_route_answers_each_role_as_expected() {
             if status >= 500 {
                 failures.push(format!("{role:?} {method} {pattern}: a server error"));
             }
+            if *kind != Kind::Board {
+                let h = got.headers();
+                let header = |name: &str| h.get(name).and_then(|v| v.to_str().ok()).unwrap_or("").to_string();
+                if !header("content-security-policy").contains("frame-ancestors 'none'")
+                    || header("x-content-type-options") != "nosniff"
+                    || header("referrer-policy") != "no-referrer"
+                {
+                    failures.push(format!("{role:?} {method} {pattern}: security headers missing"));
+                }
+            }
             if *kind != Kind::Board && want == 303 && !signed_in_redirect_is_safe(&got, &app) {
                 failures.push(format!("{role:?} {method} {pattern}: redirect to an unexpected place"));
             }
