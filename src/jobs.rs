@@ -58,6 +58,32 @@ pub async fn push<T: Serialize>(
     Ok(())
 }
 
+/// Runs a job's body on a task of its own and waits for it. The worker's task is
+/// then woken only when the body ends, not by each of its I/O events: apalis'
+/// Postgres backend asks for more jobs (`apalis.get_jobs`) each time the worker's
+/// task is polled, so a body polled inside it drove hundreds of fetches a second,
+/// which took CPU from the export's own database backend. Dropping the returned
+/// future aborts the body, as dropping the body itself would.
+pub async fn on_own_task<F>(body: F) -> anyhow::Result<F::Output>
+where
+    F: std::future::Future + Send + 'static,
+    F::Output: Send + 'static,
+{
+    struct AbortOnDrop(tokio::task::AbortHandle);
+    impl Drop for AbortOnDrop {
+        fn drop(&mut self) {
+            self.0.abort();
+        }
+    }
+    let handle = tokio::spawn(body);
+    let _abort = AbortOnDrop(handle.abort_handle());
+    match handle.await {
+        Ok(out) => Ok(out),
+        Err(e) if e.is_panic() => std::panic::resume_unwind(e.into_panic()),
+        Err(e) => Err(anyhow::anyhow!("the job's task was cancelled: {e}")),
+    }
+}
+
 /// Runs the workers of every queue until `stop` is cancelled, then lets running
 /// jobs finish for up to 30 s. Each queue's worker is supervised on its own: when
 /// it stops (its backend lost the database, most often), it is started again after

@@ -62,7 +62,12 @@ pub async fn run(job: ExportJob, state: Data<AppState>, attempt: Attempt) -> Res
         return Err(AbortError::new(reason).into());
     }
     let span = tracing::info_span!("export", export_id = %run.id, org_id = run.org_id, attempt);
-    match tracing::Instrument::instrument(execute(&state, &run, attempt), span).await {
+    let body = {
+        let (state, run) = ((*state).clone(), run.clone());
+        async move { execute(&state, &run, attempt).await }
+    };
+    let outcome = crate::jobs::on_own_task(tracing::Instrument::instrument(body, span)).await;
+    match outcome.and_then(|r| r) {
         Ok(()) => Ok(()),
         Err(e) => {
             let reason = format!("{e:#}");

@@ -81,10 +81,7 @@ pub async fn trigger(
         Err(AppError::BackupNotVerified) => "not_verified",
         Err(e) => return Err(e),
     };
-    if is_htmx(&headers) {
-        return history_response(&ctx, &state, &org, Some(notice)).await;
-    }
-    Ok(Redirect::to(&format!("{}?notice={notice}", routes::org_backups(&org.org.slug))).into_response())
+    answer(&ctx, &headers, &state, &org, notice).await
 }
 
 /// GET /orgs/{org}/exports/{id}/download: 303 to a fresh presigned URL.
@@ -108,10 +105,7 @@ pub async fn delete(
 ) -> AppResult<Response> {
     super::require_module(&state, &org).await?;
     super::delete(&state, &org, &id).await?;
-    if is_htmx(&headers) {
-        return history_response(&ctx, &state, &org, Some("deleted")).await;
-    }
-    Ok(Redirect::to(&format!("{}?notice=deleted", routes::org_backups(&org.org.slug))).into_response())
+    answer(&ctx, &headers, &state, &org, "deleted").await
 }
 
 /// POST /orgs/{org}/exports/{id}/verify: re-reads the file; the row shows the outcome.
@@ -127,8 +121,20 @@ pub async fn verify(
         Ok(_) => "verified",
         Err(_) => "verify_failed",
     };
-    if is_htmx(&headers) {
-        return history_response(&ctx, &state, &org, Some(notice)).await;
+    answer(&ctx, &headers, &state, &org, notice).await
+}
+
+/// After a POST: htmx gets the refreshed history with the notice, a plain form a
+/// redirect to the page that shows it.
+async fn answer(
+    ctx: &PageCtx,
+    headers: &HeaderMap,
+    state: &AppState,
+    org: &OrgCtx,
+    notice: &str,
+) -> AppResult<Response> {
+    if is_htmx(headers) {
+        return history_response(ctx, state, org, Some(notice)).await;
     }
     Ok(Redirect::to(&format!("{}?notice={notice}", routes::org_backups(&org.org.slug))).into_response())
 }

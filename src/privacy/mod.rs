@@ -124,7 +124,11 @@ pub async fn run(job: PrivacyJob, state: Data<AppState>, attempt: Attempt) -> Re
     };
     let outcome = if crate::platform::backup::is_ready(&state).await? {
         let span = tracing::info_span!("privacy_export", request_id = %request.id, user_id = request.user_id, attempt);
-        tracing::Instrument::instrument(execute(&state, &request, attempt), span).await
+        let body = {
+            let (state, request) = ((*state).clone(), request.clone());
+            async move { execute(&state, &request, attempt).await }
+        };
+        crate::jobs::on_own_task(tracing::Instrument::instrument(body, span)).await.and_then(|r| r)
     } else {
         Err(anyhow::anyhow!(crate::error::AppError::BackupNotVerified.to_string()))
     };
