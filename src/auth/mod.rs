@@ -41,14 +41,24 @@ pub async fn load_user(pool: &PgPool, id: i64) -> sqlx::Result<Option<User>> {
     .await
 }
 
+/// The session's user as loaded for this request: a page's context and its role
+/// check both ask, and the second asks the request, not the database.
+#[derive(Clone)]
+struct LoadedUser(Option<User>);
+
 async fn session_user(parts: &mut Parts, state: &AppState) -> Result<Option<User>, AppError> {
+    if let Some(LoadedUser(user)) = parts.extensions.get::<LoadedUser>() {
+        return Ok(user.clone());
+    }
     let session = Session::from_request_parts(parts, state)
         .await
         .map_err(|(_, msg)| AppError::Internal(anyhow::anyhow!("session layer missing: {msg}")))?;
-    let Some(id) = session.get::<i64>(SESSION_USER_ID).await? else {
-        return Ok(None);
+    let user = match session.get::<i64>(SESSION_USER_ID).await? {
+        Some(id) => load_user(&state.pool, id).await?,
+        None => None,
     };
-    Ok(load_user(&state.pool, id).await?)
+    parts.extensions.insert(LoadedUser(user.clone()));
+    Ok(user)
 }
 
 /// The signed-in user of an HTML request; anonymous requests are sent to sign in.
