@@ -73,7 +73,8 @@ pub fn verify(input: impl Read, expected_sha256: Option<&str>) -> Result<Report,
         let mut buffered = BufReader::with_capacity(256 * 1024, &mut hashed);
         let found = {
             let mut gz = flate2::bufread::GzDecoder::new(&mut buffered);
-            let found = read_document(&mut gz, &schemas)?;
+            // serde_json reads a reader a byte at a time: buffer the decompressed side.
+            let found = read_document(BufReader::with_capacity(256 * 1024, &mut gz), &schemas)?;
             // The JSON ended; the rest of the member must be only its trailer.
             let mut rest = [0u8; 1];
             match gz.read(&mut rest) {
