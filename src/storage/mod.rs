@@ -135,15 +135,18 @@ impl Storage {
         key: &str,
         expected_sha256: Option<&str>,
     ) -> anyhow::Result<Result<crate::exports::verify::Report, crate::exports::verify::Invalid>> {
-        let object = self
-            .client
-            .get_object()
-            .bucket(bucket)
-            .key(key)
-            .send()
-            .await
-            .map_err(|e| anyhow::Error::new(e.into_service_error()))
-            .with_context(|| format!("cannot read {bucket}/{key}"))?;
+        let object = match self.client.get_object().bucket(bucket).key(key).send().await {
+            Ok(o) => o,
+            // Gone from the bucket (removed outside the product): the run's file is lost.
+            Err(e) if e.as_service_error().is_some_and(|s| s.is_no_such_key()) => {
+                return Ok(Err(crate::exports::verify::Invalid(format!(
+                    "the object {key} is missing from bucket {bucket}"
+                ))));
+            }
+            Err(e) => {
+                return Err(anyhow::Error::new(e.into_service_error()).context(format!("cannot read {bucket}/{key}")));
+            }
+        };
         let reader = tokio_util::io::SyncIoBridge::new(object.body.into_async_read());
         let expected = expected_sha256.map(str::to_string);
         Ok(tokio::task::spawn_blocking(move || crate::exports::verify::verify(reader, expected.as_deref())).await?)

@@ -528,6 +528,11 @@ async fn verify_rereads_a_snapshot_by_command_api_and_ui() {
     assert_eq!(frag.status(), 200);
     let frag = frag.text().await.unwrap();
     assert!(frag.contains(r#"data-verified="failed""#) && frag.contains("failed verification"), "{frag}");
+    // An object removed from the bucket behind the product's back is reported, not a 500.
+    app.state.storage.delete("org-acme", run.object_key.as_deref().unwrap()).await.unwrap();
+    let body: Value = api.post(&format!("/orgs/acme/exports/{id}/verify")).await.json().await.unwrap();
+    assert_eq!(body["ok"], false);
+    assert!(body["error"].as_str().unwrap().contains("missing from bucket org-acme"), "{body}");
     // A run that is not completed cannot be verified.
     assert_eq!(api.delete(&format!("/orgs/acme/exports/{id}")).await.status(), 204);
     assert_eq!(api.post(&format!("/orgs/acme/exports/{id}/verify")).await.status(), 400);
