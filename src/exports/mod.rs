@@ -37,12 +37,9 @@ pub async fn trigger(state: &AppState, ctx: &OrgCtx) -> Result<runs::Run, AppErr
 /// The presigned URL for a completed run, with an audit entry for the download.
 pub async fn download_url(state: &AppState, ctx: &OrgCtx, id: &str, via: &str) -> Result<String, AppError> {
     let run = runs::get(&state.pool, ctx.org.id, id).await?.ok_or(AppError::NotFound)?;
-    let key = match (run.status.as_str(), &run.object_key) {
-        ("completed", Some(key)) => key.clone(),
-        _ => return Err(AppError::NotFound),
-    };
+    let key = run.completed_key().ok_or(AppError::NotFound)?;
     let filename = format!("{}-export-{}.json.gz", ctx.org.slug, run.id);
-    let url = state.storage.presign_get(&ctx.org.bucket, &key, &filename).await?;
+    let url = state.storage.presign_get(&ctx.org.bucket, key, &filename).await?;
     crate::orgs::audit(
         &state.pool,
         Some(ctx.org.id),
@@ -67,19 +64,16 @@ pub async fn verify_run(
 ) -> Result<Result<verify::Report, verify::Invalid>, AppError> {
     static ONE_AT_A_TIME: tokio::sync::Semaphore = tokio::sync::Semaphore::const_new(1);
     let run = runs::get(&state.pool, ctx.org.id, id).await?.ok_or(AppError::NotFound)?;
-    let key = match (run.status.as_str(), &run.object_key) {
-        ("completed", Some(key)) => key.clone(),
-        _ => {
-            return Err(AppError::BadRequest(format!(
-                "Only completed exports can be verified; this one is {}.",
-                run.status
-            )));
-        }
+    let Some(key) = run.completed_key() else {
+        return Err(AppError::BadRequest(format!(
+            "Only completed exports can be verified; this one is {}.",
+            run.status
+        )));
     };
     let Ok(_permit) = ONE_AT_A_TIME.try_acquire() else {
         return Err(AppError::RateLimited("Another export is being verified; try again in a moment.".into()));
     };
-    let outcome = state.storage.verify_object(&ctx.org.bucket, &key, run.sha256.as_deref()).await?;
+    let outcome = state.storage.verify_object(&ctx.org.bucket, key, run.sha256.as_deref()).await?;
     let outcome = outcome.and_then(|report| {
         if report.export_id != run.id {
             Err(verify::Invalid(format!("the file is export {}, not {}", report.export_id, run.id)))
@@ -107,7 +101,7 @@ pub async fn delete(state: &AppState, ctx: &OrgCtx, id: &str) -> Result<(), AppE
     if run.status == "deleted" {
         return Ok(());
     }
-    let Some(key) = run.object_key.as_deref().filter(|_| run.status == "completed") else {
+    let Some(key) = run.completed_key() else {
         return Err(AppError::BadRequest(format!(
             "Only completed exports can be deleted; this one is {}.",
             run.status

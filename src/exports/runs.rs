@@ -56,6 +56,12 @@ impl Run {
         }
     }
 
+    /// The object key of a completed run's file (none before completion, or once
+    /// the file was deleted or pruned).
+    pub fn completed_key(&self) -> Option<&str> {
+        self.object_key.as_deref().filter(|_| self.status == "completed")
+    }
+
     pub fn is_active(&self) -> bool {
         matches!(self.status.as_str(), "pending" | "running")
     }
