@@ -124,6 +124,8 @@ pub struct OrgCtx {
     pub org: Org,
     pub user: User,
     pub role: Role,
+    /// The org's modules that were on when the request was resolved.
+    pub modules: Vec<crate::orgs::modules::Module>,
 }
 
 impl OrgCtx {
@@ -131,10 +133,16 @@ impl OrgCtx {
     /// belong to look the same (404), so org slugs cannot be probed.
     pub async fn resolve(pool: &PgPool, user: User, raw_slug: &str) -> Result<Self, AppError> {
         let slug = OrgSlug::parse(raw_slug).ok_or(AppError::NotFound)?;
-        let row: Option<(Org, String)> = crate::orgs::find_with_role(pool, &slug, user.id).await?;
-        let (org, role) = row.ok_or(AppError::NotFound)?;
+        let row = crate::orgs::find_with_role(pool, &slug, user.id).await?;
+        let (org, role, modules) = row.ok_or(AppError::NotFound)?;
         let role = Role::parse(&role).ok_or(AppError::NotFound)?;
-        Ok(Self { org, user, role })
+        let modules = modules.iter().filter_map(|k| crate::orgs::modules::Module::parse(k)).collect();
+        Ok(Self { org, user, role, modules })
+    }
+
+    /// Whether `module` is on for the org.
+    pub fn has_module(&self, module: crate::orgs::modules::Module) -> bool {
+        self.modules.contains(&module)
     }
 
     /// Refuses (403) unless the user is an admin of this org.

@@ -24,7 +24,7 @@ pub async fn create(ApiOrgAdmin(org): ApiOrgAdmin, State(state): State<AppState>
     if !empty {
         return Err(AppError::BadRequest("This request takes no body (send none, or {}).".into()).into());
     }
-    super::require_module(&state, &org).await?;
+    super::require_module(&org)?;
     let run = super::trigger(&state, &org).await?;
     // A worker may already have picked it up; the answer reports the state it was created in.
     Ok((StatusCode::ACCEPTED, Json(serde_json::json!({ "id": run.id, "status": "pending" }))).into_response())
@@ -32,7 +32,7 @@ pub async fn create(ApiOrgAdmin(org): ApiOrgAdmin, State(state): State<AppState>
 
 /// GET /api/v1/orgs/{org}/exports -> the runs, newest first.
 pub async fn list(ApiOrgAdmin(org): ApiOrgAdmin, State(state): State<AppState>) -> ApiResult<Json<serde_json::Value>> {
-    super::require_module(&state, &org).await?;
+    super::require_module(&org)?;
     let runs = runs::list(&state.pool, org.org.id, 500).await?;
     Ok(Json(serde_json::Value::Array(runs.iter().map(runs::Run::api_json).collect())))
 }
@@ -43,7 +43,7 @@ pub async fn get(
     State(state): State<AppState>,
     Path((_, id)): Path<(String, String)>,
 ) -> ApiResult<Json<serde_json::Value>> {
-    super::require_module(&state, &org).await?;
+    super::require_module(&org)?;
     let run = runs::get(&state.pool, org.org.id, &id).await?.ok_or(AppError::NotFound)?;
     Ok(Json(run.api_json()))
 }
@@ -54,7 +54,7 @@ pub async fn download(
     State(state): State<AppState>,
     Path((_, id)): Path<(String, String)>,
 ) -> ApiResult<Response> {
-    super::require_module(&state, &org).await?;
+    super::require_module(&org)?;
     let url = super::download_url(&state, &org, &id, "api").await?;
     Ok(super::web::see_other(&url))
 }
@@ -65,7 +65,7 @@ pub async fn delete(
     State(state): State<AppState>,
     Path((_, id)): Path<(String, String)>,
 ) -> ApiResult<StatusCode> {
-    super::require_module(&state, &org).await?;
+    super::require_module(&org)?;
     super::delete(&state, &org, &id).await?;
     Ok(StatusCode::NO_CONTENT)
 }
@@ -77,7 +77,7 @@ pub async fn verify(
     State(state): State<AppState>,
     Path((_, id)): Path<(String, String)>,
 ) -> ApiResult<Json<serde_json::Value>> {
-    super::require_module(&state, &org).await?;
+    super::require_module(&org)?;
     Ok(Json(match super::verify_run(&state, &org, &id, "api").await? {
         Ok(report) => serde_json::json!({ "ok": true, "report": report }),
         Err(e) => serde_json::json!({ "ok": false, "error": e.0 }),

@@ -12,17 +12,12 @@ pub mod verify;
 pub mod views;
 pub mod web;
 
-use crate::{
-    auth::OrgCtx,
-    error::AppError,
-    orgs::modules::{self, Module},
-    state::AppState,
-};
+use crate::{auth::OrgCtx, error::AppError, orgs::modules::Module, state::AppState};
 
 /// Refuses (404) when the org has the Data Export module off: the section and its
 /// routes exist only while it is on.
-pub async fn require_module(state: &AppState, ctx: &OrgCtx) -> Result<(), AppError> {
-    if modules::is_on(&state.pool, ctx.org.id, Module::DataExport).await? { Ok(()) } else { Err(AppError::NotFound) }
+pub fn require_module(ctx: &OrgCtx) -> Result<(), AppError> {
+    if ctx.has_module(Module::DataExport) { Ok(()) } else { Err(AppError::NotFound) }
 }
 
 /// Starts a manual export for the org: refuses while the backup configuration is not

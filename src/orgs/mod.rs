@@ -66,10 +66,18 @@ pub async fn find_by_slug(pool: &PgPool, slug: &str) -> sqlx::Result<Option<Org>
         .await
 }
 
-/// The org with `slug` and the role of `user_id` in it, if they belong to it.
-pub async fn find_with_role(pool: &PgPool, slug: &OrgSlug, user_id: i64) -> sqlx::Result<Option<(Org, String)>> {
-    let row: Option<(i64, String, String, String, String)> = sqlx::query_as(
-        "select o.id, o.slug, o.name, o.bucket, m.role
+/// The org with `slug`, the role of `user_id` in it and the keys of its modules that
+/// are on, if the user belongs to it.
+pub async fn find_with_role(
+    pool: &PgPool,
+    slug: &OrgSlug,
+    user_id: i64,
+) -> sqlx::Result<Option<(Org, String, Vec<String>)>> {
+    // The modules that are on come in the same round trip: every org-scoped page
+    // checks one, and the history is polled every 2 s while an export runs.
+    let row: Option<(i64, String, String, String, String, Vec<String>)> = sqlx::query_as(
+        "select o.id, o.slug, o.name, o.bucket, m.role,
+                array(select om.module from org_modules om where om.org_id = o.id and om.enabled order by om.module)
          from organizations o join memberships m on m.org_id = o.id
          where o.slug = $1 and m.user_id = $2 and m.status = 'active'",
     )
@@ -77,7 +85,7 @@ pub async fn find_with_role(pool: &PgPool, slug: &OrgSlug, user_id: i64) -> sqlx
     .bind(user_id)
     .fetch_optional(pool)
     .await?;
-    Ok(row.map(|(id, slug, name, bucket, role)| (Org { id, slug, name, bucket }, role)))
+    Ok(row.map(|(id, slug, name, bucket, role, modules)| (Org { id, slug, name, bucket }, role, modules)))
 }
 
 /// The orgs a user belongs to, for navigation: (slug, name, role).

@@ -78,16 +78,6 @@ pub async fn states(pool: &PgPool, org_id: i64) -> sqlx::Result<Vec<(Module, boo
     Ok(Module::ALL.into_iter().map(|m| (m, on.iter().any(|(k,)| k == m.key()))).collect())
 }
 
-/// Whether `module` is on for the org.
-pub async fn is_on(pool: &PgPool, org_id: i64, module: Module) -> sqlx::Result<bool> {
-    let row: Option<(bool,)> = sqlx::query_as("select enabled from org_modules where org_id = $1 and module = $2")
-        .bind(org_id)
-        .bind(module.key())
-        .fetch_optional(pool)
-        .await?;
-    Ok(row.is_some_and(|r| r.0))
-}
-
 /// Sets modules for an org, auditing each change. Returns the modules that changed.
 pub async fn set(
     pool: &PgPool,
