@@ -17,6 +17,7 @@ pub const ORG_EXPORT_HISTORY: &str = "/orgs/{org}/exports/history";
 pub const ORG_EXPORT_DOWNLOAD: &str = "/orgs/{org}/exports/{id}/download";
 pub const ORG_EXPORT_DELETE: &str = "/orgs/{org}/exports/{id}/delete";
 pub const ORG_EXPORT_VERIFY: &str = "/orgs/{org}/exports/{id}/verify";
+pub const ORG_EXPORT_ROW: &str = "/orgs/{org}/exports/{id}/row";
 
 pub const PLATFORM_SETTINGS: &str = "/platform/settings";
 pub const PLATFORM_BACKUP: &str = "/platform/settings/backup";

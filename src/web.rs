@@ -52,6 +52,7 @@ route_table!(HTML_ROUTES, html_routes:
     ORG_EXPORT_DOWNLOAD => [get exports::web::download],
     ORG_EXPORT_DELETE => [post exports::web::delete],
     ORG_EXPORT_VERIFY => [post exports::web::verify],
+    ORG_EXPORT_ROW => [get exports::web::row],
     PLATFORM_SETTINGS => [get platform::web::show],
     PLATFORM_BACKUP => [post platform::web::save_backup],
     PLATFORM_VERIFY => [post platform::web::verify],

@@ -4,12 +4,13 @@
 
 use axum::{
     body::{Body, to_bytes},
-    extract::Request,
-    http::{Method, StatusCode, header},
+    extract::{FromRequestParts, Request},
+    http::{Method, StatusCode, header, request::Parts},
     middleware::Next,
     response::{IntoResponse, Response},
 };
 use base64::Engine;
+use maud::{Markup, html};
 use rand::RngCore;
 use tower_sessions::Session;
 
@@ -23,9 +24,29 @@ pub const HEADER: &str = "x-csrf-token";
 /// Largest form body read while looking for the token.
 const MAX_FORM_BYTES: usize = 64 * 1024;
 
-/// The session's token, for templates (a request extension).
-#[derive(Clone, Debug)]
+/// The session's token, for templates (a request extension). Also an extractor, for
+/// fragments that need the token but none of the page's navigation.
+#[derive(Clone, Debug, Default)]
 pub struct CsrfToken(pub String);
+
+impl<S: Send + Sync> FromRequestParts<S> for CsrfToken {
+    type Rejection = std::convert::Infallible;
+    async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, Self::Rejection> {
+        Ok(parts.extensions.get::<CsrfToken>().cloned().unwrap_or_default())
+    }
+}
+
+impl CsrfToken {
+    /// The hidden field a form carries so that it also works without JavaScript.
+    pub fn field(&self) -> Markup {
+        hidden_field(&self.0)
+    }
+}
+
+/// The hidden form field holding `token`.
+pub fn hidden_field(token: &str) -> Markup {
+    html! { input type="hidden" name=(FIELD) value=(token); }
+}
 
 /// The middleware. Safe methods get a token put in place; others must present it.
 pub async fn protect(session: Session, req: Request, next: Next) -> Response {

@@ -40,19 +40,18 @@ pub fn backups_page(
             }
             section {
                 h2.text-lg.font-semibold.mb-2 { "Export History" }
-                (history(ctx, org_slug, runs, message))
+                (history(&ctx.csrf, org_slug, runs, message))
             }
         },
     )
 }
 
-/// The history fragment. It polls itself every 2 s while an export is pending or
-/// running, and stops once none is.
-pub fn history(ctx: &PageCtx, org_slug: &str, runs: &[Run], message: Option<(bool, &str)>) -> Markup {
-    let live = runs.iter().any(Run::is_active);
-    let url = routes::path(routes::ORG_EXPORT_HISTORY, org_slug, None);
+/// The history fragment. The rows' forms inherit `hx-target`/`hx-swap` from it, so an
+/// action answers with the whole refreshed history. It does not poll itself: each
+/// pending or running row polls its own URL (see [`row`]).
+pub fn history(csrf: &str, org_slug: &str, runs: &[Run], message: Option<(bool, &str)>) -> Markup {
     html! {
-        div #history hx-get=[live.then_some(&url)] hx-trigger=[live.then_some("every 2s")] hx-swap="outerHTML" aria-live="polite" {
+        div #history hx-target="#history" hx-swap="outerHTML" aria-live="polite" {
             @if let Some((ok, msg)) = message { (crate::views::layout::flash(ok, msg)) }
             @if runs.is_empty() {
                 p.text-slate-600 { "No exports yet." }
@@ -63,7 +62,7 @@ pub fn history(ctx: &PageCtx, org_slug: &str, runs: &[Run], message: Option<(boo
                         th { "Size" } th { "Rows" } th { span.sr-only { "Actions" } }
                     } }
                     tbody {
-                        @for run in runs { (row(ctx, org_slug, run)) }
+                        @for run in runs { (row(csrf, org_slug, run)) }
                     }
                 } }
             }
@@ -71,10 +70,15 @@ pub fn history(ctx: &PageCtx, org_slug: &str, runs: &[Run], message: Option<(boo
     }
 }
 
-fn row(ctx: &PageCtx, org_slug: &str, run: &Run) -> Markup {
+/// One run's row. While the run is pending or running the row replaces itself with
+/// a fresh copy every 2 s, and stops once the run has finished: a poll is one row,
+/// not the whole history.
+pub fn row(csrf: &str, org_slug: &str, run: &Run) -> Markup {
     let badge = format!("badge badge-{}", run.status);
+    let poll = run.is_active().then(|| routes::path(routes::ORG_EXPORT_ROW, org_slug, Some(&run.id)));
     html! {
-        tr data-export-id=(run.id) data-status=(run.status) {
+        tr data-export-id=(run.id) data-status=(run.status)
+            hx-get=[poll.as_deref()] hx-trigger=[poll.is_some().then_some("every 2s")] hx-target=[poll.is_some().then_some("this")] {
             td {
                 span class=(badge) { (run.status) }
                 @if run.status == "running" {
@@ -106,14 +110,14 @@ fn row(ctx: &PageCtx, org_slug: &str, run: &Run) -> Markup {
                 @if run.status == "completed" {
                     a.btn.btn-secondary.mr-2 href=(routes::path(routes::ORG_EXPORT_DOWNLOAD, org_slug, Some(&run.id))) rel="noreferrer" { "Download" }
                     form.inline method="post" action=(routes::path(routes::ORG_EXPORT_DELETE, org_slug, Some(&run.id)))
-                        hx-post=(routes::path(routes::ORG_EXPORT_DELETE, org_slug, Some(&run.id))) hx-target="#history" hx-swap="outerHTML"
+                        hx-post=(routes::path(routes::ORG_EXPORT_DELETE, org_slug, Some(&run.id)))
                         hx-confirm="Delete this export's file? This cannot be undone." {
-                        (ctx.csrf_field())
+                        (crate::auth::csrf::hidden_field(csrf))
                         button.btn.btn-danger type="submit" { "Delete" }
                     }
                     form.inline.ml-2 method="post" action=(routes::path(routes::ORG_EXPORT_VERIFY, org_slug, Some(&run.id)))
-                        hx-post=(routes::path(routes::ORG_EXPORT_VERIFY, org_slug, Some(&run.id))) hx-target="#history" hx-swap="outerHTML" {
-                        (ctx.csrf_field())
+                        hx-post=(routes::path(routes::ORG_EXPORT_VERIFY, org_slug, Some(&run.id))) {
+                        (crate::auth::csrf::hidden_field(csrf))
                         button.btn.btn-secondary type="submit" title="Re-read the file and check its gzip, schema, counts and SHA-256" { "Verify" }
                     }
                 }

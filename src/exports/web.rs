@@ -9,7 +9,7 @@ use serde::Deserialize;
 
 use super::{runs, views};
 use crate::{
-    auth::{OrgAdmin, OrgCtx},
+    auth::{OrgAdmin, OrgCtx, csrf::CsrfToken},
     error::{AppError, AppResult},
     routes,
     state::AppState,
@@ -48,40 +48,62 @@ pub async fn page(
     State(state): State<AppState>,
     Query(f): Query<Flash>,
 ) -> AppResult<Response> {
-    super::require_module(&state, &org).await?;
+    super::require_module(&org)?;
     let ready = crate::platform::backup::is_ready(&state).await?;
     let list = runs::list(&state.pool, org.org.id, views::HISTORY_LIMIT).await?;
     let body = views::backups_page(&ctx, &org.org.slug, &org.org.name, ready, &list, notice_text(f.notice.as_deref()));
     Ok(body.into_response())
 }
 
-/// GET /orgs/{org}/exports/history: the fragment htmx polls.
-pub async fn history(ctx: PageCtx, OrgAdmin(org): OrgAdmin, State(state): State<AppState>) -> AppResult<Response> {
-    super::require_module(&state, &org).await?;
-    history_response(&ctx, &state, &org, None).await
+/// GET /orgs/{org}/exports/history: the history fragment (what htmx swaps in after
+/// an action).
+pub async fn history(csrf: CsrfToken, OrgAdmin(org): OrgAdmin, State(state): State<AppState>) -> AppResult<Response> {
+    super::require_module(&org)?;
+    history_response(&csrf, &state, &org, None).await
 }
 
-async fn history_response(ctx: &PageCtx, state: &AppState, org: &OrgCtx, notice: Option<&str>) -> AppResult<Response> {
+async fn history_response(
+    csrf: &CsrfToken,
+    state: &AppState,
+    org: &OrgCtx,
+    notice: Option<&str>,
+) -> AppResult<Response> {
     let list = runs::list(&state.pool, org.org.id, views::HISTORY_LIMIT).await?;
-    let body = views::history(ctx, &org.org.slug, &list, notice_text(notice));
-    Ok(([(header::CACHE_CONTROL, HeaderValue::from_static("no-store"))], body).into_response())
+    Ok(no_store(views::history(&csrf.0, &org.org.slug, &list, notice_text(notice))))
+}
+
+/// GET /orgs/{org}/exports/{id}/row: one run's row, what a pending or running row
+/// polls every 2 s.
+pub async fn row(
+    csrf: CsrfToken,
+    OrgAdmin(org): OrgAdmin,
+    State(state): State<AppState>,
+    Path((_, id)): Path<(String, String)>,
+) -> AppResult<Response> {
+    super::require_module(&org)?;
+    let run = runs::get(&state.pool, org.org.id, &id).await?.ok_or(AppError::NotFound)?;
+    Ok(no_store(views::row(&csrf.0, &org.org.slug, &run)))
+}
+
+fn no_store(body: maud::Markup) -> Response {
+    ([(header::CACHE_CONTROL, HeaderValue::from_static("no-store"))], body).into_response()
 }
 
 /// POST /orgs/{org}/exports: htmx gets the refreshed history, a plain form a redirect.
 pub async fn trigger(
-    ctx: PageCtx,
+    csrf: CsrfToken,
     headers: HeaderMap,
     OrgAdmin(org): OrgAdmin,
     State(state): State<AppState>,
 ) -> AppResult<Response> {
-    super::require_module(&state, &org).await?;
+    super::require_module(&org)?;
     let notice = match super::trigger(&state, &org).await {
         Ok(_) => "triggered",
         Err(AppError::Conflict { .. }) => "conflict",
         Err(AppError::BackupNotVerified) => "not_verified",
         Err(e) => return Err(e),
     };
-    answer(&ctx, &headers, &state, &org, notice).await
+    answer(&csrf, &headers, &state, &org, notice).await
 }
 
 /// GET /orgs/{org}/exports/{id}/download: 303 to a fresh presigned URL.
@@ -90,51 +112,51 @@ pub async fn download(
     State(state): State<AppState>,
     Path((_, id)): Path<(String, String)>,
 ) -> AppResult<Response> {
-    super::require_module(&state, &org).await?;
+    super::require_module(&org)?;
     let url = super::download_url(&state, &org, &id, "web").await?;
     Ok(see_other(&url))
 }
 
 /// POST /orgs/{org}/exports/{id}/delete
 pub async fn delete(
-    ctx: PageCtx,
+    csrf: CsrfToken,
     headers: HeaderMap,
     OrgAdmin(org): OrgAdmin,
     State(state): State<AppState>,
     Path((_, id)): Path<(String, String)>,
 ) -> AppResult<Response> {
-    super::require_module(&state, &org).await?;
+    super::require_module(&org)?;
     super::delete(&state, &org, &id).await?;
-    answer(&ctx, &headers, &state, &org, "deleted").await
+    answer(&csrf, &headers, &state, &org, "deleted").await
 }
 
 /// POST /orgs/{org}/exports/{id}/verify: re-reads the file; the row shows the outcome.
 pub async fn verify(
-    ctx: PageCtx,
+    csrf: CsrfToken,
     headers: HeaderMap,
     OrgAdmin(org): OrgAdmin,
     State(state): State<AppState>,
     Path((_, id)): Path<(String, String)>,
 ) -> AppResult<Response> {
-    super::require_module(&state, &org).await?;
+    super::require_module(&org)?;
     let notice = match super::verify_run(&state, &org, &id, "web").await? {
         Ok(_) => "verified",
         Err(_) => "verify_failed",
     };
-    answer(&ctx, &headers, &state, &org, notice).await
+    answer(&csrf, &headers, &state, &org, notice).await
 }
 
 /// After a POST: htmx gets the refreshed history with the notice, a plain form a
 /// redirect to the page that shows it.
 async fn answer(
-    ctx: &PageCtx,
+    csrf: &CsrfToken,
     headers: &HeaderMap,
     state: &AppState,
     org: &OrgCtx,
     notice: &str,
 ) -> AppResult<Response> {
     if is_htmx(headers) {
-        return history_response(ctx, state, org, Some(notice)).await;
+        return history_response(csrf, state, org, Some(notice)).await;
     }
     Ok(Redirect::to(&format!("{}?notice={notice}", routes::org_backups(&org.org.slug))).into_response())
 }

@@ -24,7 +24,7 @@ impl FromRequestParts<AppState> for PageCtx {
     type Rejection = AppError;
     async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, AppError> {
         let MaybeUser(user) = MaybeUser::from_request_parts(parts, state).await?;
-        let csrf = parts.extensions.get::<CsrfToken>().map(|t| t.0.clone()).unwrap_or_default();
+        let CsrfToken(csrf) = CsrfToken::from_request_parts(parts, state).await.unwrap_or_default();
         let orgs = match &user {
             Some(u) => crate::orgs::memberships_of(&state.pool, u.id).await?,
             None => Vec::new(),
@@ -36,7 +36,7 @@ impl FromRequestParts<AppState> for PageCtx {
 impl PageCtx {
     /// The hidden CSRF field for a form.
     pub fn csrf_field(&self) -> Markup {
-        html! { input type="hidden" name=(crate::auth::csrf::FIELD) value=(self.csrf); }
+        crate::auth::csrf::hidden_field(&self.csrf)
     }
 }
 

@@ -83,8 +83,8 @@ fn expected(kind: Kind, method: &str, pattern: &str, role: Role) -> u16 {
             ("POST", LOGOUT) => 303,
             (
                 "GET" | "POST",
-                ORG_MODULES | ORG_BACKUPS | ORG_EXPORTS | ORG_EXPORT_HISTORY | ORG_EXPORT_DOWNLOAD | ORG_EXPORT_DELETE
-                | ORG_EXPORT_VERIFY,
+                ORG_MODULES | ORG_BACKUPS | ORG_EXPORTS | ORG_EXPORT_HISTORY | ORG_EXPORT_ROW | ORG_EXPORT_DOWNLOAD
+                | ORG_EXPORT_DELETE | ORG_EXPORT_VERIFY,
             ) => match role {
                 Anonymous => to_login,
                 Member => 403,

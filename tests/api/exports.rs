@@ -50,19 +50,17 @@ async fn trigger_watch_download_and_delete_in_the_ui() {
     let page = page.text().await.unwrap();
     assert!(page.contains("Trigger export") && page.contains("No exports yet"));
 
-    // htmx trigger answers with the history fragment, which polls while active.
+    // htmx trigger answers with the history fragment (its polling is tested in
+    // an_active_run_polls_its_own_row_and_stops_when_it_finishes).
     let frag = s.htmx_post("/orgs/acme/exports").await;
     assert_eq!(frag.status(), 200);
     let frag = frag.text().await.unwrap();
     assert!(frag.contains(r#"id="history""#) && frag.contains("Export started"));
     let id = frag.split("data-export-id=\"").nth(1).unwrap().split('"').next().unwrap().to_string();
-    if frag.contains(r#"data-status="pending""#) || frag.contains(r#"data-status="running""#) {
-        assert!(frag.contains(r#"hx-trigger="every 2s""#), "polls while active: {frag}");
-    }
     let run = app.wait_for_run(&id, WAIT).await;
     assert_eq!(run.status, "completed", "{:?}", run.error);
 
-    // Once nothing is active the fragment stops polling and offers Download and Delete.
+    // Once nothing is active nothing polls, and the row offers Download and Delete.
     let frag = s.htmx_get("/orgs/acme/exports/history").await.text().await.unwrap();
     assert!(!frag.contains("hx-trigger"), "stops polling: {frag}");
     assert!(frag.contains(r#"data-status="completed""#) && frag.contains("Download") && frag.contains("Delete"));
@@ -125,6 +123,69 @@ async fn trigger_watch_download_and_delete_in_the_ui() {
     assert_eq!(deleted, 1);
     // The old presigned URL no longer finds the object.
     assert_eq!(app.client().get(&location).send().await.unwrap().status(), 404);
+}
+
+/// The opening tag of the first element of `html` that contains `needle`.
+fn tag_with<'a>(html: &'a str, needle: &str) -> &'a str {
+    let at = html.find(needle).unwrap_or_else(|| panic!("no {needle} in {html}"));
+    let start = html[..=at].rfind('<').unwrap();
+    &html[start..start + html[start..].find('>').unwrap() + 1]
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_active_run_polls_its_own_row_and_stops_when_it_finishes() {
+    // No workers: the triggered run stays pending for as long as the test needs.
+    let app = TestApp::spawn_with(Options { workers: false, ..Default::default() }).await;
+    let s = app.login("admin@acme.test").await;
+    let frag = s.htmx_post("/orgs/acme/exports").await.text().await.unwrap();
+    let id = frag.split("data-export-id=\"").nth(1).unwrap().split('"').next().unwrap().to_string();
+    let row_url = format!("/orgs/acme/exports/{id}/row");
+
+    // The history itself never polls; the pending row polls its own URL, into itself.
+    assert!(!tag_with(&frag, r#"id="history""#).contains("hx-get"), "{frag}");
+    let tr = tag_with(&frag, &format!(r#"data-export-id="{id}""#));
+    for attr in [format!(r#"hx-get="{row_url}""#), r#"hx-trigger="every 2s""#.into(), r#"hx-target="this""#.into()] {
+        assert!(tr.contains(&attr), "{attr} in {tr}");
+    }
+
+    // The row URL answers that one row, still polling while the run is active.
+    for status in ["pending", "running"] {
+        sqlx::query("update export_runs set status = $2 where id = $1")
+            .bind(&id)
+            .bind(status)
+            .execute(app.pool())
+            .await
+            .unwrap();
+        let resp = s.htmx_get(&row_url).await;
+        assert_eq!(resp.status(), 200);
+        assert_eq!(resp.headers()["cache-control"], "no-store");
+        let row = resp.text().await.unwrap();
+        assert!(row.starts_with("<tr") && row.ends_with("</tr>") && row.matches("<tr").count() == 1, "{row}");
+        assert!(tag_with(&row, "<tr").contains(&format!(r#"data-status="{status}""#)), "{row}");
+        assert!(tag_with(&row, "<tr").contains(r#"hx-trigger="every 2s""#), "{row}");
+    }
+
+    // Finished: the row stops polling and offers its actions, which still target the
+    // whole history (inherited from it).
+    sqlx::query(
+        "update export_runs set status = 'completed', finished_at = now(), object_key = 'exports/x.json.gz',
+                size_bytes = 10, sha256 = repeat('a', 64), rows_total = 1, rows_written = 1 where id = $1",
+    )
+    .bind(&id)
+    .execute(app.pool())
+    .await
+    .unwrap();
+    let row = s.htmx_get(&row_url).await.text().await.unwrap();
+    assert!(!row.contains("hx-trigger") && !row.contains("hx-target"), "stops polling: {row}");
+    assert!(row.contains(r#"data-status="completed""#) && row.contains("Download") && row.contains("Delete"), "{row}");
+    let history = s.htmx_get("/orgs/acme/exports/history").await.text().await.unwrap();
+    let container = tag_with(&history, r#"id="history""#);
+    assert!(container.contains(r##"hx-target="#history""##) && container.contains(r#"hx-swap="outerHTML""#));
+
+    // Ids that are not acme's runs answer 404.
+    for bad in ["01ARZ3NDEKTSV4RRFFQ69G5FAV", "not-an-id"] {
+        assert_eq!(s.htmx_get(&format!("/orgs/acme/exports/{bad}/row")).await.status(), 404, "{bad}");
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
