@@ -253,12 +253,12 @@ impl Snapshot {
         let (raw_tx, raw_rx) = mpsc::channel::<Vec<u8>>(RAW_QUEUE);
         let (part_tx, part_rx) = mpsc::channel::<Bytes>(PART_QUEUE);
         let part_size = super::sink::PART_SIZE;
-        let compressor = tokio::task::spawn_blocking(move || compress(raw_rx, part_tx, part_size));
+        let compressor = background_thread("dx-compress", move || compress(raw_rx, part_tx, part_size))?;
         let mut buffers = Buffers::default();
         let uploader = tokio::spawn(upload.consume(part_rx));
         let read = self.produce(export_id, raw_tx, progress, &mut buffers).await;
         // A panicked stage is an error like any other, so the abort path still runs.
-        let compressed = compressor.await.unwrap_or_else(|e| Err(anyhow::anyhow!("the compressor stopped: {e}")));
+        let compressed = compressor.await.unwrap_or_else(|_| Err(anyhow::anyhow!("the compressor stopped")));
         let uploaded = uploader.await.unwrap_or_else(|e| Err(anyhow::anyhow!("the upload task stopped: {e}")));
         // The first real error wins; channel closures are only its echo.
         let failure = match (&read, &compressed, &uploaded) {
@@ -381,6 +381,46 @@ impl ChunkWriter {
     }
 }
 
+/// Nice value of the compressor's thread: an export is background work, so the
+/// scheduler serves web requests first when they compete for a core, and gives the
+/// export every idle cycle otherwise.
+pub const BACKGROUND_NICE: i32 = 10;
+
+/// Runs `work` on a thread of its own at [`BACKGROUND_NICE`]; the receiver gets its
+/// result (an error if it panicked). A thread of its own rather than tokio's blocking
+/// pool, whose threads are reused and could not get their priority back unprivileged.
+fn background_thread<T: Send + 'static>(
+    name: &str,
+    work: impl FnOnce() -> anyhow::Result<T> + Send + 'static,
+) -> anyhow::Result<tokio::sync::oneshot::Receiver<anyhow::Result<T>>> {
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    std::thread::Builder::new()
+        .name(name.into())
+        .spawn(move || {
+            lower_this_threads_priority(BACKGROUND_NICE);
+            let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(work))
+                .unwrap_or_else(|_| Err(anyhow::anyhow!("the compressor panicked")));
+            let _ = tx.send(result);
+        })
+        .map_err(|e| anyhow::anyhow!("cannot start the compressor thread: {e}"))?;
+    Ok(rx)
+}
+
+/// Sets the calling thread's nice value (Linux applies `setpriority` per thread). A
+/// refusal only costs the preference, so it is logged, not fatal.
+fn lower_this_threads_priority(nice: i32) {
+    #[cfg(target_os = "linux")]
+    {
+        // SAFETY: plain system calls on the calling thread, with no pointers.
+        let rc = unsafe { libc::setpriority(libc::PRIO_PROCESS as _, libc::gettid() as _, nice) };
+        if rc != 0 {
+            tracing::debug!(error = %std::io::Error::last_os_error(), "cannot lower the compressor's priority");
+        }
+    }
+    #[cfg(not(target_os = "linux"))]
+    let _ = nice;
+}
+
 /// Gzips raw chunks into parts of `part_size`; returns (compressed size, SHA-256
 /// hex, (parts made, largest part)).
 fn compress(
@@ -448,5 +488,30 @@ impl Write for PartWriter {
 
     fn flush(&mut self) -> std::io::Result<()> {
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn background_work_runs_on_a_lowered_priority_thread_and_reports_panics() {
+        let seen = background_thread("dx-test", || {
+            // SAFETY: plain system calls on the calling thread.
+            let nice = unsafe { libc::getpriority(libc::PRIO_PROCESS as _, libc::gettid() as _) };
+            Ok((std::thread::current().name().map(str::to_string), nice))
+        })
+        .unwrap()
+        .await
+        .unwrap()
+        .unwrap();
+        assert_eq!(seen, (Some("dx-test".to_string()), BACKGROUND_NICE));
+        // The caller's own thread keeps its priority.
+        // SAFETY: as above.
+        assert_eq!(unsafe { libc::getpriority(libc::PRIO_PROCESS as _, libc::gettid() as _) }, 0);
+
+        let failed = background_thread("dx-test", || -> anyhow::Result<()> { panic!("boom") }).unwrap().await.unwrap();
+        assert!(failed.unwrap_err().to_string().contains("panicked"));
     }
 }
