@@ -36,14 +36,8 @@ impl<S: Send + Sync> FromRequestParts<S> for CsrfToken {
     }
 }
 
-impl CsrfToken {
-    /// The hidden field a form carries so that it also works without JavaScript.
-    pub fn field(&self) -> Markup {
-        hidden_field(&self.0)
-    }
-}
-
-/// The hidden form field holding `token`.
+/// The hidden field holding `token` that a form carries so that it also works
+/// without JavaScript.
 pub fn hidden_field(token: &str) -> Markup {
     html! { input type="hidden" name=(FIELD) value=(token); }
 }

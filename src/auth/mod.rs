@@ -46,14 +46,19 @@ pub async fn load_user(pool: &PgPool, id: i64) -> sqlx::Result<Option<User>> {
 #[derive(Clone)]
 struct LoadedUser(Option<User>);
 
+/// The id the session holds, if signed in.
+async fn session_user_id(parts: &mut Parts, state: &AppState) -> Result<Option<i64>, AppError> {
+    let session = Session::from_request_parts(parts, state)
+        .await
+        .map_err(|(_, msg)| AppError::Internal(anyhow::anyhow!("session layer missing: {msg}")))?;
+    Ok(session.get::<i64>(SESSION_USER_ID).await?)
+}
+
 async fn session_user(parts: &mut Parts, state: &AppState) -> Result<Option<User>, AppError> {
     if let Some(LoadedUser(user)) = parts.extensions.get::<LoadedUser>() {
         return Ok(user.clone());
     }
-    let session = Session::from_request_parts(parts, state)
-        .await
-        .map_err(|(_, msg)| AppError::Internal(anyhow::anyhow!("session layer missing: {msg}")))?;
-    let user = match session.get::<i64>(SESSION_USER_ID).await? {
+    let user = match session_user_id(parts, state).await? {
         Some(id) => load_user(&state.pool, id).await?,
         None => None,
     };
@@ -129,12 +134,35 @@ pub struct OrgCtx {
 }
 
 impl OrgCtx {
-    /// Resolves `{org}` of the path for `user`. Unknown orgs and orgs the user does not
-    /// belong to look the same (404), so org slugs cannot be probed.
+    /// Resolves `{org}` of the path for the session's user. Unknown orgs and orgs the
+    /// user does not belong to look the same (404), so org slugs cannot be probed.
+    /// The user and the org come in one query unless the request loaded the user
+    /// already.
+    async fn of_session(parts: &mut Parts, state: &AppState, raw_slug: &str) -> Result<Self, AppError> {
+        let slug = OrgSlug::parse(raw_slug);
+        let Some(slug) = slug.filter(|_| parts.extensions.get::<LoadedUser>().is_none()) else {
+            let CurrentUser(user) = CurrentUser::from_request_parts(parts, state).await?;
+            return Self::resolve(&state.pool, user, raw_slug).await;
+        };
+        let user_id = session_user_id(parts, state).await?;
+        let found = match user_id {
+            Some(id) => crate::orgs::user_with_membership(&state.pool, id, &slug).await?,
+            None => None,
+        };
+        parts.extensions.insert(LoadedUser(found.as_ref().map(|(u, _)| u.clone())));
+        let (user, membership) = found.ok_or(AppError::Unauthorized)?;
+        Self::from_membership(user, membership)
+    }
+
+    /// Resolves `{org}` of the path for `user` (see [`Self::of_session`]).
     pub async fn resolve(pool: &PgPool, user: User, raw_slug: &str) -> Result<Self, AppError> {
         let slug = OrgSlug::parse(raw_slug).ok_or(AppError::NotFound)?;
-        let row = crate::orgs::find_with_role(pool, &slug, user.id).await?;
-        let (org, role, modules) = row.ok_or(AppError::NotFound)?;
+        let found = crate::orgs::user_with_membership(pool, user.id, &slug).await?;
+        Self::from_membership(user, found.and_then(|(_, m)| m))
+    }
+
+    fn from_membership(user: User, membership: Option<crate::orgs::Membership>) -> Result<Self, AppError> {
+        let (org, role, modules) = membership.ok_or(AppError::NotFound)?;
         let role = Role::parse(&role).ok_or(AppError::NotFound)?;
         let modules = modules.iter().filter_map(|k| crate::orgs::modules::Module::parse(k)).collect();
         Ok(Self { org, user, role, modules })
@@ -169,9 +197,11 @@ pub struct OrgAdmin(pub OrgCtx);
 impl FromRequestParts<AppState> for OrgAdmin {
     type Rejection = AppError;
     async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, AppError> {
-        let CurrentUser(user) = CurrentUser::from_request_parts(parts, state).await?;
-        let slug = org_param(parts).ok_or(AppError::NotFound)?;
-        Ok(OrgAdmin(OrgCtx::resolve(&state.pool, user, &slug).await?.require_admin()?))
+        let Some(slug) = org_param(parts) else {
+            CurrentUser::from_request_parts(parts, state).await?;
+            return Err(AppError::NotFound);
+        };
+        Ok(OrgAdmin(OrgCtx::of_session(parts, state, &slug).await?.require_admin()?))
     }
 }
 

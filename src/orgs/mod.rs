@@ -66,26 +66,53 @@ pub async fn find_by_slug(pool: &PgPool, slug: &str) -> sqlx::Result<Option<Org>
         .await
 }
 
-/// The org with `slug`, the role of `user_id` in it and the keys of its modules that
-/// are on, if the user belongs to it.
-pub async fn find_with_role(
+/// A user's place in one org: the org, their role and the keys of its modules that are on.
+pub type Membership = (Org, String, Vec<String>);
+
+/// The user `user_id` and, if they belong to the org `slug`, their [`Membership`]
+/// there, in one round trip: every org-scoped page needs both, and a running
+/// export's row is polled every 2 s. `None` when there is no such user.
+pub async fn user_with_membership(
     pool: &PgPool,
-    slug: &OrgSlug,
     user_id: i64,
-) -> sqlx::Result<Option<(Org, String, Vec<String>)>> {
-    // The modules that are on come in the same round trip: every org-scoped page
-    // checks one, and the history is polled every 2 s while an export runs.
-    let row: Option<(i64, String, String, String, String, Vec<String>)> = sqlx::query_as(
-        "select o.id, o.slug, o.name, o.bucket, m.role,
+    slug: &OrgSlug,
+) -> sqlx::Result<Option<(crate::auth::User, Option<Membership>)>> {
+    type Row = (
+        i64,
+        String,
+        String,
+        bool,
+        Option<i64>,
+        Option<String>,
+        Option<String>,
+        Option<String>,
+        Option<String>,
+        Vec<String>,
+    );
+    let row: Option<Row> = sqlx::query_as(
+        "select u.id, u.email, u.display_name,
+                exists (select 1 from platform_admins p where p.user_id = u.id),
+                o.id, o.slug, o.name, o.bucket, m.role,
                 array(select om.module from org_modules om where om.org_id = o.id and om.enabled order by om.module)
-         from organizations o join memberships m on m.org_id = o.id
-         where o.slug = $1 and m.user_id = $2 and m.status = 'active'",
+         from users u
+         left join (organizations o join memberships m on m.org_id = o.id and m.status = 'active')
+                on o.slug = $2 and m.user_id = u.id
+         where u.id = $1",
     )
-    .bind(slug.as_str())
     .bind(user_id)
+    .bind(slug.as_str())
     .fetch_optional(pool)
     .await?;
-    Ok(row.map(|(id, slug, name, bucket, role, modules)| (Org { id, slug, name, bucket }, role, modules)))
+    Ok(row.map(|(uid, email, display_name, is_platform_admin, id, oslug, name, bucket, role, modules)| {
+        let user = crate::auth::User { id: uid, email, display_name, is_platform_admin };
+        let membership = match (id, oslug, name, bucket, role) {
+            (Some(id), Some(slug), Some(name), Some(bucket), Some(role)) => {
+                Some((Org { id, slug, name, bucket }, role, modules))
+            }
+            _ => None,
+        };
+        (user, membership)
+    }))
 }
 
 /// The orgs a user belongs to, for navigation: (slug, name, role).

@@ -156,6 +156,33 @@ async fn roles_and_orgs_are_kept_apart() {
     // A platform admin is not implicitly an org admin.
     let platform = app.login("platform@example.test").await;
     assert_eq!(platform.get("/orgs/acme/settings/modules").await.status(), 404);
+
+    // Membership changes apply to sessions already open, on the next request.
+    let admin = app.login("admin@acme.test").await;
+    assert_eq!(admin.get("/orgs/acme/exports/history").await.status(), 200);
+    let set = |status: &'static str, role: &'static str| {
+        sqlx::query(
+            "update memberships set status = $1, role = $2
+             where org_id = (select id from organizations where slug = 'acme')
+               and user_id = (select id from users where email = 'admin@acme.test')",
+        )
+        .bind(status)
+        .bind(role)
+        .execute(app.pool())
+    };
+    set("lapsed", "admin").await.unwrap();
+    assert_eq!(admin.get("/orgs/acme/exports/history").await.status(), 404, "a lapsed admin is not a member");
+    set("active", "member").await.unwrap();
+    assert_eq!(admin.get("/orgs/acme/exports/history").await.status(), 403, "demoted to member");
+    set("active", "admin").await.unwrap();
+    assert_eq!(admin.get("/orgs/acme/exports/history").await.status(), 200);
+    // A session whose user is gone counts as signed out.
+    sqlx::query("update sessions set data = jsonb_set(data, '{user_id}', '999999999')")
+        .execute(app.pool())
+        .await
+        .unwrap();
+    let r = admin.get("/orgs/acme/exports/history").await;
+    assert_eq!((r.status().as_u16(), r.headers()["location"].to_str().unwrap()), (303, "/login"));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
