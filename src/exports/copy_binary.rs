@@ -1,6 +1,6 @@
-//! A streaming decoder for PostgreSQL's binary COPY format, for a query with one
-//! `json` column: each tuple's field is the JSON text itself, with no escaping to
-//! undo (unlike COPY's text format).
+//! A streaming decoder for PostgreSQL's binary COPY format: it finds each whole
+//! tuple in the stream and hands over its field count and fields, which
+//! [`super::row_json::RowFormat`] renders.
 
 use anyhow::{bail, ensure};
 
@@ -16,8 +16,9 @@ pub struct CopyDecoder {
 }
 
 impl CopyDecoder {
-    /// Decodes what it can of `chunk`, calling `row` for each complete row.
-    pub fn feed(&mut self, chunk: &[u8], mut row: impl FnMut(&[u8]) -> anyhow::Result<()>) -> anyhow::Result<()> {
+    /// Decodes what it can of `chunk`, calling `row` for each complete tuple with its
+    /// field count and its fields (each a big-endian length, -1 for NULL, then the value).
+    pub fn feed(&mut self, chunk: &[u8], mut row: impl FnMut(u16, &[u8]) -> anyhow::Result<()>) -> anyhow::Result<()> {
         // Fast path: nothing buffered, decode straight from the chunk.
         if self.buf.is_empty() {
             let used = self.decode(chunk, &mut row)?;
@@ -39,7 +40,7 @@ impl CopyDecoder {
         Ok(())
     }
 
-    fn decode(&mut self, data: &[u8], row: &mut impl FnMut(&[u8]) -> anyhow::Result<()>) -> anyhow::Result<usize> {
+    fn decode(&mut self, data: &[u8], row: &mut impl FnMut(u16, &[u8]) -> anyhow::Result<()>) -> anyhow::Result<usize> {
         let mut pos = 0;
         if !self.header_done {
             if data.len() < SIGNATURE.len() + 8 {
@@ -58,28 +59,31 @@ impl CopyDecoder {
                 ensure!(pos == data.len(), "data after the COPY trailer");
                 return Ok(pos);
             }
-            let Some(fields) = data.get(pos..pos + 2) else {
+            let Some(count) = data.get(pos..pos + 2) else {
                 return Ok(pos);
             };
-            let fields = i16::from_be_bytes([fields[0], fields[1]]);
-            if fields == -1 {
+            let count = i16::from_be_bytes([count[0], count[1]]);
+            if count == -1 {
                 self.finished = true;
                 pos += 2;
                 continue;
             }
-            if fields != 1 {
-                bail!("expected one column per row, got {fields}");
+            let Ok(count) = u16::try_from(count) else { bail!("a malformed COPY tuple") };
+            // Walk the fields to find the tuple's end; hand it over only when whole.
+            let start = pos + 2;
+            let mut end = start;
+            for _ in 0..count {
+                let Some(len) = data.get(end..end + 4) else {
+                    return Ok(pos);
+                };
+                let len = i32::from_be_bytes(len.try_into()?);
+                ensure!(len >= -1, "a malformed COPY field");
+                end += 4 + usize::try_from(len).unwrap_or(0);
+                if end > data.len() {
+                    return Ok(pos);
+                }
             }
-            let Some(len) = data.get(pos + 2..pos + 6) else {
-                return Ok(pos);
-            };
-            let len = i32::from_be_bytes(len.try_into()?);
-            ensure!(len >= 0, "a row's JSON was null");
-            let end = pos + 6 + len as usize;
-            let Some(bytes) = data.get(pos + 6..end) else {
-                return Ok(pos);
-            };
-            row(bytes)?;
+            row(count, &data[start..end])?;
             pos = end;
         }
     }
@@ -88,15 +92,24 @@ impl CopyDecoder {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::exports::row_json::{Render, RowFormat};
 
-    fn stream(rows: &[&str]) -> Vec<u8> {
+    /// A stream of two-column rows (NULL where `None`).
+    fn stream(rows: &[[Option<&str>; 2]]) -> Vec<u8> {
         let mut v = SIGNATURE.to_vec();
         v.extend_from_slice(&0u32.to_be_bytes());
         v.extend_from_slice(&0u32.to_be_bytes());
-        for r in rows {
-            v.extend_from_slice(&1i16.to_be_bytes());
-            v.extend_from_slice(&(r.len() as i32).to_be_bytes());
-            v.extend_from_slice(r.as_bytes());
+        for row in rows {
+            v.extend_from_slice(&2i16.to_be_bytes());
+            for field in row {
+                match field {
+                    Some(text) => {
+                        v.extend_from_slice(&(text.len() as i32).to_be_bytes());
+                        v.extend_from_slice(text.as_bytes());
+                    }
+                    None => v.extend_from_slice(&(-1i32).to_be_bytes()),
+                }
+            }
         }
         v.extend_from_slice(&(-1i16).to_be_bytes());
         v
@@ -104,30 +117,36 @@ mod tests {
 
     #[test]
     fn decodes_across_any_chunking() {
-        let rows = [r#"{"a":1}"#, r#"{"b":"x\\y"}"#, "{}"];
-        let data = stream(&rows);
+        let data = stream(&[[Some("a"), None], [Some("x\\y"), Some("")], [None, None]]);
+        let format = RowFormat::new([("k", Render::Text), ("v", Render::Text)]);
+        let expected = [r#"{"k":"a","v":null}"#, r#"{"k":"x\\y","v":""}"#, r#"{"k":null,"v":null}"#];
         for size in 1..data.len() {
             let mut d = CopyDecoder::default();
             let mut got = Vec::new();
             for chunk in data.chunks(size) {
-                d.feed(chunk, |r| {
-                    got.push(String::from_utf8(r.to_vec())?);
+                d.feed(chunk, |count, fields| {
+                    let mut out = Vec::new();
+                    format.render(count, fields, &mut out)?;
+                    got.push(String::from_utf8(out)?);
                     Ok(())
                 })
                 .unwrap();
             }
             d.finish().unwrap();
-            assert_eq!(got, rows, "chunk size {size}");
+            assert_eq!(got, expected, "chunk size {size}");
         }
     }
 
     #[test]
     fn refuses_truncated_and_foreign_streams() {
-        let data = stream(&[r#"{"a":1}"#]);
+        let data = stream(&[[Some("a"), Some("b")]]);
         let mut d = CopyDecoder::default();
-        d.feed(&data[..data.len() - 3], |_| Ok(())).unwrap();
+        d.feed(&data[..data.len() - 3], |_, _| Ok(())).unwrap();
         assert!(d.finish().is_err());
         let mut d = CopyDecoder::default();
-        assert!(d.feed(b"hello, this is not a copy stream", |_| Ok(())).is_err());
+        assert!(d.feed(b"hello, this is not a copy stream", |_, _| Ok(())).is_err());
+        let mut bad = data.clone();
+        bad[19..21].copy_from_slice(&(-5i16).to_be_bytes());
+        assert!(CopyDecoder::default().feed(&bad, |_, _| Ok(())).is_err(), "negative field count");
     }
 }

@@ -5,6 +5,7 @@ pub mod api;
 pub mod copy_binary;
 pub mod job;
 pub mod pipeline;
+pub mod row_json;
 pub mod runs;
 pub mod sections;
 pub mod sink;

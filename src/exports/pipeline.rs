@@ -5,15 +5,27 @@
 //! stays flat whatever the org's size:
 //!
 //! ```text
-//! PostgreSQL (binary COPY of row_to_json) -> JSON text -> [raw chunks, bounded]
-//!   -> gzip + SHA-256 (blocking thread) -> [parts of PART_SIZE, bounded]
+//! PostgreSQL (binary COPY of plain columns) -> [COPY batches, bounded]
+//!   -> JSON rows (render thread) -> [raw chunks, bounded]
+//!   -> gzip + SHA-256 (compress thread) -> [parts of PART_SIZE, bounded]
 //!   -> sink: S3 multipart upload (PARTS_IN_FLIGHT at once) or a local file
 //! ```
+//!
+//! The async reader only moves bytes; the CPU work (rendering, compressing) runs on
+//! two threads of its own at a lowered priority, off the runtime that serves web
+//! requests.
 //!
 //! Nothing is published until everything succeeded: the multipart upload is
 //! completed (or the temp file renamed) last, and aborted (or removed) on any error.
 
-use std::{io::Write, time::Instant};
+use std::{
+    io::Write,
+    sync::{
+        Arc,
+        atomic::{AtomicI64, Ordering},
+    },
+    time::Instant,
+};
 
 use anyhow::Context;
 use bytes::Bytes;
@@ -21,24 +33,30 @@ use chrono::{DateTime, SecondsFormat, Utc};
 use flate2::{Compression, write::GzEncoder};
 use futures::StreamExt;
 use sha2::{Digest, Sha256};
-use sqlx::{PgPool, Postgres, Transaction};
+use sqlx::{Column, Executor, PgPool, Postgres, Statement, Transaction};
 use tokio::sync::{mpsc, watch};
 
 use super::{
     copy_binary::CopyDecoder,
+    row_json::{Render, RowFormat},
     sections::{self, SECRET_COLUMNS, Section},
     sink::SinkUpload,
 };
 use crate::orgs::modules::{self, Module};
 
+/// Binary COPY bytes are handed to the renderer in batches of about this size.
+pub const COPY_BATCH: usize = 256 * 1024;
+/// COPY batches waiting for the renderer.
+pub const COPY_QUEUE: usize = 4;
 /// Raw JSON is handed to the compressor in chunks of about this size.
 pub const RAW_CHUNK: usize = 256 * 1024;
 /// Raw chunks waiting for the compressor.
 pub const RAW_QUEUE: usize = 4;
 /// Compressed parts waiting for the sink.
 pub const PART_QUEUE: usize = 1;
-/// The gzip level: 6 matches `gzip -6`'s size (see docs/benchmarks.md).
-pub const GZIP_LEVEL: u32 = 6;
+/// The gzip level. zlib-rs at 5 compresses about 40% faster than at 6, and its output is
+/// about 1% larger than `gzip -6`'s (at 4 about 4%; see docs/benchmarks.md).
+pub const GZIP_LEVEL: u32 = 5;
 
 /// The result of a finished snapshot.
 #[derive(Debug, Clone)]
@@ -50,12 +68,15 @@ pub struct Outcome {
     pub buffers: Buffers,
 }
 
-/// What the pipeline held in memory: how many raw chunks and compressed parts it
-/// made, and the largest of each. With the bounded queues these bound its memory
-/// (at most `RAW_QUEUE + 2` chunks and `PART_QUEUE + 2` parts plus the uploads in
-/// flight exist at once), whatever the org's size.
+/// What the pipeline held in memory: how many COPY batches, raw chunks and
+/// compressed parts it made, and the largest of each. With the bounded queues these
+/// bound its memory (at most `COPY_QUEUE + 2` batches, `RAW_QUEUE + 2` chunks and
+/// `PART_QUEUE + 2` parts plus the uploads in flight exist at once), whatever the
+/// org's size.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct Buffers {
+    pub batches: u64,
+    pub max_batch_bytes: usize,
     pub chunks: u64,
     pub max_chunk_bytes: usize,
     pub parts: u64,
@@ -68,8 +89,8 @@ pub struct Snapshot {
     tx: Transaction<'static, Postgres>,
     pub snapshot_at: DateTime<Utc>,
     kind: Kind,
-    /// Each section with its COPY statement and row count.
-    sections: Vec<(String, String, i64)>,
+    /// Each section with how it is read and its row count.
+    sections: Vec<(String, Plan, i64)>,
 }
 
 /// What the file's header says.
@@ -120,25 +141,49 @@ async fn columns(tx: &mut Transaction<'static, Postgres>, table: &str) -> anyhow
     Ok(cols.join(", "))
 }
 
-/// The COPY statement and the row count of `select .. from table t where condition`.
+/// How one section is read: a binary COPY of its columns' plain values, and how each
+/// tuple becomes the JSON object `row_to_json` would give (see [`row_json`]).
+struct Plan {
+    copy: String,
+    row: RowFormat,
+}
+
+/// The plan and the row count of `select .. from table t where condition`.
 async fn section(
     tx: &mut Transaction<'static, Postgres>,
     table: &str,
     condition: &str,
     select: Option<&str>,
-) -> anyhow::Result<(String, i64)> {
+) -> anyhow::Result<(Plan, i64)> {
     let cols = match select {
         Some(list) => list.to_string(),
         None => columns(tx, table).await?,
     };
     // Table names come from fixed registries; conditions hold only numeric ids.
-    let copy = format!(
-        "copy (select row_to_json(r) from (select {cols} from {table} t where {condition}) r) to stdout (format binary)"
-    );
+    let inner = format!("select {cols} from {table} t where {condition}");
+    // The statement's result columns, with their types, without running it.
+    let described = (&mut **tx)
+        .prepare(sqlx::SqlSafeStr::into_sql_str(sqlx::AssertSqlSafe(inner.clone())))
+        .await
+        .with_context(|| format!("describing {table}"))?;
+    let columns: Vec<(String, Option<Render>)> = described
+        .columns()
+        .iter()
+        .map(|c| (c.name().to_string(), Render::for_type(c.type_info().oid().map(|o| o.0))))
+        .collect();
+    let select_list: Vec<String> = columns
+        .iter()
+        .map(|(name, render)| {
+            let col = format!("r.\"{}\"", name.replace('"', "\"\""));
+            if render.is_some() { col } else { format!("to_json({col})") }
+        })
+        .collect();
+    let copy = format!("copy (select {} from ({inner}) r) to stdout (format binary)", select_list.join(", "));
+    let row = RowFormat::new(columns.iter().map(|(name, render)| (name.as_str(), render.unwrap_or(Render::Json))));
     let (n,): (i64,) = sqlx::query_as(sqlx::AssertSqlSafe(format!("select count(*) from {table} t where {condition}")))
         .fetch_one(&mut **tx)
         .await?;
-    Ok((copy, n))
+    Ok((Plan { copy, row }, n))
 }
 
 impl Snapshot {
@@ -197,8 +242,12 @@ impl Snapshot {
 
     /// Rows to be written (for the org snapshot, `organization` included).
     pub fn rows_total(&self) -> i64 {
-        let head = if matches!(self.kind, Kind::Org { .. }) { 1 } else { 0 };
-        head + self.sections.iter().map(|s| s.2).sum::<i64>()
+        self.head_rows() + self.sections.iter().map(|s| s.2).sum::<i64>()
+    }
+
+    /// Rows written in the header: the org snapshot's `organization`.
+    fn head_rows(&self) -> i64 {
+        if matches!(self.kind, Kind::Org { .. }) { 1 } else { 0 }
     }
 
     /// `counts` as JSON, in section order.
@@ -250,36 +299,52 @@ impl Snapshot {
         progress: &watch::Sender<i64>,
     ) -> anyhow::Result<Outcome> {
         let started = Instant::now();
+        let (piece_tx, piece_rx) = mpsc::channel::<Piece>(COPY_QUEUE);
         let (raw_tx, raw_rx) = mpsc::channel::<Vec<u8>>(RAW_QUEUE);
         let (part_tx, part_rx) = mpsc::channel::<Bytes>(PART_QUEUE);
         let part_size = super::sink::PART_SIZE;
+        let rows_done = Arc::new(AtomicI64::new(self.head_rows()));
+        let renderer = background_thread("dx-render", {
+            let rows_done = rows_done.clone();
+            move || render(piece_rx, raw_tx, &rows_done)
+        })?;
         let compressor = background_thread("dx-compress", move || compress(raw_rx, part_tx, part_size))?;
-        let mut buffers = Buffers::default();
         let uploader = tokio::spawn(upload.consume(part_rx));
-        let read = self.produce(export_id, raw_tx, progress, &mut buffers).await;
+        let read = self.produce(export_id, piece_tx, progress, &rows_done).await;
         // A panicked stage is an error like any other, so the abort path still runs.
+        let rendered = renderer.await.unwrap_or_else(|_| Err(anyhow::anyhow!("the renderer stopped")));
         let compressed = compressor.await.unwrap_or_else(|_| Err(anyhow::anyhow!("the compressor stopped")));
         let uploaded = uploader.await.unwrap_or_else(|e| Err(anyhow::anyhow!("the upload task stopped: {e}")));
+        if let Ok(rendered) = &rendered {
+            progress.send_replace(rendered.rows);
+        }
         // The first real error wins; channel closures are only its echo.
-        let failure = match (&read, &compressed, &uploaded) {
-            (_, _, Err(e)) if !is_downstream(e) => Some(format!("{e:#}")),
-            (Err(e), _, _) if !is_downstream(e) => Some(format!("{e:#}")),
-            (_, Err(e), _) if !is_downstream(e) => Some(format!("{e:#}")),
-            (Err(e), _, _) | (_, Err(e), _) | (_, _, Err(e)) => Some(format!("{e:#}")),
-            _ => None,
-        };
-        match (failure, compressed, uploaded) {
-            (None, Ok((size_bytes, sha256, (parts, max_part_bytes))), Ok(pending)) => {
+        let errors = [uploaded.as_ref().err(), read.as_ref().err(), rendered.as_ref().err(), compressed.as_ref().err()];
+        let failure = errors
+            .iter()
+            .flatten()
+            .find(|e| !is_downstream(e))
+            .or(errors.iter().flatten().next())
+            .map(|e| format!("{e:#}"));
+        match (failure, read, rendered, compressed, uploaded) {
+            (None, Ok(batches), Ok(rendered), Ok((size_bytes, sha256, (parts, max_part_bytes))), Ok(pending)) => {
                 pending.complete(size_bytes, &sha256).await?;
                 Ok(Outcome {
                     size_bytes,
                     sha256,
-                    rows: read.unwrap_or_default(),
+                    rows: rendered.rows,
                     seconds: started.elapsed().as_secs_f64(),
-                    buffers: Buffers { parts, max_part_bytes, ..buffers },
+                    buffers: Buffers {
+                        batches: batches.0,
+                        max_batch_bytes: batches.1,
+                        chunks: rendered.chunks,
+                        max_chunk_bytes: rendered.max_chunk,
+                        parts,
+                        max_part_bytes,
+                    },
                 })
             }
-            (failure, _, uploaded) => {
+            (failure, _, _, _, uploaded) => {
                 if let Ok(pending) = uploaded {
                     pending.abort().await;
                 }
@@ -288,54 +353,128 @@ impl Snapshot {
         }
     }
 
+    /// Reads the snapshot, section by section, and hands the renderer the JSON text
+    /// between rows and each section's binary COPY bytes in batches of about
+    /// [`COPY_BATCH`]. Returns the batches made and the largest.
     async fn produce(
         mut self,
         export_id: &str,
-        out: mpsc::Sender<Vec<u8>>,
+        out: mpsc::Sender<Piece>,
         progress: &watch::Sender<i64>,
-        buffers: &mut Buffers,
-    ) -> anyhow::Result<i64> {
-        let mut w = ChunkWriter { buf: Vec::with_capacity(RAW_CHUNK), out, chunks: 0, max_chunk: 0 };
-        w.push(self.header(export_id).as_bytes());
-        let mut rows = if matches!(self.kind, Kind::Org { .. }) { 1i64 } else { 0 };
-        progress.send_replace(rows);
-        for (i, (table, copy, expected)) in std::mem::take(&mut self.sections).into_iter().enumerate() {
+        rows_done: &AtomicI64,
+    ) -> anyhow::Result<(u64, usize)> {
+        // Waits while the renderer is behind: this is the back-pressure.
+        let send = |piece| async { out.send(piece).await.map_err(|_| anyhow::Error::new(Downstream)) };
+        let (mut batches, mut largest) = (0u64, 0usize);
+        send(Piece::Text(self.header(export_id).into_bytes())).await?;
+        progress.send_replace(rows_done.load(Ordering::Relaxed));
+        for (i, (table, plan, expected)) in std::mem::take(&mut self.sections).into_iter().enumerate() {
             // The org snapshot's `organization` object came first, in the header.
             let comma = if i == 0 && matches!(self.kind, Kind::Subject { .. }) { "" } else { "," };
-            w.push(format!("{comma}\n\"{table}\":[").as_bytes());
-            let mut stream = self.tx.copy_out_raw(&copy).await.with_context(|| format!("reading {table}"))?;
-            let mut decoder = CopyDecoder::default();
-            let mut written = 0i64;
-            while let Some(chunk) = stream.next().await {
-                let chunk = chunk.with_context(|| format!("reading {table}"))?;
-                decoder.feed(&chunk, |row| {
-                    w.push(if written == 0 { b"\n" } else { b",\n" });
-                    w.push(row);
-                    written += 1;
-                    Ok(())
-                })?;
-                if w.full() {
-                    w.flush().await?;
-                    progress.send_replace(rows + written);
+            send(Piece::Text(format!("{comma}\n\"{table}\":[").into_bytes())).await?;
+            let mut stream = self.tx.copy_out_raw(&plan.copy).await.with_context(|| format!("reading {table}"))?;
+            send(Piece::Section { name: table.clone(), row: plan.row, expected }).await?;
+            let mut batch = Vec::with_capacity(COPY_BATCH);
+            loop {
+                let next = stream.next().await.transpose().with_context(|| format!("reading {table}"))?;
+                if let Some(bytes) = &next {
+                    batch.extend_from_slice(bytes);
+                }
+                if batch.len() >= COPY_BATCH || (next.is_none() && !batch.is_empty()) {
+                    batches += 1;
+                    largest = largest.max(batch.len());
+                    send(Piece::Copy(std::mem::replace(&mut batch, Vec::with_capacity(COPY_BATCH)))).await?;
+                    progress.send_replace(rows_done.load(Ordering::Relaxed));
+                }
+                if next.is_none() {
+                    break;
                 }
             }
-            decoder.finish().with_context(|| format!("reading {table}"))?;
             drop(stream);
-            anyhow::ensure!(
-                written == expected,
-                "section {table} has {written} rows but {expected} were counted in the same snapshot"
-            );
-            rows += written;
-            progress.send_replace(rows);
-            w.push(b"]");
+            send(Piece::End).await?;
         }
-        w.push(b"\n}}\n");
-        w.flush().await?;
-        buffers.chunks = w.chunks;
-        buffers.max_chunk_bytes = w.max_chunk;
+        send(Piece::Text(b"\n}}\n".to_vec())).await?;
         self.tx.commit().await?;
-        Ok(rows)
+        Ok((batches, largest))
     }
+}
+
+/// What the reader hands the renderer, in order.
+enum Piece {
+    /// JSON text to write as it is: the header, a section's opening, the end.
+    Text(Vec<u8>),
+    /// A section's rows follow: how to render them, and how many were counted.
+    Section { name: String, row: RowFormat, expected: i64 },
+    /// Binary COPY bytes of the current section, cut anywhere.
+    Copy(Vec<u8>),
+    /// The current section's COPY stream ended.
+    End,
+}
+
+/// What the renderer made.
+struct Rendered {
+    rows: i64,
+    chunks: u64,
+    max_chunk: usize,
+}
+
+/// The section being rendered.
+struct Open {
+    name: String,
+    row: RowFormat,
+    expected: i64,
+    decoder: CopyDecoder,
+    written: i64,
+}
+
+/// Turns the reader's pieces into JSON, in chunks of about [`RAW_CHUNK`] for the
+/// compressor, checking each section's rows against its count. `rows_done` follows
+/// the rows written, for progress.
+fn render(
+    mut pieces: mpsc::Receiver<Piece>,
+    out: mpsc::Sender<Vec<u8>>,
+    rows_done: &AtomicI64,
+) -> anyhow::Result<Rendered> {
+    let mut w = ChunkWriter { buf: Vec::with_capacity(RAW_CHUNK), out, chunks: 0, max_chunk: 0 };
+    let mut rows = rows_done.load(Ordering::Relaxed);
+    let mut open: Option<Open> = None;
+    while let Some(piece) = pieces.blocking_recv() {
+        match piece {
+            Piece::Text(text) => w.buf.extend_from_slice(&text),
+            Piece::Section { name, row, expected } => {
+                open = Some(Open { name, row, expected, decoder: CopyDecoder::default(), written: 0 });
+            }
+            Piece::Copy(bytes) => {
+                let s = open.as_mut().context("COPY data outside a section")?;
+                s.decoder
+                    .feed(&bytes, |count, fields| {
+                        w.buf.extend_from_slice(if s.written == 0 { b"\n" } else { b",\n" });
+                        s.row.render(count, fields, &mut w.buf)?;
+                        s.written += 1;
+                        w.flush_if_full()
+                    })
+                    .with_context(|| format!("reading {}", s.name))?;
+                rows_done.store(rows + s.written, Ordering::Relaxed);
+            }
+            Piece::End => {
+                let s = open.take().context("a section ended that never started")?;
+                s.decoder.finish().with_context(|| format!("reading {}", s.name))?;
+                anyhow::ensure!(
+                    s.written == s.expected,
+                    "section {} has {} rows but {} were counted in the same snapshot",
+                    s.name,
+                    s.written,
+                    s.expected
+                );
+                rows += s.written;
+                rows_done.store(rows, Ordering::Relaxed);
+                w.buf.push(b']');
+            }
+        }
+    }
+    anyhow::ensure!(open.is_none(), "the snapshot ended inside a section");
+    w.flush()?;
+    Ok(Rendered { rows, chunks: w.chunks, max_chunk: w.max_chunk })
 }
 
 /// The org's module states, for callers that do not open a snapshot.
@@ -361,27 +500,25 @@ struct ChunkWriter {
 }
 
 impl ChunkWriter {
-    fn push(&mut self, bytes: &[u8]) {
-        self.buf.extend_from_slice(bytes);
+    /// Hands the chunk over once it reached [`RAW_CHUNK`] (so a chunk is at most one
+    /// row over).
+    fn flush_if_full(&mut self) -> anyhow::Result<()> {
+        if self.buf.len() >= RAW_CHUNK { self.flush() } else { Ok(()) }
     }
 
-    fn full(&self) -> bool {
-        self.buf.len() >= RAW_CHUNK
-    }
-
-    async fn flush(&mut self) -> anyhow::Result<()> {
+    fn flush(&mut self) -> anyhow::Result<()> {
         if !self.buf.is_empty() {
             let chunk = std::mem::replace(&mut self.buf, Vec::with_capacity(RAW_CHUNK));
             self.chunks += 1;
             self.max_chunk = self.max_chunk.max(chunk.len());
             // Waits while the compressor is behind: this is the back-pressure.
-            self.out.send(chunk).await.map_err(|_| Downstream)?;
+            self.out.blocking_send(chunk).map_err(|_| Downstream)?;
         }
         Ok(())
     }
 }
 
-/// Nice value of the compressor's thread: an export is background work, so the
+/// Nice value of the renderer's and the compressor's threads: an export is background work, so the
 /// scheduler serves web requests first when they compete for a core, and gives the
 /// export every idle cycle otherwise.
 pub const BACKGROUND_NICE: i32 = 10;
@@ -394,15 +531,16 @@ fn background_thread<T: Send + 'static>(
     work: impl FnOnce() -> anyhow::Result<T> + Send + 'static,
 ) -> anyhow::Result<tokio::sync::oneshot::Receiver<anyhow::Result<T>>> {
     let (tx, rx) = tokio::sync::oneshot::channel();
+    let label = name.to_string();
     std::thread::Builder::new()
         .name(name.into())
         .spawn(move || {
             lower_this_threads_priority(BACKGROUND_NICE);
             let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(work))
-                .unwrap_or_else(|_| Err(anyhow::anyhow!("the compressor panicked")));
+                .unwrap_or_else(|_| Err(anyhow::anyhow!("the export's {label} thread panicked")));
             let _ = tx.send(result);
         })
-        .map_err(|e| anyhow::anyhow!("cannot start the compressor thread: {e}"))?;
+        .map_err(|e| anyhow::anyhow!("cannot start the export's {name} thread: {e}"))?;
     Ok(rx)
 }
 
@@ -414,7 +552,7 @@ fn lower_this_threads_priority(nice: i32) {
         // SAFETY: plain system calls on the calling thread, with no pointers.
         let rc = unsafe { libc::setpriority(libc::PRIO_PROCESS as _, libc::gettid() as _, nice) };
         if rc != 0 {
-            tracing::debug!(error = %std::io::Error::last_os_error(), "cannot lower the compressor's priority");
+            tracing::debug!(error = %std::io::Error::last_os_error(), "cannot lower an export thread's priority");
         }
     }
     #[cfg(not(target_os = "linux"))]

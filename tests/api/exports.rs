@@ -493,7 +493,8 @@ async fn export_command_writes_a_file_or_a_recorded_run() {
 }
 
 /// The regression guard for memory, by counts rather than time: the pipeline hands
-/// the compressor chunks of about RAW_CHUNK and the sink parts of at most PART_SIZE,
+/// the renderer batches of about COPY_BATCH, the compressor chunks of about RAW_CHUNK
+/// and the sink parts of at most PART_SIZE,
 /// however large the org, so with its bounded queues its buffers stay under a fixed
 /// budget. Holding a whole section (or the whole file) in memory would fail here.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -512,13 +513,16 @@ async fn the_pipeline_buffers_stay_bounded_whatever_the_size() {
     assert_eq!(outcome.rows, rows);
     assert!(json_bytes > 8 * pipeline::RAW_CHUNK, "the org is large enough to need many chunks ({json_bytes} bytes)");
     assert!(b.chunks as usize >= json_bytes / pipeline::RAW_CHUNK / 2, "{b:?}");
-    // A chunk is flushed once it passes RAW_CHUNK: at most one COPY message over.
+    // A batch of COPY bytes is sent once it passes COPY_BATCH: at most one COPY
+    // message (one row) over; a chunk of JSON once it passes RAW_CHUNK: one row over.
+    assert!(b.batches >= 2 && b.max_batch_bytes <= pipeline::COPY_BATCH + 128 * 1024, "{b:?}");
     assert!(b.max_chunk_bytes <= pipeline::RAW_CHUNK + 128 * 1024, "{b:?}");
     assert!(b.max_part_bytes <= sink::PART_SIZE, "{b:?}");
     assert_eq!(b.parts, (outcome.size_bytes as usize).div_ceil(sink::PART_SIZE) as u64, "{b:?}");
     // The budget those bounds give (chunks queued + in hand on each side, parts
     // queued + in hand + uploading) stays well under the 64 MiB target.
-    let budget = (pipeline::RAW_QUEUE + 2) * (pipeline::RAW_CHUNK + 128 * 1024)
+    let budget = (pipeline::COPY_QUEUE + 2) * (pipeline::COPY_BATCH + 128 * 1024)
+        + (pipeline::RAW_QUEUE + 2) * (pipeline::RAW_CHUNK + 128 * 1024)
         + (pipeline::PART_QUEUE + 2 + sink::PARTS_IN_FLIGHT) * sink::PART_SIZE;
     assert!(budget <= 48 * 1024 * 1024, "buffer budget {budget} bytes");
 }
@@ -597,4 +601,133 @@ async fn verify_rereads_a_snapshot_by_command_api_and_ui() {
     // A run that is not completed cannot be verified.
     assert_eq!(api.delete(&format!("/orgs/acme/exports/{id}")).await.status(), 204);
     assert_eq!(api.post(&format!("/orgs/acme/exports/{id}/verify")).await.status(), 400);
+}
+
+/// The rows of one section as the file has them, one JSON text per row: each row is
+/// on a line of its own, followed by `,` or, for the last, by the section's `]`.
+fn section_rows<'a>(text: &'a str, table: &str) -> Vec<&'a str> {
+    let head = format!("\n\"{table}\":[");
+    let start = text.find(&head).unwrap_or_else(|| panic!("no section {table}")) + head.len();
+    let mut rows = Vec::new();
+    if text[start..].starts_with(']') {
+        return rows;
+    }
+    for line in text[start..].lines().skip(1) {
+        let line = line.strip_suffix(',').unwrap_or(line);
+        if let Some(last) = line.strip_suffix(']') {
+            rows.push(last);
+            return rows;
+        }
+        rows.push(line);
+    }
+    panic!("section {table} never ends");
+}
+
+/// The snapshot builds each row's JSON itself from PostgreSQL's binary values. It
+/// must be what `row_to_json` gives for the same row, byte for byte: in every
+/// section, for edge values of the types it renders (control characters, infinities,
+/// BC dates, microseconds, nested jsonb), and for columns of types it leaves to
+/// PostgreSQL (a migration may add any type).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_row_is_exported_exactly_as_row_to_json_renders_it() {
+    let app = TestApp::spawn_with(Options { members: 200, workers: false, ..Default::default() }).await;
+    let org = app.org_id("acme").await;
+    let pool = app.pool();
+    let edge_text = "quote\" back\\ nl\n cr\r tab\t bs\u{8} ff\u{c} ctl\u{1}\u{1f}\u{7f} é ✓ 𝄞 </script>";
+    for (target, details, at) in [
+        (Some(edge_text), r#"{"a": [1, 2.50, null, {"b": "\u00e9"}], "c": true, "": -0.0}"#, "infinity"),
+        (None, "[]", "-infinity"),
+        (Some(""), r#""s""#, "0044-03-15 12:00:00.5 BC"),
+        (Some(" "), "{}", "1999-12-31 23:59:59.999999+00"),
+        (Some("x"), "1e3", "294276-12-31 23:59:59.999999+00"),
+        (Some("y"), "null", "4713-11-24 00:00:00 BC"),
+        (Some("z"), "false", "2024-02-29 13:05:09.1+05:30"),
+    ] {
+        sqlx::query(
+            "insert into audit_log (org_id, action, target, details, created_at)
+             values ($1, 'edge.values', $2, $3::jsonb, $4::timestamptz)",
+        )
+        .bind(org)
+        .bind(target)
+        .bind(details)
+        .bind(at)
+        .execute(pool)
+        .await
+        .unwrap();
+    }
+    for (issued, due) in [("infinity", "-infinity"), ("0001-01-01 BC", "0001-01-01"), ("5874897-12-31", "1970-01-01")] {
+        sqlx::query(
+            "update invoices set issued_on = $2::date, due_on = $3::date
+             where id = (select min(id) from invoices where org_id = $1 and issued_on > '1990-01-01')",
+        )
+        .bind(org)
+        .bind(issued)
+        .bind(due)
+        .execute(pool)
+        .await
+        .unwrap();
+    }
+    // Columns of types the snapshot does not render itself.
+    sqlx::query(
+        r#"alter table regions add column n numeric, add column f float8, add column ts timestamp,
+           add column tm time, add column iv interval, add column u uuid, add column b bytea, add column ch char(4),
+           add column ia int[], add column ta text[], add column ip inet, add column vc varchar(8), add column js json,
+           add column "Odd ""name""" smallint, add column big int"#,
+    )
+    .execute(pool)
+    .await
+    .unwrap();
+    sqlx::query(
+        r#"update regions set n = 1.50, f = 'Infinity', ts = '2024-01-01 10:00:00.25', tm = '10:00:01.5',
+           iv = '1 day 02:00:00', u = 'a0eebc99-9c0b-4ef8-bb6d-6bb9bd380a11', b = '\x00ff', ch = 'ab',
+           ia = '{1,NULL,3}', ta = '{"a","b\"c"}', ip = '10.0.0.1/8', vc = 'v"', js = '{"k" : 1 }',
+           "Odd ""name""" = -32768, big = 2147483647
+           where id = (select min(id) from regions where org_id = $1)"#,
+    )
+    .bind(org)
+    .execute(pool)
+    .await
+    .unwrap();
+
+    let out_file = app.storage_dir.join("exact.json.gz");
+    let out = app.command().args(["export", "--org", "acme", "--out"]).arg(&out_file).output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let mut text = String::new();
+    flate2::read::GzDecoder::new(&std::fs::read(&out_file).unwrap()[..]).read_to_string(&mut text).unwrap();
+    let snapshot: Value = serde_json::from_str(&text).unwrap();
+
+    let mut tx = pool.begin().await.unwrap();
+    sqlx::query("set local timezone = 'UTC'").execute(&mut *tx).await.unwrap();
+    let tables: Vec<String> =
+        snapshot["counts"].as_object().unwrap().keys().filter(|k| *k != "organization").cloned().collect();
+    assert!(tables.len() >= 20, "all modules on: {tables:?}");
+    let mut compared = 0;
+    for table in &tables {
+        let secret = data_export::exports::sections::SECRET_COLUMNS;
+        let (cols,): (String,) = sqlx::query_as(
+            "select string_agg(format('t.%I', column_name), ', ' order by ordinal_position) from information_schema.columns
+             where table_schema = current_schema() and table_name = $1 and column_name <> all($2)",
+        )
+        .bind(table)
+        .bind(secret)
+        .fetch_one(&mut *tx)
+        .await
+        .unwrap();
+        let mut expected: Vec<String> = sqlx::query_scalar(sqlx::AssertSqlSafe(format!(
+            "select row_to_json(r)::text from (select {cols} from {table} t where t.org_id = {org}) r"
+        )))
+        .fetch_all(&mut *tx)
+        .await
+        .unwrap();
+        let mut got = section_rows(&text, table);
+        assert_eq!(got.len() as i64, snapshot["counts"][table].as_i64().unwrap(), "{table}");
+        expected.sort();
+        got.sort();
+        assert_eq!(got, expected, "{table}");
+        compared += got.len();
+    }
+    assert!(compared > 1_000, "{compared} rows compared");
+    // The edge values are in: the infinities, BC and the column of every other type.
+    assert!(text.contains(r#""created_at":"-infinity""#) && text.contains("4713-11-24T00:00:00+00:00 BC"), "edges");
+    assert!(text.contains(r#""Odd \"name\"":-32768"#) && text.contains(r#""f":"Infinity""#), "other types");
 }
