@@ -154,6 +154,25 @@ impl OrgCtx {
         Self::from_membership(user, membership)
     }
 
+    /// [`Self::of_session`] for an org admin, with one row of the org fetched in the
+    /// same query (see [`crate::orgs::OrgRow`]). What a running export's row polls.
+    pub async fn admin_of_session_and<T>(
+        parts: &mut Parts,
+        state: &AppState,
+        also: crate::orgs::OrgRow<'_>,
+    ) -> Result<(Self, Option<T>), AppError>
+    where
+        T: for<'r> sqlx::FromRow<'r, sqlx::postgres::PgRow>,
+    {
+        let slug = org_param(parts).as_deref().and_then(OrgSlug::parse);
+        let user_id = session_user_id(parts, state).await?.ok_or(AppError::Unauthorized)?;
+        let slug = slug.ok_or(AppError::NotFound)?;
+        let found = crate::orgs::user_with_membership_and(&state.pool, user_id, &slug, also).await?;
+        let (user, membership, row) = found.ok_or(AppError::Unauthorized)?;
+        parts.extensions.insert(LoadedUser(Some(user.clone())));
+        Ok((Self::from_membership(user, membership)?.require_admin()?, row))
+    }
+
     /// Resolves `{org}` of the path for `user` (see [`Self::of_session`]).
     pub async fn resolve(pool: &PgPool, user: User, raw_slug: &str) -> Result<Self, AppError> {
         let slug = OrgSlug::parse(raw_slug).ok_or(AppError::NotFound)?;

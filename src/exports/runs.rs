@@ -232,6 +232,12 @@ pub async fn get(pool: &PgPool, org_id: i64, id: &str) -> sqlx::Result<Option<Ru
         .await
 }
 
+/// What [`crate::orgs::user_with_membership_and`] selects for the run `$3` of the
+/// org `o.id`: the row a running export's page polls comes with the user in one query.
+pub fn in_org_select() -> String {
+    format!("{SELECT} where r.id = $3 and r.org_id = o.id")
+}
+
 /// A run by id, whatever its org (for the job).
 pub async fn get_any(pool: &PgPool, id: &str) -> sqlx::Result<Option<Run>> {
     sqlx::query_as(sqlx::AssertSqlSafe(format!("{SELECT} where r.id = $1"))).bind(id).fetch_optional(pool).await

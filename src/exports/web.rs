@@ -1,8 +1,8 @@
 //! HTML handlers of Backups & Export.
 
 use axum::{
-    extract::{Path, Query, State},
-    http::{HeaderMap, HeaderValue, header},
+    extract::{FromRequestParts, Path, Query, State},
+    http::{HeaderMap, HeaderValue, header, request::Parts},
     response::{IntoResponse, Redirect, Response},
 };
 use serde::Deserialize;
@@ -74,15 +74,26 @@ async fn history_response(
 
 /// GET /orgs/{org}/exports/{id}/row: one run's row, what a pending or running row
 /// polls every 2 s.
-pub async fn row(
-    csrf: CsrfToken,
-    OrgAdmin(org): OrgAdmin,
-    State(state): State<AppState>,
-    Path((_, id)): Path<(String, String)>,
-) -> AppResult<Response> {
-    super::require_module(&org)?;
-    let run = runs::get(&state.pool, org.org.id, &id).await?.ok_or(AppError::NotFound)?;
+pub async fn row(csrf: CsrfToken, AdminRun(org, run): AdminRun) -> AppResult<Response> {
     Ok(no_store(views::row(&csrf.0, &org.org.slug, &run)))
+}
+
+/// The run `{id}` of the org in the path, for an org admin with the module on, as
+/// [`OrgAdmin`] and [`runs::get`] would give them, but with the user, the org and the
+/// run in one query: each open page polls a running export's row every 2 s.
+pub struct AdminRun(pub OrgCtx, pub runs::Run);
+
+impl FromRequestParts<AppState> for AdminRun {
+    type Rejection = AppError;
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, AppError> {
+        let Path((_, id)) =
+            Path::<(String, String)>::from_request_parts(parts, state).await.map_err(|_| AppError::NotFound)?;
+        let select = runs::in_org_select();
+        let also = crate::orgs::OrgRow { select: &select, key: &id };
+        let (org, run) = OrgCtx::admin_of_session_and(parts, state, also).await?;
+        super::require_module(&org)?;
+        Ok(AdminRun(org, run.ok_or(AppError::NotFound)?))
+    }
 }
 
 fn no_store(body: maud::Markup) -> Response {

@@ -309,6 +309,12 @@ async fn refusals_module_off_backup_unverified_member_and_other_org() {
     let gs = app.login("admin@globex.test").await;
     assert_eq!(gs.get(&format!("/orgs/globex/exports/{id}/download")).await.status(), 404);
     assert_eq!(gs.post_form(&format!("/orgs/globex/exports/{id}/delete"), &[]).await.status(), 404);
+    // The polled row (user, org and run in one query) too, and acme's admin sees it.
+    assert_eq!(gs.htmx_get(&format!("/orgs/globex/exports/{id}/row")).await.status(), 404);
+    assert_eq!(
+        app.login("admin@acme.test").await.htmx_get(&format!("/orgs/acme/exports/{id}/row")).await.status(),
+        200
+    );
     assert_eq!(app.wait_for_run(&id, WAIT).await.status, "completed", "untouched");
 
     // Backup configuration switched off: 503 and a clear UI message, nothing created.
@@ -336,6 +342,7 @@ async fn refusals_module_off_backup_unverified_member_and_other_org() {
     assert_eq!(admin.get(&format!("/orgs/acme/exports/{id}")).await.status(), 404);
     assert_eq!(s.get("/orgs/acme/settings/backups").await.status(), 404);
     assert_eq!(s.get(&format!("/orgs/acme/exports/{id}/download")).await.status(), 404);
+    assert_eq!(s.htmx_get(&format!("/orgs/acme/exports/{id}/row")).await.status(), 404);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
