@@ -245,8 +245,10 @@ async fn export_with(services: &Services, slug: &OrgSlug, out: Option<PathBuf>) 
             let stop = tokio_util::sync::CancellationToken::new();
             let workers = tokio::spawn(crate::jobs::run(state.clone(), stop.clone()));
             let started = std::time::Instant::now();
+            // A primary-key read 20 times a second: cheap, and the command returns
+            // within 50 ms of the run's end.
             let done = loop {
-                tokio::time::sleep(Duration::from_millis(200)).await;
+                tokio::time::sleep(Duration::from_millis(50)).await;
                 let r = runs::get_any(&state.pool, &run.id).await?.context("the run disappeared")?;
                 if !r.is_active() {
                     break r;

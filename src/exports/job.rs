@@ -6,6 +6,7 @@ use anyhow::Context;
 use apalis::prelude::*;
 use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
 use ulid::Ulid;
 
 use super::{pipeline::Snapshot, runs, sink::Sink};
@@ -109,13 +110,16 @@ async fn execute(state: &AppState, run: &runs::Run, attempt: i32) -> anyhow::Res
     let upload = sink.start().await?;
     let upload_id = upload.upload_id().map(str::to_string);
     let (progress, watcher) = watch::channel(0i64);
-    let saver = tokio::spawn(save_progress(state.clone(), run.id.clone(), attempt, watcher));
+    let done = CancellationToken::new();
+    // Dropped with this future too, so an aborted export's saver ends as well.
+    let ended = done.clone().drop_guard();
+    let saver = tokio::spawn(save_progress(state.clone(), run.id.clone(), attempt, watcher, done));
     let outcome = async {
         runs::set_upload_id(&state.pool, &run.id, attempt, upload_id.as_deref()).await?;
         snapshot.write(&run.id, upload, &progress).await
     }
     .await;
-    drop(progress);
+    drop(ended);
     let _ = saver.await;
     let outcome = match outcome {
         Ok(o) => o,
@@ -156,11 +160,23 @@ async fn execute(state: &AppState, run: &runs::Run, attempt: i32) -> anyhow::Res
     Ok(())
 }
 
-/// Saves the progress figure about once a second while the export runs.
-async fn save_progress(state: AppState, id: String, attempt: i32, mut rows: watch::Receiver<i64>) {
+/// Saves the progress figure (rows written, from `rows`) about once a second
+/// while the export runs, and the last figure once `done` is cancelled, then ends
+/// at once: the run is marked completed only after this, so it must not sit out a
+/// pause (it did: half a second at the end of every export).
+pub async fn save_progress(
+    state: AppState,
+    id: String,
+    attempt: i32,
+    rows: watch::Receiver<i64>,
+    done: CancellationToken,
+) {
     let mut saved = -1;
     loop {
-        let closed = tokio::time::timeout(Duration::from_secs(1), rows.changed()).await.is_ok_and(|r| r.is_err());
+        let ended = tokio::select! {
+            _ = done.cancelled() => true,
+            _ = tokio::time::sleep(Duration::from_secs(1)) => false,
+        };
         let now = *rows.borrow();
         if now != saved {
             if let Err(e) = runs::set_progress(&state.pool, &id, attempt, now).await {
@@ -168,9 +184,8 @@ async fn save_progress(state: AppState, id: String, attempt: i32, mut rows: watc
             }
             saved = now;
         }
-        if closed {
+        if ended {
             return;
         }
-        tokio::time::sleep(Duration::from_millis(500)).await;
     }
 }

@@ -189,6 +189,48 @@ async fn an_active_run_polls_its_own_row_and_stops_when_it_finishes() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_progress_saver_records_the_figure_while_running_and_the_last_one_when_the_export_ends() {
+    use data_export::exports::{job::save_progress, runs};
+    let app = TestApp::spawn_with(Options { workers: false, ..Default::default() }).await;
+    let s = app.login("admin@acme.test").await;
+    let frag = s.htmx_post("/orgs/acme/exports").await.text().await.unwrap();
+    let id = frag.split("data-export-id=\"").nth(1).unwrap().split('"').next().unwrap().to_string();
+    runs::start(app.pool(), &id, 1).await.unwrap().expect("the run starts");
+    let written = || async {
+        let (n,): (i64,) = sqlx::query_as("select rows_written from export_runs where id = $1")
+            .bind(&id)
+            .fetch_one(app.pool())
+            .await
+            .unwrap();
+        n
+    };
+
+    let (rows, watcher) = tokio::sync::watch::channel(0i64);
+    let done = tokio_util::sync::CancellationToken::new();
+    let saver = tokio::spawn(save_progress(app.state.clone(), id.clone(), 1, watcher, done.clone()));
+    // While it runs: the figure reaches the row within a few of its one-second rounds.
+    rows.send_replace(1_234);
+    let deadline = std::time::Instant::now() + WAIT;
+    while written().await != 1_234 {
+        assert!(std::time::Instant::now() < deadline, "progress never saved");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // The export ends: the last figure is saved and the saver ends (it does not wait
+    // for its next round: the run's completion waits for it).
+    rows.send_replace(5_678);
+    done.cancel();
+    tokio::time::timeout(WAIT, saver).await.expect("the saver ends when the export does").unwrap();
+    assert_eq!(written().await, 5_678);
+
+    // Dropping the export (an aborted job) ends it too.
+    let (_rows, watcher) = tokio::sync::watch::channel(0i64);
+    let done = tokio_util::sync::CancellationToken::new();
+    let saver = tokio::spawn(save_progress(app.state.clone(), id.clone(), 1, watcher, done.clone()));
+    drop(done.drop_guard());
+    tokio::time::timeout(WAIT, saver).await.expect("the saver ends with its export").unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_json_api_follows_the_contract() {
     let app = TestApp::spawn().await;
     let api = api(&app, &app.token("admin@acme.test").await);
