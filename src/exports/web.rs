@@ -88,8 +88,11 @@ impl FromRequestParts<AppState> for AdminRun {
     async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, AppError> {
         let Path((_, id)) =
             Path::<(String, String)>::from_request_parts(parts, state).await.map_err(|_| AppError::NotFound)?;
+        // A malformed id is no run, but the caller is still checked first; it never
+        // reaches PostgreSQL (a NUL byte would be an error there, not a miss).
+        let key = if ulid::Ulid::from_string(&id).is_ok() { id.as_str() } else { "" };
         let select = runs::in_org_select();
-        let also = crate::orgs::OrgRow { select: &select, key: &id };
+        let also = crate::orgs::OrgRow { select: &select, key };
         let (org, run) = OrgCtx::admin_of_session_and(parts, state, also).await?;
         super::require_module(&org)?;
         Ok(AdminRun(org, run.ok_or(AppError::NotFound)?))
