@@ -104,10 +104,12 @@ pub async fn user_with_membership(
 
 /// A row of the org that a request needs along with the user and their membership.
 pub struct OrgRow<'a> {
-    /// A select over the org's rows. `$3` is `key`, and `o.id` the org's id: it
-    /// runs only when the user is an active member of the org, so it sees only that
-    /// org's rows when it filters on `o.id`. Its column names must not start with `m_`.
+    /// A select over the org's rows, where `$3` is `key` and `o.id` the org's id.
+    /// Its row is kept only when the user is an active member of the org, and it
+    /// must filter on `o.id` to see only that org's rows. Its column names must not
+    /// start with `m_`.
     pub select: &'a str,
+    /// Bound as text: the caller validates it (a NUL byte is an error in PostgreSQL).
     pub key: &'a str,
 }
 
