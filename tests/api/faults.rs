@@ -170,6 +170,31 @@ async fn postgresql_restarted_mid_export() {
     next_export_works(&app).await;
 }
 
+/// The pool does not ping a connection in constant use (one round trip less per
+/// query), but one left idle is pinged before it is handed out: after PostgreSQL
+/// restarts under a pool full of dead connections, no request fails.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn after_a_postgresql_restart_no_request_fails() {
+    let mut pg = OwnCluster::start().await;
+    // No workers: they too would take (and drop) the dead connections.
+    let options = Options { members: 10, workers: false, server: Some(pg.url()), ..Default::default() };
+    let app = TestApp::spawn_with(options).await;
+    let admin = app.login("admin@acme.test").await;
+    let page = "/orgs/acme/exports/history";
+    // Open several connections, so that several are dead after the restart.
+    let answers = futures::future::join_all((0..8).map(|_| admin.htmx_get(page))).await;
+    assert!(answers.iter().all(|r| r.status() == 200));
+    let open = app.pool().size();
+    assert!(open >= 4, "the pool holds several connections: {open}");
+    pg.restart().await;
+    assert!(app.pool().num_idle() >= 4, "the dead connections are still in the pool");
+    tokio::time::sleep(data_export::db::PING_IF_IDLE_FOR + Duration::from_millis(200)).await;
+    for i in 0..(2 * open) {
+        let resp = admin.htmx_get(page).await;
+        assert_eq!(resp.status(), 200, "request {i} after the restart: {}", resp.text().await.unwrap());
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn two_serve_processes_and_one_worker_share_the_database() {
     use data_export::startup::Application;
