@@ -50,10 +50,12 @@ pub async fn connect(options: PgConnectOptions, max_connections: u32) -> anyhow:
         .acquire_timeout(Duration::from_secs(10))
         // sqlx pings every idle connection it hands out, one extra round trip per
         // query: a polled row (the session, then the user with the run) made four
-        // round trips instead of two. A connection idle for longer than
-        // PING_IF_IDLE_FOR is still pinged, and dropped for a fresh one if it fails,
-        // so a server restart or a dropped connection costs no request; one in
-        // constant use has just answered and is not.
+        // round trips instead of two. A connection idle for PING_IF_IDLE_FOR or
+        // longer is still pinged, and dropped for a fresh one if the ping fails, so
+        // a server restart or a dropped connection costs no request once the pool
+        // has been quiet that long. One in constant use has just answered and is
+        // not pinged: if it died within that second, the query that takes it next
+        // fails, as one would if it died during that query.
         .test_before_acquire(false)
         .before_acquire(|conn, meta| {
             Box::pin(async move {
