@@ -8,10 +8,13 @@ use tokio::sync::watch;
 
 use crate::{
     config::Config,
-    exports::{pipeline::Snapshot, runs, sink::Sink},
+    exports::{job::ExportJob, org_snapshot, runs},
+    jobs::Job,
     orgs::OrgSlug,
-    platform, seed,
+    platform, seed, settings,
+    snapshot::sink::Sink,
     startup::{self, Services},
+    workers,
 };
 
 #[derive(Parser, Debug)]
@@ -130,7 +133,7 @@ pub async fn run(cli: Cli, config: Config) -> anyhow::Result<()> {
         }
         Command::VerifyStorage => {
             let services = Services::start(config).await?;
-            let outcome = platform::backup::verify(&services.state, None).await;
+            let outcome = settings::backup::verify(&services.state, None).await;
             let endpoint = services.state.storage.identity().to_string();
             services.shutdown().await;
             match outcome? {
@@ -223,7 +226,7 @@ async fn export_with(services: &Services, slug: &OrgSlug, out: Option<PathBuf>) 
         Some(path) => {
             // Straight through the pipeline to a file: no run, no bucket.
             let id = ulid::Ulid::generate().to_string();
-            let snapshot = Snapshot::open(&state.pool, org.id).await?;
+            let snapshot = org_snapshot::open(&state.pool, org.id).await?;
             let (progress, _rx) = watch::channel(0);
             let upload = Sink::File(path.clone()).start().await?;
             let outcome = snapshot.write(&id, upload, &progress).await?;
@@ -234,7 +237,7 @@ async fn export_with(services: &Services, slug: &OrgSlug, out: Option<PathBuf>) 
         }
         None => {
             // A recorded run through the job queue, run by this process's workers.
-            if !platform::backup::is_ready(state).await? {
+            if !settings::backup::is_ready(state).await? {
                 bail!(
                     "the backup configuration is not active and verified: run `data-export verify-storage` first, or use --out FILE"
                 );
@@ -243,7 +246,8 @@ async fn export_with(services: &Services, slug: &OrgSlug, out: Option<PathBuf>) 
                 .await
                 .map_err(|e| anyhow::anyhow!("{}", e.public_message()))?;
             let stop = tokio_util::sync::CancellationToken::new();
-            let workers = tokio::spawn(crate::jobs::run(state.clone(), stop.clone()));
+            // Only the export queue's workers: this process is here for this run.
+            let workers = tokio::spawn(workers::run(state.clone(), stop.clone(), Some(&[ExportJob::QUEUE])));
             let started = std::time::Instant::now();
             // A primary-key read 20 times a second: cheap, and the command returns
             // within 50 ms of the run's end.
@@ -256,7 +260,7 @@ async fn export_with(services: &Services, slug: &OrgSlug, out: Option<PathBuf>) 
             };
             stop.cancel();
             let _ = workers.await;
-            if done.status != "completed" {
+            if done.status != runs::RunStatus::Completed {
                 bail!("export {} {}: {}", done.id, done.status, done.error.unwrap_or_default());
             }
             Ok(serde_json::json!({
@@ -277,7 +281,7 @@ async fn verify_file(file: &std::path::Path, sha256: Option<&str>) -> anyhow::Re
     }
     let f = std::fs::File::open(file).with_context(|| format!("cannot open {}", file.display()))?;
     let expected = sha256.map(str::to_string);
-    let report = tokio::task::spawn_blocking(move || crate::exports::verify::verify(f, expected.as_deref())).await?;
+    let report = tokio::task::spawn_blocking(move || crate::snapshot::verify::verify(f, expected.as_deref())).await?;
     match report {
         Ok(r) => {
             println!("{}", serde_json::json!({ "ok": true, "file": file.display().to_string(), "report": r }));

@@ -8,7 +8,6 @@ pub const HEALTHZ: &str = "/healthz";
 pub const READYZ: &str = "/readyz";
 pub const ASSET_CSS: &str = "/assets/app.css";
 pub const ASSET_HTMX: &str = "/assets/htmx.min.js";
-pub const ASSET_APP_JS: &str = "/assets/app.js";
 
 pub const ORG_MODULES: &str = "/orgs/{org}/settings/modules";
 pub const ORG_BACKUPS: &str = "/orgs/{org}/settings/backups";

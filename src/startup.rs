@@ -11,10 +11,18 @@ use tokio_util::sync::CancellationToken;
 use crate::{
     config::{Config, StorageSource},
     db::{self, PrivateCluster},
-    jobs, platform, seed,
+    jobs, platform, seed, settings,
     state::{App, AppState},
     storage::{EmbeddedS3, Storage},
+    workers,
 };
+
+/// Runs our migrations and sets up the job queue's tables (schema `apalis`).
+pub async fn migrate(pool: &sqlx::PgPool) -> anyhow::Result<()> {
+    db::migrate(pool).await?;
+    jobs::setup(pool).await.context("setting up the job queue tables")?;
+    Ok(())
+}
 
 /// The database and storage a process runs against, and what it started for them.
 pub struct Services {
@@ -36,7 +44,7 @@ impl Services {
             }
         };
         let pool = db::connect(options, 20).await?;
-        db::migrate(&pool).await?;
+        migrate(&pool).await?;
         let (storage, embedded) = match &config.storage {
             StorageSource::External(s3) => {
                 let storage = Storage::new(s3, &config.privacy_bucket, s3.endpoint.clone());
@@ -100,13 +108,13 @@ impl Application {
     /// Serves until `stop` is cancelled, then finishes open requests.
     pub async fn run_until_stopped(self, stop: CancellationToken) -> anyhow::Result<()> {
         let board = self.board.map(|listener| {
-            let app = crate::platform::board::router(&self.state).into_make_service();
+            let app = crate::board::router(&self.state).into_make_service();
             let stop = stop.clone();
             tokio::spawn(async move {
                 axum::serve(listener, app).with_graceful_shutdown(async move { stop.cancelled().await }).await
             })
         });
-        let app = crate::web::router(self.state).into_make_service_with_connect_info::<SocketAddr>();
+        let app = crate::router::router(self.state).into_make_service_with_connect_info::<SocketAddr>();
         axum::serve(self.listener, app).with_graceful_shutdown(async move { stop.cancelled().await }).await?;
         if let Some(board) = board {
             board.await??;
@@ -195,7 +203,7 @@ pub async fn serve(config: Config, with_web: bool) -> anyhow::Result<()> {
     let state = services.state.clone();
     let password = if with_web { first_start(&services).await? } else { None };
     if services.embedded.is_some() {
-        match platform::backup::verify(&state, None).await? {
+        match settings::backup::verify(&state, None).await? {
             Ok(()) => {
                 tracing::info!("backup configuration verified against the embedded S3 endpoint")
             }
@@ -210,7 +218,7 @@ pub async fn serve(config: Config, with_web: bool) -> anyhow::Result<()> {
         print_banner(&state.config, app.port(), &state.board_url(), password.as_deref());
         tasks.spawn(app.run_until_stopped(stop.clone()));
     }
-    tasks.spawn(jobs::run(state.clone(), stop.clone()));
+    tasks.spawn(workers::run(state.clone(), stop.clone(), None));
     tasks.spawn({
         let (state, stop) = (state.clone(), stop.clone());
         async move {

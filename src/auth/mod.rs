@@ -1,7 +1,8 @@
 //! Who is asking: sessions, passwords, API tokens, CSRF, and the role extractors.
+//! No HTML pages live here (the sign-in page is in `pages`).
 
 pub mod csrf;
-pub mod login;
+pub mod membership;
 pub mod password;
 pub mod rate_limit;
 pub mod session_store;
@@ -17,8 +18,21 @@ use crate::{
     state::AppState,
 };
 
+/// The session cookie's name.
+pub const SESSION_COOKIE: &str = "dx_session";
+
+/// The session layer (also used by the job board's listener, which shares the cookie).
+pub fn session_layer(state: &AppState) -> tower_sessions::SessionManagerLayer<session_store::PgSessionStore> {
+    tower_sessions::SessionManagerLayer::new(session_store::PgSessionStore::new(state.pool.clone()))
+        .with_name(SESSION_COOKIE)
+        .with_http_only(true)
+        .with_same_site(tower_sessions::cookie::SameSite::Lax)
+        .with_secure(state.config.cookies_secure())
+        .with_expiry(tower_sessions::Expiry::OnInactivity(time::Duration::hours(12)))
+}
+
 /// Session keys, in one place.
-pub(crate) const SESSION_USER_ID: &str = "user_id";
+pub const SESSION_USER_ID: &str = "user_id";
 
 /// A signed-in person.
 #[derive(Clone, Debug, sqlx::FromRow)]
@@ -146,7 +160,7 @@ impl OrgCtx {
         };
         let user_id = session_user_id(parts, state).await?;
         let found = match user_id {
-            Some(id) => crate::orgs::user_with_membership(&state.pool, id, &slug).await?,
+            Some(id) => membership::user_and_membership(&state.pool, id, &slug).await?,
             None => None,
         };
         parts.extensions.insert(LoadedUser(found.as_ref().map(|(u, _)| u.clone())));
@@ -155,11 +169,11 @@ impl OrgCtx {
     }
 
     /// [`Self::of_session`] for an org admin, with one row of the org fetched in the
-    /// same query (see [`crate::orgs::OrgRow`]). What a running export's row polls.
-    pub async fn admin_of_session_and<T>(
+    /// same query (see [`membership::OrgRowQuery`]). What a running export's row polls.
+    pub async fn admin_of_session_with_row<T>(
         parts: &mut Parts,
         state: &AppState,
-        also: crate::orgs::OrgRow<'_>,
+        also: membership::OrgRowQuery<'_>,
     ) -> Result<(Self, Option<T>), AppError>
     where
         T: for<'r> sqlx::FromRow<'r, sqlx::postgres::PgRow>,
@@ -167,7 +181,7 @@ impl OrgCtx {
         let slug = org_param(parts).as_deref().and_then(OrgSlug::parse);
         let user_id = session_user_id(parts, state).await?.ok_or(AppError::Unauthorized)?;
         let slug = slug.ok_or(AppError::NotFound)?;
-        let found = crate::orgs::user_with_membership_and(&state.pool, user_id, &slug, also).await?;
+        let found = membership::user_membership_and_row(&state.pool, user_id, &slug, also).await?;
         let (user, membership, row) = found.ok_or(AppError::Unauthorized)?;
         parts.extensions.insert(LoadedUser(Some(user.clone())));
         Ok((Self::from_membership(user, membership)?.require_admin()?, row))
@@ -176,11 +190,11 @@ impl OrgCtx {
     /// Resolves `{org}` of the path for `user` (see [`Self::of_session`]).
     pub async fn resolve(pool: &PgPool, user: User, raw_slug: &str) -> Result<Self, AppError> {
         let slug = OrgSlug::parse(raw_slug).ok_or(AppError::NotFound)?;
-        let found = crate::orgs::user_with_membership(pool, user.id, &slug).await?;
+        let found = membership::user_and_membership(pool, user.id, &slug).await?;
         Self::from_membership(user, found.and_then(|(_, m)| m))
     }
 
-    fn from_membership(user: User, membership: Option<crate::orgs::Membership>) -> Result<Self, AppError> {
+    fn from_membership(user: User, membership: Option<membership::Membership>) -> Result<Self, AppError> {
         let (org, role, modules) = membership.ok_or(AppError::NotFound)?;
         let role = Role::parse(&role).ok_or(AppError::NotFound)?;
         let modules = modules.iter().filter_map(|k| crate::orgs::modules::Module::parse(k)).collect();

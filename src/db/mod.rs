@@ -22,7 +22,7 @@ pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
 /// Runs a database write, retrying with backoff for about half a minute: for marks
 /// that must not be lost to a hiccup (a run or request left `running` would block
 /// its owner). `what` names it in the log.
-pub async fn persist<T, F, Fut>(what: &str, mut write: F) -> sqlx::Result<T>
+pub async fn retry_write<T, F, Fut>(what: &str, mut write: F) -> sqlx::Result<T>
 where
     F: FnMut() -> Fut,
     Fut: std::future::Future<Output = sqlx::Result<T>>,
@@ -76,9 +76,78 @@ pub fn parse_url(url: &str) -> anyhow::Result<PgConnectOptions> {
         .with_context(|| format!("DATABASE_URL is not a valid PostgreSQL URL: {}", crate::config::redact_url(url)))
 }
 
-/// Runs our migrations and apalis' own (schema `apalis`).
+/// Runs our migrations (the job queue's own tables are set up by `crate::jobs::setup`).
 pub async fn migrate(pool: &PgPool) -> anyhow::Result<()> {
     MIGRATOR.run(pool).await.context("running migrations")?;
-    crate::jobs::setup(pool).await.context("setting up the job queue tables")?;
     Ok(())
+}
+
+/// Whether `e` violated the constraint (or unique index) named `name`: the way a
+/// write's named constraint becomes a user-facing answer, such as a conflict.
+pub fn is_violation_of(e: &sqlx::Error, name: &str) -> bool {
+    e.as_database_error().and_then(|d| d.constraint()) == Some(name)
+}
+
+/// Declares a status enum stored as lowercase text: `as_str`, `parse`, `Display`,
+/// serde as the same words, comparison with `&str`, and the sqlx mapping to a text
+/// column (an unknown word in the column is a decode error, not a silent default).
+#[macro_export]
+macro_rules! text_enum {
+    ($(#[$meta:meta])* pub enum $name:ident { $( $(#[$vmeta:meta])* $variant:ident => $text:literal ),+ $(,)? }) => {
+        $(#[$meta])*
+        #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
+        pub enum $name { $( $(#[$vmeta])* #[serde(rename = $text)] $variant ),+ }
+
+        impl $name {
+            /// Every value, in declaration order.
+            pub const ALL: &'static [$name] = &[ $( $name::$variant ),+ ];
+
+            /// The stored word.
+            pub fn as_str(self) -> &'static str {
+                match self { $( $name::$variant => $text ),+ }
+            }
+
+            /// The value a stored word names.
+            pub fn parse(s: &str) -> Option<Self> {
+                match s { $( $text => Some($name::$variant), )+ _ => None }
+            }
+        }
+
+        impl std::fmt::Display for $name {
+            fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str(self.as_str())
+            }
+        }
+
+        impl PartialEq<&str> for $name {
+            fn eq(&self, other: &&str) -> bool {
+                self.as_str() == *other
+            }
+        }
+
+        impl sqlx::Type<sqlx::Postgres> for $name {
+            fn type_info() -> sqlx::postgres::PgTypeInfo {
+                <&str as sqlx::Type<sqlx::Postgres>>::type_info()
+            }
+            fn compatible(ty: &sqlx::postgres::PgTypeInfo) -> bool {
+                <&str as sqlx::Type<sqlx::Postgres>>::compatible(ty)
+            }
+        }
+
+        impl<'r> sqlx::Decode<'r, sqlx::Postgres> for $name {
+            fn decode(value: sqlx::postgres::PgValueRef<'r>) -> Result<Self, sqlx::error::BoxDynError> {
+                let s = <&str as sqlx::Decode<sqlx::Postgres>>::decode(value)?;
+                $name::parse(s).ok_or_else(|| format!("unknown {} {s:?}", stringify!($name)).into())
+            }
+        }
+
+        impl sqlx::Encode<'_, sqlx::Postgres> for $name {
+            fn encode_by_ref(
+                &self,
+                buf: &mut sqlx::postgres::PgArgumentBuffer,
+            ) -> Result<sqlx::encode::IsNull, sqlx::error::BoxDynError> {
+                <&str as sqlx::Encode<sqlx::Postgres>>::encode_by_ref(&self.as_str(), buf)
+            }
+        }
+    };
 }

@@ -3,69 +3,71 @@
 use axum::{
     Json,
     body::Bytes,
-    extract::{Path, State},
+    extract::State,
     http::StatusCode,
     response::{IntoResponse, Response},
 };
 
-use super::runs;
+use super::{ApiExportAdmin, runs};
 use crate::{
-    auth::ApiOrgAdmin,
     error::{ApiResult, AppError},
     state::AppState,
+    web::{path::ApiRecordId, respond::see_other},
 };
 
 /// POST /api/v1/orgs/{org}/exports -> 202 `{"id","status"}`. Takes no body (an
 /// empty one or `{}`); anything else is refused, so a client that thinks it is
 /// passing options learns that it is not.
-pub async fn create(ApiOrgAdmin(org): ApiOrgAdmin, State(state): State<AppState>, body: Bytes) -> ApiResult<Response> {
+pub async fn create(
+    ApiExportAdmin(org): ApiExportAdmin,
+    State(state): State<AppState>,
+    body: Bytes,
+) -> ApiResult<Response> {
     let empty = body.trim_ascii().is_empty()
         || serde_json::from_slice::<serde_json::Map<String, serde_json::Value>>(&body).is_ok_and(|m| m.is_empty());
     if !empty {
         return Err(AppError::BadRequest("This request takes no body (send none, or {}).".into()).into());
     }
-    super::require_module(&org)?;
     let run = super::trigger(&state, &org).await?;
     // A worker may already have picked it up; the answer reports the state it was created in.
     Ok((StatusCode::ACCEPTED, Json(serde_json::json!({ "id": run.id, "status": "pending" }))).into_response())
 }
 
 /// GET /api/v1/orgs/{org}/exports -> the runs, newest first.
-pub async fn list(ApiOrgAdmin(org): ApiOrgAdmin, State(state): State<AppState>) -> ApiResult<Json<serde_json::Value>> {
-    super::require_module(&org)?;
+pub async fn list(
+    ApiExportAdmin(org): ApiExportAdmin,
+    State(state): State<AppState>,
+) -> ApiResult<Json<serde_json::Value>> {
     let runs = runs::list(&state.pool, org.org.id, 500).await?;
     Ok(Json(serde_json::Value::Array(runs.iter().map(runs::Run::api_json).collect())))
 }
 
 /// GET /api/v1/orgs/{org}/exports/{id}
 pub async fn get(
-    ApiOrgAdmin(org): ApiOrgAdmin,
+    ApiExportAdmin(org): ApiExportAdmin,
     State(state): State<AppState>,
-    Path((_, id)): Path<(String, String)>,
+    ApiRecordId(id): ApiRecordId,
 ) -> ApiResult<Json<serde_json::Value>> {
-    super::require_module(&org)?;
     let run = runs::get(&state.pool, org.org.id, &id).await?.ok_or(AppError::NotFound)?;
     Ok(Json(run.api_json()))
 }
 
 /// GET /api/v1/orgs/{org}/exports/{id}/download -> 303 to a presigned URL.
 pub async fn download(
-    ApiOrgAdmin(org): ApiOrgAdmin,
+    ApiExportAdmin(org): ApiExportAdmin,
     State(state): State<AppState>,
-    Path((_, id)): Path<(String, String)>,
+    ApiRecordId(id): ApiRecordId,
 ) -> ApiResult<Response> {
-    super::require_module(&org)?;
     let url = super::download_url(&state, &org, &id, "api").await?;
-    Ok(super::web::see_other(&url))
+    Ok(see_other(&url))
 }
 
 /// DELETE /api/v1/orgs/{org}/exports/{id} -> 204.
 pub async fn delete(
-    ApiOrgAdmin(org): ApiOrgAdmin,
+    ApiExportAdmin(org): ApiExportAdmin,
     State(state): State<AppState>,
-    Path((_, id)): Path<(String, String)>,
+    ApiRecordId(id): ApiRecordId,
 ) -> ApiResult<StatusCode> {
-    super::require_module(&org)?;
     super::delete(&state, &org, &id).await?;
     Ok(StatusCode::NO_CONTENT)
 }
@@ -73,11 +75,10 @@ pub async fn delete(
 /// POST /api/v1/orgs/{org}/exports/{id}/verify -> 200 `{"ok": true, "report": {..}}`
 /// or `{"ok": false, "error": ".."}` (the file was read; it is damaged).
 pub async fn verify(
-    ApiOrgAdmin(org): ApiOrgAdmin,
+    ApiExportAdmin(org): ApiExportAdmin,
     State(state): State<AppState>,
-    Path((_, id)): Path<(String, String)>,
+    ApiRecordId(id): ApiRecordId,
 ) -> ApiResult<Json<serde_json::Value>> {
-    super::require_module(&org)?;
     Ok(Json(match super::verify_run(&state, &org, &id, "api").await? {
         Ok(report) => serde_json::json!({ "ok": true, "report": report }),
         Err(e) => serde_json::json!({ "ok": false, "error": e.0 }),

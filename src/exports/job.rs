@@ -1,24 +1,54 @@
-//! The snapshot job: an apalis-postgres worker on the `exports` queue.
+//! The export job (queue `exports`): carries out one run through the snapshot job
+//! skeleton ([`crate::snapshot::job`]), with the run as its lease.
 
-use std::time::Duration;
+use std::sync::Arc;
 
 use anyhow::Context;
-use apalis::prelude::*;
+use apalis::prelude::BoxDynError;
+use futures::future::BoxFuture;
 use serde::{Deserialize, Serialize};
-use tokio::sync::watch;
-use tokio_util::sync::CancellationToken;
 use ulid::Ulid;
 
-use super::{pipeline::Snapshot, runs, sink::Sink};
-use crate::{jobs, state::AppState};
-
-/// The queue name (the job rows' `job_type`).
-pub const QUEUE: &str = "exports";
+use super::{org_snapshot, runs};
+use crate::{
+    jobs,
+    orgs::modules::Module,
+    settings::backup,
+    snapshot::{
+        Snapshot,
+        job::{self, Destination, Lease, Written},
+    },
+    state::AppState,
+};
 
 /// The job's arguments: which run to carry out.
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct ExportJob {
     pub run_id: String,
+}
+
+/// Called with each run that completed. The layers above exports subscribe through
+/// the queue registry (the pruner prunes after a scheduled export).
+pub type AfterRun = Arc<dyn Fn(AppState, runs::Run) -> BoxFuture<'static, ()> + Send + Sync>;
+
+/// What the registry hands the export job.
+#[derive(Clone, Default)]
+pub struct Hooks {
+    /// Called, in order, after a run completed.
+    pub completed: Vec<AfterRun>,
+}
+
+impl jobs::Job for ExportJob {
+    const QUEUE: &'static str = "exports";
+    type Context = Hooks;
+
+    fn concurrency(config: &crate::config::Config) -> usize {
+        config.worker_concurrency
+    }
+
+    async fn run(self, state: AppState, hooks: Hooks, attempt: usize) -> Result<(), BoxDynError> {
+        job::run(ExportLease { hooks }, state, &self.run_id, attempt).await
+    }
 }
 
 /// Adds the job for a run inside the caller's transaction, with the run's id.
@@ -28,164 +58,111 @@ pub async fn enqueue(
     job: &ExportJob,
     max_attempts: u32,
 ) -> anyhow::Result<()> {
-    jobs::push(tx, QUEUE, id, job, max_attempts).await.context("enqueueing the export job")
+    jobs::push(tx, id, job, max_attempts).await.context("enqueueing the export job")
 }
 
-/// The worker's backend.
-pub fn storage(state: &AppState) -> jobs::Storage<ExportJob> {
-    jobs::storage(state, QUEUE)
-}
-
-/// The handler. Errors are recorded on the run; the job itself is then finished
-/// (aborted) rather than retried, except when the run could not even be updated.
-pub async fn run(job: ExportJob, state: Data<AppState>, attempt: Attempt) -> Result<(), BoxDynError> {
-    let attempt = attempt.current() as i32;
-    let max = state.config.export_max_attempts as i32;
-    if attempt > max {
-        // Re-enqueued after worker crashes more often than allowed.
-        runs::fail_persistently(
-            &state.pool,
-            &job.run_id,
-            None,
-            &format!("gave up after {max} attempts: the worker stopped mid-export each time"),
-        )
-        .await?;
-        return Err(AbortError::new("too many attempts").into());
-    }
-    let Some(run) = runs::start(&state.pool, &job.run_id, attempt).await? else {
-        tracing::info!(run_id = job.run_id, "run is no longer pending; nothing to do");
-        return Ok(());
-    };
-    if !crate::platform::backup::is_ready(&state).await? {
-        // Switched off (or the storage changed) after the run was created.
-        let reason = crate::error::AppError::BackupNotVerified.to_string();
-        runs::fail_persistently(&state.pool, &run.id, Some(attempt), &reason).await?;
-        return Err(AbortError::new(reason).into());
-    }
-    let span = tracing::info_span!("export", export_id = %run.id, org_id = run.org_id, attempt);
-    let body = {
-        let (state, run) = ((*state).clone(), run.clone());
-        async move { execute(&state, &run, attempt).await }
-    };
-    let outcome = crate::jobs::on_own_task(tracing::Instrument::instrument(body, span)).await;
-    match outcome.and_then(|r| r) {
-        Ok(()) => Ok(()),
-        Err(e) => {
-            let reason = format!("{e:#}");
-            tracing::warn!(export_id = %run.id, reason, "export failed");
-            runs::fail_persistently(&state.pool, &run.id, Some(attempt), &reason).await?;
-            Err(AbortError::new(reason).into())
-        }
-    }
-}
-
-async fn execute(state: &AppState, run: &runs::Run, attempt: i32) -> anyhow::Result<()> {
-    let org: crate::orgs::Org = sqlx::query_as("select id, slug, name, bucket from organizations where id = $1")
-        .bind(run.org_id)
-        .fetch_one(&state.pool)
-        .await?;
-    let key = runs::object_key(&run.id, run.created_at);
-    if let Some(previous) = &run.upload_id {
-        // An earlier attempt died mid-upload: abort what it left open.
-        tracing::info!(export_id = %run.id, upload_id = previous, "aborting the upload of an earlier attempt");
-        super::sink::abort_upload(state.storage.client(), &org.bucket, &key, previous).await;
-        runs::set_upload_id(&state.pool, &run.id, attempt, None).await?;
-    }
-    let snapshot = Snapshot::open(&state.pool, org.id).await?;
-    runs::set_counts(
-        &state.pool,
-        &run.id,
-        attempt,
-        &snapshot.counts_json(),
-        snapshot.rows_total(),
-        snapshot.snapshot_at,
-    )
-    .await?;
-    let sink = Sink::S3 {
-        client: state.storage.client().clone(),
-        bucket: org.bucket.clone(),
-        key: key.clone(),
-        export_id: run.id.clone(),
-    };
-    let upload = sink.start().await?;
-    let upload_id = upload.upload_id().map(str::to_string);
-    let (progress, watcher) = watch::channel(0i64);
-    let done = CancellationToken::new();
-    // Dropped with this future too, so an aborted export's saver ends as well.
-    let ended = done.clone().drop_guard();
-    let saver = tokio::spawn(save_progress(state.clone(), run.id.clone(), attempt, watcher, done));
-    let outcome = async {
-        runs::set_upload_id(&state.pool, &run.id, attempt, upload_id.as_deref()).await?;
-        snapshot.write(&run.id, upload, &progress).await
-    }
-    .await;
-    drop(ended);
-    let _ = saver.await;
-    let outcome = match outcome {
-        Ok(o) => o,
-        Err(e) => {
-            // The pipeline aborts its own upload; this also covers a stage that
-            // panicked before it could (an upload already gone counts as aborted).
-            if let Some(upload_id) = &upload_id {
-                super::sink::abort_upload(state.storage.client(), &org.bucket, &key, upload_id).await;
-            }
-            return Err(e);
-        }
-    };
-    let completed =
-        runs::complete(&state.pool, &run.id, attempt, &key, outcome.size_bytes as i64, &outcome.sha256, outcome.rows)
-            .await;
-    match completed {
-        Ok(true) => {}
-        Ok(false) => {
-            // A newer attempt took the run over (this worker missed its heartbeats).
-            // The key is shared, so the object is the newer attempt's to publish.
-            anyhow::bail!("a newer attempt took this export over");
-        }
-        Err(e) => {
-            // Published but not recorded: remove it rather than leave an orphan.
-            if let Err(del) = state.storage.delete(&org.bucket, &key).await {
-                tracing::warn!(error = %del, key, "could not remove an unrecorded export object");
-            }
-            return Err(e.into());
-        }
-    }
-    tracing::info!(export_id = %run.id, rows = outcome.rows, bytes = outcome.size_bytes, seconds = outcome.seconds, "export completed");
-    if run.trigger == "scheduled" {
-        // Retention applies after each scheduled export (and hourly).
-        if let Err(e) = crate::platform::pruner::enqueue(&state.pool, org.id).await {
-            tracing::warn!(error = format!("{e:#}"), "could not queue the prune after a scheduled export");
-        }
-    }
-    Ok(())
-}
-
-/// Saves the progress figure (rows written, from `rows`) about once a second
-/// while the export runs, and the last figure once `done` is cancelled, then ends
-/// at once: the run is marked completed only after this, so it must not sit out a
-/// pause (it did: half a second at the end of every export).
+/// Saves the run's progress figure while its file is written (see
+/// [`job::save_progress`]).
 pub async fn save_progress(
     state: AppState,
     id: String,
     attempt: i32,
-    rows: watch::Receiver<i64>,
-    done: CancellationToken,
+    rows: tokio::sync::watch::Receiver<i64>,
+    done: tokio_util::sync::CancellationToken,
 ) {
-    let mut saved = -1;
-    loop {
-        let ended = tokio::select! {
-            _ = done.cancelled() => true,
-            _ = tokio::time::sleep(Duration::from_secs(1)) => false,
-        };
-        let now = *rows.borrow();
-        if now != saved {
-            if let Err(e) = runs::set_progress(&state.pool, &id, attempt, now).await {
-                tracing::warn!(error = %e, "could not save progress");
-            }
-            saved = now;
+    job::save_progress(&ExportLease { hooks: Hooks::default() }, &state, &id, attempt, rows, done).await
+}
+
+/// The reason a pending run fails when its org switched Data Export off.
+pub const SWITCHED_OFF: &str = "Data Export was switched off";
+
+/// An export run as a snapshot job's lease.
+struct ExportLease {
+    hooks: Hooks,
+}
+
+impl Lease for ExportLease {
+    type Record = runs::Run;
+    const WHAT: &'static str = "export";
+    const TRACKS_PROGRESS: bool = true;
+
+    fn id(run: &runs::Run) -> &str {
+        &run.id
+    }
+
+    fn upload_id(run: &runs::Run) -> Option<&str> {
+        run.upload_id.as_deref()
+    }
+
+    fn span(run: &runs::Run, attempt: i32) -> tracing::Span {
+        tracing::info_span!("export", export_id = %run.id, org_id = run.org_id, attempt)
+    }
+
+    async fn start(&self, state: &AppState, id: &str, attempt: i32) -> anyhow::Result<Option<runs::Run>> {
+        Ok(runs::start(&state.pool, id, attempt).await?)
+    }
+
+    async fn refusal(&self, state: &AppState, run: &runs::Run) -> anyhow::Result<Option<String>> {
+        // Both may have changed since the run was created.
+        if !backup::is_ready(state).await? {
+            return Ok(Some(crate::error::AppError::BackupNotVerified.to_string()));
         }
-        if ended {
-            return;
+        let on = crate::orgs::modules::states(&state.pool, run.org_id).await?;
+        if !on.contains(&(Module::DataExport, true)) {
+            return Ok(Some(SWITCHED_OFF.to_string()));
+        }
+        Ok(None)
+    }
+
+    async fn destination(&self, state: &AppState, run: &runs::Run) -> anyhow::Result<Destination> {
+        let org =
+            crate::orgs::find_by_id(&state.pool, run.org_id).await?.context("the organization no longer exists")?;
+        Ok(Destination {
+            bucket: org.bucket,
+            key: runs::object_key(&run.id, run.created_at),
+            label: org_snapshot::label(&run.id),
+        })
+    }
+
+    async fn set_upload_id(
+        &self,
+        state: &AppState,
+        id: &str,
+        attempt: i32,
+        upload_id: Option<&str>,
+    ) -> anyhow::Result<()> {
+        Ok(runs::set_upload_id(&state.pool, id, attempt, upload_id).await?)
+    }
+
+    async fn open(&self, state: &AppState, run: &runs::Run, attempt: i32) -> anyhow::Result<Snapshot> {
+        let snapshot = org_snapshot::open(&state.pool, run.org_id).await?;
+        let (counts, total) = (snapshot.counts_json(), snapshot.rows_total());
+        runs::set_counts(&state.pool, &run.id, attempt, &counts, total, snapshot.snapshot_at).await?;
+        Ok(snapshot)
+    }
+
+    async fn save_progress(&self, state: &AppState, id: &str, attempt: i32, rows: i64) -> anyhow::Result<()> {
+        Ok(runs::set_progress(&state.pool, id, attempt, rows).await?)
+    }
+
+    async fn complete(&self, state: &AppState, run: &runs::Run, attempt: i32, w: Written<'_>) -> anyhow::Result<bool> {
+        let written = runs::Written {
+            key: w.key,
+            size_bytes: w.outcome.size_bytes as i64,
+            sha256: &w.outcome.sha256,
+            rows: w.outcome.rows,
+        };
+        Ok(runs::complete(&state.pool, &run.id, attempt, written).await?)
+    }
+
+    async fn fail(&self, state: &AppState, id: &str, attempt: Option<i32>, reason: &str) -> anyhow::Result<()> {
+        runs::fail_persistently(&state.pool, id, attempt, reason).await?;
+        Ok(())
+    }
+
+    async fn completed(&self, state: &AppState, run: &runs::Run) {
+        for hook in &self.hooks.completed {
+            hook(state.clone(), run.clone()).await;
         }
     }
 }

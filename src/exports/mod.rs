@@ -1,42 +1,70 @@
-//! The Data Export module: export runs, the snapshot job and pipeline, the
-//! Backups & Export page, downloads, and the JSON API.
+//! The Data Export module: export runs, the export job, the org snapshot's header
+//! and sections, the Backups & Export page, downloads, and the JSON API. Handlers
+//! are thin shells over the service functions here.
 
 pub mod api;
-pub mod copy_binary;
 pub mod job;
-pub mod pipeline;
-pub mod row_json;
+pub mod org_snapshot;
 pub mod runs;
-pub mod sections;
-pub mod sink;
-pub mod verify;
 pub mod views;
 pub mod web;
 
-use crate::{auth::OrgCtx, error::AppError, orgs::modules::Module, state::AppState};
+use axum::{extract::FromRequestParts, http::request::Parts};
+
+use crate::{
+    auth::{ApiOrgAdmin, OrgAdmin, OrgCtx},
+    error::{ApiError, AppError},
+    orgs::modules::Module,
+    snapshot::verify,
+    state::AppState,
+    web::path::RecordId,
+};
 
 /// Refuses (404) when the org has the Data Export module off: the section and its
 /// routes exist only while it is on.
-pub fn require_module(ctx: &OrgCtx) -> Result<(), AppError> {
-    if ctx.has_module(Module::DataExport) { Ok(()) } else { Err(AppError::NotFound) }
+fn require_module(ctx: OrgCtx) -> Result<OrgCtx, AppError> {
+    if ctx.has_module(Module::DataExport) { Ok(ctx) } else { Err(AppError::NotFound) }
+}
+
+/// An org admin of the org in the path, with Data Export on (HTML): 404 when the
+/// module is off, as for an org the user is not in.
+pub struct ExportAdmin(pub OrgCtx);
+
+impl FromRequestParts<AppState> for ExportAdmin {
+    type Rejection = AppError;
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, AppError> {
+        let OrgAdmin(org) = OrgAdmin::from_request_parts(parts, state).await?;
+        Ok(Self(require_module(org)?))
+    }
+}
+
+/// [`ExportAdmin`] for the JSON API (bearer token).
+pub struct ApiExportAdmin(pub OrgCtx);
+
+impl FromRequestParts<AppState> for ApiExportAdmin {
+    type Rejection = ApiError;
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
+        let ApiOrgAdmin(org) = ApiOrgAdmin::from_request_parts(parts, state).await?;
+        Ok(Self(require_module(org)?))
+    }
 }
 
 /// Starts a manual export for the org: refuses while the backup configuration is not
 /// ready, and with a conflict while another export is active.
 pub async fn trigger(state: &AppState, ctx: &OrgCtx) -> Result<runs::Run, AppError> {
-    if !crate::platform::backup::is_ready(state).await? {
+    if !crate::settings::backup::is_ready(state).await? {
         return Err(AppError::BackupNotVerified);
     }
     runs::create_manual(&state.pool, ctx.org.id, ctx.user.id, state.config.export_max_attempts).await
 }
 
 /// The presigned URL for a completed run, with an audit entry for the download.
-pub async fn download_url(state: &AppState, ctx: &OrgCtx, id: &str, via: &str) -> Result<String, AppError> {
+pub async fn download_url(state: &AppState, ctx: &OrgCtx, id: &RecordId, via: &str) -> Result<String, AppError> {
     let run = runs::get(&state.pool, ctx.org.id, id).await?.ok_or(AppError::NotFound)?;
     let key = run.completed_key().ok_or(AppError::NotFound)?;
     let filename = format!("{}-export-{}.json.gz", ctx.org.slug, run.id);
     let url = state.storage.presign_get(&ctx.org.bucket, key, &filename).await?;
-    crate::orgs::audit(
+    crate::audit::write(
         &state.pool,
         Some(ctx.org.id),
         Some(ctx.user.id),
@@ -55,7 +83,7 @@ pub async fn download_url(state: &AppState, ctx: &OrgCtx, id: &str, via: &str) -
 pub async fn verify_run(
     state: &AppState,
     ctx: &OrgCtx,
-    id: &str,
+    id: &RecordId,
     via: &str,
 ) -> Result<Result<verify::Report, verify::Invalid>, AppError> {
     static ONE_AT_A_TIME: tokio::sync::Semaphore = tokio::sync::Semaphore::const_new(1);
@@ -69,7 +97,7 @@ pub async fn verify_run(
     let Ok(_permit) = ONE_AT_A_TIME.try_acquire() else {
         return Err(AppError::RateLimited("Another export is being verified; try again in a moment.".into()));
     };
-    let outcome = state.storage.verify_object(&ctx.org.bucket, key, run.sha256.as_deref()).await?;
+    let outcome = verify::verify_object(&state.storage, &ctx.org.bucket, key, run.sha256.as_deref()).await?;
     let outcome = outcome.and_then(|report| {
         if report.export_id != run.id {
             Err(verify::Invalid(format!("the file is export {}, not {}", report.export_id, run.id)))
@@ -79,7 +107,7 @@ pub async fn verify_run(
     });
     let error = outcome.as_ref().err().map(|e| e.0.as_str());
     runs::set_verified(&state.pool, ctx.org.id, &run.id, error).await?;
-    crate::orgs::audit(
+    crate::audit::write(
         &state.pool,
         Some(ctx.org.id),
         Some(ctx.user.id),
@@ -92,9 +120,9 @@ pub async fn verify_run(
 }
 
 /// Deletes a completed run's object, then marks the run deleted, with an audit entry.
-pub async fn delete(state: &AppState, ctx: &OrgCtx, id: &str) -> Result<(), AppError> {
+pub async fn delete(state: &AppState, ctx: &OrgCtx, id: &RecordId) -> Result<(), AppError> {
     let run = runs::get(&state.pool, ctx.org.id, id).await?.ok_or(AppError::NotFound)?;
-    if run.status == "deleted" {
+    if run.status == runs::RunStatus::Deleted {
         return Ok(());
     }
     let Some(key) = run.completed_key() else {
@@ -105,7 +133,7 @@ pub async fn delete(state: &AppState, ctx: &OrgCtx, id: &str) -> Result<(), AppE
     };
     state.storage.delete(&ctx.org.bucket, key).await?;
     runs::mark_deleted(&state.pool, ctx.org.id, &run.id).await?;
-    crate::orgs::audit(
+    crate::audit::write(
         &state.pool,
         Some(ctx.org.id),
         Some(ctx.user.id),

@@ -7,7 +7,35 @@ use sqlx::PgPool;
 use ulid::Ulid;
 
 use super::job::{self, ExportJob};
-use crate::error::AppError;
+use crate::{error::AppError, web::path::RecordId};
+
+crate::text_enum! {
+    /// Where a run is: `pending -> running -> completed | failed`, then
+    /// `completed -> deleted | pruned`.
+    pub enum RunStatus {
+        Pending => "pending",
+        Running => "running",
+        Completed => "completed",
+        Failed => "failed",
+        Deleted => "deleted",
+        Pruned => "pruned",
+    }
+}
+
+impl RunStatus {
+    /// Pending or running: the one export an org may have at a time.
+    pub fn is_active(self) -> bool {
+        matches!(self, Self::Pending | Self::Running)
+    }
+}
+
+crate::text_enum! {
+    /// Who started a run.
+    pub enum Trigger {
+        Manual => "manual",
+        Scheduled => "scheduled",
+    }
+}
 
 /// The name of the partial unique index that allows one active export per org.
 pub const ONE_ACTIVE_INDEX: &str = "export_runs_one_active_per_org";
@@ -18,8 +46,8 @@ pub struct Run {
     pub id: String,
     #[serde(skip)]
     pub org_id: i64,
-    pub status: String,
-    pub trigger: String,
+    pub status: RunStatus,
+    pub trigger: Trigger,
     #[serde(skip)]
     pub triggered_by: Option<i64>,
     /// The email of who triggered it (for the history).
@@ -49,8 +77,9 @@ pub struct Run {
 impl Run {
     /// Progress from 0.0 to 1.0, when known.
     pub fn progress(&self) -> Option<f64> {
-        match (self.status.as_str(), self.rows_total) {
-            ("completed" | "deleted" | "pruned", _) => Some(1.0),
+        use RunStatus::*;
+        match (self.status, self.rows_total) {
+            (Completed | Deleted | Pruned, _) => Some(1.0),
             (_, Some(total)) if total > 0 => Some((self.rows_written as f64 / total as f64).clamp(0.0, 1.0)),
             _ => None,
         }
@@ -59,11 +88,11 @@ impl Run {
     /// The object key of a completed run's file (none before completion, or once
     /// the file was deleted or pruned).
     pub fn completed_key(&self) -> Option<&str> {
-        self.object_key.as_deref().filter(|_| self.status == "completed")
+        self.object_key.as_deref().filter(|_| self.status == RunStatus::Completed)
     }
 
     pub fn is_active(&self) -> bool {
-        matches!(self.status.as_str(), "pending" | "running")
+        self.status.is_active()
     }
 
     /// Seconds from start to finish.
@@ -128,8 +157,7 @@ async fn create(pool: &PgPool, org_id: i64, user_id: Option<i64>, max_attempts: 
     .execute(&mut *tx)
     .await;
     if let Err(e) = inserted {
-        let is_active_clash = e.as_database_error().and_then(|d| d.constraint()) == Some(ONE_ACTIVE_INDEX);
-        if is_active_clash {
+        if crate::db::is_violation_of(&e, ONE_ACTIVE_INDEX) {
             drop(tx);
             let active = active_id(pool, org_id).await?.unwrap_or_default();
             return Err(AppError::Conflict { active_export_id: active });
@@ -137,7 +165,7 @@ async fn create(pool: &PgPool, org_id: i64, user_id: Option<i64>, max_attempts: 
         return Err(e.into());
     }
     job::enqueue(&mut tx, id, &ExportJob { run_id: id.to_string() }, max_attempts).await?;
-    crate::orgs::audit(
+    crate::audit::write(
         &mut *tx,
         Some(org_id),
         user_id,
@@ -147,7 +175,7 @@ async fn create(pool: &PgPool, org_id: i64, user_id: Option<i64>, max_attempts: 
     )
     .await?;
     tx.commit().await?;
-    get(pool, org_id, &id.to_string()).await?.ok_or(AppError::NotFound)
+    get_any(pool, &id.to_string()).await?.ok_or(AppError::NotFound)
 }
 
 /// What a schedule slot did for one org.
@@ -188,7 +216,7 @@ pub async fn create_scheduled(
         if inserted {
             job::enqueue(&mut tx, id, &ExportJob { run_id: id.to_string() }, max_attempts).await?;
             let details = serde_json::json!({ "scheduled_for": slot });
-            crate::orgs::audit(&mut *tx, Some(org_id), None, "export.scheduled", &format!("export:{id}"), details)
+            crate::audit::write(&mut *tx, Some(org_id), None, "export.scheduled", &format!("export:{id}"), details)
                 .await?;
             tx.commit().await?;
             return Ok(Scheduled::Created(id.to_string()));
@@ -220,20 +248,18 @@ pub async fn active_id(pool: &PgPool, org_id: i64) -> sqlx::Result<Option<String
     Ok(row.map(|r| r.0))
 }
 
-/// A run of the org; `None` for a malformed id, another org's run, or no run.
-pub async fn get(pool: &PgPool, org_id: i64, id: &str) -> sqlx::Result<Option<Run>> {
-    if Ulid::from_string(id).is_err() {
-        return Ok(None);
-    }
+/// A run of the org; `None` for another org's run, or no run.
+pub async fn get(pool: &PgPool, org_id: i64, id: &RecordId) -> sqlx::Result<Option<Run>> {
     sqlx::query_as(sqlx::AssertSqlSafe(format!("{SELECT} where r.id = $1 and r.org_id = $2")))
-        .bind(id)
+        .bind(id.as_str())
         .bind(org_id)
         .fetch_optional(pool)
         .await
 }
 
-/// What [`crate::orgs::user_with_membership_and`] selects for the run `$3` of the
-/// org `o.id`: the row a running export's page polls comes with the user in one query.
+/// What [`crate::auth::membership::user_membership_and_row`] selects for the run `$3`
+/// of the org `o.id`: the row a running export's page polls comes with the user in
+/// one query.
 pub fn in_org_select() -> String {
     format!("{SELECT} where r.id = $3 and r.org_id = o.id")
 }
@@ -321,52 +347,64 @@ pub async fn set_progress(pool: &PgPool, id: &str, attempt: i32, rows_written: i
     Ok(())
 }
 
-/// Marks a run completed with its file; `false` when the attempt lost its lease.
-pub async fn complete(
-    pool: &PgPool,
-    id: &str,
-    attempt: i32,
-    key: &str,
-    size: i64,
-    sha256: &str,
-    rows: i64,
-) -> sqlx::Result<bool> {
-    let done = sqlx::query(
-        "update export_runs set status = 'completed', finished_at = now(), object_key = $2, size_bytes = $3,
-                sha256 = $4, rows_written = $5, upload_id = null
-         where id = $1 and status = 'running' and attempts = $6",
-    )
-    .bind(id)
-    .bind(key)
-    .bind(size)
-    .bind(sha256)
-    .bind(rows)
-    .bind(attempt)
-    .execute(pool)
-    .await?;
-    Ok(done.rows_affected() == 1)
+/// What a completed attempt wrote.
+pub struct Written<'a> {
+    pub key: &'a str,
+    pub size_bytes: i64,
+    pub sha256: &'a str,
+    pub rows: i64,
 }
 
-/// Marks a run failed with a readable reason. With `attempt`, only while that
-/// attempt holds the run.
-pub async fn fail(pool: &PgPool, id: &str, attempt: Option<i32>, reason: &str) -> sqlx::Result<()> {
-    let reason: String = reason.chars().take(2000).collect();
-    sqlx::query(
-        "update export_runs set status = 'failed', finished_at = now(), error = $2
-         where id = $1 and status in ('pending', 'running') and ($3::int is null or attempts = $3)",
+/// Marks a run completed with its file, with an `export.completed` audit entry;
+/// `false` when the attempt lost its lease.
+pub async fn complete(pool: &PgPool, id: &str, attempt: i32, w: Written<'_>) -> sqlx::Result<bool> {
+    let mut tx = pool.begin().await?;
+    let done: Option<(i64,)> = sqlx::query_as(
+        "update export_runs set status = 'completed', finished_at = now(), object_key = $2, size_bytes = $3,
+                sha256 = $4, rows_written = $5, upload_id = null
+         where id = $1 and status = 'running' and attempts = $6 returning org_id",
     )
     .bind(id)
-    .bind(reason)
+    .bind(w.key)
+    .bind(w.size_bytes)
+    .bind(w.sha256)
+    .bind(w.rows)
     .bind(attempt)
-    .execute(pool)
+    .fetch_optional(&mut *tx)
     .await?;
-    Ok(())
+    let Some((org_id,)) = done else { return Ok(false) };
+    let details = serde_json::json!({ "size_bytes": w.size_bytes, "sha256": w.sha256, "rows": w.rows });
+    crate::audit::write(&mut *tx, Some(org_id), None, "export.completed", &format!("export:{id}"), details).await?;
+    tx.commit().await?;
+    Ok(true)
+}
+
+/// Marks a run failed with a readable reason, with an `export.failed` audit entry.
+/// With `attempt`, only while that attempt holds the run. True when this call
+/// marked it.
+pub async fn fail(pool: &PgPool, id: &str, attempt: Option<i32>, reason: &str) -> sqlx::Result<bool> {
+    let reason: String = reason.chars().take(2000).collect();
+    let mut tx = pool.begin().await?;
+    let done: Option<(i64,)> = sqlx::query_as(
+        "update export_runs set status = 'failed', finished_at = now(), error = $2
+         where id = $1 and status in ('pending', 'running') and ($3::int is null or attempts = $3) returning org_id",
+    )
+    .bind(id)
+    .bind(&reason)
+    .bind(attempt)
+    .fetch_optional(&mut *tx)
+    .await?;
+    let Some((org_id,)) = done else { return Ok(false) };
+    let details = serde_json::json!({ "error": reason });
+    crate::audit::write(&mut *tx, Some(org_id), None, "export.failed", &format!("export:{id}"), details).await?;
+    tx.commit().await?;
+    Ok(true)
 }
 
 /// [`fail`], retried for a while: a run must not stay `running` because the
 /// database hiccuped at the moment of failure.
-pub async fn fail_persistently(pool: &PgPool, id: &str, attempt: Option<i32>, reason: &str) -> sqlx::Result<()> {
-    crate::db::persist("marking an export run failed", || fail(pool, id, attempt, reason)).await
+pub async fn fail_persistently(pool: &PgPool, id: &str, attempt: Option<i32>, reason: &str) -> sqlx::Result<bool> {
+    crate::db::retry_write("marking an export run failed", || fail(pool, id, attempt, reason)).await
 }
 
 /// Records the outcome of re-reading a completed run's object.
@@ -388,5 +426,29 @@ pub async fn mark_deleted(pool: &PgPool, org_id: i64, id: &str) -> sqlx::Result<
             .bind(org_id)
             .execute(pool)
             .await?;
+    Ok(done.rows_affected() == 1)
+}
+
+/// A completed scheduled run, as retention weighs it: (id, slot, object key).
+pub type Candidate = (String, DateTime<Utc>, String);
+
+/// The org's completed scheduled runs (manual ones are never pruned).
+pub async fn completed_scheduled(pool: &PgPool, org_id: i64) -> sqlx::Result<Vec<Candidate>> {
+    sqlx::query_as(
+        "select id, scheduled_for, object_key from export_runs
+         where org_id = $1 and trigger = 'scheduled' and status = 'completed'",
+    )
+    .bind(org_id)
+    .fetch_all(pool)
+    .await
+}
+
+/// Marks a completed run pruned (after its object is gone), inside the caller's
+/// transaction; `false` when it was no longer completed.
+pub async fn mark_pruned(conn: &mut sqlx::PgConnection, id: &str) -> sqlx::Result<bool> {
+    let done = sqlx::query("update export_runs set status = 'pruned' where id = $1 and status = 'completed'")
+        .bind(id)
+        .execute(conn)
+        .await?;
     Ok(done.rows_affected() == 1)
 }

@@ -2,7 +2,7 @@
 
 use maud::{Markup, html};
 
-use super::runs::Run;
+use super::runs::{Run, RunStatus};
 use crate::{routes, views::PageCtx};
 
 /// Rows shown in the history.
@@ -77,11 +77,11 @@ pub fn row(csrf: &str, org_slug: &str, run: &Run) -> Markup {
     let badge = format!("badge badge-{}", run.status);
     let poll = run.is_active().then(|| routes::path(routes::ORG_EXPORT_ROW, org_slug, Some(&run.id)));
     html! {
-        tr data-export-id=(run.id) data-status=(run.status)
+        tr data-export-id=(run.id) data-status=(run.status.as_str())
             hx-get=[poll.as_deref()] hx-trigger=[poll.is_some().then_some("every 2s")] hx-target=[poll.is_some().then_some("this")] {
             td {
-                span class=(badge) { (run.status) }
-                @if run.status == "running" {
+                span class=(badge) { (run.status.as_str()) }
+                @if run.status == RunStatus::Running {
                     @if let Some(p) = run.progress() {
                         div.progress.mt-1 role="progressbar" aria-valuemin="0" aria-valuemax="100" aria-valuenow=(format!("{:.0}", p * 100.0)) {
                             // Width in steps of 5 % from classes, since the CSP forbids inline styles.
@@ -90,24 +90,24 @@ pub fn row(csrf: &str, org_slug: &str, run: &Run) -> Markup {
                         span.text-xs.text-slate-600 { (format!("{:.0}%", p * 100.0)) }
                     }
                 }
-                @if let Some(e) = run.error.as_deref().filter(|_| run.status == "failed") {
+                @if let Some(e) = run.error.as_deref().filter(|_| run.status == RunStatus::Failed) {
                     p.text-xs.text-red-700.mt-1 { (e) }
                 }
-                @if let Some(at) = run.verified_at.filter(|_| run.status == "completed") {
+                @if let Some(at) = run.verified_at.filter(|_| run.status == RunStatus::Completed) {
                     @match run.verify_error.as_deref() {
                         None => p.text-xs.text-green-700.mt-1 data-verified="ok" { "Verified " (at.format("%Y-%m-%d %H:%M UTC")) },
                         Some(e) => p.text-xs.text-red-700.mt-1 data-verified="failed" { "Verification failed: " (e) },
                     }
                 }
             }
-            td { (run.trigger) }
+            td { (run.trigger.as_str()) }
             td { (run.triggered_by_email.as_deref().unwrap_or("schedule")) }
             td { time datetime=(run.created_at.to_rfc3339()) { (run.created_at.format("%Y-%m-%d %H:%M:%S UTC")) } }
             td { (run.duration_secs().map(|s| format!("{s:.1} s")).unwrap_or_default()) }
             td { (run.size_bytes.map(human_bytes).unwrap_or_default()) }
             td { (run.rows_total.map(|n| n.to_string()).unwrap_or_default()) }
             td.whitespace-nowrap {
-                @if run.status == "completed" {
+                @if run.status == RunStatus::Completed {
                     a.btn.btn-secondary.mr-2 href=(routes::path(routes::ORG_EXPORT_DOWNLOAD, org_slug, Some(&run.id))) rel="noreferrer" { "Download" }
                     form.inline method="post" action=(routes::path(routes::ORG_EXPORT_DELETE, org_slug, Some(&run.id)))
                         hx-post=(routes::path(routes::ORG_EXPORT_DELETE, org_slug, Some(&run.id)))

@@ -1,19 +1,23 @@
 //! HTML handlers of Backups & Export.
 
 use axum::{
-    extract::{FromRequestParts, Path, Query, State},
-    http::{HeaderMap, HeaderValue, header, request::Parts},
-    response::{IntoResponse, Redirect, Response},
+    extract::{FromRequestParts, Query, State},
+    http::{HeaderMap, request::Parts},
+    response::{IntoResponse, Response},
 };
 use serde::Deserialize;
 
-use super::{runs, views};
+use super::{ExportAdmin, runs, views};
 use crate::{
-    auth::{OrgAdmin, OrgCtx, csrf::CsrfToken},
+    auth::{OrgCtx, csrf::CsrfToken, membership::OrgRowQuery},
     error::{AppError, AppResult},
     routes,
     state::AppState,
     views::PageCtx,
+    web::{
+        path::RecordId,
+        respond::{htmx_or_redirect, no_store, see_other},
+    },
 };
 
 #[derive(Deserialize)]
@@ -37,19 +41,14 @@ fn notice_text(code: Option<&str>) -> Option<(bool, &'static str)> {
     }
 }
 
-fn is_htmx(headers: &HeaderMap) -> bool {
-    headers.contains_key("hx-request")
-}
-
 /// GET /orgs/{org}/settings/backups
 pub async fn page(
     ctx: PageCtx,
-    OrgAdmin(org): OrgAdmin,
+    ExportAdmin(org): ExportAdmin,
     State(state): State<AppState>,
     Query(f): Query<Flash>,
 ) -> AppResult<Response> {
-    super::require_module(&org)?;
-    let ready = crate::platform::backup::is_ready(&state).await?;
+    let ready = crate::settings::backup::is_ready(&state).await?;
     let list = runs::list(&state.pool, org.org.id, views::HISTORY_LIMIT).await?;
     let body = views::backups_page(&ctx, &org.org.slug, &org.org.name, ready, &list, notice_text(f.notice.as_deref()));
     Ok(body.into_response())
@@ -57,8 +56,11 @@ pub async fn page(
 
 /// GET /orgs/{org}/exports/history: the history fragment (what htmx swaps in after
 /// an action).
-pub async fn history(csrf: CsrfToken, OrgAdmin(org): OrgAdmin, State(state): State<AppState>) -> AppResult<Response> {
-    super::require_module(&org)?;
+pub async fn history(
+    csrf: CsrfToken,
+    ExportAdmin(org): ExportAdmin,
+    State(state): State<AppState>,
+) -> AppResult<Response> {
     history_response(&csrf, &state, &org, None).await
 }
 
@@ -79,38 +81,30 @@ pub async fn row(csrf: CsrfToken, AdminRun(org, run): AdminRun) -> AppResult<Res
 }
 
 /// The run `{id}` of the org in the path, for an org admin with the module on, as
-/// [`OrgAdmin`] and [`runs::get`] would give them, but with the user, the org and the
+/// [`ExportAdmin`] and [`runs::get`] would give them, but with the user, the org and the
 /// run in one query: each open page polls a running export's row every 2 s.
 pub struct AdminRun(pub OrgCtx, pub runs::Run);
 
 impl FromRequestParts<AppState> for AdminRun {
     type Rejection = AppError;
     async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, AppError> {
-        let Path((_, id)) =
-            Path::<(String, String)>::from_request_parts(parts, state).await.map_err(|_| AppError::NotFound)?;
-        // A malformed id is no run, but the caller is still checked first; it never
-        // reaches PostgreSQL (a NUL byte would be an error there, not a miss).
-        let key = if ulid::Ulid::from_string(&id).is_ok() { id.as_str() } else { "" };
-        let select = runs::in_org_select();
-        let also = crate::orgs::OrgRow { select: &select, key };
-        let (org, run) = OrgCtx::admin_of_session_and(parts, state, also).await?;
-        super::require_module(&org)?;
+        // A malformed id is no run, but the caller is still checked first.
+        let id = RecordId::from_request_parts(parts, state).await.ok();
+        let sql = runs::in_org_select();
+        let row = OrgRowQuery { sql: &sql, param: id.as_ref().map_or("", RecordId::as_str) };
+        let (org, run) = OrgCtx::admin_of_session_with_row(parts, state, row).await?;
+        let org = super::require_module(org)?;
         Ok(AdminRun(org, run.ok_or(AppError::NotFound)?))
     }
-}
-
-fn no_store(body: maud::Markup) -> Response {
-    ([(header::CACHE_CONTROL, HeaderValue::from_static("no-store"))], body).into_response()
 }
 
 /// POST /orgs/{org}/exports: htmx gets the refreshed history, a plain form a redirect.
 pub async fn trigger(
     csrf: CsrfToken,
     headers: HeaderMap,
-    OrgAdmin(org): OrgAdmin,
+    ExportAdmin(org): ExportAdmin,
     State(state): State<AppState>,
 ) -> AppResult<Response> {
-    super::require_module(&org)?;
     let notice = match super::trigger(&state, &org).await {
         Ok(_) => "triggered",
         Err(AppError::Conflict { .. }) => "conflict",
@@ -122,11 +116,10 @@ pub async fn trigger(
 
 /// GET /orgs/{org}/exports/{id}/download: 303 to a fresh presigned URL.
 pub async fn download(
-    OrgAdmin(org): OrgAdmin,
+    ExportAdmin(org): ExportAdmin,
     State(state): State<AppState>,
-    Path((_, id)): Path<(String, String)>,
+    id: RecordId,
 ) -> AppResult<Response> {
-    super::require_module(&org)?;
     let url = super::download_url(&state, &org, &id, "web").await?;
     Ok(see_other(&url))
 }
@@ -135,11 +128,10 @@ pub async fn download(
 pub async fn delete(
     csrf: CsrfToken,
     headers: HeaderMap,
-    OrgAdmin(org): OrgAdmin,
+    ExportAdmin(org): ExportAdmin,
     State(state): State<AppState>,
-    Path((_, id)): Path<(String, String)>,
+    id: RecordId,
 ) -> AppResult<Response> {
-    super::require_module(&org)?;
     super::delete(&state, &org, &id).await?;
     answer(&csrf, &headers, &state, &org, "deleted").await
 }
@@ -148,11 +140,10 @@ pub async fn delete(
 pub async fn verify(
     csrf: CsrfToken,
     headers: HeaderMap,
-    OrgAdmin(org): OrgAdmin,
+    ExportAdmin(org): ExportAdmin,
     State(state): State<AppState>,
-    Path((_, id)): Path<(String, String)>,
+    id: RecordId,
 ) -> AppResult<Response> {
-    super::require_module(&org)?;
     let notice = match super::verify_run(&state, &org, &id, "web").await? {
         Ok(_) => "verified",
         Err(_) => "verify_failed",
@@ -169,16 +160,6 @@ async fn answer(
     org: &OrgCtx,
     notice: &str,
 ) -> AppResult<Response> {
-    if is_htmx(headers) {
-        return history_response(csrf, state, org, Some(notice)).await;
-    }
-    Ok(Redirect::to(&format!("{}?notice={notice}", routes::org_backups(&org.org.slug))).into_response())
-}
-
-/// A 303 to a presigned URL, which must not be cached (the router's layer adds
-/// `Referrer-Policy: no-referrer`, so its target does not learn where the user came from).
-pub fn see_other(url: &str) -> Response {
-    let mut resp = Redirect::to(url).into_response();
-    resp.headers_mut().insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
-    resp
+    let page = format!("{}?notice={notice}", routes::org_backups(&org.org.slug));
+    htmx_or_redirect(headers, &page, history_response(csrf, state, org, Some(notice))).await
 }

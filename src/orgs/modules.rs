@@ -1,19 +1,7 @@
-//! Settings -> Modules: org admins switch the org's modules on and off.
+//! The org's modules: which parts of the product (and which sections of its
+//! snapshot) are on, switched by org admins and audit-logged.
 
-use axum::{
-    Form,
-    response::{IntoResponse, Redirect, Response},
-};
-use maud::{Markup, html};
 use sqlx::PgPool;
-
-use crate::{
-    auth::OrgAdmin,
-    error::{AppError, AppResult},
-    routes,
-    state::AppState,
-    views::{PageCtx, layout::flash, page},
-};
 
 /// The switchable modules (core is always on).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -109,84 +97,9 @@ pub async fn set(
         .execute(&mut *tx)
         .await?;
         let action = if enable { "module.enabled" } else { "module.disabled" };
-        super::audit(&mut *tx, Some(org_id), actor, action, m.key(), serde_json::json!({})).await?;
+        crate::audit::write(&mut *tx, Some(org_id), actor, action, m.key(), serde_json::json!({})).await?;
         changed.push((m, enable));
     }
     tx.commit().await?;
     Ok(changed)
-}
-
-/// `?saved=1` after a successful POST.
-#[derive(serde::Deserialize)]
-pub struct Saved {
-    saved: Option<String>,
-}
-
-/// GET: the modules form.
-pub async fn show(
-    ctx: PageCtx,
-    OrgAdmin(org): OrgAdmin,
-    state: axum::extract::State<AppState>,
-    axum::extract::Query(q): axum::extract::Query<Saved>,
-) -> AppResult<Markup> {
-    let modules = states(&state.pool, org.org.id).await?;
-    let message = q.saved.is_some().then(|| (true, "Modules saved.".to_string()));
-    Ok(view(&ctx, &org.org.slug, &org.org.name, &modules, message))
-}
-
-/// POST: `module=<key>` once per module to switch on; the others are switched off.
-pub async fn update(
-    ctx: PageCtx,
-    OrgAdmin(org): OrgAdmin,
-    state: axum::extract::State<AppState>,
-    Form(pairs): Form<Vec<(String, String)>>,
-) -> AppResult<Response> {
-    let mut wanted = Vec::new();
-    for (k, v) in &pairs {
-        match k.as_str() {
-            "module" => match Module::parse(v) {
-                Some(m) => wanted.push(m),
-                None => {
-                    let modules = states(&state.pool, org.org.id).await?;
-                    let msg = format!("Unknown module {v:?}; nothing was changed.");
-                    let body = view(&ctx, &org.org.slug, &org.org.name, &modules, Some((false, msg)));
-                    return Ok((axum::http::StatusCode::BAD_REQUEST, body).into_response());
-                }
-            },
-            crate::auth::csrf::FIELD => {}
-            other => {
-                return Err(AppError::BadRequest(format!("Unexpected form field {other:?}; nothing was changed.")));
-            }
-        }
-    }
-    set(&state.pool, org.org.id, Some(org.user.id), &wanted).await?;
-    Ok(Redirect::to(&format!("{}?saved=1", routes::org_modules(&org.org.slug))).into_response())
-}
-
-fn view(ctx: &PageCtx, slug: &str, name: &str, modules: &[(Module, bool)], message: Option<(bool, String)>) -> Markup {
-    page(
-        ctx,
-        &format!("{name}: Modules"),
-        html! {
-            @if let Some((ok, msg)) = &message { (flash(*ok, msg)) }
-            form.card.space-y-4 method="post" action=(routes::org_modules(slug)) {
-                (ctx.csrf_field())
-                p.text-slate-600 { "Core (regions, chapters, members, documents, audit log) is always on." }
-                fieldset.space-y-3 {
-                    legend.font-medium.mb-2 { "Modules" }
-                    @for (m, on) in modules {
-                        label.flex.items-start.gap-3 {
-                            input.mt-1 type="checkbox" name="module" value=(m.key()) checked[*on];
-                            span {
-                                span.font-medium { (m.label()) }
-                                br;
-                                span.text-sm.text-slate-600 { (m.description()) }
-                            }
-                        }
-                    }
-                }
-                button.btn.btn-primary type="submit" { "Save modules" }
-            }
-        },
-    )
 }

@@ -1,12 +1,9 @@
-//! The platform level: the backup configuration and its verification, retention
-//! and the pruner, the schedule presets and the scheduler, the settings page, and
-//! the job board.
+//! The platform admin's feature: the settings page (backup configuration, retention,
+//! schedule), the scheduler that fires the schedule's slots, and the retention
+//! pruner. It orchestrates the features below it: the scheduler creates org exports,
+//! the pruner removes them, and its hourly run also expires data-subject files.
 
-pub mod backup;
-pub mod board;
 pub mod pruner;
 pub mod retention;
-pub mod schedule;
 pub mod scheduler;
-pub mod settings;
 pub mod web;

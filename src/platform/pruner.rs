@@ -13,14 +13,13 @@ use serde::{Deserialize, Serialize};
 use sqlx::PgPool;
 use ulid::Ulid;
 
-use super::{
-    retention::{self, Decision},
+use super::retention::{self, Decision};
+use crate::{
+    jobs,
     settings::{self, Settings},
+    state::AppState,
 };
-use crate::{jobs, orgs, state::AppState};
 
-/// The queue of prune jobs.
-pub const QUEUE: &str = "pruner";
 /// The advisory lock class of the per-org prune lock (the second key is the org id).
 const LOCK_CLASS: i32 = 0x4458_5052; // "DXPR"
 
@@ -30,15 +29,10 @@ pub struct PruneJob {
     pub org_id: Option<i64>,
 }
 
-/// The worker's backend.
-pub fn storage(state: &AppState) -> jobs::Storage<PruneJob> {
-    jobs::storage(state, QUEUE)
-}
-
 /// Queues a prune of one org (after its scheduled export completed).
 pub async fn enqueue(pool: &PgPool, org_id: i64) -> anyhow::Result<()> {
     let mut conn = pool.acquire().await?;
-    jobs::push(&mut conn, QUEUE, Ulid::generate(), &PruneJob { org_id: Some(org_id) }, 3).await
+    jobs::push(&mut conn, Ulid::generate(), &PruneJob { org_id: Some(org_id) }, 3).await
 }
 
 /// One org's plan.
@@ -54,17 +48,11 @@ impl OrgPlan {
     }
 }
 
-type Candidate = (String, DateTime<Utc>, String);
+use crate::exports::runs::{self, Candidate};
 
-/// An org's completed scheduled exports: (id, slot, object key).
+/// An org's completed scheduled exports.
 async fn candidates(pool: &PgPool, org_id: i64) -> sqlx::Result<Vec<Candidate>> {
-    sqlx::query_as(
-        "select id, scheduled_for, object_key from export_runs
-         where org_id = $1 and trigger = 'scheduled' and status = 'completed'",
-    )
-    .bind(org_id)
-    .fetch_all(pool)
-    .await
+    runs::completed_scheduled(pool, org_id).await
 }
 
 fn decide(settings: &Settings, rows: &[Candidate]) -> Vec<Decision<String>> {
@@ -105,7 +93,7 @@ pub struct Removed {
 /// its run `completed` for the next prune, and the error is returned after the
 /// other orgs were pruned.
 pub async fn apply(state: &AppState, org_id: Option<i64>) -> anyhow::Result<Vec<Removed>> {
-    if !super::backup::is_ready(state).await? {
+    if !crate::settings::backup::is_ready(state).await? {
         anyhow::bail!("not pruning: the backup configuration is not active and verified against this storage");
     }
     let settings = settings::load(&state.pool).await?;
@@ -164,12 +152,7 @@ async fn prune_org(
             continue;
         }
         let mut tx = state.pool.begin().await?;
-        let marked = sqlx::query("update export_runs set status = 'pruned' where id = $1 and status = 'completed'")
-            .bind(&d.id)
-            .execute(&mut *tx)
-            .await?
-            .rows_affected()
-            == 1;
+        let marked = runs::mark_pruned(&mut tx, &d.id).await?;
         if marked {
             let p = settings.retention;
             let details = serde_json::json!({
@@ -177,7 +160,8 @@ async fn prune_org(
                 "retention": { "daily": p.daily, "weekly": p.weekly, "monthly": p.monthly },
                 "timezone": settings.timezone.name(),
             });
-            orgs::audit(&mut *tx, Some(org_id), None, "export.pruned", &format!("export:{}", d.id), details).await?;
+            crate::audit::write(&mut *tx, Some(org_id), None, "export.pruned", &format!("export:{}", d.id), details)
+                .await?;
         }
         tx.commit().await?;
         if marked {
@@ -188,24 +172,30 @@ async fn prune_org(
     Ok(())
 }
 
-/// The prune job's handler (hourly for every org, and after each scheduled export
-/// for its org).
-pub async fn run(job: PruneJob, state: Data<AppState>) -> Result<(), BoxDynError> {
-    if job.org_id.is_none() {
-        // The hourly run also removes expired data-subject export files.
-        match crate::privacy::expire(&state, chrono::Utc::now()).await {
-            Ok(0) => {}
-            Ok(expired) => tracing::info!(expired, "expired data-subject exports removed"),
-            Err(e) => tracing::warn!(error = format!("{e:#}"), "expiring data-subject exports failed; pruning goes on"),
+impl jobs::Job for PruneJob {
+    const QUEUE: &'static str = "pruner";
+    type Context = ();
+
+    /// Hourly for every org, and after each scheduled export for its org.
+    async fn run(self, state: AppState, _: (), _attempt: usize) -> Result<(), BoxDynError> {
+        if self.org_id.is_none() {
+            // The hourly run also removes expired data-subject export files.
+            match crate::privacy::expire(&state, chrono::Utc::now()).await {
+                Ok(0) => {}
+                Ok(expired) => tracing::info!(expired, "expired data-subject exports removed"),
+                Err(e) => {
+                    tracing::warn!(error = format!("{e:#}"), "expiring data-subject exports failed; pruning goes on")
+                }
+            }
         }
+        if !crate::settings::backup::is_ready(&state).await? {
+            // Expected while an admin has paused backups or not verified a new endpoint:
+            // a skip, not a job failure to retry.
+            tracing::warn!(org_id = self.org_id, "prune skipped: the backup configuration is not active and verified");
+            return Ok(());
+        }
+        let removed = apply(&state, self.org_id).await?;
+        tracing::info!(org_id = self.org_id, removed = removed.len(), "prune finished");
+        Ok(())
     }
-    if !super::backup::is_ready(&state).await? {
-        // Expected while an admin has paused backups or not verified a new endpoint:
-        // a skip, not a job failure to retry.
-        tracing::warn!(org_id = job.org_id, "prune skipped: the backup configuration is not active and verified");
-        return Ok(());
-    }
-    let removed = apply(&state, job.org_id).await?;
-    tracing::info!(org_id = job.org_id, removed = removed.len(), "prune finished");
-    Ok(())
 }

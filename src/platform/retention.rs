@@ -10,13 +10,7 @@ use std::fmt;
 use chrono::{DateTime, Datelike, Utc};
 use chrono_tz::Tz;
 
-/// The three counts (0 turns a rule off).
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct Policy {
-    pub daily: u32,
-    pub weekly: u32,
-    pub monthly: u32,
-}
+pub use crate::settings::Policy;
 
 /// Why an export is kept.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]

@@ -19,15 +19,14 @@ use sqlx::PgPool;
 use tokio_util::sync::CancellationToken;
 use ulid::Ulid;
 
-use super::{backup, pruner, settings};
+use super::pruner;
 use crate::{
     exports::runs::{self, Scheduled},
-    jobs, orgs,
+    jobs,
+    settings::{self, backup},
     state::AppState,
 };
 
-/// The queue of slot jobs.
-pub const QUEUE: &str = "scheduler";
 /// How often each process looks for a due slot.
 pub const TICK: Duration = Duration::from_secs(30);
 
@@ -35,11 +34,6 @@ pub const TICK: Duration = Duration::from_secs(30);
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct SlotJob {
     pub slot: DateTime<Utc>,
-}
-
-/// The worker's backend.
-pub fn storage(state: &AppState) -> jobs::Storage<SlotJob> {
-    jobs::storage(state, QUEUE)
 }
 
 /// What one tick claimed (None: nothing due, or another process claimed it).
@@ -55,13 +49,13 @@ pub async fn tick(state: &AppState, now: DateTime<Utc>) -> anyhow::Result<Tick> 
     let mut claimed = Tick::default();
     if let Some(slot) = settings.preset.latest_at_or_before(settings.timezone, now)
         && slot >= settings.schedule_since
-        && claim(&state.pool, "export", slot, QUEUE, &SlotJob { slot }).await?
+        && claim(&state.pool, "export", slot, &SlotJob { slot }).await?
     {
         tracing::info!(%slot, preset = settings.preset.key(), "schedule slot claimed");
         claimed.export_slot = Some(slot);
     }
     let hour = now.duration_trunc(TimeDelta::hours(1))?;
-    if claim(&state.pool, "prune", hour, pruner::QUEUE, &pruner::PruneJob { org_id: None }).await? {
+    if claim(&state.pool, "prune", hour, &pruner::PruneJob { org_id: None }).await? {
         claimed.prune_slot = Some(hour);
     }
     Ok(claimed)
@@ -70,13 +64,7 @@ pub async fn tick(state: &AppState, now: DateTime<Utc>) -> anyhow::Result<Tick> 
 /// Inserts the slot's claim and, if this process won it, pushes its job in the
 /// same transaction. A slot claimed earlier whose job then failed for good before
 /// the slot finished gets a new job (once, by whichever process locks it first).
-async fn claim<T: Serialize>(
-    pool: &PgPool,
-    kind: &str,
-    slot: DateTime<Utc>,
-    queue: &str,
-    args: &T,
-) -> anyhow::Result<bool> {
+async fn claim<J: jobs::Job>(pool: &PgPool, kind: &str, slot: DateTime<Utc>, job: &J) -> anyhow::Result<bool> {
     let mut tx = pool.begin().await?;
     let job_id = Ulid::generate();
     let won = sqlx::query("insert into schedule_slots (kind, slot, job_id) values ($1, $2, $3) on conflict do nothing")
@@ -88,7 +76,7 @@ async fn claim<T: Serialize>(
         .rows_affected()
         == 1;
     if won {
-        jobs::push(&mut tx, queue, job_id, args, 3).await?;
+        jobs::push(&mut tx, job_id, job, 3).await?;
         tx.commit().await?;
         return Ok(true);
     }
@@ -110,7 +98,7 @@ async fn claim<T: Serialize>(
             .bind(job_id.to_string())
             .execute(&mut *tx)
             .await?;
-        jobs::push(&mut tx, queue, job_id, args, 3).await?;
+        jobs::push(&mut tx, job_id, job, 3).await?;
     }
     tx.commit().await?;
     Ok(false)
@@ -135,7 +123,8 @@ pub async fn fire_slot(state: &AppState, slot: DateTime<Utc>) -> anyhow::Result<
         let reason = "the backup configuration is not active and verified".to_string();
         tracing::warn!(%slot, reason, "schedule slot skipped");
         let details = serde_json::json!({ "slot": slot, "reason": reason });
-        orgs::audit(&state.pool, None, None, "schedule.slot_skipped", &format!("schedule:{slot}"), details).await?;
+        crate::audit::write(&state.pool, None, None, "schedule.slot_skipped", &format!("schedule:{slot}"), details)
+            .await?;
         outcome.reason = Some(reason);
     } else {
         let orgs: Vec<(i64, String)> = sqlx::query_as(
@@ -160,7 +149,7 @@ pub async fn fire_slot(state: &AppState, slot: DateTime<Utc>) -> anyhow::Result<
                     let why = format!("export {active_export_id} was still active");
                     tracing::warn!(%slot, org = slug, active_export_id, "scheduled export skipped: another export is active");
                     let details = serde_json::json!({ "slot": slot, "active_export_id": active_export_id });
-                    orgs::audit(
+                    crate::audit::write(
                         &state.pool,
                         Some(org_id),
                         None,
@@ -182,21 +171,26 @@ pub async fn fire_slot(state: &AppState, slot: DateTime<Utc>) -> anyhow::Result<
     Ok(outcome)
 }
 
-/// The slot job's handler (retried on error: firing a slot twice is harmless). It
-/// fires only claimed slots that are due, so a job pushed by hand (say, from the
-/// job board) cannot invent a slot.
-pub async fn run(job: SlotJob, state: Data<AppState>) -> Result<(), BoxDynError> {
-    let claimed: Option<(i32,)> =
-        sqlx::query_as("select 1 from schedule_slots where kind = 'export' and slot = $1 and slot <= now()")
-            .bind(job.slot)
-            .fetch_optional(&state.pool)
-            .await?;
-    if claimed.is_none() {
-        tracing::warn!(slot = %job.slot, "refusing a slot job with no claimed, due slot");
-        return Err(AbortError::new("no claimed, due slot").into());
+impl jobs::Job for SlotJob {
+    const QUEUE: &'static str = "scheduler";
+    type Context = ();
+
+    /// Retried on error: firing a slot twice is harmless. It fires only claimed
+    /// slots that are due, so a job pushed by hand (say, from the job board) cannot
+    /// invent a slot.
+    async fn run(self, state: AppState, _: (), _attempt: usize) -> Result<(), BoxDynError> {
+        let claimed: Option<(i32,)> =
+            sqlx::query_as("select 1 from schedule_slots where kind = 'export' and slot = $1 and slot <= now()")
+                .bind(self.slot)
+                .fetch_optional(&state.pool)
+                .await?;
+        if claimed.is_none() {
+            tracing::warn!(slot = %self.slot, "refusing a slot job with no claimed, due slot");
+            return Err(AbortError::new("no claimed, due slot").into());
+        }
+        fire_slot(&state, self.slot).await?;
+        Ok(())
     }
-    fire_slot(&state, job.slot).await?;
-    Ok(())
 }
 
 /// Ticks until `stop` is cancelled.

@@ -12,20 +12,20 @@ use axum::{
 use chrono::{DateTime, Utc};
 use maud::{Markup, html};
 
-use super::{
-    backup::{self, BackupConfig},
-    pruner::{self, OrgPlan},
-    retention::Policy,
-    schedule::{self, Preset},
-    settings::{self, Settings},
-};
+use super::pruner::{self, OrgPlan};
 use crate::{
-    auth::{PlatformAdmin, csrf},
+    auth::PlatformAdmin,
     config::StorageSource,
     error::AppResult,
     routes,
+    settings::{
+        self, Policy, Settings,
+        backup::{self, BackupConfig},
+        schedule::{self, Preset},
+    },
     state::AppState,
     views::{PageCtx, layout::flash, page},
+    web::forms::{field, fields as form_fields},
 };
 
 #[derive(serde::Deserialize)]
@@ -74,27 +74,6 @@ async fn render(ctx: &PageCtx, state: &AppState, message: Option<(bool, String)>
 async fn refuse(ctx: &PageCtx, state: &AppState, error: String) -> AppResult<Response> {
     let body = render(ctx, state, Some((false, error))).await?;
     Ok((StatusCode::BAD_REQUEST, body).into_response())
-}
-
-/// The form's fields, refusing any it does not expect or that repeats (and ignoring
-/// the CSRF token).
-pub fn form_fields(pairs: Vec<(String, String)>, allowed: &[&str]) -> Result<Vec<(String, String)>, String> {
-    let mut out = Vec::new();
-    for (k, v) in pairs {
-        if k == csrf::FIELD {
-            continue;
-        }
-        if !allowed.contains(&k.as_str()) || out.iter().any(|(seen, _): &(String, String)| *seen == k) {
-            return Err(format!("Unexpected form field {k:?}; nothing was changed."));
-        }
-        out.push((k, v));
-    }
-    Ok(out)
-}
-
-/// The value of one field from [`form_fields`].
-pub fn field<'a>(fields: &'a [(String, String)], name: &str) -> Option<&'a str> {
-    fields.iter().find(|(k, _)| k == name).map(|(_, v)| v.as_str())
 }
 
 fn redirect(done: &str) -> Response {

@@ -11,22 +11,24 @@ pub mod requests;
 pub mod web;
 
 use anyhow::Context;
-use apalis::prelude::*;
+use apalis::prelude::BoxDynError;
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
-use tokio::sync::watch;
 
 use crate::{
-    exports::{
-        pipeline::{Snapshot, SubjectSection},
-        sink::{self, Sink},
+    jobs,
+    settings::backup,
+    snapshot::{
+        Header, Reader, SectionQuery, Snapshot,
+        job::{self, Destination, Lease, Written},
+        sink::Label,
     },
-    jobs, orgs,
     state::AppState,
+    storage::Multipart,
 };
 
-/// The queue of data-subject export jobs.
-pub const QUEUE: &str = "privacy";
+/// The file's `format`.
+pub const FORMAT: &str = "data-export/subject-access";
 
 /// The job's arguments.
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -34,9 +36,13 @@ pub struct PrivacyJob {
     pub request_id: String,
 }
 
-/// The worker's backend.
-pub fn storage(state: &AppState) -> jobs::Storage<PrivacyJob> {
-    jobs::storage(state, QUEUE)
+impl jobs::Job for PrivacyJob {
+    const QUEUE: &'static str = "privacy";
+    type Context = ();
+
+    async fn run(self, state: AppState, _: (), attempt: usize) -> Result<(), BoxDynError> {
+        job::run(RequestLease, state, &self.request_id, attempt).await
+    }
 }
 
 /// The object key: `privacy/{user-id}/{request-id}.json.gz`.
@@ -53,12 +59,12 @@ const SUBJECT_SQL: &str =
 /// condition selects by the person's id; no other person's rows are read. A few
 /// org definitions (custom fields, chapters, elections, courses, funds) come along,
 /// limited to those the person's rows point at, so that the rows make sense.
-pub fn subject_sections(user_id: i64) -> Vec<SubjectSection> {
+pub fn subject_sections(user_id: i64) -> Vec<SectionQuery> {
     let memberships = format!("select m.id from memberships m where m.user_id = {user_id}");
     let mine = format!("t.membership_id in ({memberships})");
     let invoices = format!("select i.id from invoices i where i.membership_id in ({memberships})");
     let by = |column: &str| format!("t.{column} = {user_id}");
-    let s = |name: &'static str, table: &'static str, condition: String| SubjectSection {
+    let s = |name: &'static str, table: &'static str, condition: String| SectionQuery {
         name,
         table,
         condition,
@@ -87,7 +93,7 @@ pub fn subject_sections(user_id: i64) -> Vec<SubjectSection> {
         s("election_votes", "election_votes", by("voter_user_id")),
         // Their actions. An entry's details name another person (a request made on
         // someone's behalf, a download of their file) are left out.
-        SubjectSection {
+        SectionQuery {
             name: "audit_log",
             table: "audit_log",
             condition: by("actor_user_id"),
@@ -106,111 +112,129 @@ pub fn subject_sections(user_id: i64) -> Vec<SubjectSection> {
     ]
 }
 
-/// The job handler: runs the request, recording failures on it. Like the org
-/// export, a failure marks the request `failed` with the reason and leaves no object.
-pub async fn run(job: PrivacyJob, state: Data<AppState>, attempt: Attempt) -> Result<(), BoxDynError> {
-    let attempt = attempt.current() as i32;
-    let max = state.config.export_max_attempts as i32;
-    if attempt > max {
-        let reason = format!("gave up after {max} attempts: the worker stopped mid-export each time");
-        if requests::fail(&state.pool, &job.request_id, None, &reason).await? {
-            discard(&state, &job.request_id).await;
-        }
-        return Err(AbortError::new("too many attempts").into());
+/// Opens the consistent read of one person: their account (without secrets), the
+/// sections of [`subject_sections`], and the orgs those rows belong to (id, slug,
+/// name), so that org ids make sense.
+pub async fn open_snapshot(pool: &sqlx::PgPool, user_id: i64) -> anyhow::Result<Snapshot> {
+    let mut read = Reader::begin(pool).await?;
+    let subject: Option<(String,)> = sqlx::query_as(SUBJECT_SQL).bind(user_id).fetch_optional(read.conn()).await?;
+    let (subject,) = subject.context("the account no longer exists")?;
+    let list = subject_sections(user_id);
+    let mut org_ids = Vec::new();
+    for query in &list {
+        read.add(query).await?;
+        org_ids.push(format!("select t.org_id from {} t where {}", query.table, query.condition));
     }
-    let Some(request) = requests::start(&state.pool, &job.request_id, attempt).await? else {
-        tracing::info!(request_id = job.request_id, "request is no longer pending; nothing to do");
-        return Ok(());
+    let orgs_sql = format!(
+        "select coalesce(json_agg(o order by o.id), '[]')::text from (select id, slug, name from organizations
+         where id in ({})) o",
+        if org_ids.is_empty() { "select null::bigint".to_string() } else { org_ids.join(" union ") }
+    );
+    let (organizations,): (String,) = sqlx::query_as(sqlx::AssertSqlSafe(orgs_sql)).fetch_one(read.conn()).await?;
+    let header = Header {
+        format: FORMAT,
+        id_key: "request_id",
+        fields: vec![("subject", subject), ("organizations", organizations)],
+        lead: None,
     };
-    let outcome = if crate::platform::backup::is_ready(&state).await? {
-        let span = tracing::info_span!("privacy_export", request_id = %request.id, user_id = request.user_id, attempt);
-        let body = {
-            let (state, request) = ((*state).clone(), request.clone());
-            async move { execute(&state, &request, attempt).await }
+    Ok(read.finish(header))
+}
+
+/// What the object's metadata says about a data-subject file.
+pub fn label(request_id: &str) -> Label {
+    Label { format: "data-export/subject-access;version=1", id_key: "request-id", id: request_id.to_string() }
+}
+
+/// A privacy request as a snapshot job's lease. Like the org export, a failure
+/// marks the request `failed` with the reason and leaves no object.
+struct RequestLease;
+
+impl Lease for RequestLease {
+    type Record = requests::Request;
+    const WHAT: &'static str = "data-subject export";
+
+    fn id(request: &requests::Request) -> &str {
+        &request.id
+    }
+
+    fn upload_id(request: &requests::Request) -> Option<&str> {
+        request.upload_id.as_deref()
+    }
+
+    fn span(request: &requests::Request, attempt: i32) -> tracing::Span {
+        tracing::info_span!("privacy_export", request_id = %request.id, user_id = request.user_id, attempt)
+    }
+
+    async fn start(&self, state: &AppState, id: &str, attempt: i32) -> anyhow::Result<Option<requests::Request>> {
+        Ok(requests::start(&state.pool, id, attempt).await?)
+    }
+
+    async fn refusal(&self, state: &AppState, _: &requests::Request) -> anyhow::Result<Option<String>> {
+        Ok((!backup::is_ready(state).await?).then(|| crate::error::AppError::BackupNotVerified.to_string()))
+    }
+
+    async fn destination(&self, state: &AppState, request: &requests::Request) -> anyhow::Result<Destination> {
+        Ok(Destination {
+            bucket: state.storage.privacy_bucket().to_string(),
+            key: object_key(request.user_id, &request.id),
+            label: label(&request.id),
+        })
+    }
+
+    async fn set_upload_id(
+        &self,
+        state: &AppState,
+        id: &str,
+        attempt: i32,
+        upload_id: Option<&str>,
+    ) -> anyhow::Result<()> {
+        Ok(requests::set_upload_id(&state.pool, id, attempt, upload_id).await?)
+    }
+
+    async fn open(&self, state: &AppState, request: &requests::Request, _attempt: i32) -> anyhow::Result<Snapshot> {
+        open_snapshot(&state.pool, request.user_id).await.context("reading the person's data")
+    }
+
+    async fn complete(
+        &self,
+        state: &AppState,
+        request: &requests::Request,
+        attempt: i32,
+        w: Written<'_>,
+    ) -> anyhow::Result<bool> {
+        let counts: serde_json::Value = serde_json::from_str(w.counts)?;
+        let written = requests::Written {
+            key: w.key,
+            size_bytes: w.outcome.size_bytes as i64,
+            sha256: &w.outcome.sha256,
+            counts: &counts,
+            snapshot_at: w.snapshot_at,
         };
-        crate::jobs::on_own_task(tracing::Instrument::instrument(body, span)).await.and_then(|r| r)
-    } else {
-        Err(anyhow::anyhow!(crate::error::AppError::BackupNotVerified.to_string()))
-    };
-    match outcome {
-        Ok(()) => Ok(()),
-        Err(e) => {
-            let reason = format!("{e:#}");
-            tracing::warn!(request_id = %request.id, reason, "data-subject export failed");
-            if requests::fail(&state.pool, &request.id, Some(attempt), &reason).await? {
-                discard(&state, &request.id).await;
-            }
-            Err(AbortError::new(reason).into())
+        Ok(requests::complete(&state.pool, &request.id, attempt, written).await?)
+    }
+
+    async fn fail(&self, state: &AppState, id: &str, attempt: Option<i32>, reason: &str) -> anyhow::Result<()> {
+        if requests::fail(&state.pool, id, attempt, reason).await? {
+            discard(state, id).await;
         }
+        Ok(())
     }
 }
 
 /// Removes whatever a failed request may have left at its key (an older attempt
 /// that lost its lease can still have published it). Never a completed one's file:
-/// only called after this call marked the request failed.
+/// only called after the request was marked failed.
 async fn discard(state: &AppState, request_id: &str) {
     let Ok(Some(r)) = requests::get_any(&state.pool, request_id).await else { return };
     let bucket = state.storage.privacy_bucket();
     let key = object_key(r.user_id, &r.id);
     if let Some(upload_id) = &r.upload_id {
-        sink::abort_upload(state.storage.client(), bucket, &key, upload_id).await;
+        let open = Multipart { bucket: bucket.to_string(), key: key.clone(), upload_id: upload_id.clone() };
+        state.storage.abort_multipart(&open).await;
     }
     if let Err(e) = state.storage.delete(bucket, &key).await {
         tracing::warn!(request_id, error = format!("{e:#}"), "could not remove a failed request's object");
     }
-}
-
-async fn execute(state: &AppState, request: &requests::Request, attempt: i32) -> anyhow::Result<()> {
-    let bucket = state.storage.privacy_bucket().to_string();
-    let key = object_key(request.user_id, &request.id);
-    if let Some(previous) = &request.upload_id {
-        // An earlier attempt died mid-upload: abort what it left open.
-        sink::abort_upload(state.storage.client(), &bucket, &key, previous).await;
-        requests::set_upload_id(&state.pool, &request.id, attempt, None).await?;
-    }
-    let snapshot = Snapshot::open_subject(&state.pool, SUBJECT_SQL, request.user_id, subject_sections(request.user_id))
-        .await
-        .context("reading the person's data")?;
-    let snapshot_at = snapshot.snapshot_at;
-    let counts: serde_json::Value = serde_json::from_str(&snapshot.counts_json())?;
-    let sink = Sink::S3 {
-        client: state.storage.client().clone(),
-        bucket: bucket.clone(),
-        key: key.clone(),
-        export_id: request.id.clone(),
-    };
-    let upload = sink.start().await?;
-    let upload_id = upload.upload_id().map(str::to_string);
-    requests::set_upload_id(&state.pool, &request.id, attempt, upload_id.as_deref()).await?;
-    let (progress, _watch) = watch::channel(0i64);
-    let outcome = match snapshot.write(&request.id, upload, &progress).await {
-        Ok(o) => o,
-        Err(e) => {
-            if let Some(upload_id) = &upload_id {
-                sink::abort_upload(state.storage.client(), &bucket, &key, upload_id).await;
-            }
-            return Err(e);
-        }
-    };
-    let written = requests::Written {
-        key: &key,
-        size_bytes: outcome.size_bytes as i64,
-        sha256: &outcome.sha256,
-        counts: &counts,
-        snapshot_at,
-    };
-    match requests::complete(&state.pool, &request.id, attempt, written).await {
-        Ok(true) => {}
-        Ok(false) => anyhow::bail!("a newer attempt took this request over"),
-        Err(e) => {
-            if let Err(del) = state.storage.delete(&bucket, &key).await {
-                tracing::warn!(error = %del, key, "could not remove an unrecorded data-subject export");
-            }
-            return Err(e.into());
-        }
-    }
-    tracing::info!(request_id = %request.id, rows = outcome.rows, bytes = outcome.size_bytes, "data-subject export completed");
-    Ok(())
 }
 
 /// Removes the files of completed requests older than the platform's
@@ -253,7 +277,8 @@ pub async fn expire(state: &AppState, now: DateTime<Utc>) -> anyhow::Result<usiz
                 == 1;
         if marked {
             let details = serde_json::json!({ "user_id": user_id });
-            orgs::audit(&mut *tx, None, None, "privacy.expired", &format!("privacy_request:{id}"), details).await?;
+            crate::audit::write(&mut *tx, None, None, "privacy.expired", &format!("privacy_request:{id}"), details)
+                .await?;
             expired += 1;
         }
         tx.commit().await?;

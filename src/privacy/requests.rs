@@ -6,8 +6,20 @@ use serde::Serialize;
 use sqlx::PgPool;
 use ulid::Ulid;
 
-use super::{PrivacyJob, QUEUE};
-use crate::{jobs, orgs};
+use super::PrivacyJob;
+use crate::{jobs, web::path::RecordId};
+
+crate::text_enum! {
+    /// Where a request is: `pending -> running -> completed | failed`, then
+    /// `completed -> expired`.
+    pub enum RequestStatus {
+        Pending => "pending",
+        Running => "running",
+        Completed => "completed",
+        Failed => "failed",
+        Expired => "expired",
+    }
+}
 
 /// Self-service requests allowed per person in this window.
 pub const SELF_SERVICE_WINDOW_HOURS: i64 = 24;
@@ -25,7 +37,7 @@ pub struct Request {
     pub requested_by_email: Option<String>,
     pub on_behalf: bool,
     pub reason: Option<String>,
-    pub status: String,
+    pub status: RequestStatus,
     pub created_at: DateTime<Utc>,
     pub started_at: Option<DateTime<Utc>>,
     pub finished_at: Option<DateTime<Utc>>,
@@ -41,12 +53,12 @@ pub struct Request {
 
 impl Request {
     pub fn is_active(&self) -> bool {
-        matches!(self.status.as_str(), "pending" | "running")
+        matches!(self.status, RequestStatus::Pending | RequestStatus::Running)
     }
 
     /// When the file goes, for a completed request.
     pub fn expires_at(&self, retention_days: i32) -> Option<DateTime<Utc>> {
-        (self.status == "completed").then_some(self.finished_at? + Duration::days(retention_days.into()))
+        (self.status == RequestStatus::Completed).then_some(self.finished_at? + Duration::days(retention_days.into()))
     }
 }
 
@@ -129,17 +141,17 @@ async fn create(
     .execute(&mut *tx)
     .await;
     if let Err(e) = inserted {
-        if e.as_database_error().and_then(|d| d.constraint()) == Some(ONE_ACTIVE_INDEX) {
+        if crate::db::is_violation_of(&e, ONE_ACTIVE_INDEX) {
             return Ok(Err(Refusal::Active { id: String::new() }));
         }
         return Err(e.into());
     }
-    jobs::push(&mut tx, QUEUE, id, &PrivacyJob { request_id: id.to_string() }, max_attempts).await?;
+    jobs::push(&mut tx, id, &PrivacyJob { request_id: id.to_string() }, max_attempts).await?;
     let (action, details) = match reason {
         Some(r) => ("privacy.requested_on_behalf", serde_json::json!({ "user_id": user_id, "reason": r.trim() })),
         None => ("privacy.requested", serde_json::json!({ "user_id": user_id })),
     };
-    orgs::audit(&mut *tx, None, Some(requested_by), action, &format!("privacy_request:{id}"), details).await?;
+    crate::audit::write(&mut *tx, None, Some(requested_by), action, &format!("privacy_request:{id}"), details).await?;
     tx.commit().await?;
     let request = get_any(pool, &id.to_string()).await?.ok_or_else(|| anyhow::anyhow!("the new request vanished"))?;
     Ok(Ok(request))
@@ -163,14 +175,9 @@ pub async fn list_recent(pool: &PgPool, limit: i64) -> sqlx::Result<Vec<Request>
 }
 
 /// One of the person's requests (None for anyone else's).
-pub async fn get_for_user(pool: &PgPool, user_id: i64, id: &str) -> sqlx::Result<Option<Request>> {
-    // Ids are ULIDs; anything else (including a NUL, which PostgreSQL text refuses)
-    // names no request.
-    if ulid::Ulid::from_string(id).is_err() {
-        return Ok(None);
-    }
+pub async fn get_for_user(pool: &PgPool, user_id: i64, id: &RecordId) -> sqlx::Result<Option<Request>> {
     sqlx::query_as(sqlx::AssertSqlSafe(format!("{SELECT} where r.id = $1 and r.user_id = $2")))
-        .bind(id)
+        .bind(id.as_str())
         .bind(user_id)
         .fetch_optional(pool)
         .await
@@ -178,9 +185,6 @@ pub async fn get_for_user(pool: &PgPool, user_id: i64, id: &str) -> sqlx::Result
 
 /// Any request by id.
 pub async fn get_any(pool: &PgPool, id: &str) -> sqlx::Result<Option<Request>> {
-    if ulid::Ulid::from_string(id).is_err() {
-        return Ok(None);
-    }
     sqlx::query_as(sqlx::AssertSqlSafe(format!("{SELECT} where r.id = $1"))).bind(id).fetch_optional(pool).await
 }
 
@@ -256,7 +260,7 @@ pub async fn fail(pool: &PgPool, id: &str, attempt: Option<i32>, reason: &str) -
         .await?;
         Ok(done.rows_affected() == 1)
     };
-    crate::db::persist("marking a data-subject request failed", mark).await
+    crate::db::retry_write("marking a data-subject request failed", mark).await
 }
 
 /// Marks failed the requests left pending or running whose job is over for good

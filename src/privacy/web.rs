@@ -4,22 +4,25 @@
 
 use axum::{
     Form,
-    extract::{Path, Query, State},
+    extract::{Query, State},
     http::StatusCode,
     response::{IntoResponse, Redirect, Response},
 };
 use chrono::{DateTime, Utc};
 use maud::{Markup, html};
 
-use super::requests::{self, Refusal, Request};
+use super::requests::{self, Refusal, Request, RequestStatus};
 use crate::{
     auth::{CurrentUser, PlatformAdmin},
     error::{AppError, AppResult},
-    orgs,
-    platform::web::{field, form_fields},
     routes,
     state::AppState,
     views::{PageCtx, layout::flash, page},
+    web::{
+        forms::{field, fields as form_fields},
+        path::RecordId,
+        respond::see_other,
+    },
 };
 
 /// Requests shown in a history.
@@ -114,7 +117,7 @@ pub fn history(list: &[Request], retention_days: i32) -> Markup {
                     thead { tr { th { "Requested" } th { "By" } th { "Status" } th { "Size" } th { "Available until" } th { "" } } }
                     tbody {
                         @for r in list {
-                            tr data-request-id=(r.id) data-status=(r.status) {
+                            tr data-request-id=(r.id) data-status=(r.status.as_str()) {
                                 td { (when(r.created_at)) }
                                 td {
                                     @if r.on_behalf {
@@ -123,16 +126,16 @@ pub fn history(list: &[Request], retention_days: i32) -> Markup {
                                     } @else { "You" }
                                 }
                                 td {
-                                    span class=(format!("badge badge-{}", r.status)) { (r.status) }
+                                    span class=(format!("badge badge-{}", r.status)) { (r.status.as_str()) }
                                     // The reason is for platform admins (it can name internals).
-                                    @if r.status == "failed" {
+                                    @if r.status == RequestStatus::Failed {
                                         br; span.text-xs.text-red-800 { "It could not be completed. Please request it again; if it fails again, contact support." }
                                     }
                                 }
                                 td { @if let Some(b) = r.size_bytes { (format!("{:.1} KiB", b as f64 / 1024.0)) } }
                                 td { @if let Some(at) = r.expires_at(retention_days) { (when(at)) } }
                                 td {
-                                    @if r.status == "completed" {
+                                    @if r.status == RequestStatus::Completed {
                                         a.text-blue-700.hover:underline href=(routes::path(routes::ME_PRIVACY_DOWNLOAD, "", Some(&r.id))) { "Download" }
                                     }
                                 }
@@ -161,7 +164,7 @@ pub async fn request(
     if let Err(e) = form_fields(pairs, &[]) {
         return Err(AppError::BadRequest(e));
     }
-    if !crate::platform::backup::is_ready(&state).await? {
+    if !crate::settings::backup::is_ready(&state).await? {
         let msg = "Data exports are paused by the platform at the moment; please try again later.".to_string();
         let body = member_page(&ctx, &state, user.id, Some((false, msg))).await?;
         return Ok((StatusCode::SERVICE_UNAVAILABLE, body).into_response());
@@ -182,14 +185,14 @@ pub async fn request(
 
 /// A 303 to a fresh presigned URL for a completed request's file, audit-logged.
 async fn download_response(state: &AppState, request: Request, actor: i64, via: &str) -> AppResult<Response> {
-    let key = match (request.status.as_str(), &request.object_key) {
-        ("completed", Some(key)) => key.clone(),
+    let key = match (request.status, &request.object_key) {
+        (RequestStatus::Completed, Some(key)) => key.clone(),
         _ => return Err(AppError::NotFound),
     };
     let filename = format!("my-data-{}.json.gz", request.id);
     let url = state.storage.presign_get(state.storage.privacy_bucket(), &key, &filename).await?;
     let details = serde_json::json!({ "user_id": request.user_id, "via": via });
-    orgs::audit(
+    crate::audit::write(
         &state.pool,
         None,
         Some(actor),
@@ -198,14 +201,14 @@ async fn download_response(state: &AppState, request: Request, actor: i64, via: 
         details,
     )
     .await?;
-    Ok(crate::exports::web::see_other(&url))
+    Ok(see_other(&url))
 }
 
 /// GET /me/privacy/{id}/download: only the person's own requests (404 otherwise).
 pub async fn download(
     CurrentUser(user): CurrentUser,
     State(state): State<AppState>,
-    Path(id): Path<String>,
+    id: RecordId,
 ) -> AppResult<Response> {
     let request = requests::get_for_user(&state.pool, user.id, &id).await?.ok_or(AppError::NotFound)?;
     download_response(&state, request, user.id, "self").await
@@ -216,9 +219,9 @@ pub async fn download(
 pub async fn admin_download(
     PlatformAdmin(admin): PlatformAdmin,
     State(state): State<AppState>,
-    Path(id): Path<String>,
+    id: RecordId,
 ) -> AppResult<Response> {
-    let request = requests::get_any(&state.pool, &id).await?.ok_or(AppError::NotFound)?;
+    let request = requests::get_any(&state.pool, id.as_str()).await?.ok_or(AppError::NotFound)?;
     download_response(&state, request, admin.id, "platform_admin").await
 }
 
@@ -295,17 +298,17 @@ async fn platform_page(
                         thead { tr { th { "Person" } th { "Requested" } th { "By" } th { "Reason" } th { "Status" } th { "" } } }
                         tbody {
                             @for r in &list {
-                                tr data-request-id=(r.id) data-status=(r.status) {
+                                tr data-request-id=(r.id) data-status=(r.status.as_str()) {
                                     td { (r.user_email) }
                                     td { (when(r.created_at)) }
                                     td { @if r.on_behalf { (r.requested_by_email.as_deref().unwrap_or("(removed)")) } @else { "themselves" } }
                                     td { (r.reason.as_deref().unwrap_or("")) }
                                     td {
-                                        span class=(format!("badge badge-{}", r.status)) { (r.status) }
+                                        span class=(format!("badge badge-{}", r.status)) { (r.status.as_str()) }
                                         @if let Some(e) = &r.error { br; span.text-xs.text-red-800 { (e) } }
                                     }
                                     td {
-                                        @if r.status == "completed" {
+                                        @if r.status == RequestStatus::Completed {
                                             a.text-blue-700.hover:underline href=(routes::path(routes::PLATFORM_PRIVACY_DOWNLOAD, "", Some(&r.id))) { "Download" }
                                         }
                                     }
@@ -346,7 +349,7 @@ pub async fn platform_request(
         let e = format!("No account with the email {email:?}.");
         return refuse(&ctx, &state, StatusCode::BAD_REQUEST, e, &email, &reason).await;
     };
-    if !crate::platform::backup::is_ready(&state).await? {
+    if !crate::settings::backup::is_ready(&state).await? {
         let e =
             "The backup configuration is not active and verified; verify it under Platform settings first.".to_string();
         return refuse(&ctx, &state, StatusCode::SERVICE_UNAVAILABLE, e, &email, &reason).await;
@@ -403,7 +406,8 @@ pub async fn platform_retention(
     .execute(&mut *tx)
     .await?;
     let details = serde_json::json!({ "before": before, "after": days });
-    orgs::audit(&mut *tx, None, Some(admin.id), "privacy.retention_updated", "platform_settings", details).await?;
+    crate::audit::write(&mut *tx, None, Some(admin.id), "privacy.retention_updated", "platform_settings", details)
+        .await?;
     tx.commit().await?;
     Ok(Redirect::to(&format!("{}?done=retention", routes::PLATFORM_PRIVACY)).into_response())
 }

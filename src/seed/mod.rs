@@ -195,7 +195,7 @@ async fn seed_accounts(pool: &PgPool, hash: &str) -> anyhow::Result<()> {
 /// Rows per section (every section, whatever the modules) of an org, now.
 pub async fn section_counts(pool: &PgPool, org_id: i64) -> sqlx::Result<Vec<(&'static str, i64)>> {
     let mut out = Vec::new();
-    for s in crate::exports::sections::SECTIONS {
+    for s in crate::orgs::sections::SECTIONS {
         let (n,): (i64,) =
             sqlx::query_as(sqlx::AssertSqlSafe(format!("select count(*) from {} where org_id = $1", s.table)))
                 .bind(org_id)

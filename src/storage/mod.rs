@@ -1,5 +1,7 @@
 //! Object storage through aws-sdk-s3: one code path for the embedded endpoint and
-//! any external S3-compatible service. Buckets, presigned URLs, the verification probe.
+//! any external S3-compatible service. Buckets, presigned URLs, the verification
+//! probe, multipart uploads, reads and server-side copies. This is the only module
+//! that talks to the S3 client.
 
 pub mod embedded;
 
@@ -11,11 +13,24 @@ use aws_sdk_s3::{
     config::{BehaviorVersion, Credentials, Region, RequestChecksumCalculation, ResponseChecksumValidation},
     presigning::PresigningConfig,
     primitives::ByteStream,
+    types::{CompletedMultipartUpload, CompletedPart, MetadataDirective},
 };
 
 use crate::config::S3Settings;
 
 pub use embedded::EmbeddedS3;
+
+/// An open multipart upload.
+#[derive(Clone, Debug)]
+pub struct Multipart {
+    pub bucket: String,
+    pub key: String,
+    pub upload_id: String,
+}
+
+/// A part that was uploaded, for [`Storage::complete_multipart`].
+#[derive(Clone, Debug)]
+pub struct UploadedPart(CompletedPart);
 
 /// How long a download link lives.
 pub const PRESIGN_TTL: Duration = Duration::from_secs(900);
@@ -48,11 +63,6 @@ impl Storage {
             identity,
             privacy_bucket: privacy_bucket.to_string(),
         }
-    }
-
-    /// The raw client, for streaming uploads.
-    pub fn client(&self) -> &Client {
-        &self.client
     }
 
     /// The endpoint in use (shown to platform admins; holds no secret).
@@ -126,30 +136,144 @@ impl Storage {
         }
     }
 
-    /// Streams `bucket/key` through [`crate::exports::verify::verify`] (on a blocking
-    /// thread, one row in memory at a time). The outer error is the storage's; the
-    /// inner one says what is wrong with the file.
-    pub async fn verify_object(
+    /// Opens `bucket/key` for reading as a stream; `None` when there is no such
+    /// object.
+    pub async fn read(
         &self,
         bucket: &str,
         key: &str,
-        expected_sha256: Option<&str>,
-    ) -> anyhow::Result<Result<crate::exports::verify::Report, crate::exports::verify::Invalid>> {
-        let object = match self.client.get_object().bucket(bucket).key(key).send().await {
-            Ok(o) => o,
-            // Gone from the bucket (removed outside the product): the run's file is lost.
-            Err(e) if e.as_service_error().is_some_and(|s| s.is_no_such_key()) => {
-                return Ok(Err(crate::exports::verify::Invalid(format!(
-                    "the object {key} is missing from bucket {bucket}"
-                ))));
+    ) -> anyhow::Result<Option<impl tokio::io::AsyncBufRead + Send + Unpin + 'static>> {
+        match self.client.get_object().bucket(bucket).key(key).send().await {
+            Ok(o) => Ok(Some(o.body.into_async_read())),
+            Err(e) if e.as_service_error().is_some_and(|s| s.is_no_such_key()) => Ok(None),
+            Err(e) => Err(anyhow::Error::new(e.into_service_error()).context(format!("cannot read {bucket}/{key}"))),
+        }
+    }
+
+    /// Starts a multipart upload of `bucket/key` with the object's metadata; returns
+    /// its upload id. Nothing is visible at the key until [`Self::complete_multipart`].
+    pub async fn create_multipart(
+        &self,
+        bucket: &str,
+        key: &str,
+        content_type: &str,
+        metadata: &[(&str, &str)],
+    ) -> anyhow::Result<String> {
+        let mut request = self.client.create_multipart_upload().bucket(bucket).key(key).content_type(content_type);
+        for (k, v) in metadata {
+            request = request.metadata(*k, *v);
+        }
+        let created = request
+            .send()
+            .await
+            .map_err(|e| anyhow::Error::new(e.into_service_error()))
+            .with_context(|| format!("cannot start the upload to bucket {bucket}"))?;
+        created.upload_id.context("the storage endpoint returned no upload id")
+    }
+
+    /// Uploads part `number` (from 1) of a multipart upload.
+    pub async fn upload_part(
+        &self,
+        upload: &Multipart,
+        number: i32,
+        body: bytes::Bytes,
+    ) -> anyhow::Result<UploadedPart> {
+        let out = self
+            .client
+            .upload_part()
+            .bucket(&upload.bucket)
+            .key(&upload.key)
+            .upload_id(&upload.upload_id)
+            .part_number(number)
+            .body(ByteStream::from(body))
+            .send()
+            .await
+            .map_err(|e| anyhow::Error::new(e.into_service_error()))
+            .with_context(|| format!("cannot upload part {number}"))?;
+        Ok(UploadedPart(CompletedPart::builder().part_number(number).set_e_tag(out.e_tag).build()))
+    }
+
+    /// Publishes a multipart upload from its parts, in order. On error the upload is
+    /// aborted, so nothing is left behind.
+    pub async fn complete_multipart(&self, upload: &Multipart, parts: Vec<UploadedPart>) -> anyhow::Result<()> {
+        let parts = parts.into_iter().map(|p| p.0).collect();
+        let completed = self
+            .client
+            .complete_multipart_upload()
+            .bucket(&upload.bucket)
+            .key(&upload.key)
+            .upload_id(&upload.upload_id)
+            .multipart_upload(CompletedMultipartUpload::builder().set_parts(Some(parts)).build())
+            .send()
+            .await;
+        if let Err(e) = completed {
+            self.abort_multipart(upload).await;
+            return Err(anyhow::Error::new(e.into_service_error()).context("cannot complete the upload"));
+        }
+        Ok(())
+    }
+
+    /// Aborts a multipart upload, retrying for about half a minute while the endpoint
+    /// is unreachable (the usual reason an upload failed). An upload that is already
+    /// gone counts as aborted. Best effort: a failure is logged.
+    pub async fn abort_multipart(&self, upload: &Multipart) {
+        let Multipart { bucket, key, upload_id } = upload;
+        let mut wait = Duration::from_millis(250);
+        for attempt in 1..=10 {
+            match self.client.abort_multipart_upload().bucket(bucket).key(key).upload_id(upload_id).send().await {
+                Ok(_) => return,
+                Err(e) => {
+                    let e = e.into_service_error();
+                    if e.is_no_such_upload() {
+                        return;
+                    }
+                    if attempt == 10 {
+                        tracing::error!(bucket, key, upload_id, error = %anyhow::Error::new(e), "could not abort the multipart upload; it stays open until a later retry or the bucket's lifecycle rule removes it");
+                        return;
+                    }
+                }
             }
-            Err(e) => {
-                return Err(anyhow::Error::new(e.into_service_error()).context(format!("cannot read {bucket}/{key}")));
+            tokio::time::sleep(wait).await;
+            wait = (wait * 2).min(Duration::from_secs(5));
+        }
+    }
+
+    /// Replaces an object's metadata by a server-side copy onto itself (the bytes
+    /// are not sent again).
+    pub async fn replace_metadata(
+        &self,
+        bucket: &str,
+        key: &str,
+        content_type: &str,
+        metadata: &[(&str, &str)],
+    ) -> anyhow::Result<()> {
+        self.copy(bucket, key, bucket, key, Some((content_type, metadata))).await
+    }
+
+    /// Copies `from_bucket/from_key` to `to_bucket/to_key` server-side, with new
+    /// metadata when given (else the source's).
+    pub async fn copy(
+        &self,
+        from_bucket: &str,
+        from_key: &str,
+        to_bucket: &str,
+        to_key: &str,
+        replace: Option<(&str, &[(&str, &str)])>,
+    ) -> anyhow::Result<()> {
+        let mut request =
+            self.client.copy_object().bucket(to_bucket).key(to_key).copy_source(format!("{from_bucket}/{from_key}"));
+        if let Some((content_type, metadata)) = replace {
+            request = request.metadata_directive(MetadataDirective::Replace).content_type(content_type);
+            for (k, v) in metadata {
+                request = request.metadata(*k, *v);
             }
-        };
-        let reader = tokio_util::io::SyncIoBridge::new(object.body.into_async_read());
-        let expected = expected_sha256.map(str::to_string);
-        Ok(tokio::task::spawn_blocking(move || crate::exports::verify::verify(reader, expected.as_deref())).await?)
+        }
+        request
+            .send()
+            .await
+            .map_err(|e| anyhow::Error::new(e.into_service_error()))
+            .with_context(|| format!("cannot copy {from_bucket}/{from_key} to {to_bucket}/{to_key}"))?;
+        Ok(())
     }
 
     /// Whether `bucket/key` exists.
@@ -192,6 +316,13 @@ impl Storage {
         }
         Ok(())
     }
+}
+
+/// A raw S3 client for `settings`, configured as [`Storage`]'s own, for tools and
+/// tests that look into a bucket directly. The product itself goes through
+/// [`Storage`].
+pub fn raw_client(settings: &S3Settings) -> Client {
+    Client::from_conf(client_config(settings, &settings.endpoint))
 }
 
 fn client_config(settings: &S3Settings, endpoint: &str) -> aws_sdk_s3::Config {

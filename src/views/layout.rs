@@ -15,8 +15,8 @@ use crate::{
 #[derive(Clone, Debug)]
 pub struct PageCtx {
     pub user: Option<User>,
-    /// (slug, name, role) of the user's orgs.
-    pub orgs: Vec<(String, String, String)>,
+    /// The user's orgs, for navigation.
+    pub orgs: Vec<crate::orgs::OrgLink>,
     pub csrf: String,
 }
 
@@ -72,12 +72,13 @@ fn nav(ctx: &PageCtx) -> Markup {
             nav.max-w-5xl.mx-auto.px-4.py-3.flex.flex-wrap.items-center.gap-4 aria-label="Main" {
                 a.font-semibold.text-slate-900 href=(routes::HOME) { "Data Export" }
                 @if let Some(user) = &ctx.user {
-                    @for (slug, name, role) in &ctx.orgs {
-                        @if role == "admin" {
-                            span.text-slate-400 { "|" }
-                            span.text-sm.text-slate-600 { (name) ":" }
-                            a.text-sm.text-blue-700.hover:underline href=(routes::org_modules(slug)) { "Modules" }
-                            a.text-sm.text-blue-700.hover:underline href=(routes::org_backups(slug)) { "Backups & Export" }
+                    @for org in ctx.orgs.iter().filter(|o| o.is_admin()) {
+                        span.text-slate-400 { "|" }
+                        span.text-sm.text-slate-600 { (org.name) ":" }
+                        a.text-sm.text-blue-700.hover:underline href=(routes::org_modules(&org.slug)) { "Modules" }
+                        // The page exists only while the org has Data Export on.
+                        @if org.data_export {
+                            a.text-sm.text-blue-700.hover:underline href=(routes::org_backups(&org.slug)) { "Backups & Export" }
                         }
                     }
                     @if user.is_platform_admin {

@@ -5,7 +5,7 @@
 
 use std::time::Duration;
 
-use data_export::{routes::*, web};
+use data_export::{router, routes::*};
 use reqwest::Method;
 
 use crate::helpers::{PASSWORD, TestApp, api};
@@ -190,14 +190,14 @@ async fn every_route_answers_each_role_as_expected() {
     };
 
     let mut routes: Vec<(Kind, &str, String)> = Vec::new();
-    for (m, p) in web::OPS_ROUTES {
+    for (m, p) in router::OPS_ROUTES {
         routes.push((Kind::Ops, m, p.to_string()));
     }
     // The API first: its trigger must not meet the one the HTML form starts.
-    for (m, p) in web::API_ROUTES {
+    for (m, p) in router::API_ROUTES {
         routes.push((Kind::Api, m, p.to_string()));
     }
-    for (m, p) in web::HTML_ROUTES {
+    for (m, p) in router::HTML_ROUTES {
         routes.push((Kind::Html, m, p.to_string()));
     }
     for (m, p) in BOARD_ROUTES {
@@ -281,12 +281,12 @@ async fn every_route_answers_each_role_as_expected() {
     let admin = app.login("admin@acme.test").await;
     let token = app.token("admin@acme.test").await;
     let api_admin = api(&app, &token);
-    for (method, pattern) in web::HTML_ROUTES.iter().chain(web::API_ROUTES).filter(|(_, p)| p.contains("{id}")) {
+    for (method, pattern) in router::HTML_ROUTES.iter().chain(router::API_ROUTES).filter(|(_, p)| p.contains("{id}")) {
         if pattern.contains("privacy") {
             continue;
         }
         let p = path(pattern, "acme", Some(&globex_export));
-        let status = if web::API_ROUTES.contains(&(*method, *pattern)) {
+        let status = if router::API_ROUTES.contains(&(*method, *pattern)) {
             api_admin.send(Method::from_bytes(method.as_bytes()).unwrap(), &p).await.status()
         } else if *method == "POST" {
             admin.post_form(&p, &[]).await.status()
@@ -304,7 +304,7 @@ async fn every_route_answers_each_role_as_expected() {
             .await
             .unwrap();
     let mut posts = 0;
-    for (method, pattern) in web::HTML_ROUTES.iter().filter(|(m, _)| *m == "POST") {
+    for (method, pattern) in router::HTML_ROUTES.iter().filter(|(m, _)| *m == "POST") {
         let who = if pattern.starts_with("/platform") { &platform } else { &admin };
         let url = format!("{}{}", who.base, fill(pattern, &acme_export, &privacy_id));
         for token in [None, Some("forged-token")] {

@@ -84,16 +84,8 @@ async fn trigger_watch_download_and_delete_in_the_ui() {
     assert_eq!(bytes.len() as i64, run.size_bytes.unwrap());
     assert_valid(&snap);
     assert_eq!(snap["export_id"], id.as_str());
-    let head = app
-        .state
-        .storage
-        .client()
-        .head_object()
-        .bucket("org-acme")
-        .key(run.object_key.clone().unwrap())
-        .send()
-        .await
-        .unwrap();
+    let head =
+        app.s3_client().head_object().bucket("org-acme").key(run.object_key.clone().unwrap()).send().await.unwrap();
     let meta = head.metadata().unwrap();
     assert_eq!(meta.get("sha256"), run.sha256.as_ref(), "the object's metadata carries the hash");
     assert_eq!(meta.get("size-bytes"), Some(&run.size_bytes.unwrap().to_string()));
@@ -425,9 +417,7 @@ async fn presigned_urls_are_refused_when_tampered_with_or_expired() {
 
     // A URL signed for one second is refused once it has expired.
     let short = app
-        .state
-        .storage
-        .client()
+        .s3_client()
         .get_object()
         .bucket("org-acme")
         .key(run.object_key.unwrap())
@@ -548,10 +538,13 @@ async fn export_command_writes_a_file_or_a_recorded_run() {
 /// budget. Holding a whole section (or the whole file) in memory would fail here.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_pipeline_buffers_stay_bounded_whatever_the_size() {
-    use data_export::exports::{pipeline, sink};
+    use data_export::{
+        exports::org_snapshot,
+        snapshot::{pipeline, sink},
+    };
     let app = TestApp::spawn_with(Options { members: 3_000, workers: false, ..Options::default() }).await;
     let org = app.org_id("acme").await;
-    let snapshot = pipeline::Snapshot::open(app.pool(), org).await.unwrap();
+    let snapshot = org_snapshot::open(app.pool(), org).await.unwrap();
     let rows = snapshot.rows_total();
     let path = app.storage_dir.join("bounded.json.gz");
     let upload = sink::Sink::File(path.clone()).start().await.unwrap();
@@ -624,9 +617,7 @@ async fn verify_rereads_a_snapshot_by_command_api_and_ui() {
 
     // The object damaged in the bucket: the Verify action says so, in the API and
     // on the run's row in the UI.
-    app.state
-        .storage
-        .client()
+    app.s3_client()
         .put_object()
         .bucket("org-acme")
         .key(run.object_key.clone().unwrap())
@@ -752,7 +743,7 @@ async fn every_row_is_exported_exactly_as_row_to_json_renders_it() {
     assert!(tables.len() >= 20, "all modules on: {tables:?}");
     let mut compared = 0;
     for table in &tables {
-        let secret = data_export::exports::sections::SECRET_COLUMNS;
+        let secret = data_export::snapshot::SECRET_COLUMNS;
         let (cols,): (String,) = sqlx::query_as(
             "select string_agg(format('t.%I', column_name), ', ' order by ordinal_position) from information_schema.columns
              where table_schema = current_schema() and table_name = $1 and column_name <> all($2)",
@@ -779,4 +770,52 @@ async fn every_row_is_exported_exactly_as_row_to_json_renders_it() {
     // The edge values are in: the infinities, BC and the column of every other type.
     assert!(text.contains(r#""created_at":"-infinity""#) && text.contains("4713-11-24T00:00:00+00:00 BC"), "edges");
     assert!(text.contains(r#""Odd \"name\"":-32768"#) && text.contains(r#""f":"Infinity""#), "other types");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pending_run_fails_once_data_export_is_switched_off_and_finished_runs_are_audited() {
+    let mut app = TestApp::spawn_with(Options { workers: false, ..Default::default() }).await;
+    let api = api(&app, &app.token("admin@acme.test").await);
+    let pending =
+        api.post("/orgs/acme/exports").await.json::<Value>().await.unwrap()["id"].as_str().unwrap().to_string();
+    // The admin switches Data Export off while the run waits for a worker.
+    let s = app.login("admin@acme.test").await;
+    let others = ["engage", "operations", "foundation", "learning", "alumni"].map(|m| ("module", m));
+    assert_eq!(s.post_form("/orgs/acme/settings/modules", &others).await.status(), 303);
+    app.start_workers();
+    let run = app.wait_for_run(&pending, WAIT).await;
+    assert_eq!(run.status, "failed");
+    assert_eq!(run.error.as_deref(), Some("Data Export was switched off"));
+    assert_eq!(run.object_key, None);
+    assert!(app.objects("org-acme").await.is_empty(), "nothing was written");
+    let failed = app.audits("export.failed").await;
+    assert_eq!(failed.len(), 1, "{failed:?}");
+    assert_eq!(failed[0].2, format!("export:{pending}"));
+    assert_eq!(failed[0].3["error"], "Data Export was switched off");
+
+    // Switched on again, an export completes, with its entry.
+    let all = ["data_export", "engage", "operations", "foundation", "learning", "alumni"].map(|m| ("module", m));
+    assert_eq!(s.post_form("/orgs/acme/settings/modules", &all).await.status(), 303);
+    let id = api.post("/orgs/acme/exports").await.json::<Value>().await.unwrap()["id"].as_str().unwrap().to_string();
+    let run = app.wait_for_run(&id, WAIT).await;
+    assert_eq!(run.status, "completed");
+    let completed = app.audits("export.completed").await;
+    assert_eq!(completed.len(), 1, "{completed:?}");
+    assert_eq!(completed[0].0, Some(app.org_id("acme").await));
+    assert_eq!(completed[0].2, format!("export:{id}"));
+    assert_eq!(completed[0].3["sha256"], run.sha256.unwrap().as_str());
+    assert_eq!(completed[0].3["rows"], run.rows_written);
+    assert_eq!(app.audits("export.failed").await.len(), 1, "the completed run added no failure");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_export_command_starts_only_the_export_queues_workers() {
+    let app = TestApp::spawn_with(Options { workers: false, ..Default::default() }).await;
+    let out = app.command().args(["export", "--org", "acme"]).output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let kinds: Vec<(String,)> = sqlx::query_as("select distinct worker_type from apalis.workers order by 1")
+        .fetch_all(app.pool())
+        .await
+        .unwrap();
+    assert_eq!(kinds.into_iter().map(|k| k.0).collect::<Vec<_>>(), ["exports"]);
 }

@@ -43,7 +43,8 @@ pub async fn assert_clean(app: &TestApp, id: &str) -> Run {
     keys.sort();
     assert_eq!(objects, keys, "the bucket holds exactly the completed exports: no partial or orphaned object");
     for (key, sha) in &completed {
-        let report = app.state.storage.verify_object("org-acme", key, Some(sha)).await.unwrap();
+        let report =
+            data_export::snapshot::verify::verify_object(&app.state.storage, "org-acme", key, Some(sha)).await.unwrap();
         assert!(report.is_ok(), "{key} verifies: {report:?}");
     }
     assert!(app.open_uploads().is_empty(), "no open multipart upload: {:?}", app.open_uploads());

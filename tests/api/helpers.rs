@@ -52,7 +52,7 @@ pub async fn fresh_db_on(server: &str) -> (PgPool, String) {
     admin.close().await;
     let options = db::parse_url(server).unwrap().database(&name);
     let pool = db::connect(options, 20).await.unwrap();
-    db::migrate(&pool).await.unwrap();
+    data_export::startup::migrate(&pool).await.unwrap();
     (pool, name)
 }
 
@@ -110,6 +110,8 @@ pub struct TestApp {
     pub proxy: Option<FaultProxy>,
     /// The PostgreSQL server the database is on.
     pub server: String,
+    /// The S3 settings the app uses (through the fault proxy when there is one).
+    pub s3_settings: data_export::config::S3Settings,
     workers: Option<(CancellationToken, tokio::task::JoinHandle<()>)>,
 }
 
@@ -142,7 +144,7 @@ impl TestApp {
         let storage = Storage::new(&settings, &config.privacy_bucket, settings.endpoint.clone());
         let state = AppState(Arc::new(App::new(pool, storage, config)));
         data_export::seed::run(&state.pool, &state.storage, opts.members, PASSWORD).await.unwrap();
-        data_export::platform::backup::verify(&state, None).await.unwrap().unwrap();
+        data_export::settings::backup::verify(&state, None).await.unwrap().unwrap();
         let app = data_export::startup::Application::build(
             state.clone(),
             state.config.bind,
@@ -153,12 +155,28 @@ impl TestApp {
         let addr = format!("http://127.0.0.1:{}", app.port());
         let stop = CancellationToken::new();
         tokio::spawn(app.run_until_stopped(stop.clone()));
-        let mut me =
-            Self { addr, state, db_name, storage_dir, s3: Some(s3), s3_addr, stop, proxy, server, workers: None };
+        let mut me = Self {
+            addr,
+            state,
+            db_name,
+            storage_dir,
+            s3: Some(s3),
+            s3_addr,
+            stop,
+            proxy,
+            server,
+            s3_settings: settings,
+            workers: None,
+        };
         if opts.workers {
             me.start_workers();
         }
         me
+    }
+
+    /// A raw S3 client, to look into buckets as the app sees them.
+    pub fn s3_client(&self) -> aws_sdk_s3::Client {
+        data_export::storage::raw_client(&self.s3_settings)
     }
 
     pub fn pool(&self) -> &PgPool {
@@ -171,7 +189,7 @@ impl TestApp {
         let handle = tokio::spawn({
             let (state, token) = (self.state.clone(), token.clone());
             async move {
-                let _ = data_export::jobs::run(state, token).await;
+                let _ = data_export::workers::run(state, token, None).await;
             }
         });
         self.workers = Some((token, handle));
@@ -271,7 +289,7 @@ impl TestApp {
 
     /// Objects in a bucket (through the S3 API).
     pub async fn objects(&self, bucket: &str) -> Vec<String> {
-        let out = self.state.storage.client().list_objects_v2().bucket(bucket).send().await.unwrap();
+        let out = self.s3_client().list_objects_v2().bucket(bucket).send().await.unwrap();
         out.contents()
             .iter()
             .filter_map(|o| o.key().map(str::to_string))

@@ -5,8 +5,8 @@
 
 use data_export::{
     orgs::{OrgSlug, modules::Module},
-    platform::{schedule, settings},
     routes::*,
+    settings::{self, schedule},
 };
 use proptest::{
     prelude::*,
@@ -293,10 +293,10 @@ async fn bad_forms_paths_and_bodies_get_a_4xx_and_change_nothing() {
 
     // Paths: odd ids and slugs in every route that takes them, in the UI and the API.
     let segment = text().prop_map(|t| url::form_urlencoded::byte_serialize(t.as_bytes()).collect::<String>());
-    let routes: Vec<(&str, String)> = data_export::web::HTML_ROUTES
+    let routes: Vec<(&str, String)> = data_export::router::HTML_ROUTES
         .iter()
         .map(|(m, p)| (*m, p.to_string()))
-        .chain(data_export::web::API_ROUTES.iter().map(|(m, p)| (*m, format!("{API_PREFIX}{p}"))))
+        .chain(data_export::router::API_ROUTES.iter().map(|(m, p)| (*m, format!("{API_PREFIX}{p}"))))
         .filter(|(_, p)| p.contains("{id}") || p.contains("{org}"))
         .collect();
     for (i, raw) in draw(segment, CASES * 2).into_iter().enumerate() {

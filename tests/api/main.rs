@@ -9,6 +9,7 @@ mod coverage;
 mod exports;
 mod faults;
 mod inputs;
+mod layers;
 mod modules;
 mod platform;
 mod privacy;

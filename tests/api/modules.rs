@@ -83,3 +83,23 @@ async fn bad_module_forms_change_nothing() {
     let m = app.login("member@acme.test").await;
     assert_eq!(m.post_form("/orgs/acme/settings/modules", &[("module", "engage")]).await.status(), 403);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn backups_and_export_is_linked_only_while_data_export_is_on() {
+    let app = TestApp::spawn_with(Options { workers: false, ..Default::default() }).await;
+    let s = app.login("admin@acme.test").await;
+    let link = r#"href="/orgs/acme/settings/backups""#;
+    let home = s.get("/").await.text().await.unwrap();
+    assert_eq!(home.matches(link).count(), 2, "navigation and start page link it while it is on");
+    // Everything but Data Export stays on.
+    let others = ["engage", "operations", "foundation", "learning", "alumni"].map(|m| ("module", m));
+    assert_eq!(s.post_form("/orgs/acme/settings/modules", &others).await.status(), 303);
+    for page in ["/", "/orgs/acme/settings/modules", "/me/privacy"] {
+        let body = s.get(page).await.text().await.unwrap();
+        assert!(!body.contains(link), "{page} links to a page that answers 404");
+    }
+    assert_eq!(s.get("/orgs/acme/settings/backups").await.status(), 404);
+    // globex's admin still sees globex's.
+    let g = app.login("admin@globex.test").await;
+    assert!(g.get("/").await.text().await.unwrap().contains(r#"href="/orgs/globex/settings/backups""#));
+}

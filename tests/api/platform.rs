@@ -101,7 +101,7 @@ async fn verify_against_a_working_and_a_stopped_endpoint() {
     assert!(active && verified_at.unwrap() > verified_before && error.is_none());
     // The probes are gone again from every bucket.
     for bucket in ["org-acme", "org-globex", app.state.storage.privacy_bucket()] {
-        let all = app.state.storage.client().list_objects_v2().bucket(bucket).send().await.unwrap();
+        let all = app.s3_client().list_objects_v2().bucket(bucket).send().await.unwrap();
         assert!(all.contents().is_empty(), "{bucket} is empty after the probe");
     }
     let audits = app.audits("backup.verified").await;

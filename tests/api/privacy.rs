@@ -405,3 +405,25 @@ async fn one_active_request_and_failures_leave_no_object() {
     assert_eq!(s.post_form("/me/privacy", &[]).await.status(), 303);
     assert_eq!(wait_for_request(&app, member).await.1, "completed");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_files_object_metadata_names_the_subject_access_format() {
+    let app = TestApp::spawn().await;
+    let member = user_id(&app, "member@acme.test").await;
+    let s = app.login("member@acme.test").await;
+    assert_eq!(s.post_form("/me/privacy", &[]).await.status(), 303);
+    let (id, status) = wait_for_request(&app, member).await;
+    assert_eq!(status, "completed");
+    let head = app
+        .s3_client()
+        .head_object()
+        .bucket(app.state.storage.privacy_bucket())
+        .key(format!("privacy/{member}/{id}.json.gz"))
+        .send()
+        .await
+        .unwrap();
+    let meta = head.metadata().unwrap();
+    assert_eq!(meta.get("format").map(String::as_str), Some("data-export/subject-access;version=1"), "{meta:?}");
+    assert_eq!(meta.get("request-id"), Some(&id), "{meta:?}");
+    assert!(meta.get("sha256").is_some_and(|h| h.len() == 64), "{meta:?}");
+}

@@ -1,28 +1,23 @@
-//! The HTTP surface: the router with every route, the session and CSRF layers,
-//! security headers, assets, the start page and health checks.
+//! The HTTP surface: the route table that builds the router with every feature's
+//! routes, the session and CSRF layers, security headers, assets and health checks.
 
 use axum::{
     Router,
     extract::{DefaultBodyLimit, State},
     http::{HeaderValue, StatusCode, header},
     middleware,
-    response::{IntoResponse, Redirect, Response},
+    response::{IntoResponse, Response},
 };
-use maud::html;
 use tower_http::{set_header::SetResponseHeaderLayer, trace::TraceLayer};
-use tower_sessions::{Expiry, SessionManagerLayer, cookie::SameSite};
 
 use crate::{
-    auth::{self, MaybeUser, session_store::PgSessionStore},
+    auth,
     error::{ApiError, AppError},
-    exports, orgs, platform, privacy,
+    exports, pages, platform, privacy,
     routes::*,
     state::AppState,
-    views::{PageCtx, page},
 };
 
-/// The session cookie's name.
-pub const SESSION_COOKIE: &str = "dx_session";
 /// The CSP: no inline script or style, no framing.
 pub const CSP: &str = "default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:; object-src 'none'; base-uri 'none'; frame-ancestors 'none'; form-action 'self'";
 
@@ -42,10 +37,10 @@ macro_rules! route_table {
 }
 
 route_table!(HTML_ROUTES, html_routes:
-    HOME => [get home],
-    LOGIN => [get auth::login::show, post auth::login::submit],
-    LOGOUT => [post auth::login::logout],
-    ORG_MODULES => [get orgs::modules::show, post orgs::modules::update],
+    HOME => [get pages::home::show],
+    LOGIN => [get pages::login::show, post pages::login::submit],
+    LOGOUT => [post pages::login::logout],
+    ORG_MODULES => [get pages::modules::show, post pages::modules::update],
     ORG_BACKUPS => [get exports::web::page],
     ORG_EXPORTS => [post exports::web::trigger],
     ORG_EXPORT_HISTORY => [get exports::web::history],
@@ -84,7 +79,7 @@ route_table!(OPS_ROUTES, ops_routes:
 
 /// Every route of the product.
 pub fn router(state: AppState) -> Router {
-    let sessions = session_layer(&state);
+    let sessions = auth::session_layer(&state);
     let html = html_routes(Router::new())
         .fallback(|| async { AppError::NotFound })
         .method_not_allowed_fallback(|| async { AppError::MethodNotAllowed })
@@ -108,16 +103,6 @@ pub fn router(state: AppState) -> Router {
         .with_state(state)
 }
 
-/// The session layer (also used by the job board's listener, which shares the cookie).
-pub fn session_layer(state: &AppState) -> SessionManagerLayer<PgSessionStore> {
-    SessionManagerLayer::new(PgSessionStore::new(state.pool.clone()))
-        .with_name(SESSION_COOKIE)
-        .with_http_only(true)
-        .with_same_site(SameSite::Lax)
-        .with_secure(state.config.cookies_secure())
-        .with_expiry(Expiry::OnInactivity(time::Duration::hours(12)))
-}
-
 const APP_CSS: &[u8] = include_bytes!("../assets/app.css");
 const HTMX_JS: &[u8] = include_bytes!("../assets/htmx.min.js");
 
@@ -131,33 +116,6 @@ fn asset(body: &'static [u8], content_type: &'static str) -> Response {
         body,
     )
         .into_response()
-}
-
-/// The start page: where a signed-in user can go.
-async fn home(ctx: PageCtx, MaybeUser(user): MaybeUser) -> Result<Response, AppError> {
-    let Some(user) = user else {
-        return Ok(Redirect::to(LOGIN).into_response());
-    };
-    let body = html! {
-        div.card.space-y-3 {
-            p { "Signed in as " strong { (user.email) } "." }
-            @if ctx.orgs.is_empty() {
-                p.text-slate-600 { "You are not a member of any organization." }
-            }
-            ul.space-y-2 {
-                @for (slug, name, role) in &ctx.orgs {
-                    li {
-                        span.font-medium { (name) } " · " (orgs::Role::parse(role).map(|r| r.label()).unwrap_or("Member"))
-                        @if role == "admin" {
-                            " · " a.text-blue-700.hover:underline href=(org_modules(slug)) { "Modules" }
-                            " · " a.text-blue-700.hover:underline href=(org_backups(slug)) { "Backups & Export" }
-                        }
-                    }
-                }
-            }
-        }
-    };
-    Ok(page(&ctx, "Data Export", body).into_response())
 }
 
 /// Ready when the database and the storage endpoint both answer.

@@ -92,7 +92,7 @@ impl CopyDecoder {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::exports::row_json::{Render, RowFormat};
+    use crate::snapshot::row_json::{Render, RowFormat};
 
     /// A stream of two-column rows (NULL where `None`).
     fn stream(rows: &[[Option<&str>; 2]]) -> Vec<u8> {

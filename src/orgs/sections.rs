@@ -1,5 +1,5 @@
-//! The snapshot's sections: each org-scoped table is one section named after the
-//! table, unless it is in [`EXCLUDED`] with its reason. A test fails when a table
+//! The org's tables, which are its snapshot's sections: each org-scoped table is one
+//! section named after the table, unless it is in [`EXCLUDED`] with its reason. A test fails when a table
 //! with an `org_id` column is in neither list.
 
 use crate::orgs::modules::Module;
@@ -52,10 +52,6 @@ pub const EXCLUDED: &[(&str, &str)] = &[
     ("export_runs", "the export machinery's own bookkeeping, not the org's records"),
     ("org_modules", "module switches are written to the snapshot's `modules` object instead"),
 ];
-
-/// Column names that never leave, whatever table they appear in: secrets.
-pub const SECRET_COLUMNS: &[&str] =
-    &["password_hash", "token_hash", "secret", "secret_access_key", "session_data", "credentials"];
 
 /// The sections for the modules that are on.
 pub fn enabled(modules: &[(Module, bool)]) -> Vec<Section> {

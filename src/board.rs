@@ -4,11 +4,7 @@
 //! board's API can push jobs and has no auth of its own. The guard reads the same
 //! session cookie as the main site (cookies are per host, not per port).
 
-use apalis_board_api::{
-    framework::{ApiBuilder, RegisterRoute},
-    ui::ServeUI,
-};
-use apalis_postgres::PostgresStorage;
+use apalis_board_api::{framework::ApiBuilder, ui::ServeUI};
 use axum::{
     Router,
     extract::{Request, State},
@@ -18,25 +14,16 @@ use axum::{
 };
 use tower_http::set_header::SetResponseHeaderLayer;
 
-use super::{pruner, scheduler};
-use crate::{auth::MaybeUser, exports, jobs, state::AppState};
+use crate::{auth::MaybeUser, state::AppState, workers};
 
-/// The board's router.
+/// The board's router: every queue of the registry ([`workers::queues`]).
 pub fn router(state: &AppState) -> Router {
-    fn backend<T>(state: &AppState, queue: &str) -> PostgresStorage<T> {
-        PostgresStorage::<T>::new(&state.pool).with_config(jobs::queue_config(state, queue))
-    }
-    let api = ApiBuilder::new(Router::new())
-        .register(exports::job::QUEUE, backend::<exports::job::ExportJob>(state, exports::job::QUEUE))
-        .register(scheduler::QUEUE, backend::<scheduler::SlotJob>(state, scheduler::QUEUE))
-        .register(pruner::QUEUE, backend::<pruner::PruneJob>(state, pruner::QUEUE))
-        .register(crate::privacy::QUEUE, backend::<crate::privacy::PrivacyJob>(state, crate::privacy::QUEUE))
-        .build();
+    let api = workers::queues().iter().fold(ApiBuilder::new(Router::new()), |api, q| (q.board)(api, state)).build();
     Router::new()
         .nest("/api/v1", api)
         .fallback_service(ServeUI::new())
         .layer(middleware::from_fn_with_state(state.clone(), guard))
-        .layer(crate::web::session_layer(state))
+        .layer(crate::auth::session_layer(state))
         .layer(SetResponseHeaderLayer::overriding(header::X_CONTENT_TYPE_OPTIONS, HeaderValue::from_static("nosniff")))
         .layer(SetResponseHeaderLayer::overriding(header::X_FRAME_OPTIONS, HeaderValue::from_static("DENY")))
         .layer(SetResponseHeaderLayer::overriding(header::REFERRER_POLICY, HeaderValue::from_static("same-origin")))

@@ -284,6 +284,24 @@ impl<R: Read> Read for HashingReader<R> {
     }
 }
 
+/// Streams `bucket/key` through [`verify`] (on a blocking thread, one row in memory
+/// at a time). The outer error is the storage's; the inner one says what is wrong
+/// with the file, including that it is missing from the bucket.
+pub async fn verify_object(
+    storage: &crate::storage::Storage,
+    bucket: &str,
+    key: &str,
+    expected_sha256: Option<&str>,
+) -> anyhow::Result<Result<Report, Invalid>> {
+    let Some(body) = storage.read(bucket, key).await? else {
+        // Gone from the bucket (removed outside the product): the file is lost.
+        return Ok(Err(Invalid(format!("the object {key} is missing from bucket {bucket}"))));
+    };
+    let reader = tokio_util::io::SyncIoBridge::new(body);
+    let expected = expected_sha256.map(str::to_string);
+    Ok(tokio::task::spawn_blocking(move || verify(reader, expected.as_deref())).await?)
+}
+
 #[cfg(test)]
 mod tests {
     use std::io::Write;

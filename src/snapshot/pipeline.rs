@@ -1,7 +1,9 @@
-//! The snapshot pipeline, shared by the job and the CLI.
+//! The snapshot pipeline: what the org export, the data-subject export and the
+//! CLI's `export --out` all run.
 //!
-//! One REPEATABLE READ, READ ONLY transaction gives the consistent read. Counts
-//! come first; then three stages run at once, joined by bounded channels so memory
+//! One REPEATABLE READ, READ ONLY transaction gives the consistent read: a
+//! [`Reader`] opens it, the caller reads its header values and adds its sections in
+//! it, and [`Reader::finish`] makes the [`Snapshot`]. Counts come first; then three stages run at once, joined by bounded channels so memory
 //! stays flat whatever the org's size:
 //!
 //! ```text
@@ -37,12 +39,11 @@ use sqlx::{Column, Executor, PgPool, Postgres, Statement, Transaction};
 use tokio::sync::{mpsc, watch};
 
 use super::{
+    SECRET_COLUMNS,
     copy_binary::CopyDecoder,
     row_json::{Render, RowFormat},
-    sections::{self, SECRET_COLUMNS, Section},
     sink::SinkUpload,
 };
-use crate::orgs::modules::{self, Module};
 
 /// Binary COPY bytes are handed to the renderer in batches of about this size.
 pub const COPY_BATCH: usize = 256 * 1024;
@@ -83,31 +84,79 @@ pub struct Buffers {
     pub max_part_bytes: usize,
 }
 
-/// An open consistent read, with its counts known: of one org (the org snapshot)
-/// or of one person (the data-subject export, see [`crate::privacy`]).
+/// An open consistent read, with its header and its sections' counts known.
 pub struct Snapshot {
     tx: Transaction<'static, Postgres>,
     pub snapshot_at: DateTime<Utc>,
-    kind: Kind,
+    header: Header,
     /// Each section with how it is read and its row count.
     sections: Vec<(String, Plan, i64)>,
 }
 
-/// What the file's header says.
-enum Kind {
-    Org { organization: String, modules: Vec<(Module, bool)> },
-    Subject { subject: String, organizations: String },
+/// What a file says before its sections' rows:
+/// `{"format":F,"version":1,"<id_key>":ID,"generated_at":..,"snapshot_at":..,` then
+/// each of `fields`, then `"counts"`, then `"sections":{`, which starts with
+/// `lead` when there is one.
+pub struct Header {
+    /// The file's `format`, e.g. `data-export/snapshot`.
+    pub format: &'static str,
+    /// The key the file's id is written under, e.g. `export_id`.
+    pub id_key: &'static str,
+    /// Values read in the same snapshot, as JSON text, in order.
+    pub fields: Vec<(&'static str, String)>,
+    /// A section written first as one object rather than an array of rows (the org
+    /// snapshot's `organization`); it counts as one row.
+    pub lead: Option<(&'static str, String)>,
 }
 
-/// A section to read for [`Snapshot::open_subject`]: its name, its table, and the
-/// condition (on alias `t`) that selects the person's rows, with ids inlined as
-/// numbers (never text from input).
-pub struct SubjectSection {
+/// One section to read: its name in the file, its table, and the condition (on
+/// alias `t`) that selects its rows, with ids inlined as numbers (never text from
+/// input).
+pub struct SectionQuery {
     pub name: &'static str,
     pub table: &'static str,
     pub condition: String,
     /// The select list (on alias `t`) when not every non-secret column is wanted.
     pub columns: Option<String>,
+}
+
+/// A consistent read being set up: the transaction is open, sections are being
+/// described and counted.
+pub struct Reader {
+    tx: Transaction<'static, Postgres>,
+    snapshot_at: DateTime<Utc>,
+    sections: Vec<(String, Plan, i64)>,
+}
+
+impl Reader {
+    /// Opens the read. Everything read through [`Self::conn`] and every section
+    /// added sees the database as of [`Self::snapshot_at`].
+    pub async fn begin(pool: &PgPool) -> anyhow::Result<Self> {
+        let (tx, snapshot_at) = begin_snapshot(pool).await?;
+        Ok(Self { tx, snapshot_at, sections: Vec::new() })
+    }
+
+    /// The instant of the read.
+    pub fn snapshot_at(&self) -> DateTime<Utc> {
+        self.snapshot_at
+    }
+
+    /// The read's connection, for the caller's header values (read only).
+    pub fn conn(&mut self) -> &mut sqlx::PgConnection {
+        &mut self.tx
+    }
+
+    /// Adds a section: describes its columns and counts its rows.
+    pub async fn add(&mut self, query: &SectionQuery) -> anyhow::Result<()> {
+        let (plan, n) = section(&mut self.tx, query.table, &query.condition, query.columns.as_deref()).await?;
+        self.sections.push((query.name.to_string(), plan, n));
+        Ok(())
+    }
+
+    /// The snapshot, ready to [`Snapshot::write`].
+    pub fn finish(self, header: Header) -> Snapshot {
+        Snapshot { tx: self.tx, snapshot_at: self.snapshot_at, header, sections: self.sections }
+    }
 }
 
 /// Starts a REPEATABLE READ, READ ONLY transaction and returns its instant.
@@ -187,74 +236,21 @@ async fn section(
 }
 
 impl Snapshot {
-    /// Starts the read for `org_id` and counts every section.
-    pub async fn open(pool: &PgPool, org_id: i64) -> anyhow::Result<Self> {
-        let (mut tx, snapshot_at) = begin_snapshot(pool).await?;
-        let organization: Option<(String,)> = sqlx::query_as(
-            "select row_to_json(o)::text from (select id, slug, name, bucket, created_at from organizations where id = $1) o",
-        )
-        .bind(org_id)
-        .fetch_optional(&mut *tx)
-        .await?;
-        let (organization,) = organization.context("the organization no longer exists")?;
-        let on: Vec<(String,)> = sqlx::query_as("select module from org_modules where org_id = $1 and enabled")
-            .bind(org_id)
-            .fetch_all(&mut *tx)
-            .await?;
-        let modules: Vec<(Module, bool)> =
-            Module::ALL.iter().map(|m| (*m, on.iter().any(|(k,)| k == m.key()))).collect();
-        let mut sections = Vec::new();
-        for Section { table, .. } in sections::enabled(&modules) {
-            let (copy, n) = section(&mut tx, table, &format!("t.org_id = {org_id}"), None).await?;
-            sections.push((table.to_string(), copy, n));
-        }
-        Ok(Self { tx, snapshot_at, kind: Kind::Org { organization, modules }, sections })
-    }
-
-    /// Starts the read for one person: `subject_sql` reads their account as one
-    /// JSON text column (bound to `subject_id`) in the same snapshot, and each
-    /// section selects their rows. The orgs those rows belong to are listed (id,
-    /// slug, name) so that org ids make sense.
-    pub async fn open_subject(
-        pool: &PgPool,
-        subject_sql: &'static str,
-        subject_id: i64,
-        list: Vec<SubjectSection>,
-    ) -> anyhow::Result<Self> {
-        let (mut tx, snapshot_at) = begin_snapshot(pool).await?;
-        let subject: Option<(String,)> = sqlx::query_as(subject_sql).bind(subject_id).fetch_optional(&mut *tx).await?;
-        let (subject,) = subject.context("the account no longer exists")?;
-        let mut sections = Vec::new();
-        let mut org_ids = Vec::new();
-        for SubjectSection { name, table, condition, columns } in &list {
-            let (copy, n) = section(&mut tx, table, condition, columns.as_deref()).await?;
-            sections.push((name.to_string(), copy, n));
-            org_ids.push(format!("select t.org_id from {table} t where {condition}"));
-        }
-        let orgs_sql = format!(
-            "select coalesce(json_agg(o order by o.id), '[]')::text from (select id, slug, name from organizations
-             where id in ({})) o",
-            if org_ids.is_empty() { "select null::bigint".to_string() } else { org_ids.join(" union ") }
-        );
-        let (organizations,): (String,) = sqlx::query_as(sqlx::AssertSqlSafe(orgs_sql)).fetch_one(&mut *tx).await?;
-        Ok(Self { tx, snapshot_at, kind: Kind::Subject { subject, organizations }, sections })
-    }
-
-    /// Rows to be written (for the org snapshot, `organization` included).
+    /// Rows to be written (the lead section's one included).
     pub fn rows_total(&self) -> i64 {
         self.head_rows() + self.sections.iter().map(|s| s.2).sum::<i64>()
     }
 
-    /// Rows written in the header: the org snapshot's `organization`.
+    /// Rows written in the header: the lead section's one.
     fn head_rows(&self) -> i64 {
-        if matches!(self.kind, Kind::Org { .. }) { 1 } else { 0 }
+        if self.header.lead.is_some() { 1 } else { 0 }
     }
 
     /// `counts` as JSON, in section order.
     pub fn counts_json(&self) -> String {
         let mut parts: Vec<String> = Vec::new();
-        if matches!(self.kind, Kind::Org { .. }) {
-            parts.push("\"organization\":1".to_string());
+        if let Some((name, _)) = &self.header.lead {
+            parts.push(format!("\"{name}\":1"));
         }
         for (name, _, n) in &self.sections {
             parts.push(format!("\"{name}\":{n}"));
@@ -262,35 +258,30 @@ impl Snapshot {
         format!("{{{}}}", parts.join(","))
     }
 
-    /// Everything before the first section's rows. Ends inside `"sections":{`, after
-    /// the org's `organization` object for the org snapshot.
-    fn header(&self, export_id: &str) -> String {
+    /// Everything before the first section's rows (see [`Header`]).
+    fn header(&self, id: &str) -> String {
         let ts = |t: DateTime<Utc>| t.to_rfc3339_opts(SecondsFormat::Micros, true);
-        let id = serde_json::to_string(export_id).unwrap_or_default();
-        match &self.kind {
-            Kind::Org { organization, modules } => {
-                let mut on = String::from("{\"core\":true");
-                for (m, enabled) in modules {
-                    on.push_str(&format!(",\"{}\":{enabled}", m.key()));
-                }
-                on.push('}');
-                format!(
-                    "{{\"format\":\"data-export/snapshot\",\"version\":1,\"export_id\":{id},\"generated_at\":\"{}\",\"snapshot_at\":\"{}\",\n\"organization\":{organization},\n\"modules\":{on},\n\"counts\":{},\n\"sections\":{{\n\"organization\":{organization}",
-                    ts(Utc::now()),
-                    ts(self.snapshot_at),
-                    self.counts_json(),
-                )
-            }
-            Kind::Subject { subject, organizations } => format!(
-                "{{\"format\":\"data-export/subject-access\",\"version\":1,\"request_id\":{id},\"generated_at\":\"{}\",\"snapshot_at\":\"{}\",\n\"subject\":{subject},\n\"organizations\":{organizations},\n\"counts\":{},\n\"sections\":{{",
-                ts(Utc::now()),
-                ts(self.snapshot_at),
-                self.counts_json(),
-            ),
+        let h = &self.header;
+        let mut out = format!(
+            "{{\"format\":{},\"version\":1,\"{}\":{},\"generated_at\":\"{}\",\"snapshot_at\":\"{}\"",
+            serde_json::to_string(h.format).unwrap_or_default(),
+            h.id_key,
+            serde_json::to_string(id).unwrap_or_default(),
+            ts(Utc::now()),
+            ts(self.snapshot_at),
+        );
+        for (key, value) in &h.fields {
+            out.push_str(&format!(",\n\"{key}\":{value}"));
         }
+        out.push_str(&format!(",\n\"counts\":{},\n\"sections\":{{", self.counts_json()));
+        if let Some((name, value)) = &h.lead {
+            out.push_str(&format!("\n\"{name}\":{value}"));
+        }
+        out
     }
 
     /// Streams the snapshot into an opened sink (see [`super::sink::Sink::start`]).
+    /// `export_id` is the file's id (under [`Header::id_key`]).
     /// `progress` receives rows written so far.
     pub async fn write(
         self,
@@ -369,8 +360,8 @@ impl Snapshot {
         send(Piece::Text(self.header(export_id).into_bytes())).await?;
         progress.send_replace(rows_done.load(Ordering::Relaxed));
         for (i, (table, plan, expected)) in std::mem::take(&mut self.sections).into_iter().enumerate() {
-            // The org snapshot's `organization` object came first, in the header.
-            let comma = if i == 0 && matches!(self.kind, Kind::Subject { .. }) { "" } else { "," };
+            // A lead section came first, in the header.
+            let comma = if i == 0 && self.header.lead.is_none() { "" } else { "," };
             send(Piece::Text(format!("{comma}\n\"{table}\":[").into_bytes())).await?;
             let mut stream = self.tx.copy_out_raw(&plan.copy).await.with_context(|| format!("reading {table}"))?;
             send(Piece::Section { name: table.clone(), row: plan.row, expected }).await?;
@@ -475,11 +466,6 @@ fn render(
     anyhow::ensure!(open.is_none(), "the snapshot ended inside a section");
     w.flush()?;
     Ok(Rendered { rows, chunks: w.chunks, max_chunk: w.max_chunk })
-}
-
-/// The org's module states, for callers that do not open a snapshot.
-pub async fn module_states(pool: &PgPool, org_id: i64) -> sqlx::Result<Vec<(Module, bool)>> {
-    modules::states(pool, org_id).await
 }
 
 /// A downstream stage went away; the real error is that stage's.

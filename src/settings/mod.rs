@@ -1,15 +1,24 @@
-//! The platform settings row: retention counts, schedule preset and timezone. Every
-//! change is audit-logged with the values before and after.
+//! The platform's stored settings, which features read and the platform settings
+//! page edits: the backup configuration ([`backup`]), the retention counts, and the
+//! schedule preset and timezone ([`schedule`]). Every change is audit-logged with
+//! the values before and after.
+
+pub mod backup;
+pub mod schedule;
 
 use chrono::{DateTime, Utc};
 use chrono_tz::Tz;
 use sqlx::PgPool;
 
-use super::{
-    retention::Policy,
-    schedule::{self, Preset},
-};
-use crate::orgs;
+use schedule::Preset;
+
+/// The three counts (0 turns a rule off).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Policy {
+    pub daily: u32,
+    pub weekly: u32,
+    pub monthly: u32,
+}
 
 /// The largest retention count (a year of days).
 pub const MAX_RETENTION: u32 = 366;
@@ -86,7 +95,7 @@ pub async fn set_retention(pool: &PgPool, actor: i64, policy: Policy) -> anyhow:
     .await?;
     let json = |p: Policy| serde_json::json!({ "daily": p.daily, "weekly": p.weekly, "monthly": p.monthly });
     let details = serde_json::json!({ "before": json(before), "after": json(policy) });
-    orgs::audit(&mut *tx, None, Some(actor), "retention.updated", "platform_settings", details).await?;
+    crate::audit::write(&mut *tx, None, Some(actor), "retention.updated", "platform_settings", details).await?;
     tx.commit().await?;
     Ok(true)
 }
@@ -113,7 +122,7 @@ pub async fn set_schedule(pool: &PgPool, actor: i64, preset: Preset, timezone: T
         "before": { "preset": before.preset.key(), "timezone": before.timezone.name() },
         "after": { "preset": preset.key(), "timezone": timezone.name() },
     });
-    orgs::audit(&mut *tx, None, Some(actor), "schedule.updated", "platform_settings", details).await?;
+    crate::audit::write(&mut *tx, None, Some(actor), "schedule.updated", "platform_settings", details).await?;
     tx.commit().await?;
     Ok(true)
 }

@@ -4,7 +4,7 @@
 use chrono::{DateTime, Utc};
 use sqlx::PgPool;
 
-use crate::{orgs, state::AppState};
+use crate::state::AppState;
 
 /// The stored configuration row.
 #[derive(Clone, Debug, sqlx::FromRow)]
@@ -75,7 +75,7 @@ pub async fn verify(state: &AppState, actor: Option<i64>) -> anyhow::Result<Resu
         outcome = Err("the configuration changed while it was being verified; verify again".to_string());
     }
     let details = serde_json::json!({ "endpoint": state.storage.identity(), "ok": outcome.is_ok(), "error": outcome.as_ref().err() });
-    orgs::audit(&state.pool, None, actor, "backup.verified", "backup_configuration", details).await?;
+    crate::audit::write(&state.pool, None, actor, "backup.verified", "backup_configuration", details).await?;
     Ok(outcome)
 }
 
@@ -96,7 +96,7 @@ pub async fn set_active(pool: &PgPool, actor: i64, active: bool) -> anyhow::Resu
     if changed {
         let action = if active { "backup.activated" } else { "backup.deactivated" };
         let details = serde_json::json!({ "before": { "active": !active }, "after": { "active": active } });
-        orgs::audit(&mut *tx, None, Some(actor), action, "backup_configuration", details).await?;
+        crate::audit::write(&mut *tx, None, Some(actor), action, "backup_configuration", details).await?;
     }
     tx.commit().await?;
     Ok(changed)

@@ -12,8 +12,8 @@ use maud::{Markup, html};
 use serde::Deserialize;
 use tower_sessions::Session;
 
-use super::{SESSION_USER_ID, password, rate_limit};
 use crate::{
+    auth::{SESSION_USER_ID, password, rate_limit},
     error::{AppError, AppResult},
     routes,
     state::AppState,
@@ -96,7 +96,7 @@ pub async fn submit(
     // A new session id at sign-in defeats session fixation.
     session.cycle_id().await?;
     session.insert(SESSION_USER_ID, user_id).await?;
-    crate::orgs::audit(
+    crate::audit::write(
         &state.pool,
         None,
         Some(user_id),

@@ -1,0 +1,53 @@
+//! The org snapshot (`data-export/snapshot`, version 1; docs/snapshot-format.md):
+//! what the engine reads for one org, and what the file's header says.
+
+use anyhow::Context;
+use sqlx::PgPool;
+
+use crate::{
+    orgs::{modules::Module, sections},
+    snapshot::{Header, Reader, SectionQuery, Snapshot, sink::Label},
+};
+
+/// The file's `format`.
+pub const FORMAT: &str = "data-export/snapshot";
+
+/// What the object's metadata says about an org snapshot.
+pub fn label(export_id: &str) -> Label {
+    Label { format: "data-export/snapshot;version=1", id_key: "export-id", id: export_id.to_string() }
+}
+
+/// Opens the consistent read of `org_id`: its own row, its modules, and a section
+/// for each of its tables whose module is on, all counted in the same snapshot.
+pub async fn open(pool: &PgPool, org_id: i64) -> anyhow::Result<Snapshot> {
+    let mut read = Reader::begin(pool).await?;
+    let organization: Option<(String,)> = sqlx::query_as(
+        "select row_to_json(o)::text from (select id, slug, name, bucket, created_at from organizations where id = $1) o",
+    )
+    .bind(org_id)
+    .fetch_optional(read.conn())
+    .await?;
+    let (organization,) = organization.context("the organization no longer exists")?;
+    let on: Vec<(String,)> = sqlx::query_as("select module from org_modules where org_id = $1 and enabled")
+        .bind(org_id)
+        .fetch_all(read.conn())
+        .await?;
+    let modules: Vec<(Module, bool)> = Module::ALL.iter().map(|m| (*m, on.iter().any(|(k,)| k == m.key()))).collect();
+    for s in sections::enabled(&modules) {
+        let query =
+            SectionQuery { name: s.table, table: s.table, condition: format!("t.org_id = {org_id}"), columns: None };
+        read.add(&query).await?;
+    }
+    let mut switches = String::from("{\"core\":true");
+    for (m, enabled) in &modules {
+        switches.push_str(&format!(",\"{}\":{enabled}", m.key()));
+    }
+    switches.push('}');
+    let header = Header {
+        format: FORMAT,
+        id_key: "export_id",
+        fields: vec![("organization", organization.clone()), ("modules", switches)],
+        lead: Some(("organization", organization)),
+    };
+    Ok(read.finish(header))
+}

@@ -1,0 +1,273 @@
+//! The skeleton every snapshot job shares (the org export, the data-subject
+//! export): take the record for this attempt, refuse it when it may not run, abort
+//! what an earlier attempt left open, write the snapshot to its object on a task of
+//! its own, record the file only while this attempt still holds the record, and
+//! remove a file that could not be recorded. What differs between the jobs is a
+//! [`Lease`]: how the record is taken, checked, opened, completed and failed.
+
+use std::{future::Future, sync::Arc, time::Duration};
+
+use apalis::prelude::{AbortError, BoxDynError};
+use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
+
+use super::{
+    Outcome, Snapshot,
+    sink::{Label, Sink},
+};
+use crate::{jobs, state::AppState, storage::Multipart};
+
+/// Where a job's file goes.
+pub struct Destination {
+    pub bucket: String,
+    pub key: String,
+    pub label: Label,
+}
+
+/// What a finished write left, for [`Lease::complete`].
+pub struct Written<'a> {
+    pub key: &'a str,
+    pub outcome: &'a Outcome,
+    /// The sections' counts as JSON text, in file order.
+    pub counts: &'a str,
+    pub snapshot_at: chrono::DateTime<chrono::Utc>,
+}
+
+/// The record a snapshot job carries out (an export run, a privacy request). Every
+/// update made by an attempt carries its number, the attempt's lease: once a newer
+/// attempt has taken the record over (this worker missed its heartbeats), the older
+/// one can no longer change it.
+pub trait Lease: Send + Sync + 'static {
+    /// The record as loaded.
+    type Record: Clone + Send + Sync + 'static;
+    /// What the work is called in logs ("export", "data-subject export").
+    const WHAT: &'static str;
+    /// Whether [`Self::save_progress`] is called while the file is written.
+    const TRACKS_PROGRESS: bool = false;
+
+    fn id(record: &Self::Record) -> &str;
+    /// The multipart upload that an earlier attempt recorded, if any.
+    fn upload_id(record: &Self::Record) -> Option<&str>;
+    /// A span for the attempt's logs.
+    fn span(record: &Self::Record, attempt: i32) -> tracing::Span;
+
+    /// Takes the record for `attempt` (pending, or left running by a worker that
+    /// died); `None` when there is nothing to do.
+    fn start(
+        &self,
+        state: &AppState,
+        id: &str,
+        attempt: i32,
+    ) -> impl Future<Output = anyhow::Result<Option<Self::Record>>> + Send;
+    /// Why the record may not run now (the backup configuration, a switched-off
+    /// module), if so. It is then failed with that reason.
+    fn refusal(
+        &self,
+        state: &AppState,
+        record: &Self::Record,
+    ) -> impl Future<Output = anyhow::Result<Option<String>>> + Send;
+    /// Where the file goes.
+    fn destination(
+        &self,
+        state: &AppState,
+        record: &Self::Record,
+    ) -> impl Future<Output = anyhow::Result<Destination>> + Send;
+    /// Records (or clears) this attempt's open multipart upload.
+    fn set_upload_id(
+        &self,
+        state: &AppState,
+        id: &str,
+        attempt: i32,
+        upload_id: Option<&str>,
+    ) -> impl Future<Output = anyhow::Result<()>> + Send;
+    /// Opens the consistent read, recording what is known before any row is written.
+    fn open(
+        &self,
+        state: &AppState,
+        record: &Self::Record,
+        attempt: i32,
+    ) -> impl Future<Output = anyhow::Result<Snapshot>> + Send;
+    /// Saves the rows written so far (only with [`Self::TRACKS_PROGRESS`]).
+    fn save_progress(
+        &self,
+        _state: &AppState,
+        _id: &str,
+        _attempt: i32,
+        _rows: i64,
+    ) -> impl Future<Output = anyhow::Result<()>> + Send {
+        async { Ok(()) }
+    }
+    /// Records the published file, only while `attempt` holds the record: `false`
+    /// when a newer attempt took it over.
+    fn complete(
+        &self,
+        state: &AppState,
+        record: &Self::Record,
+        attempt: i32,
+        written: Written<'_>,
+    ) -> impl Future<Output = anyhow::Result<bool>> + Send;
+    /// Marks the record failed with the reason, only while `attempt` holds it (any
+    /// attempt when `None`), retried so that it cannot stay running. Also removes
+    /// what a failed attempt may have left at the record's key.
+    fn fail(
+        &self,
+        state: &AppState,
+        id: &str,
+        attempt: Option<i32>,
+        reason: &str,
+    ) -> impl Future<Output = anyhow::Result<()>> + Send;
+    /// Called once the record was completed.
+    fn completed(&self, _state: &AppState, _record: &Self::Record) -> impl Future<Output = ()> + Send {
+        async {}
+    }
+}
+
+/// Runs attempt `attempt` (from 1) of the record `id`. Errors are recorded on the
+/// record; the job itself is then finished (aborted) rather than retried, except
+/// when the record could not even be updated. Worker crashes re-enqueue the job, up
+/// to the configured attempts.
+pub async fn run<L: Lease>(lease: L, state: AppState, id: &str, attempt: usize) -> Result<(), BoxDynError> {
+    let attempt = attempt as i32;
+    let max = state.config.export_max_attempts as i32;
+    if attempt > max {
+        let reason = format!("gave up after {max} attempts: the worker stopped mid-export each time");
+        lease.fail(&state, id, None, &reason).await?;
+        return Err(AbortError::new("too many attempts").into());
+    }
+    let Some(record) = lease.start(&state, id, attempt).await? else {
+        tracing::info!(id, what = L::WHAT, "no longer pending; nothing to do");
+        return Ok(());
+    };
+    let lease = Arc::new(lease);
+    let outcome = match lease.refusal(&state, &record).await? {
+        Some(reason) => Err(anyhow::anyhow!(reason)),
+        None => {
+            let span = L::span(&record, attempt);
+            let body = {
+                let (lease, state, record) = (lease.clone(), state.clone(), record.clone());
+                async move { write(&*lease, &state, &record, attempt).await }
+            };
+            jobs::on_own_task(tracing::Instrument::instrument(body, span)).await.and_then(|r| r)
+        }
+    };
+    finish(&*lease, &state, &record, attempt, outcome).await
+}
+
+async fn finish<L: Lease>(
+    lease: &L,
+    state: &AppState,
+    record: &L::Record,
+    attempt: i32,
+    outcome: anyhow::Result<()>,
+) -> Result<(), BoxDynError> {
+    match outcome {
+        Ok(()) => {
+            lease.completed(state, record).await;
+            Ok(())
+        }
+        Err(e) => {
+            let reason = format!("{e:#}");
+            tracing::warn!(id = L::id(record), what = L::WHAT, reason, "failed");
+            lease.fail(state, L::id(record), Some(attempt), &reason).await?;
+            Err(AbortError::new(reason).into())
+        }
+    }
+}
+
+/// Writes the record's file and records it.
+async fn write<L: Lease>(lease: &L, state: &AppState, record: &L::Record, attempt: i32) -> anyhow::Result<()> {
+    let id = L::id(record);
+    let Destination { bucket, key, label } = lease.destination(state, record).await?;
+    if let Some(previous) = L::upload_id(record) {
+        // An earlier attempt died mid-upload: abort what it left open.
+        tracing::info!(id, upload_id = previous, "aborting the upload of an earlier attempt");
+        let open = Multipart { bucket: bucket.clone(), key: key.clone(), upload_id: previous.to_string() };
+        state.storage.abort_multipart(&open).await;
+        lease.set_upload_id(state, id, attempt, None).await?;
+    }
+    let snapshot = lease.open(state, record, attempt).await?;
+    let (snapshot_at, counts) = (snapshot.snapshot_at, snapshot.counts_json());
+    let sink = Sink::Object { storage: state.storage.clone(), bucket: bucket.clone(), key: key.clone(), label };
+    let upload = sink.start().await?;
+    let open = upload.upload_id().map(|u| Multipart { bucket: bucket.clone(), key: key.clone(), upload_id: u.into() });
+    let (progress, watcher) = watch::channel(0i64);
+    let done = CancellationToken::new();
+    // Dropped with this future too, so an aborted attempt's saver ends as well.
+    let ended = done.clone().drop_guard();
+    let saver = L::TRACKS_PROGRESS.then(|| save_progress(lease, state, id, attempt, watcher, done));
+    let writing = async {
+        lease.set_upload_id(state, id, attempt, open.as_ref().map(|o| o.upload_id.as_str())).await?;
+        let outcome = snapshot.write(id, upload, &progress).await;
+        drop(ended);
+        outcome
+    };
+    let outcome = match saver {
+        Some(saver) => futures::join!(writing, saver).0,
+        None => writing.await,
+    };
+    let outcome = match outcome {
+        Ok(o) => o,
+        Err(e) => {
+            // The pipeline aborts its own upload; this also covers a stage that
+            // panicked before it could (an upload already gone counts as aborted).
+            if let Some(open) = &open {
+                state.storage.abort_multipart(open).await;
+            }
+            return Err(e);
+        }
+    };
+    let written = Written { key: &key, outcome: &outcome, counts: &counts, snapshot_at };
+    match lease.complete(state, record, attempt, written).await {
+        Ok(true) => {}
+        // A newer attempt took the record over. The key is shared, so the object is
+        // the newer attempt's to publish.
+        Ok(false) => anyhow::bail!("a newer attempt took this {} over", L::WHAT),
+        Err(e) => {
+            // Published but not recorded: remove it rather than leave an orphan.
+            if let Err(del) = state.storage.delete(&bucket, &key).await {
+                tracing::warn!(error = format!("{del:#}"), key, "could not remove an unrecorded file");
+            }
+            return Err(e);
+        }
+    }
+    tracing::info!(
+        id,
+        what = L::WHAT,
+        rows = outcome.rows,
+        bytes = outcome.size_bytes,
+        seconds = outcome.seconds,
+        "completed"
+    );
+    Ok(())
+}
+
+/// Saves the progress figure (rows written, from `rows`) about once a second
+/// while the file is written, and the last figure once `done` is cancelled, then
+/// ends at once: the record is completed only after this, so it must not sit out a
+/// pause (it did: half a second at the end of every export).
+pub async fn save_progress<L: Lease>(
+    lease: &L,
+    state: &AppState,
+    id: &str,
+    attempt: i32,
+    rows: watch::Receiver<i64>,
+    done: CancellationToken,
+) {
+    let mut saved = -1;
+    loop {
+        let ended = tokio::select! {
+            _ = done.cancelled() => true,
+            _ = tokio::time::sleep(Duration::from_secs(1)) => false,
+        };
+        let now = *rows.borrow();
+        if now != saved {
+            if let Err(e) = lease.save_progress(state, id, attempt, now).await {
+                tracing::warn!(error = format!("{e:#}"), "could not save progress");
+            }
+            saved = now;
+        }
+        if ended {
+            return;
+        }
+    }
+}

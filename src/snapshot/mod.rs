@@ -1,0 +1,23 @@
+//! The snapshot engine, beneath every feature that writes or reads a snapshot file:
+//! one consistent read of PostgreSQL ([`pipeline::Reader`]) streamed through binary
+//! COPY decoding ([`copy_binary`]), row-JSON rendering ([`row_json`]) and gzip into a
+//! sink ([`sink`]: a multipart upload through `Storage`, or a local file), and the
+//! streaming check of a finished file ([`verify`]). [`job`] is the skeleton of a job
+//! that writes one snapshot to one object.
+//!
+//! It knows nothing of export runs, privacy requests, pages or orgs' settings: what
+//! to read and what the header says come from the caller.
+
+pub mod copy_binary;
+pub mod job;
+pub mod pipeline;
+pub mod row_json;
+pub mod sink;
+pub mod verify;
+
+pub use pipeline::{Header, Outcome, Reader, SectionQuery, Snapshot};
+
+/// Column names that never leave in any snapshot, whatever table they appear in:
+/// secrets.
+pub const SECRET_COLUMNS: &[&str] =
+    &["password_hash", "token_hash", "secret", "secret_access_key", "session_data", "credentials"];

@@ -1,0 +1,8 @@
+//! Web helpers every feature's handlers share, below the features: form fields
+//! ([`forms`]), answers ([`respond`]: redirects that must not be cached, the
+//! htmx-or-redirect answer after a POST) and ids parsed from the path ([`path`]).
+//! The router that assembles every feature's routes is `crate::router`.
+
+pub mod forms;
+pub mod path;
+pub mod respond;
