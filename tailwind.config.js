@@ -109,7 +109,7 @@ module.exports = {
     'card',
     'badge', 'badge-pending', 'badge-running', 'badge-completed',
     'badge-failed', 'badge-deleted', 'badge-pruned',
-    'input', 'label', 'table-basic',
+    'input', 'label', 'table-basic', 'table-stack',
     'flash-error', 'flash-ok',
     'progress', 'progress-bar',
   ],

@@ -152,11 +152,34 @@ impl Lease for ExportLease {
             sha256: &w.outcome.sha256,
             rows: w.outcome.rows,
         };
-        Ok(runs::complete(&state.pool, &run.id, attempt, written).await?)
+        match runs::complete(&state.pool, &run.id, attempt, written).await {
+            Ok(recorded) => Ok(recorded),
+            Err(e) => match runs::get_any(&state.pool, &run.id).await {
+                Ok(Some(now)) if now.status == runs::RunStatus::Completed => Ok(true),
+                _ => Err(e.into()),
+            },
+        }
     }
 
     async fn fail(&self, state: &AppState, id: &str, attempt: Option<i32>, reason: &str) -> anyhow::Result<()> {
-        runs::fail_persistently(&state.pool, id, attempt, reason).await?;
+        if !runs::fail_persistently(&state.pool, id, attempt, reason).await? {
+            return Ok(());
+        }
+        // A failed run has no file: whatever an attempt left at its key is an orphan.
+        let Some(run) = runs::get_any(&state.pool, id).await? else { return Ok(()) };
+        let Some(org) = crate::orgs::find_by_id(&state.pool, run.org_id).await? else { return Ok(()) };
+        let key = runs::object_key(&run.id, run.created_at);
+        if let Some(upload_id) = &run.upload_id {
+            let open = crate::storage::Multipart {
+                bucket: org.bucket.clone(),
+                key: key.clone(),
+                upload_id: upload_id.clone(),
+            };
+            state.storage.abort_multipart(&open).await;
+        }
+        if let Err(e) = state.storage.delete(&org.bucket, &key).await {
+            tracing::warn!(export_id = id, error = format!("{e:#}"), "could not remove a failed run's object");
+        }
         Ok(())
     }
 

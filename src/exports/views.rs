@@ -56,10 +56,14 @@ pub fn history(csrf: &str, org_slug: &str, runs: &[Run], message: Option<(bool, 
             @if runs.is_empty() {
                 p.text-slate-600 { "No exports yet." }
             } @else {
-                div.overflow-x-auto { table.table-basic.w-full {
+                // No sideways scrolling at any width: the cells wrap, and below `lg` each
+                // row is a card whose cells are labelled by `data-label` (see
+                // `.table-stack` in assets/input.css).
+                div.overflow-x-auto { table.table-basic.table-stack.w-full {
                     thead { tr {
-                        th { "Status" } th { "Trigger" } th { "By" } th { "Requested" } th { "Duration" }
-                        th { "Size" } th { "Rows" } th { span.sr-only { "Actions" } }
+                        th scope="col" { "Status" } th scope="col" { "Trigger" } th scope="col" { "By" }
+                        th scope="col" { "Requested" } th scope="col" { "Duration" } th scope="col" { "Size" }
+                        th scope="col" { "Rows" } th scope="col" { span.sr-only { "Actions" } }
                     } }
                     tbody {
                         @for run in runs { (row(csrf, org_slug, run)) }
@@ -79,7 +83,7 @@ pub fn row(csrf: &str, org_slug: &str, run: &Run) -> Markup {
     html! {
         tr data-export-id=(run.id) data-status=(run.status.as_str())
             hx-get=[poll.as_deref()] hx-trigger=[poll.is_some().then_some("every 2s")] hx-target=[poll.is_some().then_some("this")] {
-            td {
+            td data-label="Status" { div {
                 span class=(badge) { (run.status.as_str()) }
                 @if run.status == RunStatus::Running {
                     @if let Some(p) = run.progress() {
@@ -99,26 +103,30 @@ pub fn row(csrf: &str, org_slug: &str, run: &Run) -> Markup {
                         Some(e) => p.text-xs.text-red-700.mt-1 data-verified="failed" { "Verification failed: " (e) },
                     }
                 }
-            }
-            td { (run.trigger.as_str()) }
-            td { (run.triggered_by_email.as_deref().unwrap_or("schedule")) }
-            td { time datetime=(run.created_at.to_rfc3339()) { (run.created_at.format("%Y-%m-%d %H:%M:%S UTC")) } }
-            td { (run.duration_secs().map(|s| format!("{s:.1} s")).unwrap_or_default()) }
-            td { (run.size_bytes.map(human_bytes).unwrap_or_default()) }
-            td { (run.rows_total.map(|n| n.to_string()).unwrap_or_default()) }
-            td.whitespace-nowrap {
+            } }
+            td data-label="Trigger" { (run.trigger.as_str()) }
+            td data-label="By" { (run.triggered_by_email.as_deref().unwrap_or("schedule")) }
+            td data-label="Requested" { time datetime=(run.created_at.to_rfc3339()) { (run.created_at.format("%Y-%m-%d %H:%M:%S UTC")) } }
+            // Short values stay whole; an empty cell stays empty (a card leaves it out).
+            td data-label="Duration" { @if let Some(s) = run.duration_secs() { span.whitespace-nowrap { (format!("{s:.1} s")) } } }
+            td data-label="Size" { @if let Some(n) = run.size_bytes { span.whitespace-nowrap { (human_bytes(n)) } } }
+            td data-label="Rows" { @if let Some(n) = run.rows_total { span.whitespace-nowrap { (n) } } }
+            // The actions wrap onto more lines rather than push the table wider.
+            td {
                 @if run.status == RunStatus::Completed {
-                    a.btn.btn-secondary.mr-2 href=(routes::path(routes::ORG_EXPORT_DOWNLOAD, org_slug, Some(&run.id))) rel="noreferrer" { "Download" }
-                    form.inline method="post" action=(routes::path(routes::ORG_EXPORT_DELETE, org_slug, Some(&run.id)))
-                        hx-post=(routes::path(routes::ORG_EXPORT_DELETE, org_slug, Some(&run.id)))
-                        hx-confirm="Delete this export's file? This cannot be undone." {
-                        (crate::auth::csrf::hidden_field(csrf))
-                        button.btn.btn-danger type="submit" { "Delete" }
-                    }
-                    form.inline.ml-2 method="post" action=(routes::path(routes::ORG_EXPORT_VERIFY, org_slug, Some(&run.id)))
-                        hx-post=(routes::path(routes::ORG_EXPORT_VERIFY, org_slug, Some(&run.id))) {
-                        (crate::auth::csrf::hidden_field(csrf))
-                        button.btn.btn-secondary type="submit" title="Re-read the file and check its gzip, schema, counts and SHA-256" { "Verify" }
+                    div.flex.flex-wrap.items-center.gap-2 {
+                        a.btn.btn-secondary href=(routes::path(routes::ORG_EXPORT_DOWNLOAD, org_slug, Some(&run.id))) rel="noreferrer" { "Download" }
+                        form method="post" action=(routes::path(routes::ORG_EXPORT_DELETE, org_slug, Some(&run.id)))
+                            hx-post=(routes::path(routes::ORG_EXPORT_DELETE, org_slug, Some(&run.id)))
+                            hx-confirm="Delete this export's file? This cannot be undone." {
+                            (crate::auth::csrf::hidden_field(csrf))
+                            button.btn.btn-danger type="submit" { "Delete" }
+                        }
+                        form method="post" action=(routes::path(routes::ORG_EXPORT_VERIFY, org_slug, Some(&run.id)))
+                            hx-post=(routes::path(routes::ORG_EXPORT_VERIFY, org_slug, Some(&run.id))) {
+                            (crate::auth::csrf::hidden_field(csrf))
+                            button.btn.btn-secondary type="submit" title="Re-read the file and check its gzip, schema, counts and SHA-256" { "Verify" }
+                        }
                     }
                 }
             }

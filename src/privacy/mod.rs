@@ -210,7 +210,13 @@ impl Lease for RequestLease {
             counts: &counts,
             snapshot_at: w.snapshot_at,
         };
-        Ok(requests::complete(&state.pool, &request.id, attempt, written).await?)
+        match requests::complete(&state.pool, &request.id, attempt, written).await {
+            Ok(recorded) => Ok(recorded),
+            Err(e) => match requests::get_any(&state.pool, &request.id).await {
+                Ok(Some(now)) if now.status == requests::RequestStatus::Completed => Ok(true),
+                _ => Err(e.into()),
+            },
+        }
     }
 
     async fn fail(&self, state: &AppState, id: &str, attempt: Option<i32>, reason: &str) -> anyhow::Result<()> {

@@ -98,7 +98,9 @@ pub trait Lease: Send + Sync + 'static {
         async { Ok(()) }
     }
     /// Records the published file, only while `attempt` holds the record: `false`
-    /// when a newer attempt took it over.
+    /// when a newer attempt took it over. On an error it re-reads the record and
+    /// answers `true` when it is completed after all (a commit whose answer was
+    /// lost, or a newer attempt's file): the skeleton then deletes nothing.
     fn complete(
         &self,
         state: &AppState,
@@ -107,8 +109,9 @@ pub trait Lease: Send + Sync + 'static {
         written: Written<'_>,
     ) -> impl Future<Output = anyhow::Result<bool>> + Send;
     /// Marks the record failed with the reason, only while `attempt` holds it (any
-    /// attempt when `None`), retried so that it cannot stay running. Also removes
-    /// what a failed attempt may have left at the record's key.
+    /// attempt when `None`), retried so that it cannot stay running. When it marked
+    /// it, it also removes what an attempt may have left at the record's key (an
+    /// open upload, or an object an older attempt published after losing its lease).
     fn fail(
         &self,
         state: &AppState,
@@ -139,7 +142,14 @@ pub async fn run<L: Lease>(lease: L, state: AppState, id: &str, attempt: usize) 
         return Ok(());
     };
     let lease = Arc::new(lease);
-    let outcome = match lease.refusal(&state, &record).await? {
+    let refusal = match lease.refusal(&state, &record).await {
+        Ok(refusal) => refusal,
+        // Retried, unless this is the last attempt: then the record is failed rather
+        // than left running with no job to finish it.
+        Err(e) if attempt < max => return Err(e.into()),
+        Err(e) => Some(format!("{e:#}")),
+    };
+    let outcome = match refusal {
         Some(reason) => Err(anyhow::anyhow!(reason)),
         None => {
             let span = L::span(&record, attempt);

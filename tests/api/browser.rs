@@ -362,3 +362,85 @@ async fn a_member_downloads_their_data_and_an_admin_exports_it_on_their_behalf()
             .unwrap();
     assert_eq!(reason.as_deref(), Some("Ticket #123, request by email"));
 }
+
+/// What a layout check finds wrong with a completed row's actions, as sentences (none
+/// when all is well): the page scrolls sideways; an action lies outside
+/// [0, innerWidth], is covered, or sits in an ancestor that scrolls or clips sideways.
+const ACTIONS_REACHABLE: &str = r#"
+const [id] = arguments;
+const vw = window.innerWidth;
+const problems = [];
+const doc = document.documentElement;
+if (doc.scrollWidth > vw) problems.push(`the page scrolls sideways: scrollWidth ${doc.scrollWidth} > innerWidth ${vw}`);
+const row = document.querySelector(`tr[data-export-id="${id}"]`);
+if (!row) return [`no row ${id}`];
+const named = (sel, text) => [...row.querySelectorAll(sel)].find(e => e.textContent.trim() === text);
+const describe = e => e.tagName.toLowerCase() + (e.id ? '#' + e.id : '') + (e.classList.length ? '.' + [...e.classList].join('.') : '');
+for (const [name, el] of [['Download', named('a', 'Download')], ['Delete', named('button', 'Delete')], ['Verify', named('button', 'Verify')]]) {
+  if (!el) { problems.push(`${name}: missing`); continue; }
+  const r = el.getBoundingClientRect();
+  if (r.width === 0 || r.left < 0 || r.right > vw)
+    problems.push(`${name}: spans [${r.left.toFixed(1)}, ${r.right.toFixed(1)}], not within [0, ${vw}]`);
+  for (let a = el.parentElement; a; a = a.parentElement) {
+    if (a.scrollWidth > a.clientWidth + 1)
+      problems.push(`${name}: its ancestor ${describe(a)} scrolls sideways: scrollWidth ${a.scrollWidth} > clientWidth ${a.clientWidth}`);
+    if (a === document.body) break;
+  }
+  // Bring it into view vertically only, then check nothing covers its centre.
+  window.scrollTo(0, window.scrollY + r.top + r.height / 2 - window.innerHeight / 2);
+  const s = el.getBoundingClientRect();
+  const hit = document.elementFromPoint(s.left + s.width / 2, s.top + s.height / 2);
+  if (!hit || !el.contains(hit)) problems.push(`${name}: its centre shows ${hit ? describe(hit) : 'nothing'}, not the ${name} control`);
+}
+return problems;
+"#;
+
+/// At a desktop window (1280 px) and a phone's (390 px) every action of a completed
+/// export (Download, Delete, Verify) is on screen without sideways scrolling: the
+/// history's cells wrap, and on a phone each row is a card.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_export_history_actions_fit_a_desktop_and_a_phone_without_sideways_scrolling() {
+    let app = TestApp::spawn().await;
+    let driver = Driver::start();
+    let profile = app.storage_dir.join("chromium-profile-layout");
+    let downloads = app.storage_dir.join("downloads-layout");
+    let c = browser(&driver, &profile, &downloads).await;
+
+    // A completed, verified export: every cell of its row filled, the longest row
+    // short of a failure.
+    sign_in(&c, &app, "admin@acme.test").await;
+    c.goto(&app.url("/orgs/acme/settings/backups")).await.unwrap();
+    c.find(Locator::XPath("//button[normalize-space()='Trigger export']")).await.unwrap().click().await.unwrap();
+    let row = c
+        .wait()
+        .at_most(Duration::from_secs(90))
+        .every(Duration::from_millis(250))
+        .for_element(Locator::Css("tr[data-status='completed']"))
+        .await
+        .expect("the export completes");
+    let id = row.attr("data-export-id").await.unwrap().unwrap();
+    row.find(Locator::XPath(".//button[normalize-space()='Verify']")).await.unwrap().click().await.unwrap();
+    c.wait()
+        .at_most(Duration::from_secs(30))
+        .for_element(Locator::Css(&format!("tr[data-export-id='{id}'] [data-verified='ok']")))
+        .await
+        .expect("the row shows the verification");
+
+    let mut out_of_reach = Vec::new();
+    for (width, height) in [(1280, 900), (390, 844)] {
+        c.set_window_size(width, height).await.unwrap();
+        c.goto(&app.url("/orgs/acme/settings/backups")).await.unwrap();
+        c.find(Locator::Css(&format!("tr[data-export-id='{id}'][data-status='completed']"))).await.unwrap();
+        let inner = c.execute("return window.innerWidth;", vec![]).await.unwrap();
+        assert_eq!(inner, json!(width), "the window is {width} px wide inside");
+        let problems = c.execute(ACTIONS_REACHABLE, vec![json!(id)]).await.unwrap();
+        let png = app.storage_dir.join(format!("export-history-{width}x{height}.png"));
+        std::fs::write(&png, c.screenshot().await.unwrap()).unwrap();
+        println!("screenshot at {width}x{height}: {}", png.display());
+        if problems != json!([]) {
+            out_of_reach.push(format!("at {width}x{height}: {problems:#}"));
+        }
+    }
+    c.close().await.unwrap();
+    assert!(out_of_reach.is_empty(), "the completed export's actions are out of reach:\n{}", out_of_reach.join("\n"));
+}

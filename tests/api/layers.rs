@@ -286,3 +286,17 @@ fn the_check_sees_each_way_a_path_can_be_written() {
     let found: Vec<String> = uses(&code, &here).into_iter().collect();
     assert_eq!(found, ["auth", "cli", "error", "storage", "workers"]);
 }
+
+#[test]
+fn only_storage_talks_to_s3() {
+    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("src");
+    let mut files = Vec::new();
+    rust_files(&src, &mut files);
+    let offenders: Vec<String> = files
+        .iter()
+        .filter(|f| !f.starts_with(src.join("storage")))
+        .filter(|f| code_only(&std::fs::read_to_string(f).unwrap()).contains("aws_sdk_s3"))
+        .map(|f| f.display().to_string())
+        .collect();
+    assert!(offenders.is_empty(), "the S3 client is used outside src/storage: {offenders:?}");
+}
