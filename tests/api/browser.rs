@@ -109,14 +109,7 @@ async fn an_org_admin_triggers_watches_it_complete_live_and_downloads() {
     assert!(c.source().await.unwrap().contains("No exports yet"));
     // A marker that a page load would wipe: it proves the history updates in place.
     c.execute("window.__noReload = 'still here'; return null;", vec![]).await.unwrap();
-    c.find(Locator::XPath("//button[normalize-space()='Trigger export']")).await.unwrap().click().await.unwrap();
-    let row = c
-        .wait()
-        .at_most(Duration::from_secs(90))
-        .every(Duration::from_millis(250))
-        .for_element(Locator::Css("tr[data-status='completed']"))
-        .await
-        .expect("the row reaches completed without a reload");
+    let row = trigger_and_wait_for_completed_row(&c, "the row reaches completed without a reload").await;
     let marker = c.execute("return window.__noReload || null;", vec![]).await.unwrap();
     assert_eq!(marker, json!("still here"), "the page was not reloaded");
     assert_eq!(c.current_url().await.unwrap().path(), "/orgs/acme/settings/backups");
@@ -288,6 +281,18 @@ async fn a_platform_admin_configures_backups_retention_and_the_schedule() {
 }
 
 /// Signs in through the form and waits for the start page.
+/// Presses Trigger export on the open Backups & Export page and waits for a
+/// completed row; `expectation` says what a timeout means.
+async fn trigger_and_wait_for_completed_row(c: &Client, expectation: &str) -> fantoccini::elements::Element {
+    c.find(Locator::XPath("//button[normalize-space()='Trigger export']")).await.unwrap().click().await.unwrap();
+    c.wait()
+        .at_most(Duration::from_secs(90))
+        .every(Duration::from_millis(250))
+        .for_element(Locator::Css("tr[data-status='completed']"))
+        .await
+        .expect(expectation)
+}
+
 async fn sign_in(c: &Client, app: &TestApp, email: &str) {
     c.goto(&app.url("/login")).await.unwrap();
     c.find(Locator::Css("#email")).await.unwrap().send_keys(email).await.unwrap();
@@ -311,6 +316,13 @@ async fn a_member_downloads_their_data_and_an_admin_exports_it_on_their_behalf()
     c.find(Locator::LinkText("My data")).await.unwrap().click().await.unwrap();
     assert!(c.source().await.unwrap().contains("No requests yet."));
     c.find(Locator::XPath("//button[normalize-space()='Request my data']")).await.unwrap().click().await.unwrap();
+    // The form posts and redirects: plant the marker on the page it lands on, not on
+    // the one being left (which raced the navigation).
+    c.wait()
+        .at_most(Duration::from_secs(10))
+        .for_url(&url::Url::parse(&app.url("/me/privacy?done=requested")).unwrap())
+        .await
+        .expect("the request lands on /me/privacy?done=requested");
     c.execute("window.__noReload = 'still here'; return null;", vec![]).await.unwrap();
     let row = c
         .wait()
@@ -410,14 +422,7 @@ async fn the_export_history_actions_fit_a_desktop_and_a_phone_without_sideways_s
     // short of a failure.
     sign_in(&c, &app, "admin@acme.test").await;
     c.goto(&app.url("/orgs/acme/settings/backups")).await.unwrap();
-    c.find(Locator::XPath("//button[normalize-space()='Trigger export']")).await.unwrap().click().await.unwrap();
-    let row = c
-        .wait()
-        .at_most(Duration::from_secs(90))
-        .every(Duration::from_millis(250))
-        .for_element(Locator::Css("tr[data-status='completed']"))
-        .await
-        .expect("the export completes");
+    let row = trigger_and_wait_for_completed_row(&c, "the export completes").await;
     let id = row.attr("data-export-id").await.unwrap().unwrap();
     row.find(Locator::XPath(".//button[normalize-space()='Verify']")).await.unwrap().click().await.unwrap();
     c.wait()
