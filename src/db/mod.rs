@@ -99,9 +99,6 @@ macro_rules! text_enum {
         pub enum $name { $( $(#[$vmeta])* #[serde(rename = $text)] $variant ),+ }
 
         impl $name {
-            /// Every value, in declaration order.
-            pub const ALL: &'static [$name] = &[ $( $name::$variant ),+ ];
-
             /// The stored word.
             pub fn as_str(self) -> &'static str {
                 match self { $( $name::$variant => $text ),+ }

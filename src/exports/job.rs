@@ -94,8 +94,16 @@ impl Lease for ExportLease {
         run.upload_id.as_deref()
     }
 
+    fn is_completed(run: &runs::Run) -> bool {
+        run.status == runs::RunStatus::Completed
+    }
+
     fn span(run: &runs::Run, attempt: i32) -> tracing::Span {
         tracing::info_span!("export", export_id = %run.id, org_id = run.org_id, attempt)
+    }
+
+    async fn get(&self, state: &AppState, id: &str) -> anyhow::Result<Option<runs::Run>> {
+        Ok(runs::get_any(&state.pool, id).await?)
     }
 
     async fn start(&self, state: &AppState, id: &str, attempt: i32) -> anyhow::Result<Option<runs::Run>> {
@@ -152,35 +160,11 @@ impl Lease for ExportLease {
             sha256: &w.outcome.sha256,
             rows: w.outcome.rows,
         };
-        match runs::complete(&state.pool, &run.id, attempt, written).await {
-            Ok(recorded) => Ok(recorded),
-            Err(e) => match runs::get_any(&state.pool, &run.id).await {
-                Ok(Some(now)) if now.status == runs::RunStatus::Completed => Ok(true),
-                _ => Err(e.into()),
-            },
-        }
+        Ok(runs::complete(&state.pool, &run.id, attempt, written).await?)
     }
 
-    async fn fail(&self, state: &AppState, id: &str, attempt: Option<i32>, reason: &str) -> anyhow::Result<()> {
-        if !runs::fail_persistently(&state.pool, id, attempt, reason).await? {
-            return Ok(());
-        }
-        // A failed run has no file: whatever an attempt left at its key is an orphan.
-        let Some(run) = runs::get_any(&state.pool, id).await? else { return Ok(()) };
-        let Some(org) = crate::orgs::find_by_id(&state.pool, run.org_id).await? else { return Ok(()) };
-        let key = runs::object_key(&run.id, run.created_at);
-        if let Some(upload_id) = &run.upload_id {
-            let open = crate::storage::Multipart {
-                bucket: org.bucket.clone(),
-                key: key.clone(),
-                upload_id: upload_id.clone(),
-            };
-            state.storage.abort_multipart(&open).await;
-        }
-        if let Err(e) = state.storage.delete(&org.bucket, &key).await {
-            tracing::warn!(export_id = id, error = format!("{e:#}"), "could not remove a failed run's object");
-        }
-        Ok(())
+    async fn fail(&self, state: &AppState, id: &str, attempt: Option<i32>, reason: &str) -> anyhow::Result<bool> {
+        Ok(runs::fail_persistently(&state.pool, id, attempt, reason).await?)
     }
 
     async fn completed(&self, state: &AppState, run: &runs::Run) {

@@ -5,7 +5,7 @@ use anyhow::Context;
 use sqlx::PgPool;
 
 use crate::{
-    orgs::{modules::Module, sections},
+    orgs::{modules, sections},
     snapshot::{Header, Reader, SectionQuery, Snapshot, sink::Label},
 };
 
@@ -28,11 +28,7 @@ pub async fn open(pool: &PgPool, org_id: i64) -> anyhow::Result<Snapshot> {
     .fetch_optional(read.conn())
     .await?;
     let (organization,) = organization.context("the organization no longer exists")?;
-    let on: Vec<(String,)> = sqlx::query_as("select module from org_modules where org_id = $1 and enabled")
-        .bind(org_id)
-        .fetch_all(read.conn())
-        .await?;
-    let modules: Vec<(Module, bool)> = Module::ALL.iter().map(|m| (*m, on.iter().any(|(k,)| k == m.key()))).collect();
+    let modules = modules::states(read.conn(), org_id).await?;
     for s in sections::enabled(&modules) {
         let query =
             SectionQuery { name: s.table, table: s.table, condition: format!("t.org_id = {org_id}"), columns: None };

@@ -58,10 +58,11 @@ impl Module {
 }
 
 /// Each module and whether it is on for the org.
-pub async fn states(pool: &PgPool, org_id: i64) -> sqlx::Result<Vec<(Module, bool)>> {
+/// Takes any executor, so a snapshot reads them in its own transaction.
+pub async fn states<'e, E: sqlx::PgExecutor<'e>>(db: E, org_id: i64) -> sqlx::Result<Vec<(Module, bool)>> {
     let on: Vec<(String,)> = sqlx::query_as("select module from org_modules where org_id = $1 and enabled")
         .bind(org_id)
-        .fetch_all(pool)
+        .fetch_all(db)
         .await?;
     Ok(Module::ALL.into_iter().map(|m| (m, on.iter().any(|(k,)| k == m.key()))).collect())
 }

@@ -24,7 +24,6 @@ use crate::{
         sink::Label,
     },
     state::AppState,
-    storage::Multipart,
 };
 
 /// The file's `format`.
@@ -146,7 +145,8 @@ pub fn label(request_id: &str) -> Label {
 }
 
 /// A privacy request as a snapshot job's lease. Like the org export, a failure
-/// marks the request `failed` with the reason and leaves no object.
+/// marks the request `failed` with the reason and leaves no object (the skeleton
+/// removes what an attempt left at its key).
 struct RequestLease;
 
 impl Lease for RequestLease {
@@ -161,8 +161,16 @@ impl Lease for RequestLease {
         request.upload_id.as_deref()
     }
 
+    fn is_completed(request: &requests::Request) -> bool {
+        request.status == requests::RequestStatus::Completed
+    }
+
     fn span(request: &requests::Request, attempt: i32) -> tracing::Span {
         tracing::info_span!("privacy_export", request_id = %request.id, user_id = request.user_id, attempt)
+    }
+
+    async fn get(&self, state: &AppState, id: &str) -> anyhow::Result<Option<requests::Request>> {
+        Ok(requests::get_any(&state.pool, id).await?)
     }
 
     async fn start(&self, state: &AppState, id: &str, attempt: i32) -> anyhow::Result<Option<requests::Request>> {
@@ -210,36 +218,11 @@ impl Lease for RequestLease {
             counts: &counts,
             snapshot_at: w.snapshot_at,
         };
-        match requests::complete(&state.pool, &request.id, attempt, written).await {
-            Ok(recorded) => Ok(recorded),
-            Err(e) => match requests::get_any(&state.pool, &request.id).await {
-                Ok(Some(now)) if now.status == requests::RequestStatus::Completed => Ok(true),
-                _ => Err(e.into()),
-            },
-        }
+        Ok(requests::complete(&state.pool, &request.id, attempt, written).await?)
     }
 
-    async fn fail(&self, state: &AppState, id: &str, attempt: Option<i32>, reason: &str) -> anyhow::Result<()> {
-        if requests::fail(&state.pool, id, attempt, reason).await? {
-            discard(state, id).await;
-        }
-        Ok(())
-    }
-}
-
-/// Removes whatever a failed request may have left at its key (an older attempt
-/// that lost its lease can still have published it). Never a completed one's file:
-/// only called after the request was marked failed.
-async fn discard(state: &AppState, request_id: &str) {
-    let Ok(Some(r)) = requests::get_any(&state.pool, request_id).await else { return };
-    let bucket = state.storage.privacy_bucket();
-    let key = object_key(r.user_id, &r.id);
-    if let Some(upload_id) = &r.upload_id {
-        let open = Multipart { bucket: bucket.to_string(), key: key.clone(), upload_id: upload_id.clone() };
-        state.storage.abort_multipart(&open).await;
-    }
-    if let Err(e) = state.storage.delete(bucket, &key).await {
-        tracing::warn!(request_id, error = format!("{e:#}"), "could not remove a failed request's object");
+    async fn fail(&self, state: &AppState, id: &str, attempt: Option<i32>, reason: &str) -> anyhow::Result<bool> {
+        Ok(requests::fail(&state.pool, id, attempt, reason).await?)
     }
 }
 

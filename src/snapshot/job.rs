@@ -46,11 +46,15 @@ pub trait Lease: Send + Sync + 'static {
     const TRACKS_PROGRESS: bool = false;
 
     fn id(record: &Self::Record) -> &str;
-    /// The multipart upload that an earlier attempt recorded, if any.
+    /// The multipart upload that an attempt recorded, if any.
     fn upload_id(record: &Self::Record) -> Option<&str>;
+    /// Whether the record is completed (its file recorded).
+    fn is_completed(record: &Self::Record) -> bool;
     /// A span for the attempt's logs.
     fn span(record: &Self::Record, attempt: i32) -> tracing::Span;
 
+    /// The record as stored now, whatever its state.
+    fn get(&self, state: &AppState, id: &str) -> impl Future<Output = anyhow::Result<Option<Self::Record>>> + Send;
     /// Takes the record for `attempt` (pending, or left running by a worker that
     /// died); `None` when there is nothing to do.
     fn start(
@@ -98,9 +102,7 @@ pub trait Lease: Send + Sync + 'static {
         async { Ok(()) }
     }
     /// Records the published file, only while `attempt` holds the record: `false`
-    /// when a newer attempt took it over. On an error it re-reads the record and
-    /// answers `true` when it is completed after all (a commit whose answer was
-    /// lost, or a newer attempt's file): the skeleton then deletes nothing.
+    /// when a newer attempt took it over.
     fn complete(
         &self,
         state: &AppState,
@@ -109,16 +111,15 @@ pub trait Lease: Send + Sync + 'static {
         written: Written<'_>,
     ) -> impl Future<Output = anyhow::Result<bool>> + Send;
     /// Marks the record failed with the reason, only while `attempt` holds it (any
-    /// attempt when `None`), retried so that it cannot stay running. When it marked
-    /// it, it also removes what an attempt may have left at the record's key (an
-    /// open upload, or an object an older attempt published after losing its lease).
+    /// attempt when `None`), retried so that it cannot stay running. `true` when
+    /// this call marked it.
     fn fail(
         &self,
         state: &AppState,
         id: &str,
         attempt: Option<i32>,
         reason: &str,
-    ) -> impl Future<Output = anyhow::Result<()>> + Send;
+    ) -> impl Future<Output = anyhow::Result<bool>> + Send;
     /// Called once the record was completed.
     fn completed(&self, _state: &AppState, _record: &Self::Record) -> impl Future<Output = ()> + Send {
         async {}
@@ -134,7 +135,7 @@ pub async fn run<L: Lease>(lease: L, state: AppState, id: &str, attempt: usize) 
     let max = state.config.export_max_attempts as i32;
     if attempt > max {
         let reason = format!("gave up after {max} attempts: the worker stopped mid-export each time");
-        lease.fail(&state, id, None, &reason).await?;
+        fail(&lease, &state, id, None, &reason).await?;
         return Err(AbortError::new("too many attempts").into());
     }
     let Some(record) = lease.start(&state, id, attempt).await? else {
@@ -178,10 +179,35 @@ async fn finish<L: Lease>(
         Err(e) => {
             let reason = format!("{e:#}");
             tracing::warn!(id = L::id(record), what = L::WHAT, reason, "failed");
-            lease.fail(state, L::id(record), Some(attempt), &reason).await?;
+            fail(lease, state, L::id(record), Some(attempt), &reason).await?;
             Err(AbortError::new(reason).into())
         }
     }
+}
+
+/// Fails the record and, when this call marked it, removes what an attempt may
+/// have left at its key: an open upload, or an object that an older attempt
+/// published after it lost its lease. A failed record never keeps a file.
+async fn fail<L: Lease>(
+    lease: &L,
+    state: &AppState,
+    id: &str,
+    attempt: Option<i32>,
+    reason: &str,
+) -> anyhow::Result<()> {
+    if !lease.fail(state, id, attempt, reason).await? {
+        return Ok(());
+    }
+    let Some(record) = lease.get(state, id).await? else { return Ok(()) };
+    let Destination { bucket, key, .. } = lease.destination(state, &record).await?;
+    if let Some(upload_id) = L::upload_id(&record) {
+        let open = Multipart { bucket: bucket.clone(), key: key.clone(), upload_id: upload_id.to_string() };
+        state.storage.abort_multipart(&open).await;
+    }
+    if let Err(e) = state.storage.delete(&bucket, &key).await {
+        tracing::warn!(id, what = L::WHAT, error = format!("{e:#}"), "could not remove a failed record's object");
+    }
+    Ok(())
 }
 
 /// Writes the record's file and records it.
@@ -232,6 +258,9 @@ async fn write<L: Lease>(lease: &L, state: &AppState, record: &L::Record, attemp
         // A newer attempt took the record over. The key is shared, so the object is
         // the newer attempt's to publish.
         Ok(false) => anyhow::bail!("a newer attempt took this {} over", L::WHAT),
+        // The error hid a completion after all (a commit whose answer was lost, or
+        // a newer attempt's file at the shared key): that file stays.
+        Err(_) if matches!(lease.get(state, id).await, Ok(Some(now)) if L::is_completed(&now)) => {}
         Err(e) => {
             // Published but not recorded: remove it rather than leave an orphan.
             if let Err(del) = state.storage.delete(&bucket, &key).await {

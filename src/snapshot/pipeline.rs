@@ -130,15 +130,10 @@ pub struct Reader {
 
 impl Reader {
     /// Opens the read. Everything read through [`Self::conn`] and every section
-    /// added sees the database as of [`Self::snapshot_at`].
+    /// added sees the database as of one instant (the snapshot's `snapshot_at`).
     pub async fn begin(pool: &PgPool) -> anyhow::Result<Self> {
         let (tx, snapshot_at) = begin_snapshot(pool).await?;
         Ok(Self { tx, snapshot_at, sections: Vec::new() })
-    }
-
-    /// The instant of the read.
-    pub fn snapshot_at(&self) -> DateTime<Utc> {
-        self.snapshot_at
     }
 
     /// The read's connection, for the caller's header values (read only).

@@ -159,11 +159,13 @@ impl Storage {
         content_type: &str,
         metadata: &[(&str, &str)],
     ) -> anyhow::Result<String> {
-        let mut request = self.client.create_multipart_upload().bucket(bucket).key(key).content_type(content_type);
-        for (k, v) in metadata {
-            request = request.metadata(*k, *v);
-        }
-        let created = request
+        let created = self
+            .client
+            .create_multipart_upload()
+            .bucket(bucket)
+            .key(key)
+            .content_type(content_type)
+            .set_metadata(Some(metadata_map(metadata)))
             .send()
             .await
             .map_err(|e| anyhow::Error::new(e.into_service_error()))
@@ -263,10 +265,10 @@ impl Storage {
         let mut request =
             self.client.copy_object().bucket(to_bucket).key(to_key).copy_source(format!("{from_bucket}/{from_key}"));
         if let Some((content_type, metadata)) = replace {
-            request = request.metadata_directive(MetadataDirective::Replace).content_type(content_type);
-            for (k, v) in metadata {
-                request = request.metadata(*k, *v);
-            }
+            request = request
+                .metadata_directive(MetadataDirective::Replace)
+                .content_type(content_type)
+                .set_metadata(Some(metadata_map(metadata)));
         }
         request
             .send()
@@ -351,6 +353,11 @@ fn client_config(settings: &S3Settings, endpoint: &str) -> aws_sdk_s3::Config {
         .request_checksum_calculation(RequestChecksumCalculation::WhenRequired)
         .response_checksum_validation(ResponseChecksumValidation::WhenRequired)
         .build()
+}
+
+/// An object's metadata as the SDK takes it.
+fn metadata_map(metadata: &[(&str, &str)]) -> std::collections::HashMap<String, String> {
+    metadata.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
 }
 
 /// The innermost cause of an SDK error, which is the readable part.

@@ -23,12 +23,6 @@ impl RecordId {
     }
 }
 
-impl std::fmt::Display for RecordId {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(&self.0)
-    }
-}
-
 /// The `{id}` path parameter, whatever else the path holds.
 fn id_param(params: &[(String, String)]) -> Option<&str> {
     params.iter().find(|(k, _)| k == "id").map(|(_, v)| v.as_str())

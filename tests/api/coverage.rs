@@ -81,12 +81,7 @@ async fn a_secret_column_added_to_a_section_table_is_left_out() {
         .await
         .unwrap();
     }
-    let out_file = app.storage_dir.join("secrets.json.gz");
-    let out = app.command().args(["export", "--org", "acme", "--out"]).arg(&out_file).output().unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    let mut text = String::new();
-    std::io::Read::read_to_string(&mut flate2::read::GzDecoder::new(&std::fs::read(&out_file).unwrap()[..]), &mut text)
-        .unwrap();
+    let text = app.export_acme_to_file("secrets.json.gz");
     let snap: Value = serde_json::from_str(&text).unwrap();
     for (table, column) in planted {
         let rows = snap["sections"][table].as_array().unwrap();

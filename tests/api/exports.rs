@@ -731,11 +731,7 @@ async fn every_row_is_exported_exactly_as_row_to_json_renders_it() {
     .await
     .unwrap();
 
-    let out_file = app.storage_dir.join("exact.json.gz");
-    let out = app.command().args(["export", "--org", "acme", "--out"]).arg(&out_file).output().unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    let mut text = String::new();
-    flate2::read::GzDecoder::new(&std::fs::read(&out_file).unwrap()[..]).read_to_string(&mut text).unwrap();
+    let text = app.export_acme_to_file("exact.json.gz");
     let snapshot: Value = serde_json::from_str(&text).unwrap();
 
     let mut tx = pool.begin().await.unwrap();
@@ -784,10 +780,27 @@ async fn a_pending_run_fails_once_data_export_is_switched_off_and_finished_runs_
     let s = app.login("admin@acme.test").await;
     let others = ["engage", "operations", "foundation", "learning", "alumni"].map(|m| ("module", m));
     assert_eq!(s.post_form("/orgs/acme/settings/modules", &others).await.status(), 303);
+    // What an earlier attempt could have left at the run's key: an open multipart
+    // upload it recorded, and an object (published after it lost its lease).
+    let run = data_export::exports::runs::get_any(app.pool(), &pending).await.unwrap().unwrap();
+    let key = format!("exports/{}/{pending}.json.gz", run.created_at.format("%Y/%m"));
+    let s3 = app.s3_client();
+    let upload = s3.create_multipart_upload().bucket("org-acme").key(&key).send().await.unwrap();
+    sqlx::query("update export_runs set upload_id = $2 where id = $1")
+        .bind(&pending)
+        .bind(upload.upload_id().unwrap())
+        .execute(app.pool())
+        .await
+        .unwrap();
+    let body = aws_sdk_s3::primitives::ByteStream::from_static(b"left by an older attempt");
+    s3.put_object().bucket("org-acme").key(&key).body(body).send().await.unwrap();
+    assert_eq!(app.objects("org-acme").await, [key]);
+    assert_eq!(app.open_uploads().len(), 1);
     app.start_workers();
     let run = app.wait_for_run(&pending, WAIT).await;
     assert_eq!(run.status, "failed");
     assert_eq!(run.error.as_deref(), Some("Data Export was switched off"));
+    assert!(app.open_uploads().is_empty(), "the recorded upload was aborted");
     assert_eq!(run.object_key, None);
     assert!(app.objects("org-acme").await.is_empty(), "nothing was written");
     let failed = app.audits("export.failed").await;

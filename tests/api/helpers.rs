@@ -351,6 +351,18 @@ impl TestApp {
             .unwrap()
     }
 
+    /// Runs `data-export export --org acme --out FILE` (FILE named `file_name` in the
+    /// storage dir) and returns the file's JSON text.
+    pub fn export_acme_to_file(&self, file_name: &str) -> String {
+        let out_file = self.storage_dir.join(file_name);
+        let out = self.command().args(["export", "--org", "acme", "--out"]).arg(&out_file).output().unwrap();
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        let mut text = String::new();
+        let gz = std::fs::read(&out_file).unwrap();
+        std::io::Read::read_to_string(&mut flate2::read::GzDecoder::new(&gz[..]), &mut text).unwrap();
+        text
+    }
+
     /// Runs `data-export` with the app's database and storage.
     pub fn command(&self) -> std::process::Command {
         let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_data-export"));
