@@ -800,8 +800,14 @@ async fn a_pending_run_fails_once_data_export_is_switched_off_and_finished_runs_
     let run = app.wait_for_run(&pending, WAIT).await;
     assert_eq!(run.status, "failed");
     assert_eq!(run.error.as_deref(), Some("Data Export was switched off"));
-    assert!(app.open_uploads().is_empty(), "the recorded upload was aborted");
     assert_eq!(run.object_key, None);
+    // The cleanup follows the mark (it runs only once this attempt marked the run).
+    let deadline = std::time::Instant::now() + WAIT;
+    while !app.open_uploads().is_empty() || !app.objects("org-acme").await.is_empty() {
+        assert!(std::time::Instant::now() < deadline, "the leftovers at the failed run's key stayed");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(app.open_uploads().is_empty(), "the recorded upload was aborted");
     assert!(app.objects("org-acme").await.is_empty(), "nothing was written");
     let failed = app.audits("export.failed").await;
     assert_eq!(failed.len(), 1, "{failed:?}");
