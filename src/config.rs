@@ -68,7 +68,13 @@ pub struct Config {
     pub export_max_attempts: u32,
     /// `PRIVACY_BUCKET` (default `data-export-privacy`).
     pub privacy_bucket: String,
+    /// `IMPORT_MAX_BYTES`: the largest snapshot file a platform admin may upload to
+    /// restore (default 4 GiB).
+    pub import_max_bytes: u64,
 }
+
+/// The default of `IMPORT_MAX_BYTES`: 4 GiB.
+pub const DEFAULT_IMPORT_MAX_BYTES: u64 = 4 * 1024 * 1024 * 1024;
 
 impl Config {
     /// Reads the environment. Errors name the variable and the fix.
@@ -129,6 +135,7 @@ impl Config {
             missed_heartbeats: parse_num("MISSED_HEARTBEATS", non_empty("MISSED_HEARTBEATS"), 10, 1..=1000)?,
             export_max_attempts: parse_num("EXPORT_MAX_ATTEMPTS", non_empty("EXPORT_MAX_ATTEMPTS"), 3, 1..=25)?,
             privacy_bucket: non_empty("PRIVACY_BUCKET").unwrap_or_else(|| "data-export-privacy".into()),
+            import_max_bytes: parse_bytes("IMPORT_MAX_BYTES", non_empty("IMPORT_MAX_BYTES"), DEFAULT_IMPORT_MAX_BYTES)?,
         })
     }
 
@@ -160,6 +167,15 @@ where
     match v.trim().parse::<T>() {
         Ok(n) if range.contains(&n) => Ok(n),
         _ => bail!("{name} must be a whole number from {} to {} (got {v:?})", range.start(), range.end()),
+    }
+}
+
+/// A size in bytes: a whole number above 0.
+fn parse_bytes(name: &str, v: Option<String>, default: u64) -> anyhow::Result<u64> {
+    let Some(v) = v else { return Ok(default) };
+    match v.trim().parse::<u64>() {
+        Ok(n) if n > 0 => Ok(n),
+        _ => bail!("{name} must be a whole number of bytes above 0, such as 4294967296 for 4 GiB (got {v:?})"),
     }
 }
 
@@ -196,6 +212,12 @@ mod tests {
         assert_eq!(c.board_bind.to_string(), "127.0.0.1:3001");
         assert_eq!(c.data_dir, PathBuf::from(".data"));
         assert!(!c.cookies_secure());
+        assert_eq!(c.import_max_bytes, 4_294_967_296);
+    }
+
+    #[test]
+    fn the_upload_limit_is_read_in_bytes() {
+        assert_eq!(cfg(&[("IMPORT_MAX_BYTES", " 1048576 ")]).unwrap().import_max_bytes, 1_048_576);
     }
 
     #[test]
@@ -209,6 +231,9 @@ mod tests {
             (vec![("HEARTBEAT_SECS", "-4")], "HEARTBEAT_SECS"),
             (vec![("BOARD_BIND", "localhost")], "BOARD_BIND"),
             (vec![("BOARD_PUBLIC_URL", "board.example")], "BOARD_PUBLIC_URL"),
+            (vec![("IMPORT_MAX_BYTES", "0")], "IMPORT_MAX_BYTES"),
+            (vec![("IMPORT_MAX_BYTES", "4GB")], "IMPORT_MAX_BYTES"),
+            (vec![("IMPORT_MAX_BYTES", "-1")], "IMPORT_MAX_BYTES"),
         ] {
             let err = cfg(&pairs).unwrap_err().to_string();
             assert!(err.contains(needle), "{err} should name {needle}");

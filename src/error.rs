@@ -25,6 +25,15 @@ pub enum AppError {
     Conflict { active_export_id: String },
     #[error("{0}")]
     RateLimited(String),
+    /// A 404 that says what is missing (an id given in a body, say).
+    #[error("{0}")]
+    NoSuch(String),
+    /// A 409 that says what it conflicts with.
+    #[error("{0}")]
+    InConflict(String),
+    /// A 413 that says what the limit is.
+    #[error("{0}")]
+    TooLarge(String),
     #[error("the backup configuration is not active and verified; a platform admin must verify it first")]
     BackupNotVerified,
     #[error(transparent)]
@@ -57,6 +66,9 @@ impl AppError {
             Self::BadRequest(_) => StatusCode::BAD_REQUEST,
             Self::Conflict { .. } => StatusCode::CONFLICT,
             Self::RateLimited(_) => StatusCode::TOO_MANY_REQUESTS,
+            Self::NoSuch(_) => StatusCode::NOT_FOUND,
+            Self::InConflict(_) => StatusCode::CONFLICT,
+            Self::TooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
             Self::BackupNotVerified => StatusCode::SERVICE_UNAVAILABLE,
             Self::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
@@ -72,6 +84,9 @@ impl AppError {
             Self::BadRequest(_) => "bad_request",
             Self::Conflict { .. } => "conflict",
             Self::RateLimited(_) => "rate_limited",
+            Self::NoSuch(_) => "not_found",
+            Self::InConflict(_) => "conflict",
+            Self::TooLarge(_) => "too_large",
             Self::BackupNotVerified => "backup_not_verified",
             Self::Internal(_) => "internal",
         }

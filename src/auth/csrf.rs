@@ -1,6 +1,8 @@
 //! CSRF protection for every state-changing HTML request, htmx included: a random
 //! token per session, sent back as the `csrf_token` form field or the `X-CSRF-Token`
-//! header (htmx sends it from `hx-headers` on `<body>`).
+//! header (htmx sends it from `hx-headers` on `<body>`). A `multipart/form-data`
+//! form (a file upload, whose body is streamed by its handler and never read here)
+//! carries it in its action URL's query string instead.
 
 use axum::{
     body::{Body, to_bytes},
@@ -74,12 +76,12 @@ async fn check(session: Session, mut req: Request) -> Result<Request, Response> 
     if let Some(h) = req.headers().get(HEADER).and_then(|v| v.to_str().ok()) {
         return if constant_eq(h, &token) { Ok(req) } else { Err(refusal()) };
     }
-    let is_form = req
-        .headers()
-        .get(header::CONTENT_TYPE)
-        .and_then(|v| v.to_str().ok())
-        .is_some_and(|ct| ct.starts_with("application/x-www-form-urlencoded"));
-    if !is_form {
+    let content_type = req.headers().get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).unwrap_or("");
+    if is_multipart(content_type) {
+        let sent = query_token(req.uri());
+        return if sent.is_some_and(|s| constant_eq(&s, &token)) { Ok(req) } else { Err(refusal()) };
+    }
+    if !content_type.starts_with("application/x-www-form-urlencoded") {
         return Err(refusal());
     }
     let (parts, body) = req.into_parts();
@@ -95,6 +97,15 @@ async fn check(session: Session, mut req: Request) -> Result<Request, Response> 
 
 fn is_safe(method: &Method) -> bool {
     matches!(*method, Method::GET | Method::HEAD | Method::OPTIONS)
+}
+
+fn is_multipart(content_type: &str) -> bool {
+    content_type.get(..19).is_some_and(|t| t.eq_ignore_ascii_case("multipart/form-data"))
+}
+
+/// The token in a URI's query string (where a multipart form sends it).
+fn query_token(uri: &axum::http::Uri) -> Option<String> {
+    form_urlencoded_value(uri.query()?.as_bytes(), FIELD)
 }
 
 fn form_urlencoded_value(body: &[u8], name: &str) -> Option<String> {
@@ -129,6 +140,20 @@ mod tests {
         assert_eq!(form_urlencoded_value(b"a=1&csrf_token=xyz", FIELD).as_deref(), Some("xyz"));
         assert_eq!(form_urlencoded_value(b"a=1", FIELD), None);
         assert_eq!(form_urlencoded_value(b"%%%", FIELD), None);
+    }
+
+    #[test]
+    fn a_multipart_form_sends_the_token_in_its_query_string() {
+        assert!(is_multipart("multipart/form-data; boundary=x"));
+        assert!(is_multipart("Multipart/Form-Data; boundary=x"));
+        assert!(!is_multipart("application/x-www-form-urlencoded"));
+        assert!(!is_multipart("multipart/mixed; boundary=x"));
+        assert!(!is_multipart("multi"));
+        let token = |uri: &str| query_token(&uri.parse().unwrap());
+        assert_eq!(token("/platform/imports/upload?csrf_token=abc%2Bd&x=1").as_deref(), Some("abc+d"));
+        assert_eq!(token("/platform/imports/upload?x=1&csrf_token=t").as_deref(), Some("t"));
+        assert_eq!(token("/platform/imports/upload"), None);
+        assert_eq!(token("/platform/imports/upload?csrf=t"), None);
     }
 
     #[test]
