@@ -14,6 +14,7 @@ use crate::{
         job::{ExportJob, Hooks},
         runs::{Run, Trigger},
     },
+    imports::job::ImportJob,
     jobs::{self, Job},
     platform::{pruner::PruneJob, scheduler::SlotJob},
     privacy::PrivacyJob,
@@ -46,7 +47,13 @@ fn board_register<J: Job>(api: ApiBuilder<Router>, state: &AppState) -> ApiBuild
 
 /// Every queue.
 pub fn queues() -> Vec<Queue> {
-    vec![queue::<ExportJob>(export_hooks()), queue::<SlotJob>(()), queue::<PruneJob>(()), queue::<PrivacyJob>(())]
+    vec![
+        queue::<ExportJob>(export_hooks()),
+        queue::<SlotJob>(()),
+        queue::<PruneJob>(()),
+        queue::<PrivacyJob>(()),
+        queue::<ImportJob>(()),
+    ]
 }
 
 /// What follows a finished export: retention applies after each scheduled export

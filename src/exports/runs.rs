@@ -269,6 +269,29 @@ pub async fn get_any(pool: &PgPool, id: &str) -> sqlx::Result<Option<Run>> {
     sqlx::query_as(sqlx::AssertSqlSafe(format!("{SELECT} where r.id = $1"))).bind(id).fetch_optional(pool).await
 }
 
+/// A completed run of some org, as a restore offers it.
+#[derive(Clone, Debug, sqlx::FromRow)]
+pub struct CompletedRun {
+    pub id: String,
+    pub org_slug: String,
+    pub org_name: String,
+    pub finished_at: Option<DateTime<Utc>>,
+    pub size_bytes: Option<i64>,
+}
+
+/// The newest completed runs of every org (whose file is still there), newest first.
+pub async fn completed_across_orgs(pool: &PgPool, limit: i64) -> sqlx::Result<Vec<CompletedRun>> {
+    sqlx::query_as(
+        "select r.id, o.slug as org_slug, o.name as org_name, r.finished_at, r.size_bytes
+         from export_runs r join organizations o on o.id = r.org_id
+         where r.status = 'completed' and r.object_key is not null
+         order by r.finished_at desc nulls last, r.id desc limit $1",
+    )
+    .bind(limit)
+    .fetch_all(pool)
+    .await
+}
+
 /// The org's runs, newest first.
 pub async fn list(pool: &PgPool, org_id: i64, limit: i64) -> sqlx::Result<Vec<Run>> {
     sqlx::query_as(sqlx::AssertSqlSafe(format!(

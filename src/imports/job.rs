@@ -1,0 +1,189 @@
+//! The import job (queue `imports`): takes the record, opens its source as a stream
+//! (a completed export's object in its org's bucket, or the uploaded file in the
+//! platform bucket), runs the engine on it, and records the outcome. The engine is
+//! all or nothing, so a rerun after a crashed worker is safe; bad input is not
+//! retried. Once the import has finished either way, the uploaded file is deleted.
+
+use apalis::prelude::BoxDynError;
+use serde::{Deserialize, Serialize};
+use tokio_util::io::SyncIoBridge;
+
+use super::{
+    engine::{self, ImportError, Request},
+    records::{self, Import, Via},
+};
+use crate::{exports::runs, jobs, state::AppState};
+
+/// Attempts per import: a second one only runs when the first one's worker died
+/// (missed heartbeats); an attempt that ends marks the import one way or the other.
+pub const MAX_ATTEMPTS: u32 = 2;
+
+/// The job's arguments.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct ImportJob {
+    pub id: String,
+}
+
+impl jobs::Job for ImportJob {
+    const QUEUE: &'static str = "imports";
+    type Context = ();
+
+    async fn run(self, state: AppState, _: (), attempt: usize) -> Result<(), BoxDynError> {
+        let attempt = i32::try_from(attempt).unwrap_or(i32::MAX);
+        let span = tracing::info_span!("import", import_id = %self.id, attempt);
+        let body = tracing::Instrument::instrument(run(state, self.id, attempt), span);
+        jobs::on_own_task(body).await??;
+        Ok(())
+    }
+}
+
+/// One attempt. An error is returned only when the outcome could not be recorded
+/// (the job is then retried, and the record taken over by the next attempt).
+async fn run(state: AppState, id: String, attempt: i32) -> anyhow::Result<()> {
+    let Some(import) = records::start(&state.pool, &id, attempt).await? else {
+        tracing::info!("the import has finished or a later attempt holds it; nothing to do");
+        return Ok(());
+    };
+    let outcome = if attempt > 1
+        && let Some((org_id, details)) = records::restored_by(&state.pool, &id).await?
+    {
+        // An earlier attempt's engine committed, and its worker died before marking
+        // the record: the org is there, and importing again would only find the
+        // slug taken.
+        tracing::warn!(org_id, "an earlier attempt restored the org; marking the import completed");
+        Outcome::Completed { report: details, org_id }
+    } else {
+        import_once(&state, &import).await
+    };
+    let marked = match &outcome {
+        Outcome::Completed { report, org_id } => records::complete(&state.pool, &id, attempt, report, *org_id).await?,
+        Outcome::Failed(reason) => records::fail(&state.pool, &id, Some(attempt), reason).await?,
+    };
+    if !marked {
+        tracing::warn!("a later attempt took the import over; this attempt's outcome is not recorded");
+        return Ok(());
+    }
+    remove_upload(&state, &import).await;
+    Ok(())
+}
+
+/// How an attempt ended.
+enum Outcome {
+    Completed {
+        report: serde_json::Value,
+        org_id: Option<i64>,
+    },
+    /// The reason shown on the page and in the API.
+    Failed(String),
+}
+
+async fn import_once(state: &AppState, import: &Import) -> Outcome {
+    let (bucket, key) = match locate_source(state, import).await {
+        Ok(found) => found,
+        Err(Refused(reason)) => return Outcome::Failed(reason),
+    };
+    let stream = match state.storage.read(&bucket, &key).await {
+        Ok(Some(stream)) => stream,
+        Ok(None) => return Outcome::Failed(format!("the snapshot file {bucket}/{key} is not in storage")),
+        Err(e) => return Outcome::Failed(Refused::from(e).0),
+    };
+    // The engine reads on a blocking thread of its own.
+    let input = SyncIoBridge::new(stream);
+    let request = Request {
+        slug: import.slug.clone(),
+        name: Some(import.name.clone()),
+        dry_run: false,
+        actor: import.requested_by,
+        via: match import.via {
+            Via::Ui => "ui",
+            Via::Api => "api",
+        },
+        source_export_id: import.source_export_id.clone(),
+        import_id: Some(import.id.clone()),
+    };
+    match engine::import(state, input, request).await {
+        Ok(report) => match serde_json::to_value(&report) {
+            Ok(json) => {
+                tracing::info!(org = %report.org, rows = report.rows, seconds = report.seconds, "import completed");
+                Outcome::Completed { report: json, org_id: report.org_id }
+            }
+            Err(e) => Outcome::Failed(format!("the import's report could not be recorded: {e}")),
+        },
+        Err(ImportError::Rejected(reason)) => {
+            tracing::info!(reason, "import refused");
+            Outcome::Failed(reason)
+        }
+        Err(ImportError::Failed(e)) => {
+            tracing::error!(error = format!("{e:#}"), "import failed");
+            let first = e.to_string();
+            let first = first.lines().next().unwrap_or("unknown error");
+            Outcome::Failed(format!("the import failed: {first}"))
+        }
+    }
+}
+
+/// Why the source could not be opened, for the record.
+struct Refused(String);
+
+impl From<anyhow::Error> for Refused {
+    fn from(e: anyhow::Error) -> Self {
+        tracing::error!(error = format!("{e:#}"), "cannot open the import's source");
+        Refused(format!("the snapshot could not be read from storage: {e}"))
+    }
+}
+
+impl From<sqlx::Error> for Refused {
+    fn from(e: sqlx::Error) -> Self {
+        anyhow::Error::from(e).into()
+    }
+}
+
+/// Where the snapshot's compressed bytes are: the bucket and the key.
+async fn locate_source(state: &AppState, import: &Import) -> Result<(String, String), Refused> {
+    let (bucket, key) = match (&import.source_export_id, &import.upload_key) {
+        (Some(export_id), _) => {
+            let run = runs::get_any(&state.pool, export_id).await?;
+            let Some(run) = run else {
+                return Err(Refused(format!("export {export_id} no longer exists")));
+            };
+            let Some(key) = run.completed_key().map(str::to_string) else {
+                return Err(Refused(format!(
+                    "export {export_id} is {} now; only a completed export's file can be restored",
+                    run.status
+                )));
+            };
+            let Some(org) = crate::orgs::find_by_id(&state.pool, run.org_id).await? else {
+                return Err(Refused(format!("the org of export {export_id} no longer exists")));
+            };
+            (org.bucket, key)
+        }
+        (None, Some(key)) => (state.storage.privacy_bucket().to_string(), key.clone()),
+        (None, None) => return Err(Refused("the import has no source".into())),
+    };
+    Ok((bucket, key))
+}
+
+/// Deletes the uploaded file of a finished import (there is nothing to remove for
+/// an export, which stays where it was). A failure is logged; a later look at the
+/// bucket's `imports/` prefix finds the file.
+pub async fn remove_upload(state: &AppState, import: &Import) {
+    let Some(key) = &import.upload_key else { return };
+    if let Err(e) = state.storage.delete(state.storage.privacy_bucket(), key).await {
+        tracing::warn!(import_id = %import.id, error = format!("{e:#}"), "could not delete the uploaded snapshot");
+    }
+}
+
+/// Marks failed the imports whose job ended without finishing them, and removes
+/// their uploads, so that none blocks its slug (see [`records::fail_abandoned`]).
+/// Best effort: a failure is logged.
+pub async fn sweep_abandoned(state: &AppState) {
+    match records::fail_abandoned(&state.pool).await {
+        Ok(abandoned) => {
+            for import in &abandoned {
+                tracing::warn!(import_id = %import.id, "an import whose job ended unfinished was marked failed");
+                remove_upload(state, import).await;
+            }
+        }
+        Err(e) => tracing::warn!(error = %e, "could not look for abandoned imports"),
+    }
+}
