@@ -13,7 +13,7 @@ use tower_http::{set_header::SetResponseHeaderLayer, trace::TraceLayer};
 use crate::{
     auth,
     error::{ApiError, AppError},
-    exports, pages, platform, privacy,
+    exports, imports, pages, platform, privacy,
     routes::*,
     state::AppState,
 };
@@ -60,6 +60,9 @@ route_table!(HTML_ROUTES, html_routes:
     PLATFORM_PRIVACY => [get privacy::web::platform_show, post privacy::web::platform_request],
     PLATFORM_PRIVACY_RETENTION => [post privacy::web::platform_retention],
     PLATFORM_PRIVACY_DOWNLOAD => [get privacy::web::admin_download],
+    PLATFORM_IMPORTS => [get imports::web::show, post imports::web::from_export],
+    PLATFORM_IMPORT_UPLOAD => [post imports::web::upload],
+    PLATFORM_IMPORT_ROW => [get imports::web::row],
 );
 
 // Patterns relative to API_PREFIX.
@@ -68,6 +71,8 @@ route_table!(API_ROUTES, api_routes:
     API_EXPORT => [get exports::api::get, delete exports::api::delete],
     API_EXPORT_DOWNLOAD => [get exports::api::download],
     API_EXPORT_VERIFY => [post exports::api::verify],
+    API_IMPORTS => [post imports::api::create],
+    API_IMPORT => [get imports::api::get],
 );
 
 route_table!(OPS_ROUTES, ops_routes:

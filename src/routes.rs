@@ -29,6 +29,9 @@ pub const ME_PRIVACY_DOWNLOAD: &str = "/me/privacy/{id}/download";
 pub const PLATFORM_PRIVACY: &str = "/platform/privacy";
 pub const PLATFORM_PRIVACY_RETENTION: &str = "/platform/privacy/retention";
 pub const PLATFORM_PRIVACY_DOWNLOAD: &str = "/platform/privacy/{id}/download";
+pub const PLATFORM_IMPORTS: &str = "/platform/imports";
+pub const PLATFORM_IMPORT_UPLOAD: &str = "/platform/imports/upload";
+pub const PLATFORM_IMPORT_ROW: &str = "/platform/imports/{id}/row";
 /// Redirects to the job board's own listener.
 pub const PLATFORM_BOARD: &str = "/platform/board";
 
@@ -38,6 +41,8 @@ pub const API_EXPORTS: &str = "/orgs/{org}/exports";
 pub const API_EXPORT: &str = "/orgs/{org}/exports/{id}";
 pub const API_EXPORT_DOWNLOAD: &str = "/orgs/{org}/exports/{id}/download";
 pub const API_EXPORT_VERIFY: &str = "/orgs/{org}/exports/{id}/verify";
+pub const API_IMPORTS: &str = "/platform/imports";
+pub const API_IMPORT: &str = "/platform/imports/{id}";
 
 /// Fills `{org}` and `{id}` in a pattern.
 pub fn path(pattern: &str, org: &str, id: Option<&str>) -> String {

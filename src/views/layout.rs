@@ -85,6 +85,7 @@ fn nav(ctx: &PageCtx) -> Markup {
                         span.text-slate-400 { "|" }
                         a.text-sm.text-blue-700.hover:underline href=(routes::PLATFORM_SETTINGS) { "Platform settings" }
                         a.text-sm.text-blue-700.hover:underline href=(routes::PLATFORM_PRIVACY) { "Privacy requests" }
+                        a.text-sm.text-blue-700.hover:underline href=(routes::PLATFORM_IMPORTS) { "Restore" }
                     }
                     span.text-slate-400 { "|" }
                     a.text-sm.text-blue-700.hover:underline href=(routes::ME_PRIVACY) { "My data" }
