@@ -82,6 +82,8 @@ pub struct Options {
     pub fault_proxy: bool,
     /// The PostgreSQL server to create the test database on (default [`server_url`]).
     pub server: Option<String>,
+    /// `IMPORT_MAX_BYTES` (default: the product's).
+    pub import_max_bytes: Option<u64>,
 }
 
 impl Default for Options {
@@ -93,6 +95,7 @@ impl Default for Options {
             missed_heartbeats: 3,
             fault_proxy: false,
             server: None,
+            import_max_bytes: None,
         }
     }
 }
@@ -139,6 +142,9 @@ impl TestApp {
         config.heartbeat_secs = opts.heartbeat_secs;
         config.missed_heartbeats = opts.missed_heartbeats;
         config.data_dir = storage_dir.clone();
+        if let Some(n) = opts.import_max_bytes {
+            config.import_max_bytes = n;
+        }
         // Configured as an external endpoint, so the CLI (given the same S3_* settings)
         // sees the same storage identity as the verified one.
         let storage = Storage::new(&settings, &config.privacy_bucket, settings.endpoint.clone());

@@ -94,7 +94,7 @@ proptest! {
         key in prop::sample::select(vec![
             "DATABASE_URL", "S3_ENDPOINT", "S3_REGION", "S3_FORCE_PATH_STYLE", "S3_PUBLIC_ENDPOINT", "BIND",
             "BOARD_BIND", "PUBLIC_URL", "BOARD_PUBLIC_URL", "HEARTBEAT_SECS", "MISSED_HEARTBEATS",
-            "EXPORT_MAX_ATTEMPTS", "PRIVACY_BUCKET", "DATA_DIR",
+            "EXPORT_MAX_ATTEMPTS", "PRIVACY_BUCKET", "DATA_DIR", "IMPORT_MAX_BYTES",
         ]),
         value in text(),
     ) {
@@ -201,6 +201,13 @@ const FORMS: &[Form] = &[
             single(p, &["days"], "days")
                 .is_some_and(|v| v.unwrap_or("").trim().parse::<i32>().is_ok_and(|d| (1..=90).contains(&d)))
         },
+    },
+    Form {
+        path: PLATFORM_IMPORTS,
+        as_email: "platform@example.test",
+        fields: &["source_export_id", "slug", "name"],
+        // No generated text is the id of a completed export: every case is refused.
+        valid: |_| false,
     },
     Form {
         path: "/orgs/acme/settings/modules",

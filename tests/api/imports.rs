@@ -1,0 +1,547 @@
+//! Restore from the UI and the API: `/platform/imports` (from a completed export, or
+//! an uploaded snapshot file streamed to the platform bucket), its live history and
+//! report, `POST /api/v1/platform/imports` and `GET .../{id}`; every refusal is a
+//! 4xx with its reason and leaves nothing (no record, job, object or open upload);
+//! nobody but a platform admin gets in.
+
+use std::time::{Duration, Instant};
+
+use data_export::routes::*;
+use serde_json::{Value, json};
+
+use crate::helpers::{Options, Session, TestApp, api};
+
+const WAIT: Duration = Duration::from_secs(120);
+const PLATFORM: &str = "platform@example.test";
+const BOUNDARY: &str = "dxtest-boundary-7MA4YWxkTrZu0gW";
+
+/// A completed export of acme, made through the API; returns its id.
+async fn completed_acme_export(app: &TestApp) -> String {
+    let admin = api(app, &app.token("admin@acme.test").await);
+    let resp = admin.post("/orgs/acme/exports").await;
+    assert_eq!(resp.status(), 202);
+    let id = resp.json::<Value>().await.unwrap()["id"].as_str().unwrap().to_string();
+    assert_eq!(app.wait_for_run(&id, Duration::from_secs(60)).await.status, "completed");
+    id
+}
+
+/// Waits until the import leaves pending/running; returns (status, error).
+async fn wait_for_import(app: &TestApp, id: &str) -> (String, Option<String>) {
+    let started = Instant::now();
+    loop {
+        let (status, error): (String, Option<String>) =
+            sqlx::query_as("select status, error from org_imports where id = $1")
+                .bind(id)
+                .fetch_one(app.pool())
+                .await
+                .unwrap();
+        if status != "pending" && status != "running" {
+            return (status, error);
+        }
+        assert!(started.elapsed() < WAIT, "import {id} still {status} after {WAIT:?}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// The import of `slug` (the newest), once there is one.
+async fn import_of(app: &TestApp, slug: &str) -> Option<String> {
+    sqlx::query_as::<_, (String,)>("select id from org_imports where slug = $1 order by created_at desc limit 1")
+        .bind(slug)
+        .fetch_optional(app.pool())
+        .await
+        .unwrap()
+        .map(|r| r.0)
+}
+
+/// What any import leaves: records, jobs on queue `imports`, `org.import_requested`
+/// entries, objects under `imports/` in the platform bucket, open uploads.
+async fn leftovers(app: &TestApp) -> (i64, i64, usize, Vec<String>, Vec<String>) {
+    let (records, jobs): (i64, i64) = sqlx::query_as(
+        "select (select count(*) from org_imports), (select count(*) from apalis.jobs where job_type = 'imports')",
+    )
+    .fetch_one(app.pool())
+    .await
+    .unwrap();
+    let audits = app.audits("org.import_requested").await.len();
+    let objects = app
+        .objects(app.state.storage.privacy_bucket())
+        .await
+        .into_iter()
+        .filter(|k| k.starts_with("imports/"))
+        .collect();
+    (records, jobs, audits, objects, app.open_uploads())
+}
+
+async fn assert_nothing_left(app: &TestApp, what: &str) {
+    assert_eq!(leftovers(app).await, (0, 0, 0, vec![], vec![]), "{what} left something behind");
+}
+
+/// A `multipart/form-data` body: the text fields in order, then the file (if any).
+fn multipart(fields: &[(&str, &str)], file: Option<&[u8]>) -> Vec<u8> {
+    let mut body = Vec::new();
+    for (name, value) in fields {
+        body.extend_from_slice(
+            format!("--{BOUNDARY}\r\nContent-Disposition: form-data; name=\"{name}\"\r\n\r\n{value}\r\n").as_bytes(),
+        );
+    }
+    if let Some(bytes) = file {
+        body.extend_from_slice(
+            format!(
+                "--{BOUNDARY}\r\nContent-Disposition: form-data; name=\"file\"; filename=\"snapshot.json.gz\"\r\n\
+                 Content-Type: application/gzip\r\n\r\n"
+            )
+            .as_bytes(),
+        );
+        body.extend_from_slice(bytes);
+        body.extend_from_slice(b"\r\n");
+    }
+    body.extend_from_slice(format!("--{BOUNDARY}--\r\n").as_bytes());
+    body
+}
+
+/// The upload form's action, as the page renders it (the CSRF token in its query).
+async fn upload_action(s: &Session) -> String {
+    let page = s.get(PLATFORM_IMPORTS).await.text().await.unwrap();
+    let marker = format!("action=\"{PLATFORM_IMPORT_UPLOAD}?");
+    let at = page.find(&marker).expect("the page has the upload form") + "action=\"".len();
+    let action = page[at..].split('"').next().unwrap().replace("&amp;", "&");
+    assert!(action.contains(&format!("csrf_token={}", s.csrf)), "the action carries the token: {action}");
+    action
+}
+
+/// POSTs a multipart body to `action`; returns (status, body).
+async fn post_multipart(s: &Session, action: &str, body: Vec<u8>) -> (u16, String) {
+    let resp = s
+        .client
+        .post(format!("{}{action}", s.base))
+        .header("content-type", format!("multipart/form-data; boundary={BOUNDARY}"))
+        .body(body)
+        .send()
+        .await
+        .unwrap();
+    (resp.status().as_u16(), resp.text().await.unwrap_or_default())
+}
+
+/// A platform admin's API client: POST a JSON body.
+async fn api_post(app: &TestApp, token: &str, body: &str) -> (u16, Value) {
+    let resp = app
+        .client()
+        .post(app.url(&format!("{API_PREFIX}{API_IMPORTS}")))
+        .bearer_auth(token)
+        .header("content-type", "application/json")
+        .body(body.to_string())
+        .send()
+        .await
+        .unwrap();
+    let status = resp.status().as_u16();
+    (status, resp.json().await.unwrap_or(Value::Null))
+}
+
+async fn api_get(app: &TestApp, token: &str, id: &str) -> (u16, Value) {
+    let resp = app
+        .client()
+        .get(app.url(&format!("{API_PREFIX}{}", path(API_IMPORT, "", Some(id)))))
+        .bearer_auth(token)
+        .send()
+        .await
+        .unwrap();
+    let status = resp.status().as_u16();
+    (status, resp.json().await.unwrap_or(Value::Null))
+}
+
+async fn members(app: &TestApp, org_id: i64) -> i64 {
+    sqlx::query_as::<_, (i64,)>("select count(*) from memberships where org_id = $1")
+        .bind(org_id)
+        .fetch_one(app.pool())
+        .await
+        .unwrap()
+        .0
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_platform_admin_restores_a_completed_export_from_the_page_and_the_api() {
+    let app = TestApp::spawn().await;
+    let export_id = completed_acme_export(&app).await;
+    let acme = app.org_id("acme").await;
+    let s = app.login(PLATFORM).await;
+
+    // The page offers the export, and the navigation links to the page.
+    let page = s.get(PLATFORM_IMPORTS).await;
+    assert_eq!(page.status(), 200);
+    assert_eq!(page.headers()["cache-control"], "no-store");
+    let page = page.text().await.unwrap();
+    assert!(page.contains(&format!("value=\"{export_id}\"")), "the export is a choice");
+    assert!(page.contains(&format!("href=\"{PLATFORM_IMPORTS}\"")), "the navigation links to the page");
+    assert!(page.contains("No imports yet."));
+
+    // From the page's form.
+    let resp = s
+        .post_form(
+            PLATFORM_IMPORTS,
+            &[("source_export_id", &export_id), ("slug", "acme-restored"), ("name", "  Acme Restored  ")],
+        )
+        .await;
+    assert_eq!(resp.status(), 303);
+    assert_eq!(resp.headers()["location"], &format!("{PLATFORM_IMPORTS}?notice=requested"));
+    let id = import_of(&app, "acme-restored").await.expect("the import is recorded");
+    let (status, error) = wait_for_import(&app, &id).await;
+    assert_eq!((status.as_str(), error), ("completed", None));
+    let restored = app.org_id("acme-restored").await;
+    let (name, via, restored_id): (String, String, Option<i64>) =
+        sqlx::query_as("select name, via, restored_org_id from org_imports where id = $1")
+            .bind(&id)
+            .fetch_one(app.pool())
+            .await
+            .unwrap();
+    assert_eq!((name.as_str(), via.as_str(), restored_id), ("Acme Restored", "ui", Some(restored)));
+    let (org_name,): (String,) = sqlx::query_as("select name from organizations where id = $1")
+        .bind(restored)
+        .fetch_one(app.pool())
+        .await
+        .unwrap();
+    assert_eq!(org_name, "Acme Restored");
+    assert_eq!(members(&app, restored).await, members(&app, acme).await, "every membership came back");
+    let acme_counts = app.section_counts(acme).await;
+    for ((section, n), (_, in_acme)) in app.section_counts(restored).await.into_iter().zip(acme_counts) {
+        if section != "audit_log" {
+            assert_eq!(n, in_acme, "{section}");
+        }
+    }
+    let platform_id: (i64,) =
+        sqlx::query_as("select id from users where email = $1").bind(PLATFORM).fetch_one(app.pool()).await.unwrap();
+    let requested = app.audits("org.import_requested").await;
+    assert_eq!(requested.len(), 1);
+    let (org, actor, target, details) = &requested[0];
+    assert_eq!((*org, *actor, target.as_str()), (None, Some(platform_id.0), format!("import:{id}").as_str()));
+    assert_eq!(details["source_export_id"], export_id.as_str());
+    assert_eq!(details["slug"], "acme-restored");
+
+    // The page shows it with its report, no longer polling; the row alone says the same.
+    let page = s.get(&format!("{PLATFORM_IMPORTS}?notice=requested")).await.text().await.unwrap();
+    assert!(page.contains("Import started."), "the notice");
+    let row_start = page.find(&format!("data-import-id=\"{id}\"")).expect("the import's row");
+    let row = &page[row_start..page[row_start..].find("</tr>").unwrap() + row_start];
+    assert!(row.contains("data-status=\"completed\""), "{row}");
+    assert!(!row.contains("hx-get"), "a finished row does not poll: {row}");
+    assert!(row.contains("rows in") && row.contains("matched") && row.contains("Media:"), "the report: {row}");
+    assert!(row.contains(&routes_modules("acme-restored")), "links the new org: {row}");
+    assert!(row.contains(&export_id) && row.contains(" of acme"), "the source: {row}");
+    let fragment = s.htmx_get(&path(PLATFORM_IMPORT_ROW, "", Some(&id))).await;
+    assert_eq!(fragment.status(), 200);
+    let fragment = fragment.text().await.unwrap();
+    assert!(fragment.trim_start().starts_with("<tr") && fragment.contains("data-status=\"completed\""));
+
+    // From the API.
+    let token = app.token(PLATFORM).await;
+    let body = json!({ "source_export_id": export_id, "slug": "acme-api", "name": "Acme via API" }).to_string();
+    let (status, created) = api_post(&app, &token, &body).await;
+    assert_eq!(status, 202, "{created}");
+    assert_eq!(created["status"], "pending");
+    let api_id = created["id"].as_str().unwrap().to_string();
+    assert_eq!(wait_for_import(&app, &api_id).await, ("completed".to_string(), None));
+    let (status, got) = api_get(&app, &token, &api_id).await;
+    assert_eq!(status, 200);
+    for key in ["id", "status", "slug", "name", "source_export_id", "created_at", "started_at", "finished_at"] {
+        assert!(!got[key].is_null(), "{key} in {got}");
+    }
+    assert_eq!(got["status"], "completed");
+    assert_eq!(got["org"], "acme-api");
+    assert_eq!(got["source_export_id"], export_id.as_str());
+    assert!(got["error"].is_null());
+    assert!(got["report"]["rows"].as_u64().unwrap() > 100, "{got}");
+    assert_eq!(got["report"]["org_id"], app.org_id("acme-api").await);
+    assert_eq!(got["report"]["source"]["recorded_run"], true);
+    assert!(got["report"]["media"]["not_copied"].is_null(), "an export's media is copied: {got}");
+    let via: (String,) =
+        sqlx::query_as("select via from org_imports where id = $1").bind(&api_id).fetch_one(app.pool()).await.unwrap();
+    assert_eq!(via.0, "api");
+    // An unknown id, and one that is not an id.
+    assert_eq!(api_get(&app, &token, "01JAAAAAAAAAAAAAAAAAAAAAAA").await.0, 404);
+    assert_eq!(api_get(&app, &token, "not-an-id").await.0, 404);
+    assert_eq!(s.get(&path(PLATFORM_IMPORT_ROW, "", Some("01JAAAAAAAAAAAAAAAAAAAAAAA"))).await.status(), 404);
+}
+
+fn routes_modules(slug: &str) -> String {
+    format!("href=\"{}\"", org_modules(slug))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_pending_row_polls_until_its_import_has_finished() {
+    let mut app = TestApp::spawn_with(Options { workers: false, ..Default::default() }).await;
+    // An export made by the command line (no workers are running).
+    let out = app.command().args(["export", "--org", "acme"]).output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let (export_id,): (String,) =
+        sqlx::query_as("select id from export_runs where status = 'completed'").fetch_one(app.pool()).await.unwrap();
+    let token = app.token(PLATFORM).await;
+    let body = json!({ "source_export_id": export_id, "slug": "acme-later", "name": "Acme Later" }).to_string();
+    let (status, created) = api_post(&app, &token, &body).await;
+    assert_eq!(status, 202, "{created}");
+    let id = created["id"].as_str().unwrap().to_string();
+    let s = app.login(PLATFORM).await;
+    let row_url = path(PLATFORM_IMPORT_ROW, "", Some(&id));
+    let row = s.htmx_get(&row_url).await.text().await.unwrap();
+    assert!(row.contains("data-status=\"pending\""), "{row}");
+    assert!(row.contains(&format!("hx-get=\"{row_url}\"")) && row.contains("hx-trigger=\"every 2s\""), "{row}");
+    let (status, got) = api_get(&app, &token, &id).await;
+    assert_eq!((status, got["status"].as_str()), (200, Some("pending")));
+    assert!(got["org"].is_null() && got["report"].is_null());
+
+    // A second import into the same slug while this one is pending: refused.
+    let (status, refused) = api_post(&app, &token, &body).await;
+    assert_eq!(status, 409, "{refused}");
+    assert!(refused["message"].as_str().unwrap().contains("already pending or running"), "{refused}");
+    let resp =
+        s.post_form(PLATFORM_IMPORTS, &[("source_export_id", &export_id), ("slug", "acme-later"), ("name", "x")]).await;
+    assert_eq!(resp.status(), 409);
+    assert!(resp.text().await.unwrap().contains("already pending or running"));
+    let (n,): (i64,) = sqlx::query_as("select count(*) from org_imports").fetch_one(app.pool()).await.unwrap();
+    assert_eq!(n, 1, "the refusals wrote nothing");
+
+    app.start_workers();
+    assert_eq!(wait_for_import(&app, &id).await, ("completed".to_string(), None));
+    let row = s.htmx_get(&row_url).await.text().await.unwrap();
+    assert!(row.contains("data-status=\"completed\"") && !row.contains("hx-get"), "{row}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn an_uploaded_snapshot_streams_to_storage_and_is_restored() {
+    let app = TestApp::spawn().await;
+    let text = app.export_acme_to_file("upload.json.gz");
+    assert!(text.contains("\"format\""));
+    let file = std::fs::read(app.storage_dir.join("upload.json.gz")).unwrap();
+    let s = app.login(PLATFORM).await;
+    let action = upload_action(&s).await;
+
+    let body = multipart(&[("slug", "acme-uploaded"), ("name", "Acme Uploaded")], Some(&file));
+    let (status, page) = post_multipart(&s, &action, body).await;
+    assert_eq!(status, 303, "{page}");
+    let id = import_of(&app, "acme-uploaded").await.expect("the import is recorded");
+    let (key, bytes, export): (Option<String>, Option<i64>, Option<String>) =
+        sqlx::query_as("select upload_key, upload_bytes, source_export_id from org_imports where id = $1")
+            .bind(&id)
+            .fetch_one(app.pool())
+            .await
+            .unwrap();
+    assert_eq!(key.as_deref(), Some(format!("imports/{id}.json.gz").as_str()));
+    assert_eq!(bytes, Some(file.len() as i64));
+    assert!(export.is_none());
+    let (status, error) = wait_for_import(&app, &id).await;
+    assert_eq!((status.as_str(), error), ("completed", None));
+    let restored = app.org_id("acme-uploaded").await;
+    assert_eq!(members(&app, restored).await, members(&app, app.org_id("acme").await).await);
+    let token = app.token(PLATFORM).await;
+    let (_, got) = api_get(&app, &token, &id).await;
+    assert!(got["source_export_id"].is_null());
+    assert!(got["report"]["media"]["not_copied"].as_str().is_some_and(|s| !s.is_empty()), "{got}");
+    let page = s.get(PLATFORM_IMPORTS).await.text().await.unwrap();
+    assert!(page.contains("Uploaded file") && page.contains("not copied"), "the row says so");
+
+    // The uploaded file goes once the import has finished; no upload stays open.
+    let started = Instant::now();
+    while !leftovers(&app).await.3.is_empty() {
+        assert!(started.elapsed() < Duration::from_secs(10), "the uploaded file was not deleted");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(app.open_uploads().is_empty(), "{:?}", app.open_uploads());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn uploads_over_the_limit_empty_or_not_gzip_are_refused_and_leave_nothing() {
+    const LIMIT: u64 = 9 * 1024 * 1024;
+    let app =
+        TestApp::spawn_with(Options { import_max_bytes: Some(LIMIT), workers: false, ..Default::default() }).await;
+    let s = app.login(PLATFORM).await;
+    let action = upload_action(&s).await;
+    let page = s.get(PLATFORM_IMPORTS).await.text().await.unwrap();
+    assert!(page.contains("at most 9.4 MB"), "the page states the limit");
+    let target = [("slug", "too-big"), ("name", "Too Big")];
+    let gzip_like = |len: usize| {
+        let mut bytes: Vec<u8> = (0..len).map(|i| (i * 7919 % 251) as u8).collect();
+        bytes[..2].copy_from_slice(&[0x1f, 0x8b]);
+        bytes
+    };
+
+    // Just over the limit: the first 8 MiB part is already stored when the limit is
+    // passed, and that upload is aborted.
+    let (status, body) = post_multipart(&s, &action, multipart(&target, Some(&gzip_like(LIMIT as usize + 1)))).await;
+    assert_eq!(status, 413, "{body}");
+    assert!(body.contains("larger than the upload limit") && body.contains("IMPORT_MAX_BYTES"), "{body}");
+    assert_nothing_left(&app, "a file over the limit").await;
+
+    // Far over, by its Content-Length: refused before the body is read.
+    let resp = s
+        .client
+        .post(format!("{}{action}", s.base))
+        .header("content-type", format!("multipart/form-data; boundary={BOUNDARY}"))
+        .body(multipart(&target, Some(&gzip_like(3 * LIMIT as usize))))
+        .send()
+        .await;
+    match resp {
+        Ok(resp) => {
+            assert_eq!(resp.status(), 413);
+            assert!(resp.text().await.unwrap_or_default().contains("larger than the upload limit"));
+        }
+        // The server answered and closed while the client was still sending.
+        Err(e) => assert!(e.is_request() || e.is_body(), "{e}"),
+    }
+    assert_nothing_left(&app, "a file far over the limit").await;
+
+    // Empty, not gzip, no file, the file before the slug, an unknown field.
+    for (what, body, reason) in [
+        ("an empty file", multipart(&target, Some(b"")), "The file is empty"),
+        ("one byte", multipart(&target, Some(b"\x1f")), "not gzip"),
+        ("not gzip", multipart(&target, Some(b"{\"format\": 1}")), "not gzip"),
+        ("no file", multipart(&target, None), "no file"),
+        ("the file first", multipart(&[], Some(&gzip_like(100))), "must come before"),
+        ("an unknown field", multipart(&[("slug", "x"), ("bogus", "1")], Some(&gzip_like(100))), "bogus"),
+        ("a repeated field", multipart(&[("slug", "abc"), ("slug", "abd")], None), "repeated"),
+    ] {
+        let (status, page) = post_multipart(&s, &action, body).await;
+        assert_eq!(status, 400, "{what}: {page}");
+        assert!(page.contains(reason), "{what}: {reason:?} not in the page");
+        assert_nothing_left(&app, what).await;
+    }
+    // Not multipart at all.
+    let resp =
+        s.client.post(format!("{}{action}", s.base)).header("content-type", "application/gzip").body("x").send().await;
+    assert_eq!(resp.unwrap().status(), 403, "no token where a non-multipart body would carry it");
+    // No CSRF token in the URL, or a wrong one.
+    let body = || multipart(&target, Some(&gzip_like(100)));
+    let (status, _) = post_multipart(&s, PLATFORM_IMPORT_UPLOAD, body()).await;
+    assert_eq!(status, 403);
+    let (status, _) = post_multipart(&s, &format!("{PLATFORM_IMPORT_UPLOAD}?csrf_token=forged"), body()).await;
+    assert_eq!(status, 403);
+    assert_nothing_left(&app, "a forged upload").await;
+
+    // Within the limit, the same form is taken (and runs once workers start).
+    let (status, page) = post_multipart(&s, &action, multipart(&target, Some(&gzip_like(100)))).await;
+    assert_eq!(status, 303, "{page}");
+    let objects = leftovers(&app).await.3;
+    assert_eq!(objects.len(), 1, "{objects:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn bad_slugs_names_and_exports_are_refused_with_the_reason_and_write_nothing() {
+    let app = TestApp::spawn_with(Options { workers: false, ..Default::default() }).await;
+    let out = app.command().args(["export", "--org", "acme"]).output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let (export_id,): (String,) =
+        sqlx::query_as("select id from export_runs where status = 'completed'").fetch_one(app.pool()).await.unwrap();
+    // A run that is not completed.
+    let failed_id = ulid::Ulid::generate().to_string();
+    sqlx::query(
+        "insert into export_runs (id, org_id, status, trigger, error) values ($1, $2, 'failed', 'manual', 'x')",
+    )
+    .bind(&failed_id)
+    .bind(app.org_id("globex").await)
+    .execute(app.pool())
+    .await
+    .unwrap();
+    let s = app.login(PLATFORM).await;
+    let token = app.token(PLATFORM).await;
+    let action = upload_action(&s).await;
+    let unknown = "01JAAAAAAAAAAAAAAAAAAAAAAA";
+    let long_name = "n".repeat(201);
+    let cases: Vec<(&str, &str, &str, &str, u16, &str)> = vec![
+        ("a malformed slug", &export_id, "Bad Slug!", "Name", 400, "not a valid org slug"),
+        ("a slug with a NUL", &export_id, "ab\u{0}c", "Name", 400, "not a valid org slug"),
+        ("a taken slug", &export_id, "acme", "Name", 409, "taken by an existing org"),
+        ("an empty name", &export_id, "new-org", "   ", 400, "1 to 200 characters"),
+        ("a long name", &export_id, "new-org", &long_name, 400, "1 to 200 characters"),
+        ("a name with a control character", &export_id, "new-org", "a\u{7}b", 400, "control characters"),
+        ("an unknown export", unknown, "new-org", "Name", 404, "no export with id"),
+        ("a malformed export id", "../etc", "new-org", "Name", 404, "no export with id"),
+        ("an empty export id", "", "new-org", "Name", 404, "no export with id"),
+        ("a failed export", &failed_id, "new-org", "Name", 400, "choose a completed export"),
+    ];
+    for (what, export, slug, name, want, reason) in &cases {
+        let resp = s.post_form(PLATFORM_IMPORTS, &[("source_export_id", export), ("slug", slug), ("name", name)]).await;
+        assert_eq!(resp.status().as_u16(), *want, "page, {what}");
+        let page = resp.text().await.unwrap();
+        assert!(page.contains(reason), "page, {what}: {reason:?} not in it");
+        if *slug == "acme" {
+            assert!(page.contains("value=\"acme\""), "{what}: the form keeps what was typed");
+        }
+        let body = json!({ "source_export_id": export, "slug": slug, "name": name }).to_string();
+        let (status, json) = api_post(&app, &token, &body).await;
+        assert_eq!(status, *want, "API, {what}: {json}");
+        assert!(json["message"].as_str().unwrap().contains(reason), "API, {what}: {json}");
+        // Uploads check the same slug and name before storing a byte.
+        if !export.is_empty() && *export == export_id.as_str() {
+            let (status, page) =
+                post_multipart(&s, &action, multipart(&[("slug", slug), ("name", name)], Some(b"\x1f\x8bxx"))).await;
+            assert_eq!(status, *want, "upload, {what}");
+            assert!(page.contains(reason), "upload, {what}: {reason:?} not in it");
+        }
+        assert_nothing_left(&app, what).await;
+    }
+    // Bodies the API does not take.
+    for body in [
+        "",
+        "{}",
+        "[1]",
+        "{\"slug\": 1}",
+        &json!({ "source_export_id": export_id, "slug": "new-org" }).to_string(),
+        &json!({ "source_export_id": export_id, "slug": "new-org", "name": "N", "dry_run": true }).to_string(),
+    ] {
+        let (status, json) = api_post(&app, &token, body).await;
+        assert_eq!(status, 400, "{body}: {json}");
+        assert!(json["message"].as_str().unwrap().contains("source_export_id"), "{json}");
+    }
+    // Unknown and repeated form fields.
+    let resp = s
+        .post_form(
+            PLATFORM_IMPORTS,
+            &[("source_export_id", &export_id), ("slug", "new-org"), ("name", "N"), ("x", "1")],
+        )
+        .await;
+    assert_eq!(resp.status(), 400);
+    assert_nothing_left(&app, "bad bodies").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn nobody_but_a_platform_admin_gets_in() {
+    let app = TestApp::spawn_with(Options { workers: false, ..Default::default() }).await;
+    let out = app.command().args(["export", "--org", "acme"]).output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let (export_id,): (String,) =
+        sqlx::query_as("select id from export_runs where status = 'completed'").fetch_one(app.pool()).await.unwrap();
+    let form = [("source_export_id", export_id.as_str()), ("slug", "stolen"), ("name", "Stolen")];
+    let row = path(PLATFORM_IMPORT_ROW, "", Some("01JAAAAAAAAAAAAAAAAAAAAAAA"));
+    let body = json!({ "source_export_id": export_id, "slug": "stolen", "name": "Stolen" }).to_string();
+    for email in [None, Some("member@acme.test"), Some("admin@acme.test"), Some("admin@globex.test")] {
+        let s = match email {
+            Some(e) => app.login(e).await,
+            None => app.anonymous().await,
+        };
+        let (html, api_status) = if email.is_some() { (403, 403) } else { (303, 401) };
+        assert_eq!(s.get(PLATFORM_IMPORTS).await.status(), html, "{email:?} page");
+        assert_eq!(s.get(&row).await.status(), html, "{email:?} row");
+        assert_eq!(s.post_form(PLATFORM_IMPORTS, &form).await.status(), html, "{email:?} from an export");
+        let upload = format!("{PLATFORM_IMPORT_UPLOAD}?csrf_token={}", s.csrf);
+        let (status, _) = post_multipart(&s, &upload, multipart(&form[1..], Some(b"\x1f\x8bxx"))).await;
+        assert_eq!(status, html, "{email:?} upload");
+        if email.is_none() {
+            let home = s.get(PLATFORM_IMPORTS).await;
+            assert_eq!(home.headers()["location"], LOGIN);
+        } else {
+            let home = s.get(HOME).await.text().await.unwrap();
+            assert!(!home.contains(&format!("href=\"{PLATFORM_IMPORTS}\"")), "{email:?} sees no link");
+        }
+        let token = match email {
+            Some(e) => app.token(e).await,
+            None => String::new(),
+        };
+        let (status, json) = api_post(&app, &token, &body).await;
+        assert_eq!(status, api_status, "{email:?} API POST");
+        if email.is_some() {
+            assert_eq!(json["error"], "forbidden", "{json}");
+        }
+        assert_eq!(api_get(&app, &token, "01JAAAAAAAAAAAAAAAAAAAAAAA").await.0, api_status, "{email:?} API GET");
+    }
+    assert_nothing_left(&app, "refused requests").await;
+    let (n,): (i64,) =
+        sqlx::query_as("select count(*) from organizations where slug = 'stolen'").fetch_one(app.pool()).await.unwrap();
+    assert_eq!(n, 0);
+}
