@@ -176,6 +176,18 @@ async fn store(
     .await;
     if let Err(e) = written {
         upload.abort().await;
+        if matches!(e, AppError::TooLarge(_)) {
+            // What is left of a body its Content-Length let through is at most the
+            // form's overhead: read it, so that a browser still sending gets the
+            // answer rather than a reset connection.
+            let mut left = 2 * FORM_OVERHEAD;
+            while let Ok(Some(chunk)) = file.chunk().await {
+                left = left.saturating_sub(chunk.len() as u64);
+                if left == 0 {
+                    break;
+                }
+            }
+        }
         return Err(e);
     }
     upload.complete(parts).await?;
