@@ -89,7 +89,7 @@ pub fn imports_page(
                     h2.text-lg.font-semibold.mb-2 #from-upload-h { "From a snapshot file" }
                     p.text-sm.text-slate-600.mb-4 {
                         "A " code { ".json.gz" } " as downloaded from Backups & Export or written by " code { "data-export export --out" }
-                        ", at most " (human_bytes(i64::try_from(max_upload_bytes).unwrap_or(i64::MAX))) ". The documents' files are not copied. The file is deleted once the import has finished."
+                        ", at most " (limit_text(max_upload_bytes)) ". The documents' files are not copied. The file is deleted once the import has finished."
                     }
                     form.space-y-3 method="post" action=(upload_action) enctype="multipart/form-data" {
                         (target_fields("upload", &upload_form))
@@ -139,6 +139,16 @@ fn url_escape(s: &str) -> String {
     out
 }
 
+/// The upload limit as people write it: `4 GiB`, `512 MiB`, else `1.2 MB`.
+pub fn limit_text(bytes: u64) -> String {
+    const MIB: u64 = 1024 * 1024;
+    match bytes {
+        b if b % (1024 * MIB) == 0 => format!("{} GiB", b / (1024 * MIB)),
+        b if b % MIB == 0 => format!("{} MiB", b / MIB),
+        b => human_bytes(i64::try_from(b).unwrap_or(i64::MAX)),
+    }
+}
+
 /// The history table.
 pub fn history(imports: &[Import]) -> Markup {
     html! {
@@ -149,8 +159,7 @@ pub fn history(imports: &[Import]) -> Markup {
                 div.overflow-x-auto { table.table-basic.table-stack.w-full {
                     thead { tr {
                         th scope="col" { "Status" } th scope="col" { "New org" } th scope="col" { "Source" }
-                        th scope="col" { "By" } th scope="col" { "Requested" } th scope="col" { "Duration" }
-                        th scope="col" { "Report" }
+                        th scope="col" { "Requested" } th scope="col" { "Report" }
                     } }
                     tbody { @for import in imports { (row(import)) } }
                 } }
@@ -187,16 +196,21 @@ pub fn row(import: &Import) -> Markup {
             td data-label="Source" { div {
                 @match (&import.source_export_id, import.upload_bytes) {
                     (Some(id), _) => {
-                        "Export " code.text-xs { (id) }
+                        "Export"
                         @if let Some(org) = &import.source_org { " of " (org) }
+                        br; code.text-xs.break-all { (id) }
                     }
                     (None, Some(n)) => { "Uploaded file, " span.whitespace-nowrap { (human_bytes(n)) } }
                     (None, None) => { "Uploaded file" }
                 }
             } }
-            td data-label="By" { (import.requested_by_email.as_deref().unwrap_or("(removed)")) " via " (import.via.as_str()) }
-            td data-label="Requested" { time datetime=(import.created_at.to_rfc3339()) { (when(import.created_at)) } }
-            td data-label="Duration" { @if let Some(s) = duration { span.whitespace-nowrap { (format!("{s:.1} s")) } } }
+            td data-label="Requested" { div {
+                time datetime=(import.created_at.to_rfc3339()) { (when(import.created_at)) }
+                br; span.text-xs.text-slate-600 {
+                    "by " (import.requested_by_email.as_deref().unwrap_or("(removed)")) " via " (import.via.as_str())
+                }
+                @if let Some(s) = duration { br; span.text-xs.text-slate-600 { "took " (format!("{s:.1} s")) } }
+            } }
             td data-label="Report" {
                 @if import.status == ImportStatus::Completed {
                     @match import.report() {
@@ -227,10 +241,13 @@ fn report_summary(r: &Report) -> Markup {
                 }
             }
             @if !media.missing_keys.is_empty() {
-                li.text-red-700 { "Missing: " (media.missing_keys.join(", ")) }
+                li.text-red-700.break-all {
+                    "Missing: " (media.missing_keys.iter().take(3).cloned().collect::<Vec<_>>().join(", "))
+                    @if media.missing_keys.len() > 3 { ", …" }
+                }
             }
             @if r.source.recorded_run {
-                li { "SHA-256 matched export " code { (r.source.export_id) } }
+                li { "The file's SHA-256 matched its export's." }
             }
         }
     }

@@ -354,7 +354,7 @@ async fn uploads_over_the_limit_empty_or_not_gzip_are_refused_and_leave_nothing(
     let s = app.login(PLATFORM).await;
     let action = upload_action(&s).await;
     let page = s.get(PLATFORM_IMPORTS).await.text().await.unwrap();
-    assert!(page.contains("at most 9.4 MB"), "the page states the limit");
+    assert!(page.contains("at most 9 MiB"), "the page states the limit");
     let target = [("slug", "too-big"), ("name", "Too Big")];
     let gzip_like = |len: usize| {
         let mut bytes: Vec<u8> = (0..len).map(|i| (i * 7919 % 251) as u8).collect();

@@ -17,12 +17,11 @@ use ulid::Ulid;
 use super::super::{
     job,
     records::{self, Import, Source, Via},
-    views::Typed,
+    views::{Typed, limit_text},
 };
 use crate::{
     auth::csrf,
     error::AppError,
-    exports::views::human_bytes,
     state::AppState,
     storage::{Multipart, Storage, UploadedPart},
 };
@@ -120,7 +119,7 @@ fn too_large(max: u64) -> AppError {
     AppError::TooLarge(format!(
         "The file is larger than the upload limit of {} ({max} bytes, IMPORT_MAX_BYTES); nothing was kept. \
          Restore a larger file on the server with: data-export import FILE --org SLUG",
-        human_bytes(i64::try_from(max).unwrap_or(i64::MAX))
+        limit_text(max)
     ))
 }
 
