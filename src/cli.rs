@@ -1,4 +1,4 @@
-//! The command line: `data-export [serve|worker|migrate|seed|export|prune|verify-storage|verify|token]`.
+//! The command line: `data-export [serve|worker|migrate|seed|export|prune|verify-storage|verify|import|token]`.
 
 use std::{io::Write, path::PathBuf, time::Duration};
 
@@ -67,6 +67,21 @@ pub enum Command {
         /// The SHA-256 recorded for it (the run's `sha256` in the API or history).
         #[arg(long)]
         sha256: Option<String>,
+    },
+    /// Restore a snapshot file into a new org, all or nothing (docs/restore.md);
+    /// prints a JSON report.
+    Import {
+        /// The .json.gz file (as downloaded or written by `export --out`).
+        file: PathBuf,
+        /// The new org's slug (it must not be taken).
+        #[arg(long)]
+        org: String,
+        /// The new org's name (default: the name in the file).
+        #[arg(long)]
+        name: Option<String>,
+        /// Read and check the whole file and report what would be done; keep nothing.
+        #[arg(long)]
+        dry_run: bool,
     },
     /// Personal API tokens.
     Token {
@@ -145,6 +160,7 @@ pub async fn run(cli: Cli, config: Config) -> anyhow::Result<()> {
             }
         }
         Command::Verify { file, sha256 } => verify_file(&file, sha256.as_deref()).await,
+        Command::Import { file, org, name, dry_run } => import_file(config, &file, org, name, dry_run).await,
         Command::Token { command: TokenCommand::Create { email, name } } => {
             if name.trim().is_empty() || name.len() > 100 {
                 bail!("--name must be 1 to 100 characters");
@@ -268,6 +284,43 @@ async fn export_with(services: &Services, slug: &OrgSlug, out: Option<PathBuf>) 
                 "bytes": done.size_bytes, "sha256": done.sha256, "seconds": (started.elapsed().as_secs_f64() * 1000.0).round() / 1000.0,
             }))
         }
+    }
+}
+
+/// `data-export import FILE --org SLUG [--name NAME] [--dry-run]`: prints the report
+/// as one JSON line, or fails with the one-line reason (and nothing is left behind).
+async fn import_file(
+    config: Config,
+    file: &std::path::Path,
+    org: String,
+    name: Option<String>,
+    dry_run: bool,
+) -> anyhow::Result<()> {
+    if OrgSlug::parse(&org).is_none() {
+        bail!("{org:?} is not a valid org slug (3 to 40 of a-z, 0-9 and '-', not starting or ending with '-')");
+    }
+    if file.is_dir() {
+        bail!("{} is a directory, not a snapshot file", file.display());
+    }
+    let f = std::fs::File::open(file).with_context(|| format!("cannot open {}", file.display()))?;
+    let services = Services::start(config).await?;
+    let request = crate::imports::Request {
+        slug: org,
+        name,
+        dry_run,
+        actor: None,
+        via: "cli",
+        source_export_id: None,
+        import_id: None,
+    };
+    let result = crate::imports::import(&services.state, f, request).await;
+    services.shutdown().await;
+    match result {
+        Ok(report) => {
+            println!("{}", serde_json::to_string(&report)?);
+            Ok(())
+        }
+        Err(e) => bail!("import of {} failed, nothing was kept: {e}", file.display()),
     }
 }
 

@@ -29,6 +29,7 @@ pub mod config;
 pub mod db;
 pub mod error;
 pub mod exports;
+pub mod imports;
 pub mod jobs;
 pub mod orgs;
 pub mod pages;

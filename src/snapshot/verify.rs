@@ -67,14 +67,34 @@ impl Schemas {
 /// Verifies a snapshot read from `input` (the compressed bytes). With `expected_sha256`
 /// the file's hash must equal it.
 pub fn verify(input: impl Read, expected_sha256: Option<&str>) -> Result<Report, Invalid> {
+    read(input, expected_sha256, &mut |_, _| Ok(())).map(|(report, _)| report)
+}
+
+/// What a reader does with each row of a section (after the row's schema check), in
+/// file order. An error stops the read and is its result.
+pub type OnRow<'a> = dyn FnMut(&str, Value) -> Result<(), Invalid> + 'a;
+
+/// Reads and checks a snapshot as [`verify`] does, handing each row of every section
+/// but `organization` to `on_row` as it is read. Returns the report and the document
+/// without its sections' rows (`sections.organization` is kept).
+pub fn read(
+    input: impl Read,
+    expected_sha256: Option<&str>,
+    on_row: &mut OnRow<'_>,
+) -> Result<(Report, serde_json::Map<String, Value>), Invalid> {
     let schemas = Schemas::load();
     let mut hashed = HashingReader { inner: input, hasher: Sha256::new(), bytes: 0 };
     let found = {
         let mut buffered = BufReader::with_capacity(256 * 1024, &mut hashed);
+        match buffered.fill_buf() {
+            Ok([]) => return Err(invalid("the file is empty (0 bytes)")),
+            Ok(_) => {}
+            Err(e) => return Err(invalid(format!("cannot read the file: {e}"))),
+        }
         let found = {
             let mut gz = flate2::bufread::GzDecoder::new(&mut buffered);
             // serde_json reads a reader a byte at a time: buffer the decompressed side.
-            let found = read_document(BufReader::with_capacity(256 * 1024, &mut gz), &schemas)?;
+            let found = read_document(BufReader::with_capacity(256 * 1024, &mut gz), &schemas, on_row)?;
             // The JSON ended; the rest of the member must be only its trailer.
             let mut rest = [0u8; 1];
             match gz.read(&mut rest) {
@@ -111,7 +131,7 @@ pub fn verify(input: impl Read, expected_sha256: Option<&str>) -> Result<Report,
         return Err(invalid(format!("counts names section {name}, which is not in the file")));
     }
     let text = |k: &str| header.get(k).and_then(Value::as_str).unwrap_or_default().to_string();
-    Ok(Report {
+    let report = Report {
         export_id: text("export_id"),
         organization: header["organization"]["slug"].as_str().unwrap_or_default().to_string(),
         snapshot_at: text("snapshot_at"),
@@ -119,7 +139,8 @@ pub fn verify(input: impl Read, expected_sha256: Option<&str>) -> Result<Report,
         sha256,
         rows: counts.values().sum(),
         counts,
-    })
+    };
+    Ok((report, header))
 }
 
 /// The document with every section's rows replaced by `[]` (already validated one by
@@ -129,10 +150,11 @@ struct Found {
     counts: BTreeMap<String, u64>,
 }
 
-fn read_document(input: impl Read, schemas: &Schemas) -> Result<Found, Invalid> {
+fn read_document(input: impl Read, schemas: &Schemas, on_row: &mut OnRow<'_>) -> Result<Found, Invalid> {
     let mut de = serde_json::Deserializer::from_reader(input);
     let mut problem = None;
-    let parsed = DocumentSeed { schemas, problem: &mut problem }.deserialize(&mut de).and_then(|f| de.end().map(|_| f));
+    let parsed =
+        DocumentSeed { schemas, problem: &mut problem, on_row }.deserialize(&mut de).and_then(|f| de.end().map(|_| f));
     if let Some(p) = problem {
         return Err(p);
     }
@@ -151,19 +173,20 @@ fn location(pointer: &impl ToString) -> String {
     if p.is_empty() { "the top level".into() } else { p }
 }
 
-struct DocumentSeed<'a> {
+struct DocumentSeed<'a, 'r> {
     schemas: &'a Schemas,
     problem: &'a mut Option<Invalid>,
+    on_row: &'a mut OnRow<'r>,
 }
 
-impl<'de> DeserializeSeed<'de> for DocumentSeed<'_> {
+impl<'de> DeserializeSeed<'de> for DocumentSeed<'_, '_> {
     type Value = Found;
     fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<Found, D::Error> {
         d.deserialize_map(self)
     }
 }
 
-impl<'de> Visitor<'de> for DocumentSeed<'_> {
+impl<'de> Visitor<'de> for DocumentSeed<'_, '_> {
     type Value = Found;
     fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
         f.write_str("a snapshot object")
@@ -178,12 +201,19 @@ impl<'de> Visitor<'de> for DocumentSeed<'_> {
             if key == "sections" {
                 let sections = map.next_value_seed(SectionsSeed {
                     schemas: self.schemas,
-                    problem: self.problem,
+                    problem: &mut *self.problem,
                     counts: &mut counts,
+                    on_row: &mut *self.on_row,
                 })?;
                 header.insert(key, Value::Object(sections));
             } else {
                 let v: Value = map.next_value()?;
+                // The format and version are checked as soon as they are read, so a
+                // file of another kind stops before its rows are.
+                if let Some(why) = wrong_kind(&key, &v) {
+                    *self.problem = Some(invalid(why.clone()));
+                    return Err(serde::de::Error::custom(why));
+                }
                 header.insert(key, v);
             }
         }
@@ -191,22 +221,36 @@ impl<'de> Visitor<'de> for DocumentSeed<'_> {
     }
 }
 
+/// Why a header field says the file is not a version-1 org snapshot.
+fn wrong_kind(key: &str, v: &Value) -> Option<String> {
+    match key {
+        "format" if v.as_str() != Some("data-export/snapshot") => {
+            Some(format!("not an org snapshot: its format is {v}, not \"data-export/snapshot\""))
+        }
+        "version" if v.as_u64() != Some(1) => {
+            Some(format!("snapshot version {v} is not supported (this program reads version 1)"))
+        }
+        _ => None,
+    }
+}
+
 /// `sections`: `organization` kept whole; every other section's rows validated and
-/// counted one at a time, and replaced by `[]`.
-struct SectionsSeed<'a> {
+/// counted one at a time, handed to the row visitor, and replaced by `[]`.
+struct SectionsSeed<'a, 'r> {
     schemas: &'a Schemas,
     problem: &'a mut Option<Invalid>,
     counts: &'a mut BTreeMap<String, u64>,
+    on_row: &'a mut OnRow<'r>,
 }
 
-impl<'de> DeserializeSeed<'de> for SectionsSeed<'_> {
+impl<'de> DeserializeSeed<'de> for SectionsSeed<'_, '_> {
     type Value = serde_json::Map<String, Value>;
     fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<Self::Value, D::Error> {
         d.deserialize_map(self)
     }
 }
 
-impl<'de> Visitor<'de> for SectionsSeed<'_> {
+impl<'de> Visitor<'de> for SectionsSeed<'_, '_> {
     type Value = serde_json::Map<String, Value>;
     fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
         f.write_str("an object of sections")
@@ -223,7 +267,12 @@ impl<'de> Visitor<'de> for SectionsSeed<'_> {
                 out.insert(name, v);
                 continue;
             }
-            let n = map.next_value_seed(RowsSeed { schemas: self.schemas, problem: self.problem, section: &name })?;
+            let n = map.next_value_seed(RowsSeed {
+                schemas: self.schemas,
+                problem: &mut *self.problem,
+                section: &name,
+                on_row: &mut *self.on_row,
+            })?;
             self.counts.insert(name.clone(), n);
             out.insert(name, Value::Array(Vec::new()));
         }
@@ -231,20 +280,21 @@ impl<'de> Visitor<'de> for SectionsSeed<'_> {
     }
 }
 
-struct RowsSeed<'a> {
+struct RowsSeed<'a, 'r> {
     schemas: &'a Schemas,
     problem: &'a mut Option<Invalid>,
     section: &'a str,
+    on_row: &'a mut OnRow<'r>,
 }
 
-impl<'de> DeserializeSeed<'de> for RowsSeed<'_> {
+impl<'de> DeserializeSeed<'de> for RowsSeed<'_, '_> {
     type Value = u64;
     fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<u64, D::Error> {
         d.deserialize_seq(self)
     }
 }
 
-impl<'de> Visitor<'de> for RowsSeed<'_> {
+impl<'de> Visitor<'de> for RowsSeed<'_, '_> {
     type Value = u64;
     fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
         write!(f, "an array of rows for section {}", self.section)
@@ -260,6 +310,11 @@ impl<'de> Visitor<'de> for RowsSeed<'_> {
                     location(&e.instance_path())
                 );
                 *self.problem = Some(invalid(msg.clone()));
+                return Err(serde::de::Error::custom(msg));
+            }
+            if let Err(e) = (self.on_row)(self.section, row) {
+                let msg = e.0.clone();
+                *self.problem = Some(e);
                 return Err(serde::de::Error::custom(msg));
             }
             n += 1;
@@ -368,13 +423,20 @@ mod tests {
             ),
             ("two members", [good.clone(), good.clone()].concat(), None, "more than one gzip member"),
             ("not gzip", b"{}".to_vec(), None, "not a whole gzip file"),
+            ("empty", Vec::new(), None, "the file is empty"),
             ("wrong hash", good.clone(), Some("00"), "SHA-256 is"),
             ("count off", gz(&doc(r#"[{"id":1}]"#, 2)), None, "counts says 2"),
             ("row without id", gz(&doc(r#"[{"x":1}]"#, 1)), None, "row 1 of section memberships"),
             ("secret column", gz(&doc(r#"[{"id":1,"password_hash":"x"}]"#, 1)), None, "row 1 of section memberships"),
             ("not json", gz("{\"format\":"), None, "not valid JSON"),
             ("trailing", gz(&(doc("[]", 0) + " {}")), None, "not valid JSON"),
-            ("wrong format", gz(&doc("[]", 0).replace("data-export/snapshot", "other")), None, "/format"),
+            ("wrong format", gz(&doc("[]", 0).replace("data-export/snapshot", "other")), None, "not an org snapshot"),
+            (
+                "version 2",
+                gz(&doc("[]", 0).replace("\"version\":1", "\"version\":2")),
+                None,
+                "version 2 is not supported",
+            ),
         ];
         for (what, bytes, sha, expect) in cases {
             let e = verify(&bytes[..], sha).expect_err(what);

@@ -98,6 +98,27 @@ impl Storage {
         }
     }
 
+    /// Whether `bucket` exists.
+    pub async fn bucket_exists(&self, bucket: &str) -> anyhow::Result<bool> {
+        match self.client.head_bucket().bucket(bucket).send().await {
+            Ok(_) => Ok(true),
+            Err(e) if e.as_service_error().is_some_and(|s| s.is_not_found()) => Ok(false),
+            Err(e) => Err(anyhow::Error::new(e.into_service_error()).context(format!("cannot read bucket {bucket}"))),
+        }
+    }
+
+    /// Deletes an empty `bucket`.
+    pub async fn delete_bucket(&self, bucket: &str) -> anyhow::Result<()> {
+        self.client
+            .delete_bucket()
+            .bucket(bucket)
+            .send()
+            .await
+            .map_err(|e| anyhow::Error::new(e.into_service_error()))
+            .with_context(|| format!("cannot delete bucket {bucket}"))?;
+        Ok(())
+    }
+
     /// A GET URL for `bucket/key` valid for [`PRESIGN_TTL`].
     pub async fn presign_get(&self, bucket: &str, key: &str, filename: &str) -> anyhow::Result<String> {
         let config = PresigningConfig::expires_in(PRESIGN_TTL)?;
@@ -263,7 +284,7 @@ impl Storage {
         replace: Option<(&str, &[(&str, &str)])>,
     ) -> anyhow::Result<()> {
         let mut request =
-            self.client.copy_object().bucket(to_bucket).key(to_key).copy_source(format!("{from_bucket}/{from_key}"));
+            self.client.copy_object().bucket(to_bucket).key(to_key).copy_source(copy_source(from_bucket, from_key));
         if let Some((content_type, metadata)) = replace {
             request = request
                 .metadata_directive(MetadataDirective::Replace)
@@ -322,6 +343,20 @@ impl Storage {
 
 /// A raw S3 client for `settings`, configured as [`Storage`]'s own, for tools and
 /// tests that look into a bucket directly. The product itself goes through
+/// `x-amz-copy-source`: the bucket and the key, URL-encoded (a key may hold any
+/// character; `/` stays as it is).
+fn copy_source(bucket: &str, key: &str) -> String {
+    let mut out = format!("{bucket}/");
+    for b in key.bytes() {
+        if b.is_ascii_alphanumeric() || matches!(b, b'/' | b'-' | b'_' | b'.' | b'~') {
+            out.push(b as char);
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
+}
+
 /// [`Storage`].
 pub fn raw_client(settings: &S3Settings) -> Client {
     Client::from_conf(client_config(settings, &settings.endpoint))

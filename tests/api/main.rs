@@ -14,6 +14,7 @@ mod layers;
 mod modules;
 mod platform;
 mod privacy;
+mod restore;
 mod seed;
 mod soak;
 mod zero_config;

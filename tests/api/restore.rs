@@ -1,0 +1,550 @@
+//! Restore: `data-export import` loads a snapshot into a new org, all or nothing.
+//! The round trip `export(import(export(org)))` equals `export(org)`, and every kind
+//! of bad input is refused with a one-line reason and leaves nothing behind.
+
+use std::{
+    collections::{BTreeMap, HashMap, HashSet},
+    io::{Read, Write},
+    path::{Path, PathBuf},
+};
+
+use serde_json::{Value, json};
+
+use crate::helpers::{Options, TestApp};
+
+fn gzip(bytes: &[u8]) -> Vec<u8> {
+    let mut e = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+    e.write_all(bytes).unwrap();
+    e.finish().unwrap()
+}
+
+fn gunzip(bytes: &[u8]) -> Value {
+    let mut text = String::new();
+    flate2::read::GzDecoder::new(bytes).read_to_string(&mut text).unwrap();
+    serde_json::from_str(&text).unwrap()
+}
+
+/// `data-export export --org SLUG --out FILE`, returning the file's path.
+fn export_to_file(app: &TestApp, slug: &str, name: &str) -> PathBuf {
+    let path = app.storage_dir.join(name);
+    let out = app.command().args(["export", "--org", slug, "--out"]).arg(&path).output().unwrap();
+    assert!(out.status.success(), "export {slug}: {}", String::from_utf8_lossy(&out.stderr));
+    path
+}
+
+/// `data-export import FILE --org SLUG [extra]`: the exit status, the report (when it
+/// succeeded) and stderr.
+fn import(app: &TestApp, file: &Path, slug: &str, extra: &[&str]) -> (bool, Value, String) {
+    let out = app.command().arg("import").arg(file).args(["--org", slug]).args(extra).output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr).trim().to_string();
+    let report = if out.status.success() {
+        serde_json::from_slice(&out.stdout)
+            .unwrap_or_else(|e| panic!("the report is one JSON line ({e}): {:?}", out.stdout))
+    } else {
+        Value::Null
+    };
+    (out.status.success(), report, stderr)
+}
+
+/// Foreign keys of the section tables: (table, column) -> referenced table.
+async fn foreign_keys(app: &TestApp) -> HashMap<(String, String), String> {
+    let rows: Vec<(String, String, String)> = sqlx::query_as(
+        "select c.relname::text, a.attname::text, r.relname::text
+         from pg_constraint k join pg_class c on c.oid = k.conrelid join pg_class r on r.oid = k.confrelid
+         join pg_attribute a on a.attrelid = k.conrelid and a.attnum = k.conkey[1]
+         where k.contype = 'f' and c.relnamespace = current_schema()::regnamespace",
+    )
+    .fetch_all(app.pool())
+    .await
+    .unwrap();
+    rows.into_iter().map(|(t, c, r)| ((t, c), r)).collect()
+}
+
+/// Everything that persists of an import, to show that a refused one left nothing.
+#[derive(Debug, PartialEq)]
+struct World {
+    orgs: i64,
+    users: i64,
+    rows: i64,
+    audit: i64,
+    buckets: Vec<String>,
+}
+
+async fn world(app: &TestApp) -> World {
+    let (orgs, users, rows, audit): (i64, i64, i64, i64) = sqlx::query_as(
+        "select (select count(*) from organizations), (select count(*) from users),
+                (select count(*) from regions) + (select count(*) from memberships) + (select count(*) from user_profiles)
+                  + (select count(*) from documents) + (select count(*) from chapters),
+                (select count(*) from audit_log)",
+    )
+    .fetch_one(app.pool())
+    .await
+    .unwrap();
+    let listed = app.s3_client().list_buckets().send().await.unwrap();
+    let mut buckets: Vec<String> = listed.buckets().iter().filter_map(|b| b.name().map(str::to_string)).collect();
+    buckets.sort();
+    World { orgs, users, rows, audit, buckets }
+}
+
+/// Checks that `b` (the export of the imported org) equals `a` (the export it was
+/// imported from) section by section, setting aside ids, references, the org's own
+/// slug, name and bucket, and the import's own audit entries; then that references
+/// still point at the same rows: `a`'s rows in file order line up with `b`'s in id
+/// order (new ids follow the file's order).
+fn assert_round_trip(a: &Value, b: &Value, fks: &HashMap<(String, String), String>, new_org_id: i64) {
+    assert_eq!(a["modules"], b["modules"], "modules");
+    assert_eq!(a["organization"]["created_at"], b["organization"]["created_at"]);
+    let sa = a["sections"].as_object().unwrap();
+    let sb = b["sections"].as_object().unwrap();
+    let names_a: Vec<&String> = sa.keys().collect();
+    let names_b: Vec<&String> = sb.keys().collect();
+    assert_eq!(names_a, names_b, "the same sections");
+    let profiled: HashSet<i64> =
+        sa["user_profiles"].as_array().unwrap().iter().map(|p| p["user_id"].as_i64().unwrap()).collect();
+    let mut id_maps: HashMap<String, HashMap<i64, i64>> = HashMap::new();
+    let mut pairs: Vec<(String, Vec<(Value, Value)>)> = Vec::new();
+    for (name, rows_a) in sa {
+        if name == "organization" {
+            continue;
+        }
+        let rows_a = rows_a.as_array().unwrap();
+        let mut rows_b: Vec<Value> = sb[name]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|r| !(name == "audit_log" && r["action"] == "org.imported"))
+            .cloned()
+            .collect();
+        rows_b.sort_by_key(|r| r["id"].as_i64().unwrap());
+        assert_eq!(rows_a.len(), rows_b.len(), "section {name}: row count");
+        assert!(name == "audit_log" || !rows_a.is_empty() || sa[name].as_array().unwrap().is_empty());
+        let map: HashMap<i64, i64> =
+            rows_a.iter().zip(&rows_b).map(|(x, y)| (x["id"].as_i64().unwrap(), y["id"].as_i64().unwrap())).collect();
+        assert_eq!(map.len(), rows_a.len(), "section {name}: ids are unique");
+        id_maps.insert(name.clone(), map);
+        pairs.push((name.clone(), rows_a.iter().cloned().zip(rows_b).collect()));
+    }
+    let mut users: HashMap<i64, i64> = HashMap::new();
+    let mut users_back: HashMap<i64, i64> = HashMap::new();
+    let mut compared = 0u64;
+    for (name, rows) in &pairs {
+        for (i, (x, y)) in rows.iter().enumerate() {
+            let (ox, oy) = (x.as_object().unwrap(), y.as_object().unwrap());
+            let keys_x: Vec<&String> = ox.keys().collect();
+            let keys_y: Vec<&String> = oy.keys().collect();
+            assert_eq!(keys_x, keys_y, "section {name} row {i}: columns");
+            for (k, vx) in ox {
+                let vy = &oy[k];
+                if k == "id" {
+                    continue;
+                }
+                match fks.get(&(name.clone(), k.clone())).map(String::as_str) {
+                    None => {
+                        assert_eq!(vx, vy, "section {name} row {i} (id {}): column {k}", x["id"]);
+                        compared += 1;
+                    }
+                    Some("organizations") => assert_eq!(vy.as_i64(), Some(new_org_id), "section {name}: {k}"),
+                    Some("users") => match (vx.as_i64(), vy.as_i64()) {
+                        (None, None) => {}
+                        (Some(old), None) => {
+                            assert!(
+                                !profiled.contains(&old),
+                                "section {name} row {i}: {k} {old} has a profile but was cleared"
+                            )
+                        }
+                        (Some(old), Some(new)) => {
+                            assert_eq!(
+                                *users.entry(old).or_insert(new),
+                                new,
+                                "section {name} row {i}: {k} maps {old} two ways"
+                            );
+                            assert_eq!(
+                                *users_back.entry(new).or_insert(old),
+                                old,
+                                "section {name} row {i}: {k}: two people became one"
+                            );
+                        }
+                        (None, Some(_)) => panic!("section {name} row {i}: {k} was null and now points at someone"),
+                    },
+                    Some(target) => match (vx.as_i64(), vy.as_i64()) {
+                        (None, None) => {}
+                        (Some(old), Some(new)) => {
+                            let map = &id_maps[target];
+                            assert_eq!(
+                                map.get(&old),
+                                Some(&new),
+                                "section {name} row {i}: {k} must point at the row {old} became"
+                            );
+                        }
+                        other => panic!("section {name} row {i}: {k} changed nullness: {other:?}"),
+                    },
+                }
+            }
+        }
+    }
+    assert!(compared > 100, "only {compared} values compared");
+}
+
+async fn org_id(app: &TestApp, slug: &str) -> Option<i64> {
+    sqlx::query_scalar("select id from organizations where slug = $1")
+        .bind(slug)
+        .fetch_optional(app.pool())
+        .await
+        .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn export_import_export_round_trips_every_section_with_every_module_on() {
+    let app = TestApp::spawn().await;
+    let fks = foreign_keys(&app).await;
+    let first = export_to_file(&app, "acme", "first.json.gz");
+    let users_before: i64 = sqlx::query_scalar("select count(*) from users").fetch_one(app.pool()).await.unwrap();
+
+    let (ok, report, stderr) = import(&app, &first, "acme-restored", &["--name", "Acme Restored"]);
+    assert!(ok, "{stderr}");
+    let a = gunzip(&std::fs::read(&first).unwrap());
+    assert_eq!(report["org"], "acme-restored");
+    assert_eq!(report["dry_run"], false);
+    assert_eq!(report["sections"], a["counts"], "the report's counts are the file's");
+    let rows: u64 = a["counts"].as_object().unwrap().values().map(|v| v.as_u64().unwrap()).sum();
+    assert_eq!(report["rows"], rows);
+    // Every profile's email is an account of the seed: all matched, none created.
+    let profiles = a["counts"]["user_profiles"].as_u64().unwrap();
+    assert_eq!(report["users_matched"].as_u64().unwrap() + report["users_created"].as_u64().unwrap(), profiles);
+    assert_eq!(report["users_matched"].as_u64().unwrap(), profiles);
+    let users_after: i64 = sqlx::query_scalar("select count(*) from users").fetch_one(app.pool()).await.unwrap();
+    assert_eq!(
+        users_after - users_before,
+        (report["users_created"].as_i64().unwrap() + report["users_without_profile"].as_i64().unwrap())
+    );
+    assert!(report["media"]["not_copied"].as_str().unwrap().contains("not a recorded export"), "{report}");
+
+    let new_id = org_id(&app, "acme-restored").await.expect("the org exists");
+    let (name, bucket): (String, String) = sqlx::query_as("select name, bucket from organizations where id = $1")
+        .bind(new_id)
+        .fetch_one(app.pool())
+        .await
+        .unwrap();
+    assert_eq!((name.as_str(), bucket.as_str()), ("Acme Restored", "org-acme-restored"));
+    let buckets = world(&app).await.buckets;
+    assert!(buckets.contains(&"org-acme-restored".to_string()), "its bucket was provisioned: {buckets:?}");
+    let imported = app.audits("org.imported").await;
+    assert_eq!(imported.len(), 1);
+    assert_eq!(imported[0].0, Some(new_id));
+    assert_eq!(imported[0].3["via"], "cli");
+    assert_eq!(imported[0].3["source"]["sha256"], report["source"]["sha256"]);
+    assert_eq!(imported[0].3["counts"], a["counts"]);
+
+    let second = export_to_file(&app, "acme-restored", "second.json.gz");
+    let b = gunzip(&std::fs::read(&second).unwrap());
+    assert_eq!(b["organization"]["slug"], "acme-restored");
+    assert_round_trip(&a, &b, &fks, new_id);
+    // The original is untouched.
+    let again = gunzip(&std::fs::read(export_to_file(&app, "acme", "again.json.gz")).unwrap());
+    assert_eq!(again["counts"], a["counts"]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_round_trip_with_modules_off_leaves_their_sections_out_and_the_modules_off() {
+    let app = TestApp::spawn().await;
+    let fks = foreign_keys(&app).await;
+    let acme = app.org_id("acme").await;
+    sqlx::query(
+        "update org_modules set enabled = false where org_id = $1 and module in ('engage', 'foundation', 'alumni')",
+    )
+    .bind(acme)
+    .execute(app.pool())
+    .await
+    .unwrap();
+    let first = export_to_file(&app, "acme", "first.json.gz");
+    let a = gunzip(&std::fs::read(&first).unwrap());
+    assert!(a["sections"].get("forum_posts").is_none());
+    let (ok, report, stderr) = import(&app, &first, "acme-lean", &[]);
+    assert!(ok, "{stderr}");
+    assert_eq!(report["name"], a["organization"]["name"], "the name defaults to the file's");
+    let new_id = org_id(&app, "acme-lean").await.unwrap();
+    let modules: BTreeMap<String, bool> = sqlx::query_as("select module, enabled from org_modules where org_id = $1")
+        .bind(new_id)
+        .fetch_all(app.pool())
+        .await
+        .unwrap()
+        .into_iter()
+        .collect();
+    assert!(!modules["engage"]);
+    assert!(!modules["foundation"]);
+    assert!(modules["operations"]);
+    let b = gunzip(&std::fs::read(export_to_file(&app, "acme-lean", "second.json.gz")).unwrap());
+    assert_round_trip(&a, &b, &fks, new_id);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dry_run_checks_everything_and_keeps_nothing() {
+    let app = TestApp::spawn().await;
+    let file = export_to_file(&app, "acme", "a.json.gz");
+    let before = world(&app).await;
+    let (ok, report, stderr) = import(&app, &file, "acme-dry", &["--dry-run"]);
+    assert!(ok, "{stderr}");
+    assert_eq!(report["dry_run"], true);
+    assert!(report["org_id"].is_null());
+    assert!(report["users_matched"].as_u64().unwrap() > 0);
+    assert_eq!(world(&app).await, before);
+    assert_eq!(org_id(&app, "acme-dry").await, None);
+    // And the same file then imports for real.
+    let (ok, _, stderr) = import(&app, &file, "acme-dry", &[]);
+    assert!(ok, "{stderr}");
+}
+
+/// One bad input: the command fails with a one-line reason containing `reason`,
+/// and nothing is left behind.
+async fn assert_refused(app: &TestApp, what: &str, bytes: &[u8], slug: &str, reason: &str) {
+    let path = app.storage_dir.join(format!("bad-{}.json.gz", what.replace(' ', "-")));
+    std::fs::write(&path, bytes).unwrap();
+    let before = world(app).await;
+    let (ok, _, stderr) = import(app, &path, slug, &[]);
+    assert!(!ok, "{what}: the import succeeded");
+    assert_eq!(stderr.lines().count(), 1, "{what}: one line, got {stderr:?}");
+    assert!(stderr.contains(reason), "{what}: {stderr:?} does not say {reason:?}");
+    assert!(!stderr.contains("panicked"), "{what}: {stderr}");
+    assert_eq!(world(app).await, before, "{what}: something was left behind");
+    if slug != "globex" {
+        assert_eq!(org_id(app, slug).await, None, "{what}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_kind_of_bad_input_is_refused_with_its_reason_and_leaves_nothing() {
+    let app = TestApp::spawn().await;
+    let good = std::fs::read(export_to_file(&app, "acme", "good.json.gz")).unwrap();
+    let doc = gunzip(&good);
+    let globex = app.org_id("globex").await;
+    let globex_chapter: i64 = sqlx::query_scalar("select min(id) from chapters where org_id = $1")
+        .bind(globex)
+        .fetch_one(app.pool())
+        .await
+        .unwrap();
+    let edited = |f: &dyn Fn(&mut Value)| {
+        let mut d = doc.clone();
+        f(&mut d);
+        gzip(serde_json::to_string(&d).unwrap().as_bytes())
+    };
+
+    assert_refused(&app, "zero bytes", b"", "restored", "the file is empty").await;
+    assert_refused(&app, "not gzip", b"{\"format\":\"data-export/snapshot\"}", "restored", "not a whole gzip file")
+        .await;
+    // Truncated at several bytes, one of them random.
+    let random = 20 + (ulid::Ulid::generate().random() % (good.len() as u128 - 40)) as usize;
+    for cut in [10, good.len() / 3, good.len() / 2, random, good.len() - 20, good.len() - 1] {
+        assert_refused(&app, &format!("truncated at {cut}"), &good[..cut], "restored", "not a whole gzip file").await;
+    }
+    let mut trailing = good.clone();
+    trailing.extend_from_slice(b"garbage after the trailer");
+    assert_refused(&app, "trailing garbage", &trailing, "restored", "bytes after the gzip trailer").await;
+    assert_refused(
+        &app,
+        "other json",
+        &gzip(br#"{"hello":"world"}"#),
+        "restored",
+        "does not match the snapshot schema",
+    )
+    .await;
+    assert_refused(
+        &app,
+        "other format",
+        &edited(&|d| d["format"] = json!("acme/backup")),
+        "restored",
+        "not an org snapshot",
+    )
+    .await;
+    assert_refused(&app, "version 2", &edited(&|d| d["version"] = json!(2)), "restored", "version 2 is not supported")
+        .await;
+    assert_refused(
+        &app,
+        "count off",
+        &edited(&|d| d["counts"]["regions"] = json!(d["counts"]["regions"].as_u64().unwrap() + 1)),
+        "restored",
+        "counts says",
+    )
+    .await;
+    assert_refused(
+        &app,
+        "row without id",
+        &edited(&|d| d["sections"]["regions"][0] = json!({"code": "R9"})),
+        "restored",
+        "does not match the snapshot schema",
+    )
+    .await;
+    assert_refused(
+        &app,
+        "wrong type",
+        &edited(&|d| d["sections"]["regions"][1]["code"] = json!(5)),
+        "restored",
+        "column code must be a string",
+    )
+    .await;
+    assert_refused(
+        &app,
+        "unknown column",
+        &edited(&|d| d["sections"]["chapters"][0]["api_key"] = json!("k")),
+        "restored",
+        "\"api_key\" is not a column of chapters",
+    )
+    .await;
+    assert_refused(
+        &app,
+        "bad date",
+        &edited(&|d| d["sections"]["chapters"][2]["founded_on"] = json!("2026-13-45")),
+        "restored",
+        "founded_on",
+    )
+    .await;
+    assert_refused(
+        &app,
+        "dangling reference",
+        &edited(&|d| d["sections"]["chapters"][0]["region_id"] = json!(987654)),
+        "restored",
+        "refers to regions id 987654 (region_id), which is not in the file",
+    )
+    .await;
+    assert_refused(
+        &app,
+        "another org's id",
+        &edited(&|d| d["sections"]["regions"][0]["org_id"] = json!(globex)),
+        "restored",
+        &format!("has org_id {globex}, but the file is the export of org"),
+    )
+    .await;
+    assert_refused(
+        &app,
+        "another org's chapter",
+        &edited(&|d| d["sections"]["memberships"][0]["chapter_id"] = json!(globex_chapter)),
+        "restored",
+        &format!("refers to chapters id {globex_chapter}"),
+    )
+    .await;
+    assert_refused(
+        &app,
+        "duplicate id",
+        &edited(&|d| {
+            let r = d["sections"]["regions"][0].clone();
+            d["sections"]["regions"][1]["id"] = r["id"].clone();
+        }),
+        "restored",
+        "appears more than once",
+    )
+    .await;
+    // Found only when the rows are written, after everything else was staged and the
+    // people were mapped: still nothing is left.
+    assert_refused(
+        &app,
+        "late constraint",
+        &edited(&|d| {
+            let c = d["sections"]["regions"][0]["code"].clone();
+            d["sections"]["regions"][1]["code"] = c;
+        }),
+        "restored",
+        "regions_org_code_key",
+    )
+    .await;
+    assert_refused(
+        &app,
+        "module off but section present",
+        &edited(&|d| d["modules"]["engage"] = json!(false)),
+        "restored",
+        "section forum_posts is in the file, but module engage is off",
+    )
+    .await;
+    assert_refused(
+        &app,
+        "unknown section",
+        &edited(&|d| {
+            d["sections"]["secrets"] = json!([]);
+            d["counts"]["secrets"] = json!(0);
+        }),
+        "restored",
+        "does not match the snapshot schema",
+    )
+    .await;
+    assert_refused(
+        &app,
+        "shared email",
+        &edited(&|d| {
+            let e = d["sections"]["user_profiles"][0]["email"].clone();
+            d["sections"]["user_profiles"][1]["email"] = e;
+        }),
+        "restored",
+        "two people share the email",
+    )
+    .await;
+    // The slug.
+    assert_refused(&app, "taken slug", &good, "globex", "the slug \"globex\" is taken").await;
+    assert_refused(&app, "malformed slug", &good, "Not A Slug", "is not a valid org slug").await;
+    // A missing file.
+    let (ok, _, stderr) = import(&app, Path::new("/nonexistent/x.json.gz"), "restored", &[]);
+    assert!(!ok && stderr.contains("cannot open"), "{stderr}");
+    // After all that, the good file imports.
+    let path = app.storage_dir.join("good-again.json.gz");
+    std::fs::write(&path, &good).unwrap();
+    let (ok, _, stderr) = import(&app, &path, "restored", &[]);
+    assert!(ok, "{stderr}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_recorded_export_brings_its_media_and_a_changed_copy_of_it_is_refused() {
+    let mut app = TestApp::spawn_with(Options { workers: false, ..Options::default() }).await;
+    app.start_workers();
+    let acme = app.org_id("acme").await;
+    let keys: Vec<String> =
+        sqlx::query_scalar("select object_key from documents where org_id = $1 order by id limit 2")
+            .bind(acme)
+            .fetch_all(app.pool())
+            .await
+            .unwrap();
+    let documents: i64 = sqlx::query_scalar("select count(distinct object_key) from documents where org_id = $1")
+        .bind(acme)
+        .fetch_one(app.pool())
+        .await
+        .unwrap();
+    let s3 = app.s3_client();
+    for key in &keys {
+        s3.put_object()
+            .bucket("org-acme")
+            .key(key)
+            .body(format!("binary of {key}").into_bytes().into())
+            .send()
+            .await
+            .unwrap();
+    }
+    // A recorded export, as the UI makes it.
+    let run = data_export::exports::runs::create_manual_unattributed(app.pool(), acme, 3).await.unwrap();
+    let done = app.wait_for_run(&run.id, std::time::Duration::from_secs(60)).await;
+    let key = done.object_key.clone().unwrap();
+    let object = s3.get_object().bucket("org-acme").key(&key).send().await.unwrap();
+    let bytes = object.body.collect().await.unwrap().into_bytes().to_vec();
+    let file = app.storage_dir.join("downloaded.json.gz");
+    std::fs::write(&file, &bytes).unwrap();
+
+    // A changed copy (same export id, different bytes) is refused by its SHA-256.
+    let mut doc = gunzip(&bytes);
+    doc["sections"]["regions"][0]["name"] = json!("Renamed");
+    let before = world(&app).await;
+    let changed = app.storage_dir.join("changed.json.gz");
+    std::fs::write(&changed, gzip(serde_json::to_string(&doc).unwrap().as_bytes())).unwrap();
+    let (ok, _, stderr) = import(&app, &changed, "acme-media", &[]);
+    assert!(!ok && stderr.contains("the file was changed or damaged"), "{stderr}");
+    assert_eq!(world(&app).await, before);
+
+    let (ok, report, stderr) = import(&app, &file, "acme-media", &[]);
+    assert!(ok, "{stderr}");
+    assert_eq!(report["source"]["recorded_run"], true);
+    assert_eq!(report["source"]["export_id"], run.id);
+    assert_eq!(report["media"]["copied"], 2, "{report}");
+    assert_eq!(report["media"]["missing"].as_i64().unwrap(), documents - 2);
+    assert!(report["media"]["not_copied"].is_null());
+    let mut copied = app.objects("org-acme-media").await;
+    copied.sort();
+    let mut expected = keys.clone();
+    expected.sort();
+    assert_eq!(copied, expected, "the binaries are under the same keys in the new bucket");
+    let body = s3.get_object().bucket("org-acme-media").key(&keys[0]).send().await.unwrap();
+    assert_eq!(body.body.collect().await.unwrap().into_bytes().as_ref(), format!("binary of {}", keys[0]).as_bytes());
+}
