@@ -312,6 +312,7 @@ async fn import_file(
         via: "cli",
         source_export_id: None,
         import_id: None,
+        attempt: 0,
     };
     let result = crate::imports::import(&services.state, f, request).await;
     services.shutdown().await;

@@ -1,8 +1,9 @@
 //! CSRF protection for every state-changing HTML request, htmx included: a random
 //! token per session, sent back as the `csrf_token` form field or the `X-CSRF-Token`
-//! header (htmx sends it from `hx-headers` on `<body>`). A `multipart/form-data`
-//! form (a file upload, whose body is streamed by its handler and never read here)
-//! carries it in its action URL's query string instead.
+//! header (htmx sends it from `hx-headers` on `<body>`). The one `multipart/form-data`
+//! form, the snapshot upload of `/platform/imports/upload` (whose body is streamed by
+//! its handler and never read here), carries it in its action URL's query string
+//! instead; no other route accepts it there.
 
 use axum::{
     body::{Body, to_bytes},
@@ -77,7 +78,9 @@ async fn check(session: Session, mut req: Request) -> Result<Request, Response> 
         return if constant_eq(h, &token) { Ok(req) } else { Err(refusal()) };
     }
     let content_type = req.headers().get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).unwrap_or("");
-    if is_multipart(content_type) {
+    // Only the one upload route takes the token from its URL, and only with a
+    // multipart body; every other route wants a header or a form field.
+    if is_multipart(content_type) && req.uri().path() == crate::routes::PLATFORM_IMPORT_UPLOAD {
         let sent = query_token(req.uri());
         return if sent.is_some_and(|s| constant_eq(&s, &token)) { Ok(req) } else { Err(refusal()) };
     }

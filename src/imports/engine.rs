@@ -19,12 +19,17 @@
 //! objects copied into the new bucket (and the bucket, when this import created it)
 //! are removed before the error is returned.
 
-use std::{collections::BTreeMap, io::Read, sync::Arc, time::Instant};
+use std::{
+    collections::{BTreeMap, HashMap},
+    io::Read,
+    sync::Arc,
+    time::Instant,
+};
 
 use anyhow::Context;
 use futures::StreamExt;
 use serde::{Deserialize, Serialize};
-use serde_json::Value;
+use serde_json::{Value, value::RawValue};
 use sqlx::{Connection, PgConnection};
 use tokio::sync::mpsc;
 
@@ -52,8 +57,11 @@ pub struct Request {
     /// When the caller read the file from this completed export's object: the file's
     /// `export_id` must be it, and its SHA-256 the one recorded on the run.
     pub source_export_id: Option<String>,
-    /// The `org_imports` record behind this import, if any (in the audit entry).
+    /// The `org_imports` record behind this import, if any, and the attempt that
+    /// holds it: the record is marked completed in the import's own transaction,
+    /// so the org exists exactly when its record says completed.
     pub import_id: Option<String>,
+    pub attempt: i32,
 }
 
 /// Why an import did not happen. Either way nothing of it is left behind.
@@ -172,18 +180,23 @@ pub async fn import<R: Read + Send + 'static>(
     // not leave a half-used connection in the pool.
     let mut conn = state.pool.acquire().await?.detach();
     let mut media = Copied::default();
-    let result = run(state, &mut conn, input, &request, &slug, &mut media).await;
+    let result = run(state, &mut conn, input, &request, &slug, &mut media, started).await;
+    let _ = conn.close().await;
     match result {
-        Ok(mut report) => {
-            report.seconds = (started.elapsed().as_secs_f64() * 1000.0).round() / 1000.0;
-            let _ = conn.close().await;
-            Ok(report)
-        }
+        Ok(report) => Ok(report),
         Err(e) => {
+            // When the commit's answer was lost, the commit may have happened: the
+            // org is then there, and its bucket must stay.
+            if media.committing && crate::orgs::find_by_slug(&state.pool, slug.as_str()).await.ok().flatten().is_some()
+            {
+                return Err(ImportError::Failed(anyhow::anyhow!(
+                    "the database's answer to the commit was lost, and org {} exists: check it before importing again ({e})",
+                    slug.as_str()
+                )));
+            }
             // The transaction was not committed: the database keeps nothing. Remove
             // what this import put in storage.
             media.remove(&state.storage).await;
-            let _ = conn.close().await;
             Err(e)
         }
     }
@@ -197,26 +210,27 @@ fn check_name(name: &str) -> Result<(), ImportError> {
     Ok(())
 }
 
-/// What this import put in storage, removed again when it fails.
+/// What this import put in storage, removed again when it fails. The bucket is
+/// always one this import created or found empty, so everything in it is this
+/// import's.
 #[derive(Default)]
 struct Copied {
     bucket: Option<String>,
     bucket_created: bool,
-    keys: Vec<String>,
+    /// The commit was sent.
+    committing: bool,
 }
 
 impl Copied {
     async fn remove(&mut self, storage: &Storage) {
         let Some(bucket) = &self.bucket else { return };
-        for key in &self.keys {
-            if let Err(e) = storage.delete(bucket, key).await {
-                tracing::warn!(
-                    bucket,
-                    key,
-                    error = format!("{e:#}"),
-                    "could not remove a copied object after a failed import"
-                );
-            }
+        if let Err(e) = storage.empty_bucket(bucket).await {
+            tracing::warn!(
+                bucket,
+                error = format!("{e:#}"),
+                "could not remove the copied objects after a failed import"
+            );
+            return;
         }
         if self.bucket_created
             && let Err(e) = storage.delete_bucket(bucket).await
@@ -233,6 +247,7 @@ async fn run<R: Read + Send + 'static>(
     request: &Request,
     slug: &OrgSlug,
     media: &mut Copied,
+    started: Instant,
 ) -> Result<Report, ImportError> {
     let mut tx = Connection::begin(conn).await?;
     let catalog = Arc::new(Catalog::load(&mut tx).await?);
@@ -246,8 +261,13 @@ async fn run<R: Read + Send + 'static>(
     let source = source(&mut tx, request, &checked, &file_org).await?;
     let modules = modules_of(&header, &checked.counts)?;
 
-    // The file's own consistency, before anything is written.
+    // The file's own consistency, before anything is written. Temporary tables get
+    // no statistics unless asked: without them the planner takes a section of a
+    // million rows for a few and checks references by nested loops.
     let present: Vec<&Table> = catalog.tables.iter().filter(|t| checked.counts.contains_key(t.name)).collect();
+    for table in &present {
+        sqlx::query(sqlx::AssertSqlSafe(format!("analyze {}", table.staging()))).execute(&mut *tx).await?;
+    }
     for table in &present {
         table.check(&mut tx, &catalog, file_org_id).await?;
     }
@@ -283,6 +303,7 @@ async fn run<R: Read + Send + 'static>(
             .await?;
     }
     let people = map_people(&mut tx, &catalog, org_id).await?;
+    sqlx::query("analyze import_users").execute(&mut *tx).await?;
     let mut sections = BTreeMap::from([("organization".to_string(), 1u64)]);
     let mut cleared = 0;
     for table in &present {
@@ -316,15 +337,24 @@ async fn run<R: Read + Send + 'static>(
     };
     if request.dry_run {
         report.media.not_copied = Some("a dry run copies nothing".into());
+        report.seconds = (started.elapsed().as_secs_f64() * 1000.0).round() / 1000.0;
         tx.rollback().await?;
         return Ok(report);
     }
 
-    // The org's bucket, as provisioning makes it, and the documents' binaries.
+    // The org's bucket, as provisioning makes it, and the documents' binaries. A
+    // bucket of that name that holds objects (left by an org deleted outside the
+    // product) is refused: its files would show through the new org's documents.
+    let exists = state.storage.bucket_exists(&bucket).await?;
+    if exists && !state.storage.bucket_is_empty(&bucket).await? {
+        return Err(rejected(format!(
+            "the bucket {bucket} already holds objects (left by an earlier org with this slug?): empty it or choose another slug"
+        )));
+    }
     media.bucket = Some(bucket.clone());
-    media.bucket_created = !state.storage.bucket_exists(&bucket).await?;
+    media.bucket_created = !exists;
     state.storage.ensure_bucket(&bucket).await?;
-    report.media = copy_media(&mut tx, &state.storage, &report.source, &bucket, media).await?;
+    report.media = copy_media(&mut tx, &state.storage, &report.source, &bucket).await?;
 
     let details = serde_json::json!({
         "via": request.via,
@@ -339,6 +369,27 @@ async fn run<R: Read + Send + 'static>(
         "media": report.media,
     });
     audit::write(&mut *tx, Some(org_id), request.actor, "org.imported", slug.as_str(), details).await?;
+    report.seconds = (started.elapsed().as_secs_f64() * 1000.0).round() / 1000.0;
+    if let Some(id) = &request.import_id {
+        let json = serde_json::to_value(&report).context("the report as JSON")?;
+        let marked = sqlx::query(
+            "update org_imports set status = 'completed', finished_at = now(), report = $3, restored_org_id = $4, error = null
+             where id = $1 and status = 'running' and attempt = $2",
+        )
+        .bind(id)
+        .bind(request.attempt)
+        .bind(json)
+        .bind(org_id)
+        .execute(&mut *tx)
+        .await?;
+        if marked.rows_affected() != 1 {
+            return Err(ImportError::Failed(anyhow::anyhow!(
+                "import {id} is no longer held by attempt {}: another attempt took it over",
+                request.attempt
+            )));
+        }
+    }
+    media.committing = true;
     tx.commit().await?;
     Ok(report)
 }
@@ -382,7 +433,7 @@ fn read_rows<R: Read>(
 ) -> Result<(verify::Report, serde_json::Map<String, Value>), ImportError> {
     let mut current: Option<(usize, Vec<u8>, u64)> = None;
     let send = |b: Batch| out.blocking_send(b).map_err(|_| verify::Invalid(STOPPED.into()));
-    let result = verify::read(input, None, &mut |section, row| {
+    let result = verify::read(input, None, &mut |section, raw, row| {
         let index = catalog.index(section).ok_or_else(|| verify::Invalid(format!("unknown section {section:?}")))?;
         if current.as_ref().is_some_and(|c| c.0 != index)
             && let Some((table, bytes, _)) = current.take()
@@ -392,7 +443,7 @@ fn read_rows<R: Read>(
         let (_, buf, n) = current.get_or_insert_with(|| (index, Vec::with_capacity(BATCH + 4096), 0));
         *n += 1;
         catalog.tables[index]
-            .encode(&row, buf)
+            .encode(raw, row, buf)
             .map_err(|why| verify::Invalid(format!("row {n} of section {section}: {why}")))?;
         if buf.len() >= BATCH {
             let bytes = std::mem::replace(buf, Vec::with_capacity(BATCH + 4096));
@@ -635,8 +686,17 @@ impl Table {
     /// Appends the row as one line of COPY text, after checking it against the
     /// table: no unknown column, each value of the column's JSON type, no null where
     /// the table has none.
-    fn encode(&self, row: &Value, out: &mut Vec<u8>) -> Result<(), String> {
+    fn encode(&self, raw: &RawValue, row: &Value, out: &mut Vec<u8>) -> Result<(), String> {
         let obj = row.as_object().ok_or("a row must be an object")?;
+        // JSON and numeric columns are written as the file has them, digit for
+        // digit (`10.50` stays `10.50`; a number past f64 keeps every digit).
+        let exact: Option<HashMap<&str, &RawValue>> =
+            if self.columns.iter().any(|c| matches!(c.kind, Kind::Json | Kind::Number)) {
+                Some(serde_json::from_str(raw.get()).map_err(|e| format!("cannot read the row: {e}"))?)
+            } else {
+                None
+            };
+        let exact_text = |name: &str| exact.as_ref().and_then(|m| m.get(name)).map(|r| r.get());
         if let Some(unknown) = obj.keys().find(|k| !self.columns.iter().any(|c| &c.name == *k)) {
             return Err(format!("{unknown:?} is not a column of {}", self.name));
         }
@@ -649,10 +709,11 @@ impl Table {
                 (Value::Null, _) if col.nullable => out.extend_from_slice(b"\\N"),
                 (Value::Null, _) => return Err(format!("column {} may not be null or missing", col.name)),
                 (Value::Number(n), Kind::Integer) if n.is_i64() => out.extend_from_slice(n.to_string().as_bytes()),
-                (Value::Number(n), Kind::Number) => out.extend_from_slice(n.to_string().as_bytes()),
+                (Value::Number(n), Kind::Number) => out
+                    .extend_from_slice(exact_text(&col.name).map_or_else(|| n.to_string(), str::to_string).as_bytes()),
                 (Value::Bool(b), Kind::Boolean) => out.extend_from_slice(if *b { b"t" } else { b"f" }),
                 (Value::String(s), Kind::Text) => escape(s, out)?,
-                (v, Kind::Json) => escape(&v.to_string(), out)?,
+                (v, Kind::Json) => escape(&exact_text(&col.name).map_or_else(|| v.to_string(), str::to_string), out)?,
                 (v, kind) => {
                     let want = match kind {
                         Kind::Integer => "an integer",
@@ -935,7 +996,7 @@ async fn map_people(conn: &mut PgConnection, catalog: &Catalog, org_id: i64) -> 
         "with c as (
             insert into users (email, display_name, password_hash)
             select email, case when name = '' then email else name end, '!' from import_users
-            where new is null order by old
+            where new is null order by email
             on conflict (email) do nothing
             returning id, email)
          update import_users m set new = c.id, created = true from c where c.email = m.email",
@@ -964,7 +1025,6 @@ async fn copy_media(
     storage: &Storage,
     source: &Source,
     bucket: &str,
-    copied: &mut Copied,
 ) -> Result<Media, ImportError> {
     let mut media = Media::default();
     if !source.recorded_run {
@@ -1015,23 +1075,23 @@ async fn copy_media(
             .buffer_unordered(COPIES_AT_ONCE)
             .collect()
             .await;
+        let mut failed = None;
         for (key, outcome) in outcomes {
             match outcome {
-                Ok(true) => {
-                    media.copied += 1;
-                    copied.keys.push(key);
-                }
+                Ok(true) => media.copied += 1,
                 Ok(false) => {
                     media.missing += 1;
                     if media.missing_keys.len() < MISSING_KEYS_SHOWN {
                         media.missing_keys.push(key);
                     }
                 }
-                Err(e) => {
-                    // Keep what was copied in the list, so it is removed.
-                    return Err(ImportError::Failed(e.context("copying the documents' binaries")));
-                }
+                Err(e) => failed = failed.or(Some(e)),
             }
+        }
+        // The whole page ran first: whatever it copied is in the bucket, which the
+        // caller empties on failure.
+        if let Some(e) = failed {
+            return Err(ImportError::Failed(e.context("copying the documents' binaries")));
         }
     }
     media.missing_keys.sort();
@@ -1048,6 +1108,12 @@ mod tests {
         escape("a\tb\nc\\d\re", &mut out).unwrap();
         assert_eq!(out, b"a\\tb\\nc\\\\d\\re");
         assert!(escape("nul\0", &mut Vec::new()).is_err());
+    }
+
+    fn encode(table: &Table, text: &str, out: &mut Vec<u8>) -> Result<(), String> {
+        let raw: Box<RawValue> = serde_json::from_str(text).unwrap();
+        let row: Value = serde_json::from_str(text).unwrap();
+        table.encode(&raw, &row, out)
     }
 
     #[test]
@@ -1087,8 +1153,14 @@ mod tests {
             sequence: "regions_id_seq".into(),
         };
         let mut out = Vec::new();
-        table.encode(&serde_json::json!({"id": 7, "code": "R\t1", "data": {"a": [1]}, "ok": true}), &mut out).unwrap();
-        assert_eq!(String::from_utf8(out).unwrap(), "7\tR\\t1\t{\"a\":[1]}\tt\n");
+        let text =
+            r#"{"id": 7, "code": "R\t1", "data": {"a": [1, 10.50, 123456789012345678901234567890]}, "ok": true}"#;
+        encode(&table, text, &mut out).unwrap();
+        assert_eq!(
+            String::from_utf8(out).unwrap(),
+            "7\tR\\t1\t{\"a\": [1, 10.50, 123456789012345678901234567890]}\tt\n",
+            "JSON values are written digit for digit"
+        );
         let cases = [
             (serde_json::json!({"id": 7, "code": "x", "extra": 1}), "\"extra\" is not a column of regions"),
             (serde_json::json!({"id": "7", "code": "x"}), "column id must be an integer"),
@@ -1099,7 +1171,7 @@ mod tests {
             (serde_json::json!([1]), "a row must be an object"),
         ];
         for (row, expect) in cases {
-            let e = table.encode(&row, &mut Vec::new()).unwrap_err();
+            let e = encode(&table, &row.to_string(), &mut Vec::new()).unwrap_err();
             assert!(e.contains(expect), "{row}: {e}");
         }
     }

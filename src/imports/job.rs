@@ -44,19 +44,10 @@ async fn run(state: AppState, id: String, attempt: i32) -> anyhow::Result<()> {
         tracing::info!("the import has finished or a later attempt holds it; nothing to do");
         return Ok(());
     };
-    let outcome = if attempt > 1
-        && let Some((org_id, details)) = records::restored_by(&state.pool, &id).await?
-    {
-        // An earlier attempt's engine committed, and its worker died before marking
-        // the record: the org is there, and importing again would only find the
-        // slug taken.
-        tracing::warn!(org_id, "an earlier attempt restored the org; marking the import completed");
-        Outcome::Completed { report: details, org_id }
-    } else {
-        import_once(&state, &import).await
-    };
+    let outcome = import_once(&state, &import, attempt).await;
     let marked = match &outcome {
-        Outcome::Completed { report, org_id } => records::complete(&state.pool, &id, attempt, report, *org_id).await?,
+        // The engine marked the record completed in the transaction that made the org.
+        Outcome::Completed => true,
         Outcome::Failed(reason) => records::fail(&state.pool, &id, Some(attempt), reason).await?,
     };
     if !marked {
@@ -69,15 +60,13 @@ async fn run(state: AppState, id: String, attempt: i32) -> anyhow::Result<()> {
 
 /// How an attempt ended.
 enum Outcome {
-    Completed {
-        report: serde_json::Value,
-        org_id: Option<i64>,
-    },
+    /// The org exists and its record says completed (one transaction).
+    Completed,
     /// The reason shown on the page and in the API.
     Failed(String),
 }
 
-async fn import_once(state: &AppState, import: &Import) -> Outcome {
+async fn import_once(state: &AppState, import: &Import, attempt: i32) -> Outcome {
     let (bucket, key) = match locate_source(state, import).await {
         Ok(found) => found,
         Err(Refused(reason)) => return Outcome::Failed(reason),
@@ -100,15 +89,13 @@ async fn import_once(state: &AppState, import: &Import) -> Outcome {
         },
         source_export_id: import.source_export_id.clone(),
         import_id: Some(import.id.clone()),
+        attempt,
     };
     match engine::import(state, input, request).await {
-        Ok(report) => match serde_json::to_value(&report) {
-            Ok(json) => {
-                tracing::info!(org = %report.org, rows = report.rows, seconds = report.seconds, "import completed");
-                Outcome::Completed { report: json, org_id: report.org_id }
-            }
-            Err(e) => Outcome::Failed(format!("the import's report could not be recorded: {e}")),
-        },
+        Ok(report) => {
+            tracing::info!(org = %report.org, rows = report.rows, seconds = report.seconds, "import completed");
+            Outcome::Completed
+        }
         Err(ImportError::Rejected(reason)) => {
             tracing::info!(reason, "import refused");
             Outcome::Failed(reason)

@@ -287,32 +287,6 @@ pub async fn start(pool: &PgPool, id: &str, attempt: i32) -> sqlx::Result<Option
     get(pool, id).await
 }
 
-/// Marks the import completed with the engine's report and the new org, while this
-/// attempt holds it; true when this call marked it.
-pub async fn complete(
-    pool: &PgPool,
-    id: &str,
-    attempt: i32,
-    report: &serde_json::Value,
-    restored_org_id: Option<i64>,
-) -> sqlx::Result<bool> {
-    let mark = || async {
-        let done = sqlx::query(
-            "update org_imports set status = 'completed', finished_at = now(), report = $3, restored_org_id = $4,
-                    error = null
-             where id = $1 and status = 'running' and attempt = $2",
-        )
-        .bind(id)
-        .bind(attempt)
-        .bind(report)
-        .bind(restored_org_id)
-        .execute(pool)
-        .await?;
-        Ok(done.rows_affected() == 1)
-    };
-    crate::db::retry_write("marking an import completed", mark).await
-}
-
 /// Marks the import failed with a readable reason (while `attempt` holds it, or
 /// whatever holds it when `None`); retried for a while, so that a database hiccup
 /// cannot leave it running and its slug blocked. True when this call marked it.
@@ -331,19 +305,6 @@ pub async fn fail(pool: &PgPool, id: &str, attempt: Option<i32>, reason: &str) -
         Ok(done.rows_affected() == 1)
     };
     crate::db::retry_write("marking an import failed", mark).await
-}
-
-/// The org an earlier attempt of import `id` restored, from the engine's
-/// `org.imported` audit entry (which commits with the org): what a rerun after a
-/// crash between the engine's commit and [`complete`] finds.
-pub async fn restored_by(pool: &PgPool, id: &str) -> sqlx::Result<Option<(Option<i64>, serde_json::Value)>> {
-    sqlx::query_as(
-        "select org_id, details from audit_log where action = 'org.imported' and details->>'import_id' = $1
-         order by id desc limit 1",
-    )
-    .bind(id)
-    .fetch_optional(pool)
-    .await
 }
 
 /// Marks failed the imports left pending or running whose job is over for good (a

@@ -188,7 +188,9 @@ pub fn row(import: &Import) -> Markup {
             } }
             td data-label="New org" { div {
                 @match import.restored_org.as_deref().filter(|_| import.status == ImportStatus::Completed) {
-                    Some(slug) => a.text-blue-700.hover:underline href=(routes::org_modules(slug)) { (slug) },
+                    // Plain text: the org's pages are for its members, which the
+                    // platform admin may not be.
+                    Some(slug) => span.font-medium.restored-org { (slug) },
                     None => span { (import.slug) },
                 }
                 br; span.text-xs.text-slate-600 { (import.name) }

@@ -7,13 +7,15 @@
 //! by the fault tests.
 
 use std::{
+    cell::Cell,
     collections::BTreeMap,
     fmt,
     io::{BufRead, BufReader, Read},
+    rc::Rc,
 };
 
 use serde::de::{DeserializeSeed, Deserializer, MapAccess, SeqAccess, Visitor};
-use serde_json::Value;
+use serde_json::{Value, value::RawValue};
 use sha2::{Digest, Sha256};
 
 /// The snapshot's JSON Schema, the same file the docs publish.
@@ -67,12 +69,19 @@ impl Schemas {
 /// Verifies a snapshot read from `input` (the compressed bytes). With `expected_sha256`
 /// the file's hash must equal it.
 pub fn verify(input: impl Read, expected_sha256: Option<&str>) -> Result<Report, Invalid> {
-    read(input, expected_sha256, &mut |_, _| Ok(())).map(|(report, _)| report)
+    read(input, expected_sha256, &mut |_, _, _| Ok(())).map(|(report, _)| report)
 }
 
+/// The most decompressed bytes one row (or the header before the first row) may
+/// take: the reader holds one row at a time, and this bounds that row.
+pub const MAX_ROW_BYTES: u64 = 64 * 1024 * 1024;
+
+const ROW_TOO_LARGE: &str = "a row (or a header field) is larger than 64 MiB";
+
 /// What a reader does with each row of a section (after the row's schema check), in
-/// file order. An error stops the read and is its result.
-pub type OnRow<'a> = dyn FnMut(&str, Value) -> Result<(), Invalid> + 'a;
+/// file order: it gets the section, the row's JSON text as it is in the file (numbers
+/// exactly as written), and the row parsed. An error stops the read and is its result.
+pub type OnRow<'a> = dyn FnMut(&str, &RawValue, &Value) -> Result<(), Invalid> + 'a;
 
 /// Reads and checks a snapshot as [`verify`] does, handing each row of every section
 /// but `organization` to `on_row` as it is read. Returns the report and the document
@@ -94,7 +103,10 @@ pub fn read(
         let found = {
             let mut gz = flate2::bufread::GzDecoder::new(&mut buffered);
             // serde_json reads a reader a byte at a time: buffer the decompressed side.
-            let found = read_document(BufReader::with_capacity(256 * 1024, &mut gz), &schemas, on_row)?;
+            // The budget bounds what one row can make the reader hold.
+            let used = Rc::new(Cell::new(0));
+            let budget = Budget { inner: &mut gz, used: used.clone() };
+            let found = read_document(BufReader::with_capacity(256 * 1024, budget), &schemas, on_row, &used)?;
             // The JSON ended; the rest of the member must be only its trailer.
             let mut rest = [0u8; 1];
             match gz.read(&mut rest) {
@@ -150,16 +162,28 @@ struct Found {
     counts: BTreeMap<String, u64>,
 }
 
-fn read_document(input: impl Read, schemas: &Schemas, on_row: &mut OnRow<'_>) -> Result<Found, Invalid> {
+fn read_document(
+    input: impl Read,
+    schemas: &Schemas,
+    on_row: &mut OnRow<'_>,
+    used: &Rc<Cell<u64>>,
+) -> Result<Found, Invalid> {
     let mut de = serde_json::Deserializer::from_reader(input);
     let mut problem = None;
-    let parsed =
-        DocumentSeed { schemas, problem: &mut problem, on_row }.deserialize(&mut de).and_then(|f| de.end().map(|_| f));
+    let parsed = DocumentSeed { schemas, problem: &mut problem, on_row, used }
+        .deserialize(&mut de)
+        .and_then(|f| de.end().map(|_| f));
     if let Some(p) = problem {
         return Err(p);
     }
     let found = parsed.map_err(|e| {
-        if e.is_io() { invalid(format!("not a whole gzip file: {e}")) } else { invalid(format!("not valid JSON: {e}")) }
+        if e.is_io() && e.to_string().contains(ROW_TOO_LARGE) {
+            invalid(ROW_TOO_LARGE)
+        } else if e.is_io() {
+            invalid(format!("not a whole gzip file: {e}"))
+        } else {
+            invalid(format!("not valid JSON: {e}"))
+        }
     })?;
     let doc = Value::Object(found.header.clone());
     if let Some(e) = schemas.document.iter_errors(&doc).next() {
@@ -177,6 +201,7 @@ struct DocumentSeed<'a, 'r> {
     schemas: &'a Schemas,
     problem: &'a mut Option<Invalid>,
     on_row: &'a mut OnRow<'r>,
+    used: &'a Rc<Cell<u64>>,
 }
 
 impl<'de> DeserializeSeed<'de> for DocumentSeed<'_, '_> {
@@ -204,6 +229,7 @@ impl<'de> Visitor<'de> for DocumentSeed<'_, '_> {
                     problem: &mut *self.problem,
                     counts: &mut counts,
                     on_row: &mut *self.on_row,
+                    used: self.used,
                 })?;
                 header.insert(key, Value::Object(sections));
             } else {
@@ -241,6 +267,7 @@ struct SectionsSeed<'a, 'r> {
     problem: &'a mut Option<Invalid>,
     counts: &'a mut BTreeMap<String, u64>,
     on_row: &'a mut OnRow<'r>,
+    used: &'a Rc<Cell<u64>>,
 }
 
 impl<'de> DeserializeSeed<'de> for SectionsSeed<'_, '_> {
@@ -272,6 +299,7 @@ impl<'de> Visitor<'de> for SectionsSeed<'_, '_> {
                 problem: &mut *self.problem,
                 section: &name,
                 on_row: &mut *self.on_row,
+                used: self.used,
             })?;
             self.counts.insert(name.clone(), n);
             out.insert(name, Value::Array(Vec::new()));
@@ -285,6 +313,7 @@ struct RowsSeed<'a, 'r> {
     problem: &'a mut Option<Invalid>,
     section: &'a str,
     on_row: &'a mut OnRow<'r>,
+    used: &'a Rc<Cell<u64>>,
 }
 
 impl<'de> DeserializeSeed<'de> for RowsSeed<'_, '_> {
@@ -301,7 +330,9 @@ impl<'de> Visitor<'de> for RowsSeed<'_, '_> {
     }
     fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<u64, A::Error> {
         let mut n = 0u64;
-        while let Some(row) = seq.next_element::<Value>()? {
+        while let Some(raw) = seq.next_element::<Box<RawValue>>()? {
+            self.used.set(0);
+            let row: Value = serde_json::from_str(raw.get()).map_err(serde::de::Error::custom)?;
             if let Some(e) = self.schemas.row.iter_errors(&row).next() {
                 let msg = format!(
                     "row {} of section {} does not match the snapshot schema at {}: {e}",
@@ -312,13 +343,32 @@ impl<'de> Visitor<'de> for RowsSeed<'_, '_> {
                 *self.problem = Some(invalid(msg.clone()));
                 return Err(serde::de::Error::custom(msg));
             }
-            if let Err(e) = (self.on_row)(self.section, row) {
+            if let Err(e) = (self.on_row)(self.section, &raw, &row) {
                 let msg = e.0.clone();
                 *self.problem = Some(e);
                 return Err(serde::de::Error::custom(msg));
             }
             n += 1;
         }
+        Ok(n)
+    }
+}
+
+/// Counts the decompressed bytes read since the last row, and refuses more than
+/// [`MAX_ROW_BYTES`].
+struct Budget<R> {
+    inner: R,
+    used: Rc<Cell<u64>>,
+}
+
+impl<R: Read> Read for Budget<R> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        let used = self.used.get() + n as u64;
+        if used > MAX_ROW_BYTES {
+            return Err(std::io::Error::other(ROW_TOO_LARGE));
+        }
+        self.used.set(used);
         Ok(n)
     }
 }

@@ -107,6 +107,42 @@ impl Storage {
         }
     }
 
+    /// Whether `bucket` holds no object.
+    pub async fn bucket_is_empty(&self, bucket: &str) -> anyhow::Result<bool> {
+        let listed = self
+            .client
+            .list_objects_v2()
+            .bucket(bucket)
+            .max_keys(1)
+            .send()
+            .await
+            .map_err(|e| anyhow::Error::new(e.into_service_error()))
+            .with_context(|| format!("cannot list bucket {bucket}"))?;
+        Ok(listed.contents().is_empty())
+    }
+
+    /// Deletes every object in `bucket`, a page at a time.
+    pub async fn empty_bucket(&self, bucket: &str) -> anyhow::Result<()> {
+        loop {
+            let listed = self
+                .client
+                .list_objects_v2()
+                .bucket(bucket)
+                .max_keys(1000)
+                .send()
+                .await
+                .map_err(|e| anyhow::Error::new(e.into_service_error()))
+                .with_context(|| format!("cannot list bucket {bucket}"))?;
+            let keys: Vec<String> = listed.contents().iter().filter_map(|o| o.key().map(str::to_string)).collect();
+            if keys.is_empty() {
+                return Ok(());
+            }
+            for key in keys {
+                self.delete(bucket, &key).await?;
+            }
+        }
+    }
+
     /// Deletes an empty `bucket`.
     pub async fn delete_bucket(&self, bucket: &str) -> anyhow::Result<()> {
         self.client
@@ -341,8 +377,6 @@ impl Storage {
     }
 }
 
-/// A raw S3 client for `settings`, configured as [`Storage`]'s own, for tools and
-/// tests that look into a bucket directly. The product itself goes through
 /// `x-amz-copy-source`: the bucket and the key, URL-encoded (a key may hold any
 /// character; `/` stays as it is).
 fn copy_source(bucket: &str, key: &str) -> String {
@@ -357,6 +391,8 @@ fn copy_source(bucket: &str, key: &str) -> String {
     out
 }
 
+/// A raw S3 client for `settings`, configured as [`Storage`]'s own, for tools and
+/// tests that look into a bucket directly. The product itself goes through
 /// [`Storage`].
 pub fn raw_client(settings: &S3Settings) -> Client {
     Client::from_conf(client_config(settings, &settings.endpoint))

@@ -24,10 +24,19 @@ fn gunzip(bytes: &[u8]) -> Value {
     serde_json::from_str(&text).unwrap()
 }
 
+/// Runs a command to its end. The app's S3 endpoint runs on this test's runtime, so
+/// the runtime is told that this thread blocks (its other work moves to another
+/// thread) rather than left one thread short while the command talks to it.
+fn run(mut cmd: std::process::Command) -> std::process::Output {
+    tokio::task::block_in_place(move || cmd.output().unwrap())
+}
+
 /// `data-export export --org SLUG --out FILE`, returning the file's path.
 fn export_to_file(app: &TestApp, slug: &str, name: &str) -> PathBuf {
     let path = app.storage_dir.join(name);
-    let out = app.command().args(["export", "--org", slug, "--out"]).arg(&path).output().unwrap();
+    let mut cmd = app.command();
+    cmd.args(["export", "--org", slug, "--out"]).arg(&path);
+    let out = run(cmd);
     assert!(out.status.success(), "export {slug}: {}", String::from_utf8_lossy(&out.stderr));
     path
 }
@@ -35,7 +44,9 @@ fn export_to_file(app: &TestApp, slug: &str, name: &str) -> PathBuf {
 /// `data-export import FILE --org SLUG [extra]`: the exit status, the report (when it
 /// succeeded) and stderr.
 fn import(app: &TestApp, file: &Path, slug: &str, extra: &[&str]) -> (bool, Value, String) {
-    let out = app.command().arg("import").arg(file).args(["--org", slug]).args(extra).output().unwrap();
+    let mut cmd = app.command();
+    cmd.arg("import").arg(file).args(["--org", slug]).args(extra);
+    let out = run(cmd);
     let stderr = String::from_utf8_lossy(&out.stderr).trim().to_string();
     let report = if out.status.success() {
         serde_json::from_slice(&out.stdout)
@@ -112,12 +123,13 @@ fn assert_round_trip(a: &Value, b: &Value, fks: &HashMap<(String, String), Strin
             .as_array()
             .unwrap()
             .iter()
-            .filter(|r| !(name == "audit_log" && r["action"] == "org.imported"))
+            .filter(|r| {
+                !(name == "audit_log" && r["action"] == "org.imported" && r["target"] == b["organization"]["slug"])
+            })
             .cloned()
             .collect();
         rows_b.sort_by_key(|r| r["id"].as_i64().unwrap());
         assert_eq!(rows_a.len(), rows_b.len(), "section {name}: row count");
-        assert!(name == "audit_log" || !rows_a.is_empty() || sa[name].as_array().unwrap().is_empty());
         let map: HashMap<i64, i64> =
             rows_a.iter().zip(&rows_b).map(|(x, y)| (x["id"].as_i64().unwrap(), y["id"].as_i64().unwrap())).collect();
         assert_eq!(map.len(), rows_a.len(), "section {name}: ids are unique");
@@ -240,6 +252,15 @@ async fn export_import_export_round_trips_every_section_with_every_module_on() {
     assert_eq!(b["organization"]["slug"], "acme-restored");
     assert_round_trip(&a, &b, &fks, new_id, 1000);
     // The original is untouched.
+    // Each person of the new org is the account with their profile's email.
+    let mismatched: i64 = sqlx::query_scalar(
+        "select count(*) from user_profiles p join users u on u.id = p.user_id where p.org_id = $1 and u.email <> lower(p.email)",
+    )
+    .bind(new_id)
+    .fetch_one(app.pool())
+    .await
+    .unwrap();
+    assert_eq!(mismatched, 0, "people are matched by their profile's email");
     let again = gunzip(&std::fs::read(export_to_file(&app, "acme", "again.json.gz")).unwrap());
     assert_eq!(again["counts"], a["counts"]);
 }
@@ -274,7 +295,7 @@ async fn a_round_trip_with_modules_off_leaves_their_sections_out_and_the_modules
     assert!(!modules["foundation"]);
     assert!(modules["operations"]);
     let b = gunzip(&std::fs::read(export_to_file(&app, "acme-lean", "second.json.gz")).unwrap());
-    assert_round_trip(&a, &b, &fks, new_id, 1000);
+    assert_round_trip(&a, &b, &fks, new_id, 500);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -687,13 +708,18 @@ async fn write_small_org(app: &TestApp, slug: &str, g: &SmallOrg) {
         .fetch_one(db)
         .await
         .unwrap();
-        sqlx::query("insert into member_enrichment (org_id, membership_id, source, data) values ($1, $2, 'gen', $3)")
-            .bind(org.id)
-            .bind(membership)
-            .bind(json!({ "note": name, "n": 1.5, "list": [1, null, true], "nested": { "bio": bio } }))
-            .execute(db)
-            .await
-            .unwrap();
+        // Numbers as written: a trailing zero and more digits than a double holds.
+        let data = json!({ "note": name, "n": 1.5, "list": [1, null, true], "nested": { "bio": bio } }).to_string();
+        let data = data.replacen('{', r#"{"price": 10.50, "big": 123456789012345678901234567890, "#, 1);
+        sqlx::query(
+            "insert into member_enrichment (org_id, membership_id, source, data) values ($1, $2, 'gen', $3::jsonb)",
+        )
+        .bind(org.id)
+        .bind(membership)
+        .bind(data)
+        .execute(db)
+        .await
+        .unwrap();
         people.push(user);
     }
     let admin: i64 = sqlx::query_scalar("select user_id from platform_admins limit 1").fetch_one(db).await.unwrap();
@@ -807,8 +833,48 @@ async fn generated_small_orgs_round_trip() {
         );
         let new_id = org_id(&app, &restored).await.unwrap();
         let a = gunzip(&std::fs::read(&first).unwrap());
-        let b = gunzip(&std::fs::read(export_to_file(&app, &restored, &format!("{slug}-b.json.gz"))).unwrap());
+        let second = std::fs::read(export_to_file(&app, &restored, &format!("{slug}-b.json.gz"))).unwrap();
+        let b = gunzip(&second);
         assert_round_trip(&a, &b, &fks, new_id, 3);
+        if !g.people.is_empty() {
+            // Compared as text: a JSON number parsed on the way would read the same.
+            let mut text = String::new();
+            flate2::read::GzDecoder::new(&second[..]).read_to_string(&mut text).unwrap();
+            assert!(
+                text.contains("\"price\": 10.50") && text.contains("123456789012345678901234567890"),
+                "case {case}: JSON numbers kept digit for digit"
+            );
+        }
     }
     println!("generated small orgs: {CASES} round trips held");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_bucket_that_already_holds_objects_is_not_reused() {
+    let app = TestApp::spawn().await;
+    let file = export_to_file(&app, "acme", "a.json.gz");
+    // What an org deleted outside the product leaves: its bucket and a file in it.
+    let s3 = app.s3_client();
+    s3.create_bucket().bucket("org-leftover").send().await.unwrap();
+    s3.put_object()
+        .bucket("org-leftover")
+        .key("documents/1/file.bin")
+        .body(b"someone else's".to_vec().into())
+        .send()
+        .await
+        .unwrap();
+    let before = world(&app).await;
+    let (ok, _, stderr) = import(&app, &file, "leftover", &[]);
+    assert!(!ok && stderr.contains("the bucket org-leftover already holds objects"), "{stderr}");
+    assert_eq!(world(&app).await, before);
+    assert_eq!(
+        app.objects("org-leftover").await,
+        vec!["documents/1/file.bin".to_string()],
+        "the bucket is left as it was"
+    );
+    assert_eq!(org_id(&app, "leftover").await, None);
+    // An empty one is used.
+    s3.delete_object().bucket("org-leftover").key("documents/1/file.bin").send().await.unwrap();
+    let (ok, _, stderr) = import(&app, &file, "leftover", &[]);
+    assert!(ok, "{stderr}");
 }
