@@ -456,6 +456,19 @@ mod tests {
     }
 
     #[test]
+    fn a_row_over_the_budget_is_refused_as_it_is_read() {
+        let big = "x".repeat(MAX_ROW_BYTES as usize + 1);
+        let file = gz(&doc(&format!(r#"[{{"id":1,"note":"{big}"}}]"#), 1));
+        drop(big);
+        let e = verify(&file[..], None).unwrap_err();
+        assert!(e.0.contains("larger than 64 MiB"), "{e}");
+        // Just under it, a row is read.
+        let fits = "x".repeat(MAX_ROW_BYTES as usize - 1024 * 1024);
+        let file = gz(&doc(&format!(r#"[{{"id":1,"note":"{fits}"}}]"#), 1));
+        assert_eq!(verify(&file[..], None).unwrap().counts["memberships"], 1);
+    }
+
+    #[test]
     fn every_kind_of_damage_is_named() {
         let good = gz(&doc(r#"[{"id":1}]"#, 1));
         let cases: Vec<(&str, Vec<u8>, Option<&str>, &str)> = vec![
