@@ -89,7 +89,7 @@ pub fn imports_page(
                     h2.text-lg.font-semibold.mb-2 #from-upload-h { "From a snapshot file" }
                     p.text-sm.text-slate-600.mb-4 {
                         "A " code { ".json.gz" } " as downloaded from Backups & Export or written by " code { "data-export export --out" }
-                        ", at most " (limit_text(max_upload_bytes)) ". The documents' files are not copied. The file is deleted once the import has finished."
+                        ", at most " (limit_text(max_upload_bytes)) ". The documents' files are copied only when the file is an export of this platform (same id and SHA-256). The file is deleted once the import has finished."
                     }
                     form.space-y-3 method="post" action=(upload_action) enctype="multipart/form-data" {
                         (target_fields("upload", &upload_form))

@@ -449,3 +449,79 @@ async fn the_export_history_actions_fit_a_desktop_and_a_phone_without_sideways_s
     c.close().await.unwrap();
     assert!(out_of_reach.is_empty(), "the completed export's actions are out of reach:\n{}", out_of_reach.join("\n"));
 }
+
+/// A platform admin restores acme twice from `/platform/imports` in a real browser:
+/// from its completed export, and from the same file uploaded through the form. Each
+/// new row goes on to completed without a reload and shows its report.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_platform_admin_restores_an_org_from_an_export_and_from_an_upload() {
+    let mut app = TestApp::spawn().await;
+    app.start_workers();
+    let acme = app.org_id("acme").await;
+    let run = data_export::exports::runs::create_manual_unattributed(app.pool(), acme, 3).await.unwrap();
+    let run = app.wait_for_run(&run.id, Duration::from_secs(60)).await;
+    let file = app.storage_dir.join("acme-download.json.gz");
+    let object =
+        app.s3_client().get_object().bucket("org-acme").key(run.object_key.clone().unwrap()).send().await.unwrap();
+    std::fs::write(&file, object.body.collect().await.unwrap().into_bytes()).unwrap();
+
+    let driver = Driver::start();
+    let profile = app.storage_dir.join("chromium-profile");
+    let downloads = app.storage_dir.join("downloads");
+    let c = browser(&driver, &profile, &downloads).await;
+    sign_in(&c, &app, "platform@example.test").await;
+    c.find(Locator::LinkText("Restore")).await.unwrap().click().await.unwrap();
+    assert_eq!(c.current_url().await.unwrap().path(), "/platform/imports");
+
+    // From the completed export.
+    let select = c.find(Locator::Css("#import-export")).await.unwrap();
+    select.select_by_value(&run.id).await.unwrap();
+    c.find(Locator::Css("#export-slug")).await.unwrap().send_keys("acme-from-export").await.unwrap();
+    c.find(Locator::Css("#export-name")).await.unwrap().send_keys("Acme from its export").await.unwrap();
+    c.find(Locator::XPath("//button[normalize-space()='Restore']")).await.unwrap().click().await.unwrap();
+    let first = wait_until_completed(&c, "acme-from-export").await;
+    assert!(first.contains("rows in 25 sections"), "the report is shown: {first}");
+
+    // From the file, uploaded.
+    c.goto(&app.url("/platform/imports")).await.unwrap();
+    c.find(Locator::Css("#upload-slug")).await.unwrap().send_keys("acme-from-file").await.unwrap();
+    c.find(Locator::Css("#upload-name")).await.unwrap().send_keys("Acme from a file").await.unwrap();
+    c.find(Locator::Css("#import-file")).await.unwrap().send_keys(&file.display().to_string()).await.unwrap();
+    c.find(Locator::XPath("//button[normalize-space()='Upload and restore']")).await.unwrap().click().await.unwrap();
+    let second = wait_until_completed(&c, "acme-from-file").await;
+    assert!(second.contains("rows in 25 sections"), "{second}");
+    screenshot(&c, "imports").await;
+    for slug in ["acme-from-export", "acme-from-file"] {
+        let members: i64 = sqlx::query_scalar(
+            "select count(*) from memberships m join organizations o on o.id = m.org_id where o.slug = $1",
+        )
+        .bind(slug)
+        .fetch_one(app.pool())
+        .await
+        .unwrap();
+        assert!(members > 0, "{slug} has its members");
+    }
+    c.close().await.unwrap();
+}
+
+/// Waits, on the open imports page and without reloading it, for the row of the
+/// import into `slug` to be completed; returns the row's text.
+async fn wait_until_completed(c: &Client, slug: &str) -> String {
+    // The form's redirect has landed on the page with the new row.
+    c.wait()
+        .at_most(Duration::from_secs(20))
+        .for_element(Locator::XPath(&format!("//tr[@data-import-id][.//*[normalize-space()='{slug}']]")))
+        .await
+        .expect("the new import's row");
+    c.execute("window.__noReload = 'still here'; return null;", vec![]).await.unwrap();
+    let row = c
+        .wait()
+        .at_most(Duration::from_secs(90))
+        .every(Duration::from_millis(250))
+        .for_element(Locator::XPath(&format!("//tr[@data-status='completed'][.//*[normalize-space()='{slug}']]")))
+        .await
+        .expect("the row reaches completed without a reload");
+    let marker = c.execute("return window.__noReload || null;", vec![]).await.unwrap();
+    assert_eq!(marker, json!("still here"), "the page was not reloaded");
+    row.text().await.unwrap()
+}
