@@ -107,33 +107,29 @@ impl Storage {
         }
     }
 
-    /// Whether `bucket` holds no object.
-    pub async fn bucket_is_empty(&self, bucket: &str) -> anyhow::Result<bool> {
+    /// Up to `max` keys of `bucket`, from its start.
+    async fn first_keys(&self, bucket: &str, max: i32) -> anyhow::Result<Vec<String>> {
         let listed = self
             .client
             .list_objects_v2()
             .bucket(bucket)
-            .max_keys(1)
+            .max_keys(max)
             .send()
             .await
             .map_err(|e| anyhow::Error::new(e.into_service_error()))
             .with_context(|| format!("cannot list bucket {bucket}"))?;
-        Ok(listed.contents().is_empty())
+        Ok(listed.contents().iter().filter_map(|o| o.key().map(str::to_string)).collect())
+    }
+
+    /// Whether `bucket` holds no object.
+    pub async fn bucket_is_empty(&self, bucket: &str) -> anyhow::Result<bool> {
+        Ok(self.first_keys(bucket, 1).await?.is_empty())
     }
 
     /// Deletes every object in `bucket`, a page at a time.
     pub async fn empty_bucket(&self, bucket: &str) -> anyhow::Result<()> {
         loop {
-            let listed = self
-                .client
-                .list_objects_v2()
-                .bucket(bucket)
-                .max_keys(1000)
-                .send()
-                .await
-                .map_err(|e| anyhow::Error::new(e.into_service_error()))
-                .with_context(|| format!("cannot list bucket {bucket}"))?;
-            let keys: Vec<String> = listed.contents().iter().filter_map(|o| o.key().map(str::to_string)).collect();
+            let keys = self.first_keys(bucket, 1000).await?;
             if keys.is_empty() {
                 return Ok(());
             }
