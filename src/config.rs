@@ -71,6 +71,9 @@ pub struct Config {
     /// `IMPORT_MAX_BYTES`: the largest snapshot file a platform admin may upload to
     /// restore (default 4 GiB).
     pub import_max_bytes: u64,
+    /// `VERIFY_TIMEOUT_SECS`: the longest a Verify of a stored export may run
+    /// (default 1800, 30 minutes; 1..=86400).
+    pub verify_timeout_secs: u64,
 }
 
 /// The default of `IMPORT_MAX_BYTES`: 4 GiB.
@@ -136,6 +139,7 @@ impl Config {
             export_max_attempts: parse_num("EXPORT_MAX_ATTEMPTS", non_empty("EXPORT_MAX_ATTEMPTS"), 3, 1..=25)?,
             privacy_bucket: non_empty("PRIVACY_BUCKET").unwrap_or_else(|| "data-export-privacy".into()),
             import_max_bytes: parse_bytes("IMPORT_MAX_BYTES", non_empty("IMPORT_MAX_BYTES"), DEFAULT_IMPORT_MAX_BYTES)?,
+            verify_timeout_secs: parse_num("VERIFY_TIMEOUT_SECS", non_empty("VERIFY_TIMEOUT_SECS"), 1800, 1..=86_400)?,
         })
     }
 

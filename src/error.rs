@@ -36,6 +36,9 @@ pub enum AppError {
     TooLarge(String),
     #[error("the backup configuration is not active and verified; a platform admin must verify it first")]
     BackupNotVerified,
+    /// A 503 that says what is busy or too slow and when to try again.
+    #[error("{0}")]
+    Unavailable(String),
     #[error(transparent)]
     Internal(#[from] anyhow::Error),
 }
@@ -70,6 +73,7 @@ impl AppError {
             Self::InConflict(_) => StatusCode::CONFLICT,
             Self::TooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
             Self::BackupNotVerified => StatusCode::SERVICE_UNAVAILABLE,
+            Self::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
             Self::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
@@ -88,6 +92,7 @@ impl AppError {
             Self::InConflict(_) => "conflict",
             Self::TooLarge(_) => "too_large",
             Self::BackupNotVerified => "backup_not_verified",
+            Self::Unavailable(_) => "unavailable",
             Self::Internal(_) => "internal",
         }
     }

@@ -24,11 +24,21 @@ pub struct App {
     pub config: Config,
     /// The job board's port once its listener is bound (BOARD_BIND may say 0).
     pub board_port: OnceLock<u16>,
+    /// One verification of a stored export at a time in this process: each takes a
+    /// core while it decompresses and parses. The permit is held by the work itself
+    /// (not by the request), so a client that goes away does not free it early.
+    pub verify_permits: Arc<tokio::sync::Semaphore>,
 }
 
 impl App {
     pub fn new(pool: PgPool, storage: Storage, config: Config) -> Self {
-        Self { pool, storage, config, board_port: OnceLock::new() }
+        Self {
+            pool,
+            storage,
+            config,
+            board_port: OnceLock::new(),
+            verify_permits: Arc::new(tokio::sync::Semaphore::new(1)),
+        }
     }
 
     /// The job board's port: the bound one, else the configured one.

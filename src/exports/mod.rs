@@ -78,45 +78,75 @@ pub async fn download_url(state: &AppState, ctx: &OrgCtx, id: &RecordId, via: &s
 
 /// Re-reads a completed run's object and checks it ([`verify::verify`], with the
 /// recorded SHA-256), records the outcome on the run and in the audit log, and
-/// returns it. One verification runs at a time per process: it takes a core while
-/// it decompresses and parses, so a second one gets [`AppError::RateLimited`].
+/// returns it. One verification runs at a time per process: it takes a core while it
+/// decompresses and parses, so a second one gets [`AppError::RateLimited`]. The work
+/// runs on a task of its own that holds the one permit until the parse has ended, so
+/// a client that goes away neither frees the permit early nor loses the outcome; and
+/// it stops after `VERIFY_TIMEOUT_SECS` ([`AppError::Unavailable`], the run unjudged).
 pub async fn verify_run(
     state: &AppState,
     ctx: &OrgCtx,
     id: &RecordId,
     via: &str,
 ) -> Result<Result<verify::Report, verify::Invalid>, AppError> {
-    static ONE_AT_A_TIME: tokio::sync::Semaphore = tokio::sync::Semaphore::const_new(1);
     let run = runs::get(&state.pool, ctx.org.id, id).await?.ok_or(AppError::NotFound)?;
-    let Some(key) = run.completed_key() else {
+    let Some(key) = run.completed_key().map(str::to_string) else {
         return Err(AppError::BadRequest(format!(
             "Only completed exports can be verified; this one is {}.",
             run.status
         )));
     };
-    let Ok(_permit) = ONE_AT_A_TIME.try_acquire() else {
+    let Ok(permit) = state.verify_permits.clone().try_acquire_owned() else {
         return Err(AppError::RateLimited("Another export is being verified; try again in a moment.".into()));
     };
-    let outcome = verify::verify_object(&state.storage, &ctx.org.bucket, key, run.sha256.as_deref()).await?;
-    let outcome = outcome.and_then(|report| {
-        if report.export_id != run.id {
-            Err(verify::Invalid(format!("the file is export {}, not {}", report.export_id, run.id)))
-        } else {
-            Ok(report)
+    let limit = std::time::Duration::from_secs(state.config.verify_timeout_secs);
+    let work = {
+        let (state, ctx, via) = (state.clone(), ctx.clone(), via.to_string());
+        async move {
+            let deadline = std::time::Instant::now() + limit;
+            let bucket = &ctx.org.bucket;
+            let read = verify::verify_object_bounded(
+                &state.storage,
+                bucket,
+                &key,
+                run.sha256.as_deref(),
+                Some(deadline),
+                permit,
+            )
+            .await;
+            let outcome = match read {
+                Ok(outcome) => outcome,
+                Err(e) if e.is::<verify::TimedOut>() => {
+                    tracing::warn!(run = run.id, seconds = limit.as_secs(), "verification stopped at its time limit");
+                    return Err(AppError::Unavailable(format!(
+                        "The verification did not finish within {} seconds and was stopped; the file was not judged. Try again later, or run `data-export verify` on a copy of the file.",
+                        limit.as_secs()
+                    )));
+                }
+                Err(e) => return Err(e.into()),
+            };
+            let outcome = outcome.and_then(|report| {
+                if report.export_id != run.id {
+                    Err(verify::Invalid(format!("the file is export {}, not {}", report.export_id, run.id)))
+                } else {
+                    Ok(report)
+                }
+            });
+            let error = outcome.as_ref().err().map(|e| e.0.as_str());
+            runs::set_verified(&state.pool, ctx.org.id, &run.id, error).await?;
+            crate::audit::write(
+                &state.pool,
+                Some(ctx.org.id),
+                Some(ctx.user.id),
+                "export.verified",
+                &format!("export:{}", run.id),
+                serde_json::json!({ "via": via, "ok": error.is_none(), "error": error }),
+            )
+            .await?;
+            Ok(outcome)
         }
-    });
-    let error = outcome.as_ref().err().map(|e| e.0.as_str());
-    runs::set_verified(&state.pool, ctx.org.id, &run.id, error).await?;
-    crate::audit::write(
-        &state.pool,
-        Some(ctx.org.id),
-        Some(ctx.user.id),
-        "export.verified",
-        &format!("export:{}", run.id),
-        serde_json::json!({ "via": via, "ok": error.is_none(), "error": error }),
-    )
-    .await?;
-    Ok(outcome)
+    };
+    tokio::spawn(work).await.map_err(|e| AppError::Internal(anyhow::anyhow!("the verification task ended: {e}")))?
 }
 
 /// Deletes a completed run's object, then marks the run deleted, with an audit entry.

@@ -12,6 +12,10 @@ use std::{
     fmt,
     io::{BufRead, BufReader, Read},
     rc::Rc,
+    sync::{
+        Arc,
+        atomic::{AtomicBool, Ordering},
+    },
 };
 
 use serde::de::{DeserializeSeed, Deserializer, MapAccess, SeqAccess, Visitor};
@@ -398,13 +402,64 @@ pub async fn verify_object(
     key: &str,
     expected_sha256: Option<&str>,
 ) -> anyhow::Result<Result<Report, Invalid>> {
-    let Some(body) = storage.read(bucket, key).await? else {
+    verify_object_bounded(storage, bucket, key, expected_sha256, None, ()).await
+}
+
+/// The work did not finish by its deadline: no verdict on the file.
+#[derive(Debug, thiserror::Error)]
+#[error("the verification did not finish within its time limit; the file was not judged")]
+pub struct TimedOut;
+
+/// [`verify_object`] with a deadline and a guard that the work itself holds: the
+/// storage read and the blocking parse both stop at `deadline` (a [`TimedOut`] error,
+/// not a verdict on the file), and `guard` (a semaphore permit, say) is dropped only
+/// once the blocking work has ended, even when whoever awaited it has gone.
+pub async fn verify_object_bounded<G: Send + 'static>(
+    storage: &crate::storage::Storage,
+    bucket: &str,
+    key: &str,
+    expected_sha256: Option<&str>,
+    deadline: Option<std::time::Instant>,
+    guard: G,
+) -> anyhow::Result<Result<Report, Invalid>> {
+    let opened = match deadline {
+        Some(d) => tokio::time::timeout_at(d.into(), storage.read(bucket, key)).await.map_err(|_| TimedOut)?,
+        None => storage.read(bucket, key).await,
+    };
+    let Some(body) = opened? else {
         // Gone from the bucket (removed outside the product): the file is lost.
         return Ok(Err(Invalid(format!("the object {key} is missing from bucket {bucket}"))));
     };
-    let reader = tokio_util::io::SyncIoBridge::new(body);
+    let expired = Arc::new(AtomicBool::new(false));
+    let reader = DeadlineReader { inner: tokio_util::io::SyncIoBridge::new(body), deadline, expired: expired.clone() };
     let expected = expected_sha256.map(str::to_string);
-    Ok(tokio::task::spawn_blocking(move || verify(reader, expected.as_deref())).await?)
+    let verdict = tokio::task::spawn_blocking(move || {
+        let _held_until_the_work_ends = guard;
+        verify(reader, expected.as_deref())
+    })
+    .await?;
+    if expired.load(Ordering::Relaxed) {
+        return Err(TimedOut.into());
+    }
+    Ok(verdict)
+}
+
+/// A reader that fails once its deadline has passed, so that a blocking parse of a
+/// slow or huge object cannot run on after its time.
+struct DeadlineReader<R> {
+    inner: R,
+    deadline: Option<std::time::Instant>,
+    expired: Arc<AtomicBool>,
+}
+
+impl<R: Read> Read for DeadlineReader<R> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        if self.deadline.is_some_and(|d| std::time::Instant::now() >= d) {
+            self.expired.store(true, Ordering::Relaxed);
+            return Err(std::io::Error::new(std::io::ErrorKind::TimedOut, TimedOut));
+        }
+        self.inner.read(buf)
+    }
 }
 
 #[cfg(test)]

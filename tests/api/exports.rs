@@ -571,6 +571,81 @@ async fn the_pipeline_buffers_stay_bounded_whatever_the_size() {
     assert!(budget <= 48 * 1024 * 1024, "buffer budget {budget} bytes");
 }
 
+/// A client that goes away does not free Verify's one permit: the verification runs
+/// on a task of its own that holds the permit until the work has ended and records
+/// its outcome; and a verification that outlives `VERIFY_TIMEOUT_SECS` is stopped
+/// without a verdict. (Before: the permit was the request's, so each abandoned
+/// request let one more verification start beside the ones still running.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn abandoned_verifications_never_run_side_by_side_and_stop_at_their_time_limit() {
+    let app =
+        TestApp::spawn_with(Options { fault_proxy: true, verify_timeout_secs: Some(2), ..Default::default() }).await;
+    let proxy = app.proxy.as_ref().unwrap();
+    let token = app.token("admin@acme.test").await;
+    let api = api(&app, &token);
+    let id = api.post("/orgs/acme/exports").await.json::<Value>().await.unwrap()["id"].as_str().unwrap().to_string();
+    assert_eq!(app.wait_for_run(&id, WAIT).await.status, "completed");
+    let verified_at = || async {
+        sqlx::query_scalar::<_, Option<chrono::DateTime<chrono::Utc>>>(
+            "select verified_at from export_runs where id = $1",
+        )
+        .bind(&id)
+        .fetch_one(app.pool())
+        .await
+        .unwrap()
+    };
+
+    // Each read of the object takes 1.5 s. Four clients in a row each give up after
+    // 200 ms: the first starts the one verification, the other three are refused
+    // while it still runs, although its client is gone.
+    let hold = Duration::from_millis(1500);
+    proxy.set(Fault::SlowReads(hold));
+    let url = format!("{}/api/v1/orgs/acme/exports/{id}/verify", app.addr);
+    let impatient = reqwest::Client::builder().timeout(Duration::from_millis(200)).build().unwrap();
+    let started = std::time::Instant::now();
+    let first = impatient.post(&url).bearer_auth(&token).send().await;
+    assert!(first.as_ref().is_err_and(|e| e.is_timeout()), "the first client gave up: {first:?}");
+    let mut refused = 0;
+    for _ in 0..3 {
+        let r = impatient.post(&url).bearer_auth(&token).send().await.expect("answered at once");
+        assert_eq!(r.status(), 429, "an abandoned verification still holds the permit");
+        refused += 1;
+    }
+    assert!(started.elapsed() < hold, "the refusals came while the first read was still held");
+    // The abandoned work ends and records its outcome.
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while verified_at().await.is_none() || app.audits("export.verified").await.is_empty() {
+        assert!(std::time::Instant::now() < deadline, "the abandoned verification recorded its outcome");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let first_done = started.elapsed();
+    assert_eq!(app.audits("export.verified").await.len(), 1, "one verification ran, not four");
+
+    // A read that takes longer than the 2 s limit is stopped: 503, no verdict.
+    proxy.set(Fault::SlowReads(Duration::from_secs(4)));
+    let before = verified_at().await;
+    let t = std::time::Instant::now();
+    let r = api.post(&format!("/orgs/acme/exports/{id}/verify")).await;
+    let stopped_after = t.elapsed();
+    assert_eq!(r.status(), 503);
+    let body: Value = r.json().await.unwrap();
+    assert_eq!(body["error"], "unavailable");
+    assert!(body["message"].as_str().unwrap().contains("did not finish within 2 seconds"), "{body}");
+    assert!(stopped_after < Duration::from_millis(3500), "stopped at the limit, after {stopped_after:?}");
+    assert_eq!(verified_at().await, before, "a stopped verification judges nothing");
+    // The permit came back: the next verification runs.
+    proxy.set(Fault::None);
+    let r = api.post(&format!("/orgs/acme/exports/{id}/verify")).await;
+    assert_eq!(r.status(), 200);
+    assert_eq!(r.json::<Value>().await.unwrap()["ok"], true);
+    println!(
+        "verify under abandonment: 4 clients that gave up after 200 ms started 1 verification ({refused} refused with 429); \
+         the abandoned one held the permit until it recorded its outcome at {:.1} s; a 4 s read stopped at the 2 s limit after {:.1} s (503)",
+        first_done.as_secs_f64(),
+        stopped_after.as_secs_f64()
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn verify_rereads_a_snapshot_by_command_api_and_ui() {
     let app = TestApp::spawn().await;

@@ -84,6 +84,8 @@ pub struct Options {
     pub server: Option<String>,
     /// `IMPORT_MAX_BYTES` (default: the product's).
     pub import_max_bytes: Option<u64>,
+    /// `VERIFY_TIMEOUT_SECS` (default: the product's).
+    pub verify_timeout_secs: Option<u64>,
 }
 
 impl Default for Options {
@@ -96,6 +98,7 @@ impl Default for Options {
             fault_proxy: false,
             server: None,
             import_max_bytes: None,
+            verify_timeout_secs: None,
         }
     }
 }
@@ -144,6 +147,9 @@ impl TestApp {
         config.data_dir = storage_dir.clone();
         if let Some(n) = opts.import_max_bytes {
             config.import_max_bytes = n;
+        }
+        if let Some(n) = opts.verify_timeout_secs {
+            config.verify_timeout_secs = n;
         }
         // Configured as an external endpoint, so the CLI (given the same S3_* settings)
         // sees the same storage identity as the verified one.
@@ -591,6 +597,8 @@ pub enum Fault {
     PartErrorsAlways,
     /// Holds each UploadPart this long before passing it on.
     SlowParts(Duration),
+    /// Holds each object read (a GET of a key) this long before passing it on.
+    SlowReads(Duration),
     /// The endpoint is full: every PUT and POST gets 507 (as MinIO answers when its
     /// drives are full). Aborts (DELETE) still pass.
     Full,
@@ -627,6 +635,11 @@ impl FaultProxy {
                     let query = req.uri().query().unwrap_or("").to_string();
                     let is_part = req.method() == http::Method::PUT && query.contains("partNumber=");
                     let is_write = req.method() == http::Method::PUT || req.method() == http::Method::POST;
+                    // A GET of an object: a key after the bucket, and no listing query.
+                    let is_read = req.method() == http::Method::GET
+                        && req.uri().path().trim_start_matches('/').contains('/')
+                        && !query.contains("list-type")
+                        && !query.contains("uploads");
                     let error = |status: u16, code: &str| {
                         injected.fetch_add(1, Ordering::SeqCst);
                         let body = format!(
@@ -644,6 +657,7 @@ impl FaultProxy {
                         Fault::PartErrorsAlways if is_part => return error(500, "InternalError"),
                         Fault::Full if is_write => return error(507, "XMinioStorageFull"),
                         Fault::SlowParts(d) if is_part => tokio::time::sleep(d).await,
+                        Fault::SlowReads(d) if is_read => tokio::time::sleep(d).await,
                         _ => {}
                     }
                     let path = req.uri().path_and_query().map(|p| p.as_str().to_string()).unwrap_or_default();
