@@ -39,7 +39,8 @@ pub async fn list(
     State(state): State<AppState>,
 ) -> ApiResult<Json<serde_json::Value>> {
     let runs = runs::list(&state.pool, org.org.id, 500).await?;
-    Ok(Json(serde_json::Value::Array(runs.iter().map(runs::Run::api_json).collect())))
+    let detail = org.user.is_platform_admin;
+    Ok(Json(serde_json::Value::Array(runs.iter().map(|r| r.api_json(detail)).collect())))
 }
 
 /// GET /api/v1/orgs/{org}/exports/{id}
@@ -49,7 +50,7 @@ pub async fn get(
     ApiRecordId(id): ApiRecordId,
 ) -> ApiResult<Json<serde_json::Value>> {
     let run = runs::get(&state.pool, org.org.id, &id).await?.ok_or(AppError::NotFound)?;
-    Ok(Json(run.api_json()))
+    Ok(Json(run.api_json(org.user.is_platform_admin)))
 }
 
 /// GET /api/v1/orgs/{org}/exports/{id}/download -> 303 to a presigned URL.

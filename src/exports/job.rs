@@ -16,7 +16,7 @@ use crate::{
     settings::backup,
     snapshot::{
         Snapshot,
-        job::{self, Destination, Lease, Written},
+        job::{self, Destination, Failure, Lease, Written},
     },
     state::AppState,
 };
@@ -163,8 +163,8 @@ impl Lease for ExportLease {
         Ok(runs::complete(&state.pool, &run.id, attempt, written).await?)
     }
 
-    async fn fail(&self, state: &AppState, id: &str, attempt: Option<i32>, reason: &str) -> anyhow::Result<bool> {
-        Ok(runs::fail_persistently(&state.pool, id, attempt, reason).await?)
+    async fn fail(&self, state: &AppState, id: &str, attempt: Option<i32>, failure: &Failure) -> anyhow::Result<bool> {
+        Ok(runs::fail_persistently(&state.pool, id, attempt, failure).await?)
     }
 
     async fn completed(&self, state: &AppState, run: &runs::Run) {

@@ -7,7 +7,7 @@ use sqlx::PgPool;
 use ulid::Ulid;
 
 use super::job::{self, ExportJob};
-use crate::{error::AppError, web::path::RecordId};
+use crate::{error::AppError, snapshot::job::Failure, web::path::RecordId};
 
 crate::text_enum! {
     /// Where a run is: `pending -> running -> completed | failed`, then
@@ -68,7 +68,12 @@ pub struct Run {
     pub rows_total: Option<i64>,
     #[serde(skip)]
     pub rows_written: i64,
+    /// Why it failed, in plain words (what the org's admins see).
     pub error: Option<String>,
+    /// The whole error chain of a failure (bucket, endpoint, SQL): for platform
+    /// admins and the log, never shown to an org admin who is not one.
+    #[serde(skip)]
+    pub error_detail: Option<String>,
     /// When the object was last re-read by the Verify action, and why it failed.
     pub verified_at: Option<DateTime<Utc>>,
     pub verify_error: Option<String>,
@@ -100,8 +105,16 @@ impl Run {
         Some((self.finished_at? - self.started_at?).num_milliseconds() as f64 / 1000.0)
     }
 
-    /// The JSON API's view of a run.
-    pub fn api_json(&self) -> serde_json::Value {
+    /// The JSON API's view of a run; `error_detail` only for a platform admin.
+    pub fn api_json(&self, platform_admin: bool) -> serde_json::Value {
+        let mut json = self.api_json_for_org();
+        if platform_admin {
+            json["error_detail"] = serde_json::json!(self.error_detail);
+        }
+        json
+    }
+
+    fn api_json_for_org(&self) -> serde_json::Value {
         serde_json::json!({
             "id": self.id,
             "status": self.status,
@@ -126,7 +139,7 @@ impl Run {
 
 const SELECT: &str = "select r.id, r.org_id, r.status, r.trigger, r.triggered_by, u.email as triggered_by_email,
     r.created_at, r.started_at, r.finished_at, r.snapshot_at, r.object_key, r.upload_id, r.size_bytes, r.sha256, r.counts,
-    r.rows_total, r.rows_written, r.error, r.verified_at, r.verify_error
+    r.rows_total, r.rows_written, r.error, r.error_detail, r.verified_at, r.verify_error
     from export_runs r left join users u on u.id = r.triggered_by";
 
 /// The object key for a run: `exports/{YYYY}/{MM}/{run-id}.json.gz`.
@@ -303,6 +316,26 @@ pub async fn list(pool: &PgPool, org_id: i64, limit: i64) -> sqlx::Result<Vec<Ru
     .await
 }
 
+/// The newest failed runs of every org with their org's slug, newest first: what a
+/// platform admin reads on the platform settings page, the detail included.
+pub async fn recent_failures(pool: &PgPool, limit: i64) -> sqlx::Result<Vec<(String, Run)>> {
+    let runs: Vec<Run> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
+        "{SELECT} where r.status = 'failed' order by r.finished_at desc nulls last, r.id desc limit $1"
+    )))
+    .bind(limit)
+    .fetch_all(pool)
+    .await?;
+    let ids: Vec<i64> = runs.iter().map(|r| r.org_id).collect();
+    let slugs: std::collections::HashMap<i64, String> =
+        sqlx::query_as("select id, slug from organizations where id = any($1)")
+            .bind(&ids)
+            .fetch_all(pool)
+            .await?
+            .into_iter()
+            .collect();
+    Ok(runs.into_iter().map(|r| (slugs.get(&r.org_id).cloned().unwrap_or_default(), r)).collect())
+}
+
 /// Moves a pending run (or one left running by a worker that died) to running.
 /// `None` when the run is gone or already finished: nothing to do.
 pub async fn start(pool: &PgPool, id: &str, attempt: i32) -> sqlx::Result<Option<Run>> {
@@ -402,19 +435,22 @@ pub async fn complete(pool: &PgPool, id: &str, attempt: i32, w: Written<'_>) -> 
     Ok(true)
 }
 
-/// Marks a run failed with a readable reason, with an `export.failed` audit entry.
-/// With `attempt`, only while that attempt holds the run. True when this call
-/// marked it.
-pub async fn fail(pool: &PgPool, id: &str, attempt: Option<i32>, reason: &str) -> sqlx::Result<bool> {
-    let reason: String = reason.chars().take(2000).collect();
+/// Marks a run failed with the failure's plain reason and its detail, with an
+/// `export.failed` audit entry (the plain reason: the audit log belongs to the org).
+/// With `attempt`, only while that attempt holds the run. True when this call marked
+/// it.
+pub async fn fail(pool: &PgPool, id: &str, attempt: Option<i32>, failure: &Failure) -> sqlx::Result<bool> {
+    let reason: String = failure.reason.chars().take(2000).collect();
+    let detail: String = failure.detail.chars().take(8000).collect();
     let mut tx = pool.begin().await?;
     let done: Option<(i64,)> = sqlx::query_as(
-        "update export_runs set status = 'failed', finished_at = now(), error = $2
+        "update export_runs set status = 'failed', finished_at = now(), error = $2, error_detail = $4
          where id = $1 and status in ('pending', 'running') and ($3::int is null or attempts = $3) returning org_id",
     )
     .bind(id)
     .bind(&reason)
     .bind(attempt)
+    .bind(&detail)
     .fetch_optional(&mut *tx)
     .await?;
     let Some((org_id,)) = done else { return Ok(false) };
@@ -426,8 +462,8 @@ pub async fn fail(pool: &PgPool, id: &str, attempt: Option<i32>, reason: &str) -
 
 /// [`fail`], retried for a while: a run must not stay `running` because the
 /// database hiccuped at the moment of failure.
-pub async fn fail_persistently(pool: &PgPool, id: &str, attempt: Option<i32>, reason: &str) -> sqlx::Result<bool> {
-    crate::db::retry_write("marking an export run failed", || fail(pool, id, attempt, reason)).await
+pub async fn fail_persistently(pool: &PgPool, id: &str, attempt: Option<i32>, failure: &Failure) -> sqlx::Result<bool> {
+    crate::db::retry_write("marking an export run failed", || fail(pool, id, attempt, failure)).await
 }
 
 /// Records the outcome of re-reading a completed run's object.

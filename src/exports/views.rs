@@ -16,6 +16,7 @@ pub fn backups_page(
     ready: bool,
     runs: &[Run],
     message: Option<(bool, &str)>,
+    detail: bool,
 ) -> Markup {
     crate::views::page(
         ctx,
@@ -40,7 +41,7 @@ pub fn backups_page(
             }
             section {
                 h2.text-lg.font-semibold.mb-2 { "Export History" }
-                (history(&ctx.csrf, org_slug, runs, message))
+                (history(&ctx.csrf, org_slug, runs, message, detail))
             }
         },
     )
@@ -48,8 +49,9 @@ pub fn backups_page(
 
 /// The history fragment. The rows' forms inherit `hx-target`/`hx-swap` from it, so an
 /// action answers with the whole refreshed history. It does not poll itself: each
-/// pending or running row polls its own URL (see [`row`]).
-pub fn history(csrf: &str, org_slug: &str, runs: &[Run], message: Option<(bool, &str)>) -> Markup {
+/// pending or running row polls its own URL (see [`row`]). With `detail` (the viewer
+/// is a platform admin) a failed run also shows its whole error chain.
+pub fn history(csrf: &str, org_slug: &str, runs: &[Run], message: Option<(bool, &str)>, detail: bool) -> Markup {
     html! {
         div #history hx-target="#history" hx-swap="outerHTML" aria-live="polite" {
             @if let Some((ok, msg)) = message { (crate::views::layout::flash(ok, msg)) }
@@ -66,7 +68,7 @@ pub fn history(csrf: &str, org_slug: &str, runs: &[Run], message: Option<(bool, 
                         th scope="col" { "Rows" } th scope="col" { span.sr-only { "Actions" } }
                     } }
                     tbody {
-                        @for run in runs { (row(csrf, org_slug, run)) }
+                        @for run in runs { (row(csrf, org_slug, run, detail)) }
                     }
                 } }
             }
@@ -77,7 +79,7 @@ pub fn history(csrf: &str, org_slug: &str, runs: &[Run], message: Option<(bool, 
 /// One run's row. While the run is pending or running the row replaces itself with
 /// a fresh copy every 2 s, and stops once the run has finished: a poll is one row,
 /// not the whole history.
-pub fn row(csrf: &str, org_slug: &str, run: &Run) -> Markup {
+pub fn row(csrf: &str, org_slug: &str, run: &Run, detail: bool) -> Markup {
     let badge = format!("badge badge-{}", run.status);
     let poll = run.is_active().then(|| routes::path(routes::ORG_EXPORT_ROW, org_slug, Some(&run.id)));
     html! {
@@ -95,7 +97,13 @@ pub fn row(csrf: &str, org_slug: &str, run: &Run) -> Markup {
                     }
                 }
                 @if let Some(e) = run.error.as_deref().filter(|_| run.status == RunStatus::Failed) {
-                    p.text-xs.text-red-700.mt-1 { (e) }
+                    p.text-xs.text-red-700.mt-1 data-error="reason" { (e) }
+                    @if let Some(d) = run.error_detail.as_deref().filter(|d| detail && *d != e) {
+                        details.text-xs.mt-1 data-error="detail" {
+                            summary { "Details (platform admins)" }
+                            pre.whitespace-pre-wrap.break-words { (d) }
+                        }
+                    }
                 }
                 @if let Some(at) = run.verified_at.filter(|_| run.status == RunStatus::Completed) {
                     @match run.verify_error.as_deref() {

@@ -50,7 +50,9 @@ pub async fn page(
 ) -> AppResult<Response> {
     let ready = crate::settings::backup::is_ready(&state).await?;
     let list = runs::list(&state.pool, org.org.id, views::HISTORY_LIMIT).await?;
-    let body = views::backups_page(&ctx, &org.org.slug, &org.org.name, ready, &list, notice_text(f.notice.as_deref()));
+    let notice = notice_text(f.notice.as_deref());
+    let detail = org.user.is_platform_admin;
+    let body = views::backups_page(&ctx, &org.org.slug, &org.org.name, ready, &list, notice, detail);
     Ok(body.into_response())
 }
 
@@ -71,13 +73,14 @@ async fn history_response(
     notice: Option<&str>,
 ) -> AppResult<Response> {
     let list = runs::list(&state.pool, org.org.id, views::HISTORY_LIMIT).await?;
-    Ok(no_store(views::history(&csrf.0, &org.org.slug, &list, notice_text(notice))))
+    let detail = org.user.is_platform_admin;
+    Ok(no_store(views::history(&csrf.0, &org.org.slug, &list, notice_text(notice), detail)))
 }
 
 /// GET /orgs/{org}/exports/{id}/row: one run's row, what a pending or running row
 /// polls every 2 s.
 pub async fn row(csrf: CsrfToken, AdminRun(org, run): AdminRun) -> AppResult<Response> {
-    Ok(no_store(views::row(&csrf.0, &org.org.slug, &run)))
+    Ok(no_store(views::row(&csrf.0, &org.org.slug, &run, org.user.is_platform_admin)))
 }
 
 /// The run `{id}` of the org in the path, for an org admin with the module on, as

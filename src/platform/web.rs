@@ -13,6 +13,7 @@ use chrono::{DateTime, Utc};
 use maud::{Markup, html};
 
 use super::pruner::{self, OrgPlan};
+use crate::exports::runs::Run;
 use crate::{
     auth::PlatformAdmin,
     config::StorageSource,
@@ -67,7 +68,8 @@ async fn render(ctx: &PageCtx, state: &AppState, message: Option<(bool, String)>
     )
     .fetch_all(&state.pool)
     .await?;
-    Ok(view(ctx, state, &config, &settings, &plans, &slots, message))
+    let failures = crate::exports::runs::recent_failures(&state.pool, 10).await?;
+    Ok(view(ctx, state, &config, &settings, &plans, Recent { slots: &slots, failures: &failures }, message))
 }
 
 /// A 400 with the page and the error, having changed nothing.
@@ -170,13 +172,19 @@ fn when(at: DateTime<Utc>, settings: &Settings) -> String {
 
 type SlotRow = (String, DateTime<Utc>, Option<DateTime<Utc>>, Option<serde_json::Value>);
 
+/// What happened lately: the schedule's slots and the failed exports of every org.
+struct Recent<'a> {
+    slots: &'a [SlotRow],
+    failures: &'a [(String, Run)],
+}
+
 fn view(
     ctx: &PageCtx,
     state: &AppState,
     config: &BackupConfig,
     settings: &Settings,
     plans: &[OrgPlan],
-    slots: &[SlotRow],
+    Recent { slots, failures }: Recent<'_>,
     message: Option<(bool, String)>,
 ) -> Markup {
     let ready = config.is_ready(state.storage.identity());
@@ -315,6 +323,27 @@ fn view(
                             }
                         }
                     } }
+                }
+            }
+            section.card.mb-6 aria-labelledby="failures-h" #recent-failures {
+                h2.text-lg.font-semibold.mb-2 #failures-h { "Recent failed exports" }
+                p.text-sm.mb-2 {
+                    "The newest failures of every organization. Org admins see only the plain reason; the detail (bucket, endpoint, SQL) is for you and the log."
+                }
+                @if failures.is_empty() {
+                    p.text-sm.text-slate-600 { "None." }
+                } @else {
+                    ul.text-sm {
+                        @for (slug, run) in failures {
+                            li.mb-2 data-run-id=(run.id) {
+                                strong { (slug) } " · " (run.finished_at.map(|t| when(t, settings)).unwrap_or_default()) " · "
+                                (run.error.as_deref().unwrap_or(""))
+                                @if let Some(d) = run.error_detail.as_deref() {
+                                    details data-error="detail" { summary { "Details" } pre.whitespace-pre-wrap.break-words.text-xs { (d) } }
+                                }
+                            }
+                        }
+                    }
                 }
             }
             section.card aria-labelledby="board-h" {

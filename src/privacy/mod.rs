@@ -20,7 +20,7 @@ use crate::{
     settings::backup,
     snapshot::{
         Header, Reader, SectionQuery, Snapshot,
-        job::{self, Destination, Lease, Written},
+        job::{self, Destination, Failure, Lease, Written},
         sink::Label,
     },
     state::AppState,
@@ -221,8 +221,8 @@ impl Lease for RequestLease {
         Ok(requests::complete(&state.pool, &request.id, attempt, written).await?)
     }
 
-    async fn fail(&self, state: &AppState, id: &str, attempt: Option<i32>, reason: &str) -> anyhow::Result<bool> {
-        Ok(requests::fail(&state.pool, id, attempt, reason).await?)
+    async fn fail(&self, state: &AppState, id: &str, attempt: Option<i32>, failure: &Failure) -> anyhow::Result<bool> {
+        Ok(requests::fail(&state.pool, id, attempt, failure).await?)
     }
 }
 

@@ -7,7 +7,7 @@ use sqlx::PgPool;
 use ulid::Ulid;
 
 use super::PrivacyJob;
-use crate::{jobs, web::path::RecordId};
+use crate::{jobs, snapshot::job::Failure, web::path::RecordId};
 
 crate::text_enum! {
     /// Where a request is: `pending -> running -> completed | failed`, then
@@ -48,7 +48,11 @@ pub struct Request {
     pub size_bytes: Option<i64>,
     pub sha256: Option<String>,
     pub counts: Option<serde_json::Value>,
+    /// Why it failed, in plain words (what the member sees).
     pub error: Option<String>,
+    /// The whole error chain of a failure, for platform admins only.
+    #[serde(skip)]
+    pub error_detail: Option<String>,
 }
 
 impl Request {
@@ -64,7 +68,7 @@ impl Request {
 
 const SELECT: &str = "select r.id, r.user_id, u.email as user_email, r.requested_by, b.email as requested_by_email,
     r.on_behalf, r.reason, r.status, r.created_at, r.started_at, r.finished_at, r.object_key, r.upload_id, r.snapshot_at, r.size_bytes, r.sha256,
-    r.counts, r.error
+    r.counts, r.error, r.error_detail
     from privacy_requests r join users u on u.id = r.user_id left join users b on b.id = r.requested_by";
 
 /// Why a request was not created.
@@ -243,19 +247,22 @@ pub async fn complete(pool: &PgPool, id: &str, attempt: i32, w: Written<'_>) -> 
     Ok(done.rows_affected() == 1)
 }
 
-/// Marks the request failed with the reason (for this attempt, or any when None);
+/// Marks the request failed with the failure's plain reason (what the member sees)
+/// and its detail (for platform admins), for this attempt, or any when None;
 /// retried for a while, so a database hiccup cannot leave it `running` (which would
 /// block the person's next request). True when this call marked it.
-pub async fn fail(pool: &PgPool, id: &str, attempt: Option<i32>, reason: &str) -> sqlx::Result<bool> {
-    let reason: String = reason.chars().take(2000).collect();
+pub async fn fail(pool: &PgPool, id: &str, attempt: Option<i32>, failure: &Failure) -> sqlx::Result<bool> {
+    let reason: String = failure.reason.chars().take(2000).collect();
+    let detail: String = failure.detail.chars().take(8000).collect();
     let mark = || async {
         let done = sqlx::query(
-            "update privacy_requests set status = 'failed', finished_at = now(), error = $2
+            "update privacy_requests set status = 'failed', finished_at = now(), error = $2, error_detail = $4
              where id = $1 and status in ('pending', 'running') and ($3::int is null or attempts = $3)",
         )
         .bind(id)
         .bind(&reason)
         .bind(attempt)
+        .bind(&detail)
         .execute(pool)
         .await?;
         Ok(done.rows_affected() == 1)
@@ -269,7 +276,7 @@ pub async fn fail(pool: &PgPool, id: &str, attempt: Option<i32>, reason: &str) -
 pub async fn fail_abandoned(pool: &PgPool) -> sqlx::Result<u64> {
     let done = sqlx::query(
         "update privacy_requests r set status = 'failed', finished_at = now(),
-                error = 'the export job ended without finishing the request'
+                error = 'The export job ended without finishing the request.'
          where r.status in ('pending', 'running') and r.created_at < now() - interval '5 minutes'
            and not exists (select 1 from apalis.jobs j where j.id = r.id
                            and (j.status in ('Pending', 'Queued', 'Running')

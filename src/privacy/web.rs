@@ -306,6 +306,9 @@ async fn platform_page(
                                     td {
                                         span class=(format!("badge badge-{}", r.status)) { (r.status.as_str()) }
                                         @if let Some(e) = &r.error { br; span.text-xs.text-red-800 { (e) } }
+                                        @if let Some(d) = r.error_detail.as_deref().filter(|d| Some(*d) != r.error.as_deref()) {
+                                            details.text-xs data-error="detail" { summary { "Details" } pre.whitespace-pre-wrap.break-words { (d) } }
+                                        }
                                     }
                                     td {
                                         @if r.status == RequestStatus::Completed {

@@ -33,6 +33,53 @@ pub struct Written<'a> {
     pub snapshot_at: chrono::DateTime<chrono::Utc>,
 }
 
+/// Why a record failed, told twice: `reason` in plain words for the people who
+/// asked for the file (an org's admins, a member), without bucket names, endpoints,
+/// keys or SQL; and `detail`, the whole error chain, for platform admins and the log.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Failure {
+    pub reason: String,
+    pub detail: String,
+}
+
+/// An error whose text is already plain, meant for the people who asked (a refusal:
+/// the backup configuration is not verified, the module was switched off).
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct Plain(pub String);
+
+impl Failure {
+    /// A failure whose reason is plain already: told as it is to everyone.
+    pub fn plain(reason: impl Into<String>) -> Self {
+        let reason = reason.into();
+        Self { detail: reason.clone(), reason }
+    }
+
+    /// The failure of `what` ("export", ...) that `error` describes: a [`Plain`]
+    /// error is told as it is; any other gets a plain reason by where it came from
+    /// (the storage endpoint, the database, or the platform otherwise), and its chain
+    /// becomes the detail.
+    pub fn of(error: &anyhow::Error, what: &str) -> Self {
+        let detail = format!("{error:#}");
+        if let Some(Plain(reason)) = error.downcast_ref::<Plain>() {
+            return Self { reason: reason.clone(), detail };
+        }
+        let from_storage = error.downcast_ref::<crate::storage::Failed>().is_some();
+        let from_database =
+            error.downcast_ref::<sqlx::Error>().is_some() || error.chain().any(|e| e.is::<sqlx::Error>());
+        let why = if from_storage {
+            "the file could not be written to storage (the storage service refused it or did not answer)"
+        } else if from_database {
+            "the data could not be read from the database"
+        } else {
+            "of an error on the platform's side"
+        };
+        let why =
+            if from_storage || from_database { format!("failed: {why}") } else { format!("failed because {why}") };
+        Self { reason: format!("The {what} {why}. A platform admin can see the details."), detail }
+    }
+}
+
 /// The record a snapshot job carries out (an export run, a privacy request). Every
 /// update made by an attempt carries its number, the attempt's lease: once a newer
 /// attempt has taken the record over (this worker missed its heartbeats), the older
@@ -110,15 +157,15 @@ pub trait Lease: Send + Sync + 'static {
         attempt: i32,
         written: Written<'_>,
     ) -> impl Future<Output = anyhow::Result<bool>> + Send;
-    /// Marks the record failed with the reason, only while `attempt` holds it (any
-    /// attempt when `None`), retried so that it cannot stay running. `true` when
-    /// this call marked it.
+    /// Marks the record failed with the failure's reason and detail, only while
+    /// `attempt` holds it (any attempt when `None`), retried so that it cannot stay
+    /// running. `true` when this call marked it.
     fn fail(
         &self,
         state: &AppState,
         id: &str,
         attempt: Option<i32>,
-        reason: &str,
+        failure: &Failure,
     ) -> impl Future<Output = anyhow::Result<bool>> + Send;
     /// Called once the record was completed.
     fn completed(&self, _state: &AppState, _record: &Self::Record) -> impl Future<Output = ()> + Send {
@@ -134,8 +181,8 @@ pub async fn run<L: Lease>(lease: L, state: AppState, id: &str, attempt: usize) 
     let attempt = attempt as i32;
     let max = state.config.export_max_attempts as i32;
     if attempt > max {
-        let reason = format!("gave up after {max} attempts: the worker stopped mid-export each time");
-        fail(&lease, &state, id, None, &reason).await?;
+        let reason = format!("Gave up after {max} attempts: the worker stopped mid-{} each time.", L::WHAT);
+        fail(&lease, &state, id, None, &Failure::plain(reason)).await?;
         return Err(AbortError::new("too many attempts").into());
     }
     let Some(record) = lease.start(&state, id, attempt).await? else {
@@ -144,14 +191,15 @@ pub async fn run<L: Lease>(lease: L, state: AppState, id: &str, attempt: usize) 
     };
     let lease = Arc::new(lease);
     let refusal = match lease.refusal(&state, &record).await {
-        Ok(refusal) => refusal,
+        Ok(refusal) => refusal.map(|reason| Ok(Plain(reason))),
         // Retried, unless this is the last attempt: then the record is failed rather
         // than left running with no job to finish it.
         Err(e) if attempt < max => return Err(e.into()),
-        Err(e) => Some(format!("{e:#}")),
+        Err(e) => Some(Err(e)),
     };
     let outcome = match refusal {
-        Some(reason) => Err(anyhow::anyhow!(reason)),
+        Some(Ok(plain)) => Err(anyhow::Error::new(plain)),
+        Some(Err(e)) => Err(e),
         None => {
             let span = L::span(&record, attempt);
             let body = {
@@ -177,10 +225,10 @@ async fn finish<L: Lease>(
             Ok(())
         }
         Err(e) => {
-            let reason = format!("{e:#}");
-            tracing::warn!(id = L::id(record), what = L::WHAT, reason, "failed");
-            fail(lease, state, L::id(record), Some(attempt), &reason).await?;
-            Err(AbortError::new(reason).into())
+            let failure = Failure::of(&e, L::WHAT);
+            tracing::warn!(id = L::id(record), what = L::WHAT, reason = failure.detail, "failed");
+            fail(lease, state, L::id(record), Some(attempt), &failure).await?;
+            Err(AbortError::new(failure.detail).into())
         }
     }
 }
@@ -193,9 +241,9 @@ async fn fail<L: Lease>(
     state: &AppState,
     id: &str,
     attempt: Option<i32>,
-    reason: &str,
+    failure: &Failure,
 ) -> anyhow::Result<()> {
-    if !lease.fail(state, id, attempt, reason).await? {
+    if !lease.fail(state, id, attempt, failure).await? {
         return Ok(());
     }
     let Some(record) = lease.get(state, id).await? else { return Ok(()) };

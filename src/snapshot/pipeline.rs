@@ -305,13 +305,13 @@ impl Snapshot {
             progress.send_replace(rendered.rows);
         }
         // The first real error wins; channel closures are only its echo.
+        // It is returned as it is, so callers can still tell where it came from (the
+        // storage endpoint, the database).
         let errors = [uploaded.as_ref().err(), read.as_ref().err(), rendered.as_ref().err(), compressed.as_ref().err()];
         let failure = errors
             .iter()
-            .flatten()
-            .find(|e| !is_downstream(e))
-            .or(errors.iter().flatten().next())
-            .map(|e| format!("{e:#}"));
+            .position(|e| e.is_some_and(|e| !is_downstream(e)))
+            .or_else(|| errors.iter().position(Option::is_some));
         match (failure, read, rendered, compressed, uploaded) {
             (None, Ok(batches), Ok(rendered), Ok((size_bytes, sha256, (parts, max_part_bytes))), Ok(pending)) => {
                 pending.complete(size_bytes, &sha256).await?;
@@ -330,11 +330,16 @@ impl Snapshot {
                     },
                 })
             }
-            (failure, _, _, _, uploaded) => {
-                if let Ok(pending) = uploaded {
-                    pending.abort().await;
-                }
-                Err(anyhow::anyhow!(failure.unwrap_or_else(|| "the export failed".into())))
+            (failure, read, rendered, compressed, uploaded) => {
+                let uploaded = match uploaded {
+                    Ok(pending) => {
+                        pending.abort().await;
+                        None
+                    }
+                    Err(e) => Some(e),
+                };
+                let mut errors = [uploaded, read.err(), rendered.err(), compressed.err()];
+                Err(failure.and_then(|i| errors[i].take()).unwrap_or_else(|| anyhow::anyhow!("the export failed")))
             }
         }
     }

@@ -35,6 +35,19 @@ pub struct UploadedPart(CompletedPart);
 /// How long a download link lives.
 pub const PRESIGN_TTL: Duration = Duration::from_secs(900);
 
+/// The context every failed call to the storage endpoint carries (what was being
+/// done, with the bucket and key), so that callers can tell a storage failure from
+/// others with `error.downcast_ref::<storage::Failed>()` while the chain keeps the
+/// endpoint's own error for the log.
+#[derive(Debug)]
+pub struct Failed(pub String);
+
+impl std::fmt::Display for Failed {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
 /// The storage client. Cheap to clone.
 #[derive(Clone, Debug)]
 pub struct Storage {
@@ -92,7 +105,8 @@ impl Storage {
                 if service.is_some_and(|s| s.is_bucket_already_owned_by_you() || s.is_bucket_already_exists()) {
                     Ok(())
                 } else {
-                    Err(anyhow::Error::new(e.into_service_error()).context(format!("cannot create bucket {bucket}")))
+                    Err(anyhow::Error::new(e.into_service_error())
+                        .context(Failed(format!("cannot create bucket {bucket}"))))
                 }
             }
         }
@@ -103,7 +117,9 @@ impl Storage {
         match self.client.head_bucket().bucket(bucket).send().await {
             Ok(_) => Ok(true),
             Err(e) if e.as_service_error().is_some_and(|s| s.is_not_found()) => Ok(false),
-            Err(e) => Err(anyhow::Error::new(e.into_service_error()).context(format!("cannot read bucket {bucket}"))),
+            Err(e) => {
+                Err(anyhow::Error::new(e.into_service_error()).context(Failed(format!("cannot read bucket {bucket}"))))
+            }
         }
     }
 
@@ -117,7 +133,7 @@ impl Storage {
             .send()
             .await
             .map_err(|e| anyhow::Error::new(e.into_service_error()))
-            .with_context(|| format!("cannot list bucket {bucket}"))?;
+            .with_context(|| Failed(format!("cannot list bucket {bucket}")))?;
         Ok(listed.contents().iter().filter_map(|o| o.key().map(str::to_string)).collect())
     }
 
@@ -147,7 +163,7 @@ impl Storage {
             .send()
             .await
             .map_err(|e| anyhow::Error::new(e.into_service_error()))
-            .with_context(|| format!("cannot delete bucket {bucket}"))?;
+            .with_context(|| Failed(format!("cannot delete bucket {bucket}")))?;
         Ok(())
     }
 
@@ -175,7 +191,7 @@ impl Storage {
             .send()
             .await
             .map_err(|e| anyhow::Error::new(e.into_service_error()))
-            .with_context(|| format!("cannot delete {bucket}/{key}"))?;
+            .with_context(|| Failed(format!("cannot delete {bucket}/{key}")))?;
         Ok(())
     }
 
@@ -199,7 +215,9 @@ impl Storage {
         match self.client.get_object().bucket(bucket).key(key).send().await {
             Ok(o) => Ok(Some(o.body.into_async_read())),
             Err(e) if e.as_service_error().is_some_and(|s| s.is_no_such_key()) => Ok(None),
-            Err(e) => Err(anyhow::Error::new(e.into_service_error()).context(format!("cannot read {bucket}/{key}"))),
+            Err(e) => {
+                Err(anyhow::Error::new(e.into_service_error()).context(Failed(format!("cannot read {bucket}/{key}"))))
+            }
         }
     }
 
@@ -222,7 +240,7 @@ impl Storage {
             .send()
             .await
             .map_err(|e| anyhow::Error::new(e.into_service_error()))
-            .with_context(|| format!("cannot start the upload to bucket {bucket}"))?;
+            .with_context(|| Failed(format!("cannot start the upload to bucket {bucket}")))?;
         created.upload_id.context("the storage endpoint returned no upload id")
     }
 
@@ -244,7 +262,7 @@ impl Storage {
             .send()
             .await
             .map_err(|e| anyhow::Error::new(e.into_service_error()))
-            .with_context(|| format!("cannot upload part {number}"))?;
+            .with_context(|| Failed(format!("cannot upload part {number}")))?;
         Ok(UploadedPart(CompletedPart::builder().part_number(number).set_e_tag(out.e_tag).build()))
     }
 
@@ -263,7 +281,7 @@ impl Storage {
             .await;
         if let Err(e) = completed {
             self.abort_multipart(upload).await;
-            return Err(anyhow::Error::new(e.into_service_error()).context("cannot complete the upload"));
+            return Err(anyhow::Error::new(e.into_service_error()).context(Failed("cannot complete the upload".into())));
         }
         Ok(())
     }
@@ -327,7 +345,7 @@ impl Storage {
             .send()
             .await
             .map_err(|e| anyhow::Error::new(e.into_service_error()))
-            .with_context(|| format!("cannot copy {from_bucket}/{from_key} to {to_bucket}/{to_key}"))?;
+            .with_context(|| Failed(format!("cannot copy {from_bucket}/{from_key} to {to_bucket}/{to_key}")))?;
         Ok(())
     }
 
@@ -336,7 +354,9 @@ impl Storage {
         match self.client.head_object().bucket(bucket).key(key).send().await {
             Ok(_) => Ok(true),
             Err(e) if e.as_service_error().is_some_and(|s| s.is_not_found()) => Ok(false),
-            Err(e) => Err(anyhow::Error::new(e.into_service_error()).context(format!("cannot read {bucket}/{key}"))),
+            Err(e) => {
+                Err(anyhow::Error::new(e.into_service_error()).context(Failed(format!("cannot read {bucket}/{key}"))))
+            }
         }
     }
 
@@ -355,7 +375,7 @@ impl Storage {
                 .send()
                 .await
                 .map_err(|e| anyhow::Error::new(e.into_service_error()))
-                .with_context(|| format!("cannot write a probe object to bucket {bucket}"))?;
+                .with_context(|| Failed(format!("cannot write a probe object to bucket {bucket}")))?;
             let got = self
                 .client
                 .get_object()
@@ -364,7 +384,7 @@ impl Storage {
                 .send()
                 .await
                 .map_err(|e| anyhow::Error::new(e.into_service_error()))
-                .with_context(|| format!("cannot read the probe object back from bucket {bucket}"))?;
+                .with_context(|| Failed(format!("cannot read the probe object back from bucket {bucket}")))?;
             let bytes = got.body.collect().await.context("reading the probe object")?.into_bytes();
             anyhow::ensure!(bytes.as_ref() == body.as_bytes(), "the probe object read back from {bucket} differs");
             self.delete(bucket, &key).await?;

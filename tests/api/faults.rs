@@ -51,6 +51,64 @@ pub async fn assert_clean(app: &TestApp, id: &str) -> Run {
     run
 }
 
+/// A failed run tells the org's admins a plain reason (containing `plain`) that
+/// names no bucket, endpoint, key or SQL, on the page, in the API and in the audit
+/// log; a platform admin sees the whole error chain beside it. Returns the detail.
+pub async fn assert_told_plainly(app: &TestApp, run: &Run, plain: &str) -> String {
+    let reason = run.error.clone().expect("a reason");
+    let detail = run.error_detail.clone().expect("a detail");
+    assert!(reason.contains(plain), "the plain reason: {reason}");
+    assert!(reason.contains("A platform admin can see the details"), "{reason}");
+    let endpoint = app.s3_settings.endpoint.trim_start_matches("http://").to_string();
+    for secret in ["org-acme", "exports/", endpoint.as_str(), "127.0.0.1", "select ", "copy ", "SQL", "relation"] {
+        assert!(!reason.contains(secret), "the plain reason names {secret:?}: {reason}");
+    }
+    assert_ne!(reason, detail, "the detail keeps the chain");
+    // The org admin: the reason only, on the page and in the API.
+    let admin = app.login("admin@acme.test").await;
+    let page = admin.htmx_get("/orgs/acme/exports/history").await.text().await.unwrap();
+    assert!(page.contains(&html_escape(&reason)), "the history shows the reason");
+    assert!(!page.contains("data-error=\"detail\""), "an org admin sees no detail");
+    assert!(!page.contains(&html_escape(&detail)), "an org admin sees no detail");
+    let api_admin = api(app, &app.token("admin@acme.test").await);
+    let one: Value = api_admin.get(&format!("/orgs/acme/exports/{}", run.id)).await.json().await.unwrap();
+    assert_eq!(one["error"], reason.as_str());
+    assert!(one.get("error_detail").is_none(), "no detail for an org admin: {one}");
+    let failed = app.audits("export.failed").await;
+    let entry = failed.iter().find(|e| e.2 == format!("export:{}", run.id)).expect("an export.failed entry");
+    assert_eq!(entry.3["error"], reason.as_str(), "the org's audit log keeps the plain reason");
+    // A platform admin: the detail on the platform settings page (no membership
+    // needed) and, as an admin of the org, beside the reason in its history and API.
+    let platform = app.login("platform@example.test").await;
+    let settings = platform.get("/platform/settings").await.text().await.unwrap();
+    assert!(settings.contains(&html_escape(&detail)), "the platform page lists the failure with its detail");
+    sqlx::query(
+        "insert into memberships (org_id, user_id, role, member_no)
+         select o.id, u.id, 'admin', 'PLATFORM-1' from organizations o, users u
+         where o.slug = 'acme' and u.email = 'platform@example.test' on conflict do nothing",
+    )
+    .execute(app.pool())
+    .await
+    .unwrap();
+    let page = platform.htmx_get("/orgs/acme/exports/history").await.text().await.unwrap();
+    assert!(
+        page.contains("data-error=\"detail\"") && page.contains(&html_escape(&detail)),
+        "a platform admin sees the detail"
+    );
+    let api_platform = api(app, &app.token("platform@example.test").await);
+    let one: Value = api_platform.get(&format!("/orgs/acme/exports/{}", run.id)).await.json().await.unwrap();
+    assert_eq!(one["error_detail"], detail.as_str());
+    println!(
+        "a failed run told plainly: org admins see {reason:?}; platform admins also see {} characters of detail",
+        detail.len()
+    );
+    detail
+}
+
+fn html_escape(s: &str) -> String {
+    s.replace('&', "&amp;").replace('<', "&lt;").replace('>', "&gt;").replace('"', "&quot;")
+}
+
 /// The next export completes and verifies.
 async fn next_export_works(app: &TestApp) {
     let id = trigger(app).await;
@@ -78,8 +136,8 @@ async fn persistent_storage_errors_fail_the_run_with_the_reason_and_leave_nothin
     let id = trigger(&app).await;
     let run = assert_clean(&app, &id).await;
     assert_eq!(run.status, "failed");
-    let error = run.error.unwrap();
-    assert!(error.contains("part"), "the reason names the step: {error}");
+    let detail = assert_told_plainly(&app, &run, "could not be written to storage").await;
+    assert!(detail.contains("part"), "the detail names the step: {detail}");
     // The SDK's standard retry: 4 attempts of the part, then the run fails.
     assert_eq!(proxy.injected(), 4, "retried with backoff, then given up");
     proxy.set(Fault::None);
@@ -105,11 +163,46 @@ async fn a_full_bucket_fails_fast_with_the_reason() {
     let id = trigger(&app).await;
     let run = assert_clean(&app, &id).await;
     assert_eq!(run.status, "failed");
-    let error = run.error.unwrap();
-    assert!(error.contains("XMinioStorageFull") || error.contains("507"), "the endpoint's reason: {error}");
+    let detail = assert_told_plainly(&app, &run, "could not be written to storage").await;
+    assert!(detail.contains("XMinioStorageFull") || detail.contains("507"), "the endpoint's reason: {detail}");
     // A refusal that is not transient is not retried.
     assert_eq!(proxy.injected(), 1, "failed fast: one refused request");
     proxy.set(Fault::None);
+    next_export_works(&app).await;
+}
+
+/// The export's database connection is cut mid-read (its backend terminated, as a
+/// failover or an operator would): the run fails, its org admins read that the data
+/// could not be read from the database, and only platform admins see PostgreSQL's
+/// own message.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_database_failure_mid_export_is_told_plainly_with_the_detail_for_platform_admins() {
+    let app = TestApp::spawn_with(Options { members: 15_000, ..Default::default() }).await;
+    let id = trigger(&app).await;
+    app.wait_for_status(&id, "running", WAIT).await;
+    // Terminate the backend that runs the export's read (its COPY of a section).
+    let started = std::time::Instant::now();
+    let mut terminated = 0;
+    while terminated == 0 {
+        let run = data_export::exports::runs::get_any(app.pool(), &id).await.unwrap().unwrap();
+        assert!(run.is_active(), "the export finished before its read could be cut: make it bigger");
+        assert!(started.elapsed() < WAIT);
+        terminated = sqlx::query_scalar::<_, i64>(
+            "select count(*) from (select pg_terminate_backend(pid) from pg_stat_activity
+             where datname = current_database() and pid <> pg_backend_pid() and query ilike 'copy%') t",
+        )
+        .fetch_one(app.pool())
+        .await
+        .unwrap();
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let run = assert_clean(&app, &id).await;
+    assert_eq!(run.status, "failed", "{:?}", run.error_detail);
+    let detail = assert_told_plainly(&app, &run, "could not be read from the database").await;
+    assert!(
+        detail.contains("reading ") && detail.contains("database"),
+        "the detail names the section and the cause: {detail}"
+    );
     next_export_works(&app).await;
 }
 
