@@ -3,16 +3,17 @@
 use axum::{
     Json,
     body::Bytes,
-    extract::State,
-    http::StatusCode,
+    extract::{RawQuery, State},
+    http::{HeaderValue, StatusCode, header},
     response::{IntoResponse, Response},
 };
 
 use super::{ApiExportAdmin, runs};
 use crate::{
     error::{ApiResult, AppError},
+    routes,
     state::AppState,
-    web::{path::ApiRecordId, respond::see_other},
+    web::{paging::Cursor, path::ApiRecordId, respond::see_other},
 };
 
 /// POST /api/v1/orgs/{org}/exports -> 202 `{"id","status"}`. Takes no body (an
@@ -33,14 +34,37 @@ pub async fn create(
     Ok((StatusCode::ACCEPTED, Json(serde_json::json!({ "id": run.id, "status": "pending" }))).into_response())
 }
 
-/// GET /api/v1/orgs/{org}/exports -> the runs, newest first.
+/// Runs per page of the API's list unless `limit` says otherwise, and the most.
+pub const LIST_DEFAULT: i64 = 100;
+pub const LIST_MAX: i64 = 500;
+
+/// GET /api/v1/orgs/{org}/exports[?limit=N&before=ID] -> one page of runs, newest
+/// first, with a `Link: <..>; rel="next"` header while older runs remain.
 pub async fn list(
     ApiExportAdmin(org): ApiExportAdmin,
     State(state): State<AppState>,
-) -> ApiResult<Json<serde_json::Value>> {
-    let runs = runs::list(&state.pool, org.org.id, 500).await?;
+    RawQuery(query): RawQuery,
+) -> ApiResult<Response> {
+    let cursor = Cursor::parse(query.as_deref(), LIST_DEFAULT, LIST_MAX)?;
+    let page = runs::page(&state.pool, org.org.id, cursor.limit, cursor.before.as_ref())
+        .await?
+        .ok_or_else(|| AppError::BadRequest("before must be the id of an export of this organization.".into()))?;
     let detail = org.user.is_platform_admin;
-    Ok(Json(serde_json::Value::Array(runs.iter().map(|r| r.api_json(detail)).collect())))
+    let body = Json(serde_json::Value::Array(page.runs.iter().map(|r| r.api_json(detail)).collect()));
+    let mut response = body.into_response();
+    if let Some(next) = page.next {
+        let url = format!(
+            "{}{}{}?limit={}&before={next}",
+            state.config.public_url,
+            routes::API_PREFIX,
+            routes::path(routes::API_EXPORTS, &org.org.slug, None),
+            cursor.limit
+        );
+        if let Ok(link) = HeaderValue::from_str(&format!("<{url}>; rel=\"next\"")) {
+            response.headers_mut().insert(header::LINK, link);
+        }
+    }
+    Ok(response)
 }
 
 /// GET /api/v1/orgs/{org}/exports/{id}

@@ -307,13 +307,46 @@ pub async fn completed_across_orgs(pool: &PgPool, limit: i64) -> sqlx::Result<Ve
 
 /// The org's runs, newest first.
 pub async fn list(pool: &PgPool, org_id: i64, limit: i64) -> sqlx::Result<Vec<Run>> {
-    sqlx::query_as(sqlx::AssertSqlSafe(format!(
-        "{SELECT} where r.org_id = $1 order by r.created_at desc, r.id desc limit $2"
+    Ok(page(pool, org_id, limit, None).await?.map(|p| p.runs).unwrap_or_default())
+}
+
+/// One page of an org's history, newest first.
+#[derive(Debug)]
+pub struct Page {
+    pub runs: Vec<Run>,
+    /// The last run's id while older runs remain: the next page's `before`.
+    pub next: Option<String>,
+}
+
+/// At most `limit` of the org's runs, newest first, and only those older than the
+/// run `before` (keyset paging on `(created_at, id)`, so runs created meanwhile
+/// shift nothing). `None` when `before` is not a run of this org.
+pub async fn page(pool: &PgPool, org_id: i64, limit: i64, before: Option<&RecordId>) -> sqlx::Result<Option<Page>> {
+    if let Some(before) = before {
+        let known: bool = sqlx::query_scalar("select exists (select 1 from export_runs where id = $1 and org_id = $2)")
+            .bind(before.as_str())
+            .bind(org_id)
+            .fetch_one(pool)
+            .await?;
+        if !known {
+            return Ok(None);
+        }
+    }
+    let mut runs: Vec<Run> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
+        "{SELECT} where r.org_id = $1
+           and ($3::text is null
+                or (r.created_at, r.id) < (select b.created_at, b.id from export_runs b where b.id = $3 and b.org_id = $1))
+         order by r.created_at desc, r.id desc limit $2"
     )))
     .bind(org_id)
-    .bind(limit)
+    .bind(limit + 1)
+    .bind(before.map(RecordId::as_str))
     .fetch_all(pool)
-    .await
+    .await?;
+    let more = runs.len() as i64 > limit;
+    runs.truncate(limit.max(0) as usize);
+    let next = more.then(|| runs.last().map(|r| r.id.clone())).flatten();
+    Ok(Some(Page { runs, next }))
 }
 
 /// The newest failed runs of every org with their org's slug, newest first: what a

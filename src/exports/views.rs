@@ -2,7 +2,7 @@
 
 use maud::{Markup, html};
 
-use super::runs::{Run, RunStatus};
+use super::runs::{Page, Run, RunStatus};
 use crate::{routes, views::PageCtx};
 
 /// Rows shown in the history.
@@ -11,13 +11,13 @@ pub const HISTORY_LIMIT: i64 = 50;
 /// The whole page.
 pub fn backups_page(
     ctx: &PageCtx,
-    org_slug: &str,
     org_name: &str,
     ready: bool,
-    runs: &[Run],
+    page: &Page,
     message: Option<(bool, &str)>,
-    detail: bool,
+    viewer: Viewer<'_>,
 ) -> Markup {
+    let org_slug = viewer.org_slug;
     crate::views::page(
         ctx,
         &format!("{org_name}: Backups & Export"),
@@ -41,22 +41,48 @@ pub fn backups_page(
             }
             section {
                 h2.text-lg.font-semibold.mb-2 { "Export History" }
-                (history(&ctx.csrf, org_slug, runs, message, detail))
+                (history(viewer, page, message))
             }
         },
     )
 }
 
-/// The history fragment. The rows' forms inherit `hx-target`/`hx-swap` from it, so an
-/// action answers with the whole refreshed history. It does not poll itself: each
-/// pending or running row polls its own URL (see [`row`]). With `detail` (the viewer
-/// is a platform admin) a failed run also shows its whole error chain.
-pub fn history(csrf: &str, org_slug: &str, runs: &[Run], message: Option<(bool, &str)>, detail: bool) -> Markup {
+/// Who looks at the history, and which page of it: what every row needs.
+#[derive(Clone, Copy, Debug)]
+pub struct Viewer<'a> {
+    pub csrf: &'a str,
+    pub org_slug: &'a str,
+    /// A platform admin: a failed run also shows its whole error chain.
+    pub detail: bool,
+    /// The page shown holds the runs older than this one (none: the newest). The
+    /// rows' actions keep it, so that their answer is the same page.
+    pub before: Option<&'a str>,
+}
+
+impl Viewer<'_> {
+    /// `path` of the org, with this page's `before` when it is not the first.
+    fn on_this_page(&self, route: &str, id: Option<&str>) -> String {
+        let path = routes::path(route, self.org_slug, id);
+        match self.before {
+            Some(before) => format!("{path}?before={before}"),
+            None => path,
+        }
+    }
+}
+
+/// The history fragment: one page of runs, newest first, with "Older" while older
+/// runs remain (keyset paging: `?before=` the last run shown) and "Newest" on any
+/// page but the first. The rows' forms inherit `hx-target`/`hx-swap` from it, so an
+/// action answers with the whole refreshed page. It does not poll itself: each
+/// pending or running row polls its own URL (see [`row`]).
+pub fn history(viewer: Viewer<'_>, page: &Page, message: Option<(bool, &str)>) -> Markup {
+    let backups = routes::path(routes::ORG_BACKUPS, viewer.org_slug, None);
+    let fragment = routes::path(routes::ORG_EXPORT_HISTORY, viewer.org_slug, None);
     html! {
-        div #history hx-target="#history" hx-swap="outerHTML" aria-live="polite" {
+        div #history hx-target="#history" hx-swap="outerHTML" aria-live="polite" data-before=[viewer.before] {
             @if let Some((ok, msg)) = message { (crate::views::layout::flash(ok, msg)) }
-            @if runs.is_empty() {
-                p.text-slate-600 { "No exports yet." }
+            @if page.runs.is_empty() {
+                p.text-slate-600 { @if viewer.before.is_some() { "No older exports." } @else { "No exports yet." } }
             } @else {
                 // No sideways scrolling at any width: the cells wrap, and below `lg` each
                 // row is a card whose cells are labelled by `data-label` (see
@@ -68,9 +94,20 @@ pub fn history(csrf: &str, org_slug: &str, runs: &[Run], message: Option<(bool, 
                         th scope="col" { "Rows" } th scope="col" { span.sr-only { "Actions" } }
                     } }
                     tbody {
-                        @for run in runs { (row(csrf, org_slug, run, detail)) }
+                        @for run in &page.runs { (row(viewer, run)) }
                     }
                 } }
+            }
+            @if viewer.before.is_some() || page.next.is_some() {
+                nav.flex.gap-2.mt-3 aria-label="Export History pages" {
+                    @if viewer.before.is_some() {
+                        a.btn.btn-secondary #history-newest href=(backups) hx-get=(fragment) hx-push-url=(backups) { "Newest" }
+                    }
+                    @if let Some(next) = &page.next {
+                        @let older = format!("{backups}?before={next}");
+                        a.btn.btn-secondary #history-older href=(older) hx-get=(format!("{fragment}?before={next}")) hx-push-url=(older) { "Older" }
+                    }
+                }
             }
         }
     }
@@ -79,7 +116,8 @@ pub fn history(csrf: &str, org_slug: &str, runs: &[Run], message: Option<(bool, 
 /// One run's row. While the run is pending or running the row replaces itself with
 /// a fresh copy every 2 s, and stops once the run has finished: a poll is one row,
 /// not the whole history.
-pub fn row(csrf: &str, org_slug: &str, run: &Run, detail: bool) -> Markup {
+pub fn row(viewer: Viewer<'_>, run: &Run) -> Markup {
+    let Viewer { csrf, org_slug, detail, .. } = viewer;
     let badge = format!("badge badge-{}", run.status);
     let poll = run.is_active().then(|| routes::path(routes::ORG_EXPORT_ROW, org_slug, Some(&run.id)));
     html! {
@@ -124,14 +162,14 @@ pub fn row(csrf: &str, org_slug: &str, run: &Run, detail: bool) -> Markup {
                 @if run.status == RunStatus::Completed {
                     div.flex.flex-wrap.items-center.gap-2 {
                         a.btn.btn-secondary href=(routes::path(routes::ORG_EXPORT_DOWNLOAD, org_slug, Some(&run.id))) rel="noreferrer" { "Download" }
-                        form method="post" action=(routes::path(routes::ORG_EXPORT_DELETE, org_slug, Some(&run.id)))
-                            hx-post=(routes::path(routes::ORG_EXPORT_DELETE, org_slug, Some(&run.id)))
+                        form method="post" action=(viewer.on_this_page(routes::ORG_EXPORT_DELETE, Some(&run.id)))
+                            hx-post=(viewer.on_this_page(routes::ORG_EXPORT_DELETE, Some(&run.id)))
                             hx-confirm="Delete this export's file? This cannot be undone." {
                             (crate::auth::csrf::hidden_field(csrf))
                             button.btn.btn-danger type="submit" { "Delete" }
                         }
-                        form method="post" action=(routes::path(routes::ORG_EXPORT_VERIFY, org_slug, Some(&run.id)))
-                            hx-post=(routes::path(routes::ORG_EXPORT_VERIFY, org_slug, Some(&run.id))) {
+                        form method="post" action=(viewer.on_this_page(routes::ORG_EXPORT_VERIFY, Some(&run.id)))
+                            hx-post=(viewer.on_this_page(routes::ORG_EXPORT_VERIFY, Some(&run.id))) {
                             (crate::auth::csrf::hidden_field(csrf))
                             button.btn.btn-secondary type="submit" title="Re-read the file and check its gzip, schema, counts and SHA-256" { "Verify" }
                         }

@@ -1,7 +1,7 @@
 //! HTML handlers of Backups & Export.
 
 use axum::{
-    extract::{FromRequestParts, Query, State},
+    extract::{FromRequestParts, Query, RawQuery, State},
     http::{HeaderMap, request::Parts},
     response::{IntoResponse, Response},
 };
@@ -15,6 +15,7 @@ use crate::{
     state::AppState,
     views::PageCtx,
     web::{
+        paging::Cursor,
         path::RecordId,
         respond::{htmx_or_redirect, no_store, see_other},
     },
@@ -23,6 +24,30 @@ use crate::{
 #[derive(Deserialize)]
 pub struct Flash {
     notice: Option<String>,
+}
+
+/// The history page asked for (`?before=`), its length fixed at
+/// [`views::HISTORY_LIMIT`].
+fn history_cursor(query: Option<&str>) -> Result<Cursor, AppError> {
+    Cursor::parse(query, views::HISTORY_LIMIT, views::HISTORY_LIMIT)
+        .map(|c| Cursor { limit: views::HISTORY_LIMIT, ..c })
+}
+
+/// One page of the org's history; an id in `before` that is no run of this org is
+/// refused.
+async fn history_page(state: &AppState, org: &OrgCtx, cursor: &Cursor) -> Result<runs::Page, AppError> {
+    runs::page(&state.pool, org.org.id, cursor.limit, cursor.before.as_ref()).await?.ok_or_else(|| {
+        AppError::BadRequest("That page of the history starts at an export this organization does not have.".into())
+    })
+}
+
+fn viewer<'a>(csrf: &'a CsrfToken, org: &'a OrgCtx, cursor: &'a Cursor) -> views::Viewer<'a> {
+    views::Viewer {
+        csrf: &csrf.0,
+        org_slug: &org.org.slug,
+        detail: org.user.is_platform_admin,
+        before: cursor.before.as_ref().map(RecordId::as_str),
+    }
 }
 
 fn notice_text(code: Option<&str>) -> Option<(bool, &'static str)> {
@@ -47,12 +72,14 @@ pub async fn page(
     ExportAdmin(org): ExportAdmin,
     State(state): State<AppState>,
     Query(f): Query<Flash>,
+    RawQuery(query): RawQuery,
 ) -> AppResult<Response> {
+    let cursor = history_cursor(query.as_deref())?;
     let ready = crate::settings::backup::is_ready(&state).await?;
-    let list = runs::list(&state.pool, org.org.id, views::HISTORY_LIMIT).await?;
+    let page = history_page(&state, &org, &cursor).await?;
     let notice = notice_text(f.notice.as_deref());
-    let detail = org.user.is_platform_admin;
-    let body = views::backups_page(&ctx, &org.org.slug, &org.org.name, ready, &list, notice, detail);
+    let csrf = CsrfToken(ctx.csrf.clone());
+    let body = views::backups_page(&ctx, &org.org.name, ready, &page, notice, viewer(&csrf, &org, &cursor));
     Ok(body.into_response())
 }
 
@@ -62,8 +89,10 @@ pub async fn history(
     csrf: CsrfToken,
     ExportAdmin(org): ExportAdmin,
     State(state): State<AppState>,
+    RawQuery(query): RawQuery,
 ) -> AppResult<Response> {
-    history_response(&csrf, &state, &org, None).await
+    let cursor = history_cursor(query.as_deref())?;
+    history_response(&csrf, &state, &org, None, &cursor).await
 }
 
 async fn history_response(
@@ -71,16 +100,16 @@ async fn history_response(
     state: &AppState,
     org: &OrgCtx,
     notice: Option<&str>,
+    cursor: &Cursor,
 ) -> AppResult<Response> {
-    let list = runs::list(&state.pool, org.org.id, views::HISTORY_LIMIT).await?;
-    let detail = org.user.is_platform_admin;
-    Ok(no_store(views::history(&csrf.0, &org.org.slug, &list, notice_text(notice), detail)))
+    let page = history_page(state, org, cursor).await?;
+    Ok(no_store(views::history(viewer(csrf, org, cursor), &page, notice_text(notice))))
 }
 
 /// GET /orgs/{org}/exports/{id}/row: one run's row, what a pending or running row
 /// polls every 2 s.
 pub async fn row(csrf: CsrfToken, AdminRun(org, run): AdminRun) -> AppResult<Response> {
-    Ok(no_store(views::row(&csrf.0, &org.org.slug, &run, org.user.is_platform_admin)))
+    Ok(no_store(views::row(viewer(&csrf, &org, &Cursor { limit: views::HISTORY_LIMIT, before: None }), &run)))
 }
 
 /// The run `{id}` of the org in the path, for an org admin with the module on, as
@@ -114,7 +143,7 @@ pub async fn trigger(
         Err(AppError::BackupNotVerified) => "not_verified",
         Err(e) => return Err(e),
     };
-    answer(&csrf, &headers, &state, &org, notice).await
+    answer(&csrf, &headers, &state, &org, notice, &history_cursor(None)?).await
 }
 
 /// GET /orgs/{org}/exports/{id}/download: 303 to a fresh presigned URL.
@@ -134,9 +163,11 @@ pub async fn delete(
     ExportAdmin(org): ExportAdmin,
     State(state): State<AppState>,
     id: RecordId,
+    RawQuery(query): RawQuery,
 ) -> AppResult<Response> {
+    let cursor = history_cursor(query.as_deref())?;
     super::delete(&state, &org, &id).await?;
-    answer(&csrf, &headers, &state, &org, "deleted").await
+    answer(&csrf, &headers, &state, &org, "deleted", &cursor).await
 }
 
 /// POST /orgs/{org}/exports/{id}/verify: re-reads the file; the row shows the outcome.
@@ -146,12 +177,14 @@ pub async fn verify(
     ExportAdmin(org): ExportAdmin,
     State(state): State<AppState>,
     id: RecordId,
+    RawQuery(query): RawQuery,
 ) -> AppResult<Response> {
+    let cursor = history_cursor(query.as_deref())?;
     let notice = match super::verify_run(&state, &org, &id, "web").await? {
         Ok(_) => "verified",
         Err(_) => "verify_failed",
     };
-    answer(&csrf, &headers, &state, &org, notice).await
+    answer(&csrf, &headers, &state, &org, notice, &cursor).await
 }
 
 /// After a POST: htmx gets the refreshed history with the notice, a plain form a
@@ -162,7 +195,11 @@ async fn answer(
     state: &AppState,
     org: &OrgCtx,
     notice: &str,
+    cursor: &Cursor,
 ) -> AppResult<Response> {
-    let page = format!("{}?notice={notice}", routes::org_backups(&org.org.slug));
-    htmx_or_redirect(headers, &page, history_response(csrf, state, org, Some(notice))).await
+    let mut page = format!("{}?notice={notice}", routes::org_backups(&org.org.slug));
+    if let Some(before) = &cursor.before {
+        page.push_str(&format!("&before={}", before.as_str()));
+    }
+    htmx_or_redirect(headers, &page, history_response(csrf, state, org, Some(notice), cursor)).await
 }
