@@ -196,7 +196,7 @@ async fn columns(tx: &mut Transaction<'static, Postgres>, query: &SectionQuery) 
         tracing::warn!(
             table,
             column = %column,
-            "a column the registry does not classify was left out of the file (classify it in src/orgs/columns.rs)"
+            "a column the registry does not classify was left out of the file: classify it in the column registry"
         );
     }
     anyhow::ensure!(!cols.is_empty(), "table {table} has no columns to write");
