@@ -100,7 +100,7 @@ select :org_id, case when g % 2 = 0 then 'Motion ' || g || ' (open ballot)' else
 from generate_series(1, greatest(2, :n / 500)) g;
 
 insert into election_votes (org_id, election_id, voter_user_id, choice, cast_at)
-select :org_id, e.a[1 + sm.i % array_length(e.a, 1)], sm.user_id, 'Candidate ' || (1 + sm.i % 5), now() - make_interval(days => sm.i % 900)
+select :org_id, e.a[1 + (sm.i / 2) % array_length(e.a, 1)], sm.user_id, 'Candidate ' || (1 + sm.i % 5), now() - make_interval(days => sm.i % 900)
 from seed_members sm, (select array_agg(id order by id) a from elections where org_id = :org_id) e
 where sm.i % 2 = 0;
 
