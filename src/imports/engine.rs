@@ -35,8 +35,12 @@ use tokio::sync::mpsc;
 
 use crate::{
     audit,
-    orgs::{self, OrgSlug, modules::Module, sections::SECTIONS},
-    snapshot::{SECRET_COLUMNS, verify},
+    orgs::{
+        self, OrgSlug, columns,
+        modules::Module,
+        sections::{ADDED_LATER, SECTIONS},
+    },
+    snapshot::verify,
     state::AppState,
     storage::Storage,
 };
@@ -546,13 +550,17 @@ struct Column {
     kind: Kind,
     nullable: bool,
     reference: Option<Ref>,
+    /// The table's default (SQL), for a row that lacks the column: a file written
+    /// before the column existed (`elections.ballot`, say).
+    default: Option<String>,
 }
 
 /// A section's table as the database describes it.
 #[derive(Debug)]
 struct Table {
     name: &'static str,
-    /// Every column but the secret ones, `id` first as in the table.
+    /// The columns a snapshot writes (the registry's exported and pseudonymised ones),
+    /// `id` first as in the table. A file holding any other column is refused.
     columns: Vec<Column>,
     sequence: String,
 }
@@ -570,9 +578,12 @@ fn quote(ident: &str) -> String {
 impl Catalog {
     async fn load(conn: &mut PgConnection) -> Result<Self, ImportError> {
         let names: Vec<&str> = SECTIONS.iter().map(|s| s.table).collect();
-        let cols: Vec<(String, String, String, String, bool)> = sqlx::query_as(
-            "select c.relname::text, a.attname::text, format_type(a.atttypid, a.atttypmod), t.typname::text, not a.attnotnull
+        #[allow(clippy::type_complexity)]
+        let cols: Vec<(String, String, String, String, bool, Option<String>)> = sqlx::query_as(
+            "select c.relname::text, a.attname::text, format_type(a.atttypid, a.atttypmod), t.typname::text, not a.attnotnull,
+                    pg_get_expr(d.adbin, d.adrelid)
              from pg_attribute a join pg_class c on c.oid = a.attrelid join pg_type t on t.oid = a.atttypid
+             left join pg_attrdef d on d.adrelid = a.attrelid and d.adnum = a.attnum
              where c.relname = any($1) and c.relnamespace = current_schema()::regnamespace
                and a.attnum > 0 and not a.attisdropped
              order by c.relname, a.attnum",
@@ -594,8 +605,11 @@ impl Catalog {
         let mut tables = Vec::with_capacity(SECTIONS.len());
         for section in SECTIONS {
             let mut columns = Vec::new();
-            for (_, name, sql_type, typname, nullable) in cols.iter().filter(|c| c.0 == section.table) {
-                if SECRET_COLUMNS.contains(&name.as_str()) {
+            let classes = columns::of(section.table);
+            for (_, name, sql_type, typname, nullable, default) in cols.iter().filter(|c| c.0 == section.table) {
+                // Only what a snapshot writes can be restored: a secret or unclassified
+                // column is not in the catalog, so a file carrying one is refused.
+                if !classes.class(name).is_some_and(|c| c.is_written()) {
                     continue;
                 }
                 let reference = match fks.iter().find(|f| f.0 == section.table && &f.1 == name) {
@@ -625,6 +639,7 @@ impl Catalog {
                     kind,
                     nullable: *nullable,
                     reference,
+                    default: default.clone(),
                 });
             }
             if columns.first().map(|c| c.name.as_str()) != Some("id") {
@@ -704,7 +719,16 @@ impl Table {
             if i > 0 {
                 out.push(b'\t');
             }
-            let v = obj.get(&col.name).unwrap_or(&Value::Null);
+            let v = match obj.get(&col.name) {
+                Some(v) => v,
+                // Absent (not null) where null is not allowed: the table's default,
+                // applied by `publish`.
+                None if col.default.is_some() && !col.nullable => {
+                    out.extend_from_slice(b"\\N");
+                    continue;
+                }
+                None => &Value::Null,
+            };
             match (v, col.kind) {
                 (Value::Null, _) if col.nullable => out.extend_from_slice(b"\\N"),
                 (Value::Null, _) => return Err(format!("column {} may not be null or missing", col.name)),
@@ -819,7 +843,11 @@ impl Table {
                         cleared += n as u64;
                     }
                 }
-                (_, None) => select.push(format!("s.{c}")),
+                (_, None) => match &col.default {
+                    // Staged null in a not-null column means the file lacks the column.
+                    Some(default) if !col.nullable => select.push(format!("coalesce(s.{c}, {default})")),
+                    _ => select.push(format!("s.{c}")),
+                },
             }
         }
         let sql = format!(
@@ -915,6 +943,8 @@ fn modules_of(
         let on = s.module.is_none_or(|m| out.iter().any(|(om, on)| *om == m && *on));
         let present = counts.contains_key(s.table);
         match (on, present) {
+            // A file from before this section existed: read as empty.
+            (true, false) if ADDED_LATER.contains(&s.table) => {}
             (true, false) => {
                 let module = s.module.map_or("core", Module::key);
                 return Err(rejected(format!("section {} is missing, but module {module} is on", s.table)));
@@ -1127,6 +1157,7 @@ mod tests {
                     kind: Kind::Integer,
                     nullable: false,
                     reference: None,
+                    default: None,
                 },
                 Column {
                     name: "code".into(),
@@ -1134,6 +1165,7 @@ mod tests {
                     kind: Kind::Text,
                     nullable: false,
                     reference: None,
+                    default: None,
                 },
                 Column {
                     name: "data".into(),
@@ -1141,6 +1173,7 @@ mod tests {
                     kind: Kind::Json,
                     nullable: true,
                     reference: None,
+                    default: None,
                 },
                 Column {
                     name: "ok".into(),
@@ -1148,6 +1181,7 @@ mod tests {
                     kind: Kind::Boolean,
                     nullable: true,
                     reference: None,
+                    default: None,
                 },
             ],
             sequence: "regions_id_seq".into(),

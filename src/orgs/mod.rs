@@ -1,6 +1,8 @@
-//! Organizations: slugs, roles, modules, the org's tables (the snapshot's sections),
+//! Organizations: slugs, roles, modules, the org's tables (the snapshot's sections)
+//! and how each of their columns is written,
 //! and provisioning (with the org's bucket).
 
+pub mod columns;
 pub mod modules;
 pub mod sections;
 

@@ -17,9 +17,11 @@ use serde::{Deserialize, Serialize};
 
 use crate::{
     jobs,
+    orgs::columns,
     settings::backup,
     snapshot::{
         Header, Reader, SectionQuery, Snapshot,
+        columns::{Apply, select_list},
         job::{self, Destination, Failure, Lease, Written},
         sink::Label,
     },
@@ -49,65 +51,71 @@ pub fn object_key(user_id: i64, request_id: &str) -> String {
     format!("privacy/{user_id}/{request_id}.json.gz")
 }
 
-/// The account, without secrets (no password hash).
-const SUBJECT_SQL: &str =
-    "select row_to_json(u)::text from (select id, email, display_name, created_at from users where id = $1) u";
+/// The account's columns, as the registry writes them (never the password hash).
+const SUBJECT_COLUMNS: [&str; 5] = ["id", "email", "display_name", "password_hash", "created_at"];
+
+/// The account, through the registry: without secrets.
+fn subject_sql() -> String {
+    let catalog: Vec<String> = SUBJECT_COLUMNS.map(String::from).to_vec();
+    let (list, _) = select_list(columns::of("users"), &catalog, Apply::AsStored, &[]);
+    format!("select row_to_json(u)::text from (select {} from users t where t.id = $1) u", list.join(", "))
+}
 
 /// What the file holds, section by section: the person's memberships and what hangs
 /// off them, what they authored, what is about them, and their audit entries. Every
 /// condition selects by the person's id; no other person's rows are read. A few
 /// org definitions (custom fields, chapters, elections, courses, funds) come along,
 /// limited to those the person's rows point at, so that the rows make sense.
+///
+/// Columns are written as the registry (`orgs::columns`) classifies them, with
+/// pseudonymised columns as stored: the file holds only the person's own rows, so
+/// their own secret-ballot votes keep their voter, time and id.
 pub fn subject_sections(user_id: i64) -> Vec<SectionQuery> {
     let memberships = format!("select m.id from memberships m where m.user_id = {user_id}");
     let mine = format!("t.membership_id in ({memberships})");
     let invoices = format!("select i.id from invoices i where i.membership_id in ({memberships})");
     let by = |column: &str| format!("t.{column} = {user_id}");
-    let s = |name: &'static str, table: &'static str, condition: String| SectionQuery {
-        name,
-        table,
-        condition,
-        columns: None,
-    };
+    let s = |table: &'static str, condition: String| SectionQuery::new(columns::of(table), condition, Apply::AsStored);
     vec![
         // Membership: each org membership with its profile, custom field values, enrichment.
-        s("memberships", "memberships", by("user_id")),
-        s("user_profiles", "user_profiles", by("user_id")),
-        s("custom_field_values", "custom_field_values", mine.clone()),
-        s("member_enrichment", "member_enrichment", mine.clone()),
-        s("saved_views", "saved_views", by("owner_user_id")),
+        s("memberships", by("user_id")),
+        s("user_profiles", by("user_id")),
+        s("custom_field_values", mine.clone()),
+        s("member_enrichment", mine.clone()),
+        s("saved_views", by("owner_user_id")),
         // What they authored.
-        s("forum_posts", "forum_posts", by("author_user_id")),
-        s("forum_comments", "forum_comments", by("author_user_id")),
-        s("career_postings", "career_postings", by("posted_by")),
-        s("documents", "documents", by("uploaded_by")),
+        s("forum_posts", by("author_user_id")),
+        s("forum_comments", by("author_user_id")),
+        s("career_postings", by("posted_by")),
+        s("documents", by("uploaded_by")),
         // What is about them.
-        s("invoices", "invoices", mine.clone()),
-        s("invoice_lines", "invoice_lines", format!("t.invoice_id in ({invoices})")),
-        s("payments", "payments", format!("t.invoice_id in ({invoices})")),
-        s("donations", "donations", by("donor_user_id")),
-        s("enrollments", "enrollments", by("user_id")),
-        s("alumni_profiles", "alumni_profiles", by("user_id")),
-        s("compliance_records", "compliance_records", mine.clone()),
-        s("election_votes", "election_votes", by("voter_user_id")),
+        s("invoices", mine.clone()),
+        s("invoice_lines", format!("t.invoice_id in ({invoices})")),
+        s("payments", format!("t.invoice_id in ({invoices})")),
+        s("donations", by("donor_user_id")),
+        s("enrollments", by("user_id")),
+        s("alumni_profiles", by("user_id")),
+        s("compliance_records", mine.clone()),
+        s("election_votes", by("voter_user_id")),
+        s("election_participants", by("user_id")),
         // Their actions. An entry's details name another person (a request made on
         // someone's behalf, a download of their file) are left out.
         SectionQuery {
-            name: "audit_log",
-            table: "audit_log",
-            condition: by("actor_user_id"),
-            columns: Some(format!(
-                "t.id, t.org_id, t.actor_user_id, t.action, t.target,
-                 case when t.details->>'user_id' is null or t.details->>'user_id' = '{user_id}' then t.details end as details,
-                 t.created_at"
-            )),
+            overrides: vec![(
+                "details",
+                format!(
+                    "case when t.details->>'user_id' is null or t.details->>'user_id' = '{user_id}' then t.details end"
+                ),
+            )],
+            ..SectionQuery::new(columns::of("audit_log"), by("actor_user_id"), Apply::AsStored)
         },
         // Org definitions the rows above point at.
-        s("custom_fields", "custom_fields", format!("t.id in (select v.field_id from custom_field_values v where v.membership_id in ({memberships}))")),
-        s("chapters", "chapters", format!("t.id in (select m.chapter_id from memberships m where m.user_id = {user_id})")),
-        s("elections", "elections", format!("t.id in (select v.election_id from election_votes v where v.voter_user_id = {user_id})")),
-        s("courses", "courses", format!("t.id in (select e.course_id from enrollments e where e.user_id = {user_id})")),
-        s("foundation_funds", "foundation_funds", format!("t.id in (select d.fund_id from donations d where d.donor_user_id = {user_id})")),
+        s("custom_fields", format!("t.id in (select v.field_id from custom_field_values v where v.membership_id in ({memberships}))")),
+        s("chapters", format!("t.id in (select m.chapter_id from memberships m where m.user_id = {user_id})")),
+        s("elections", format!("t.id in (select v.election_id from election_votes v where v.voter_user_id = {user_id}
+                                                union select p.election_id from election_participants p where p.user_id = {user_id})")),
+        s("courses", format!("t.id in (select e.course_id from enrollments e where e.user_id = {user_id})")),
+        s("foundation_funds", format!("t.id in (select d.fund_id from donations d where d.donor_user_id = {user_id})")),
     ]
 }
 
@@ -116,7 +124,8 @@ pub fn subject_sections(user_id: i64) -> Vec<SectionQuery> {
 /// name), so that org ids make sense.
 pub async fn open_snapshot(pool: &sqlx::PgPool, user_id: i64) -> anyhow::Result<Snapshot> {
     let mut read = Reader::begin(pool).await?;
-    let subject: Option<(String,)> = sqlx::query_as(SUBJECT_SQL).bind(user_id).fetch_optional(read.conn()).await?;
+    let subject: Option<(String,)> =
+        sqlx::query_as(sqlx::AssertSqlSafe(subject_sql())).bind(user_id).fetch_optional(read.conn()).await?;
     let (subject,) = subject.context("the account no longer exists")?;
     let list = subject_sections(user_id);
     let mut org_ids = Vec::new();

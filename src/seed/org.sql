@@ -91,14 +91,25 @@ select :org_id, sm.membership_id, (array['background_check', 'code_of_conduct', 
        case when sm.i % 4 = 0 then null else date '2025-06-01' + sm.i % 180 end
 from seed_members sm where sm.i % 2 = 1;
 
-insert into elections (org_id, title, opens_at, closes_at)
-select :org_id, 'Board election ' || (2020 + g), make_timestamptz(2020 + g, 3, 1, 9, 0, 0, 'UTC'), make_timestamptz(2020 + g, 3, 15, 17, 0, 0, 'UTC')
+-- Every other election is an open ballot (a show of hands on a motion), the rest
+-- secret; votes fill election_participants through the table's trigger.
+insert into elections (org_id, title, opens_at, closes_at, ballot)
+select :org_id, case when g % 2 = 0 then 'Motion ' || g || ' (open ballot)' else 'Board election ' || (2020 + g) end,
+       make_timestamptz(2020 + g, 3, 1, 9, 0, 0, 'UTC'), make_timestamptz(2020 + g, 3, 15, 17, 0, 0, 'UTC'),
+       case when g % 2 = 0 then 'open' else 'secret' end
 from generate_series(1, greatest(2, :n / 500)) g;
 
 insert into election_votes (org_id, election_id, voter_user_id, choice, cast_at)
-select :org_id, e.a[1 + sm.i % array_length(e.a, 1)], sm.user_id, 'Candidate ' || (1 + sm.i % 5), now() - make_interval(days => sm.i % 900)
+select :org_id, e.a[1 + (sm.i / 2) % array_length(e.a, 1)], sm.user_id, 'Candidate ' || (1 + sm.i % 5), now() - make_interval(days => sm.i % 900)
 from seed_members sm, (select array_agg(id order by id) a from elections where org_id = :org_id) e
 where sm.i % 2 = 0;
+
+-- The participation register: the votes' trigger keeps it, but fast seeding runs
+-- with triggers off.
+insert into election_participants (org_id, election_id, user_id)
+select org_id, election_id, voter_user_id from election_votes where org_id = :org_id
+order by election_id, voter_user_id
+on conflict on constraint election_participants_once do nothing;
 
 insert into invoices (org_id, membership_id, number, issued_on, due_on, total_cents, currency, status)
 select :org_id, sm.membership_id, 'INV-' || lpad(sm.i::text, 8, '0'), date '2026-01-01' + sm.i % 300,

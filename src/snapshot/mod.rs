@@ -3,11 +3,13 @@
 //! COPY decoding ([`copy_binary`]), row-JSON rendering ([`row_json`]) and gzip into a
 //! sink ([`sink`]: a multipart upload through `Storage`, or a local file), and the
 //! streaming check of a finished file ([`verify`]). [`job`] is the skeleton of a job
-//! that writes one snapshot to one object.
+//! that writes one snapshot to one object. [`columns`] applies the caller's
+//! classification of every column: nothing is written that it does not classify.
 //!
 //! It knows nothing of export runs, privacy requests, pages or orgs' settings: what
 //! to read and what the header says come from the caller.
 
+pub mod columns;
 pub mod copy_binary;
 pub mod job;
 pub mod pipeline;
@@ -16,8 +18,3 @@ pub mod sink;
 pub mod verify;
 
 pub use pipeline::{Header, Outcome, Reader, SectionQuery, Snapshot};
-
-/// Column names that never leave in any snapshot, whatever table they appear in:
-/// secrets.
-pub const SECRET_COLUMNS: &[&str] =
-    &["password_hash", "token_hash", "secret", "secret_access_key", "session_data", "credentials"];

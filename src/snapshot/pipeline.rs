@@ -39,7 +39,7 @@ use sqlx::{Column, Executor, PgPool, Postgres, Statement, Transaction};
 use tokio::sync::{mpsc, watch};
 
 use super::{
-    SECRET_COLUMNS,
+    columns::{Apply, Classes, select_list},
     copy_binary::CopyDecoder,
     row_json::{Render, RowFormat},
     sink::SinkUpload,
@@ -116,8 +116,22 @@ pub struct SectionQuery {
     pub name: &'static str,
     pub table: &'static str,
     pub condition: String,
-    /// The select list (on alias `t`) when not every non-secret column is wanted.
-    pub columns: Option<String>,
+    /// How the table's columns are classified: only written columns are read, and a
+    /// column it does not classify is left out (with a warning).
+    pub classes: &'static Classes,
+    /// Whether pseudonymised columns go through their rule (and the rows through
+    /// the classification's order).
+    pub apply: Apply,
+    /// Expressions (on alias `t`) replacing some exported columns' values.
+    pub overrides: Vec<(&'static str, String)>,
+}
+
+impl SectionQuery {
+    /// The section of `classes.table` named after it, every written column as
+    /// classified, no override.
+    pub fn new(classes: &'static Classes, condition: String, apply: Apply) -> Self {
+        Self { name: classes.table, table: classes.table, condition, classes, apply, overrides: Vec::new() }
+    }
 }
 
 /// A consistent read being set up: the transaction is open, sections are being
@@ -143,7 +157,7 @@ impl Reader {
 
     /// Adds a section: describes its columns and counts its rows.
     pub async fn add(&mut self, query: &SectionQuery) -> anyhow::Result<()> {
-        let (plan, n) = section(&mut self.tx, query.table, &query.condition, query.columns.as_deref()).await?;
+        let (plan, n) = section(&mut self.tx, query).await?;
         self.sections.push((query.name.to_string(), plan, n));
         Ok(())
     }
@@ -166,22 +180,26 @@ async fn begin_snapshot(pool: &PgPool) -> anyhow::Result<(Transaction<'static, P
     Ok((tx, snapshot_at))
 }
 
-/// A table's exportable columns, quoted: every column but the secret ones.
-async fn columns(tx: &mut Transaction<'static, Postgres>, table: &str) -> anyhow::Result<String> {
-    let cols: Vec<(String,)> = sqlx::query_as(
+/// The select list of a section: the table's columns in the catalog, as its
+/// classification says. Columns it does not classify are left out and logged.
+async fn columns(tx: &mut Transaction<'static, Postgres>, query: &SectionQuery) -> anyhow::Result<String> {
+    let table = query.table;
+    let catalog: Vec<String> = sqlx::query_scalar(
         "select column_name::text from information_schema.columns
          where table_schema = current_schema() and table_name = $1 order by ordinal_position",
     )
     .bind(table)
     .fetch_all(&mut **tx)
     .await?;
-    let cols: Vec<String> = cols
-        .into_iter()
-        .map(|c| c.0)
-        .filter(|c| !SECRET_COLUMNS.contains(&c.as_str()))
-        .map(|c| format!("t.\"{}\"", c.replace('"', "\"\"")))
-        .collect();
-    anyhow::ensure!(!cols.is_empty(), "table {table} has no columns");
+    let (cols, unclassified) = select_list(query.classes, &catalog, query.apply, &query.overrides);
+    for column in unclassified {
+        tracing::warn!(
+            table,
+            column = %column,
+            "a column the registry does not classify was left out of the file: classify it in the column registry"
+        );
+    }
+    anyhow::ensure!(!cols.is_empty(), "table {table} has no columns to write");
     Ok(cols.join(", "))
 }
 
@@ -193,18 +211,17 @@ struct Plan {
 }
 
 /// The plan and the row count of `select .. from table t where condition`.
-async fn section(
-    tx: &mut Transaction<'static, Postgres>,
-    table: &str,
-    condition: &str,
-    select: Option<&str>,
-) -> anyhow::Result<(Plan, i64)> {
-    let cols = match select {
-        Some(list) => list.to_string(),
-        None => columns(tx, table).await?,
+async fn section(tx: &mut Transaction<'static, Postgres>, query: &SectionQuery) -> anyhow::Result<(Plan, i64)> {
+    let (table, condition) = (query.table, &query.condition);
+    let cols = columns(tx, query).await?;
+    // The stored order can say who did what (rows are in the order they were
+    // written): where the classification gives an order, pseudonymised rows follow it.
+    let order = match (query.apply, query.classes.order) {
+        (Apply::Pseudonyms, Some(order)) => format!(" order by {order}"),
+        _ => String::new(),
     };
     // Table names come from fixed registries; conditions hold only numeric ids.
-    let inner = format!("select {cols} from {table} t where {condition}");
+    let inner = format!("select {cols} from {table} t where {condition}{order}");
     // The statement's result columns, with their types, without running it.
     let described = (&mut **tx)
         .prepare(sqlx::SqlSafeStr::into_sql_str(sqlx::AssertSqlSafe(inner.clone())))

@@ -427,3 +427,48 @@ async fn the_files_object_metadata_names_the_subject_access_format() {
     assert_eq!(meta.get("request-id"), Some(&id), "{meta:?}");
     assert!(meta.get("sha256").is_some_and(|h| h.len() == 64), "{meta:?}");
 }
+
+/// A member's own file holds their own votes, secret ballots included, with the
+/// choice, the time and their participation: the org snapshot's pseudonyms are for
+/// others, not for the person the votes belong to.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_members_file_holds_their_own_secret_ballot_vote() {
+    let app = TestApp::spawn_with(Options { workers: false, ..Default::default() }).await;
+    let member = user_id(&app, "member@acme.test").await;
+    let acme = app.org_id("acme").await;
+    let election: i64 = sqlx::query_scalar(
+        "insert into elections (org_id, title, opens_at, closes_at, ballot)
+         values ($1, 'Secret test ballot', '2031-05-01', '2031-05-31', 'secret') returning id",
+    )
+    .bind(acme)
+    .fetch_one(app.pool())
+    .await
+    .unwrap();
+    let vote: i64 = sqlx::query_scalar(
+        "insert into election_votes (org_id, election_id, voter_user_id, choice, cast_at)
+         values ($1, $2, $3, 'MY-SECRET-CHOICE', '2031-05-07 09:10:17+00') returning id",
+    )
+    .bind(acme)
+    .bind(election)
+    .bind(member)
+    .fetch_one(app.pool())
+    .await
+    .unwrap();
+    let snapshot = data_export::privacy::open_snapshot(app.pool(), member).await.unwrap();
+    let path = app.storage_dir.join("subject.json.gz");
+    let upload = data_export::snapshot::sink::Sink::File(path.clone()).start().await.unwrap();
+    snapshot.write("01JAAAAAAAAAAAAAAAAAAAAAAA", upload, &tokio::sync::watch::channel(0).0).await.unwrap();
+    let file = decode(&std::fs::read(&path).unwrap());
+    assert_valid(&file);
+    let votes = file["sections"]["election_votes"].as_array().unwrap();
+    let mine = votes.iter().find(|v| v["election_id"] == election).expect("the secret-ballot vote is in the file");
+    assert_eq!(mine["id"], vote, "the stored id");
+    assert_eq!(mine["voter_user_id"], member);
+    assert_eq!(mine["choice"], "MY-SECRET-CHOICE");
+    assert_eq!(mine["cast_at"], "2031-05-07T09:10:17+00:00");
+    let took_part = file["sections"]["election_participants"].as_array().unwrap();
+    assert!(took_part.iter().any(|p| p["election_id"] == election && p["user_id"] == member), "participation");
+    let elections = file["sections"]["elections"].as_array().unwrap();
+    assert!(elections.iter().any(|e| e["id"] == election && e["ballot"] == "secret"), "the election, as secret");
+    println!("data-subject file: {} own votes, the secret-ballot one with voter, choice and time", votes.len());
+}

@@ -878,3 +878,108 @@ async fn a_bucket_that_already_holds_objects_is_not_reused() {
     let (ok, _, stderr) = import(&app, &file, "leftover", &[]);
     assert!(ok, "{stderr}");
 }
+
+/// Secret ballots come back as the snapshot has them: the choices and who took part,
+/// without the link between them. A file written before ballots had a kind (no
+/// `ballot`, no `election_participants`) still restores, its elections secret and its
+/// participants rebuilt from its votes. A file carrying a column the registry does
+/// not classify (one this database has) is refused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ballots_restore_without_the_voter_link_older_files_restore_and_unclassified_columns_are_refused() {
+    let app = TestApp::spawn().await;
+    let file = export_to_file(&app, "acme", "ballots.json.gz");
+    let doc = gunzip(&std::fs::read(&file).unwrap());
+    let (ok, _, stderr) = import(&app, &file, "acme-ballots", &[]);
+    assert!(ok, "{stderr}");
+    let restored = org_id(&app, "acme-ballots").await.unwrap();
+    let acme = app.org_id("acme").await;
+    let (before, after) = (tally(&app, acme).await, tally(&app, restored).await);
+    assert!(before.iter().any(|r| r.0 == "secret") && before.iter().any(|r| r.0 == "open"), "{before:?}");
+    for (b, a) in before.iter().zip(&after) {
+        assert_eq!((&a.0, &a.1, a.2), (&b.0, &b.1, b.2), "the same tally");
+        let kept = if a.0 == "open" { a.2 } else { 0 };
+        assert_eq!((a.3, a.4), (kept, kept), "voters and times kept for open ballots only: {a:?}");
+    }
+    assert_eq!(before.len(), after.len());
+    let n = participants(&app, restored).await;
+    assert_eq!(n, participants(&app, acme).await, "who took part is restored");
+    assert_eq!(n as u64, doc["counts"]["election_participants"].as_u64().unwrap());
+
+    // A file from before: no ballot kind, no participants section, every vote with
+    // its voter (as they all were then).
+    let mut old = doc.clone();
+    old["sections"].as_object_mut().unwrap().remove("election_participants");
+    old["counts"].as_object_mut().unwrap().remove("election_participants");
+    for e in old["sections"]["elections"].as_array_mut().unwrap() {
+        e.as_object_mut().unwrap().remove("ballot");
+    }
+    let voters: Vec<i64> =
+        old["sections"]["user_profiles"].as_array().unwrap().iter().map(|p| p["user_id"].as_i64().unwrap()).collect();
+    for (i, v) in old["sections"]["election_votes"].as_array_mut().unwrap().iter_mut().enumerate() {
+        v["voter_user_id"] = json!(voters[i % voters.len()]);
+        v["cast_at"] = json!("2020-03-02T10:00:00+00:00");
+    }
+    // One person votes once per election: keep one vote per (election, voter).
+    let mut seen = HashSet::new();
+    let votes: Vec<Value> = old["sections"]["election_votes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|v| seen.insert((v["election_id"].as_i64(), v["voter_user_id"].as_i64())))
+        .cloned()
+        .collect();
+    old["counts"]["election_votes"] = json!(votes.len());
+    old["sections"]["election_votes"] = json!(votes);
+    let path = app.storage_dir.join("before-ballots.json.gz");
+    std::fs::write(&path, gzip(serde_json::to_string(&old).unwrap().as_bytes())).unwrap();
+    let (ok, report, stderr) = import(&app, &path, "acme-older", &[]);
+    assert!(ok, "a file from before ballot kinds: {stderr}");
+    assert!(report["sections"].get("election_participants").is_none());
+    let older = org_id(&app, "acme-older").await.unwrap();
+    let kinds: Vec<String> = sqlx::query_scalar("select distinct ballot from elections where org_id = $1")
+        .bind(older)
+        .fetch_all(app.pool())
+        .await
+        .unwrap();
+    assert_eq!(kinds, ["secret"], "elections of an older file become secret");
+    assert_eq!(participants(&app, older).await as usize, votes.len(), "participants rebuilt from the votes");
+
+    // A column this database has but the registry does not classify.
+    sqlx::query("alter table chapters add column api_key text").execute(app.pool()).await.unwrap();
+    let mut carrying = doc.clone();
+    carrying["sections"]["chapters"][0]["api_key"] = json!("k-123");
+    assert_refused(
+        &app,
+        "unclassified column",
+        &gzip(serde_json::to_string(&carrying).unwrap().as_bytes()),
+        "restored-unclassified",
+        "\"api_key\" is not a column of chapters",
+    )
+    .await;
+    println!(
+        "restore: {} secret-ballot votes back without voter or time, {n} participants restored; a file from before ballot kinds restored; an unclassified column refused",
+        after.iter().filter(|r| r.0 == "secret").map(|r| r.2).sum::<i64>()
+    );
+}
+
+/// Per election (by title) and choice: the ballot kind, votes, votes with a voter,
+/// votes with a time.
+async fn tally(app: &TestApp, org: i64) -> Vec<(String, String, i64, i64, i64)> {
+    sqlx::query_as(
+        "select e.ballot, v.choice, count(*), count(v.voter_user_id), count(v.cast_at)
+         from election_votes v join elections e on e.id = v.election_id where v.org_id = $1
+         group by e.title, e.ballot, v.choice order by e.title, v.choice",
+    )
+    .bind(org)
+    .fetch_all(app.pool())
+    .await
+    .unwrap()
+}
+
+async fn participants(app: &TestApp, org: i64) -> i64 {
+    sqlx::query_scalar("select count(*) from election_participants where org_id = $1")
+        .bind(org)
+        .fetch_one(app.pool())
+        .await
+        .unwrap()
+}
