@@ -348,7 +348,8 @@ async fn token(config: Config, command: TokenCommand) -> anyhow::Result<()> {
             services.shutdown().await;
             let t = created?.map_err(|refusal| anyhow::anyhow!("{refusal}; no token was created"))?;
             println!("{}", t.token);
-            let scope = spec.org.as_ref().map_or("every org of the user".to_string(), |o| format!("org {}", o.as_str()));
+            let scope =
+                spec.org.as_ref().map_or("every org of the user".to_string(), |o| format!("org {}", o.as_str()));
             eprintln!(
                 "token {} created for {email} ({scope}), expires {}; it is shown only this once",
                 t.id,
@@ -374,7 +375,8 @@ async fn token(config: Config, command: TokenCommand) -> anyhow::Result<()> {
         }
         TokenCommand::Revoke { id } => {
             let n = id.trim().parse::<i64>().ok().filter(|n| *n > 0);
-            let n = n.with_context(|| format!("{id:?} is not a token id (a positive whole number, see `token list`)"))?;
+            let n =
+                n.with_context(|| format!("{id:?} is not a token id (a positive whole number, see `token list`)"))?;
             let services = Services::start(config).await?;
             let done = tokens::revoke(&services.state.pool, n, None, None, "cli").await;
             services.shutdown().await;

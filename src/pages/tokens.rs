@@ -14,7 +14,9 @@ use maud::{Markup, html};
 use crate::{
     auth::{
         CurrentUser,
-        tokens::{self, DEFAULT_DAYS, ExpiryDays, MAX_DAYS, MAX_NAME, NewToken, Refusal, Revocation, Spec, TokenStatus},
+        tokens::{
+            self, DEFAULT_DAYS, ExpiryDays, MAX_DAYS, MAX_NAME, NewToken, Refusal, Revocation, Spec, TokenStatus,
+        },
     },
     error::{AppError, AppResult},
     orgs::OrgSlug,

@@ -232,8 +232,12 @@ async fn every_route_answers_each_role_as_expected() {
         tokio::time::sleep(Duration::from_millis(100)).await;
     };
     // One of the member's API tokens, for the revoke route.
-    let token_id =
-        data_export::auth::tokens::create(app.pool(), "member@acme.test", "matrix").await.unwrap().unwrap().id.to_string();
+    let token_id = data_export::auth::tokens::create(app.pool(), "member@acme.test", "matrix")
+        .await
+        .unwrap()
+        .unwrap()
+        .id
+        .to_string();
 
     let mut routes: Vec<(Kind, &str, String)> = Vec::new();
     for (m, p) in router::OPS_ROUTES {

@@ -2,7 +2,7 @@
 //! `token revoke`, the `/me/tokens` page, and the migration that gives tokens made
 //! before all this an expiry. Real tokens over HTTP, the real binary for the CLI.
 
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use data_export::routes::{ME_TOKEN_REVOKE, ME_TOKENS, path};
 use serde_json::Value;
@@ -63,11 +63,8 @@ async fn a_token_revoked_by_the_cli_is_refused_on_its_very_next_request() {
     // `token list`: one JSON line per token, never the token nor its hash.
     let (code, out, _) = token_cmd(&app, &["list", "--email", "Admin@Acme.test"]);
     assert_eq!(code, 0);
-    let (hash,): (String,) = sqlx::query_as("select token_hash from api_tokens where id = $1")
-        .bind(id)
-        .fetch_one(app.pool())
-        .await
-        .unwrap();
+    let (hash,): (String,) =
+        sqlx::query_as("select token_hash from api_tokens where id = $1").bind(id).fetch_one(app.pool()).await.unwrap();
     assert!(!out.contains(&token[4..]) && !out.contains(&hash), "no secret listed: {out}");
     let line: Value = serde_json::from_str(out.lines().next().unwrap()).unwrap();
     assert_eq!(line["id"], id);
@@ -108,7 +105,10 @@ async fn a_token_revoked_by_the_cli_is_refused_on_its_very_next_request() {
     assert_eq!(audits.len(), 1);
     assert_eq!(audits[0].2, format!("api_token:{id}"));
     assert_eq!(audits[0].3["via"], "cli");
-    println!("revoked token: 200 before, 401 on the very next request ({} ms after `token revoke` returned)", after.as_millis());
+    println!(
+        "revoked token: 200 before, 401 on the very next request ({} ms after `token revoke` returned)",
+        after.as_millis()
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -269,7 +269,8 @@ async fn the_tokens_page_creates_lists_and_revokes_only_ones_own_tokens() {
     assert_eq!(r.headers()["cache-control"], "no-store");
     let body = r.text().await.unwrap();
     let at = body.find("dex_").expect("the new token is shown");
-    let token: String = body[at..].chars().take_while(|c| c.is_ascii_alphanumeric() || *c == '_' || *c == '-').collect();
+    let token: String =
+        body[at..].chars().take_while(|c| c.is_ascii_alphanumeric() || *c == '_' || *c == '-').collect();
     let (id, _, days_left) = token_row(app.pool(), &token).await;
     assert!((29.99..=30.0).contains(&days_left), "{days_left}");
     let client = api(&app, &token);
@@ -308,13 +309,19 @@ async fn the_tokens_page_creates_lists_and_revokes_only_ones_own_tokens() {
 
     let created = app.audits("api_token.created").await;
     let created = created.last().unwrap();
-    assert_eq!((created.2.as_str(), &created.3["via"], &created.3["org"]), (format!("api_token:{id}").as_str(), &Value::from("ui"), &Value::from("acme")));
+    assert_eq!(
+        (created.2.as_str(), &created.3["via"], &created.3["org"]),
+        (format!("api_token:{id}").as_str(), &Value::from("ui"), &Value::from("acme"))
+    );
     let revoked = app.audits("api_token.revoked").await;
     assert_eq!(revoked.len(), 1, "one revocation recorded");
     let admin_id: (i64,) =
         sqlx::query_as("select id from users where email = 'admin@acme.test'").fetch_one(app.pool()).await.unwrap();
     assert_eq!(revoked[0].1, Some(admin_id.0));
-    println!("tokens page: {} bad forms refused, a token created (shown once), another user's revoke 404, the owner's revoke 401 at once", bad.len());
+    println!(
+        "tokens page: {} bad forms refused, a token created (shown once), another user's revoke 404, the owner's revoke 401 at once",
+        bad.len()
+    );
 }
 
 /// The migration gives tokens made before it 90 days from its run: a year-old
