@@ -98,6 +98,23 @@ pub enum TokenCommand {
         email: String,
         #[arg(long, default_value = "cli")]
         name: String,
+        /// Limit the token to this org (the user must be an active member of it).
+        #[arg(long)]
+        org: Option<String>,
+        /// Days until the token expires, 1 to 3650 (default 90).
+        #[arg(long, value_name = "DAYS", allow_hyphen_values = true)]
+        expires_in: Option<String>,
+    },
+    /// List the user's tokens, one JSON line each (never the token nor its hash).
+    List {
+        #[arg(long)]
+        email: String,
+    },
+    /// Revoke a token by its id (from `token list`); it is refused from its next request.
+    Revoke {
+        /// The token's id.
+        #[arg(allow_hyphen_values = true)]
+        id: String,
     },
 }
 
@@ -161,22 +178,7 @@ pub async fn run(cli: Cli, config: Config) -> anyhow::Result<()> {
         }
         Command::Verify { file, sha256 } => verify_file(&file, sha256.as_deref()).await,
         Command::Import { file, org, name, dry_run } => import_file(config, &file, org, name, dry_run).await,
-        Command::Token { command: TokenCommand::Create { email, name } } => {
-            if name.trim().is_empty() || name.len() > 100 {
-                bail!("--name must be 1 to 100 characters");
-            }
-            let services = Services::start(config).await?;
-            let created = crate::auth::tokens::create(&services.state.pool, &email, name.trim()).await;
-            services.shutdown().await;
-            match created? {
-                Some(t) => {
-                    println!("{}", t.token);
-                    eprintln!("token {} created for {email}; it is shown only this once", t.id);
-                    Ok(())
-                }
-                None => bail!("no user with email {email:?}"),
-            }
-        }
+        Command::Token { command } => token(config, command).await,
     }
 }
 
@@ -322,6 +324,71 @@ async fn import_file(
             Ok(())
         }
         Err(e) => bail!("import of {} failed, nothing was kept: {e}", file.display()),
+    }
+}
+
+/// `data-export token create|list|revoke`: bad arguments are refused before the
+/// database is opened, and a refusal writes nothing.
+async fn token(config: Config, command: TokenCommand) -> anyhow::Result<()> {
+    use crate::auth::tokens::{self, ExpiryDays, Revocation, Spec};
+    match command {
+        TokenCommand::Create { email, name, org, expires_in } => {
+            let name = tokens::parse_name(&name).map_err(|e| anyhow::anyhow!("--name: {e}"))?;
+            let expires_in = match &expires_in {
+                Some(raw) => ExpiryDays::parse(raw).map_err(|e| anyhow::anyhow!("--expires-in: {e}"))?,
+                None => ExpiryDays::default(),
+            };
+            let org = match &org {
+                Some(o) => Some(OrgSlug::parse(o).with_context(|| format!("--org: {o:?} is not a valid org slug"))?),
+                None => None,
+            };
+            let spec = Spec { name, org, expires_in };
+            let services = Services::start(config).await?;
+            let created = tokens::create_for_email(&services.state.pool, &email, &spec, "cli").await;
+            services.shutdown().await;
+            let t = created?.map_err(|refusal| anyhow::anyhow!("{refusal}; no token was created"))?;
+            println!("{}", t.token);
+            let scope =
+                spec.org.as_ref().map_or("every org of the user".to_string(), |o| format!("org {}", o.as_str()));
+            eprintln!(
+                "token {} created for {email} ({scope}), expires {}; it is shown only this once",
+                t.id,
+                t.expires_at.format("%Y-%m-%d %H:%M UTC")
+            );
+            Ok(())
+        }
+        TokenCommand::List { email } => {
+            let services = Services::start(config).await?;
+            let listed = tokens::list_for_email(&services.state.pool, &email).await;
+            services.shutdown().await;
+            let list = listed?.with_context(|| format!("no user with email {email:?}"))?;
+            let now = chrono::Utc::now();
+            for t in &list {
+                let mut line = serde_json::to_value(t)?;
+                line["status"] = t.status(now).as_str().into();
+                println!("{line}");
+            }
+            if list.is_empty() {
+                eprintln!("{email} has no tokens");
+            }
+            Ok(())
+        }
+        TokenCommand::Revoke { id } => {
+            let n = id.trim().parse::<i64>().ok().filter(|n| *n > 0);
+            let n =
+                n.with_context(|| format!("{id:?} is not a token id (a positive whole number, see `token list`)"))?;
+            let services = Services::start(config).await?;
+            let done = tokens::revoke(&services.state.pool, n, None, None, "cli").await;
+            services.shutdown().await;
+            match done? {
+                Revocation::Revoked => println!("token {n} revoked"),
+                Revocation::Already(at) => {
+                    println!("token {n} was already revoked at {}; nothing changed", at.format("%Y-%m-%d %H:%M UTC"))
+                }
+                Revocation::NotFound => bail!("no token with id {n}"),
+            }
+            Ok(())
+        }
     }
 }
 

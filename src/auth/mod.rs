@@ -118,7 +118,10 @@ impl FromRequestParts<AppState> for PlatformAdmin {
 }
 
 /// The user behind an `Authorization: Bearer` token (JSON API only; the API never
-/// accepts the session cookie, so it needs no CSRF token).
+/// accepts the session cookie, so it needs no CSRF token). A revoked, expired or
+/// unknown token answers 401; a token limited to one org answers 403 anywhere but
+/// under `/api/v1/orgs/{that org}/`, before the org in the path is looked up, so it
+/// tells nothing about other orgs.
 #[derive(Clone, Debug)]
 pub struct ApiUser(pub User);
 
@@ -129,12 +132,29 @@ impl FromRequestParts<AppState> for ApiUser {
         let Some(token) = header.and_then(|h| h.strip_prefix("Bearer ")).map(str::trim) else {
             return Err(ApiError(AppError::Unauthorized));
         };
-        let Some(user_id) = tokens::authenticate(&state.pool, token).await? else {
+        let path_org = api_org_param(parts);
+        let Some(bearer) = tokens::authenticate(&state.pool, token, path_org.as_deref()).await? else {
             return Err(ApiError(AppError::Unauthorized));
         };
-        let user = load_user(&state.pool, user_id).await?.ok_or(AppError::Unauthorized)?;
+        if let Some(scope) = &bearer.scope
+            && path_org.as_deref() != Some(scope.as_str())
+        {
+            return Err(ApiError(AppError::Forbidden(format!(
+                "This token is limited to the organization {scope:?}; it cannot be used for this request."
+            ))));
+        }
+        let user = load_user(&state.pool, bearer.user_id).await?.ok_or(AppError::Unauthorized)?;
         Ok(ApiUser(user))
     }
+}
+
+/// The `{org}` of an org route of the JSON API (`/api/v1/orgs/{org}/...`), exactly
+/// as the path spells it; `None` for every other path (the platform's routes).
+fn api_org_param(parts: &Parts) -> Option<String> {
+    let original = parts.extensions.get::<axum::extract::OriginalUri>().map(|u| u.0.path().to_string());
+    let path = original.unwrap_or_else(|| parts.uri.path().to_string());
+    let rest = path.strip_prefix(crate::routes::API_PREFIX)?.strip_prefix("/orgs/")?;
+    rest.split('/').next().filter(|s| !s.is_empty()).map(str::to_string)
 }
 
 /// A user acting within one org, with their role there.

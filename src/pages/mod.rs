@@ -1,6 +1,7 @@
-//! Pages that belong to no feature: the start page, sign-in, and Settings ->
-//! Modules. Each feature's own pages live in its folder.
+//! Pages that belong to no feature: the start page, sign-in, Settings -> Modules,
+//! and a person's own API tokens. Each feature's own pages live in its folder.
 
 pub mod home;
 pub mod login;
 pub mod modules;
+pub mod tokens;

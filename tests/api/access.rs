@@ -141,6 +141,22 @@ fn expected(kind: Kind, method: &str, pattern: &str, role: Role) -> u16 {
                 _ if method == "POST" => 303,
                 _ => 200,
             },
+            ("GET", ME_TOKENS) => match role {
+                Anonymous => to_login,
+                _ => 200,
+            },
+            // No name: refused after the sign-in check.
+            ("POST", ME_TOKENS) => match role {
+                Anonymous => to_login,
+                _ => 400,
+            },
+            // The id is one of member@acme.test's tokens: revoked by its owner, no
+            // token of anyone else's.
+            ("POST", ME_TOKEN_REVOKE) => match role {
+                Anonymous => to_login,
+                Member => 303,
+                _ => 404,
+            },
             // The id is member@acme.test's request: anyone else's id space does not hold it.
             ("GET", ME_PRIVACY_DOWNLOAD) => match role {
                 Anonymous => to_login,
@@ -174,8 +190,14 @@ fn order(method: &str, pattern: &str) -> u8 {
     }
 }
 
-fn fill(pattern: &str, export_id: &str, privacy_id: &str) -> String {
-    let id = if pattern.contains("privacy") { privacy_id } else { export_id };
+fn fill(pattern: &str, export_id: &str, privacy_id: &str, token_id: &str) -> String {
+    let id = if pattern.contains("privacy") {
+        privacy_id
+    } else if pattern.contains("tokens") {
+        token_id
+    } else {
+        export_id
+    };
     path(pattern, "acme", Some(id))
 }
 
@@ -209,6 +231,13 @@ async fn every_route_answers_each_role_as_expected() {
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     };
+    // One of the member's API tokens, for the revoke route.
+    let token_id = data_export::auth::tokens::create(app.pool(), "member@acme.test", "matrix")
+        .await
+        .unwrap()
+        .unwrap()
+        .id
+        .to_string();
 
     let mut routes: Vec<(Kind, &str, String)> = Vec::new();
     for (m, p) in router::OPS_ROUTES {
@@ -242,8 +271,8 @@ async fn every_route_answers_each_role_as_expected() {
             let want = expected(*kind, method, pattern, role);
             let url = match kind {
                 Kind::Board => app.board_url(pattern),
-                Kind::Api => app.url(&format!("{API_PREFIX}{}", fill(pattern, &acme_export, &privacy_id))),
-                _ => app.url(&fill(pattern, &acme_export, &privacy_id)),
+                Kind::Api => app.url(&format!("{API_PREFIX}{}", fill(pattern, &acme_export, &privacy_id, &token_id))),
+                _ => app.url(&fill(pattern, &acme_export, &privacy_id, &token_id)),
             };
             let mut req = session.client.request(Method::from_bytes(method.as_bytes()).unwrap(), &url);
             if *kind == Kind::Api && !token.is_empty() {
@@ -321,12 +350,13 @@ async fn every_route_answers_each_role_as_expected() {
     // CSRF token or with a wrong one, before it does anything.
     let platform = app.login("platform@example.test").await;
     let counts = "select (select count(*) from audit_log), (select count(*) from export_runs),
-                         (select count(*) from org_imports)";
-    let before: (i64, i64, i64) = sqlx::query_as(counts).fetch_one(app.pool()).await.unwrap();
+                         (select count(*) from org_imports),
+                         (select count(*) from api_tokens where revoked_at is null)";
+    let before: (i64, i64, i64, i64) = sqlx::query_as(counts).fetch_one(app.pool()).await.unwrap();
     let mut posts = 0;
     for (method, pattern) in router::HTML_ROUTES.iter().filter(|(m, _)| *m == "POST") {
         let who = if pattern.starts_with("/platform") { &platform } else { &admin };
-        let url = format!("{}{}", who.base, fill(pattern, &acme_export, &privacy_id));
+        let url = format!("{}{}", who.base, fill(pattern, &acme_export, &privacy_id, &token_id));
         for token in [None, Some("forged-token")] {
             let mut form = vec![("email", "admin@acme.test"), ("password", PASSWORD)];
             if let Some(t) = token {
@@ -337,7 +367,7 @@ async fn every_route_answers_each_role_as_expected() {
             posts += 1;
         }
     }
-    let after: (i64, i64, i64) = sqlx::query_as(counts).fetch_one(app.pool()).await.unwrap();
+    let after: (i64, i64, i64, i64) = sqlx::query_as(counts).fetch_one(app.pool()).await.unwrap();
     assert_eq!(before, after, "refused POSTs wrote nothing");
     println!("CSRF: {posts} POSTs without a valid token refused");
 

@@ -18,4 +18,5 @@ mod privacy;
 mod restore;
 mod seed;
 mod soak;
+mod tokens;
 mod zero_config;
