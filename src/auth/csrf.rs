@@ -73,11 +73,7 @@ pub async fn protect(State(state): State<AppState>, session: Session, req: Reque
 
 /// Checks `req`; passes it on with the `Set-Cookie` of a new sign-in form nonce
 /// when one was issued.
-async fn check(
-    state: &AppState,
-    session: Session,
-    req: Request,
-) -> Result<(Request, Option<HeaderValue>), Response> {
+async fn check(state: &AppState, session: Session, req: Request) -> Result<(Request, Option<HeaderValue>), Response> {
     let (token, cookie) = match session.get::<String>(SESSION_KEY).await {
         Ok(Some(t)) => (t, None),
         // Anonymous visitors get a token only for the sign-in form, the one form they

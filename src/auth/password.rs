@@ -81,8 +81,12 @@ struct Counters {
     busy: AtomicU64,
 }
 
-static STATS: Counters =
-    Counters { in_flight: AtomicUsize::new(0), peak: AtomicUsize::new(0), waited: AtomicU64::new(0), busy: AtomicU64::new(0) };
+static STATS: Counters = Counters {
+    in_flight: AtomicUsize::new(0),
+    peak: AtomicUsize::new(0),
+    waited: AtomicU64::new(0),
+    busy: AtomicU64::new(0),
+};
 
 /// A running hash: counted while it lives, and holding its slot.
 struct InFlight {

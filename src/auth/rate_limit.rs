@@ -147,6 +147,9 @@ mod tests {
     #[test]
     fn the_account_delay_doubles_up_to_its_cap() {
         let ms = |n| account_delay(n).as_millis();
-        assert_eq!([ms(0), ms(5), ms(6), ms(7), ms(8), ms(9), ms(10), ms(1000)], [0, 0, 250, 500, 1000, 2000, 2000, 2000]);
+        assert_eq!(
+            [ms(0), ms(5), ms(6), ms(7), ms(8), ms(9), ms(10), ms(1000)],
+            [0, 0, 250, 500, 1000, 2000, 2000, 2000]
+        );
     }
 }
