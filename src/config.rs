@@ -1,6 +1,10 @@
 //! Configuration from the environment (12-factor), each setting with a zero-config default.
 
-use std::{net::SocketAddr, path::PathBuf};
+use std::{
+    net::{IpAddr, SocketAddr},
+    path::PathBuf,
+    time::Duration,
+};
 
 use anyhow::{Context, bail};
 
@@ -74,6 +78,88 @@ pub struct Config {
     /// `VERIFY_TIMEOUT_SECS`: the longest a Verify of a stored export may run
     /// (default 1800, 30 minutes; 1..=86400).
     pub verify_timeout_secs: u64,
+    /// `TRUSTED_PROXIES`: comma-separated CIDRs of reverse proxies whose
+    /// `X-Forwarded-For` / `Forwarded` headers name the client (default: none, so
+    /// the TCP peer is the client).
+    pub trusted_proxies: Vec<Cidr>,
+    /// `PASSWORD_HASH_WAIT_MS`: how long a sign-in waits for one of the password
+    /// hashing slots (one per core) before it is answered 503 (default 3000; 0 means
+    /// answer 503 at once when every slot is busy).
+    pub password_hash_wait: Duration,
+}
+
+/// An address range such as `10.0.0.0/8` or `fd00::/8` (a bare address is one host).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Cidr {
+    network: IpAddr,
+    prefix: u8,
+}
+
+impl Cidr {
+    /// Parses `a.b.c.d/n`, `x:y::/n` or a bare address. IPv4-mapped IPv6 ranges
+    /// (`::ffff:10.0.0.0/104`) are kept as the IPv4 range they denote.
+    pub fn parse(text: &str) -> Result<Self, String> {
+        let text = text.trim();
+        let (addr, prefix) = match text.split_once('/') {
+            Some((a, p)) => (a, Some(p)),
+            None => (text, None),
+        };
+        let addr: IpAddr = addr.parse().map_err(|_| format!("{text:?} is not an IP address or CIDR range"))?;
+        let max = if addr.is_ipv4() { 32 } else { 128 };
+        let prefix = match prefix {
+            None => max,
+            Some(p) => match p.parse::<u8>() {
+                Ok(n) if n <= max => n,
+                _ => return Err(format!("{text:?} has a prefix length that is not 0 to {max}")),
+            },
+        };
+        let (addr, prefix) = match addr {
+            IpAddr::V6(v6) if prefix >= 96 => match v6.to_ipv4_mapped() {
+                Some(v4) => (IpAddr::V4(v4), prefix - 96),
+                None => (addr, prefix),
+            },
+            _ => (addr, prefix),
+        };
+        Ok(Self { network: mask(addr, prefix), prefix })
+    }
+
+    /// Whether `ip` is in the range (IPv4-mapped IPv6 addresses count as IPv4).
+    pub fn contains(&self, ip: IpAddr) -> bool {
+        let ip = ip.to_canonical();
+        ip.is_ipv4() == self.network.is_ipv4() && mask(ip, self.prefix) == self.network
+    }
+}
+
+impl std::fmt::Display for Cidr {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}/{}", self.network, self.prefix)
+    }
+}
+
+/// `ip` with all but its first `prefix` bits cleared.
+pub fn mask(ip: IpAddr, prefix: u8) -> IpAddr {
+    match ip {
+        IpAddr::V4(v4) => {
+            let bits = if prefix == 0 { 0 } else { u32::MAX << (32 - u32::from(prefix.min(32))) };
+            IpAddr::V4((u32::from(v4) & bits).into())
+        }
+        IpAddr::V6(v6) => {
+            let bits = if prefix == 0 { 0 } else { u128::MAX << (128 - u32::from(prefix.min(128))) };
+            IpAddr::V6((u128::from(v6) & bits).into())
+        }
+    }
+}
+
+fn parse_cidrs(name: &str, v: Option<String>) -> anyhow::Result<Vec<Cidr>> {
+    let Some(v) = v else { return Ok(Vec::new()) };
+    v.split(',')
+        .filter(|part| !part.trim().is_empty())
+        .map(|part| {
+            Cidr::parse(part).map_err(|e| {
+                anyhow::anyhow!("{name} must be comma-separated CIDR ranges such as 10.0.0.0/8,fd00::/8 ({e})")
+            })
+        })
+        .collect()
 }
 
 /// The default of `IMPORT_MAX_BYTES`: 4 GiB.
@@ -140,6 +226,13 @@ impl Config {
             privacy_bucket: non_empty("PRIVACY_BUCKET").unwrap_or_else(|| "data-export-privacy".into()),
             import_max_bytes: parse_bytes("IMPORT_MAX_BYTES", non_empty("IMPORT_MAX_BYTES"), DEFAULT_IMPORT_MAX_BYTES)?,
             verify_timeout_secs: parse_num("VERIFY_TIMEOUT_SECS", non_empty("VERIFY_TIMEOUT_SECS"), 1800, 1..=86_400)?,
+            trusted_proxies: parse_cidrs("TRUSTED_PROXIES", non_empty("TRUSTED_PROXIES"))?,
+            password_hash_wait: Duration::from_millis(parse_num(
+                "PASSWORD_HASH_WAIT_MS",
+                non_empty("PASSWORD_HASH_WAIT_MS"),
+                3000,
+                0..=60_000,
+            )?),
         })
     }
 
@@ -242,6 +335,35 @@ mod tests {
             let err = cfg(&pairs).unwrap_err().to_string();
             assert!(err.contains(needle), "{err} should name {needle}");
         }
+    }
+
+    #[test]
+    fn trusted_proxies_are_cidr_ranges() {
+        assert!(cfg(&[]).unwrap().trusted_proxies.is_empty());
+        let c = cfg(&[("TRUSTED_PROXIES", " 10.0.0.0/8, 192.168.1.7 ,fd00::/8,::ffff:172.16.0.0/108,")]).unwrap();
+        let shown: Vec<String> = c.trusted_proxies.iter().map(ToString::to_string).collect();
+        assert_eq!(shown, ["10.0.0.0/8", "192.168.1.7/32", "fd00::/8", "172.16.0.0/12"]);
+        let ip = |s: &str| s.parse::<IpAddr>().unwrap();
+        let [ten, one, fd, mapped] = [0, 1, 2, 3].map(|i| c.trusted_proxies[i]);
+        assert!(ten.contains(ip("10.255.1.2")) && !ten.contains(ip("11.0.0.1")));
+        assert!(ten.contains(ip("::ffff:10.1.2.3")), "IPv4-mapped IPv6 counts as IPv4");
+        assert!(one.contains(ip("192.168.1.7")) && !one.contains(ip("192.168.1.8")));
+        assert!(fd.contains(ip("fd12::1")) && !fd.contains(ip("fe80::1")) && !fd.contains(ip("10.0.0.1")));
+        assert!(mapped.contains(ip("172.31.255.255")) && !mapped.contains(ip("172.32.0.0")));
+        assert!(Cidr::parse("0.0.0.0/0").unwrap().contains(ip("8.8.8.8")));
+        assert!(!Cidr::parse("0.0.0.0/0").unwrap().contains(ip("2001:db8::1")));
+        for bad in ["10.0.0.0/33", "fd00::/129", "10.0.0/8", "proxy.local", "10.0.0.0/-1", "10.0.0.0/", "/8"] {
+            let err = cfg(&[("TRUSTED_PROXIES", bad)]).unwrap_err().to_string();
+            assert!(err.contains("TRUSTED_PROXIES") && err.contains(bad), "{err}");
+        }
+    }
+
+    #[test]
+    fn the_password_hash_wait_is_in_milliseconds() {
+        assert_eq!(cfg(&[]).unwrap().password_hash_wait, Duration::from_secs(3));
+        assert_eq!(cfg(&[("PASSWORD_HASH_WAIT_MS", "0")]).unwrap().password_hash_wait, Duration::ZERO);
+        let err = cfg(&[("PASSWORD_HASH_WAIT_MS", "2s")]).unwrap_err().to_string();
+        assert!(err.contains("PASSWORD_HASH_WAIT_MS"), "{err}");
     }
 
     #[test]

@@ -90,7 +90,7 @@ pub fn router(state: AppState) -> Router {
     let html = html_routes(Router::new())
         .fallback(|| async { AppError::NotFound })
         .method_not_allowed_fallback(|| async { AppError::MethodNotAllowed })
-        .layer(middleware::from_fn(auth::csrf::protect))
+        .layer(middleware::from_fn_with_state(state.clone(), auth::csrf::protect))
         .layer(sessions);
     let api = api_routes(Router::new())
         .fallback(|| async { ApiError(AppError::NotFound) })

@@ -4,20 +4,33 @@
 //! form, the snapshot upload of `/platform/imports/upload` (whose body is streamed by
 //! its handler and never read here), carries it in its action URL's query string
 //! instead; no other route accepts it there.
+//!
+//! The sign-in form of a visitor without a session is protected without writing
+//! anything (anonymous visitors cost no session row): a signed double-submit token.
+//! The visitor gets a cookie holding a random nonce and its issue time, and the form
+//! carries HMAC-SHA256(server key, nonce); the key is in the database
+//! (`server_keys`), so every web process checks what any other issued. A forged
+//! sign-in needs the victim's cookie (unreadable cross-site, not sent on a
+//! cross-site POST: `SameSite=Strict`; on https the `__Host-` prefix stops a
+//! sibling subdomain from planting one) and the key.
+//!
+//! The token changes whenever the session's user does: [`rotate`] at sign-in (the
+//! sign-in form's cookie is dropped too), and sign-out deletes the session.
 
 use axum::{
     body::{Body, to_bytes},
-    extract::{FromRequestParts, Request},
-    http::{Method, StatusCode, header, request::Parts},
+    extract::{FromRequestParts, Request, State},
+    http::{HeaderMap, HeaderValue, Method, StatusCode, header, request::Parts},
     middleware::Next,
     response::{IntoResponse, Response},
 };
 use base64::Engine;
 use maud::{Markup, html};
 use rand::RngCore;
+use sha2::{Digest, Sha256};
 use tower_sessions::Session;
 
-use crate::error::AppError;
+use crate::{error::AppError, state::AppState};
 
 const SESSION_KEY: &str = "csrf";
 /// The form field name.
@@ -46,27 +59,49 @@ pub fn hidden_field(token: &str) -> Markup {
 }
 
 /// The middleware. Safe methods get a token put in place; others must present it.
-pub async fn protect(session: Session, req: Request, next: Next) -> Response {
-    match check(session, req).await {
-        Ok(req) => next.run(req).await,
+pub async fn protect(State(state): State<AppState>, session: Session, req: Request, next: Next) -> Response {
+    match check(&state, session, req).await {
+        Ok((req, None)) => next.run(req).await,
+        Ok((req, Some(cookie))) => {
+            let mut resp = next.run(req).await;
+            resp.headers_mut().append(header::SET_COOKIE, cookie);
+            resp
+        }
         Err(resp) => resp,
     }
 }
 
-async fn check(session: Session, mut req: Request) -> Result<Request, Response> {
-    let token = match session.get::<String>(SESSION_KEY).await {
-        Ok(Some(t)) => t,
-        // Anonymous visitors get a session (and a token) only on the sign-in page,
-        // the one form they can use; elsewhere they are redirected to it, and no
-        // session row is written for them.
-        Ok(None) if !(is_safe(req.method()) && req.uri().path() == crate::routes::LOGIN) => String::new(),
-        Ok(None) => {
-            let t = new_token();
-            session.insert(SESSION_KEY, &t).await.map_err(|e| AppError::from(e).into_response())?;
-            t
+/// Checks `req`; passes it on with the `Set-Cookie` of a new sign-in form nonce
+/// when one was issued.
+async fn check(state: &AppState, session: Session, req: Request) -> Result<(Request, Option<HeaderValue>), Response> {
+    let (token, cookie) = match session.get::<String>(SESSION_KEY).await {
+        Ok(Some(t)) => (t, None),
+        // Anonymous visitors get a token only for the sign-in form, the one form they
+        // can use, and it is stateless; elsewhere they are redirected to sign in.
+        Ok(None) if req.uri().path() == crate::routes::LOGIN => {
+            let secure = state.config.cookies_secure();
+            let key = login_key(&state.pool).await.map_err(|e| AppError::from(e).into_response())?;
+            match login_nonce(req.headers(), secure, now_unix()) {
+                Some(nonce) => (login_token(&key, &nonce), None),
+                None if is_safe(req.method()) => {
+                    let nonce = new_login_nonce(now_unix());
+                    (login_token(&key, &nonce), Some(login_cookie(secure, &nonce)))
+                }
+                None => (String::new(), None),
+            }
         }
+        // Signing out without a session (a page left open past its session's end)
+        // changes nothing, so it needs no token: the visitor lands on the sign-in page.
+        Ok(None) if req.uri().path() == crate::routes::LOGOUT => return Ok((req, None)),
+        Ok(None) => (String::new(), None),
         Err(e) => return Err(AppError::from(e).into_response()),
     };
+    let req = verified(req, token).await?;
+    Ok((req, cookie))
+}
+
+/// `req` when it is safe or carries `token`, else the refusal.
+async fn verified(mut req: Request, token: String) -> Result<Request, Response> {
     req.extensions_mut().insert(CsrfToken(token.clone()));
     if is_safe(req.method()) {
         return Ok(req);
@@ -130,6 +165,89 @@ fn new_token() -> String {
     base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(raw)
 }
 
+/// Gives the session a new token (at sign-in: the one a page showed before no
+/// longer works). Returns it.
+pub async fn rotate(session: &Session) -> Result<String, tower_sessions::session::Error> {
+    let token = new_token();
+    session.insert(SESSION_KEY, &token).await?;
+    Ok(token)
+}
+
+/// The sign-in form nonce's cookie: `__Host-` prefixed when cookies are `Secure`.
+pub fn login_cookie_name(secure: bool) -> &'static str {
+    if secure { "__Host-dx_login" } else { "dx_login" }
+}
+
+/// How long a sign-in form stays usable.
+const LOGIN_NONCE_SECS: i64 = 12 * 3600;
+
+fn login_cookie(secure: bool, nonce: &str) -> HeaderValue {
+    let name = login_cookie_name(secure);
+    let secure = if secure { "; Secure" } else { "" };
+    let text = format!("{name}={nonce}; Path=/; HttpOnly; SameSite=Strict; Max-Age={LOGIN_NONCE_SECS}{secure}");
+    HeaderValue::from_str(&text).expect("a nonce is a valid header value")
+}
+
+/// The `Set-Cookie` that drops the sign-in form's cookie (after sign-in).
+pub fn clear_login_cookie(secure: bool) -> HeaderValue {
+    let name = login_cookie_name(secure);
+    let secure = if secure { "; Secure" } else { "" };
+    HeaderValue::from_str(&format!("{name}=; Path=/; HttpOnly; SameSite=Strict; Max-Age=0{secure}"))
+        .expect("a fixed header value")
+}
+
+fn now_unix() -> i64 {
+    chrono::Utc::now().timestamp()
+}
+
+/// `{issued}.{random}`.
+fn new_login_nonce(now: i64) -> String {
+    let mut raw = [0u8; 24];
+    rand::rng().fill_bytes(&mut raw);
+    format!("{now}.{}", base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(raw))
+}
+
+/// The request's sign-in nonce, if it has a well-formed one that has not expired.
+fn login_nonce(headers: &HeaderMap, secure: bool, now: i64) -> Option<String> {
+    let name = login_cookie_name(secure);
+    let nonce = headers
+        .get_all(header::COOKIE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(';'))
+        .find_map(|c| c.trim().strip_prefix(name)?.strip_prefix('='))?;
+    let (issued, random) = nonce.split_once('.')?;
+    let issued: i64 = issued.parse().ok()?;
+    let fresh = issued <= now + 60 && now - issued <= LOGIN_NONCE_SECS;
+    let well_formed = random.len() == 32 && random.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_');
+    (fresh && well_formed).then(|| nonce.to_string())
+}
+
+/// The sign-in form's token for `nonce`.
+fn login_token(key: &[u8], nonce: &str) -> String {
+    let mac = hmac_sha256(key, format!("data-export/login-csrf\n{nonce}").as_bytes());
+    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(mac)
+}
+
+/// The server's key for sign-in form tokens (made by the migration that added it).
+async fn login_key(pool: &sqlx::PgPool) -> sqlx::Result<Vec<u8>> {
+    let (key,): (Vec<u8>,) =
+        sqlx::query_as("select key from server_keys where name = 'login_csrf'").fetch_one(pool).await?;
+    Ok(key)
+}
+
+/// HMAC-SHA256 (RFC 2104), on the sha2 crate we already have.
+fn hmac_sha256(key: &[u8], message: &[u8]) -> [u8; 32] {
+    let mut block = [0u8; 64];
+    if key.len() > 64 {
+        block[..32].copy_from_slice(&Sha256::digest(key));
+    } else {
+        block[..key.len()].copy_from_slice(key);
+    }
+    let inner = Sha256::new().chain_update(block.map(|b| b ^ 0x36)).chain_update(message).finalize();
+    Sha256::new().chain_update(block.map(|b| b ^ 0x5c)).chain_update(inner).finalize().into()
+}
+
 fn constant_eq(a: &str, b: &str) -> bool {
     a.len() == b.len() && a.bytes().zip(b.bytes()).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
@@ -157,6 +275,43 @@ mod tests {
         assert_eq!(token("/platform/imports/upload?x=1&csrf_token=t").as_deref(), Some("t"));
         assert_eq!(token("/platform/imports/upload"), None);
         assert_eq!(token("/platform/imports/upload?csrf=t"), None);
+    }
+
+    #[test]
+    fn hmac_matches_rfc_4231() {
+        let hex = |b: [u8; 32]| b.iter().map(|x| format!("{x:02x}")).collect::<String>();
+        // Test cases 2 and 6 (a key longer than the block).
+        assert_eq!(
+            hex(hmac_sha256(b"Jefe", b"what do ya want for nothing?")),
+            "5bdcc146bf60754e6a042426089575c75a003f089d2739839dec58b964ec3843"
+        );
+        assert_eq!(
+            hex(hmac_sha256(&[0xaa; 131], b"Test Using Larger Than Block-Size Key - Hash Key First")),
+            "60e431591ee0b67f0d8a26aacbf5b77f8e0bc6213728c5140546040f0ee37f54"
+        );
+    }
+
+    #[test]
+    fn a_sign_in_nonce_is_read_only_when_well_formed_and_fresh() {
+        let now = 1_800_000_000;
+        let nonce = new_login_nonce(now);
+        let headers = |cookie: String| {
+            let mut h = HeaderMap::new();
+            h.insert(header::COOKIE, HeaderValue::from_str(&cookie).unwrap());
+            h
+        };
+        let h = headers(format!("other=1; dx_login={nonce}"));
+        assert_eq!(login_nonce(&h, false, now + 10).as_deref(), Some(nonce.as_str()));
+        assert_eq!(login_nonce(&h, true, now), None, "https reads only the __Host- cookie");
+        assert_eq!(login_nonce(&headers(format!("__Host-dx_login={nonce}")), true, now).as_deref(), Some(&*nonce));
+        assert_eq!(login_nonce(&h, false, now + LOGIN_NONCE_SECS + 1), None, "expired");
+        assert_eq!(login_nonce(&h, false, now - 3600), None, "issued in the future");
+        for bad in ["dx_login=", "dx_login=abc", "dx_login=x.yyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyy", "dx_login=1.a b"] {
+            assert_eq!(login_nonce(&headers(bad.into()), false, now), None, "{bad}");
+        }
+        // Tokens depend on the key and the nonce.
+        assert_ne!(login_token(b"k1", &nonce), login_token(b"k2", &nonce));
+        assert_ne!(login_token(b"k1", &nonce), login_token(b"k1", &new_login_nonce(now)));
     }
 
     #[test]

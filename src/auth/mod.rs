@@ -1,6 +1,7 @@
 //! Who is asking: sessions, passwords, API tokens, CSRF, and the role extractors.
 //! No HTML pages live here (the sign-in page is in `pages`).
 
+pub mod client_ip;
 pub mod csrf;
 pub mod membership;
 pub mod password;
@@ -18,13 +19,24 @@ use crate::{
     state::AppState,
 };
 
-/// The session cookie's name.
+/// The session cookie's name on plain http (development).
 pub const SESSION_COOKIE: &str = "dx_session";
+/// Its name when the site is https: the `__Host-` prefix makes browsers accept it
+/// only with `Secure`, `Path=/` and no `Domain`, so no other host (a sibling
+/// subdomain included) can set or overwrite it. Browsers still send it to every
+/// port of the host, the job board's included.
+pub const SESSION_COOKIE_HTTPS: &str = "__Host-dx_session";
+
+/// The session cookie's name for this configuration.
+pub fn session_cookie_name(config: &crate::config::Config) -> &'static str {
+    if config.cookies_secure() { SESSION_COOKIE_HTTPS } else { SESSION_COOKIE }
+}
 
 /// The session layer (also used by the job board's listener, which shares the cookie).
+/// Path `/` and no domain are tower-sessions' defaults, as `__Host-` requires.
 pub fn session_layer(state: &AppState) -> tower_sessions::SessionManagerLayer<session_store::PgSessionStore> {
     tower_sessions::SessionManagerLayer::new(session_store::PgSessionStore::new(state.pool.clone()))
-        .with_name(SESSION_COOKIE)
+        .with_name(session_cookie_name(&state.config))
         .with_http_only(true)
         .with_same_site(tower_sessions::cookie::SameSite::Lax)
         .with_secure(state.config.cookies_secure())

@@ -1,11 +1,9 @@
 //! Sign in and sign out.
 
-use std::net::SocketAddr;
-
 use axum::{
     Form,
-    extract::{ConnectInfo, FromRequestParts, State},
-    http::{StatusCode, request::Parts},
+    extract::State,
+    http::{HeaderValue, StatusCode, header},
     response::{IntoResponse, Redirect, Response},
 };
 use maud::{Markup, html};
@@ -13,23 +11,12 @@ use serde::Deserialize;
 use tower_sessions::Session;
 
 use crate::{
-    auth::{SESSION_USER_ID, password, rate_limit},
+    auth::{SESSION_USER_ID, client_ip::ClientIp, csrf, password, rate_limit},
     error::{AppError, AppResult},
     routes,
     state::AppState,
     views::{PageCtx, layout::flash, page},
 };
-
-/// The client's address (the TCP peer; put a proxy's `X-Forwarded-For` handling in front if needed).
-pub struct ClientIp(pub String);
-
-impl<S: Send + Sync> FromRequestParts<S> for ClientIp {
-    type Rejection = std::convert::Infallible;
-    async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, Self::Rejection> {
-        let ip = parts.extensions.get::<ConnectInfo<SocketAddr>>().map(|c| c.0.ip().to_string());
-        Ok(ClientIp(ip.unwrap_or_else(|| "unknown".into())))
-    }
-}
 
 #[derive(Deserialize)]
 pub struct LoginForm {
@@ -52,7 +39,7 @@ pub async fn submit(
     ctx: PageCtx,
     session: Session,
     State(state): State<AppState>,
-    ClientIp(ip): ClientIp,
+    client: ClientIp,
     form: Result<Form<LoginForm>, axum::extract::rejection::FormRejection>,
 ) -> AppResult<Response> {
     let Ok(Form(form)) = form else {
@@ -71,13 +58,16 @@ pub async fn submit(
             (StatusCode::BAD_REQUEST, view(&ctx, &email, Some("Enter your email and password."))).into_response()
         );
     }
-    // The attempt is counted before it is checked, so a burst of parallel attempts
-    // cannot all slip under the limit; a successful sign-in clears the count.
-    rate_limit::record_attempt(&state.pool, &email, &ip).await?;
-    if let Some(msg) = rate_limit::check(&state.pool, &email, &ip).await? {
-        tracing::warn!(ip, "sign-in refused by rate limit");
-        return Ok((StatusCode::TOO_MANY_REQUESTS, view(&ctx, &email, Some(&msg))).into_response());
-    }
+    let address = client.limit_key();
+    let (delay, attempt) = match rate_limit::admit(&state.pool, &email, &address).await? {
+        rate_limit::Decision::Refuse(msg) => {
+            tracing::warn!(ip = %client.to_log(), "sign-in refused by rate limit");
+            return Ok((StatusCode::TOO_MANY_REQUESTS, view(&ctx, &email, Some(&msg))).into_response());
+        }
+        rate_limit::Decision::Proceed { delay, attempt } => (delay, attempt),
+    };
+    // An account under attack from many addresses: every attempt at it waits.
+    tokio::time::sleep(delay).await;
     let row: Option<(i64, String)> = sqlx::query_as("select id, password_hash from users where email = $1")
         .bind(&email)
         .fetch_optional(&state.pool)
@@ -86,29 +76,43 @@ pub async fn submit(
         Some((id, h)) => (Some(id), Some(h)),
         None => (None, None),
     };
-    if !password::verify(form.password, hash).await {
-        tracing::info!(ip, "sign-in failed");
+    let Ok(matched) = password::verify(form.password, hash, state.config.password_hash_wait).await else {
+        tracing::warn!(ip = %client.to_log(), "sign-in refused: every password hashing slot is busy");
+        rate_limit::withdraw(&state.pool, attempt).await?;
+        let msg = "The server is busy checking other sign-ins. Try again in a few seconds.";
+        let mut resp = (StatusCode::SERVICE_UNAVAILABLE, view(&ctx, &email, Some(msg))).into_response();
+        resp.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from_static("2"));
+        return Ok(resp);
+    };
+    if !matched {
+        tracing::info!(ip = %client.to_log(), "sign-in failed");
         let msg = "That email and password do not match an account.";
         return Ok((StatusCode::UNAUTHORIZED, view(&ctx, &email, Some(msg))).into_response());
     }
     let user_id = user_id.ok_or_else(|| AppError::Internal(anyhow::anyhow!("verified without a user")))?;
-    rate_limit::clear(&state.pool, &email).await?;
-    // A new session id at sign-in defeats session fixation.
+    rate_limit::succeeded(&state.pool, &email, &address).await?;
+    // A new session id at sign-in defeats session fixation, and a new CSRF token
+    // means no token a page showed before sign-in works after it.
     session.cycle_id().await?;
     session.insert(SESSION_USER_ID, user_id).await?;
+    csrf::rotate(&session).await?;
     crate::audit::write(
         &state.pool,
         None,
         Some(user_id),
         "user.login",
         &format!("user:{user_id}"),
-        serde_json::json!({ "ip": ip }),
+        serde_json::json!({ "ip": client.to_log() }),
     )
     .await?;
-    Ok(Redirect::to(routes::HOME).into_response())
+    let mut resp = Redirect::to(routes::HOME).into_response();
+    // The sign-in form's nonce has served its purpose.
+    resp.headers_mut().append(header::SET_COOKIE, csrf::clear_login_cookie(state.config.cookies_secure()));
+    Ok(resp)
 }
 
-/// POST /logout: the session is deleted from the store and the cookie cleared.
+/// POST /logout: the session (its CSRF token included) is deleted from the store and
+/// the cookie cleared; the sign-in page then issues a new token.
 pub async fn logout(session: Session) -> AppResult<Redirect> {
     session.flush().await?;
     Ok(Redirect::to(routes::LOGIN))

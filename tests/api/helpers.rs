@@ -482,9 +482,12 @@ impl TestApp {
 
 /// Signs in at `base` (this app's or another process's address).
 pub async fn login_at(base: &str, email: &str) -> Session {
-    let s = anonymous_at(base).await;
+    let mut s = anonymous_at(base).await;
     let resp = s.post_form(LOGIN, &[("email", email), ("password", PASSWORD)]).await;
     assert_eq!(resp.status(), 303, "login as {email}");
+    // Sign-in issues a new CSRF token: take it from a page.
+    let home = s.get("/").await.text().await.unwrap();
+    s.csrf = csrf_from(&home).expect("a signed-in page has a CSRF token");
     s
 }
 

@@ -1,0 +1,185 @@
+//! Who is on the other end of a request: the TCP peer, or, when the peer is one of
+//! `TRUSTED_PROXIES`, the address the proxy forwarded. Also the key per-address
+//! limits count under: an IPv4 address, or an IPv6 address's /64 (one host or
+//! home network usually holds a whole /64, so rotating inside it changes nothing).
+
+use std::net::{IpAddr, SocketAddr};
+
+use axum::{
+    extract::{ConnectInfo, FromRequestParts},
+    http::{HeaderMap, request::Parts},
+};
+
+use crate::{
+    config::{Cidr, mask},
+    state::AppState,
+};
+
+/// The client's address; `None` when the listener gave no peer address.
+#[derive(Clone, Copy, Debug)]
+pub struct ClientIp(pub Option<IpAddr>);
+
+impl ClientIp {
+    /// The key per-address limits are counted under.
+    pub fn limit_key(&self) -> String {
+        self.0.map(limit_key).unwrap_or_else(|| "unknown".into())
+    }
+
+    /// The address as logged and audited.
+    pub fn to_log(&self) -> String {
+        self.0.map(|ip| ip.to_string()).unwrap_or_else(|| "unknown".into())
+    }
+}
+
+impl FromRequestParts<AppState> for ClientIp {
+    type Rejection = std::convert::Infallible;
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, Self::Rejection> {
+        let peer = parts.extensions.get::<ConnectInfo<SocketAddr>>().map(|c| c.0.ip());
+        Ok(ClientIp(peer.map(|p| resolve(p, &parts.headers, &state.config.trusted_proxies))))
+    }
+}
+
+/// The client behind `peer`. A forwarded address is believed only from a trusted
+/// peer: walking the chain from the right (the hop nearest us), the first address
+/// outside the trusted ranges is the client, since everything left of it was written
+/// by the client itself. `X-Forwarded-For` is read when present, else `Forwarded`
+/// (RFC 7239). An entry that is not an address (`unknown`, an obfuscated name)
+/// stops the walk at the last trusted hop.
+pub fn resolve(peer: IpAddr, headers: &HeaderMap, trusted: &[Cidr]) -> IpAddr {
+    let peer = peer.to_canonical();
+    let is_trusted = |ip: IpAddr| trusted.iter().any(|c| c.contains(ip));
+    if !is_trusted(peer) {
+        return peer;
+    }
+    let chain = forwarded_chain(headers);
+    let mut client = peer;
+    for hop in chain.iter().rev() {
+        let Some(ip) = hop else { break };
+        client = ip.to_canonical();
+        if !is_trusted(client) {
+            break;
+        }
+    }
+    client
+}
+
+/// The forwarded addresses, left (farthest) to right (nearest); `None` for an entry
+/// that is not an address.
+fn forwarded_chain(headers: &HeaderMap) -> Vec<Option<IpAddr>> {
+    let values = |name: &str| -> Vec<String> {
+        headers.get_all(name).iter().map(|v| v.to_str().map(str::to_string).unwrap_or_default()).collect()
+    };
+    let xff = values("x-forwarded-for");
+    if !xff.is_empty() {
+        return xff.iter().flat_map(|v| v.split(',')).map(|e| parse_node(e.trim())).collect();
+    }
+    values("forwarded")
+        .iter()
+        .flat_map(|v| v.split(','))
+        .filter_map(|element| {
+            element.split(';').find_map(|pair| {
+                let (k, v) = pair.trim().split_once('=')?;
+                k.trim().eq_ignore_ascii_case("for").then(|| parse_node(v.trim().trim_matches('"')))
+            })
+        })
+        .collect()
+}
+
+/// `192.0.2.1`, `192.0.2.1:8080`, `2001:db8::1` or `[2001:db8::1]:8080`.
+fn parse_node(text: &str) -> Option<IpAddr> {
+    if let Ok(ip) = text.parse::<IpAddr>() {
+        return Some(ip);
+    }
+    if let Some(rest) = text.strip_prefix('[') {
+        return rest.split(']').next()?.parse().ok();
+    }
+    text.parse::<SocketAddr>().ok().map(|s| s.ip())
+}
+
+/// The key an address's sign-in failures count under: the IPv4 address itself
+/// (IPv4-mapped IPv6 included), or the /64 of an IPv6 address.
+pub fn limit_key(ip: IpAddr) -> String {
+    match ip.to_canonical() {
+        v4 @ IpAddr::V4(_) => v4.to_string(),
+        v6 => format!("{}/64", mask(v6, 64)),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ip(s: &str) -> IpAddr {
+        s.parse().unwrap()
+    }
+
+    fn headers(pairs: &[(&'static str, &'static str)]) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        for (k, v) in pairs {
+            h.append(*k, v.parse().unwrap());
+        }
+        h
+    }
+
+    fn trusted(list: &[&str]) -> Vec<Cidr> {
+        list.iter().map(|c| Cidr::parse(c).unwrap()).collect()
+    }
+
+    #[test]
+    fn ipv6_is_keyed_by_its_64_and_mapped_ipv4_as_ipv4() {
+        assert_eq!(limit_key(ip("203.0.113.9")), "203.0.113.9");
+        assert_eq!(limit_key(ip("::ffff:203.0.113.9")), "203.0.113.9");
+        assert_eq!(limit_key(ip("2001:db8:1:2:aaaa:bbbb:cccc:dddd")), "2001:db8:1:2::/64");
+        assert_eq!(limit_key(ip("2001:db8:1:2::1")), limit_key(ip("2001:db8:1:2:ffff::9")));
+        assert_ne!(limit_key(ip("2001:db8:1:2::1")), limit_key(ip("2001:db8:1:3::1")));
+        assert_eq!(ClientIp(None).limit_key(), "unknown");
+    }
+
+    #[test]
+    fn forwarded_addresses_are_believed_only_from_trusted_peers() {
+        let proxies = trusted(&["10.0.0.0/8", "::1"]);
+        let h = headers(&[("x-forwarded-for", "198.51.100.7")]);
+        // An untrusted peer: its header is ignored.
+        assert_eq!(resolve(ip("203.0.113.5"), &h, &proxies), ip("203.0.113.5"));
+        assert_eq!(resolve(ip("203.0.113.5"), &h, &[]), ip("203.0.113.5"));
+        // A trusted peer: the forwarded client.
+        assert_eq!(resolve(ip("10.1.1.1"), &h, &proxies), ip("198.51.100.7"));
+        assert_eq!(resolve(ip("::1"), &h, &proxies), ip("198.51.100.7"));
+        assert_eq!(resolve(ip("::ffff:10.1.1.1"), &h, &proxies), ip("198.51.100.7"), "mapped IPv4 peer");
+        // No header from a trusted peer: the peer.
+        assert_eq!(resolve(ip("10.1.1.1"), &HeaderMap::new(), &proxies), ip("10.1.1.1"));
+    }
+
+    #[test]
+    fn the_right_most_untrusted_address_is_the_client() {
+        let proxies = trusted(&["10.0.0.0/8"]);
+        // The client wrote a fake left part; the proxies appended the real one.
+        let h = headers(&[("x-forwarded-for", "1.2.3.4, 198.51.100.7, 10.0.0.2")]);
+        assert_eq!(resolve(ip("10.0.0.1"), &h, &proxies), ip("198.51.100.7"));
+        // Several header lines are one list, in order.
+        let h = headers(&[("x-forwarded-for", "1.2.3.4"), ("x-forwarded-for", "198.51.100.8:5555")]);
+        assert_eq!(resolve(ip("10.0.0.1"), &h, &proxies), ip("198.51.100.8"));
+        // All trusted: the left-most.
+        let h = headers(&[("x-forwarded-for", "10.9.9.9, 10.0.0.2")]);
+        assert_eq!(resolve(ip("10.0.0.1"), &h, &proxies), ip("10.9.9.9"));
+        // Garbage stops the walk at the last trusted hop.
+        let h = headers(&[("x-forwarded-for", "1.2.3.4, unknown, 10.0.0.2")]);
+        assert_eq!(resolve(ip("10.0.0.1"), &h, &proxies), ip("10.0.0.2"));
+        let h = headers(&[("x-forwarded-for", "")]);
+        assert_eq!(resolve(ip("10.0.0.1"), &h, &proxies), ip("10.0.0.1"));
+    }
+
+    #[test]
+    fn the_forwarded_header_is_read_when_there_is_no_x_forwarded_for() {
+        let proxies = trusted(&["10.0.0.0/8"]);
+        let h = headers(&[("forwarded", r#"for=1.2.3.4, for="[2001:db8:cafe::17]:4711";proto=https;by=10.0.0.9"#)]);
+        assert_eq!(resolve(ip("10.0.0.1"), &h, &proxies), ip("2001:db8:cafe::17"));
+        let h = headers(&[("forwarded", "proto=http;For=198.51.100.9:80")]);
+        assert_eq!(resolve(ip("10.0.0.1"), &h, &proxies), ip("198.51.100.9"));
+        let h = headers(&[("forwarded", "for=_hidden, for=10.0.0.3")]);
+        assert_eq!(resolve(ip("10.0.0.1"), &h, &proxies), ip("10.0.0.3"));
+        // X-Forwarded-For wins when both are present.
+        let h = headers(&[("forwarded", "for=1.1.1.1"), ("x-forwarded-for", "198.51.100.7")]);
+        assert_eq!(resolve(ip("10.0.0.1"), &h, &proxies), ip("198.51.100.7"));
+    }
+}
