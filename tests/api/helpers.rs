@@ -84,6 +84,9 @@ pub struct Options {
     pub server: Option<String>,
     /// `IMPORT_MAX_BYTES` (default: the product's).
     pub import_max_bytes: Option<u64>,
+    /// Changes to the app's configuration (timeouts, limits, `PUBLIC_URL`, ...),
+    /// applied last.
+    pub config: Option<fn(&mut Config)>,
 }
 
 impl Default for Options {
@@ -96,6 +99,7 @@ impl Default for Options {
             fault_proxy: false,
             server: None,
             import_max_bytes: None,
+            config: None,
         }
     }
 }
@@ -144,6 +148,9 @@ impl TestApp {
         config.data_dir = storage_dir.clone();
         if let Some(n) = opts.import_max_bytes {
             config.import_max_bytes = n;
+        }
+        if let Some(change) = opts.config {
+            change(&mut config);
         }
         // Configured as an external endpoint, so the CLI (given the same S3_* settings)
         // sees the same storage identity as the verified one.

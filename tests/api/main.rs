@@ -8,6 +8,7 @@ mod browser;
 mod coverage;
 mod exports;
 mod faults;
+mod hardening;
 mod imports;
 mod inputs;
 mod layers;
