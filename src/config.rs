@@ -86,6 +86,8 @@ pub struct Config {
     /// hashing slots (one per core) before it is answered 503 (default 3000; 0 means
     /// answer 503 at once when every slot is busy).
     pub password_hash_wait: Duration,
+    /// How long a client may take, and how many may connect (slow-client limits).
+    pub http: HttpLimits,
 }
 
 /// An address range such as `10.0.0.0/8` or `fd00::/8` (a bare address is one host).
@@ -162,6 +164,47 @@ fn parse_cidrs(name: &str, v: Option<String>) -> anyhow::Result<Vec<Cidr>> {
         .collect()
 }
 
+/// Limits on clients of the two listeners (the web app and the job board).
+#[derive(Clone, Debug)]
+pub struct HttpLimits {
+    /// `HEADER_READ_TIMEOUT_SECS` (default 10, at most 30): a connection that has not
+    /// sent a whole request head this long after it opened (or after its previous
+    /// answer, when kept alive) is closed. Both listeners.
+    pub header_read_timeout: Duration,
+    /// `REQUEST_TIMEOUT_SECS` (default 60): the longest a request of the web app may
+    /// take until its answer starts; the snapshot upload is exempt. Also the grace
+    /// that open requests get at shutdown (at most 30 s).
+    pub request_timeout: Duration,
+    /// `BODY_READ_TIMEOUT_SECS` (default 20): the longest a request body may pause
+    /// between two reads (the web app, the upload included).
+    pub body_read_timeout: Duration,
+    /// `MAX_CONNECTIONS` (default 512): open connections the web app serves at
+    /// once; more wait in the listen backlog until one closes.
+    pub max_connections: usize,
+    /// `BOARD_MAX_CONNECTIONS` (default 64): the same for the job board's listener.
+    pub board_max_connections: usize,
+}
+
+impl HttpLimits {
+    fn from_lookup(non_empty: impl Fn(&str) -> Option<String>) -> anyhow::Result<Self> {
+        let secs = |name: &str, default: u64, max: u64| -> anyhow::Result<Duration> {
+            parse_num(name, non_empty(name), default, 1..=max).map(Duration::from_secs)
+        };
+        Ok(Self {
+            header_read_timeout: secs("HEADER_READ_TIMEOUT_SECS", 10, 30)?,
+            request_timeout: secs("REQUEST_TIMEOUT_SECS", 60, 3600)?,
+            body_read_timeout: secs("BODY_READ_TIMEOUT_SECS", 20, 3600)?,
+            max_connections: parse_num("MAX_CONNECTIONS", non_empty("MAX_CONNECTIONS"), 512, 1..=100_000)?,
+            board_max_connections: parse_num(
+                "BOARD_MAX_CONNECTIONS",
+                non_empty("BOARD_MAX_CONNECTIONS"),
+                64,
+                1..=100_000,
+            )?,
+        })
+    }
+}
+
 /// The default of `IMPORT_MAX_BYTES`: 4 GiB.
 pub const DEFAULT_IMPORT_MAX_BYTES: u64 = 4 * 1024 * 1024 * 1024;
 
@@ -233,11 +276,17 @@ impl Config {
                 3000,
                 0..=60_000,
             )?),
+            http: HttpLimits::from_lookup(&non_empty)?,
         })
     }
 
     /// Whether session cookies carry `Secure`.
     pub fn cookies_secure(&self) -> bool {
+        self.public_url.starts_with("https://")
+    }
+
+    /// Whether answers carry `Strict-Transport-Security` (the site is https).
+    pub fn sends_hsts(&self) -> bool {
         self.public_url.starts_with("https://")
     }
 }
@@ -310,6 +359,27 @@ mod tests {
         assert_eq!(c.data_dir, PathBuf::from(".data"));
         assert!(!c.cookies_secure());
         assert_eq!(c.import_max_bytes, 4_294_967_296);
+        assert_eq!(c.http.header_read_timeout, Duration::from_secs(10));
+        assert_eq!(c.http.request_timeout, Duration::from_secs(60));
+        assert_eq!(c.http.body_read_timeout, Duration::from_secs(20));
+        assert_eq!((c.http.max_connections, c.http.board_max_connections), (512, 64));
+        assert!(!c.sends_hsts());
+    }
+
+    #[test]
+    fn slow_client_limits_are_read_in_seconds_and_counts() {
+        let c = cfg(&[
+            ("HEADER_READ_TIMEOUT_SECS", "2"),
+            ("REQUEST_TIMEOUT_SECS", "90"),
+            ("BODY_READ_TIMEOUT_SECS", " 5 "),
+            ("MAX_CONNECTIONS", "100"),
+            ("BOARD_MAX_CONNECTIONS", "8"),
+        ])
+        .unwrap();
+        assert_eq!(c.http.header_read_timeout, Duration::from_secs(2));
+        assert_eq!(c.http.request_timeout, Duration::from_secs(90));
+        assert_eq!(c.http.body_read_timeout, Duration::from_secs(5));
+        assert_eq!((c.http.max_connections, c.http.board_max_connections), (100, 8));
     }
 
     #[test]
@@ -331,6 +401,12 @@ mod tests {
             (vec![("IMPORT_MAX_BYTES", "0")], "IMPORT_MAX_BYTES"),
             (vec![("IMPORT_MAX_BYTES", "4GB")], "IMPORT_MAX_BYTES"),
             (vec![("IMPORT_MAX_BYTES", "-1")], "IMPORT_MAX_BYTES"),
+            (vec![("HEADER_READ_TIMEOUT_SECS", "31")], "HEADER_READ_TIMEOUT_SECS"),
+            (vec![("HEADER_READ_TIMEOUT_SECS", "0")], "HEADER_READ_TIMEOUT_SECS"),
+            (vec![("REQUEST_TIMEOUT_SECS", "1m")], "REQUEST_TIMEOUT_SECS"),
+            (vec![("BODY_READ_TIMEOUT_SECS", "-5")], "BODY_READ_TIMEOUT_SECS"),
+            (vec![("MAX_CONNECTIONS", "0")], "MAX_CONNECTIONS"),
+            (vec![("BOARD_MAX_CONNECTIONS", "many")], "BOARD_MAX_CONNECTIONS"),
         ] {
             let err = cfg(&pairs).unwrap_err().to_string();
             assert!(err.contains(needle), "{err} should name {needle}");
@@ -375,5 +451,6 @@ mod tests {
     #[test]
     fn https_public_url_makes_cookies_secure() {
         assert!(cfg(&[("PUBLIC_URL", "https://x.example/")]).unwrap().cookies_secure());
+        assert!(cfg(&[("PUBLIC_URL", "https://x.example/")]).unwrap().sends_hsts());
     }
 }

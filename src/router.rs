@@ -1,5 +1,8 @@
 //! The HTTP surface: the route table that builds the router with every feature's
-//! routes, the session and CSRF layers, security headers, assets and health checks.
+//! routes, the session and CSRF layers, security headers, request ids, the request
+//! and body timeouts, assets and health checks.
+
+mod timeouts;
 
 use axum::{
     Router,
@@ -8,7 +11,7 @@ use axum::{
     middleware,
     response::{IntoResponse, Response},
 };
-use tower_http::{set_header::SetResponseHeaderLayer, trace::TraceLayer};
+use tower_http::set_header::SetResponseHeaderLayer;
 
 use crate::{
     auth,
@@ -16,7 +19,11 @@ use crate::{
     exports, imports, pages, platform, privacy,
     routes::*,
     state::AppState,
+    telemetry,
 };
+
+/// `Strict-Transport-Security` when `PUBLIC_URL` is https: a year, subdomains too.
+pub const HSTS: &str = "max-age=31536000; includeSubDomains";
 
 /// The CSP: no inline script or style, no framing.
 pub const CSP: &str = "default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:; object-src 'none'; base-uri 'none'; frame-ancestors 'none'; form-action 'self'";
@@ -95,19 +102,27 @@ pub fn router(state: AppState) -> Router {
     let api = api_routes(Router::new())
         .fallback(|| async { ApiError(AppError::NotFound) })
         .method_not_allowed_fallback(|| async { ApiError(AppError::MethodNotAllowed) });
-    Router::new()
+    let app = Router::new()
         .merge(ops_routes(Router::new()))
         .nest(API_PREFIX, api)
         .merge(html)
         .layer(DefaultBodyLimit::max(256 * 1024))
+        .layer(middleware::from_fn_with_state(state.config.http.clone(), timeouts::enforce))
         .layer(SetResponseHeaderLayer::overriding(header::CONTENT_SECURITY_POLICY, HeaderValue::from_static(CSP)))
         .layer(SetResponseHeaderLayer::overriding(header::X_CONTENT_TYPE_OPTIONS, HeaderValue::from_static("nosniff")))
         .layer(SetResponseHeaderLayer::overriding(header::X_FRAME_OPTIONS, HeaderValue::from_static("DENY")))
         // Pages link to downloads that redirect to presigned URLs: no page's URL (nor a
         // presigned one) is ever sent on as a Referer.
         .layer(SetResponseHeaderLayer::overriding(header::REFERRER_POLICY, HeaderValue::from_static("no-referrer")))
-        .layer(TraceLayer::new_for_http())
-        .with_state(state)
+        // Pages carry personal data and the CSRF token; only the static assets (which
+        // set their own) may be cached.
+        .layer(SetResponseHeaderLayer::if_not_present(header::CACHE_CONTROL, HeaderValue::from_static("no-store")));
+    let app = if state.config.sends_hsts() {
+        app.layer(SetResponseHeaderLayer::overriding(header::STRICT_TRANSPORT_SECURITY, HeaderValue::from_static(HSTS)))
+    } else {
+        app
+    };
+    app.layer(middleware::from_fn(telemetry::request_id)).with_state(state)
 }
 
 const APP_CSS: &[u8] = include_bytes!("../assets/app.css");

@@ -17,6 +17,8 @@ use crate::{
     workers,
 };
 
+mod listener;
+
 /// Runs our migrations and sets up the job queue's tables (schema `apalis`).
 pub async fn migrate(pool: &sqlx::PgPool) -> anyhow::Result<()> {
     db::migrate(pool).await?;
@@ -105,17 +107,22 @@ impl Application {
         self.listener.local_addr().map(|a| a.port()).unwrap_or_default()
     }
 
-    /// Serves until `stop` is cancelled, then finishes open requests.
+    /// Serves until `stop` is cancelled, then finishes open requests (for at most
+    /// the request timeout, and never more than 30 s). Both listeners close connections that are slow to send
+    /// a request head and serve a bounded number at once ([`listener::serve`]).
     pub async fn run_until_stopped(self, stop: CancellationToken) -> anyhow::Result<()> {
-        let board = self.board.map(|listener| {
-            let app = crate::board::router(&self.state).into_make_service();
-            let stop = stop.clone();
-            tokio::spawn(async move {
-                axum::serve(listener, app).with_graceful_shutdown(async move { stop.cancelled().await }).await
-            })
+        let http = &self.state.config.http;
+        let limits = |max_connections| listener::Limits {
+            header_read_timeout: http.header_read_timeout,
+            max_connections,
+            shutdown_grace: http.request_timeout.min(Duration::from_secs(30)),
+        };
+        let board = self.board.map(|l| {
+            let app = crate::board::router(&self.state);
+            tokio::spawn(listener::serve(l, app, limits(http.board_max_connections), stop.clone()))
         });
-        let app = crate::router::router(self.state).into_make_service_with_connect_info::<SocketAddr>();
-        axum::serve(self.listener, app).with_graceful_shutdown(async move { stop.cancelled().await }).await?;
+        let app = crate::router::router(self.state.clone());
+        listener::serve(self.listener, app, limits(http.max_connections), stop).await?;
         if let Some(board) = board {
             board.await??;
         }
@@ -123,7 +130,9 @@ impl Application {
     }
 }
 
-/// Periodic housekeeping: expired sessions, old schedule slot claims.
+/// Periodic housekeeping: expired sessions, sign-in failures past their window (they
+/// hold an email and an address: kept only as long as the limits need them), old
+/// schedule slot claims.
 pub async fn housekeeping(state: AppState, stop: CancellationToken) {
     let store = crate::auth::session_store::PgSessionStore::new(state.pool.clone());
     loop {
@@ -133,6 +142,9 @@ pub async fn housekeeping(state: AppState, stop: CancellationToken) {
         }
         if let Err(e) = store.delete_expired().await {
             tracing::warn!(error = %e, "could not delete expired sessions");
+        }
+        if let Err(e) = crate::auth::rate_limit::delete_expired(&state.pool).await {
+            tracing::warn!(error = %e, "could not delete expired sign-in failures");
         }
         // Slot claims only matter around their slot (the latest slot is never more
         // than a week old), so a month of them is kept for the platform page.

@@ -1,5 +1,6 @@
 //! Logging to stderr (stdout is for command output): human-readable by default,
-//! JSON with `LOG_FORMAT=json`; `RUST_LOG` filters.
+//! JSON with `LOG_FORMAT=json`; `RUST_LOG` filters. Also the request id every answer
+//! carries and every request's log lines record.
 
 use tracing_subscriber::{EnvFilter, fmt, prelude::*};
 
@@ -17,4 +18,56 @@ pub fn init() {
     } else {
         registry.with(fmt::layer().with_target(false).with_writer(std::io::stderr)).try_init()
     };
+}
+
+/// The request id header: on every answer of both listeners, and a field of each
+/// request's span, so every line logged for a request carries it.
+pub const REQUEST_ID: &str = "x-request-id";
+
+/// Gives each request an id (the client's `x-request-id` when it is 1 to 64 of
+/// `A-Z a-z 0-9 - _ .`, as a proxy in front may set; otherwise a new ULID), runs it
+/// in a `request` span that records the id, method and path (never the query, which
+/// can carry a token), logs one line when it is answered, and returns the id in the
+/// answer's `x-request-id`.
+pub async fn request_id(mut req: axum::extract::Request, next: axum::middleware::Next) -> axum::response::Response {
+    use axum::http::HeaderValue;
+    use tracing::Instrument;
+    let id = req
+        .headers()
+        .get(REQUEST_ID)
+        .filter(|v| acceptable_id(v.as_bytes()))
+        .cloned()
+        .unwrap_or_else(|| HeaderValue::from_str(&ulid::Ulid::generate().to_string()).expect("a ULID is ASCII"));
+    req.headers_mut().insert(REQUEST_ID, id.clone());
+    let id_text = id.to_str().unwrap_or_default();
+    let span = tracing::info_span!("request", request_id = %id_text, method = %req.method(), path = %req.uri().path());
+    let started = std::time::Instant::now();
+    let mut answer = next.run(req).instrument(span.clone()).await;
+    let (status, ms) = (answer.status().as_u16(), started.elapsed().as_millis() as u64);
+    span.in_scope(|| {
+        if status >= 500 {
+            tracing::warn!(status, ms, "answered");
+        } else {
+            tracing::info!(status, ms, "answered");
+        }
+    });
+    answer.headers_mut().insert(REQUEST_ID, id);
+    answer
+}
+
+/// A client's request id is kept only when short and plain (it ends up in logs).
+fn acceptable_id(id: &[u8]) -> bool {
+    (1..=64).contains(&id.len()) && id.iter().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'))
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn only_short_plain_request_ids_are_kept() {
+        assert!(super::acceptable_id(b"01JABCDEF-proxy_1.2"));
+        assert!(!super::acceptable_id(b""));
+        assert!(!super::acceptable_id(&[b'a'; 65]));
+        assert!(!super::acceptable_id(b"id with spaces"));
+        assert!(!super::acceptable_id(b"id\"=forged"));
+    }
 }

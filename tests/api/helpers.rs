@@ -86,6 +86,9 @@ pub struct Options {
     pub import_max_bytes: Option<u64>,
     /// `VERIFY_TIMEOUT_SECS` (default: the product's).
     pub verify_timeout_secs: Option<u64>,
+    /// Changes to the app's configuration (timeouts, limits, `PUBLIC_URL`, ...),
+    /// applied last.
+    pub config: Option<fn(&mut Config)>,
 }
 
 impl Default for Options {
@@ -99,6 +102,7 @@ impl Default for Options {
             server: None,
             import_max_bytes: None,
             verify_timeout_secs: None,
+            config: None,
         }
     }
 }
@@ -150,6 +154,9 @@ impl TestApp {
         }
         if let Some(n) = opts.verify_timeout_secs {
             config.verify_timeout_secs = n;
+        }
+        if let Some(change) = opts.config {
+            change(&mut config);
         }
         // Configured as an external endpoint, so the CLI (given the same S3_* settings)
         // sees the same storage identity as the verified one.

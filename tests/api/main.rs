@@ -9,6 +9,7 @@ mod coverage;
 mod exports;
 mod faults;
 mod history;
+mod hardening;
 mod imports;
 mod inputs;
 mod layers;
