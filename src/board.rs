@@ -46,7 +46,9 @@ pub fn router(state: &AppState) -> Router {
 /// The board's CSP. Its UI is a wasm app started by one inline module script (allowed
 /// by its SHA-256, read from the embedded page so an upgrade cannot leave it stale);
 /// `'wasm-unsafe-eval'` lets it compile its wasm; it fetches its API and events from
-/// its own origin; its page sets `<base href="/">`.
+/// its own origin; its page sets `<base href="/">`. Its UI sets `style` attributes
+/// as it draws (progress widths, positions), which only `'unsafe-inline'` in
+/// `style-src` allows: styles cannot run code, and scripts stay pinned to the hash.
 pub fn csp() -> String {
     let script = ServeUI::get_file("index.html").and_then(|f| inline_script(f.contents_utf8()?)).map(|s| {
         use base64::Engine;
@@ -54,7 +56,7 @@ pub fn csp() -> String {
         format!(" 'sha256-{}'", base64::engine::general_purpose::STANDARD.encode(sha2::Sha256::digest(s.as_bytes())))
     });
     format!(
-        "default-src 'none'; script-src 'self' 'wasm-unsafe-eval'{}; style-src 'self'; img-src 'self' data:; \
+        "default-src 'none'; script-src 'self' 'wasm-unsafe-eval'{}; style-src 'self' 'unsafe-inline'; img-src 'self' data:; \
          font-src 'self'; connect-src 'self'; base-uri 'self'; form-action 'self'; frame-ancestors 'none'",
         script.unwrap_or_default()
     )

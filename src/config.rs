@@ -183,6 +183,13 @@ pub struct HttpLimits {
     pub max_connections: usize,
     /// `BOARD_MAX_CONNECTIONS` (default 64): the same for the job board's listener.
     pub board_max_connections: usize,
+    /// `MAX_CONNECTIONS_PER_CLIENT` (default 32): connections one client address (an
+    /// IPv6 /64) may hold open on a listener; one more is closed at once. Peers in
+    /// `TRUSTED_PROXIES` are not counted.
+    pub max_connections_per_client: usize,
+    /// `WRITE_STALL_TIMEOUT_SECS` (default 20): an answer the client reads none of
+    /// for this long ends its connection.
+    pub write_stall_timeout: Duration,
 }
 
 impl HttpLimits {
@@ -201,6 +208,13 @@ impl HttpLimits {
                 64,
                 1..=100_000,
             )?,
+            max_connections_per_client: parse_num(
+                "MAX_CONNECTIONS_PER_CLIENT",
+                non_empty("MAX_CONNECTIONS_PER_CLIENT"),
+                32,
+                1..=100_000,
+            )?,
+            write_stall_timeout: secs("WRITE_STALL_TIMEOUT_SECS", 20, 3600)?,
         })
     }
 }

@@ -115,14 +115,17 @@ impl Application {
         let limits = |max_connections| listener::Limits {
             header_read_timeout: http.header_read_timeout,
             max_connections,
+            max_per_client: http.max_connections_per_client,
+            write_stall_timeout: http.write_stall_timeout,
             shutdown_grace: http.request_timeout.min(Duration::from_secs(30)),
         };
+        let trusted = self.state.config.trusted_proxies.clone();
         let board = self.board.map(|l| {
             let app = crate::board::router(&self.state);
-            tokio::spawn(listener::serve(l, app, limits(http.board_max_connections), stop.clone()))
+            tokio::spawn(listener::serve(l, app, limits(http.board_max_connections), trusted.clone(), stop.clone()))
         });
         let app = crate::router::router(self.state.clone());
-        listener::serve(self.listener, app, limits(http.max_connections), stop).await?;
+        listener::serve(self.listener, app, limits(http.max_connections), trusted, stop).await?;
         if let Some(board) = board {
             board.await??;
         }

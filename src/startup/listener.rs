@@ -1,14 +1,29 @@
 //! Serving one listener with limits on slow clients: HTTP/1.1 connections whose
 //! request head must arrive within the header-read timeout (hyper's, on a tokio
-//! timer), at most `max_connections` of them open at once, and a graceful shutdown
-//! that gives open requests a bounded grace.
+//! timer), whose answers must be read (a write that makes no progress for the
+//! write-stall timeout ends the connection), at most `max_connections` of them open
+//! at once and at most `max_per_client` from one client address, and a graceful
+//! shutdown that gives open requests a bounded grace.
 
-use std::{sync::Arc, time::Duration};
+use std::{
+    collections::HashMap,
+    future::Future,
+    net::IpAddr,
+    pin::Pin,
+    sync::{Arc, Mutex},
+    task::{Context, Poll},
+    time::Duration,
+};
 
 use axum::{Router, extract::ConnectInfo};
 use hyper::body::Incoming;
 use hyper_util::rt::{TokioIo, TokioTimer};
-use tokio::{net::TcpListener, sync::Semaphore};
+use tokio::{
+    io::{AsyncRead, AsyncWrite, ReadBuf},
+    net::TcpListener,
+    sync::Semaphore,
+    time::Sleep,
+};
 use tokio_util::sync::CancellationToken;
 use tower::ServiceExt;
 
@@ -21,6 +36,13 @@ pub struct Limits {
     /// Connections served at once. The next one is accepted only when one closes:
     /// until then it waits in the kernel's listen backlog.
     pub max_connections: usize,
+    /// Connections open at once from one client address (an IPv6 address counts by
+    /// its /64); one more is closed at once. Peers in `trusted` (reverse proxies,
+    /// whose connections carry many clients) are not counted.
+    pub max_per_client: usize,
+    /// An answer whose writing makes no progress this long (a client that stopped
+    /// reading) ends its connection.
+    pub write_stall_timeout: Duration,
     /// After `stop`, how long open connections may take to finish before they are dropped.
     pub shutdown_grace: Duration,
 }
@@ -32,8 +54,15 @@ pub struct Limits {
 /// HTTP/1.1 only: hyper's header-read timeout is an HTTP/1 setting, and the
 /// protocol sniffing of an h1/h2 server would wait for an HTTP/2 preface with no
 /// timeout at all. A TLS proxy in front can speak HTTP/2 to browsers.
-pub async fn serve(listener: TcpListener, app: Router, limits: Limits, stop: CancellationToken) -> std::io::Result<()> {
+pub async fn serve(
+    listener: TcpListener,
+    app: Router,
+    limits: Limits,
+    trusted: Vec<crate::config::Cidr>,
+    stop: CancellationToken,
+) -> std::io::Result<()> {
     let slots = Arc::new(Semaphore::new(limits.max_connections));
+    let per_client = PerClient::default();
     let graceful = hyper_util::server::graceful::GracefulShutdown::new();
     let mut http = hyper::server::conn::http1::Builder::new();
     http.timer(TokioTimer::new()).header_read_timeout(limits.header_read_timeout);
@@ -58,18 +87,26 @@ pub async fn serve(listener: TcpListener, app: Router, limits: Limits, stop: Can
             },
             _ = stop.cancelled() => break,
         };
+        let client = (!trusted.iter().any(|c| c.contains(peer.ip()))).then(|| client_key(peer.ip()));
+        let Some(counted) = per_client.enter(client, limits.max_per_client) else {
+            tracing::warn!(%peer, max = limits.max_per_client, "too many connections from one client; closed");
+            drop(stream);
+            continue;
+        };
         let app = app.clone();
         let service = hyper::service::service_fn(move |mut req: hyper::Request<Incoming>| {
             req.extensions_mut().insert(ConnectInfo(peer));
             app.clone().oneshot(req)
         });
-        let conn = graceful.watch(http.serve_connection(TokioIo::new(stream), service));
+        let conn = graceful
+            .watch(http.serve_connection(TokioIo::new(StallGuard::new(stream, limits.write_stall_timeout)), service));
         connections.spawn(async move {
             // Errors here are the client's doing (a reset, a header timeout, a bad
             // request head); hyper has already answered or closed.
             if let Err(e) = conn.await {
                 tracing::debug!(error = %e, %peer, "connection ended with an error");
             }
+            drop(counted);
             drop(slot);
         });
     }
@@ -79,4 +116,116 @@ pub async fn serve(listener: TcpListener, app: Router, limits: Limits, stop: Can
     }
     connections.shutdown().await;
     Ok(())
+}
+
+/// An IPv4 address, or the /64 of an IPv6 one: what one client may hold.
+fn client_key(ip: IpAddr) -> IpAddr {
+    match ip.to_canonical() {
+        v4 @ IpAddr::V4(_) => v4,
+        v6 => crate::config::mask(v6, 64),
+    }
+}
+
+/// Open connections per client address.
+#[derive(Clone, Default)]
+struct PerClient(Arc<Mutex<HashMap<IpAddr, usize>>>);
+
+/// One counted connection; uncounted when dropped.
+struct Counted(Option<(PerClient, IpAddr)>);
+
+impl PerClient {
+    /// Counts a connection of `client` (none: not counted), or `None` when the client
+    /// already holds `max`.
+    fn enter(&self, client: Option<IpAddr>, max: usize) -> Option<Counted> {
+        let Some(client) = client else { return Some(Counted(None)) };
+        let mut open = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        let n = open.entry(client).or_default();
+        if *n >= max {
+            return None;
+        }
+        *n += 1;
+        Some(Counted(Some((self.clone(), client))))
+    }
+}
+
+impl Drop for Counted {
+    fn drop(&mut self) {
+        if let Some((per_client, client)) = self.0.take() {
+            let mut open = per_client.0.lock().unwrap_or_else(|e| e.into_inner());
+            if let Some(n) = open.get_mut(&client) {
+                *n -= 1;
+                if *n == 0 {
+                    open.remove(&client);
+                }
+            }
+        }
+    }
+}
+
+/// A connection whose writes must make progress: a write, flush or shutdown that
+/// stays pending for `limit` fails with `TimedOut`, so a client that stops reading
+/// its answer cannot hold the connection (and its slot) for ever.
+struct StallGuard<S> {
+    inner: S,
+    limit: Duration,
+    stalled: Option<Pin<Box<Sleep>>>,
+}
+
+impl<S> StallGuard<S> {
+    fn new(inner: S, limit: Duration) -> Self {
+        Self { inner, limit, stalled: None }
+    }
+
+    /// Passes `poll` through, timing how long writing has been pending.
+    fn watch<T>(&mut self, cx: &mut Context<'_>, poll: Poll<std::io::Result<T>>) -> Poll<std::io::Result<T>> {
+        if poll.is_ready() {
+            self.stalled = None;
+            return poll;
+        }
+        let limit = self.limit;
+        let timer = self.stalled.get_or_insert_with(|| Box::pin(tokio::time::sleep(limit)));
+        match timer.as_mut().poll(cx) {
+            Poll::Ready(()) => Poll::Ready(Err(std::io::Error::new(
+                std::io::ErrorKind::TimedOut,
+                "the client read none of its answer for the write-stall timeout",
+            ))),
+            Poll::Pending => Poll::Pending,
+        }
+    }
+}
+
+impl<S: AsyncRead + Unpin> AsyncRead for StallGuard<S> {
+    fn poll_read(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.inner).poll_read(cx, buf)
+    }
+}
+
+impl<S: AsyncWrite + Unpin> AsyncWrite for StallGuard<S> {
+    fn poll_write(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<std::io::Result<usize>> {
+        let poll = Pin::new(&mut self.inner).poll_write(cx, buf);
+        self.watch(cx, poll)
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        let poll = Pin::new(&mut self.inner).poll_flush(cx);
+        self.watch(cx, poll)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        let poll = Pin::new(&mut self.inner).poll_shutdown(cx);
+        self.watch(cx, poll)
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> Poll<std::io::Result<usize>> {
+        let poll = Pin::new(&mut self.inner).poll_write_vectored(cx, bufs);
+        self.watch(cx, poll)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
 }

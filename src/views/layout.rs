@@ -2,7 +2,7 @@
 //! inline script or style, so the Content-Security-Policy can forbid both.
 
 use axum::{extract::FromRequestParts, http::request::Parts};
-use maud::{DOCTYPE, Markup, PreEscaped, html};
+use maud::{DOCTYPE, Markup, html};
 
 use crate::{
     auth::{MaybeUser, User, csrf::CsrfToken},
@@ -50,7 +50,9 @@ pub fn page(ctx: &PageCtx, title: &str, content: Markup) -> Markup {
                 meta charset="utf-8";
                 meta name="viewport" content="width=device-width, initial-scale=1";
                 // htmx must not inject its indicator <style>: the CSP forbids inline styles.
-                meta name="htmx-config" content=(PreEscaped(r#"{"includeIndicatorStyles":false}"#));
+                // Escaped as an attribute (`&quot;`), so the browser reads the JSON whole: htmx
+                // then injects no indicator `<style>`, which the CSP would refuse.
+                meta name="htmx-config" content=r#"{"includeIndicatorStyles":false}"#;
                 title { (title) " · Data Export" }
                 link rel="stylesheet" href=(routes::ASSET_CSS);
                 script src=(routes::ASSET_HTMX) defer {}

@@ -115,6 +115,74 @@ async fn slow_clients_are_cut_off_at_the_header_timeout_on_both_listeners_while_
     }
 }
 
+fn per_client_limits(c: &mut data_export::config::Config) {
+    c.http.max_connections_per_client = 4;
+    c.http.write_stall_timeout = Duration::from_secs(2);
+    c.http.header_read_timeout = Duration::from_secs(30);
+}
+
+/// A connection from `ip` (a loopback address of this machine).
+async fn connect_from(ip: &str, port: u16) -> TcpStream {
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.bind(format!("{ip}:0").parse().unwrap()).unwrap();
+    socket.connect(format!("127.0.0.1:{port}").parse().unwrap()).await.unwrap()
+}
+
+/// One client address cannot take every connection (over MAX_CONNECTIONS_PER_CLIENT
+/// its next one is closed at once, while other addresses are served), nor hold one
+/// by never reading its answers (the write-stall timeout ends it).
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn one_client_can_neither_take_every_connection_nor_hold_one_by_not_reading() {
+    let app = TestApp::spawn_with(Options {
+        members: 2,
+        workers: false,
+        config: Some(per_client_limits),
+        ..Default::default()
+    })
+    .await;
+    let port = port_of(&app.addr);
+    let mut held = Vec::new();
+    for _ in 0..4 {
+        held.push(connect_from("127.0.0.7", port).await);
+    }
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let mut fifth = connect_from("127.0.0.7", port).await;
+    let t = Instant::now();
+    assert!(until_closed(&mut fifth, Duration::from_secs(5)).await.is_some(), "the fifth connection is closed");
+    let closed_after = t.elapsed();
+    assert!(closed_after < Duration::from_secs(2), "closed at once, not by a timeout: {closed_after:?}");
+    let mut other = connect_from("127.0.0.8", port).await;
+    other
+        .write_all(format!("GET /login HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nConnection: close\r\n\r\n").as_bytes())
+        .await
+        .unwrap();
+    let answer = until_closed(&mut other, Duration::from_secs(10)).await.expect("answered");
+    assert!(String::from_utf8_lossy(&answer).starts_with("HTTP/1.1 200"), "another address is served");
+    drop(held);
+
+    // 400 pipelined requests for a 50 kB asset (20 MB of answers, far beyond the
+    // socket buffers), and then no reading at all.
+    let mut greedy = connect_from("127.0.0.9", port).await;
+    let one = format!("GET /assets/htmx.min.js HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\n\r\n");
+    greedy.write_all(one.repeat(400).as_bytes()).await.unwrap();
+    let asset_len = app.client().get(app.url("/assets/htmx.min.js")).send().await.unwrap().bytes().await.unwrap().len();
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    let got = until_closed(&mut greedy, Duration::from_secs(20)).await.expect("the stalled connection was closed");
+    assert!(
+        got.len() < 400 * asset_len,
+        "the connection was ended at the write-stall timeout, not served to the end ({} of {} bytes)",
+        got.len(),
+        400 * asset_len
+    );
+    println!(
+        "per client: 4 connections from one address held, the 5th closed after {} ms, another address served; \
+         a client that stopped reading was cut off after {:.1} MB of {:.1} MB (write-stall timeout 2 s)",
+        closed_after.as_millis(),
+        got.len() as f64 / 1e6,
+        (400 * asset_len) as f64 / 1e6
+    );
+}
+
 fn small_caps(c: &mut data_export::config::Config) {
     c.http.max_connections = 5;
     c.http.board_max_connections = 3;
@@ -383,7 +451,10 @@ async fn the_board_has_a_tight_csp_that_still_lets_its_page_run() {
     let app = TestApp::spawn_with(Options { members: 2, workers: false, ..Default::default() }).await;
     let (csp, page) = board_page(&app).await;
     assert!(csp.starts_with("default-src 'none'"), "{csp}");
-    assert!(!csp.contains("unsafe-inline") && !csp.contains("'unsafe-eval'") && !csp.contains('*'), "{csp}");
+    // Inline styles only (the UI sets style attributes); never inline or eval'd script.
+    let script_src = csp.split(';').find(|d| d.trim().starts_with("script-src")).unwrap_or("");
+    assert!(!script_src.contains("unsafe-inline") && !csp.contains("'unsafe-eval'") && !csp.contains('*'), "{csp}");
+    assert!(csp.contains("style-src 'self' 'unsafe-inline'"), "{csp}");
     // The page's one inline script is allowed by its hash, computed here on its own.
     let start = page.find("<script type=\"module\">").expect("the loader script") + "<script type=\"module\">".len();
     let script = &page[start..start + page[start..].find("</script>").unwrap()];

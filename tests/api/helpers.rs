@@ -155,6 +155,9 @@ impl TestApp {
         if let Some(n) = opts.verify_timeout_secs {
             config.verify_timeout_secs = n;
         }
+        // Tests open many connections from one loopback address; the per-client cap
+        // has its own test (hardening).
+        config.http.max_connections_per_client = 100_000;
         if let Some(change) = opts.config {
             change(&mut config);
         }
