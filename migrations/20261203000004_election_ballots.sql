@@ -46,3 +46,19 @@ create trigger election_votes_participant after insert on election_votes
 insert into election_participants (org_id, election_id, user_id)
 select org_id, election_id, voter_user_id from election_votes
 order by election_id, voter_user_id;
+
+-- A secret ballot stays secret once anyone has voted: the voters were told their
+-- choice was secret, and an open kind would put every voter, time and order into
+-- the next org snapshot. (Open -> secret is always allowed.)
+create function elections_secret_stays_secret() returns trigger language plpgsql as $$
+begin
+    if old.ballot = 'secret' and new.ballot <> 'secret'
+       and exists (select 1 from election_votes v where v.election_id = old.id) then
+        raise exception 'election % is a secret ballot with votes: it cannot be made open', old.id
+            using errcode = 'check_violation';
+    end if;
+    return new;
+end
+$$;
+create trigger elections_secret_stays_secret before update of ballot on elections
+    for each row execute function elections_secret_stays_secret();

@@ -101,7 +101,7 @@ pub enum TokenCommand {
         /// Limit the token to this org (the user must be an active member of it).
         #[arg(long)]
         org: Option<String>,
-        /// Days until the token expires, 1 to 3650 (default 90).
+        /// Days until the token expires, 1 to 365 (default 90).
         #[arg(long, value_name = "DAYS", allow_hyphen_values = true)]
         expires_in: Option<String>,
     },

@@ -267,6 +267,17 @@ impl Config {
         {
             bail!("BOARD_PUBLIC_URL must be an http:// or https:// URL (got {u:?})");
         }
+        if let Some(u) = &board_public_url
+            && public_url.starts_with("https://")
+            && u.starts_with("http://")
+        {
+            // HSTS covers every port of the host, and the `__Host-` session cookie is
+            // never sent over http: such a board could never be reached.
+            bail!(
+                "BOARD_PUBLIC_URL must be https:// when PUBLIC_URL is (got {u:?}): browsers keep an https site's \
+                 host on https (HSTS) and send its session cookie only over https"
+            );
+        }
         Ok(Self {
             database_url,
             board_public_url: board_public_url.map(|u| u.trim_end_matches('/').to_string()),
@@ -290,7 +301,7 @@ impl Config {
                 3000,
                 0..=60_000,
             )?),
-            http: HttpLimits::from_lookup(&non_empty)?,
+            http: HttpLimits::from_lookup(non_empty)?,
         })
     }
 
@@ -421,6 +432,13 @@ mod tests {
             (vec![("BODY_READ_TIMEOUT_SECS", "-5")], "BODY_READ_TIMEOUT_SECS"),
             (vec![("MAX_CONNECTIONS", "0")], "MAX_CONNECTIONS"),
             (vec![("BOARD_MAX_CONNECTIONS", "many")], "BOARD_MAX_CONNECTIONS"),
+            (vec![("MAX_CONNECTIONS_PER_CLIENT", "0")], "MAX_CONNECTIONS_PER_CLIENT"),
+            (vec![("WRITE_STALL_TIMEOUT_SECS", "soon")], "WRITE_STALL_TIMEOUT_SECS"),
+            (vec![("VERIFY_TIMEOUT_SECS", "0")], "VERIFY_TIMEOUT_SECS"),
+            (
+                vec![("PUBLIC_URL", "https://x.example"), ("BOARD_PUBLIC_URL", "http://x.example:3001")],
+                "BOARD_PUBLIC_URL must be https",
+            ),
         ] {
             let err = cfg(&pairs).unwrap_err().to_string();
             assert!(err.contains(needle), "{err} should name {needle}");

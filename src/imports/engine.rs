@@ -721,9 +721,10 @@ impl Table {
             }
             let v = match obj.get(&col.name) {
                 Some(v) => v,
-                // Absent (not null) where null is not allowed: the table's default,
-                // applied by `publish`.
-                None if col.default.is_some() && !col.nullable => {
+                // Absent from a file written before the column existed: the table's
+                // default, applied by `publish`. Only for the columns added to the
+                // format since version 1 began; any other missing column is refused.
+                None if col.default.is_some() && !col.nullable && added_since_v1(self.name, &col.name) => {
                     out.extend_from_slice(b"\\N");
                     continue;
                 }
@@ -1126,6 +1127,14 @@ async fn copy_media(
     }
     media.missing_keys.sort();
     Ok(media)
+}
+
+/// Columns added to version 1 of the format after files were already written: a
+/// file without them is older, not damaged, and restores with the column's default.
+const ADDED_SINCE_V1: &[(&str, &str)] = &[("elections", "ballot")];
+
+fn added_since_v1(table: &str, column: &str) -> bool {
+    ADDED_SINCE_V1.iter().any(|(t, c)| *t == table && *c == column)
 }
 
 #[cfg(test)]

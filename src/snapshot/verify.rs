@@ -428,7 +428,9 @@ pub async fn verify_object_bounded<G: Send + 'static>(
     };
     let Some(body) = opened? else {
         // Gone from the bucket (removed outside the product): the file is lost.
-        return Ok(Err(Invalid(format!("the object {key} is missing from bucket {bucket}"))));
+        // Told to org admins as it is, so it names neither the bucket nor the key.
+        tracing::warn!(bucket, key, "a recorded file is missing from its bucket");
+        return Ok(Err(Invalid("the file is missing from storage: it was removed outside Data Export".into())));
     };
     let expired = Arc::new(AtomicBool::new(false));
     let reader = DeadlineReader { inner: tokio_util::io::SyncIoBridge::new(body), deadline, expired: expired.clone() };
