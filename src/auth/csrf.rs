@@ -90,9 +90,13 @@ async fn check(state: &AppState, session: Session, req: Request) -> Result<(Requ
                 None => (String::new(), None),
             }
         }
-        // Signing out without a session (a page left open past its session's end)
-        // changes nothing, so it needs no token: the visitor lands on the sign-in page.
-        Ok(None) if req.uri().path() == crate::routes::LOGOUT => return Ok((req, None)),
+        // Anywhere else, a request without a session has no authority a forged
+        // request could borrow: every other route wants a signed-in user and sends
+        // this visitor to sign in before it reads the body or changes anything (a
+        // form left open past its session's end, signing out twice). So it needs no
+        // token, and gets the same answer whatever it sends. (A session that holds
+        // anything but no token is refused below, as before.)
+        Ok(None) if session.is_empty().await => return Ok((req, None)),
         Ok(None) => (String::new(), None),
         Err(e) => return Err(AppError::from(e).into_response()),
     };

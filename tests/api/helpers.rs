@@ -72,6 +72,11 @@ async fn drop_stale(admin: &PgPool, now: u64) {
     }
 }
 
+/// How long test clients keep an idle connection: less than the server's idle
+/// close (the header-read timeout, 10 s), as any client that pools connections
+/// should, so that a request never goes out on a connection the server is closing.
+pub const IDLE_POOL: Duration = Duration::from_secs(5);
+
 /// Options for [`TestApp::spawn_with`].
 pub struct Options {
     pub members: u32,
@@ -247,7 +252,12 @@ impl TestApp {
 
     /// A client with its own cookie jar, not following redirects.
     pub fn client(&self) -> reqwest::Client {
-        reqwest::Client::builder().cookie_store(true).redirect(reqwest::redirect::Policy::none()).build().unwrap()
+        reqwest::Client::builder()
+            .pool_idle_timeout(IDLE_POOL)
+            .cookie_store(true)
+            .redirect(reqwest::redirect::Policy::none())
+            .build()
+            .unwrap()
     }
 
     pub fn url(&self, path: &str) -> String {
@@ -454,6 +464,8 @@ impl TestApp {
             .arg("serve")
             .env("BIND", "127.0.0.1:0")
             .env("BOARD_BIND", "127.0.0.1:0")
+            // Every test client connects from 127.0.0.1 (see `spawn_with`).
+            .env("MAX_CONNECTIONS_PER_CLIENT", "100000")
             .envs(envs.iter().copied())
             .stdout(std::process::Stdio::piped())
             .stderr(std::process::Stdio::piped())
@@ -504,8 +516,12 @@ pub async fn login_at(base: &str, email: &str) -> Session {
 /// An anonymous session at `base` that has loaded the sign-in page (and so holds a
 /// CSRF token).
 pub async fn anonymous_at(base: &str) -> Session {
-    let client =
-        reqwest::Client::builder().cookie_store(true).redirect(reqwest::redirect::Policy::none()).build().unwrap();
+    let client = reqwest::Client::builder()
+        .pool_idle_timeout(IDLE_POOL)
+        .cookie_store(true)
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .unwrap();
     let page = client.get(format!("{base}{LOGIN}")).send().await.unwrap().text().await.unwrap();
     let csrf = csrf_from(&page).expect("the login page has a CSRF token");
     Session { client, csrf, base: base.to_string() }
