@@ -266,10 +266,14 @@ async fn anonymous_requests_write_no_session_except_on_the_sign_in_page() {
         assert!(r.headers().get("set-cookie").is_none(), "{path} set a cookie");
     }
     assert_eq!(sessions().await, 0);
-    // Anonymous POSTs are refused by CSRF and write nothing lasting either.
+    // A POST without a session carries no authority to forge: it is sent to sign in
+    // and writes nothing lasting either (no session, no run).
     let r = app.client().post(app.url("/orgs/acme/exports")).send().await.unwrap();
-    assert_eq!(r.status(), 403);
+    assert_eq!(r.status(), 303);
+    assert_eq!(r.headers()["location"].to_str().unwrap(), "/login");
     assert_eq!(sessions().await, 0);
+    let runs: i64 = sqlx::query_scalar("select count(*) from export_runs").fetch_one(app.pool()).await.unwrap();
+    assert_eq!(runs, 0, "no export was started");
 }
 
 /// Item 11 of issue 18: the sign-in page costs anonymous visitors no session row
