@@ -35,7 +35,7 @@ pub fn router(state: &AppState) -> Router {
         .layer(SetResponseHeaderLayer::overriding(header::X_FRAME_OPTIONS, HeaderValue::from_static("DENY")))
         .layer(SetResponseHeaderLayer::overriding(header::REFERRER_POLICY, HeaderValue::from_static("same-origin")));
     let board = if state.config.sends_hsts() {
-        let hsts = HeaderValue::from_static(HSTS);
+        let hsts = HeaderValue::from_static(crate::config::HSTS);
         board.layer(SetResponseHeaderLayer::overriding(header::STRICT_TRANSPORT_SECURITY, hsts))
     } else {
         board
@@ -77,9 +77,6 @@ pub fn inline_script(page: &str) -> Option<&str> {
     }
     None
 }
-
-/// `Strict-Transport-Security` when `PUBLIC_URL` is https (as on the web app).
-const HSTS: &str = "max-age=31536000; includeSubDomains";
 
 /// Lets only a platform admin's session through. A state-changing request must also
 /// come from the board's own origin (no cross-site form or fetch can push jobs).

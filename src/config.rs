@@ -219,6 +219,10 @@ impl HttpLimits {
     }
 }
 
+/// The `Strict-Transport-Security` both listeners send when `PUBLIC_URL` is https:
+/// a year, subdomains too.
+pub const HSTS: &str = "max-age=31536000; includeSubDomains";
+
 /// The default of `IMPORT_MAX_BYTES`: 4 GiB.
 pub const DEFAULT_IMPORT_MAX_BYTES: u64 = 4 * 1024 * 1024 * 1024;
 
@@ -310,7 +314,7 @@ impl Config {
         self.public_url.starts_with("https://")
     }
 
-    /// Whether answers carry `Strict-Transport-Security` (the site is https).
+    /// Whether answers carry `Strict-Transport-Security` ([`HSTS`]: the site is https).
     pub fn sends_hsts(&self) -> bool {
         self.public_url.starts_with("https://")
     }

@@ -22,9 +22,6 @@ use crate::{
     telemetry,
 };
 
-/// `Strict-Transport-Security` when `PUBLIC_URL` is https: a year, subdomains too.
-pub const HSTS: &str = "max-age=31536000; includeSubDomains";
-
 /// The CSP: no inline script or style, no framing.
 pub const CSP: &str = "default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:; object-src 'none'; base-uri 'none'; frame-ancestors 'none'; form-action 'self'";
 
@@ -118,7 +115,10 @@ pub fn router(state: AppState) -> Router {
         // set their own) may be cached.
         .layer(SetResponseHeaderLayer::if_not_present(header::CACHE_CONTROL, HeaderValue::from_static("no-store")));
     let app = if state.config.sends_hsts() {
-        app.layer(SetResponseHeaderLayer::overriding(header::STRICT_TRANSPORT_SECURITY, HeaderValue::from_static(HSTS)))
+        app.layer(SetResponseHeaderLayer::overriding(
+            header::STRICT_TRANSPORT_SECURITY,
+            HeaderValue::from_static(crate::config::HSTS),
+        ))
     } else {
         app
     };

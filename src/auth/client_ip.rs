@@ -96,12 +96,22 @@ fn parse_node(text: &str) -> Option<IpAddr> {
     text.parse::<SocketAddr>().ok().map(|s| s.ip())
 }
 
-/// The key an address's sign-in failures count under: the IPv4 address itself
-/// (IPv4-mapped IPv6 included), or the /64 of an IPv6 address.
-pub fn limit_key(ip: IpAddr) -> String {
+/// The network one client holds: the IPv4 address itself (IPv4-mapped IPv6
+/// included), or the /64 of an IPv6 address (one home or host network holds a whole
+/// /64, so rotating inside it changes nothing). What per-client limits count by.
+pub fn client_network(ip: IpAddr) -> IpAddr {
     match ip.to_canonical() {
+        v4 @ IpAddr::V4(_) => v4,
+        v6 => mask(v6, 64),
+    }
+}
+
+/// The key an address's sign-in failures count under: [`client_network`], written
+/// with `/64` for IPv6.
+pub fn limit_key(ip: IpAddr) -> String {
+    match client_network(ip) {
         v4 @ IpAddr::V4(_) => v4.to_string(),
-        v6 => format!("{}/64", mask(v6, 64)),
+        v6 => format!("{v6}/64"),
     }
 }
 

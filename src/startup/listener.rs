@@ -87,7 +87,8 @@ pub async fn serve(
             },
             _ = stop.cancelled() => break,
         };
-        let client = (!trusted.iter().any(|c| c.contains(peer.ip()))).then(|| client_key(peer.ip()));
+        let client =
+            (!trusted.iter().any(|c| c.contains(peer.ip()))).then(|| crate::auth::client_ip::client_network(peer.ip()));
         let Some(counted) = per_client.enter(client, limits.max_per_client) else {
             tracing::warn!(%peer, max = limits.max_per_client, "too many connections from one client; closed");
             drop(stream);
@@ -116,14 +117,6 @@ pub async fn serve(
     }
     connections.shutdown().await;
     Ok(())
-}
-
-/// An IPv4 address, or the /64 of an IPv6 one: what one client may hold.
-fn client_key(ip: IpAddr) -> IpAddr {
-    match ip.to_canonical() {
-        v4 @ IpAddr::V4(_) => v4,
-        v6 => crate::config::mask(v6, 64),
-    }
 }
 
 /// Open connections per client address.
