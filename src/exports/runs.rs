@@ -473,8 +473,7 @@ pub async fn complete(pool: &PgPool, id: &str, attempt: i32, w: Written<'_>) -> 
 /// With `attempt`, only while that attempt holds the run. True when this call marked
 /// it.
 pub async fn fail(pool: &PgPool, id: &str, attempt: Option<i32>, failure: &Failure) -> sqlx::Result<bool> {
-    let reason: String = failure.reason.chars().take(2000).collect();
-    let detail: String = failure.detail.chars().take(8000).collect();
+    let (reason, detail) = failure.bounded();
     let mut tx = pool.begin().await?;
     let done: Option<(i64,)> = sqlx::query_as(
         "update export_runs set status = 'failed', finished_at = now(), error = $2, error_detail = $4

@@ -252,8 +252,7 @@ pub async fn complete(pool: &PgPool, id: &str, attempt: i32, w: Written<'_>) -> 
 /// retried for a while, so a database hiccup cannot leave it `running` (which would
 /// block the person's next request). True when this call marked it.
 pub async fn fail(pool: &PgPool, id: &str, attempt: Option<i32>, failure: &Failure) -> sqlx::Result<bool> {
-    let reason: String = failure.reason.chars().take(2000).collect();
-    let detail: String = failure.detail.chars().take(8000).collect();
+    let (reason, detail) = failure.bounded();
     let mark = || async {
         let done = sqlx::query(
             "update privacy_requests set status = 'failed', finished_at = now(), error = $2, error_detail = $4

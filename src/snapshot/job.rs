@@ -49,6 +49,12 @@ pub struct Failure {
 pub struct Plain(pub String);
 
 impl Failure {
+    /// The reason and the detail cut to what a record keeps: 2,000 and 8,000
+    /// characters.
+    pub fn bounded(&self) -> (String, String) {
+        (self.reason.chars().take(2000).collect(), self.detail.chars().take(8000).collect())
+    }
+
     /// A failure whose reason is plain already: told as it is to everyone.
     pub fn plain(reason: impl Into<String>) -> Self {
         let reason = reason.into();
