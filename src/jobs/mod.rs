@@ -45,10 +45,25 @@ pub fn backend<T>(state: &AppState, queue: &str) -> Backend<T> {
 /// Pushes a job with a known id inside the caller's transaction: it becomes
 /// visible to workers only when the transaction commits.
 pub async fn push<J: Job>(conn: &mut sqlx::PgConnection, id: Ulid, job: &J, max_attempts: u32) -> anyhow::Result<()> {
-    let task: PgTask = TaskBuilder::new(serde_json::to_vec(job)?)
+    push_after(conn, id, job, max_attempts, Duration::ZERO).await
+}
+
+/// [`push`], for a job that no worker takes before `delay` has passed (a retry with
+/// backoff that the job schedules itself).
+pub async fn push_after<J: Job>(
+    conn: &mut sqlx::PgConnection,
+    id: Ulid,
+    job: &J,
+    max_attempts: u32,
+    delay: Duration,
+) -> anyhow::Result<()> {
+    let mut task = TaskBuilder::new(serde_json::to_vec(job)?)
         .task_id(TaskId::from_ulid(id))
-        .max_attempts(max_attempts as usize)
-        .build();
+        .max_attempts(max_attempts as usize);
+    if !delay.is_zero() {
+        task = task.run_after(delay);
+    }
+    let task: PgTask = task.build();
     apalis_postgres::queries::push_tasks(conn, J::QUEUE, vec![task]).await?;
     Ok(())
 }
