@@ -88,6 +88,8 @@ pub struct Config {
     pub password_hash_wait: Duration,
     /// How long a client may take, and how many may connect (slow-client limits).
     pub http: HttpLimits,
+    /// How webhooks are delivered.
+    pub webhooks: WebhookSettings,
 }
 
 /// An address range such as `10.0.0.0/8` or `fd00::/8` (a bare address is one host).
@@ -306,6 +308,7 @@ impl Config {
                 0..=60_000,
             )?),
             http: HttpLimits::from_lookup(non_empty)?,
+            webhooks: WebhookSettings::from_lookup(non_empty)?,
         })
     }
 
@@ -351,6 +354,48 @@ fn parse_bytes(name: &str, v: Option<String>, default: u64) -> anyhow::Result<u6
     match v.trim().parse::<u64>() {
         Ok(n) if n > 0 => Ok(n),
         _ => bail!("{name} must be a whole number of bytes above 0, such as 4294967296 for 4 GiB (got {v:?})"),
+    }
+}
+
+/// How webhooks are delivered.
+#[derive(Clone, Debug)]
+pub struct WebhookSettings {
+    /// `WEBHOOK_ALLOW_PRIVATE`: deliver to loopback, private, link-local and other
+    /// non-public addresses too (default false; for development and tests only).
+    pub allow_private: bool,
+    /// `WEBHOOK_TIMEOUT_SECS`: the longest one attempt may take, connecting,
+    /// sending and reading the answer's head (default 10, 1..=60).
+    pub timeout: Duration,
+    /// `WEBHOOK_RETRY_SCHEDULE_SECS`: the pause before each retry, comma-separated
+    /// (default `5,300,1800,7200,18000,36000,36000`, the Standard Webhooks schedule:
+    /// 8 attempts over about 27 hours). After the last one the endpoint is marked
+    /// failing and the org's admins are told by email.
+    pub retry_schedule: Vec<Duration>,
+}
+
+impl WebhookSettings {
+    /// The default retry schedule, in seconds.
+    pub const DEFAULT_SCHEDULE: &str = "5,300,1800,7200,18000,36000,36000";
+
+    fn from_lookup(get: impl Fn(&str) -> Option<String>) -> anyhow::Result<Self> {
+        let raw = get("WEBHOOK_RETRY_SCHEDULE_SECS").unwrap_or_else(|| Self::DEFAULT_SCHEDULE.into());
+        let retry_schedule = raw
+            .split(',')
+            .map(|p| p.trim().parse::<u64>().ok().filter(|s| *s <= 7 * 86_400).map(Duration::from_secs))
+            .collect::<Option<Vec<_>>>()
+            .filter(|v| v.len() <= 20)
+            .with_context(|| {
+                format!(
+                    "WEBHOOK_RETRY_SCHEDULE_SECS must be up to 20 comma-separated pauses in seconds, each at most \
+                     604800, such as {} (got {raw:?})",
+                    Self::DEFAULT_SCHEDULE
+                )
+            })?;
+        Ok(Self {
+            allow_private: parse_bool("WEBHOOK_ALLOW_PRIVATE", get("WEBHOOK_ALLOW_PRIVATE"), false)?,
+            timeout: Duration::from_secs(parse_num("WEBHOOK_TIMEOUT_SECS", get("WEBHOOK_TIMEOUT_SECS"), 10, 1..=60)?),
+            retry_schedule,
+        })
     }
 }
 
@@ -409,6 +454,25 @@ mod tests {
         assert_eq!(c.http.request_timeout, Duration::from_secs(90));
         assert_eq!(c.http.body_read_timeout, Duration::from_secs(5));
         assert_eq!((c.http.max_connections, c.http.board_max_connections), (100, 8));
+    }
+
+    #[test]
+    fn webhook_settings_are_read_and_checked() {
+        let c = cfg(&[]).unwrap();
+        assert!(!c.webhooks.allow_private);
+        assert_eq!(c.webhooks.timeout, Duration::from_secs(10));
+        let total: u64 = c.webhooks.retry_schedule.iter().map(Duration::as_secs).sum();
+        assert_eq!((c.webhooks.retry_schedule.len(), total), (7, 99_305), "8 attempts over about 27.6 hours");
+        let c = cfg(&[("WEBHOOK_ALLOW_PRIVATE", "1"), ("WEBHOOK_RETRY_SCHEDULE_SECS", "0, 1,2")]).unwrap();
+        assert!(c.webhooks.allow_private);
+        assert_eq!(c.webhooks.retry_schedule, [0, 1, 2].map(Duration::from_secs));
+        assert!(cfg(&[("WEBHOOK_RETRY_SCHEDULE_SECS", "")]).unwrap().webhooks.retry_schedule.len() == 7);
+        for bad in ["5,x", "-1", "5,,5", "999999999"] {
+            let e = cfg(&[("WEBHOOK_RETRY_SCHEDULE_SECS", bad)]).unwrap_err().to_string();
+            assert!(e.contains("WEBHOOK_RETRY_SCHEDULE_SECS"), "{e}");
+        }
+        assert!(cfg(&[("WEBHOOK_TIMEOUT_SECS", "0")]).unwrap_err().to_string().contains("WEBHOOK_TIMEOUT_SECS"));
+        assert!(cfg(&[("WEBHOOK_ALLOW_PRIVATE", "maybe")]).unwrap_err().to_string().contains("WEBHOOK_ALLOW_PRIVATE"));
     }
 
     #[test]

@@ -17,6 +17,10 @@ pub const ORG_EXPORT_DOWNLOAD: &str = "/orgs/{org}/exports/{id}/download";
 pub const ORG_EXPORT_DELETE: &str = "/orgs/{org}/exports/{id}/delete";
 pub const ORG_EXPORT_VERIFY: &str = "/orgs/{org}/exports/{id}/verify";
 pub const ORG_EXPORT_ROW: &str = "/orgs/{org}/exports/{id}/row";
+pub const ORG_NOTIFICATIONS: &str = "/orgs/{org}/settings/notifications";
+pub const ORG_WEBHOOK_TEST: &str = "/orgs/{org}/settings/notifications/{id}/test";
+pub const ORG_WEBHOOK_ROTATE: &str = "/orgs/{org}/settings/notifications/{id}/rotate";
+pub const ORG_WEBHOOK_DELETE: &str = "/orgs/{org}/settings/notifications/{id}/delete";
 
 pub const PLATFORM_SETTINGS: &str = "/platform/settings";
 pub const PLATFORM_BACKUP: &str = "/platform/settings/backup";
@@ -43,6 +47,11 @@ pub const API_EXPORTS: &str = "/orgs/{org}/exports";
 pub const API_EXPORT: &str = "/orgs/{org}/exports/{id}";
 pub const API_EXPORT_DOWNLOAD: &str = "/orgs/{org}/exports/{id}/download";
 pub const API_EXPORT_VERIFY: &str = "/orgs/{org}/exports/{id}/verify";
+pub const API_WEBHOOKS: &str = "/orgs/{org}/webhooks";
+pub const API_WEBHOOK: &str = "/orgs/{org}/webhooks/{id}";
+pub const API_WEBHOOK_ROTATE: &str = "/orgs/{org}/webhooks/{id}/rotate";
+pub const API_WEBHOOK_TEST: &str = "/orgs/{org}/webhooks/{id}/test";
+pub const API_WEBHOOK_ATTEMPTS: &str = "/orgs/{org}/webhooks/{id}/attempts";
 pub const API_IMPORTS: &str = "/platform/imports";
 pub const API_IMPORT: &str = "/platform/imports/{id}";
 

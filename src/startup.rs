@@ -149,6 +149,9 @@ pub async fn housekeeping(state: AppState, stop: CancellationToken) {
         if let Err(e) = crate::auth::rate_limit::delete_expired(&state.pool).await {
             tracing::warn!(error = %e, "could not delete expired sign-in failures");
         }
+        if let Err(e) = crate::webhooks::delete_old(&state.pool).await {
+            tracing::warn!(error = %e, "could not delete old webhook deliveries");
+        }
         // Slot claims only matter around their slot (the latest slot is never more
         // than a week old), so a month of them is kept for the platform page.
         if let Err(e) = sqlx::query("delete from schedule_slots where claimed_at < now() - interval '30 days'")

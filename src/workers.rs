@@ -19,6 +19,7 @@ use crate::{
     platform::{pruner::PruneJob, scheduler::SlotJob},
     privacy::PrivacyJob,
     state::AppState,
+    webhooks::delivery::DeliveryJob,
 };
 
 /// A queue: its name, how its worker starts, and how the board lists it.
@@ -53,6 +54,7 @@ pub fn queues() -> Vec<Queue> {
         queue::<PruneJob>(()),
         queue::<PrivacyJob>(()),
         queue::<ImportJob>(()),
+        queue::<DeliveryJob>(()),
     ]
 }
 

@@ -240,8 +240,9 @@ async fn login_key(pool: &sqlx::PgPool) -> sqlx::Result<Vec<u8>> {
     Ok(key)
 }
 
-/// HMAC-SHA256 (RFC 2104), on the sha2 crate we already have.
-fn hmac_sha256(key: &[u8], message: &[u8]) -> [u8; 32] {
+/// HMAC-SHA256 (RFC 2104), on the sha2 crate we already have (also what signs
+/// webhooks).
+pub fn hmac_sha256(key: &[u8], message: &[u8]) -> [u8; 32] {
     let mut block = [0u8; 64];
     if key.len() > 64 {
         block[..32].copy_from_slice(&Sha256::digest(key));

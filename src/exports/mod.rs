@@ -4,6 +4,7 @@
 
 pub mod api;
 pub mod job;
+pub mod notifications;
 pub mod org_snapshot;
 pub mod runs;
 pub mod views;

@@ -310,6 +310,23 @@ pub async fn list(pool: &PgPool, org_id: i64, limit: i64) -> sqlx::Result<Vec<Ru
     Ok(page(pool, org_id, limit, None).await?.map(|p| p.runs).unwrap_or_default())
 }
 
+/// The org's history version: it grows with each run created or deleted anywhere,
+/// and with each change of a run's status, verification or row total (a trigger
+/// keeps it, see the migration `export_history_version`). 0 before the first run.
+pub async fn history_version(pool: &PgPool, org_id: i64) -> sqlx::Result<i64> {
+    sqlx::query_scalar(HISTORY_VERSION).bind(org_id).fetch_one(pool).await
+}
+
+/// [`history_version`] of the org `$1`.
+const HISTORY_VERSION: &str =
+    "select coalesce(max(v.version), 0) as version from export_history_versions v where v.org_id = $1";
+
+/// [`HISTORY_VERSION`] as an [`crate::auth::membership::OrgRowQuery`]: the org is `o.id`
+/// there, and `$3` (unused, but typed) is its parameter.
+pub fn history_version_in_org() -> String {
+    HISTORY_VERSION.replace("$1", "o.id and $3::text is not null")
+}
+
 /// One page of an org's history, newest first.
 #[derive(Debug)]
 pub struct Page {
@@ -464,8 +481,25 @@ pub async fn complete(pool: &PgPool, id: &str, attempt: i32, w: Written<'_>) -> 
     let Some((org_id,)) = done else { return Ok(false) };
     let details = serde_json::json!({ "size_bytes": w.size_bytes, "sha256": w.sha256, "rows": w.rows });
     crate::audit::write(&mut *tx, Some(org_id), None, "export.completed", &format!("export:{id}"), details).await?;
+    announce(&mut tx, org_id, id, crate::webhooks::EXPORT_COMPLETED).await?;
     tx.commit().await?;
     Ok(true)
+}
+
+/// Tells whoever listens that the run `id` ended, in the transaction that ended it:
+/// the org's webhooks get `event` with the run as the API shows it to the org
+/// (never a download URL, never the platform admins' error detail).
+async fn announce(tx: &mut sqlx::PgConnection, org_id: i64, id: &str, event: &str) -> sqlx::Result<()> {
+    let run: Run =
+        sqlx::query_as(sqlx::AssertSqlSafe(format!("{SELECT} where r.id = $1"))).bind(id).fetch_one(&mut *tx).await?;
+    let (slug,): (String,) =
+        sqlx::query_as("select slug from organizations where id = $1").bind(org_id).fetch_one(&mut *tx).await?;
+    let mut data = run.api_json(false);
+    data["org"] = serde_json::json!(slug);
+    crate::webhooks::enqueue(tx, org_id, event, &data, None)
+        .await
+        .map_err(|e| e.downcast::<sqlx::Error>().unwrap_or_else(|e| sqlx::Error::Protocol(format!("{e:#}"))))?;
+    Ok(())
 }
 
 /// Marks a run failed with the failure's plain reason and its detail, with an
@@ -488,6 +522,7 @@ pub async fn fail(pool: &PgPool, id: &str, attempt: Option<i32>, failure: &Failu
     let Some((org_id,)) = done else { return Ok(false) };
     let details = serde_json::json!({ "error": reason });
     crate::audit::write(&mut *tx, Some(org_id), None, "export.failed", &format!("export:{id}"), details).await?;
+    announce(&mut tx, org_id, id, crate::webhooks::EXPORT_FAILED).await?;
     tx.commit().await?;
     Ok(true)
 }

@@ -16,6 +16,7 @@ pub fn backups_page(
     page: &Page,
     message: Option<(bool, &str)>,
     viewer: Viewer<'_>,
+    version: i64,
 ) -> Markup {
     let org_slug = viewer.org_slug;
     crate::views::page(
@@ -41,7 +42,7 @@ pub fn backups_page(
             }
             section {
                 h2.text-lg.font-semibold.mb-2 { "Export History" }
-                (history(viewer, page, message))
+                (history(viewer, page, message, version))
             }
         },
     )
@@ -73,13 +74,23 @@ impl Viewer<'_> {
 /// The history fragment: one page of runs, newest first, with "Older" while older
 /// runs remain (keyset paging: `?before=` the last run shown) and "Newest" on any
 /// page but the first. The rows' forms inherit `hx-target`/`hx-swap` from it, so an
-/// action answers with the whole refreshed page. It does not poll itself: each
-/// pending or running row polls its own URL (see [`row`]).
-pub fn history(viewer: Viewer<'_>, page: &Page, message: Option<(bool, &str)>) -> Markup {
+/// action answers with the whole refreshed page.
+///
+/// It stays live in two ways. Each pending or running row polls its own URL for
+/// its progress (see [`row`]). And the fragment itself asks every 2 s whether the
+/// org's history changed since `version` (a run created anywhere, deleted, or
+/// moved on): the answer is 204 with no body while nothing did, else this fragment
+/// again, which htmx swaps in.
+pub fn history(viewer: Viewer<'_>, page: &Page, message: Option<(bool, &str)>, version: i64) -> Markup {
     let backups = routes::path(routes::ORG_BACKUPS, viewer.org_slug, None);
     let fragment = routes::path(routes::ORG_EXPORT_HISTORY, viewer.org_slug, None);
+    let poll = match viewer.before {
+        Some(before) => format!("{fragment}?since={version}&before={before}"),
+        None => format!("{fragment}?since={version}"),
+    };
     html! {
-        div #history hx-target="#history" hx-swap="outerHTML" aria-live="polite" data-before=[viewer.before] {
+        div #history hx-target="#history" hx-swap="outerHTML" aria-live="polite" data-before=[viewer.before]
+            data-version=(version) hx-get=(poll) hx-trigger="every 2s" {
             @if let Some((ok, msg)) = message { (crate::views::layout::flash(ok, msg)) }
             @if page.runs.is_empty() {
                 p.text-slate-600 { @if viewer.before.is_some() { "No older exports." } @else { "No exports yet." } }

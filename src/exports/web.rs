@@ -76,23 +76,63 @@ pub async fn page(
 ) -> AppResult<Response> {
     let cursor = history_cursor(query.as_deref())?;
     let ready = crate::settings::backup::is_ready(&state).await?;
+    // The version before the page: a change in between is caught by the next poll.
+    let version = runs::history_version(&state.pool, org.org.id).await?;
     let page = history_page(&state, &org, &cursor).await?;
     let notice = notice_text(f.notice.as_deref());
     let csrf = CsrfToken(ctx.csrf.clone());
-    let body = views::backups_page(&ctx, &org.org.name, ready, &page, notice, viewer(&csrf, &org, &cursor));
+    let body = views::backups_page(&ctx, &org.org.name, ready, &page, notice, viewer(&csrf, &org, &cursor), version);
     Ok(body.into_response())
 }
 
 /// GET /orgs/{org}/exports/history: the history fragment (what htmx swaps in after
-/// an action).
+/// an action). With `?since=V`, what an open history polls: 204 and no body while
+/// the org's history version is still `V`, so an idle poll costs the session's
+/// query and one query for the user, the org and the version together.
 pub async fn history(
     csrf: CsrfToken,
-    ExportAdmin(org): ExportAdmin,
+    AdminHistory(org, version): AdminHistory,
     State(state): State<AppState>,
     RawQuery(query): RawQuery,
 ) -> AppResult<Response> {
     let cursor = history_cursor(query.as_deref())?;
-    history_response(&csrf, &state, &org, None, &cursor).await
+    if since(query.as_deref())? == Some(version) {
+        return Ok(axum::http::StatusCode::NO_CONTENT.into_response());
+    }
+    let page = history_page(&state, &org, &cursor).await?;
+    Ok(no_store(views::history(viewer(&csrf, &org, &cursor), &page, None, version)))
+}
+
+/// `since` of the query: the history version the page shows.
+fn since(query: Option<&str>) -> Result<Option<i64>, AppError> {
+    let pairs: Vec<(String, String)> = serde_urlencoded::from_str(query.unwrap_or(""))
+        .map_err(|_| AppError::BadRequest("The query string is malformed.".into()))?;
+    match pairs.iter().find(|(k, _)| k == "since").map(|(_, v)| v.as_str()) {
+        None | Some("") => Ok(None),
+        Some(raw) => raw.parse::<i64>().ok().filter(|v| *v >= 0).map(Some).ok_or_else(|| {
+            AppError::BadRequest(format!("since must be a history version, a whole number (got {raw:?})."))
+        }),
+    }
+}
+
+/// The org of the path and its history version, for an org admin with the module on,
+/// in one query with the session's user (see [`AdminRun`]).
+pub struct AdminHistory(pub OrgCtx, pub i64);
+
+#[derive(sqlx::FromRow)]
+struct Version {
+    version: i64,
+}
+
+impl FromRequestParts<AppState> for AdminHistory {
+    type Rejection = AppError;
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, AppError> {
+        let sql = runs::history_version_in_org();
+        let (org, version) =
+            OrgCtx::admin_of_session_with_row::<Version>(parts, state, OrgRowQuery { sql: &sql, param: "" }).await?;
+        let org = super::require_module(org)?;
+        Ok(AdminHistory(org, version.map_or(0, |v| v.version)))
+    }
 }
 
 async fn history_response(
@@ -102,8 +142,9 @@ async fn history_response(
     notice: Option<&str>,
     cursor: &Cursor,
 ) -> AppResult<Response> {
+    let version = runs::history_version(&state.pool, org.org.id).await?;
     let page = history_page(state, org, cursor).await?;
-    Ok(no_store(views::history(viewer(csrf, org, cursor), &page, notice_text(notice))))
+    Ok(no_store(views::history(viewer(csrf, org, cursor), &page, notice_text(notice), version)))
 }
 
 /// GET /orgs/{org}/exports/{id}/row: one run's row, what a pending or running row

@@ -58,6 +58,12 @@ pub const ADDED_LATER: &[&str] = &["election_participants"];
 /// Tables with an `org_id` column that are not sections, and why.
 pub const EXCLUDED: &[(&str, &str)] = &[
     ("export_runs", "the export machinery's own bookkeeping, not the org's records"),
+    ("export_history_versions", "a counter that tells an open Export History when to refresh"),
+    (
+        "webhook_endpoints",
+        "notification settings: their secrets must not leave in a file, and a restored org sets its own",
+    ),
+    ("webhook_deliveries", "the delivery log of those notifications, not the org's records"),
     ("org_modules", "module switches are written to the snapshot's `modules` object instead"),
 ];
 

@@ -161,21 +161,52 @@ async fn create(
     Ok(Ok(request))
 }
 
-/// A person's requests, newest first.
-pub async fn list_for_user(pool: &PgPool, user_id: i64, limit: i64) -> sqlx::Result<Vec<Request>> {
-    sqlx::query_as(sqlx::AssertSqlSafe(format!("{SELECT} where r.user_id = $1 order by r.created_at desc limit $2")))
-        .bind(user_id)
-        .bind(limit)
-        .fetch_all(pool)
-        .await
+/// One page of requests, newest first.
+#[derive(Debug)]
+pub struct Page {
+    pub requests: Vec<Request>,
+    /// The last request's id while older ones remain: the next page's `before`.
+    pub next: Option<String>,
 }
 
-/// Every person's recent requests (the platform page).
-pub async fn list_recent(pool: &PgPool, limit: i64) -> sqlx::Result<Vec<Request>> {
-    sqlx::query_as(sqlx::AssertSqlSafe(format!("{SELECT} order by r.created_at desc limit $1")))
-        .bind(limit)
-        .fetch_all(pool)
-        .await
+/// At most `limit` requests of one person (or of everyone, with `None`), newest
+/// first, older than the request `before` (keyset paging on `(created_at, id)`).
+/// `None` when `before` is no request of that list.
+pub async fn page(
+    pool: &PgPool,
+    user_id: Option<i64>,
+    limit: i64,
+    before: Option<&RecordId>,
+) -> sqlx::Result<Option<Page>> {
+    let mut requests: Vec<Request> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
+        "{SELECT} where ($1::bigint is null or r.user_id = $1)
+           and ($3::text is null
+                or (r.created_at, r.id) < (select b.created_at, b.id from privacy_requests b
+                                           where b.id = $3 and ($1::bigint is null or b.user_id = $1)))
+         order by r.created_at desc, r.id desc limit $2"
+    )))
+    .bind(user_id)
+    .bind(limit + 1)
+    .bind(before.map(RecordId::as_str))
+    .fetch_all(pool)
+    .await?;
+    if requests.is_empty() && before.is_some() {
+        // Nothing older, or no such request: only the second is an error.
+        let known: bool = sqlx::query_scalar(
+            "select exists (select 1 from privacy_requests where id = $1 and ($2::bigint is null or user_id = $2))",
+        )
+        .bind(before.map(RecordId::as_str))
+        .bind(user_id)
+        .fetch_one(pool)
+        .await?;
+        if !known {
+            return Ok(None);
+        }
+    }
+    let more = requests.len() as i64 > limit;
+    requests.truncate(limit.max(0) as usize);
+    let next = more.then(|| requests.last().map(|r| r.id.clone())).flatten();
+    Ok(Some(Page { requests, next }))
 }
 
 /// One of the person's requests (None for anyone else's).

@@ -4,7 +4,7 @@
 
 use axum::{
     Form,
-    extract::{Query, State},
+    extract::{Query, RawQuery, State},
     http::StatusCode,
     response::{IntoResponse, Redirect, Response},
 };
@@ -20,6 +20,7 @@ use crate::{
     views::{PageCtx, layout::flash, page},
     web::{
         forms::{field, fields as form_fields},
+        paging::Cursor,
         path::RecordId,
         respond::see_other,
     },
@@ -62,11 +63,41 @@ pub async fn show(
     CurrentUser(user): CurrentUser,
     State(state): State<AppState>,
     Query(q): Query<Notice>,
+    RawQuery(query): RawQuery,
 ) -> AppResult<Markup> {
     let message = (q.done.as_deref() == Some("requested")).then(|| {
         (true, "Requested. The file appears below when it is ready; this page updates by itself.".to_string())
     });
-    member_page(&ctx, &state, user.id, message).await
+    let cursor = history_cursor(query.as_deref())?;
+    member_page(&ctx, &state, user.id, message, &cursor).await
+}
+
+/// The page of a history asked for (`?before=`), [`HISTORY_LIMIT`] long.
+fn history_cursor(query: Option<&str>) -> Result<Cursor, AppError> {
+    Cursor::parse(query, HISTORY_LIMIT, HISTORY_LIMIT).map(|c| Cursor { limit: HISTORY_LIMIT, ..c })
+}
+
+/// One page of one person's requests (or everyone's); a `before` that is not in
+/// that list is refused.
+async fn requests_page(state: &AppState, user_id: Option<i64>, cursor: &Cursor) -> AppResult<requests::Page> {
+    requests::page(&state.pool, user_id, cursor.limit, cursor.before.as_ref())
+        .await?
+        .ok_or_else(|| AppError::BadRequest("That page starts at a request that is not in this list.".into()))
+}
+
+/// "Newest" on any page but the first, and "Older" while older requests remain:
+/// plain links to `path` with `?before=`.
+fn pager(path: &str, cursor: &Cursor, page: &requests::Page) -> Markup {
+    html! {
+        @if cursor.before.is_some() || page.next.is_some() {
+            nav.flex.gap-2.mt-3 aria-label="Pages of requests" {
+                @if cursor.before.is_some() { a.btn.btn-secondary data-page="newest" href=(path) { "Newest" } }
+                @if let Some(next) = &page.next {
+                    a.btn.btn-secondary data-page="older" href=(format!("{path}?before={next}")) { "Older" }
+                }
+            }
+        }
+    }
 }
 
 async fn member_page(
@@ -74,8 +105,9 @@ async fn member_page(
     state: &AppState,
     user_id: i64,
     message: Option<(bool, String)>,
+    cursor: &Cursor,
 ) -> AppResult<Markup> {
-    let list = requests::list_for_user(&state.pool, user_id, HISTORY_LIMIT).await?;
+    let list = requests_page(state, Some(user_id), cursor).await?;
     let days = retention_days(state).await?;
     Ok(page(
         ctx,
@@ -97,16 +129,17 @@ async fn member_page(
             }
             section {
                 h2.text-lg.font-semibold.mb-2 { "My requests" }
-                (history(&list, days))
+                (history(&list.requests, days, cursor.before.is_none()))
+                (pager(routes::ME_PRIVACY, cursor, &list))
             }
         },
     ))
 }
 
-/// The member's history. It polls itself every 2 s while a request is pending or
-/// running, and stops once none is.
-pub fn history(list: &[Request], retention_days: i32) -> Markup {
-    let live = list.iter().any(Request::is_active);
+/// The member's history. On the first page it polls itself every 2 s while a
+/// request is pending or running, and stops once none is.
+pub fn history(list: &[Request], retention_days: i32, first_page: bool) -> Markup {
+    let live = first_page && list.iter().any(Request::is_active);
     html! {
         div #privacy-history hx-get=[live.then_some(routes::ME_PRIVACY_HISTORY)] hx-trigger=[live.then_some("every 2s")]
             hx-swap="outerHTML" aria-live="polite" {
@@ -150,8 +183,9 @@ pub fn history(list: &[Request], retention_days: i32) -> Markup {
 
 /// GET /me/privacy/history: the fragment htmx polls.
 pub async fn history_fragment(CurrentUser(user): CurrentUser, State(state): State<AppState>) -> AppResult<Markup> {
-    let list = requests::list_for_user(&state.pool, user.id, HISTORY_LIMIT).await?;
-    Ok(history(&list, retention_days(&state).await?))
+    let cursor = Cursor { limit: HISTORY_LIMIT, before: None };
+    let list = requests_page(&state, Some(user.id), &cursor).await?;
+    Ok(history(&list.requests, retention_days(&state).await?, true))
 }
 
 /// POST /me/privacy: the person's own request.
@@ -166,7 +200,9 @@ pub async fn request(
     }
     if !crate::settings::backup::is_ready(&state).await? {
         let msg = "Data exports are paused by the platform at the moment; please try again later.".to_string();
-        let body = member_page(&ctx, &state, user.id, Some((false, msg))).await?;
+        let body =
+            member_page(&ctx, &state, user.id, Some((false, msg)), &Cursor { limit: HISTORY_LIMIT, before: None })
+                .await?;
         return Ok((StatusCode::SERVICE_UNAVAILABLE, body).into_response());
     }
     match requests::create_self(&state.pool, user.id, state.config.export_max_attempts).await? {
@@ -177,7 +213,8 @@ pub async fn request(
             } else {
                 StatusCode::CONFLICT
             };
-            let body = member_page(&ctx, &state, user.id, Some((false, refusal_text(&refusal)))).await?;
+            let first = Cursor { limit: HISTORY_LIMIT, before: None };
+            let body = member_page(&ctx, &state, user.id, Some((false, refusal_text(&refusal))), &first).await?;
             Ok((status, body).into_response())
         }
     }
@@ -231,7 +268,9 @@ pub async fn platform_show(
     _admin: PlatformAdmin,
     State(state): State<AppState>,
     Query(q): Query<Notice>,
+    RawQuery(query): RawQuery,
 ) -> AppResult<Markup> {
+    let cursor = history_cursor(query.as_deref())?;
     let message = match q.done.as_deref() {
         Some("requested") => {
             Some((true, "Export started on the person's behalf; they see it in their own history.".into()))
@@ -240,7 +279,7 @@ pub async fn platform_show(
         Some("unchanged") => Some((true, "Nothing changed.".to_string())),
         _ => None,
     };
-    platform_page(&ctx, &state, message, "", "").await
+    platform_page(&ctx, &state, message, "", "", &cursor).await
 }
 
 async fn platform_page(
@@ -249,8 +288,9 @@ async fn platform_page(
     message: Option<(bool, String)>,
     email: &str,
     reason: &str,
+    cursor: &Cursor,
 ) -> AppResult<Markup> {
-    let list = requests::list_recent(&state.pool, HISTORY_LIMIT).await?;
+    let list = requests_page(state, None, cursor).await?;
     let days = retention_days(state).await?;
     Ok(page(
         ctx,
@@ -291,13 +331,13 @@ async fn platform_page(
             }
             section.card aria-labelledby="recent-h" {
                 h2.text-lg.font-semibold.mb-2 #recent-h { "Recent requests" }
-                @if list.is_empty() {
-                    p.text-sm { "No requests yet." }
+                @if list.requests.is_empty() {
+                    p.text-sm { @if cursor.before.is_some() { "No older requests." } @else { "No requests yet." } }
                 } @else {
                     div.overflow-x-auto { table.table-basic.w-full #privacy-requests {
                         thead { tr { th { "Person" } th { "Requested" } th { "By" } th { "Reason" } th { "Status" } th { "" } } }
                         tbody {
-                            @for r in &list {
+                            @for r in &list.requests {
                                 tr data-request-id=(r.id) data-status=(r.status.as_str()) {
                                     td { (r.user_email) }
                                     td { (when(r.created_at)) }
@@ -320,6 +360,7 @@ async fn platform_page(
                         }
                     } }
                 }
+                (pager(routes::PLATFORM_PRIVACY, cursor, &list))
             }
         },
     ))
@@ -371,7 +412,8 @@ async fn refuse(
     email: &str,
     reason: &str,
 ) -> AppResult<Response> {
-    let body = platform_page(ctx, state, Some((false, error)), email, reason).await?;
+    let first = Cursor { limit: HISTORY_LIMIT, before: None };
+    let body = platform_page(ctx, state, Some((false, error)), email, reason, &first).await?;
     Ok((status, body).into_response())
 }
 

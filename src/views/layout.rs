@@ -81,6 +81,7 @@ fn nav(ctx: &PageCtx) -> Markup {
                         // The page exists only while the org has Data Export on.
                         @if org.data_export {
                             a.text-sm.text-blue-700.hover:underline href=(routes::org_backups(&org.slug)) { "Backups & Export" }
+                            a.text-sm.text-blue-700.hover:underline href=(routes::path(routes::ORG_NOTIFICATIONS, &org.slug, None)) { "Notifications" }
                         }
                     }
                     @if user.is_platform_admin {

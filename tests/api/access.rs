@@ -71,6 +71,12 @@ fn expected(kind: Kind, method: &str, pattern: &str, role: Role) -> u16 {
                 ("POST", API_EXPORTS) => 202,
                 ("GET", API_EXPORT_DOWNLOAD) => 303,
                 ("DELETE", API_EXPORT) => 204,
+                // The webhook routes' id is acme's first endpoint's.
+                ("GET", API_WEBHOOKS) | ("GET", API_WEBHOOK_ATTEMPTS) | ("POST", API_WEBHOOK_ROTATE) => 200,
+                ("POST", API_WEBHOOK_TEST) => 202,
+                ("DELETE", API_WEBHOOK) => 204,
+                // No body.
+                ("POST", API_WEBHOOKS) => 400,
                 _ => panic!("no access expectation for API {method} {pattern}: add one to tests/api/access.rs"),
             },
         },
@@ -106,6 +112,19 @@ fn expected(kind: Kind, method: &str, pattern: &str, role: Role) -> u16 {
                 Admin if method == "GET" && pattern != ORG_EXPORT_DOWNLOAD => 200,
                 Admin => 303,
             },
+            // The ids are acme's second endpoint's (the API deletes the first).
+            ("GET" | "POST", ORG_NOTIFICATIONS | ORG_WEBHOOK_TEST | ORG_WEBHOOK_ROTATE | ORG_WEBHOOK_DELETE) => {
+                match role {
+                    Anonymous => to_login,
+                    Member => 403,
+                    OtherAdmin | Platform => 404,
+                    // No URL.
+                    Admin if method == "POST" && pattern == ORG_NOTIFICATIONS => 400,
+                    // The page, with the new secret.
+                    Admin if method == "GET" || pattern == ORG_WEBHOOK_ROTATE => 200,
+                    Admin => 303,
+                }
+            }
             (
                 "GET" | "POST",
                 PLATFORM_SETTINGS
@@ -184,14 +203,18 @@ const BOARD_ROUTES: &[(&str, &str)] = &[("GET", "/"), ("GET", "/api/v1/queues"),
 fn order(method: &str, pattern: &str) -> u8 {
     match (method, pattern) {
         ("DELETE", _) => 1,
-        (_, ORG_EXPORT_DELETE) => 2,
+        (_, ORG_EXPORT_DELETE | ORG_WEBHOOK_DELETE) => 2,
         (_, LOGOUT) => 3,
         _ => 0,
     }
 }
 
-fn fill(pattern: &str, export_id: &str, privacy_id: &str, token_id: &str) -> String {
-    let id = if pattern.contains("privacy") {
+fn fill(pattern: &str, export_id: &str, privacy_id: &str, token_id: &str, webhook_ids: &[String; 2]) -> String {
+    let id = if pattern.contains("/webhooks/") {
+        &webhook_ids[0]
+    } else if pattern.contains("/notifications/") {
+        &webhook_ids[1]
+    } else if pattern.contains("privacy") {
         privacy_id
     } else if pattern.contains("tokens") {
         token_id
@@ -238,6 +261,15 @@ async fn every_route_answers_each_role_as_expected() {
         .unwrap()
         .id
         .to_string();
+    // Two endpoints of acme's: the API's routes use the first, the pages the second.
+    let mut webhook_ids = [String::new(), String::new()];
+    for id in &mut webhook_ids {
+        let r = acme_admin
+            .post_json("/orgs/acme/webhooks", &serde_json::json!({ "url": "https://hooks.example.com/in" }))
+            .await;
+        assert_eq!(r.status(), 201);
+        *id = r.json::<serde_json::Value>().await.unwrap()["id"].as_str().unwrap().to_string();
+    }
 
     let mut routes: Vec<(Kind, &str, String)> = Vec::new();
     for (m, p) in router::OPS_ROUTES {
@@ -271,8 +303,9 @@ async fn every_route_answers_each_role_as_expected() {
             let want = expected(*kind, method, pattern, role);
             let url = match kind {
                 Kind::Board => app.board_url(pattern),
-                Kind::Api => app.url(&format!("{API_PREFIX}{}", fill(pattern, &acme_export, &privacy_id, &token_id))),
-                _ => app.url(&fill(pattern, &acme_export, &privacy_id, &token_id)),
+                Kind::Api => app
+                    .url(&format!("{API_PREFIX}{}", fill(pattern, &acme_export, &privacy_id, &token_id, &webhook_ids))),
+                _ => app.url(&fill(pattern, &acme_export, &privacy_id, &token_id, &webhook_ids)),
             };
             let mut req = session.client.request(Method::from_bytes(method.as_bytes()).unwrap(), &url);
             if *kind == Kind::Api && !token.is_empty() {
@@ -356,7 +389,7 @@ async fn every_route_answers_each_role_as_expected() {
     let mut posts = 0;
     for (method, pattern) in router::HTML_ROUTES.iter().filter(|(m, _)| *m == "POST") {
         let who = if pattern.starts_with("/platform") { &platform } else { &admin };
-        let url = format!("{}{}", who.base, fill(pattern, &acme_export, &privacy_id, &token_id));
+        let url = format!("{}{}", who.base, fill(pattern, &acme_export, &privacy_id, &token_id, &webhook_ids));
         for token in [None, Some("forged-token")] {
             let mut form = vec![("email", "admin@acme.test"), ("password", PASSWORD)];
             if let Some(t) = token {

@@ -133,6 +133,19 @@ async fn an_org_admin_triggers_watches_it_complete_live_and_downloads() {
         .expect("the row shows the verification");
     assert!(verified.text().await.unwrap().starts_with("Verified"));
     assert!(c.source().await.unwrap().contains("it is whole and matches its schema"));
+
+    // A run started elsewhere (the API) appears in the open page, and completes there.
+    let api = api(&app, &app.token("admin@acme.test").await);
+    let created: serde_json::Value = api.post("/orgs/acme/exports").await.json().await.unwrap();
+    let other = created["id"].as_str().unwrap();
+    c.wait()
+        .at_most(Duration::from_secs(90))
+        .every(Duration::from_millis(250))
+        .for_element(Locator::Css(&format!("tr[data-export-id='{other}'][data-status='completed']")))
+        .await
+        .expect("a run created through the API appears and completes without a reload");
+    let marker = c.execute("return window.__noReload || null;", vec![]).await.unwrap();
+    assert_eq!(marker, json!("still here"), "the page was not reloaded");
     c.close().await.unwrap();
 }
 

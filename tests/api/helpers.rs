@@ -613,6 +613,15 @@ impl Api {
     pub async fn delete(&self, path: &str) -> reqwest::Response {
         self.send(reqwest::Method::DELETE, path).await
     }
+    pub async fn post_json(&self, path: &str, body: &serde_json::Value) -> reqwest::Response {
+        self.client
+            .post(format!("{}/api/v1{path}", self.base))
+            .bearer_auth(&self.token)
+            .json(body)
+            .send()
+            .await
+            .unwrap()
+    }
 }
 
 /// What the [`FaultProxy`] does to requests.

@@ -173,3 +173,144 @@ async fn a_bad_page_is_refused_and_a_pages_actions_answer_with_that_page() {
     // Its forms keep the page.
     assert!(html.contains(&format!("/verify?before={before}")));
 }
+
+/// The `data-version` of a history fragment or page.
+fn version_in(html: &str) -> i64 {
+    let rest = &html[html.find("data-version=\"").expect("the history carries its version") + 14..];
+    rest[..rest.find('"').unwrap()].parse().unwrap()
+}
+
+/// An open history notices a run created anywhere (here: the API) on its next poll,
+/// and each poll while nothing changed is 204 with no body. Another org's runs,
+/// and a run's progress, do not wake it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_open_history_answers_204_until_a_run_is_created_or_changes_anywhere() {
+    let app = TestApp::spawn_with(Options { members: 100, ..Default::default() }).await;
+    let s = app.login("admin@acme.test").await;
+    let page = s.get("/orgs/acme/settings/backups").await.text().await.unwrap();
+    let v0 = version_in(&page);
+    assert!(page.contains(&format!("hx-get=\"/orgs/acme/exports/history?since={v0}\"")), "the history polls");
+    let poll = |v: i64| format!("/orgs/acme/exports/history?since={v}");
+
+    for _ in 0..3 {
+        let r = s.htmx_get(&poll(v0)).await;
+        assert_eq!(r.status(), 204);
+        assert!(r.bytes().await.unwrap().is_empty(), "an idle poll has no body");
+    }
+    // Another org's run does not wake acme's history.
+    insert_runs(&app, "globex", 2).await;
+    assert_eq!(s.htmx_get(&poll(v0)).await.status(), 204);
+
+    // A run created through the API shows on the next poll.
+    let api = api(&app, &app.token("admin@acme.test").await);
+    let created: Value = api.post("/orgs/acme/exports").await.json().await.unwrap();
+    let id = created["id"].as_str().unwrap().to_string();
+    let r = s.htmx_get(&poll(v0)).await;
+    assert_eq!(r.status(), 200);
+    let html = r.text().await.unwrap();
+    assert!(ids_in(&html).contains(&id), "the new run is in the refreshed history");
+    let v1 = version_in(&html);
+    assert!(v1 > v0);
+
+    // Its end moves the version on too, so the open page shows it completed.
+    app.wait_for_status(&id, "completed", std::time::Duration::from_secs(60)).await;
+    let r = s.htmx_get(&poll(v1)).await;
+    assert_eq!(r.status(), 200);
+    let html = r.text().await.unwrap();
+    assert!(html.contains(&format!("data-export-id=\"{id}\" data-status=\"completed\"")), "{html}");
+    let v2 = version_in(&html);
+    assert_eq!(s.htmx_get(&poll(v2)).await.status(), 204, "and then it is idle again");
+    // Progress alone does not wake it: the active row polls itself.
+    sqlx::query("update export_runs set rows_written = rows_written + 1 where id = $1")
+        .bind(&id)
+        .execute(app.pool())
+        .await
+        .unwrap();
+    assert_eq!(s.htmx_get(&poll(v2)).await.status(), 204);
+
+    // A malformed version is refused, and another org's history is not reachable.
+    assert_eq!(s.htmx_get("/orgs/acme/exports/history?since=x").await.status(), 400);
+    assert_eq!(s.htmx_get("/orgs/acme/exports/history?since=-1").await.status(), 400);
+    assert_eq!(s.htmx_get(&format!("/orgs/globex/exports/history?since={v2}")).await.status(), 404);
+    println!("history poll: versions {v0} -> {v1} (created) -> {v2} (completed); idle polls answered 204 with no body");
+}
+
+/// The `href`s of a privacy page's "Older" link, if it has one.
+fn privacy_older(html: &str) -> Option<String> {
+    let at = html.find("data-page=\"older\"")?;
+    let href = html[at..].split(" href=\"").nth(1)?;
+    Some(href[..href.find('"')?].replace("&amp;", "&"))
+}
+
+fn request_ids_in(html: &str) -> Vec<String> {
+    html.split("data-request-id=\"").skip(1).map(|rest| rest[..26].to_string()).collect()
+}
+
+/// The data-subject histories page back the same way: a person's own requests on
+/// /me/privacy, and everyone's on /platform/privacy; each request is reached once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_data_subject_request_is_reached_once_paging_both_privacy_histories() {
+    let app = TestApp::spawn_with(Options { members: 20, workers: false, ..Default::default() }).await;
+    let insert = |email: &'static str, n: i32| {
+        let pool = app.pool().clone();
+        async move {
+            let ids: Vec<String> = (0..n).map(|_| ulid::Ulid::generate().to_string()).collect();
+            let ages: Vec<i32> = (0..n).map(|i| i / 2).collect();
+            sqlx::query(
+                "insert into privacy_requests (id, user_id, requested_by, status, created_at, finished_at, error)
+                 select t.id, u.id, u.id, 'failed', now() - make_interval(mins => t.age + 10),
+                        now() - make_interval(mins => t.age + 9), 'The export failed.'
+                 from unnest($2::text[], $3::int[]) as t(id, age), users u where u.email = $1",
+            )
+            .bind(email)
+            .bind(&ids)
+            .bind(&ages)
+            .execute(&pool)
+            .await
+            .unwrap();
+        }
+    };
+    insert("member@acme.test", 120).await;
+    insert("admin@acme.test", 35).await;
+    let ids_of = |email: Option<&'static str>| {
+        let pool = app.pool().clone();
+        async move {
+            sqlx::query_scalar::<_, String>(
+                "select r.id from privacy_requests r join users u on u.id = r.user_id
+                 where $1::text is null or u.email = $1 order by r.created_at desc, r.id desc",
+            )
+            .bind(email)
+            .fetch_all(&pool)
+            .await
+            .unwrap()
+        }
+    };
+    async fn walk(s: &Session, first: &str) -> (Vec<String>, usize) {
+        let (mut seen, mut pages, mut next) = (Vec::new(), 0, Some(first.to_string()));
+        while let Some(path) = next.take() {
+            let r = s.get(&path).await;
+            assert_eq!(r.status(), 200, "{path}");
+            let html = r.text().await.unwrap();
+            seen.extend(request_ids_in(&html));
+            next = privacy_older(&html);
+            pages += 1;
+        }
+        (seen, pages)
+    }
+    let member = app.login("member@acme.test").await;
+    let (seen, pages) = walk(&member, "/me/privacy").await;
+    assert_eq!(seen, ids_of(Some("member@acme.test")).await, "a person reaches each of their requests once");
+    assert_eq!(pages, 3);
+    let platform = app.login("platform@example.test").await;
+    let (seen, pages) = walk(&platform, "/platform/privacy").await;
+    assert_eq!(seen, ids_of(None).await, "a platform admin reaches every request once");
+    assert_eq!(pages, 4);
+
+    // Another person's request is no page of one's own history.
+    let theirs = ids_of(Some("admin@acme.test")).await.remove(0);
+    let r = member.get(&format!("/me/privacy?before={theirs}")).await;
+    assert_eq!(r.status(), 400);
+    assert!(request_ids_in(&r.text().await.unwrap()).is_empty(), "the refusal lists no requests");
+    assert_eq!(member.get("/me/privacy?before=nope").await.status(), 400);
+    println!("privacy paging: 120 of one person's requests in 3 pages, 155 on the platform page in 4");
+}

@@ -20,4 +20,5 @@ mod restore;
 mod seed;
 mod soak;
 mod tokens;
+mod webhooks;
 mod zero_config;
