@@ -303,7 +303,11 @@ async fn trigger_and_wait_for_completed_row(c: &Client, expectation: &str) -> fa
         .every(Duration::from_millis(250))
         .for_element(Locator::Css("tr[data-status='completed']"))
         .await
-        .expect(expectation)
+        .expect(expectation);
+    // The run's end also moves the org's history version on, so within one 2 s poll
+    // the whole history is swapped in again: the row found first goes stale.
+    tokio::time::sleep(Duration::from_millis(2_500)).await;
+    c.find(Locator::Css("tr[data-status='completed']")).await.expect(expectation)
 }
 
 async fn sign_in(c: &Client, app: &TestApp, email: &str) {
