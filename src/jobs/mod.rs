@@ -57,9 +57,8 @@ pub async fn push_after<J: Job>(
     max_attempts: u32,
     delay: Duration,
 ) -> anyhow::Result<()> {
-    let mut task = TaskBuilder::new(serde_json::to_vec(job)?)
-        .task_id(TaskId::from_ulid(id))
-        .max_attempts(max_attempts as usize);
+    let mut task =
+        TaskBuilder::new(serde_json::to_vec(job)?).task_id(TaskId::from_ulid(id)).max_attempts(max_attempts as usize);
     if !delay.is_zero() {
         task = task.run_after(delay);
     }
