@@ -11,7 +11,7 @@
 //! 6. `exports`, `privacy`, `pages`, `seed`: features.
 //! 7. `views`, `web`: page layout; web helpers every handler shares.
 //! 8. `auth`: who is asking.
-//! 9. `settings`: the platform's stored settings.
+//! 9. `mail`, `settings`: mail to people; the platform's stored settings.
 //! 10. `orgs`: organizations, modules, the org's tables.
 //! 11. `audit`: the audit log writer.
 //! 12. `snapshot`: the snapshot engine.
@@ -31,6 +31,7 @@ pub mod error;
 pub mod exports;
 pub mod imports;
 pub mod jobs;
+pub mod mail;
 pub mod orgs;
 pub mod pages;
 pub mod platform;

@@ -16,6 +16,7 @@ use crate::{
     },
     imports::job::ImportJob,
     jobs::{self, Job},
+    mail::MailJob,
     platform::{pruner::PruneJob, scheduler::SlotJob},
     privacy::PrivacyJob,
     state::AppState,
@@ -53,6 +54,7 @@ pub fn queues() -> Vec<Queue> {
         queue::<PruneJob>(()),
         queue::<PrivacyJob>(()),
         queue::<ImportJob>(()),
+        queue::<MailJob>(()),
     ]
 }
 
