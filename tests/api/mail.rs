@@ -1,7 +1,8 @@
 //! Mail against a real SMTP server (mailin-embedded, in process, on loopback): the
 //! data-subject mail's headers and body, the opt-outs, a server that refuses at
-//! first, STARTTLS with a private CA and a password, the outbox when `SMTP_URL` is
-//! unset, and refused settings.
+//! first, one that is never reached, STARTTLS with a private CA and a password,
+//! implicit TLS (`smtps://`), the outbox when `SMTP_URL` is unset, and refused
+//! settings.
 
 use std::{
     collections::HashMap,
@@ -355,11 +356,43 @@ async fn a_mail_is_given_up_after_its_last_retry_and_the_work_that_queued_it_goe
     assert!(page.contains("not delivered after 2 attempts"), "{page}");
 }
 
+/// A TLS front on a free loopback port for the plain SMTP server on `plain_port`:
+/// the server as an `smtps://` (implicit TLS) client sees it.
+async fn tls_front(cert_pem: &str, key_pem: &str, plain_port: u16) -> u16 {
+    use rustls::pki_types::{CertificateDer, PrivateKeyDer, pem::PemObject};
+    let certs = CertificateDer::pem_slice_iter(cert_pem.as_bytes()).collect::<Result<Vec<_>, _>>().unwrap();
+    let key = PrivateKeyDer::from_pem_slice(key_pem.as_bytes()).unwrap();
+    let config = rustls::ServerConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_no_client_auth()
+        .with_single_cert(certs, key)
+        .unwrap();
+    let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    tokio::spawn(async move {
+        while let Ok((tcp, _)) = listener.accept().await {
+            let acceptor = acceptor.clone();
+            tokio::spawn(async move {
+                let (Ok(mut tls), Ok(mut plain)) =
+                    (acceptor.accept(tcp).await, tokio::net::TcpStream::connect(("127.0.0.1", plain_port)).await)
+                else {
+                    return;
+                };
+                let _ = tokio::io::copy_bidirectional(&mut tls, &mut plain).await;
+            });
+        }
+    });
+    port
+}
+
 static TLS: OnceLock<MailSettings> = OnceLock::new();
 static TLS_UNTRUSTED: OnceLock<MailSettings> = OnceLock::new();
+static TLS_IMPLICIT: OnceLock<MailSettings> = OnceLock::new();
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn mail_goes_over_starttls_to_a_server_of_a_private_ca_with_a_password() {
+async fn mail_goes_over_starttls_with_a_password_and_over_implicit_tls_to_servers_of_a_private_ca() {
     let _ = rustls::crypto::ring::default_provider().install_default();
     // A private CA and the server's certificate for 127.0.0.1, signed by it.
     let ca_key = rcgen::KeyPair::generate().unwrap();
@@ -409,6 +442,23 @@ async fn mail_goes_over_starttls_to_a_server_of_a_private_ca_with_a_password() {
     let error = r[0].4.clone().unwrap_or_default();
     assert!(error.to_lowercase().contains("certificate"), "the certificate is refused: {error}");
     assert_eq!(inbox.received.lock().unwrap().len(), 1, "nothing more arrived");
+
+    // smtps://: TLS from the first byte, to a plain server behind a TLS front.
+    let behind = Inbox::default();
+    let front = tls_front(&server_cert.pem(), &server_key.serialize_pem(), behind.serve(None)).await;
+    let url = format!("smtps://127.0.0.1:{front}");
+    let settings = mail_settings(&[("SMTP_URL", &url), ("SMTP_CA_FILE", &path("ca.pem"))]).unwrap();
+    assert_eq!(settings.smtp.as_ref().unwrap().security, SmtpSecurity::ImplicitTls);
+    TLS_IMPLICIT.set(settings).unwrap();
+    let implicit = TestApp::spawn_with(Options {
+        config: Some(|c| c.mail = TLS_IMPLICIT.get().unwrap().clone()),
+        ..Default::default()
+    })
+    .await;
+    let admin = user_id(&implicit, "admin@acme.test").await;
+    assert!(enqueue(&implicit, admin, Kind::ExportFinished, "Over implicit TLS").await);
+    let mails = behind.wait_for(1, Duration::from_secs(30)).await;
+    assert_eq!(parse(&mails[0].raw).0["subject"], "Over implicit TLS");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
