@@ -90,6 +90,8 @@ pub struct Config {
     pub http: HttpLimits,
     /// How webhooks are delivered.
     pub webhooks: WebhookSettings,
+    /// Where mail goes, from whom, and how its retries wait.
+    pub mail: MailSettings,
 }
 
 /// An address range such as `10.0.0.0/8` or `fd00::/8` (a bare address is one host).
@@ -221,6 +223,159 @@ impl HttpLimits {
     }
 }
 
+/// Mail: `SMTP_URL`, `SMTP_CA_FILE`, `MAIL_FROM` and `MAIL_RETRY_SCHEDULE_SECS`.
+#[derive(Clone, Debug)]
+pub struct MailSettings {
+    /// `SMTP_URL`; `None` writes each mail as an `.eml` file under `DATA_DIR/outbox`.
+    pub smtp: Option<Smtp>,
+    /// `MAIL_FROM` (default [`DEFAULT_MAIL_FROM`]).
+    pub from: lettre::message::Mailbox,
+    /// `MAIL_RETRY_SCHEDULE_SECS`: the waits before each retry of a mail the server
+    /// did not take (default 30 s, 2 min, 10 min, 1 h, 6 h); after the last, it is
+    /// given up.
+    pub retry_schedule: Vec<Duration>,
+}
+
+/// The default of `MAIL_FROM`.
+pub const DEFAULT_MAIL_FROM: &str = "Data Export <data-export@localhost>";
+
+/// An SMTP server from `SMTP_URL`.
+#[derive(Clone)]
+pub struct Smtp {
+    pub host: String,
+    pub port: u16,
+    pub security: SmtpSecurity,
+    /// The URL's user and password (percent-decoded), for AUTH.
+    pub credentials: Option<(String, String)>,
+    /// `SMTP_CA_FILE`: PEM certificates trusted besides the Mozilla roots (a private CA).
+    pub extra_roots_pem: Option<Vec<u8>>,
+}
+
+impl std::fmt::Debug for Smtp {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // Never print the password.
+        f.debug_struct("Smtp")
+            .field("host", &self.host)
+            .field("port", &self.port)
+            .field("security", &self.security)
+            .field("user", &self.credentials.as_ref().map(|(u, _)| u))
+            .field("extra_roots", &self.extra_roots_pem.is_some())
+            .finish()
+    }
+}
+
+/// How the connection to the SMTP server is protected.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SmtpSecurity {
+    /// `smtp://…?tls=none`: never TLS (a local mail catcher).
+    Plain,
+    /// `smtp://…` (default port 25): STARTTLS when the server offers it; its
+    /// certificate must then be valid.
+    StartTlsWhenOffered,
+    /// `smtp://…?tls=required` (default port 587): STARTTLS, or no mail is sent.
+    StartTlsRequired,
+    /// `smtps://…` (default port 465): TLS from the first byte.
+    ImplicitTls,
+}
+
+impl MailSettings {
+    fn from_lookup(non_empty: impl Fn(&str) -> Option<String>) -> anyhow::Result<Self> {
+        let from = non_empty("MAIL_FROM").unwrap_or_else(|| DEFAULT_MAIL_FROM.into());
+        let from = from.trim().parse().map_err(|e| {
+            anyhow::anyhow!(
+                "MAIL_FROM must be an address such as {DEFAULT_MAIL_FROM:?} or ops@example.com ({e}; got {from:?})"
+            )
+        })?;
+        let extra_roots_pem = match non_empty("SMTP_CA_FILE") {
+            None => None,
+            Some(path) => Some(read_pem_certificates(&path)?),
+        };
+        let smtp = match non_empty("SMTP_URL") {
+            None => {
+                if extra_roots_pem.is_some() {
+                    bail!("SMTP_CA_FILE is set but SMTP_URL is not: set SMTP_URL too, or unset SMTP_CA_FILE");
+                }
+                None
+            }
+            Some(raw) => Some(parse_smtp_url(raw.trim(), extra_roots_pem)?),
+        };
+        let retry_schedule = match non_empty("MAIL_RETRY_SCHEDULE_SECS") {
+            None => [30, 120, 600, 3600, 6 * 3600].map(Duration::from_secs).to_vec(),
+            Some(v) => {
+                let waits: Option<Vec<Duration>> = v
+                    .split(',')
+                    .map(|part| part.trim().parse::<u64>().ok().filter(|n| (1..=86_400).contains(n)))
+                    .map(|n| n.map(Duration::from_secs))
+                    .collect();
+                match waits {
+                    Some(w) if w.len() <= 20 => w,
+                    _ => bail!(
+                        "MAIL_RETRY_SCHEDULE_SECS must be up to 20 comma-separated waits in seconds, each 1 to 86400, such as 30,120,600 (got {v:?})"
+                    ),
+                }
+            }
+        };
+        Ok(Self { smtp, from, retry_schedule })
+    }
+}
+
+/// `smtp://[user:pass@]host[:port][?tls=none|required]` or `smtps://[user:pass@]host[:port]`.
+fn parse_smtp_url(raw: &str, extra_roots_pem: Option<Vec<u8>>) -> anyhow::Result<Smtp> {
+    let shape = "smtp://host:port, smtp://host:port?tls=required or smtps://user:password@host:port";
+    let shown = redact_url(raw);
+    let url =
+        url::Url::parse(raw).map_err(|e| anyhow::anyhow!("SMTP_URL must look like {shape} ({e}; got {shown:?})"))?;
+    let host = match url.host() {
+        Some(url::Host::Domain(d)) if !d.is_empty() => d.to_string(),
+        Some(url::Host::Ipv4(ip)) => ip.to_string(),
+        Some(url::Host::Ipv6(ip)) => ip.to_string(),
+        _ => bail!("SMTP_URL must name a host, like {shape} (got {shown:?})"),
+    };
+    if url.path().len() > 1 || url.fragment().is_some() {
+        bail!("SMTP_URL must have no path, like {shape} (got {shown:?})");
+    }
+    let mut tls = None;
+    for (k, v) in url.query_pairs() {
+        if k != "tls" || tls.is_some() {
+            bail!("SMTP_URL takes one query setting, tls=none or tls=required (got {shown:?})");
+        }
+        tls = Some(v.into_owned());
+    }
+    let (security, default_port) = match (url.scheme(), tls.as_deref()) {
+        ("smtp", None | Some("opportunistic")) => (SmtpSecurity::StartTlsWhenOffered, 25),
+        ("smtp", Some("required")) => (SmtpSecurity::StartTlsRequired, 587),
+        ("smtp", Some("none")) => (SmtpSecurity::Plain, 25),
+        ("smtps", None | Some("wrapper")) => (SmtpSecurity::ImplicitTls, 465),
+        ("smtp" | "smtps", Some(other)) => {
+            bail!("SMTP_URL's tls= must be none or required for smtp:// (got {other:?} in {shown:?})")
+        }
+        (other, _) => bail!("SMTP_URL must start with smtp:// or smtps:// (got {other}:// in {shown:?})"),
+    };
+    let decode = |s: &str| percent_encoding::percent_decode_str(s).decode_utf8().map(|c| c.into_owned());
+    let credentials = match (url.username(), url.password()) {
+        ("", None) => None,
+        (user, Some(pass)) if !user.is_empty() => Some((
+            decode(user).with_context(|| format!("SMTP_URL's user is not UTF-8 (got {shown:?})"))?,
+            decode(pass).with_context(|| format!("SMTP_URL's password is not UTF-8 (got {shown:?})"))?,
+        )),
+        _ => bail!("SMTP_URL must give both a user and a password, or neither (got {shown:?})"),
+    };
+    if credentials.is_some() && security == SmtpSecurity::Plain {
+        bail!("SMTP_URL has a password and tls=none, which would send it in clear: use tls=required or smtps://");
+    }
+    Ok(Smtp { host, port: url.port().unwrap_or(default_port), security, credentials, extra_roots_pem })
+}
+
+/// The PEM file of `SMTP_CA_FILE`: readable, with at least one certificate.
+fn read_pem_certificates(path: &str) -> anyhow::Result<Vec<u8>> {
+    let pem = std::fs::read(path).with_context(|| format!("SMTP_CA_FILE {path:?} cannot be read"))?;
+    let has_one = String::from_utf8_lossy(&pem).contains("-----BEGIN CERTIFICATE-----");
+    if !has_one || lettre::transport::smtp::client::Certificate::from_pem(&pem).is_err() {
+        bail!("SMTP_CA_FILE {path:?} must hold PEM certificates (-----BEGIN CERTIFICATE-----)");
+    }
+    Ok(pem)
+}
+
 /// The `Strict-Transport-Security` both listeners send when `PUBLIC_URL` is https:
 /// a year, subdomains too.
 pub const HSTS: &str = "max-age=31536000; includeSubDomains";
@@ -309,6 +464,7 @@ impl Config {
             )?),
             http: HttpLimits::from_lookup(non_empty)?,
             webhooks: WebhookSettings::from_lookup(non_empty)?,
+            mail: MailSettings::from_lookup(non_empty)?,
         })
     }
 

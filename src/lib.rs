@@ -13,6 +13,7 @@ pub mod error;
 pub mod exports;
 pub mod imports;
 pub mod jobs;
+pub mod mail;
 pub mod orgs;
 pub mod pages;
 pub mod platform;

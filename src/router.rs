@@ -67,6 +67,7 @@ route_table!(HTML_ROUTES, html_routes:
     ME_PRIVACY_DOWNLOAD => [get privacy::web::download],
     ME_TOKENS => [get pages::tokens::show, post pages::tokens::create],
     ME_TOKEN_REVOKE => [post pages::tokens::revoke],
+    ME_NOTIFICATIONS => [get pages::notifications::show, post pages::notifications::save],
     PLATFORM_PRIVACY => [get privacy::web::platform_show, post privacy::web::platform_request],
     PLATFORM_PRIVACY_RETENTION => [post privacy::web::platform_retention],
     PLATFORM_PRIVACY_DOWNLOAD => [get privacy::web::admin_download],

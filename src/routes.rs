@@ -32,6 +32,7 @@ pub const ME_PRIVACY_HISTORY: &str = "/me/privacy/history";
 pub const ME_PRIVACY_DOWNLOAD: &str = "/me/privacy/{id}/download";
 pub const ME_TOKENS: &str = "/me/tokens";
 pub const ME_TOKEN_REVOKE: &str = "/me/tokens/{id}/revoke";
+pub const ME_NOTIFICATIONS: &str = "/me/notifications";
 pub const PLATFORM_PRIVACY: &str = "/platform/privacy";
 pub const PLATFORM_PRIVACY_RETENTION: &str = "/platform/privacy/retention";
 pub const PLATFORM_PRIVACY_DOWNLOAD: &str = "/platform/privacy/{id}/download";

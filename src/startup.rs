@@ -11,7 +11,7 @@ use tokio_util::sync::CancellationToken;
 use crate::{
     config::{Config, StorageSource},
     db::{self, PrivateCluster},
-    jobs, platform, seed, settings,
+    jobs, mail, platform, seed, settings,
     state::{App, AppState},
     storage::{EmbeddedS3, Storage},
     workers,
@@ -270,6 +270,13 @@ fn print_banner(config: &Config, port: u16, board_url: &str, password: Option<&s
         if config.bind.port() == 0 { format!("http://{}:{port}", config.bind.ip()) } else { config.public_url.clone() };
     println!("\nData Export is running at {url}");
     println!("Job board (platform admins): {board_url}");
+    match &config.mail.smtp {
+        Some(smtp) => println!("Mail: through {}:{} (SMTP_URL), from {}", smtp.host, smtp.port, config.mail.from),
+        None => println!(
+            "Mail: SMTP_URL is unset, so each mail is written as an .eml file to {}",
+            mail::job::outbox(config).display()
+        ),
+    }
     println!("Demo accounts:");
     for seed::DemoAccount { email, platform_admin, memberships, .. } in seed::DEMO_ACCOUNTS {
         let role = if platform_admin {

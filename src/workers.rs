@@ -16,6 +16,7 @@ use crate::{
     },
     imports::job::ImportJob,
     jobs::{self, Job},
+    mail::MailJob,
     platform::{pruner::PruneJob, scheduler::SlotJob},
     privacy::PrivacyJob,
     state::AppState,
@@ -55,6 +56,7 @@ pub fn queues() -> Vec<Queue> {
         queue::<PrivacyJob>(()),
         queue::<ImportJob>(()),
         queue::<DeliveryJob>(()),
+        queue::<MailJob>(()),
     ]
 }
 

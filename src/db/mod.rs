@@ -22,10 +22,11 @@ pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
 /// Runs a database write, retrying with backoff for about half a minute: for marks
 /// that must not be lost to a hiccup (a run or request left `running` would block
 /// its owner). `what` names it in the log.
-pub async fn retry_write<T, F, Fut>(what: &str, mut write: F) -> sqlx::Result<T>
+pub async fn retry_write<T, E, F, Fut>(what: &str, mut write: F) -> Result<T, E>
 where
+    E: std::fmt::Display,
     F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = sqlx::Result<T>>,
+    Fut: std::future::Future<Output = Result<T, E>>,
 {
     let mut wait = Duration::from_millis(200);
     for _ in 0..8 {

@@ -160,11 +160,11 @@ impl Lease for ExportLease {
             sha256: &w.outcome.sha256,
             rows: w.outcome.rows,
         };
-        Ok(runs::complete(&state.pool, &run.id, attempt, written).await?)
+        runs::complete(&state.pool, &state.config.public_url, &run.id, attempt, written).await
     }
 
     async fn fail(&self, state: &AppState, id: &str, attempt: Option<i32>, failure: &Failure) -> anyhow::Result<bool> {
-        Ok(runs::fail_persistently(&state.pool, id, attempt, failure).await?)
+        runs::fail_persistently(&state.pool, &state.config.public_url, id, attempt, failure).await
     }
 
     async fn completed(&self, state: &AppState, run: &runs::Run) {

@@ -461,9 +461,10 @@ pub struct Written<'a> {
     pub rows: i64,
 }
 
-/// Marks a run completed with its file, with an `export.completed` audit entry;
-/// `false` when the attempt lost its lease.
-pub async fn complete(pool: &PgPool, id: &str, attempt: i32, w: Written<'_>) -> sqlx::Result<bool> {
+/// Marks a run completed with its file, with an `export.completed` audit entry and
+/// its notifications ([`announce`]); `false` when the attempt lost its lease.
+/// `public_url` starts the mails' links.
+pub async fn complete(pool: &PgPool, public_url: &str, id: &str, attempt: i32, w: Written<'_>) -> anyhow::Result<bool> {
     let mut tx = pool.begin().await?;
     let done: Option<(i64,)> = sqlx::query_as(
         "update export_runs set status = 'completed', finished_at = now(), object_key = $2, size_bytes = $3,
@@ -481,32 +482,140 @@ pub async fn complete(pool: &PgPool, id: &str, attempt: i32, w: Written<'_>) -> 
     let Some((org_id,)) = done else { return Ok(false) };
     let details = serde_json::json!({ "size_bytes": w.size_bytes, "sha256": w.sha256, "rows": w.rows });
     crate::audit::write(&mut *tx, Some(org_id), None, "export.completed", &format!("export:{id}"), details).await?;
-    announce(&mut tx, org_id, id, crate::webhooks::EXPORT_COMPLETED).await?;
+    announce(&mut tx, public_url, org_id, id).await?;
     tx.commit().await?;
     Ok(true)
 }
 
-/// Tells whoever listens that the run `id` ended, in the transaction that ended it:
-/// the org's webhooks get `event` with the run as the API shows it to the org
-/// (never a download URL, never the platform admins' error detail).
-async fn announce(tx: &mut sqlx::PgConnection, org_id: i64, id: &str, event: &str) -> sqlx::Result<()> {
+/// The advisory lock class that serialises the end of a schedule slot's runs (the
+/// second key is the slot's Unix time), so that exactly one of them sees the slot
+/// finished.
+const SLOT_LOCK_CLASS: i32 = 0x4458_5052 + 2;
+
+/// Tells whoever listens that the run `id` ended, in the transaction that ended it,
+/// so that nothing is told of an end that did not happen, and nothing is lost:
+/// - the org's webhooks get `export.completed` or `export.failed` with the run as the
+///   API shows it to the org (never a download URL, never the platform admins'
+///   error detail);
+/// - the org's admins get an email linking to the history (unless switched off);
+/// - when it is the last run of a schedule slot to end and any run of the slot
+///   failed, the platform admins get one email listing those orgs.
+async fn announce(tx: &mut sqlx::PgConnection, public_url: &str, org_id: i64, id: &str) -> anyhow::Result<()> {
     let run: Run =
         sqlx::query_as(sqlx::AssertSqlSafe(format!("{SELECT} where r.id = $1"))).bind(id).fetch_one(&mut *tx).await?;
-    let (slug,): (String,) =
-        sqlx::query_as("select slug from organizations where id = $1").bind(org_id).fetch_one(&mut *tx).await?;
+    let (slug, name, slot): (String, String, Option<DateTime<Utc>>) = sqlx::query_as(
+        "select o.slug, o.name, r.scheduled_for from organizations o join export_runs r on r.org_id = o.id
+         where r.id = $1",
+    )
+    .bind(id)
+    .fetch_one(&mut *tx)
+    .await?;
+    let completed = run.status == RunStatus::Completed;
     let mut data = run.api_json(false);
     data["org"] = serde_json::json!(slug);
-    crate::webhooks::enqueue(tx, org_id, event, &data, None)
-        .await
-        .map_err(|e| e.downcast::<sqlx::Error>().unwrap_or_else(|e| sqlx::Error::Protocol(format!("{e:#}"))))?;
+    let event = if completed { crate::webhooks::EXPORT_COMPLETED } else { crate::webhooks::EXPORT_FAILED };
+    crate::webhooks::enqueue(tx, org_id, event, &data, None).await?;
+
+    let message = export_mail(public_url, &run, &slug, &name);
+    for admin in crate::mail::org_admins(tx, org_id).await? {
+        crate::mail::enqueue(tx, admin, &message).await?;
+    }
+    if let Some(slot) = slot {
+        slot_digest(tx, public_url, slot).await?;
+    }
+    Ok(())
+}
+
+/// The org admins' mail about a run that ended.
+fn export_mail(public_url: &str, run: &Run, slug: &str, name: &str) -> crate::mail::Message {
+    let when = |at: Option<DateTime<Utc>>| at.map(|t| t.format("%Y-%m-%d %H:%M UTC").to_string()).unwrap_or_default();
+    let history = format!("{public_url}{}", crate::routes::org_backups(slug));
+    let (subject, outcome) = if run.status == RunStatus::Completed {
+        (
+            format!("Export of {name} completed"),
+            format!(
+                "completed at {}: {} rows, {}.\n\nDownload or verify it in the Export History (a download link is made \
+                 when you ask for it, and is valid for 15 minutes):",
+                when(run.finished_at),
+                run.rows_written,
+                super::views::human_bytes(run.size_bytes.unwrap_or(0)),
+            ),
+        )
+    } else {
+        (
+            format!("Export of {name} failed"),
+            format!(
+                "failed at {}: {}\n\nThe Export History has its row; you can trigger a new export there:",
+                when(run.finished_at),
+                run.error.as_deref().unwrap_or("no reason was recorded.")
+            ),
+        )
+    };
+    let trigger = if run.trigger == Trigger::Scheduled { "The scheduled" } else { "The" };
+    let text = format!(
+        "{trigger} export {} of {name} ({slug}), requested {}, {outcome}\n{history}\n\n\
+         You get this mail as an admin of {name}.",
+        run.id,
+        when(Some(run.created_at)),
+    );
+    crate::mail::Message { kind: crate::mail::Kind::ExportFinished, subject, text }
+}
+
+/// When every run of the schedule slot `slot` has ended and any failed, one mail to
+/// each platform admin listing the orgs whose export failed. Runs of one slot end
+/// in different transactions: the lock makes each see the others' committed ends,
+/// so exactly the last one finds nothing pending.
+async fn slot_digest(tx: &mut sqlx::PgConnection, public_url: &str, slot: DateTime<Utc>) -> anyhow::Result<()> {
+    sqlx::query("select pg_advisory_xact_lock($1, ($2 % 2147483647)::int)")
+        .bind(SLOT_LOCK_CLASS)
+        .bind(slot.timestamp())
+        .execute(&mut *tx)
+        .await?;
+    let (active, total, failed): (i64, i64, Vec<String>) = sqlx::query_as(
+        "select count(*) filter (where r.status in ('pending', 'running')), count(*),
+                coalesce(array_agg(o.name || ' (' || o.slug || '): ' || coalesce(r.error, 'no reason recorded')
+                                   order by o.slug) filter (where r.status = 'failed'), '{}')
+         from export_runs r join organizations o on o.id = r.org_id where r.scheduled_for = $1",
+    )
+    .bind(slot)
+    .fetch_one(&mut *tx)
+    .await?;
+    if active > 0 || failed.is_empty() {
+        return Ok(());
+    }
+    let message = crate::mail::Message {
+        kind: crate::mail::Kind::ScheduleFailures,
+        subject: format!(
+            "Scheduled exports of {}: {} of {total} failed",
+            slot.format("%Y-%m-%d %H:%M UTC"),
+            failed.len()
+        ),
+        text: format!(
+            "The scheduled exports of the slot {} have all ended; {} of {total} failed:\n\n{}\n\n\
+             The details of each failure are on the platform settings page:\n{public_url}{}",
+            slot.format("%Y-%m-%d %H:%M UTC"),
+            failed.len(),
+            failed.iter().map(|f| format!("- {f}")).collect::<Vec<_>>().join("\n"),
+            crate::routes::PLATFORM_SETTINGS,
+        ),
+    };
+    for admin in crate::mail::platform_admins(tx).await? {
+        crate::mail::enqueue(tx, admin, &message).await?;
+    }
     Ok(())
 }
 
 /// Marks a run failed with the failure's plain reason and its detail, with an
 /// `export.failed` audit entry (the plain reason: the audit log belongs to the org).
 /// With `attempt`, only while that attempt holds the run. True when this call marked
-/// it.
-pub async fn fail(pool: &PgPool, id: &str, attempt: Option<i32>, failure: &Failure) -> sqlx::Result<bool> {
+/// it. Its notifications as [`complete`]'s.
+pub async fn fail(
+    pool: &PgPool,
+    public_url: &str,
+    id: &str,
+    attempt: Option<i32>,
+    failure: &Failure,
+) -> anyhow::Result<bool> {
     let (reason, detail) = failure.bounded();
     let mut tx = pool.begin().await?;
     let done: Option<(i64,)> = sqlx::query_as(
@@ -522,15 +631,21 @@ pub async fn fail(pool: &PgPool, id: &str, attempt: Option<i32>, failure: &Failu
     let Some((org_id,)) = done else { return Ok(false) };
     let details = serde_json::json!({ "error": reason });
     crate::audit::write(&mut *tx, Some(org_id), None, "export.failed", &format!("export:{id}"), details).await?;
-    announce(&mut tx, org_id, id, crate::webhooks::EXPORT_FAILED).await?;
+    announce(&mut tx, public_url, org_id, id).await?;
     tx.commit().await?;
     Ok(true)
 }
 
 /// [`fail`], retried for a while: a run must not stay `running` because the
 /// database hiccuped at the moment of failure.
-pub async fn fail_persistently(pool: &PgPool, id: &str, attempt: Option<i32>, failure: &Failure) -> sqlx::Result<bool> {
-    crate::db::retry_write("marking an export run failed", || fail(pool, id, attempt, failure)).await
+pub async fn fail_persistently(
+    pool: &PgPool,
+    public_url: &str,
+    id: &str,
+    attempt: Option<i32>,
+    failure: &Failure,
+) -> anyhow::Result<bool> {
+    crate::db::retry_write("marking an export run failed", || fail(pool, public_url, id, attempt, failure)).await
 }
 
 /// Records the outcome of re-reading a completed run's object.

@@ -227,11 +227,11 @@ impl Lease for RequestLease {
             counts: &counts,
             snapshot_at: w.snapshot_at,
         };
-        Ok(requests::complete(&state.pool, &request.id, attempt, written).await?)
+        requests::complete(&state.pool, &state.config.public_url, &request.id, attempt, written).await
     }
 
     async fn fail(&self, state: &AppState, id: &str, attempt: Option<i32>, failure: &Failure) -> anyhow::Result<bool> {
-        Ok(requests::fail(&state.pool, id, attempt, failure).await?)
+        requests::fail(&state.pool, &state.config.public_url, id, attempt, failure).await
     }
 }
 
@@ -241,7 +241,7 @@ impl Lease for RequestLease {
 /// how many expired. A file that cannot be deleted is logged and tried again next
 /// hour; the others go on. Runs with the hourly prune job.
 pub async fn expire(state: &AppState, now: DateTime<Utc>) -> anyhow::Result<usize> {
-    let abandoned = requests::fail_abandoned(&state.pool).await?;
+    let abandoned = requests::fail_abandoned(&state.pool, &state.config.public_url).await?;
     if abandoned > 0 {
         tracing::warn!(abandoned, "data-subject requests whose job ended unfinished were marked failed");
     }

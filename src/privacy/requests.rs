@@ -7,7 +7,7 @@ use sqlx::PgPool;
 use ulid::Ulid;
 
 use super::PrivacyJob;
-use crate::{jobs, snapshot::job::Failure, web::path::RecordId};
+use crate::{jobs, mail, snapshot::job::Failure, web::path::RecordId};
 
 crate::text_enum! {
     /// Where a request is: `pending -> running -> completed | failed`, then
@@ -259,12 +259,16 @@ pub struct Written<'a> {
     pub snapshot_at: DateTime<Utc>,
 }
 
-/// Records the file of this attempt. False when a newer attempt took over.
-pub async fn complete(pool: &PgPool, id: &str, attempt: i32, w: Written<'_>) -> sqlx::Result<bool> {
-    let done = sqlx::query(
+/// Records the file of this attempt and, in the same transaction, queues the
+/// person's "your data is ready" mail (a link to their privacy page, built on
+/// `public_url`). False when a newer attempt took over.
+pub async fn complete(pool: &PgPool, public_url: &str, id: &str, attempt: i32, w: Written<'_>) -> anyhow::Result<bool> {
+    let mut tx = pool.begin().await?;
+    let done: Option<(i64, DateTime<Utc>)> = sqlx::query_as(
         "update privacy_requests set status = 'completed', finished_at = now(), object_key = $3, size_bytes = $4,
          sha256 = $5, counts = $6, snapshot_at = $7, upload_id = null, error = null
-         where id = $1 and status = 'running' and attempts = $2",
+         where id = $1 and status = 'running' and attempts = $2
+         returning user_id, created_at",
     )
     .bind(id)
     .bind(attempt)
@@ -273,46 +277,103 @@ pub async fn complete(pool: &PgPool, id: &str, attempt: i32, w: Written<'_>) -> 
     .bind(w.sha256)
     .bind(w.counts)
     .bind(w.snapshot_at)
-    .execute(pool)
+    .fetch_optional(&mut *tx)
     .await?;
-    Ok(done.rows_affected() == 1)
+    let Some((user_id, asked)) = done else { return Ok(false) };
+    mail::enqueue(&mut tx, user_id, &ready_mail(public_url, asked)).await?;
+    tx.commit().await?;
+    Ok(true)
+}
+
+/// The person's privacy page, where the file is downloaded after signing in (a
+/// mail never carries a presigned URL: it would outlive its 15 minutes).
+fn privacy_page(public_url: &str) -> String {
+    format!("{public_url}{}", crate::routes::ME_PRIVACY)
+}
+
+fn ready_mail(public_url: &str, asked: DateTime<Utc>) -> mail::Message {
+    mail::Message {
+        kind: mail::Kind::PrivacyRequest,
+        subject: "Your data is ready".into(),
+        text: format!(
+            "The copy of your data requested on {} is ready.\n\n\
+             Sign in and download it from your privacy page:\n{}\n\n\
+             The download link on that page is valid for 15 minutes each time you open it; \
+             the file itself is deleted after the platform's retention period.",
+            asked.format("%Y-%m-%d %H:%M UTC"),
+            privacy_page(public_url)
+        ),
+    }
+}
+
+fn failed_mail(public_url: &str, asked: DateTime<Utc>) -> mail::Message {
+    mail::Message {
+        kind: mail::Kind::PrivacyRequest,
+        subject: "Your data request could not be completed".into(),
+        text: format!(
+            "The copy of your data requested on {} could not be made.\n\n\
+             You can request it again on your privacy page:\n{}\n\n\
+             If it fails again, please contact support.",
+            asked.format("%Y-%m-%d %H:%M UTC"),
+            privacy_page(public_url)
+        ),
+    }
 }
 
 /// Marks the request failed with the failure's plain reason (what the member sees)
-/// and its detail (for platform admins), for this attempt, or any when None;
-/// retried for a while, so a database hiccup cannot leave it `running` (which would
-/// block the person's next request). True when this call marked it.
-pub async fn fail(pool: &PgPool, id: &str, attempt: Option<i32>, failure: &Failure) -> sqlx::Result<bool> {
+/// and its detail (for platform admins), for this attempt, or any when None, and
+/// queues the person's mail saying so in the same transaction; retried for a while,
+/// so a database hiccup cannot leave it `running` (which would block the person's
+/// next request). True when this call marked it.
+pub async fn fail(
+    pool: &PgPool,
+    public_url: &str,
+    id: &str,
+    attempt: Option<i32>,
+    failure: &Failure,
+) -> anyhow::Result<bool> {
     let (reason, detail) = failure.bounded();
     let mark = || async {
-        let done = sqlx::query(
+        let mut tx = pool.begin().await?;
+        let done: Option<(i64, DateTime<Utc>)> = sqlx::query_as(
             "update privacy_requests set status = 'failed', finished_at = now(), error = $2, error_detail = $4
-             where id = $1 and status in ('pending', 'running') and ($3::int is null or attempts = $3)",
+             where id = $1 and status in ('pending', 'running') and ($3::int is null or attempts = $3)
+             returning user_id, created_at",
         )
         .bind(id)
         .bind(&reason)
         .bind(attempt)
         .bind(&detail)
-        .execute(pool)
+        .fetch_optional(&mut *tx)
         .await?;
-        Ok(done.rows_affected() == 1)
+        let Some((user_id, asked)) = done else { return Ok(false) };
+        mail::enqueue(&mut tx, user_id, &failed_mail(public_url, asked)).await?;
+        tx.commit().await?;
+        anyhow::Ok(true)
     };
     crate::db::retry_write("marking a data-subject request failed", mark).await
 }
 
 /// Marks failed the requests left pending or running whose job is over for good
 /// (a worker that died on the last attempt, a job removed by hand), so that no
-/// request blocks its person for ever. Returns how many.
-pub async fn fail_abandoned(pool: &PgPool) -> sqlx::Result<u64> {
-    let done = sqlx::query(
+/// request blocks its person for ever, and queues each person's mail saying so.
+/// Returns how many.
+pub async fn fail_abandoned(pool: &PgPool, public_url: &str) -> anyhow::Result<u64> {
+    let mut tx = pool.begin().await?;
+    let done: Vec<(i64, DateTime<Utc>)> = sqlx::query_as(
         "update privacy_requests r set status = 'failed', finished_at = now(),
                 error = 'The export job ended without finishing the request.'
          where r.status in ('pending', 'running') and r.created_at < now() - interval '5 minutes'
            and not exists (select 1 from apalis.jobs j where j.id = r.id
                            and (j.status in ('Pending', 'Queued', 'Running')
-                                or (j.status = 'Failed' and j.attempts < j.max_attempts)))",
+                                or (j.status = 'Failed' and j.attempts < j.max_attempts)))
+         returning r.user_id, r.created_at",
     )
-    .execute(pool)
+    .fetch_all(&mut *tx)
     .await?;
-    Ok(done.rows_affected())
+    for (user_id, asked) in &done {
+        mail::enqueue(&mut tx, *user_id, &failed_mail(public_url, *asked)).await?;
+    }
+    tx.commit().await?;
+    Ok(done.len() as u64)
 }

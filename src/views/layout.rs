@@ -93,6 +93,7 @@ fn nav(ctx: &PageCtx) -> Markup {
                     span.text-slate-400 { "|" }
                     a.text-sm.text-blue-700.hover:underline href=(routes::ME_PRIVACY) { "My data" }
                     a.text-sm.text-blue-700.hover:underline href=(routes::ME_TOKENS) { "API tokens" }
+                    a.text-sm.text-blue-700.hover:underline href=(routes::ME_NOTIFICATIONS) { "Email" }
                     span.ml-auto.text-sm.text-slate-600 { (user.display_name) " (" (user.email) ")" }
                     form method="post" action=(routes::LOGOUT) {
                         (ctx.csrf_field())

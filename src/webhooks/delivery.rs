@@ -150,13 +150,29 @@ async fn mark_failing(tx: &mut sqlx::PgConnection, state: &AppState, p: &Pending
 
 /// The email to the org's admins about an endpoint that gave up.
 async fn tell_admins_failing(
-    _tx: &mut sqlx::PgConnection,
-    _state: &AppState,
+    tx: &mut sqlx::PgConnection,
+    state: &AppState,
     org_id: i64,
     slug: &str,
     url: &str,
 ) -> anyhow::Result<()> {
     tracing::warn!(org_id, org = slug, url, "a webhook endpoint is failing");
+    let attempts = state.config.webhooks.retry_schedule.len() + 1;
+    let message = crate::mail::Message {
+        kind: crate::mail::Kind::WebhookFailing,
+        subject: format!("A webhook of {slug} is failing"),
+        text: format!(
+            "An event for the webhook endpoint\n{url}\nwas not delivered after {attempts} attempts, so the endpoint \
+             is now marked failing. Later events are still sent to it, and the next one it accepts clears the mark.\n\n\
+             Each attempt, with the answer or the error, is listed on the organization's notifications page:\n{}{}\n\n\
+             You get this mail as an admin of the organization {slug}.",
+            state.config.public_url,
+            crate::routes::path(crate::routes::ORG_NOTIFICATIONS, slug, None),
+        ),
+    };
+    for admin in crate::mail::org_admins(tx, org_id).await? {
+        crate::mail::enqueue(tx, admin, &message).await?;
+    }
     Ok(())
 }
 

@@ -160,6 +160,12 @@ fn expected(kind: Kind, method: &str, pattern: &str, role: Role) -> u16 {
                 _ if method == "POST" => 303,
                 _ => 200,
             },
+            ("GET" | "POST", ME_NOTIFICATIONS) => match role {
+                Anonymous => to_login,
+                // No box ticked: every kind that can be is switched off, then back to the page.
+                _ if method == "POST" => 303,
+                _ => 200,
+            },
             ("GET", ME_TOKENS) => match role {
                 Anonymous => to_login,
                 _ => 200,

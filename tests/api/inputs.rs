@@ -94,7 +94,8 @@ proptest! {
         key in prop::sample::select(vec![
             "DATABASE_URL", "S3_ENDPOINT", "S3_REGION", "S3_FORCE_PATH_STYLE", "S3_PUBLIC_ENDPOINT", "BIND",
             "BOARD_BIND", "PUBLIC_URL", "BOARD_PUBLIC_URL", "HEARTBEAT_SECS", "MISSED_HEARTBEATS",
-            "EXPORT_MAX_ATTEMPTS", "PRIVACY_BUCKET", "DATA_DIR", "IMPORT_MAX_BYTES",
+            "EXPORT_MAX_ATTEMPTS", "PRIVACY_BUCKET", "DATA_DIR", "IMPORT_MAX_BYTES", "SMTP_URL", "SMTP_CA_FILE",
+            "MAIL_FROM", "MAIL_RETRY_SCHEDULE_SECS",
         ]),
         value in text(),
     ) {
@@ -215,6 +216,17 @@ const FORMS: &[Form] = &[
         fields: &["module"],
         // Checkboxes: any number of known modules (none at all turns every optional one off).
         valid: |p| p.iter().all(|(k, v)| k == "module" && Module::parse(v).is_some()),
+    },
+    Form {
+        path: ME_NOTIFICATIONS,
+        as_email: "member@acme.test",
+        fields: &["export", "webhook", "schedule", "privacy"],
+        // Checkboxes: each kind that can be switched off, once, as "on" (none at all
+        // switches every one off).
+        valid: |p| {
+            let known = ["export", "webhook", "schedule"];
+            known.iter().all(|k| single(p, &known, k).is_some_and(|v| matches!(v, None | Some("on"))))
+        },
     },
     Form {
         path: LOGIN,

@@ -13,6 +13,7 @@ mod history;
 mod imports;
 mod inputs;
 mod layers;
+mod mail;
 mod modules;
 mod platform;
 mod privacy;

@@ -174,7 +174,11 @@ async fn an_export_event_is_signed_and_checked_by_an_independent_receiver() {
         .await
         .unwrap();
     let failure = data_export::snapshot::job::Failure::plain("The export failed: a test said so.");
-    assert!(data_export::exports::runs::fail(app.pool(), &failed, None, &failure).await.unwrap());
+    assert!(
+        data_export::exports::runs::fail(app.pool(), &app.state.config.public_url, &failed, None, &failure)
+            .await
+            .unwrap()
+    );
     let got = receiver.wait_for(2, Duration::from_secs(30)).await;
     let event = &got[1]["event"];
     assert_eq!((event["type"].as_str(), event["data"]["id"].as_str()), (Some("export.failed"), Some(failed.as_str())));
@@ -236,6 +240,21 @@ async fn failures_are_retried_until_success_and_a_hanging_target_gives_up() {
             .unwrap()
             .contains("data-endpoint-status=\"failing\"")
     );
+    // The org's admin is told once, by email, with a link to the attempts.
+    let mails: Vec<(String, String)> = sqlx::query_as(
+        "select m.subject, m.body from mail_messages m join users u on u.id = m.user_id
+         where m.kind = 'webhook' and u.email = 'admin@acme.test'",
+    )
+    .fetch_all(app.pool())
+    .await
+    .unwrap();
+    assert_eq!(mails.len(), 1);
+    assert!(
+        mails[0].1.contains(&hanging.url()) && mails[0].1.contains("/orgs/acme/settings/notifications"),
+        "{:?}",
+        mails[0]
+    );
+    assert!(mails[0].1.contains("after 4 attempts"));
 
     // The same endpoint succeeding again clears the mark.
     flaky.set_secrets(&[&secret, &hsecret]);

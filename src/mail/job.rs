@@ -1,0 +1,193 @@
+//! The mail job (queue `mail`): sends one queued mail over SMTP, or writes it as
+//! `DATA_DIR/outbox/{id}.eml` when `SMTP_URL` is unset. Each attempt is recorded on
+//! the mail's row (`attempts`, `last_error`, then `sent_at` or `failed_at`). A
+//! failed attempt queues the next one after the wait `MAIL_RETRY_SCHEDULE_SECS`
+//! gives for it (apalis' own retries would come at once); after the last, the mail
+//! is given up and logged.
+
+use std::{path::Path, time::Duration};
+
+use anyhow::Context;
+use apalis::prelude::BoxDynError;
+use chrono::{DateTime, Utc};
+use lettre::{
+    AsyncSmtpTransport, AsyncTransport, Tokio1Executor,
+    message::{Mailbox, header::ContentType},
+    transport::smtp::{
+        authentication::Credentials,
+        client::{Certificate, Tls, TlsParameters},
+    },
+};
+use serde::{Deserialize, Serialize};
+use ulid::Ulid;
+
+use super::{JOB_ATTEMPTS, Kind};
+use crate::{
+    config::{Config, Smtp, SmtpSecurity},
+    jobs,
+    state::AppState,
+};
+
+/// The job's arguments: the `mail_messages` row to send.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct MailJob {
+    pub message_id: String,
+}
+
+impl jobs::Job for MailJob {
+    const QUEUE: &'static str = "mail";
+    type Context = ();
+
+    async fn run(self, state: AppState, _: (), _attempt: usize) -> Result<(), BoxDynError> {
+        send(&state, &self.message_id).await.map_err(|e| format!("{e:#}").into())
+    }
+}
+
+/// How long one SMTP conversation may take.
+const SMTP_TIMEOUT: Duration = Duration::from_secs(30);
+/// The longest error kept on a mail's row.
+const MAX_ERROR: usize = 1000;
+
+#[derive(sqlx::FromRow)]
+struct Queued {
+    id: String,
+    kind: String,
+    recipient: String,
+    subject: String,
+    body: String,
+    created_at: DateTime<Utc>,
+    attempts: i32,
+}
+
+/// One attempt at the mail `id`, if it is still to be sent.
+#[tracing::instrument(skip_all, fields(mail_id = %id))]
+async fn send(state: &AppState, id: &str) -> anyhow::Result<()> {
+    let queued: Option<Queued> = sqlx::query_as(
+        "select id, kind, recipient, subject, body, created_at, attempts from mail_messages
+         where id = $1 and sent_at is null and failed_at is null",
+    )
+    .bind(id)
+    .fetch_optional(&state.pool)
+    .await?;
+    // Sent already, given up, or its person was removed.
+    let Some(mail) = queued else { return Ok(()) };
+    let attempt = mail.attempts + 1;
+    let outcome = match compose(&state.config, &mail) {
+        Ok(message) => deliver(&state.config, &mail.id, message).await,
+        Err(e) => Err(e),
+    };
+    match outcome {
+        Ok(to) => {
+            sqlx::query("update mail_messages set sent_at = now(), attempts = $2, last_error = null where id = $1")
+                .bind(id)
+                .bind(attempt)
+                .execute(&state.pool)
+                .await?;
+            tracing::info!(kind = %mail.kind, to = %to, attempt, "mail sent");
+        }
+        Err(e) => {
+            let error: String = format!("{e:#}").chars().take(MAX_ERROR).collect();
+            let wait = state.config.mail.retry_schedule.get(mail.attempts as usize).copied();
+            let mut tx = state.pool.begin().await?;
+            sqlx::query(
+                "update mail_messages set attempts = $2, last_error = $3, failed_at = case when $4 then now() end
+                 where id = $1",
+            )
+            .bind(id)
+            .bind(attempt)
+            .bind(&error)
+            .bind(wait.is_none())
+            .execute(&mut *tx)
+            .await?;
+            match wait {
+                Some(wait) => {
+                    let retry = MailJob { message_id: id.to_string() };
+                    jobs::push_after(&mut tx, Ulid::generate(), &retry, JOB_ATTEMPTS, wait).await?;
+                    tracing::warn!(kind = %mail.kind, attempt, error = %error, retry_in = ?wait, "mail not sent; retrying later");
+                }
+                None => {
+                    tracing::error!(kind = %mail.kind, attempt, error = %error, "mail not sent; given up after its last retry")
+                }
+            }
+            tx.commit().await?;
+        }
+    }
+    Ok(())
+}
+
+/// The mail as sent: `MAIL_FROM`, the recipient, the queued subject and body with a
+/// line on why they get it; its Date is when it was queued, its Message-ID
+/// `<{id}@{MAIL_FROM's domain}>`, the same on every attempt.
+fn compose(config: &Config, mail: &Queued) -> anyhow::Result<lettre::Message> {
+    let from = &config.mail.from;
+    let to: Mailbox =
+        mail.recipient.parse().with_context(|| format!("the address {:?} is not valid", mail.recipient))?;
+    let why = match Kind::parse(&mail.kind) {
+        Some(Kind::PrivacyRequest) | None => "You get this mail because you asked for a copy of your data.".to_string(),
+        Some(_) => format!(
+            "You can switch off mails like this one at\n{}{}",
+            config.public_url,
+            crate::routes::ME_NOTIFICATIONS
+        ),
+    };
+    lettre::Message::builder()
+        .from(from.clone())
+        .to(to)
+        .subject(&mail.subject)
+        .date(mail.created_at.into())
+        .message_id(Some(format!("<{}@{}>", mail.id, from.email.domain())))
+        .header(ContentType::TEXT_PLAIN)
+        .body(format!("{}\n\n-- \n{why}\n", mail.body.trim_end()))
+        .context("composing the mail")
+}
+
+/// Sends `message` (or writes it to the outbox). Returns where it went, for the log.
+async fn deliver(config: &Config, id: &str, message: lettre::Message) -> anyhow::Result<String> {
+    let Some(smtp) = &config.mail.smtp else {
+        let path = write_to_outbox(&outbox(config), id, &message.formatted()).await?;
+        return Ok(path.display().to_string());
+    };
+    transport(smtp)?.send(message).await.with_context(|| format!("sending through {}:{}", smtp.host, smtp.port))?;
+    Ok(format!("{}:{}", smtp.host, smtp.port))
+}
+
+/// Where mails go when `SMTP_URL` is unset: `DATA_DIR/outbox`.
+pub fn outbox(config: &Config) -> std::path::PathBuf {
+    config.data_dir.join("outbox")
+}
+
+/// Writes `{id}.eml` whole or not at all: a temporary file, then a rename.
+async fn write_to_outbox(dir: &Path, id: &str, bytes: &[u8]) -> anyhow::Result<std::path::PathBuf> {
+    tokio::fs::create_dir_all(dir).await.with_context(|| format!("creating the outbox {}", dir.display()))?;
+    let (temp, path) = (dir.join(format!(".{id}.eml.tmp")), dir.join(format!("{id}.eml")));
+    tokio::fs::write(&temp, bytes).await.with_context(|| format!("writing {}", temp.display()))?;
+    tokio::fs::rename(&temp, &path)
+        .await
+        .with_context(|| format!("renaming {} to {}", temp.display(), path.display()))?;
+    Ok(path)
+}
+
+/// A transport for one send (no pool: mails are few).
+fn transport(smtp: &Smtp) -> anyhow::Result<AsyncSmtpTransport<Tokio1Executor>> {
+    let tls = || -> anyhow::Result<TlsParameters> {
+        let mut params = TlsParameters::builder(smtp.host.clone());
+        if let Some(pem) = &smtp.extra_roots_pem {
+            params = params.add_root_certificate(Certificate::from_pem(pem).context("reading SMTP_CA_FILE")?);
+        }
+        params.build_rustls().context("setting up TLS for SMTP")
+    };
+    let tls = match smtp.security {
+        SmtpSecurity::Plain => Tls::None,
+        SmtpSecurity::StartTlsWhenOffered => Tls::Opportunistic(tls()?),
+        SmtpSecurity::StartTlsRequired => Tls::Required(tls()?),
+        SmtpSecurity::ImplicitTls => Tls::Wrapper(tls()?),
+    };
+    let mut builder = AsyncSmtpTransport::<Tokio1Executor>::builder_dangerous(smtp.host.as_str())
+        .port(smtp.port)
+        .tls(tls)
+        .timeout(Some(SMTP_TIMEOUT));
+    if let Some((user, password)) = &smtp.credentials {
+        builder = builder.credentials(Credentials::new(user.clone(), password.clone()));
+    }
+    Ok(builder.build())
+}

@@ -1,0 +1,172 @@
+//! Mail to people: what is queued (a row of `mail_messages` and its job, in the
+//! caller's transaction), who switched which kind off (`mail_opt_outs`), and who an
+//! org's or the platform's admins are. The job (`job.rs`, queue `mail`) sends each
+//! mail over SMTP, or writes it under `DATA_DIR/outbox` when `SMTP_URL` is unset,
+//! and retries on its own schedule: a failing mail server never holds up the work
+//! that queued the mail.
+
+pub mod job;
+
+use sqlx::{PgConnection, PgPool};
+use ulid::Ulid;
+
+pub use job::MailJob;
+
+use crate::jobs;
+
+/// Kinds of mail, each of which a person can switch off, except PrivacyRequest.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Kind {
+    /// An org's export completed or failed (to the org's admins).
+    ExportFinished,
+    /// A webhook endpoint is failing (to the org's admins).
+    WebhookFailing,
+    /// A scheduled slot had failures (to platform admins).
+    ScheduleFailures,
+    /// The person's data-subject request completed or failed: the answer to their
+    /// own request, so it cannot be switched off.
+    PrivacyRequest,
+}
+
+impl Kind {
+    /// Every kind, in the order the settings page lists them.
+    pub const ALL: [Kind; 4] =
+        [Kind::ExportFinished, Kind::WebhookFailing, Kind::ScheduleFailures, Kind::PrivacyRequest];
+
+    /// The stored name (`mail_messages.kind`, `mail_opt_outs.kind`, the form's field).
+    pub fn key(self) -> &'static str {
+        match self {
+            Kind::ExportFinished => "export",
+            Kind::WebhookFailing => "webhook",
+            Kind::ScheduleFailures => "schedule",
+            Kind::PrivacyRequest => "privacy",
+        }
+    }
+
+    /// The kind named `key`.
+    pub fn parse(key: &str) -> Option<Kind> {
+        Kind::ALL.into_iter().find(|k| k.key() == key)
+    }
+
+    /// Whether a person may switch this kind off.
+    pub fn can_opt_out(self) -> bool {
+        self != Kind::PrivacyRequest
+    }
+}
+
+/// One mail's content; the recipient is given to [`enqueue`], the sender is
+/// `MAIL_FROM`.
+#[derive(Clone, Debug)]
+pub struct Message {
+    pub kind: Kind,
+    pub subject: String,
+    /// The plain-text body; links in it are built from `PUBLIC_URL` by the caller.
+    pub text: String,
+}
+
+/// Attempts apalis makes of one mail job (a database error); the SMTP retries are
+/// new jobs of their own, scheduled by the job after a wait.
+const JOB_ATTEMPTS: u32 = 3;
+
+/// Queues `message` for user `user_id` inside the caller's transaction (the mail job
+/// becomes visible when it commits), unless they switched this kind off.
+/// Ok(false) when skipped (opted out, or no such user).
+pub async fn enqueue(conn: &mut PgConnection, user_id: i64, message: &Message) -> anyhow::Result<bool> {
+    let id = Ulid::generate();
+    let inserted = sqlx::query(
+        "insert into mail_messages (id, user_id, kind, recipient, subject, body)
+         select $1, u.id, $3, u.email, $4, $5 from users u
+         where u.id = $2
+           and not ($6 and exists (select 1 from mail_opt_outs o where o.user_id = u.id and o.kind = $3))",
+    )
+    .bind(id.to_string())
+    .bind(user_id)
+    .bind(message.kind.key())
+    .bind(&message.subject)
+    .bind(&message.text)
+    .bind(message.kind.can_opt_out())
+    .execute(&mut *conn)
+    .await?;
+    if inserted.rows_affected() == 0 {
+        return Ok(false);
+    }
+    jobs::push(conn, id, &MailJob { message_id: id.to_string() }, JOB_ATTEMPTS).await?;
+    Ok(true)
+}
+
+/// user ids of the org's admins (memberships.role = 'admin', status active)
+pub async fn org_admins(conn: &mut PgConnection, org_id: i64) -> sqlx::Result<Vec<i64>> {
+    sqlx::query_scalar(
+        "select user_id from memberships where org_id = $1 and role = 'admin' and status = 'active' order by user_id",
+    )
+    .bind(org_id)
+    .fetch_all(conn)
+    .await
+}
+
+/// user ids of platform admins (table platform_admins)
+pub async fn platform_admins(conn: &mut PgConnection) -> sqlx::Result<Vec<i64>> {
+    sqlx::query_scalar("select user_id from platform_admins order by user_id").fetch_all(conn).await
+}
+
+/// The kinds `user_id` switched off.
+pub async fn switched_off(pool: &PgPool, user_id: i64) -> sqlx::Result<Vec<Kind>> {
+    let keys: Vec<String> =
+        sqlx::query_scalar("select kind from mail_opt_outs where user_id = $1").bind(user_id).fetch_all(pool).await?;
+    Ok(keys.iter().filter_map(|k| Kind::parse(k)).collect())
+}
+
+/// Switches off exactly the kinds in `off` for `user_id` (and on every other);
+/// kinds that cannot be switched off are ignored.
+pub async fn set_switched_off(pool: &PgPool, user_id: i64, off: &[Kind]) -> sqlx::Result<()> {
+    let keys: Vec<&str> = off.iter().filter(|k| k.can_opt_out()).map(|k| k.key()).collect();
+    let mut tx = pool.begin().await?;
+    sqlx::query("delete from mail_opt_outs where user_id = $1 and kind <> all($2)")
+        .bind(user_id)
+        .bind(&keys)
+        .execute(&mut *tx)
+        .await?;
+    sqlx::query(
+        "insert into mail_opt_outs (user_id, kind) select $1, k from unnest($2::text[]) k on conflict do nothing",
+    )
+    .bind(user_id)
+    .bind(&keys)
+    .execute(&mut *tx)
+    .await?;
+    tx.commit().await
+}
+
+/// A mail as its recipient's page lists it.
+#[derive(sqlx::FromRow)]
+pub struct Sent {
+    pub id: String,
+    pub subject: String,
+    pub created_at: chrono::DateTime<chrono::Utc>,
+    pub attempts: i32,
+    pub sent_at: Option<chrono::DateTime<chrono::Utc>>,
+    pub failed_at: Option<chrono::DateTime<chrono::Utc>>,
+}
+
+impl Sent {
+    /// The badge's class suffix and the words: sent, queued, retrying, or given up.
+    pub fn status(&self) -> (&'static str, String) {
+        match (self.sent_at, self.failed_at, self.attempts) {
+            (Some(_), _, _) => ("completed", "sent".into()),
+            (None, Some(_), n) => ("failed", format!("not delivered after {n} attempts")),
+            (None, None, 0) => ("pending", "queued".into()),
+            (None, None, n) => ("running", format!("retrying ({n} failed attempts)")),
+        }
+    }
+}
+
+/// `user_id`'s latest mails, newest first.
+pub async fn recent_for_user(pool: &PgPool, user_id: i64, limit: i64) -> sqlx::Result<Vec<Sent>> {
+    sqlx::query_as(
+        "select id, subject, created_at, attempts, sent_at, failed_at from mail_messages
+         where user_id = $1 order by id desc limit $2",
+    )
+    .bind(user_id)
+    .bind(limit)
+    .fetch_all(pool)
+    .await
+}
