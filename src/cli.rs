@@ -1,4 +1,4 @@
-//! The command line: `data-export [serve|worker|migrate|seed|export|prune|verify-storage|verify|import|token]`.
+//! The command line: `data-export [serve|worker|migrate|seed|export|prune|schedule-now|verify-storage|verify|import|token]`.
 
 use std::{io::Write, path::PathBuf, time::Duration};
 
@@ -57,6 +57,9 @@ pub enum Command {
         #[arg(long)]
         org: Option<String>,
     },
+    /// Fire a schedule slot now, as the preset would at its time: one scheduled export
+    /// per org with Data Export on, carried out by the running workers. Prints a JSON line.
+    ScheduleNow,
     /// Write, read back and delete a probe object; mark the backup configuration verified.
     VerifyStorage,
     /// Check a snapshot file: one whole gzip member, the JSON Schema, every section's
@@ -163,6 +166,12 @@ pub async fn run(cli: Cli, config: Config) -> anyhow::Result<()> {
             services.shutdown().await;
             result
         }
+        Command::ScheduleNow => {
+            let services = Services::start(config).await?;
+            let result = schedule_now(&services.state).await;
+            services.shutdown().await;
+            result
+        }
         Command::VerifyStorage => {
             let services = Services::start(config).await?;
             let outcome = settings::backup::verify(&services.state, None).await;
@@ -180,6 +189,23 @@ pub async fn run(cli: Cli, config: Config) -> anyhow::Result<()> {
         Command::Import { file, org, name, dry_run } => import_file(config, &file, org, name, dry_run).await,
         Command::Token { command } => token(config, command).await,
     }
+}
+
+/// Fires a slot at this second (`schedule-now`), audit-logged as `schedule.fired_now`.
+async fn schedule_now(state: &crate::state::AppState) -> anyhow::Result<()> {
+    use chrono::{DurationRound, TimeDelta};
+    let slot = chrono::Utc::now().duration_trunc(TimeDelta::seconds(1))?;
+    let outcome = platform::scheduler::fire_slot(state, slot).await?;
+    let details = serde_json::json!({ "slot": slot, "started": outcome.started });
+    crate::audit::write(&state.pool, None, None, "schedule.fired_now", &format!("schedule:{slot}"), details).await?;
+    println!(
+        "{}",
+        serde_json::json!({ "slot": slot, "started": outcome.started, "skipped": outcome.skipped, "reason": outcome.reason })
+    );
+    if let Some(reason) = outcome.reason {
+        bail!("the slot was skipped: {reason}");
+    }
+    Ok(())
 }
 
 async fn prune(services: &Services, slug: Option<&OrgSlug>, dry_run: bool) -> anyhow::Result<()> {

@@ -410,3 +410,65 @@ async fn a_rotated_secret_signs_at_once_and_a_deleted_endpoint_gets_nothing_more
 async fn api_for(app: &TestApp, email: &str) -> Api {
     api(app, &app.token(email).await)
 }
+
+/// The demo's round, as the README tells it: with the history open, `schedule-now`
+/// fires a slot; the scheduled export appears in the open history (its poll stops
+/// answering 204), the org's admin finds the mail in the outbox, and the receiver
+/// gets the signed `export.completed`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slot_fired_now_shows_in_the_open_history_is_mailed_and_reaches_the_receiver() {
+    let app = app_with(fast_private).await;
+    let api = api(&app, &app.token("admin@acme.test").await);
+    let receiver = Receiver::start(&app.storage_dir.join("receiver"), "demo", &[]);
+    let (_, secret) = add_endpoint(&api, &receiver.url()).await;
+    receiver.set_secrets(&[&secret]);
+    let s = app.login("admin@acme.test").await;
+    let page = s.get("/orgs/acme/settings/backups").await.text().await.unwrap();
+    let v = page.split("data-version=\"").nth(1).unwrap().split('"').next().unwrap().to_string();
+    let poll = format!("/orgs/acme/exports/history?since={v}");
+    assert_eq!(s.htmx_get(&poll).await.status(), 204);
+
+    let out = tokio::task::block_in_place(|| app.command().arg("schedule-now").output().unwrap());
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let fired: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(fired["started"], json!(["acme", "globex"]));
+    assert_eq!(app.audits("schedule.fired_now").await.len(), 1);
+
+    let r = s.htmx_get(&poll).await;
+    assert_eq!(r.status(), 200, "the open history sees the scheduled run");
+    let html = r.text().await.unwrap();
+    let id = html.split("data-export-id=\"").nth(1).unwrap()[..26].to_string();
+    assert!(html.contains(">scheduled<"), "its trigger is shown");
+    app.wait_for_status(&id, "completed", Duration::from_secs(60)).await;
+
+    let got = receiver.wait_for(1, Duration::from_secs(30)).await;
+    assert_eq!(
+        (got[0]["valid"].as_bool(), got[0]["event"]["data"]["trigger"].as_str()),
+        (Some(true), Some("scheduled"))
+    );
+    let outbox = app.storage_dir.join("outbox");
+    let started = Instant::now();
+    let mail = loop {
+        let found = std::fs::read_dir(&outbox).into_iter().flatten().flatten().find_map(|e| {
+            let text = std::fs::read_to_string(e.path()).ok()?;
+            (text.contains("To: admin@acme.test") && text.contains("Subject: Export of Acme Association completed"))
+                .then_some(text)
+        });
+        if let Some(text) = found {
+            break text;
+        }
+        assert!(started.elapsed() < Duration::from_secs(30), "the mail reaches the outbox");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    assert!(mail.contains("/orgs/acme/settings/backups"), "{mail}");
+    // Run again at once: a second slot, the first's runs already done, is fine; with
+    // the backup configuration unverified it is refused with the reason.
+    sqlx::query("update backup_configuration set verified_at = null").execute(app.pool()).await.unwrap();
+    let out = tokio::task::block_in_place(|| app.command().arg("schedule-now").output().unwrap());
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("not active and verified"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
