@@ -16,10 +16,15 @@ create table mail_messages (
     sent_at      timestamptz,
     -- Set when the last retry failed: the mail is given up.
     failed_at    timestamptz,
+    -- When its next attempt is due: housekeeping queues a new job for a mail long
+    -- past it (its job was lost, say to a database outage).
+    next_attempt_at timestamptz not null default now(),
     constraint mail_messages_kind check (kind in ('export', 'webhook', 'schedule', 'privacy'))
 );
 
 create index mail_messages_user on mail_messages (user_id);
+create index mail_messages_due on mail_messages (next_attempt_at) where sent_at is null and failed_at is null;
+create index mail_messages_old on mail_messages (created_at);
 
 -- The kinds of mail a person switched off (absent: they get it). The data-subject
 -- mail ('privacy') cannot be switched off: it answers their own request.

@@ -34,6 +34,8 @@ create table webhook_deliveries (
 create index webhook_deliveries_endpoint_idx on webhook_deliveries (endpoint_id, created_at desc);
 create index webhook_deliveries_org_idx on webhook_deliveries (org_id);
 create index webhook_deliveries_old_idx on webhook_deliveries (created_at);
+-- Housekeeping finds deliveries whose job was lost (pending, long past due).
+create index webhook_deliveries_due_idx on webhook_deliveries (next_attempt_at) where status = 'pending';
 
 create table webhook_attempts (
     id           bigint generated always as identity primary key,

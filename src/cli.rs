@@ -193,9 +193,7 @@ pub async fn run(cli: Cli, config: Config) -> anyhow::Result<()> {
 
 /// Fires a slot at this second (`schedule-now`), audit-logged as `schedule.fired_now`.
 async fn schedule_now(state: &crate::state::AppState) -> anyhow::Result<()> {
-    use chrono::{DurationRound, TimeDelta};
-    let slot = chrono::Utc::now().duration_trunc(TimeDelta::seconds(1))?;
-    let outcome = platform::scheduler::fire_slot(state, slot).await?;
+    let (slot, outcome) = platform::scheduler::fire_now(state).await?;
     let details = serde_json::json!({ "slot": slot, "started": outcome.started });
     crate::audit::write(&state.pool, None, None, "schedule.fired_now", &format!("schedule:{slot}"), details).await?;
     println!(

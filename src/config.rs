@@ -342,10 +342,10 @@ fn parse_smtp_url(raw: &str, extra_roots_pem: Option<Vec<u8>>) -> anyhow::Result
         tls = Some(v.into_owned());
     }
     let (security, default_port) = match (url.scheme(), tls.as_deref()) {
-        ("smtp", None | Some("opportunistic")) => (SmtpSecurity::StartTlsWhenOffered, 25),
+        ("smtp", None) => (SmtpSecurity::StartTlsWhenOffered, 25),
         ("smtp", Some("required")) => (SmtpSecurity::StartTlsRequired, 587),
         ("smtp", Some("none")) => (SmtpSecurity::Plain, 25),
-        ("smtps", None | Some("wrapper")) => (SmtpSecurity::ImplicitTls, 465),
+        ("smtps", None) => (SmtpSecurity::ImplicitTls, 465),
         ("smtp" | "smtps", Some(other)) => {
             bail!("SMTP_URL's tls= must be none or required for smtp:// (got {other:?} in {shown:?})")
         }
@@ -363,6 +363,12 @@ fn parse_smtp_url(raw: &str, extra_roots_pem: Option<Vec<u8>>) -> anyhow::Result
     if credentials.is_some() && security == SmtpSecurity::Plain {
         bail!("SMTP_URL has a password and tls=none, which would send it in clear: use tls=required or smtps://");
     }
+    // A password is sent only over TLS: with one, a server that does not offer
+    // STARTTLS (or a network that strips the offer) gets nothing rather than it.
+    let security = match security {
+        SmtpSecurity::StartTlsWhenOffered if credentials.is_some() => SmtpSecurity::StartTlsRequired,
+        other => other,
+    };
     Ok(Smtp { host, port: url.port().unwrap_or(default_port), security, credentials, extra_roots_pem })
 }
 

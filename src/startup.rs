@@ -152,6 +152,12 @@ pub async fn housekeeping(state: AppState, stop: CancellationToken) {
         if let Err(e) = crate::webhooks::delete_old(&state.pool).await {
             tracing::warn!(error = %e, "could not delete old webhook deliveries");
         }
+        if let Err(e) = crate::webhooks::requeue_lost(&state.pool).await {
+            tracing::warn!(error = format!("{e:#}"), "could not queue lost webhook deliveries again");
+        }
+        if let Err(e) = crate::mail::requeue_lost(&state.pool).await {
+            tracing::warn!(error = format!("{e:#}"), "could not queue lost mails again");
+        }
         // Slot claims only matter around their slot (the latest slot is never more
         // than a week old), so a month of them is kept for the platform page.
         if let Err(e) = sqlx::query("delete from schedule_slots where claimed_at < now() - interval '30 days'")

@@ -113,6 +113,12 @@ pub async fn test(
 /// Queues a `webhook.test` event for the org's endpoint `id`; its delivery's id.
 async fn send_test(state: &AppState, org: &OrgCtx, id: &RecordId) -> Result<String, AppError> {
     webhooks::get(&state.pool, org.org.id, id.as_str()).await?.ok_or(AppError::NotFound)?;
+    if webhooks::test_pending(&state.pool, id.as_str()).await? {
+        return Err(AppError::RateLimited(
+            "A test event for this endpoint is still being delivered (or waits for its retry); send the next once it has ended."
+                .into(),
+        ));
+    }
     let data = serde_json::json!({
         "org": org.org.slug,
         "endpoint_id": id.as_str(),

@@ -482,7 +482,7 @@ pub async fn complete(pool: &PgPool, public_url: &str, id: &str, attempt: i32, w
     let Some((org_id,)) = done else { return Ok(false) };
     let details = serde_json::json!({ "size_bytes": w.size_bytes, "sha256": w.sha256, "rows": w.rows });
     crate::audit::write(&mut *tx, Some(org_id), None, "export.completed", &format!("export:{id}"), details).await?;
-    announce(&mut tx, public_url, org_id, id).await?;
+    announce_in_savepoint(&mut tx, public_url, org_id, id).await?;
     tx.commit().await?;
     Ok(true)
 }
@@ -491,6 +491,26 @@ pub async fn complete(pool: &PgPool, public_url: &str, id: &str, attempt: i32, w
 /// second key is the slot's Unix time), so that exactly one of them sees the slot
 /// finished.
 const SLOT_LOCK_CLASS: i32 = 0x4458_5052 + 2;
+
+/// [`announce`] in a savepoint of the transaction that ends the run: when the
+/// notifications cannot be queued (a bug, a constraint), that is logged and they
+/// are left out, but the run's end is still recorded. Nothing about telling people
+/// may keep a run `running` or fail an export that worked.
+async fn announce_in_savepoint(
+    tx: &mut sqlx::Transaction<'_, sqlx::Postgres>,
+    public_url: &str,
+    org_id: i64,
+    id: &str,
+) -> sqlx::Result<()> {
+    let mut savepoint = sqlx::Acquire::begin(&mut **tx).await?;
+    match announce(&mut savepoint, public_url, org_id, id).await {
+        Ok(()) => savepoint.commit().await,
+        Err(e) => {
+            tracing::error!(export_id = id, error = format!("{e:#}"), "the export's notifications could not be queued");
+            savepoint.rollback().await
+        }
+    }
+}
 
 /// Tells whoever listens that the run `id` ended, in the transaction that ended it,
 /// so that nothing is told of an end that did not happen, and nothing is lost:
@@ -561,11 +581,13 @@ fn export_mail(public_url: &str, run: &Run, slug: &str, name: &str) -> crate::ma
     crate::mail::Message { kind: crate::mail::Kind::ExportFinished, subject, text }
 }
 
-/// When every run of the schedule slot `slot` has ended and any failed, one mail to
-/// each platform admin listing the orgs whose export failed. Runs of one slot end
-/// in different transactions: the lock makes each see the others' committed ends,
-/// so exactly the last one finds nothing pending.
-async fn slot_digest(tx: &mut sqlx::PgConnection, public_url: &str, slot: DateTime<Utc>) -> anyhow::Result<()> {
+/// When the schedule slot `slot` has fired (its `schedule_slots` row finished) and
+/// every one of its runs has ended, and any failed: one mail to each platform admin
+/// listing the orgs whose export failed, once. Called by each run of a slot that
+/// ends and by the slot's job when it has created them all; the advisory lock lets
+/// each see the others' committed work, and `digest_sent_at` is set by the one that
+/// sends.
+pub async fn slot_digest(tx: &mut sqlx::PgConnection, public_url: &str, slot: DateTime<Utc>) -> anyhow::Result<()> {
     sqlx::query("select pg_advisory_xact_lock($1, ($2 % 2147483647)::int)")
         .bind(SLOT_LOCK_CLASS)
         .bind(slot.timestamp())
@@ -581,6 +603,16 @@ async fn slot_digest(tx: &mut sqlx::PgConnection, public_url: &str, slot: DateTi
     .fetch_one(&mut *tx)
     .await?;
     if active > 0 || failed.is_empty() {
+        return Ok(());
+    }
+    let claimed = sqlx::query(
+        "update schedule_slots set digest_sent_at = now()
+         where kind = 'export' and slot = $1 and finished_at is not null and digest_sent_at is null",
+    )
+    .bind(slot)
+    .execute(&mut *tx)
+    .await?;
+    if claimed.rows_affected() == 0 {
         return Ok(());
     }
     let message = crate::mail::Message {
@@ -631,7 +663,7 @@ pub async fn fail(
     let Some((org_id,)) = done else { return Ok(false) };
     let details = serde_json::json!({ "error": reason });
     crate::audit::write(&mut *tx, Some(org_id), None, "export.failed", &format!("export:{id}"), details).await?;
-    announce(&mut tx, public_url, org_id, id).await?;
+    announce_in_savepoint(&mut tx, public_url, org_id, id).await?;
     tx.commit().await?;
     Ok(true)
 }

@@ -39,7 +39,10 @@ impl jobs::Job for MailJob {
     type Context = ();
 
     async fn run(self, state: AppState, _: (), _attempt: usize) -> Result<(), BoxDynError> {
-        send(&state, &self.message_id).await.map_err(|e| format!("{e:#}").into())
+        // On a task of its own, so a slow SMTP conversation wakes only this task,
+        // not the worker's (see `jobs::on_own_task`).
+        let work = jobs::on_own_task(async move { send(&state, &self.message_id).await });
+        work.await.and_then(|r| r).map_err(|e| format!("{e:#}").into())
     }
 }
 
@@ -90,13 +93,15 @@ async fn send(state: &AppState, id: &str) -> anyhow::Result<()> {
             let wait = state.config.mail.retry_schedule.get(mail.attempts as usize).copied();
             let mut tx = state.pool.begin().await?;
             sqlx::query(
-                "update mail_messages set attempts = $2, last_error = $3, failed_at = case when $4 then now() end
+                "update mail_messages set attempts = $2, last_error = $3, failed_at = case when $4 then now() end,
+                        next_attempt_at = now() + make_interval(secs => $5)
                  where id = $1",
             )
             .bind(id)
             .bind(attempt)
             .bind(&error)
             .bind(wait.is_none())
+            .bind(wait.unwrap_or_default().as_secs_f64())
             .execute(&mut *tx)
             .await?;
             match wait {

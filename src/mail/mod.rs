@@ -68,6 +68,51 @@ pub struct Message {
 /// new jobs of their own, scheduled by the job after a wait.
 const JOB_ATTEMPTS: u32 = 3;
 
+/// Queues a new job for each mail still to be sent whose attempt is more than 15
+/// minutes overdue (its job was lost: a database outage while it ran, a job removed
+/// by hand), and deletes mails older than 90 days. Run by housekeeping; returns how
+/// many were queued again.
+pub async fn requeue_lost(pool: &sqlx::PgPool) -> anyhow::Result<u64> {
+    let mut tx = pool.begin().await?;
+    let lost: Vec<(String,)> = sqlx::query_as(
+        "update mail_messages set next_attempt_at = now() where id in (
+             select id from mail_messages
+             where sent_at is null and failed_at is null and next_attempt_at < now() - interval '15 minutes'
+             order by next_attempt_at limit 500 for update skip locked)
+         returning id",
+    )
+    .fetch_all(&mut *tx)
+    .await?;
+    for (id,) in &lost {
+        jobs::push(&mut tx, ulid::Ulid::generate(), &MailJob { message_id: id.clone() }, JOB_ATTEMPTS).await?;
+    }
+    sqlx::query("delete from mail_messages where created_at < now() - interval '90 days'").execute(&mut *tx).await?;
+    tx.commit().await?;
+    if !lost.is_empty() {
+        tracing::warn!(mails = lost.len(), "queued mails whose job was lost again");
+    }
+    Ok(lost.len() as u64)
+}
+
+/// [`enqueue`] in a savepoint of the caller's transaction: a mail that cannot be
+/// queued is logged and left out (Ok(false)), and the caller's change still
+/// commits. For mails about a state change that must not be lost to them (a data
+/// request's end, say).
+pub async fn enqueue_or_log(conn: &mut PgConnection, user_id: i64, message: &Message) -> sqlx::Result<bool> {
+    let mut savepoint = sqlx::Acquire::begin(&mut *conn).await?;
+    match enqueue(&mut savepoint, user_id, message).await {
+        Ok(queued) => {
+            savepoint.commit().await?;
+            Ok(queued)
+        }
+        Err(e) => {
+            tracing::error!(user_id, kind = message.kind.key(), error = format!("{e:#}"), "a mail could not be queued");
+            savepoint.rollback().await?;
+            Ok(false)
+        }
+    }
+}
+
 /// Queues `message` for user `user_id` inside the caller's transaction (the mail job
 /// becomes visible when it commits), unless they switched this kind off.
 /// Ok(false) when skipped (opted out, or no such user).

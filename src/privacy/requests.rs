@@ -280,7 +280,7 @@ pub async fn complete(pool: &PgPool, public_url: &str, id: &str, attempt: i32, w
     .fetch_optional(&mut *tx)
     .await?;
     let Some((user_id, asked)) = done else { return Ok(false) };
-    mail::enqueue(&mut tx, user_id, &ready_mail(public_url, asked)).await?;
+    mail::enqueue_or_log(&mut tx, user_id, &ready_mail(public_url, asked)).await?;
     tx.commit().await?;
     Ok(true)
 }
@@ -347,7 +347,7 @@ pub async fn fail(
         .fetch_optional(&mut *tx)
         .await?;
         let Some((user_id, asked)) = done else { return Ok(false) };
-        mail::enqueue(&mut tx, user_id, &failed_mail(public_url, asked)).await?;
+        mail::enqueue_or_log(&mut tx, user_id, &failed_mail(public_url, asked)).await?;
         tx.commit().await?;
         anyhow::Ok(true)
     };
@@ -372,7 +372,7 @@ pub async fn fail_abandoned(pool: &PgPool, public_url: &str) -> anyhow::Result<u
     .fetch_all(&mut *tx)
     .await?;
     for (user_id, asked) in &done {
-        mail::enqueue(&mut tx, *user_id, &failed_mail(public_url, *asked)).await?;
+        mail::enqueue_or_log(&mut tx, *user_id, &failed_mail(public_url, *asked)).await?;
     }
     tx.commit().await?;
     Ok(done.len() as u64)

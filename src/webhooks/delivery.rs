@@ -17,6 +17,12 @@ use crate::{config::WebhookSettings, jobs, state::AppState};
 /// The most of an answer's body that is read (and kept in the log, as text).
 const BODY_LIMIT: usize = 1024;
 
+/// Runs apalis makes of one delivery job when it errs (the database, not the
+/// receiver: a receiver's failure is an attempt, retried by a new job after its
+/// pause). Running it again is safe: an attempt is recorded only by the run that
+/// finds the delivery as it read it.
+pub const JOB_ATTEMPTS: u32 = 5;
+
 /// Sends the delivery `delivery_id` once.
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct DeliveryJob {
@@ -32,7 +38,10 @@ impl jobs::Job for DeliveryJob {
     }
 
     async fn run(self, state: AppState, _: (), _attempt: usize) -> Result<(), BoxDynError> {
-        attempt(&state, &self.delivery_id).await.map_err(|e| e.into_boxed_dyn_error())
+        // On a task of its own, so a receiver that trickles its answer wakes only
+        // this task, not the worker's (see `jobs::on_own_task`).
+        let work = jobs::on_own_task(async move { attempt(&state, &self.delivery_id).await });
+        work.await.and_then(|r| r).map_err(|e| e.into_boxed_dyn_error())
     }
 }
 
@@ -58,13 +67,16 @@ struct Pending {
     secret: String,
     body: String,
     attempts: i32,
+    /// The endpoint is marked failing: a delivery gets one attempt, no retries,
+    /// until one succeeds (a dead endpoint costs one attempt an event, not eight).
+    failing: bool,
 }
 
 /// Makes the next attempt of a pending delivery, if there still is one (its
 /// endpoint may have been deleted meanwhile), and records it.
 async fn attempt(state: &AppState, delivery_id: &str) -> anyhow::Result<()> {
     let pending: Option<Pending> = sqlx::query_as(
-        "select d.org_id, d.endpoint_id, e.url, e.secret, d.body, d.attempts
+        "select d.org_id, d.endpoint_id, e.url, e.secret, d.body, d.attempts, e.failing_since is not null as failing
          from webhook_deliveries d join webhook_endpoints e on e.id = d.endpoint_id
          where d.id = $1 and d.status = 'pending'",
     )
@@ -82,7 +94,9 @@ async fn record(state: &AppState, delivery_id: &str, p: &Pending, outcome: &Outc
     let settings = &state.config.webhooks;
     let number = p.attempts + 1;
     let mut tx = state.pool.begin().await?;
-    let retry_in = (!outcome.delivered()).then(|| settings.retry_schedule.get(p.attempts as usize).copied()).flatten();
+    let retry_in = (!outcome.delivered() && !p.failing)
+        .then(|| settings.retry_schedule.get(p.attempts as usize).copied())
+        .flatten();
     let status = match (outcome.delivered(), retry_in) {
         (true, _) => "delivered",
         (false, Some(_)) => "pending",
@@ -125,7 +139,7 @@ async fn record(state: &AppState, delivery_id: &str, p: &Pending, outcome: &Outc
         }
         (_, Some(pause)) => {
             let job = DeliveryJob { delivery_id: delivery_id.to_string() };
-            jobs::push_after(&mut tx, Ulid::generate(), &job, 1, pause).await?;
+            jobs::push_after(&mut tx, Ulid::generate(), &job, JOB_ATTEMPTS, pause).await?;
         }
         _ => mark_failing(&mut tx, state, p).await?,
     }
@@ -156,6 +170,7 @@ async fn tell_admins_failing(
     slug: &str,
     url: &str,
 ) -> anyhow::Result<()> {
+    let url = super::target::redacted(url);
     tracing::warn!(org_id, org = slug, url, "a webhook endpoint is failing");
     let attempts = state.config.webhooks.retry_schedule.len() + 1;
     let message = crate::mail::Message {
@@ -171,7 +186,7 @@ async fn tell_admins_failing(
         ),
     };
     for admin in crate::mail::org_admins(tx, org_id).await? {
-        crate::mail::enqueue(tx, admin, &message).await?;
+        crate::mail::enqueue_or_log(tx, admin, &message).await?;
     }
     Ok(())
 }

@@ -126,7 +126,7 @@ pub async fn create(
         .bind(actor)
         .execute(&mut *tx)
         .await?;
-    let details = serde_json::json!({ "url": url });
+    let details = serde_json::json!({ "url": target::redacted(&url) });
     crate::audit::write(&mut *tx, Some(org_id), Some(actor), "webhook.created", &format!("webhook:{id}"), details)
         .await?;
     tx.commit().await?;
@@ -148,7 +148,7 @@ pub async fn rotate(pool: &PgPool, org_id: i64, actor: i64, id: &str) -> sqlx::R
     .fetch_optional(&mut *tx)
     .await?;
     let Some((url,)) = row else { return Ok(None) };
-    let details = serde_json::json!({ "url": url });
+    let details = serde_json::json!({ "url": target::redacted(&url) });
     crate::audit::write(&mut *tx, Some(org_id), Some(actor), "webhook.rotated", &format!("webhook:{id}"), details)
         .await?;
     tx.commit().await?;
@@ -167,7 +167,7 @@ pub async fn delete(pool: &PgPool, org_id: i64, actor: i64, id: &str) -> sqlx::R
             .fetch_optional(&mut *tx)
             .await?;
     let Some((url,)) = row else { return Ok(false) };
-    let details = serde_json::json!({ "url": url });
+    let details = serde_json::json!({ "url": target::redacted(&url) });
     crate::audit::write(&mut *tx, Some(org_id), Some(actor), "webhook.deleted", &format!("webhook:{id}"), details)
         .await?;
     tx.commit().await?;
@@ -213,7 +213,7 @@ pub async fn enqueue(
         .execute(&mut *conn)
         .await?;
         let job = delivery::DeliveryJob { delivery_id: format!("msg_{id}") };
-        jobs::push(conn, Ulid::generate(), &job, 1).await?;
+        jobs::push(conn, Ulid::generate(), &job, delivery::JOB_ATTEMPTS).await?;
         ids.push(format!("msg_{id}"));
     }
     Ok(ids)
@@ -247,6 +247,48 @@ pub async fn attempts(pool: &PgPool, org_id: i64, id: &str, limit: i64) -> sqlx:
     .bind(id)
     .bind(limit)
     .fetch_all(pool)
+    .await
+}
+
+/// Queues a new job for each pending delivery whose attempt is more than 15 minutes
+/// overdue (its job was lost: a database outage while it ran, say). Run by
+/// housekeeping; returns how many were queued again.
+pub async fn requeue_lost(pool: &PgPool) -> anyhow::Result<u64> {
+    let mut tx = pool.begin().await?;
+    let lost: Vec<(String,)> = sqlx::query_as(
+        "update webhook_deliveries set next_attempt_at = now() where id in (
+             select id from webhook_deliveries
+             where status = 'pending' and next_attempt_at < now() - interval '15 minutes'
+             order by next_attempt_at limit 500 for update skip locked)
+         returning id",
+    )
+    .fetch_all(&mut *tx)
+    .await?;
+    for (id,) in &lost {
+        jobs::push(
+            &mut tx,
+            Ulid::generate(),
+            &delivery::DeliveryJob { delivery_id: id.clone() },
+            delivery::JOB_ATTEMPTS,
+        )
+        .await?;
+    }
+    tx.commit().await?;
+    if !lost.is_empty() {
+        tracing::warn!(deliveries = lost.len(), "queued webhook deliveries whose job was lost again");
+    }
+    Ok(lost.len() as u64)
+}
+
+/// Whether the endpoint has a test event still pending: one at a time, so "Send a
+/// test event" cannot pile up deliveries.
+pub async fn test_pending(pool: &PgPool, id: &str) -> sqlx::Result<bool> {
+    sqlx::query_scalar(
+        "select exists (select 1 from webhook_deliveries where endpoint_id = $1 and event = $2 and status = 'pending')",
+    )
+    .bind(id)
+    .bind(TEST)
+    .fetch_one(pool)
     .await
 }
 

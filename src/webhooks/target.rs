@@ -23,6 +23,11 @@ pub fn is_public(ip: IpAddr) -> bool {
             if s[..6] == [0x64, 0xff9b, 0, 0, 0, 0] {
                 return is_public_v4(Ipv4Addr::from(((s[6] as u32) << 16) | s[7] as u32));
             }
+            // Local-use NAT64 (64:ff9b:1::/48) and IPv4-translated (::ffff:0:a.b.c.d)
+            // addresses lead wherever their network sends them: never public here.
+            if s[..3] == [0x64, 0xff9b, 1] || s[..6] == [0, 0, 0, 0, 0xffff, 0] {
+                return false;
+            }
             !(v6.is_unspecified()
                 || v6.is_loopback()
                 || v6.is_multicast()
@@ -61,7 +66,7 @@ pub fn check_url(raw: &str, allow_private: bool) -> Result<String, String> {
     if raw.is_empty() {
         return Err("Enter the URL that should receive the events.".into());
     }
-    if raw.len() > 2000 {
+    if raw.len() > MAX_URL {
         return Err("The URL is longer than 2,000 characters.".into());
     }
     let url = reqwest::Url::parse(raw).map_err(|e| format!("That is not a URL ({e})."))?;
@@ -88,7 +93,29 @@ pub fn check_url(raw: &str, allow_private: bool) -> Result<String, String> {
             return Err(format!("{ip} is not a public address; webhooks go to public addresses only."));
         }
     }
-    Ok(url.to_string())
+    let url = url.to_string();
+    if url.len() > MAX_URL {
+        return Err("The URL is longer than 2,000 characters once encoded.".into());
+    }
+    Ok(url)
+}
+
+/// The longest URL an endpoint may have (the table's check says the same).
+const MAX_URL: usize = 2000;
+
+/// The URL as it may be written where more people read than its org's admins (the
+/// audit log, which is in the org's export file, the server's log, mails): the
+/// scheme, host and port only. A path or query can hold a token (a chat service's
+/// incoming-webhook URL is its own credential).
+pub fn redacted(url: &str) -> String {
+    match reqwest::Url::parse(url) {
+        Ok(u) => match (u.host_str(), u.port()) {
+            (Some(host), Some(port)) => format!("{}://{host}:{port}/…", u.scheme()),
+            (Some(host), None) => format!("{}://{host}/…", u.scheme()),
+            _ => "(a URL)".into(),
+        },
+        Err(_) => "(a URL)".into(),
+    }
 }
 
 /// The HTTP client's resolver: the system's answers, less every address that is
@@ -107,12 +134,11 @@ impl Resolve for GuardedResolver {
             let all: Vec<SocketAddr> = tokio::net::lookup_host((host.as_str(), 0)).await?.collect();
             let allowed: Vec<SocketAddr> = all.iter().copied().filter(|a| allow_private || is_public(a.ip())).collect();
             if allowed.is_empty() {
-                let found = all.iter().map(|a| a.ip().to_string()).collect::<Vec<_>>().join(", ");
-                let e: Box<dyn std::error::Error + Send + Sync> = if all.is_empty() {
-                    format!("{host} did not resolve to any address").into()
-                } else {
-                    format!("refused: {host} resolves to no public address (only {found})").into()
-                };
+                // The same words whether the name resolved inside or not at all, and
+                // no address: the attempt log is read by the org's admins, and must
+                // not map the network the server sits in.
+                let e: Box<dyn std::error::Error + Send + Sync> =
+                    format!("refused: {host} does not resolve to a public address").into();
                 return Err(e);
             }
             let addrs: Addrs = Box::new(allowed.into_iter());
@@ -165,6 +191,11 @@ mod tests {
         ] {
             assert!(!is_public(private.parse().unwrap()), "{private} must be refused");
         }
+        for local in ["64:ff9b:1::a00:1", "::ffff:0:a00:1"] {
+            assert!(!is_public(local.parse().unwrap()), "{local} must be refused");
+        }
+        assert_eq!(redacted("https://hooks.slack.com/services/T0/B0/secret?x=1"), "https://hooks.slack.com/…");
+        assert_eq!(redacted("http://127.0.0.1:9000/hook"), "http://127.0.0.1:9000/…");
         for public in ["93.184.215.14", "1.1.1.1", "2606:4700:4700::1111", "::ffff:8.8.8.8", "64:ff9b::808:808"] {
             assert!(is_public(public.parse().unwrap()), "{public} must pass");
         }
@@ -189,6 +220,9 @@ mod tests {
             assert!(e.contains(says), "{bad}: {e}");
         }
         assert!(check_url(&format!("https://example.com/{}", "a".repeat(2000)), false).is_err());
+        // Short as typed, too long once percent-encoded.
+        let e = check_url(&format!("https://example.com/{}", "€".repeat(600)), false).unwrap_err();
+        assert!(e.contains("once encoded"), "{e}");
         assert!(check_url("http://127.0.0.1:8080/hook", true).is_ok(), "allowed for development and tests");
     }
 }

@@ -65,9 +65,11 @@ async fn trigger_watch_download_and_delete_in_the_ui() {
     let run = app.wait_for_run(&id, WAIT).await;
     assert_eq!(run.status, "completed", "{:?}", run.error);
 
-    // Once nothing is active nothing polls, and the row offers Download and Delete.
+    // Once nothing is active no row polls (the history itself only asks whether
+    // anything changed), and the row offers Download and Delete.
     let frag = s.htmx_get("/orgs/acme/exports/history").await.text().await.unwrap();
-    assert!(!frag.contains("hx-trigger"), "stops polling: {frag}");
+    assert_eq!(frag.matches("hx-trigger").count(), 1, "only the history's own poll: {frag}");
+    assert!(tag_with(&frag, r#"id="history""#).contains("/orgs/acme/exports/history?since="), "{frag}");
     assert!(frag.contains(r#"data-status="completed""#) && frag.contains("Download") && frag.contains("Delete"));
     // Without JavaScript, a reload shows the same truth.
     assert!(s.get("/orgs/acme/settings/backups").await.text().await.unwrap().contains(r#"data-status="completed""#));
@@ -140,8 +142,9 @@ async fn an_active_run_polls_its_own_row_and_stops_when_it_finishes() {
     let id = frag.split("data-export-id=\"").nth(1).unwrap().split('"').next().unwrap().to_string();
     let row_url = format!("/orgs/acme/exports/{id}/row");
 
-    // The history itself never polls; the pending row polls its own URL, into itself.
-    assert!(!tag_with(&frag, r#"id="history""#).contains("hx-get"), "{frag}");
+    // The history itself polls only whether anything changed (`?since=` its version,
+    // 204 while nothing did); the pending row polls its own URL, into itself.
+    assert!(tag_with(&frag, r#"id="history""#).contains(r#"hx-get="/orgs/acme/exports/history?since="#), "{frag}");
     let tr = tag_with(&frag, &format!(r#"data-export-id="{id}""#));
     for attr in [format!(r#"hx-get="{row_url}""#), r#"hx-trigger="every 2s""#.into(), r#"hx-target="this""#.into()] {
         assert!(tr.contains(&attr), "{attr} in {tr}");

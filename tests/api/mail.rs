@@ -593,6 +593,7 @@ async fn complete_run(app: &TestApp, id: &str) {
 async fn ended_exports_mail_the_org_admins_and_a_slot_with_failures_mails_the_platform_admins_once() {
     let app = TestApp::spawn_with(Options { members: 20, workers: false, ..Default::default() }).await;
     let slot = chrono::Utc::now().date_naive().and_hms_opt(3, 0, 0).unwrap().and_utc();
+    claim_slot(&app, slot).await;
     let fired = data_export::platform::scheduler::fire_slot(&app.state, slot).await.unwrap();
     assert_eq!(fired.started, ["acme", "globex"]);
     let run_of = |slug: &'static str| {
@@ -645,6 +646,7 @@ async fn ended_exports_mail_the_org_admins_and_a_slot_with_failures_mails_the_pl
 
     // A slot with no failure mails no platform admin.
     let clean = slot + chrono::Duration::hours(12);
+    claim_slot(&app, clean).await;
     data_export::platform::scheduler::fire_slot(&app.state, clean).await.unwrap();
     for id in sqlx::query_scalar::<_, String>("select id from export_runs where scheduled_for = $1")
         .bind(clean)
@@ -670,4 +672,95 @@ async fn ended_exports_mail_the_org_admins_and_a_slot_with_failures_mails_the_pl
     println!(
         "export mails: 1 per org admin per ended run, 0 after switching off; slot digest: 1 mail listing 1 of 2 failed"
     );
+}
+
+/// Telling people is never a reason to lose a run's end: when the notifications
+/// cannot be queued (here every insert into their tables is refused), the run is
+/// still marked completed or failed, and nothing half-queued is left.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn notifications_that_cannot_be_queued_never_keep_a_run_from_ending() {
+    let app = TestApp::spawn_with(Options { members: 20, workers: false, ..Default::default() }).await;
+    let api = api(&app, &app.token("admin@acme.test").await);
+    let r = api.post_json("/orgs/acme/webhooks", &serde_json::json!({ "url": "https://hooks.example.com/in" })).await;
+    assert_eq!(r.status(), 201);
+    for table in ["mail_messages", "webhook_deliveries"] {
+        sqlx::query(sqlx::AssertSqlSafe(format!("alter table {table} add constraint broken check (false) not valid")))
+            .execute(app.pool())
+            .await
+            .unwrap();
+    }
+    let created: serde_json::Value = api.post("/orgs/acme/exports").await.json().await.unwrap();
+    let id = created["id"].as_str().unwrap().to_string();
+    complete_run(&app, &id).await;
+    assert_eq!(data_export::exports::runs::get_any(app.pool(), &id).await.unwrap().unwrap().status, "completed");
+    let created: serde_json::Value = api.post("/orgs/acme/exports").await.json().await.unwrap();
+    let failed = created["id"].as_str().unwrap().to_string();
+    let failure = data_export::snapshot::job::Failure::plain("The export failed: a test said so.");
+    assert!(
+        data_export::exports::runs::fail(app.pool(), &app.state.config.public_url, &failed, None, &failure)
+            .await
+            .unwrap()
+    );
+    assert_eq!(data_export::exports::runs::get_any(app.pool(), &failed).await.unwrap().unwrap().status, "failed");
+    let (mails, deliveries, jobs): (i64, i64, i64) = sqlx::query_as(
+        "select (select count(*) from mail_messages), (select count(*) from webhook_deliveries),
+                (select count(*) from apalis.jobs where job_type in ('mail', 'webhooks'))",
+    )
+    .fetch_one(app.pool())
+    .await
+    .unwrap();
+    assert_eq!((mails, deliveries, jobs), (0, 0, 0), "nothing half-queued");
+    assert_eq!(app.audits("export.completed").await.len(), 1);
+}
+
+/// The slot's claim, as a tick makes it.
+async fn claim_slot(app: &TestApp, slot: chrono::DateTime<chrono::Utc>) {
+    sqlx::query("insert into schedule_slots (kind, slot, job_id) values ('export', $1, $2)")
+        .bind(slot)
+        .bind(ulid::Ulid::generate().to_string())
+        .execute(app.pool())
+        .await
+        .unwrap();
+}
+
+/// A run that fails before its slot has created the other orgs' runs sends no
+/// premature mail; the one mail comes when the last run ends, listing it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_run_failing_before_its_slot_has_fired_sends_no_early_slot_mail() {
+    let app = TestApp::spawn_with(Options { members: 20, workers: false, ..Default::default() }).await;
+    let slot = chrono::Utc::now().date_naive().and_hms_opt(2, 0, 0).unwrap().and_utc();
+    claim_slot(&app, slot).await;
+    // The slot's job has made acme's run only, and that run fails at once.
+    let acme = app.org_id("acme").await;
+    data_export::exports::runs::create_scheduled(app.pool(), acme, slot, 3).await.unwrap();
+    let acme_run: String = sqlx::query_scalar("select id from export_runs where org_id = $1")
+        .bind(acme)
+        .fetch_one(app.pool())
+        .await
+        .unwrap();
+    let failure = data_export::snapshot::job::Failure::plain("The export failed: early.");
+    assert!(
+        data_export::exports::runs::fail(app.pool(), &app.state.config.public_url, &acme_run, None, &failure)
+            .await
+            .unwrap()
+    );
+    assert!(queued(&app, "platform@example.test").await.is_empty(), "the slot has not fired all its runs yet");
+    // The job goes on: globex's run is made, and the slot is fired.
+    data_export::platform::scheduler::fire_slot(&app.state, slot).await.unwrap();
+    assert!(queued(&app, "platform@example.test").await.is_empty(), "globex's run is pending");
+    let globex_run: String = sqlx::query_scalar("select id from export_runs where org_id <> $1")
+        .bind(acme)
+        .fetch_one(app.pool())
+        .await
+        .unwrap();
+    complete_run(&app, &globex_run).await;
+    let digest = queued(&app, "platform@example.test").await;
+    assert_eq!(digest.len(), 1);
+    assert!(
+        digest[0].2.contains("(acme): The export failed: early.") && digest[0].1.ends_with("1 of 2 failed"),
+        "{digest:?}"
+    );
+    // Firing the slot again (a retried job) sends nothing more.
+    data_export::platform::scheduler::fire_slot(&app.state, slot).await.unwrap();
+    assert_eq!(queued(&app, "platform@example.test").await.len(), 1);
 }

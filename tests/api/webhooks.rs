@@ -250,7 +250,8 @@ async fn failures_are_retried_until_success_and_a_hanging_target_gives_up() {
     .unwrap();
     assert_eq!(mails.len(), 1);
     assert!(
-        mails[0].1.contains(&hanging.url()) && mails[0].1.contains("/orgs/acme/settings/notifications"),
+        mails[0].1.contains(&format!("http://127.0.0.1:{}/…", hanging.port))
+            && mails[0].1.contains("/orgs/acme/settings/notifications"),
         "{:?}",
         mails[0]
     );
@@ -367,6 +368,13 @@ async fn a_rotated_secret_signs_at_once_and_a_deleted_endpoint_gets_nothing_more
     api.post(&format!("/orgs/acme/webhooks/{id}/test")).await;
     let got = receiver.wait_for(1, Duration::from_secs(20)).await;
     assert_eq!(got[0]["verified_by"], 0);
+    wait_for_delivery(&app, &id, "delivered", Duration::from_secs(20)).await;
+    // One test event at a time per endpoint.
+    let failing = Receiver::start(&dir, "slow", &["--status", "500"]);
+    let (slow, _) = add_endpoint(&api, &failing.url()).await;
+    assert_eq!(api.post(&format!("/orgs/acme/webhooks/{slow}/test")).await.status(), 202);
+    assert_eq!(api.post(&format!("/orgs/acme/webhooks/{slow}/test")).await.status(), 429, "the first is still pending");
+    assert_eq!(api.delete(&format!("/orgs/acme/webhooks/{slow}")).await.status(), 204);
 
     // The page's Rotate shows the new secret once; the old one no longer verifies.
     let s = app.login("admin@acme.test").await;
@@ -398,7 +406,7 @@ async fn a_rotated_secret_signs_at_once_and_a_deleted_endpoint_gets_nothing_more
             .await
             .unwrap();
     assert_eq!(failed_jobs, 0, "the retry's job ended quietly");
-    assert_eq!(app.audits("webhook.deleted").await.len(), 1);
+    assert_eq!(app.audits("webhook.deleted").await.len(), 2);
 
     // Another org's admin reaches none of acme's endpoints.
     let globex = api_for(&app, "admin@globex.test").await;
@@ -471,4 +479,61 @@ async fn a_slot_fired_now_shows_in_the_open_history_is_mailed_and_reaches_the_re
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
+}
+
+/// A delivery or a mail whose job was lost (a database outage while it ran, a job
+/// removed by hand) is queued again by housekeeping once it is 15 minutes overdue,
+/// and then sent.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn housekeeping_queues_a_delivery_or_mail_whose_job_was_lost() {
+    let app = app_with(fast_private).await;
+    let api = api(&app, &app.token("admin@acme.test").await);
+    let receiver = Receiver::start(&app.storage_dir.join("receiver"), "lost", &[]);
+    let (endpoint, secret) = add_endpoint(&api, &receiver.url()).await;
+    receiver.set_secrets(&[&secret]);
+    let delivery = format!("msg_{}", ulid::Ulid::generate());
+    sqlx::query(
+        "insert into webhook_deliveries (id, endpoint_id, org_id, event, body, next_attempt_at)
+         select $1, $2, org_id, 'webhook.test', '{\"type\":\"webhook.test\",\"data\":{}}', now() - interval '1 hour'
+         from webhook_endpoints where id = $2",
+    )
+    .bind(&delivery)
+    .bind(&endpoint)
+    .execute(app.pool())
+    .await
+    .unwrap();
+    let mail = ulid::Ulid::generate().to_string();
+    sqlx::query(
+        "insert into mail_messages (id, user_id, kind, recipient, subject, body, next_attempt_at)
+         select $1, id, 'export', email, 'A lost mail', 'It was lost.', now() - interval '1 hour' from users
+         where email = 'admin@acme.test'",
+    )
+    .bind(&mail)
+    .execute(app.pool())
+    .await
+    .unwrap();
+    // Due but not yet 15 minutes overdue: left alone.
+    sqlx::query("update webhook_deliveries set next_attempt_at = now() - interval '5 minutes'")
+        .execute(app.pool())
+        .await
+        .unwrap();
+    assert_eq!(data_export::webhooks::requeue_lost(app.pool()).await.unwrap(), 0);
+    sqlx::query("update webhook_deliveries set next_attempt_at = now() - interval '1 hour'")
+        .execute(app.pool())
+        .await
+        .unwrap();
+
+    assert_eq!(data_export::webhooks::requeue_lost(app.pool()).await.unwrap(), 1);
+    assert_eq!(data_export::mail::requeue_lost(app.pool()).await.unwrap(), 1);
+    assert_eq!(data_export::webhooks::requeue_lost(app.pool()).await.unwrap(), 0, "queued once");
+    let got = receiver.wait_for(1, Duration::from_secs(30)).await;
+    assert_eq!((got[0]["id"].as_str(), got[0]["valid"].as_bool()), (Some(delivery.as_str()), Some(true)));
+    assert_eq!(wait_for_delivery(&app, &endpoint, "delivered", Duration::from_secs(30)).await, 1);
+    let eml = app.storage_dir.join("outbox").join(format!("{mail}.eml"));
+    let started = Instant::now();
+    while !eml.exists() {
+        assert!(started.elapsed() < Duration::from_secs(30), "the lost mail reaches the outbox");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(std::fs::read_to_string(&eml).unwrap().contains("Subject: A lost mail"));
 }
