@@ -347,7 +347,7 @@ fn parse_smtp_url(raw: &str, extra_roots_pem: Option<Vec<u8>>) -> anyhow::Result
         ("smtp", Some("none")) => (SmtpSecurity::Plain, 25),
         ("smtps", None) => (SmtpSecurity::ImplicitTls, 465),
         ("smtp" | "smtps", Some(other)) => {
-            bail!("SMTP_URL's tls= must be none or required for smtp:// (got {other:?} in {shown:?})")
+            bail!("SMTP_URL's tls= must be none or required, with smtp:// only (got {other:?} in {shown:?})")
         }
         (other, _) => bail!("SMTP_URL must start with smtp:// or smtps:// (got {other}:// in {shown:?})"),
     };

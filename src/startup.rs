@@ -158,6 +158,9 @@ pub async fn housekeeping(state: AppState, stop: CancellationToken) {
         if let Err(e) = crate::mail::requeue_lost(&state.pool).await {
             tracing::warn!(error = format!("{e:#}"), "could not queue lost mails again");
         }
+        if let Err(e) = crate::exports::runs::overdue_slot_digests(&state.pool, &state.config.public_url).await {
+            tracing::warn!(error = format!("{e:#}"), "could not send the mails of finished schedule slots");
+        }
         // Slot claims only matter around their slot (the latest slot is never more
         // than a week old), so a month of them is kept for the platform page.
         if let Err(e) = sqlx::query("delete from schedule_slots where claimed_at < now() - interval '30 days'")

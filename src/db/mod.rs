@@ -85,6 +85,41 @@ pub async fn migrate(pool: &PgPool) -> anyhow::Result<()> {
 
 /// Whether `e` violated the constraint (or unique index) named `name`: the way a
 /// write's named constraint becomes a user-facing answer, such as a conflict.
+/// Whether an error is one a retry can clear: a lost connection or pool, a
+/// deadlock or serialization failure (class 40), a lock not available, a
+/// cancelled statement. Anything else (a constraint, a bug) would fail again.
+pub fn is_transient(e: &anyhow::Error) -> bool {
+    match e.downcast_ref::<sqlx::Error>() {
+        Some(sqlx::Error::Database(db)) => {
+            db.code().is_some_and(|c| c.starts_with("40") || c == "55P03" || c == "57014")
+        }
+        Some(sqlx::Error::Io(_) | sqlx::Error::PoolTimedOut | sqlx::Error::PoolClosed | sqlx::Error::WorkerCrashed) => {
+            true
+        }
+        _ => false,
+    }
+}
+
+/// Ends a savepoint opened for work that must not undo its caller's transaction
+/// (notifications of a run's end): commits it when `result` is Ok; when the error
+/// is one a retry can clear ([`is_transient`]), returns it, so the caller's whole
+/// transaction is retried; any other error is logged as `what` and the savepoint
+/// rolled back, and the caller goes on without that work.
+pub async fn settle_savepoint(
+    savepoint: sqlx::Transaction<'_, sqlx::Postgres>,
+    result: anyhow::Result<()>,
+    what: &str,
+) -> anyhow::Result<()> {
+    match result {
+        Ok(()) => Ok(savepoint.commit().await?),
+        Err(e) if is_transient(&e) => Err(e),
+        Err(e) => {
+            tracing::error!(error = format!("{e:#}"), "{what}: left out");
+            Ok(savepoint.rollback().await?)
+        }
+    }
+}
+
 pub fn is_violation_of(e: &sqlx::Error, name: &str) -> bool {
     e.as_database_error().and_then(|d| d.constraint()) == Some(name)
 }

@@ -492,24 +492,29 @@ pub async fn complete(pool: &PgPool, public_url: &str, id: &str, attempt: i32, w
 /// finished.
 const SLOT_LOCK_CLASS: i32 = 0x4458_5052 + 2;
 
-/// [`announce`] in a savepoint of the transaction that ends the run: when the
-/// notifications cannot be queued (a bug, a constraint), that is logged and they
-/// are left out, but the run's end is still recorded. Nothing about telling people
-/// may keep a run `running` or fail an export that worked.
+/// [`announce`] and then, for a scheduled run, [`slot_digest`], each in a savepoint
+/// of the transaction that ends the run: when either cannot be done for a reason a
+/// retry would not clear (a bug, a constraint), that is logged and left out, but
+/// the run's end is still recorded. Nothing about telling people may keep a run
+/// `running` or fail an export that worked. A transient error (a deadlock, a lost
+/// connection) fails the whole transaction, which its caller retries.
 async fn announce_in_savepoint(
     tx: &mut sqlx::Transaction<'_, sqlx::Postgres>,
     public_url: &str,
     org_id: i64,
     id: &str,
-) -> sqlx::Result<()> {
+) -> anyhow::Result<()> {
     let mut savepoint = sqlx::Acquire::begin(&mut **tx).await?;
-    match announce(&mut savepoint, public_url, org_id, id).await {
-        Ok(()) => savepoint.commit().await,
-        Err(e) => {
-            tracing::error!(export_id = id, error = format!("{e:#}"), "the export's notifications could not be queued");
-            savepoint.rollback().await
-        }
+    let result = announce(&mut savepoint, public_url, org_id, id).await;
+    crate::db::settle_savepoint(savepoint, result, "the export's notifications").await?;
+    let slot: Option<DateTime<Utc>> =
+        sqlx::query_scalar("select scheduled_for from export_runs where id = $1").bind(id).fetch_one(&mut **tx).await?;
+    if let Some(slot) = slot {
+        let mut savepoint = sqlx::Acquire::begin(&mut **tx).await?;
+        let result = slot_digest(&mut savepoint, public_url, slot).await;
+        crate::db::settle_savepoint(savepoint, result, "the schedule slot's mail").await?;
     }
+    Ok(())
 }
 
 /// Tells whoever listens that the run `id` ended, in the transaction that ended it,
@@ -517,15 +522,12 @@ async fn announce_in_savepoint(
 /// - the org's webhooks get `export.completed` or `export.failed` with the run as the
 ///   API shows it to the org (never a download URL, never the platform admins'
 ///   error detail);
-/// - the org's admins get an email linking to the history (unless switched off);
-/// - when it is the last run of a schedule slot to end and any run of the slot
-///   failed, the platform admins get one email listing those orgs.
+/// - the org's admins get an email linking to the history (unless switched off).
 async fn announce(tx: &mut sqlx::PgConnection, public_url: &str, org_id: i64, id: &str) -> anyhow::Result<()> {
     let run: Run =
         sqlx::query_as(sqlx::AssertSqlSafe(format!("{SELECT} where r.id = $1"))).bind(id).fetch_one(&mut *tx).await?;
-    let (slug, name, slot): (String, String, Option<DateTime<Utc>>) = sqlx::query_as(
-        "select o.slug, o.name, r.scheduled_for from organizations o join export_runs r on r.org_id = o.id
-         where r.id = $1",
+    let (slug, name): (String, String) = sqlx::query_as(
+        "select o.slug, o.name from organizations o join export_runs r on r.org_id = o.id where r.id = $1",
     )
     .bind(id)
     .fetch_one(&mut *tx)
@@ -539,9 +541,6 @@ async fn announce(tx: &mut sqlx::PgConnection, public_url: &str, org_id: i64, id
     let message = export_mail(public_url, &run, &slug, &name);
     for admin in crate::mail::org_admins(tx, org_id).await? {
         crate::mail::enqueue(tx, admin, &message).await?;
-    }
-    if let Some(slot) = slot {
-        slot_digest(tx, public_url, slot).await?;
     }
     Ok(())
 }
@@ -581,6 +580,37 @@ fn export_mail(public_url: &str, run: &Run, slug: &str, name: &str) -> crate::ma
     crate::mail::Message { kind: crate::mail::Kind::ExportFinished, subject, text }
 }
 
+/// Takes the schedule slot's lock until the transaction ends (see [`slot_digest`]).
+/// Whoever also changes the slot's `schedule_slots` row takes this first, so that
+/// the row lock and this one are always taken in the same order.
+pub async fn lock_slot(tx: &mut sqlx::PgConnection, slot: DateTime<Utc>) -> sqlx::Result<()> {
+    sqlx::query("select pg_advisory_xact_lock($1, ($2 % 2147483647)::int)")
+        .bind(SLOT_LOCK_CLASS)
+        .bind(slot.timestamp())
+        .execute(&mut *tx)
+        .await?;
+    Ok(())
+}
+
+/// Sends the mail of each schedule slot of the last two days that has not had it
+/// and whose runs have all ended (a slot whose job stopped part-way, with no run
+/// ending after the hour it is given): run by housekeeping.
+pub async fn overdue_slot_digests(pool: &PgPool, public_url: &str) -> anyhow::Result<()> {
+    let slots: Vec<(DateTime<Utc>,)> = sqlx::query_as(
+        "select slot from schedule_slots
+         where kind = 'export' and digest_sent_at is null and claimed_at > now() - interval '2 days'
+           and (finished_at is not null or claimed_at < now() - interval '1 hour')",
+    )
+    .fetch_all(pool)
+    .await?;
+    for (slot,) in slots {
+        let mut tx = pool.begin().await?;
+        slot_digest(&mut tx, public_url, slot).await?;
+        tx.commit().await?;
+    }
+    Ok(())
+}
+
 /// When the schedule slot `slot` has fired (its `schedule_slots` row finished) and
 /// every one of its runs has ended, and any failed: one mail to each platform admin
 /// listing the orgs whose export failed, once. Called by each run of a slot that
@@ -588,11 +618,7 @@ fn export_mail(public_url: &str, run: &Run, slug: &str, name: &str) -> crate::ma
 /// each see the others' committed work, and `digest_sent_at` is set by the one that
 /// sends.
 pub async fn slot_digest(tx: &mut sqlx::PgConnection, public_url: &str, slot: DateTime<Utc>) -> anyhow::Result<()> {
-    sqlx::query("select pg_advisory_xact_lock($1, ($2 % 2147483647)::int)")
-        .bind(SLOT_LOCK_CLASS)
-        .bind(slot.timestamp())
-        .execute(&mut *tx)
-        .await?;
+    lock_slot(tx, slot).await?;
     let (active, total, failed): (i64, i64, Vec<String>) = sqlx::query_as(
         "select count(*) filter (where r.status in ('pending', 'running')), count(*),
                 coalesce(array_agg(o.name || ' (' || o.slug || '): ' || coalesce(r.error, 'no reason recorded')
@@ -605,9 +631,13 @@ pub async fn slot_digest(tx: &mut sqlx::PgConnection, public_url: &str, slot: Da
     if active > 0 || failed.is_empty() {
         return Ok(());
     }
+    // A slot whose job never finished (it failed for good part-way) counts as fired
+    // an hour after its claim, so its mail is still sent (by housekeeping, if no
+    // run ends after that).
     let claimed = sqlx::query(
         "update schedule_slots set digest_sent_at = now()
-         where kind = 'export' and slot = $1 and finished_at is not null and digest_sent_at is null",
+         where kind = 'export' and slot = $1 and digest_sent_at is null
+           and (finished_at is not null or claimed_at < now() - interval '1 hour')",
     )
     .bind(slot)
     .execute(&mut *tx)

@@ -84,7 +84,7 @@ where
             self.0.abort();
         }
     }
-    let handle = tokio::spawn(body);
+    let handle = tokio::spawn(tracing::Instrument::in_current_span(body));
     let _abort = AbortOnDrop(handle.abort_handle());
     match handle.await {
         Ok(out) => Ok(out),

@@ -62,17 +62,22 @@ struct Queued {
     attempts: i32,
 }
 
-/// One attempt at the mail `id`, if it is still to be sent.
+/// One attempt at the mail `id`, if it is still to be sent and due. The attempt
+/// first leases the mail (its next attempt moved past this one's longest time), so
+/// a second job for it (queued again by housekeeping while this one was only late,
+/// say) finds it not due and sends nothing.
 #[tracing::instrument(skip_all, fields(mail_id = %id))]
 async fn send(state: &AppState, id: &str) -> anyhow::Result<()> {
     let queued: Option<Queued> = sqlx::query_as(
-        "select id, kind, recipient, subject, body, created_at, attempts from mail_messages
-         where id = $1 and sent_at is null and failed_at is null",
+        "update mail_messages set next_attempt_at = now() + make_interval(secs => $2)
+         where id = $1 and sent_at is null and failed_at is null and next_attempt_at <= now() + interval '5 seconds'
+         returning id, kind, recipient, subject, body, created_at, attempts",
     )
     .bind(id)
+    .bind(SMTP_TIMEOUT.as_secs_f64() + 60.0)
     .fetch_optional(&state.pool)
     .await?;
-    // Sent already, given up, or its person was removed.
+    // Sent already, given up, its person removed, or another job has it.
     let Some(mail) = queued else { return Ok(()) };
     let attempt = mail.attempts + 1;
     let outcome = match compose(&state.config, &mail) {

@@ -95,22 +95,15 @@ pub async fn requeue_lost(pool: &sqlx::PgPool) -> anyhow::Result<u64> {
 }
 
 /// [`enqueue`] in a savepoint of the caller's transaction: a mail that cannot be
-/// queued is logged and left out (Ok(false)), and the caller's change still
-/// commits. For mails about a state change that must not be lost to them (a data
+/// queued for a reason a retry would not clear is logged and left out (Ok(false)),
+/// and the caller's change still commits (see `db::settle_savepoint`). For mails about a state change that must not be lost to them (a data
 /// request's end, say).
-pub async fn enqueue_or_log(conn: &mut PgConnection, user_id: i64, message: &Message) -> sqlx::Result<bool> {
+pub async fn enqueue_or_log(conn: &mut PgConnection, user_id: i64, message: &Message) -> anyhow::Result<bool> {
     let mut savepoint = sqlx::Acquire::begin(&mut *conn).await?;
-    match enqueue(&mut savepoint, user_id, message).await {
-        Ok(queued) => {
-            savepoint.commit().await?;
-            Ok(queued)
-        }
-        Err(e) => {
-            tracing::error!(user_id, kind = message.kind.key(), error = format!("{e:#}"), "a mail could not be queued");
-            savepoint.rollback().await?;
-            Ok(false)
-        }
-    }
+    let result = enqueue(&mut savepoint, user_id, message).await;
+    let queued = matches!(result, Ok(true));
+    crate::db::settle_savepoint(savepoint, result.map(|_| ()), "a mail").await?;
+    Ok(queued)
 }
 
 /// Queues `message` for user `user_id` inside the caller's transaction (the mail job

@@ -179,12 +179,18 @@ pub async fn fire_slot(state: &AppState, slot: DateTime<Utc>) -> anyhow::Result<
     // The slot has fired; if its runs have all ended already (each failed fast, say),
     // no run's end is left to send the platform admins' mail, so this does.
     let mut tx = state.pool.begin().await?;
-    sqlx::query("update schedule_slots set finished_at = now(), outcome = $2 where kind = 'export' and slot = $1")
-        .bind(slot)
-        .bind(serde_json::to_value(&outcome)?)
-        .execute(&mut *tx)
-        .await?;
-    runs::slot_digest(&mut tx, &state.config.public_url, slot).await?;
+    runs::lock_slot(&mut tx, slot).await?;
+    sqlx::query(
+        "update schedule_slots set finished_at = now(), outcome = $2
+         where kind = 'export' and slot = $1 and finished_at is null",
+    )
+    .bind(slot)
+    .bind(serde_json::to_value(&outcome)?)
+    .execute(&mut *tx)
+    .await?;
+    let mut savepoint = sqlx::Acquire::begin(&mut *tx).await?;
+    let result = runs::slot_digest(&mut savepoint, &state.config.public_url, slot).await;
+    crate::db::settle_savepoint(savepoint, result, "the schedule slot's mail").await?;
     tx.commit().await?;
     Ok(outcome)
 }

@@ -70,17 +70,27 @@ struct Pending {
     /// The endpoint is marked failing: a delivery gets one attempt, no retries,
     /// until one succeeds (a dead endpoint costs one attempt an event, not eight).
     failing: bool,
+    event: String,
 }
 
 /// Makes the next attempt of a pending delivery, if there still is one (its
-/// endpoint may have been deleted meanwhile), and records it.
+/// endpoint may have been deleted meanwhile) and it is due, and records it. The
+/// attempt first leases the delivery (its next attempt moved past this one's
+/// longest time), so a second job for it (queued again by housekeeping while this
+/// one was only late, say) finds it not due and sends nothing.
 async fn attempt(state: &AppState, delivery_id: &str) -> anyhow::Result<()> {
+    let lease = state.config.webhooks.timeout.as_secs_f64() + 60.0;
     let pending: Option<Pending> = sqlx::query_as(
-        "select d.org_id, d.endpoint_id, e.url, e.secret, d.body, d.attempts, e.failing_since is not null as failing
-         from webhook_deliveries d join webhook_endpoints e on e.id = d.endpoint_id
-         where d.id = $1 and d.status = 'pending'",
+        "with leased as (
+             update webhook_deliveries set next_attempt_at = now() + make_interval(secs => $2)
+             where id = $1 and status = 'pending' and next_attempt_at <= now() + interval '5 seconds'
+             returning id, org_id, endpoint_id, body, attempts, event)
+         select d.org_id, d.endpoint_id, e.url, e.secret, d.body, d.attempts, d.event,
+                e.failing_since is not null as failing
+         from leased d join webhook_endpoints e on e.id = d.endpoint_id",
     )
     .bind(delivery_id)
+    .bind(lease)
     .fetch_optional(&state.pool)
     .await?;
     let Some(p) = pending else { return Ok(()) };
@@ -94,7 +104,9 @@ async fn record(state: &AppState, delivery_id: &str, p: &Pending, outcome: &Outc
     let settings = &state.config.webhooks;
     let number = p.attempts + 1;
     let mut tx = state.pool.begin().await?;
-    let retry_in = (!outcome.delivered() && !p.failing)
+    // A test event gets one attempt: its answer is what the admin wants to see, and
+    // one pending test at a time must not hold the next for a day.
+    let retry_in = (!outcome.delivered() && !p.failing && p.event != super::TEST)
         .then(|| settings.retry_schedule.get(p.attempts as usize).copied())
         .flatten();
     let status = match (outcome.delivered(), retry_in) {

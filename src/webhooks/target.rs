@@ -131,7 +131,10 @@ impl Resolve for GuardedResolver {
         let allow_private = self.allow_private;
         Box::pin(async move {
             let host = name.as_str().to_string();
-            let all: Vec<SocketAddr> = tokio::net::lookup_host((host.as_str(), 0)).await?.collect();
+            // A name that does not resolve reads as one that resolves inside: which
+            // internal names exist is not for the attempt log to tell.
+            let all: Vec<SocketAddr> =
+                tokio::net::lookup_host((host.as_str(), 0)).await.map(Iterator::collect).unwrap_or_default();
             let allowed: Vec<SocketAddr> = all.iter().copied().filter(|a| allow_private || is_public(a.ip())).collect();
             if allowed.is_empty() {
                 // The same words whether the name resolved inside or not at all, and

@@ -197,15 +197,15 @@ async fn failures_are_retried_until_success_and_a_hanging_target_gives_up() {
     let api = api(&app, &app.token("admin@acme.test").await);
     let dir = app.storage_dir.join("receiver");
 
-    // Two 500s, then a success: three attempts, one delivery.
+    // Two 500s, then a success: three attempts, one delivery of an export's event.
     let flaky = Receiver::start(&dir, "flaky", &["--fail-first", "2"]);
     let (id, secret) = add_endpoint(&api, &flaky.url()).await;
     flaky.set_secrets(&[&secret]);
-    assert_eq!(api.post(&format!("/orgs/acme/webhooks/{id}/test")).await.status(), 202);
+    export_and_wait(&app, &api).await;
     assert_eq!(wait_for_delivery(&app, &id, "delivered", Duration::from_secs(30)).await, 3);
     let got = flaky.requests();
     assert_eq!(got.iter().map(|r| r["status"].as_i64().unwrap()).collect::<Vec<_>>(), [500, 500, 204]);
-    assert!(got.iter().all(|r| r["valid"] == true && r["event"]["type"] == "webhook.test"));
+    assert!(got.iter().all(|r| r["valid"] == true && r["event"]["type"] == "export.completed"));
     let ids: std::collections::HashSet<&str> = got.iter().map(|r| r["id"].as_str().unwrap()).collect();
     assert_eq!(ids.len(), 1, "every attempt carries the same webhook-id");
     let attempts: Vec<Value> = api.get(&format!("/orgs/acme/webhooks/{id}/attempts")).await.json().await.unwrap();
@@ -217,7 +217,7 @@ async fn failures_are_retried_until_success_and_a_hanging_target_gives_up() {
     let hanging = Receiver::start(&dir, "hanging", &["--hang"]);
     let (hid, hsecret) = add_endpoint(&api, &hanging.url()).await;
     let started = Instant::now();
-    assert_eq!(api.post(&format!("/orgs/acme/webhooks/{hid}/test")).await.status(), 202);
+    export_and_wait(&app, &api).await;
     assert_eq!(wait_for_delivery(&app, &hid, "failed", Duration::from_secs(60)).await, 4);
     let took = started.elapsed();
     let attempts: Vec<Value> = api.get(&format!("/orgs/acme/webhooks/{hid}/attempts")).await.json().await.unwrap();
@@ -369,8 +369,8 @@ async fn a_rotated_secret_signs_at_once_and_a_deleted_endpoint_gets_nothing_more
     let got = receiver.wait_for(1, Duration::from_secs(20)).await;
     assert_eq!(got[0]["verified_by"], 0);
     wait_for_delivery(&app, &id, "delivered", Duration::from_secs(20)).await;
-    // One test event at a time per endpoint.
-    let failing = Receiver::start(&dir, "slow", &["--status", "500"]);
+    // One test event at a time per endpoint (each gets one attempt: here 2 s).
+    let failing = Receiver::start(&dir, "slow", &["--hang"]);
     let (slow, _) = add_endpoint(&api, &failing.url()).await;
     assert_eq!(api.post(&format!("/orgs/acme/webhooks/{slow}/test")).await.status(), 202);
     assert_eq!(api.post(&format!("/orgs/acme/webhooks/{slow}/test")).await.status(), 429, "the first is still pending");
@@ -392,9 +392,14 @@ async fn a_rotated_secret_signs_at_once_and_a_deleted_endpoint_gets_nothing_more
     // A delivery waiting for its retry when its endpoint is deleted is never sent again.
     let failing = Receiver::start(&dir, "deleted", &["--status", "500"]);
     let (gone, _) = add_endpoint(&api, &failing.url()).await;
-    api.post(&format!("/orgs/acme/webhooks/{gone}/test")).await;
+    let created: Value = api.post("/orgs/acme/exports").await.json().await.unwrap();
+    app.wait_for_status(created["id"].as_str().unwrap(), "completed", Duration::from_secs(60)).await;
     failing.wait_for(1, Duration::from_secs(20)).await;
-    assert_eq!(deliveries(&app, &gone).await, [("pending".to_string(), 1)], "a retry is due in 3 s");
+    let started = Instant::now();
+    while deliveries(&app, &gone).await != [("pending".to_string(), 1)] {
+        assert!(started.elapsed() < Duration::from_secs(10), "the first attempt is recorded, a retry due in 3 s");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
     assert_eq!(api.delete(&format!("/orgs/acme/webhooks/{gone}")).await.status(), 204);
     assert_eq!(api.delete(&format!("/orgs/acme/webhooks/{gone}")).await.status(), 404);
     tokio::time::sleep(Duration::from_secs(8)).await;
@@ -536,4 +541,10 @@ async fn housekeeping_queues_a_delivery_or_mail_whose_job_was_lost() {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     assert!(std::fs::read_to_string(&eml).unwrap().contains("Subject: A lost mail"));
+}
+
+/// Starts an export of acme through the API and waits for it to complete.
+async fn export_and_wait(app: &TestApp, api: &Api) {
+    let created: Value = api.post("/orgs/acme/exports").await.json().await.unwrap();
+    app.wait_for_status(created["id"].as_str().unwrap(), "completed", Duration::from_secs(60)).await;
 }
