@@ -85,6 +85,15 @@ pub async fn migrate(pool: &PgPool) -> anyhow::Result<()> {
 
 /// Whether `e` violated the constraint (or unique index) named `name`: the way a
 /// write's named constraint becomes a user-facing answer, such as a conflict.
+/// Ends a keyset page read with `limit + 1` rows: cuts it to `limit` and returns
+/// the last kept row's id (the next page's `before`) when the extra row showed that
+/// older ones remain.
+pub fn keyset_next<T>(rows: &mut Vec<T>, limit: i64, id: impl Fn(&T) -> &str) -> Option<String> {
+    let more = rows.len() as i64 > limit;
+    rows.truncate(limit.max(0) as usize);
+    more.then(|| rows.last().map(|r| id(r).to_string())).flatten()
+}
+
 /// Whether an error is one a retry can clear: a lost connection or pool, a
 /// deadlock or serialization failure (class 40), a lock not available, a
 /// cancelled statement. Anything else (a constraint, a bug) would fail again.

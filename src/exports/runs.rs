@@ -360,9 +360,7 @@ pub async fn page(pool: &PgPool, org_id: i64, limit: i64, before: Option<&Record
     .bind(before.map(RecordId::as_str))
     .fetch_all(pool)
     .await?;
-    let more = runs.len() as i64 > limit;
-    runs.truncate(limit.max(0) as usize);
-    let next = more.then(|| runs.last().map(|r| r.id.clone())).flatten();
+    let next = crate::db::keyset_next(&mut runs, limit, |r| &r.id);
     Ok(Some(Page { runs, next }))
 }
 

@@ -203,9 +203,7 @@ pub async fn page(
             return Ok(None);
         }
     }
-    let more = requests.len() as i64 > limit;
-    requests.truncate(limit.max(0) as usize);
-    let next = more.then(|| requests.last().map(|r| r.id.clone())).flatten();
+    let next = crate::db::keyset_next(&mut requests, limit, |r| &r.id);
     Ok(Some(Page { requests, next }))
 }
 
