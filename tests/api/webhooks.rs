@@ -349,6 +349,13 @@ async fn private_targets_are_refused_when_saved_and_when_resolved_and_redirects_
     assert_eq!(got[0]["path"], "/hook", "the redirect to /elsewhere was not followed");
     let attempts: Vec<Value> = api.get(&format!("/orgs/acme/webhooks/{id}/attempts")).await.json().await.unwrap();
     assert_eq!(attempts[0]["status_code"], 302);
+    let listed: Vec<Value> = api.get("/orgs/acme/webhooks").await.json().await.unwrap();
+    assert!(listed[0]["failing_since"].is_null(), "a failed test marks nothing: {listed:?}");
+    let (mails,): (i64,) = sqlx::query_as("select count(*) from mail_messages where kind = 'webhook'")
+        .fetch_one(app.pool())
+        .await
+        .unwrap();
+    assert_eq!(mails, 0, "and mails no one");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
