@@ -115,8 +115,7 @@ async fn send_test(state: &AppState, org: &OrgCtx, id: &RecordId) -> Result<Stri
     webhooks::get(&state.pool, org.org.id, id.as_str()).await?.ok_or(AppError::NotFound)?;
     if webhooks::test_pending(&state.pool, id.as_str()).await? {
         return Err(AppError::RateLimited(
-            "A test event for this endpoint is still being delivered (or waits for its retry); send the next once it has ended."
-                .into(),
+            "A test event for this endpoint is still being delivered; send the next once its attempt has ended.".into(),
         ));
     }
     let data = serde_json::json!({
