@@ -29,8 +29,7 @@ pub struct Flash {
 /// The history page asked for (`?before=`), its length fixed at
 /// [`views::HISTORY_LIMIT`].
 fn history_cursor(query: Option<&str>) -> Result<Cursor, AppError> {
-    Cursor::parse(query, views::HISTORY_LIMIT, views::HISTORY_LIMIT)
-        .map(|c| Cursor { limit: views::HISTORY_LIMIT, ..c })
+    Cursor::fixed(query, views::HISTORY_LIMIT)
 }
 
 /// One page of the org's history; an id in `before` that is no run of this org is
@@ -150,7 +149,7 @@ async fn history_response(
 /// GET /orgs/{org}/exports/{id}/row: one run's row, what a pending or running row
 /// polls every 2 s.
 pub async fn row(csrf: CsrfToken, AdminRun(org, run): AdminRun) -> AppResult<Response> {
-    Ok(no_store(views::row(viewer(&csrf, &org, &Cursor { limit: views::HISTORY_LIMIT, before: None }), &run)))
+    Ok(no_store(views::row(viewer(&csrf, &org, &Cursor::first(views::HISTORY_LIMIT)), &run)))
 }
 
 /// The run `{id}` of the org in the path, for an org admin with the module on, as

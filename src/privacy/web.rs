@@ -74,7 +74,7 @@ pub async fn show(
 
 /// The page of a history asked for (`?before=`), [`HISTORY_LIMIT`] long.
 fn history_cursor(query: Option<&str>) -> Result<Cursor, AppError> {
-    Cursor::parse(query, HISTORY_LIMIT, HISTORY_LIMIT).map(|c| Cursor { limit: HISTORY_LIMIT, ..c })
+    Cursor::fixed(query, HISTORY_LIMIT)
 }
 
 /// One page of one person's requests (or everyone's); a `before` that is not in
@@ -183,7 +183,7 @@ pub fn history(list: &[Request], retention_days: i32, first_page: bool) -> Marku
 
 /// GET /me/privacy/history: the fragment htmx polls.
 pub async fn history_fragment(CurrentUser(user): CurrentUser, State(state): State<AppState>) -> AppResult<Markup> {
-    let cursor = Cursor { limit: HISTORY_LIMIT, before: None };
+    let cursor = Cursor::first(HISTORY_LIMIT);
     let list = requests_page(&state, Some(user.id), &cursor).await?;
     Ok(history(&list.requests, retention_days(&state).await?, true))
 }
@@ -200,9 +200,7 @@ pub async fn request(
     }
     if !crate::settings::backup::is_ready(&state).await? {
         let msg = "Data exports are paused by the platform at the moment; please try again later.".to_string();
-        let body =
-            member_page(&ctx, &state, user.id, Some((false, msg)), &Cursor { limit: HISTORY_LIMIT, before: None })
-                .await?;
+        let body = member_page(&ctx, &state, user.id, Some((false, msg)), &Cursor::first(HISTORY_LIMIT)).await?;
         return Ok((StatusCode::SERVICE_UNAVAILABLE, body).into_response());
     }
     match requests::create_self(&state.pool, user.id, state.config.export_max_attempts).await? {
@@ -213,7 +211,7 @@ pub async fn request(
             } else {
                 StatusCode::CONFLICT
             };
-            let first = Cursor { limit: HISTORY_LIMIT, before: None };
+            let first = Cursor::first(HISTORY_LIMIT);
             let body = member_page(&ctx, &state, user.id, Some((false, refusal_text(&refusal))), &first).await?;
             Ok((status, body).into_response())
         }
@@ -412,7 +410,7 @@ async fn refuse(
     email: &str,
     reason: &str,
 ) -> AppResult<Response> {
-    let first = Cursor { limit: HISTORY_LIMIT, before: None };
+    let first = Cursor::first(HISTORY_LIMIT);
     let body = platform_page(ctx, state, Some((false, error)), email, reason, &first).await?;
     Ok((status, body).into_response())
 }

@@ -34,6 +34,17 @@ impl Cursor {
         };
         Ok(Self { limit, before })
     }
+
+    /// [`Self::parse`] for a page of fixed length, `limit` (the UI's histories): a
+    /// `limit` in the query is still checked, but the page is always this long.
+    pub fn fixed(query: Option<&str>, limit: i64) -> Result<Self, AppError> {
+        Self::parse(query, limit, limit).map(|c| Self { limit, ..c })
+    }
+
+    /// The first page, `limit` long.
+    pub fn first(limit: i64) -> Self {
+        Self { limit, before: None }
+    }
 }
 
 #[cfg(test)]
