@@ -339,16 +339,6 @@ pub struct Page {
 /// run `before` (keyset paging on `(created_at, id)`, so runs created meanwhile
 /// shift nothing). `None` when `before` is not a run of this org.
 pub async fn page(pool: &PgPool, org_id: i64, limit: i64, before: Option<&RecordId>) -> sqlx::Result<Option<Page>> {
-    if let Some(before) = before {
-        let known: bool = sqlx::query_scalar("select exists (select 1 from export_runs where id = $1 and org_id = $2)")
-            .bind(before.as_str())
-            .bind(org_id)
-            .fetch_one(pool)
-            .await?;
-        if !known {
-            return Ok(None);
-        }
-    }
     let mut runs: Vec<Run> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
         "{SELECT} where r.org_id = $1
            and ($3::text is null
@@ -360,6 +350,17 @@ pub async fn page(pool: &PgPool, org_id: i64, limit: i64, before: Option<&Record
     .bind(before.map(RecordId::as_str))
     .fetch_all(pool)
     .await?;
+    if let (true, Some(before)) = (runs.is_empty(), before) {
+        // Nothing older, or no such run of this org: only the second is an error.
+        let known: bool = sqlx::query_scalar("select exists (select 1 from export_runs where id = $1 and org_id = $2)")
+            .bind(before.as_str())
+            .bind(org_id)
+            .fetch_one(pool)
+            .await?;
+        if !known {
+            return Ok(None);
+        }
+    }
     let next = crate::db::keyset_next(&mut runs, limit, |r| &r.id);
     Ok(Some(Page { runs, next }))
 }
@@ -502,11 +503,16 @@ async fn announce_in_savepoint(
     org_id: i64,
     id: &str,
 ) -> anyhow::Result<()> {
+    let (slug, name, slot): (String, String, Option<DateTime<Utc>>) = sqlx::query_as(
+        "select o.slug, o.name, r.scheduled_for from organizations o join export_runs r on r.org_id = o.id
+         where r.id = $1",
+    )
+    .bind(id)
+    .fetch_one(&mut **tx)
+    .await?;
     let mut savepoint = sqlx::Acquire::begin(&mut **tx).await?;
-    let result = announce(&mut savepoint, public_url, org_id, id).await;
+    let result = announce(&mut savepoint, public_url, org_id, id, &slug, &name).await;
     crate::db::settle_savepoint(savepoint, result, "the export's notifications").await?;
-    let slot: Option<DateTime<Utc>> =
-        sqlx::query_scalar("select scheduled_for from export_runs where id = $1").bind(id).fetch_one(&mut **tx).await?;
     if let Some(slot) = slot {
         let mut savepoint = sqlx::Acquire::begin(&mut **tx).await?;
         let result = slot_digest(&mut savepoint, public_url, slot).await;
@@ -521,22 +527,23 @@ async fn announce_in_savepoint(
 ///   API shows it to the org (never a download URL, never the platform admins'
 ///   error detail);
 /// - the org's admins get an email linking to the history (unless switched off).
-async fn announce(tx: &mut sqlx::PgConnection, public_url: &str, org_id: i64, id: &str) -> anyhow::Result<()> {
+async fn announce(
+    tx: &mut sqlx::PgConnection,
+    public_url: &str,
+    org_id: i64,
+    id: &str,
+    slug: &str,
+    name: &str,
+) -> anyhow::Result<()> {
     let run: Run =
         sqlx::query_as(sqlx::AssertSqlSafe(format!("{SELECT} where r.id = $1"))).bind(id).fetch_one(&mut *tx).await?;
-    let (slug, name): (String, String) = sqlx::query_as(
-        "select o.slug, o.name from organizations o join export_runs r on r.org_id = o.id where r.id = $1",
-    )
-    .bind(id)
-    .fetch_one(&mut *tx)
-    .await?;
     let completed = run.status == RunStatus::Completed;
     let mut data = run.api_json(false);
     data["org"] = serde_json::json!(slug);
     let event = if completed { crate::webhooks::EXPORT_COMPLETED } else { crate::webhooks::EXPORT_FAILED };
     crate::webhooks::enqueue(tx, org_id, event, &data, None).await?;
 
-    let message = export_mail(public_url, &run, &slug, &name);
+    let message = export_mail(public_url, &run, slug, name);
     for admin in crate::mail::org_admins(tx, org_id).await? {
         crate::mail::enqueue(tx, admin, &message).await?;
     }
