@@ -46,6 +46,10 @@ pub enum Command {
         /// Write the .json.gz here instead of the org's bucket (records no run).
         #[arg(long)]
         out: Option<PathBuf>,
+        /// With --out: print where each stage of the pipeline spent its time (a
+        /// table and a chart) to standard error.
+        #[arg(long, requires = "out")]
+        timeline: bool,
     },
     /// Apply retention to completed scheduled exports (or, with --dry-run, list what
     /// each rule keeps and what would be removed).
@@ -155,7 +159,7 @@ pub async fn run(cli: Cli, config: Config) -> anyhow::Result<()> {
             }
             Ok(())
         }
-        Command::Export { org, out } => export(config, &org, out).await,
+        Command::Export { org, out, timeline } => export(config, &org, out, timeline).await,
         Command::Prune { dry_run, org } => {
             let slug = match &org {
                 Some(o) => Some(OrgSlug::parse(o).with_context(|| format!("{o:?} is not a valid org slug"))?),
@@ -243,7 +247,7 @@ async fn prune(services: &Services, slug: Option<&OrgSlug>, dry_run: bool) -> an
     Ok(())
 }
 
-async fn export(config: Config, org: &str, out: Option<PathBuf>) -> anyhow::Result<()> {
+async fn export(config: Config, org: &str, out: Option<PathBuf>, timeline: bool) -> anyhow::Result<()> {
     let slug = OrgSlug::parse(org).with_context(|| format!("{org:?} is not a valid org slug"))?;
     if let Some(path) = &out {
         let parent = path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(std::path::Path::new("."));
@@ -252,7 +256,7 @@ async fn export(config: Config, org: &str, out: Option<PathBuf>) -> anyhow::Resu
         }
     }
     let services = Services::start(config).await?;
-    let result = export_with(&services, &slug, out).await;
+    let result = export_with(&services, &slug, out, timeline).await;
     services.shutdown().await;
     let summary = result?;
     let mut stdout = std::io::stdout();
@@ -260,7 +264,12 @@ async fn export(config: Config, org: &str, out: Option<PathBuf>) -> anyhow::Resu
     Ok(())
 }
 
-async fn export_with(services: &Services, slug: &OrgSlug, out: Option<PathBuf>) -> anyhow::Result<serde_json::Value> {
+async fn export_with(
+    services: &Services,
+    slug: &OrgSlug,
+    out: Option<PathBuf>,
+    timeline: bool,
+) -> anyhow::Result<serde_json::Value> {
     let state = &services.state;
     let org = crate::orgs::find_by_slug(&state.pool, slug.as_str()).await?;
     let org = org.with_context(|| format!("no organization with slug {:?}", slug.as_str()))?;
@@ -272,9 +281,13 @@ async fn export_with(services: &Services, slug: &OrgSlug, out: Option<PathBuf>) 
             let (progress, _rx) = watch::channel(0);
             let upload = Sink::File(path.clone()).start().await?;
             let outcome = snapshot.write(&id, upload, &progress).await?;
+            if timeline {
+                eprint!("{}", outcome.timeline);
+            }
             Ok(serde_json::json!({
                 "id": id, "org": org.slug, "file": path, "rows": outcome.rows, "bytes": outcome.size_bytes,
                 "sha256": outcome.sha256, "seconds": (outcome.seconds * 1000.0).round() / 1000.0,
+                "stages": outcome.timeline.to_json(),
             }))
         }
         None => {

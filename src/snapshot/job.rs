@@ -329,6 +329,7 @@ async fn write<L: Lease>(lease: &L, state: &AppState, record: &L::Record, attemp
         rows = outcome.rows,
         bytes = outcome.size_bytes,
         seconds = outcome.seconds,
+        stages = outcome.timeline.summary(),
         "completed"
     );
     Ok(())

@@ -8,14 +8,20 @@
 //!
 //! ```text
 //! PostgreSQL (binary COPY of plain columns) -> [COPY batches, bounded]
-//!   -> JSON rows (render thread) -> [raw chunks, bounded]
-//!   -> gzip + SHA-256 (compress thread) -> [parts of PART_SIZE, bounded]
+//!   -> JSON rows (render thread) -> [raw chunks, bounded, dealt in turn]
+//!   -> deflate (COMPRESS_THREADS threads, one chunk each) -> [compressed blocks, bounded]
+//!   -> gzip member + SHA-256 (gzip thread, blocks in order) -> [parts of PART_SIZE, bounded]
 //!   -> sink: S3 multipart upload (PARTS_IN_FLIGHT at once) or a local file
 //! ```
 //!
 //! The async reader only moves bytes; the CPU work (rendering, compressing) runs on
-//! two threads of its own at a lowered priority, off the runtime that serves web
-//! requests.
+//! threads of its own at a lowered priority, off the runtime that serves web
+//! requests. Compression is split the way `pigz` splits it: each chunk is deflated
+//! on its own, with the 32 KiB before it as its dictionary and ending on a byte
+//! boundary (a sync flush), so the blocks joined in order are one deflate stream, and
+//! the gzip thread writes them as one gzip member with the CRC-32 of the whole
+//! (combined from the blocks'). Each stage keeps a [`StageClock`]; the [`Outcome`]'s
+//! [`Timeline`] shows where they waited on each other.
 //!
 //! Nothing is published until everything succeeded: the multipart upload is
 //! completed (or the temp file renamed) last, and aborted (or removed) on any error.
@@ -32,7 +38,7 @@ use std::{
 use anyhow::Context;
 use bytes::Bytes;
 use chrono::{DateTime, SecondsFormat, Utc};
-use flate2::{Compression, write::GzEncoder};
+use flate2::{Compress, Compression, FlushCompress};
 use futures::StreamExt;
 use sha2::{Digest, Sha256};
 use sqlx::{Column, Executor, PgPool, Postgres, Statement, Transaction};
@@ -43,6 +49,7 @@ use super::{
     copy_binary::CopyDecoder,
     row_json::{Render, RowFormat},
     sink::SinkUpload,
+    timeline::{StageClock, StageTime, Timeline, Wait},
 };
 
 /// Binary COPY bytes are handed to the renderer in batches of about this size.
@@ -51,8 +58,16 @@ pub const COPY_BATCH: usize = 256 * 1024;
 pub const COPY_QUEUE: usize = 4;
 /// Raw JSON is handed to the compressor in chunks of about this size.
 pub const RAW_CHUNK: usize = 256 * 1024;
-/// Raw chunks waiting for the compressor.
-pub const RAW_QUEUE: usize = 4;
+/// Raw chunks waiting for each compressing thread.
+pub const RAW_QUEUE: usize = 2;
+/// Threads deflating chunks side by side. Two keep both cores of a small machine busy
+/// while PostgreSQL and the renderer run; the output does not depend on the number.
+pub const COMPRESS_THREADS: usize = 2;
+/// Compressed blocks waiting for the gzip thread, per compressing thread.
+pub const BLOCK_QUEUE: usize = 2;
+/// The deflate window: each chunk is compressed with the bytes before it, up to this
+/// many, as its dictionary, so splitting costs almost nothing in size.
+const WINDOW: usize = 32 * 1024;
 /// Compressed parts waiting for the sink.
 pub const PART_QUEUE: usize = 1;
 /// The gzip level. zlib-rs at 5 compresses about 40% faster than at 6, and its output is
@@ -67,13 +82,15 @@ pub struct Outcome {
     pub rows: i64,
     pub seconds: f64,
     pub buffers: Buffers,
+    /// Where each stage spent its time.
+    pub timeline: Timeline,
 }
 
 /// What the pipeline held in memory: how many COPY batches, raw chunks and
 /// compressed parts it made, and the largest of each. With the bounded queues these
-/// bound its memory (at most `COPY_QUEUE + 2` batches, `RAW_QUEUE + 2` chunks and
-/// `PART_QUEUE + 2` parts plus the uploads in flight exist at once), whatever the
-/// org's size.
+/// bound its memory (at most `COPY_QUEUE + 2` batches, `COMPRESS_THREADS *
+/// (RAW_QUEUE + BLOCK_QUEUE + 1) + 1` chunks or their blocks and `PART_QUEUE + 2`
+/// parts plus the uploads in flight exist at once), whatever the org's size.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct Buffers {
     pub batches: u64,
@@ -303,38 +320,79 @@ impl Snapshot {
     ) -> anyhow::Result<Outcome> {
         let started = Instant::now();
         let (piece_tx, piece_rx) = mpsc::channel::<Piece>(COPY_QUEUE);
-        let (raw_tx, raw_rx) = mpsc::channel::<Vec<u8>>(RAW_QUEUE);
+        let (block_txs, block_rxs): (Vec<_>, Vec<_>) =
+            (0..COMPRESS_THREADS).map(|_| mpsc::channel::<Block>(RAW_QUEUE)).unzip();
+        let (done_txs, done_rxs): (Vec<_>, Vec<_>) =
+            (0..COMPRESS_THREADS).map(|_| mpsc::channel::<Deflated>(BLOCK_QUEUE)).unzip();
         let (part_tx, part_rx) = mpsc::channel::<Bytes>(PART_QUEUE);
         let part_size = super::sink::PART_SIZE;
         let rows_done = Arc::new(AtomicI64::new(self.head_rows()));
         let renderer = background_thread("dx-render", {
             let rows_done = rows_done.clone();
-            move || render(piece_rx, raw_tx, &rows_done)
+            move || render(piece_rx, block_txs, &rows_done, StageClock::on_this_thread("render", started))
         })?;
-        let compressor = background_thread("dx-compress", move || compress(raw_rx, part_tx, part_size))?;
-        let uploader = tokio::spawn(upload.consume(part_rx));
-        let read = self.produce(export_id, piece_tx, progress, &rows_done).await;
+        let mut deflaters = Vec::with_capacity(COMPRESS_THREADS);
+        for (i, (blocks, done)) in block_rxs.into_iter().zip(done_txs).enumerate() {
+            let clock = move || StageClock::on_this_thread(format!("deflate {}", i + 1), started);
+            deflaters.push(background_thread("dx-deflate", move || deflate(blocks, done, clock()))?);
+        }
+        let gzip = background_thread("dx-gzip", move || {
+            join_member(done_rxs, part_tx, part_size, StageClock::on_this_thread("gzip", started))
+        })?;
+        let sink_clock = StageClock::new(if upload.upload_id().is_some() { "upload" } else { "write" }, started);
+        let uploader = tokio::spawn(upload.consume(part_rx, sink_clock));
+        let read = self.produce(export_id, piece_tx, progress, &rows_done, StageClock::new("read", started)).await;
         // A panicked stage is an error like any other, so the abort path still runs.
-        let rendered = renderer.await.unwrap_or_else(|_| Err(anyhow::anyhow!("the renderer stopped")));
-        let compressed = compressor.await.unwrap_or_else(|_| Err(anyhow::anyhow!("the compressor stopped")));
-        let uploaded = uploader.await.unwrap_or_else(|e| Err(anyhow::anyhow!("the upload task stopped: {e}")));
+        let stopped = |what: &str| anyhow::anyhow!("the {what} stopped");
+        let rendered = renderer.await.unwrap_or_else(|_| Err(stopped("renderer")));
+        let mut deflated = Vec::with_capacity(deflaters.len());
+        for d in deflaters {
+            deflated.push(d.await.unwrap_or_else(|_| Err(stopped("compressor"))));
+        }
+        let compressed = gzip.await.unwrap_or_else(|_| Err(stopped("compressor")));
+        let (uploaded, sink_clock) = match uploader.await {
+            Ok((result, clock)) => (result, Some(clock)),
+            Err(e) => (Err(anyhow::anyhow!("the upload task stopped: {e}")), None),
+        };
         if let Ok(rendered) = &rendered {
             progress.send_replace(rendered.rows);
         }
         // The first real error wins; channel closures are only its echo.
         // It is returned as it is, so callers can still tell where it came from (the
         // storage endpoint, the database).
-        let errors = [uploaded.as_ref().err(), read.as_ref().err(), rendered.as_ref().err(), compressed.as_ref().err()];
+        let mut deflate_times = Vec::with_capacity(deflated.len());
+        let mut deflate_errors = Vec::new();
+        for d in deflated {
+            match d {
+                Ok(time) => deflate_times.push(time),
+                Err(e) => deflate_errors.push(e),
+            }
+        }
+        let deflated: anyhow::Result<()> = match deflate_errors.iter().position(|e| !is_downstream(e)) {
+            Some(i) => Err(deflate_errors.swap_remove(i)),
+            None => deflate_errors.pop().map_or(Ok(()), Err),
+        };
+        let errors = [
+            uploaded.as_ref().err(),
+            read.as_ref().err(),
+            rendered.as_ref().err(),
+            deflated.as_ref().err(),
+            compressed.as_ref().err(),
+        ];
         let failure = errors
             .iter()
             .position(|e| e.is_some_and(|e| !is_downstream(e)))
             .or_else(|| errors.iter().position(Option::is_some));
         match (failure, read, rendered, compressed, uploaded) {
-            (None, Ok(batches), Ok(rendered), Ok((size_bytes, sha256, (parts, max_part_bytes))), Ok(pending)) => {
-                pending.complete(size_bytes, &sha256).await?;
+            (None, Ok((batches, read_time)), Ok(rendered), Ok(joined), Ok(pending)) => {
+                pending.complete(joined.size, &joined.sha256).await?;
+                let mut stages = vec![read_time, rendered.time];
+                stages.extend(deflate_times);
+                stages.push(joined.time);
+                stages.extend(sink_clock.map(StageClock::finish));
                 Ok(Outcome {
-                    size_bytes,
-                    sha256,
+                    size_bytes: joined.size,
+                    sha256: joined.sha256,
                     rows: rendered.rows,
                     seconds: started.elapsed().as_secs_f64(),
                     buffers: Buffers {
@@ -342,9 +400,10 @@ impl Snapshot {
                         max_batch_bytes: batches.1,
                         chunks: rendered.chunks,
                         max_chunk_bytes: rendered.max_chunk,
-                        parts,
-                        max_part_bytes,
+                        parts: joined.parts,
+                        max_part_bytes: joined.largest,
                     },
+                    timeline: Timeline { wall: started.elapsed(), stages },
                 })
             }
             (failure, read, rendered, compressed, uploaded) => {
@@ -355,7 +414,7 @@ impl Snapshot {
                     }
                     Err(e) => Some(e),
                 };
-                let mut errors = [uploaded, read.err(), rendered.err(), compressed.err()];
+                let mut errors = [uploaded, read.err(), rendered.err(), deflated.err(), compressed.err()];
                 Err(failure.and_then(|i| errors[i].take()).unwrap_or_else(|| anyhow::anyhow!("the export failed")))
             }
         }
@@ -363,35 +422,45 @@ impl Snapshot {
 
     /// Reads the snapshot, section by section, and hands the renderer the JSON text
     /// between rows and each section's binary COPY bytes in batches of about
-    /// [`COPY_BATCH`]. Returns the batches made and the largest.
+    /// [`COPY_BATCH`]. Returns the batches made and the largest, and its time.
     async fn produce(
         mut self,
         export_id: &str,
         out: mpsc::Sender<Piece>,
         progress: &watch::Sender<i64>,
         rows_done: &AtomicI64,
-    ) -> anyhow::Result<(u64, usize)> {
+        mut clock: StageClock,
+    ) -> anyhow::Result<((u64, usize), StageTime)> {
         // Waits while the renderer is behind: this is the back-pressure.
-        let send = |piece| async { out.send(piece).await.map_err(|_| anyhow::Error::new(Downstream)) };
+        async fn send(out: &mpsc::Sender<Piece>, clock: &mut StageClock, piece: Piece) -> anyhow::Result<()> {
+            let from = Instant::now();
+            let sent = out.send(piece).await.map_err(|_| anyhow::Error::new(Downstream));
+            clock.record(Wait::Out, from, Instant::now());
+            sent
+        }
         let (mut batches, mut largest) = (0u64, 0usize);
-        send(Piece::Text(self.header(export_id).into_bytes())).await?;
+        send(&out, &mut clock, Piece::Text(self.header(export_id).into_bytes())).await?;
         progress.send_replace(rows_done.load(Ordering::Relaxed));
         for (i, (table, plan, expected)) in std::mem::take(&mut self.sections).into_iter().enumerate() {
             // A lead section came first, in the header.
             let comma = if i == 0 && self.header.lead.is_none() { "" } else { "," };
-            send(Piece::Text(format!("{comma}\n\"{table}\":[").into_bytes())).await?;
+            send(&out, &mut clock, Piece::Text(format!("{comma}\n\"{table}\":[").into_bytes())).await?;
             let mut stream = self.tx.copy_out_raw(&plan.copy).await.with_context(|| format!("reading {table}"))?;
-            send(Piece::Section { name: table.clone(), row: plan.row, expected }).await?;
+            send(&out, &mut clock, Piece::Section { name: table.clone(), row: plan.row, expected }).await?;
             let mut batch = Vec::with_capacity(COPY_BATCH);
             loop {
-                let next = stream.next().await.transpose().with_context(|| format!("reading {table}"))?;
+                let next = next_waited(&mut stream, &mut clock)
+                    .await
+                    .transpose()
+                    .with_context(|| format!("reading {table}"))?;
                 if let Some(bytes) = &next {
                     batch.extend_from_slice(bytes);
                 }
                 if batch.len() >= COPY_BATCH || (next.is_none() && !batch.is_empty()) {
                     batches += 1;
                     largest = largest.max(batch.len());
-                    send(Piece::Copy(std::mem::replace(&mut batch, Vec::with_capacity(COPY_BATCH)))).await?;
+                    let full = std::mem::replace(&mut batch, Vec::with_capacity(COPY_BATCH));
+                    send(&out, &mut clock, Piece::Copy(full)).await?;
                     progress.send_replace(rows_done.load(Ordering::Relaxed));
                 }
                 if next.is_none() {
@@ -399,12 +468,17 @@ impl Snapshot {
                 }
             }
             drop(stream);
-            send(Piece::End).await?;
+            send(&out, &mut clock, Piece::End).await?;
         }
-        send(Piece::Text(b"\n}}\n".to_vec())).await?;
+        send(&out, &mut clock, Piece::Text(b"\n}}\n".to_vec())).await?;
         self.tx.commit().await?;
-        Ok((batches, largest))
+        Ok(((batches, largest), clock.finish()))
     }
+}
+
+/// The stream's next item; the time it had to wait for one counts as waiting on input.
+async fn next_waited<S: futures::Stream + Unpin>(stream: &mut S, clock: &mut StageClock) -> Option<S::Item> {
+    std::future::poll_fn(|cx| clock.observe_input(stream.poll_next_unpin(cx))).await
 }
 
 /// What the reader hands the renderer, in order.
@@ -424,6 +498,7 @@ struct Rendered {
     rows: i64,
     chunks: u64,
     max_chunk: usize,
+    time: StageTime,
 }
 
 /// The section being rendered.
@@ -435,18 +510,26 @@ struct Open {
     written: i64,
 }
 
-/// Turns the reader's pieces into JSON, in chunks of about [`RAW_CHUNK`] for the
-/// compressor, checking each section's rows against its count. `rows_done` follows
-/// the rows written, for progress.
+/// Turns the reader's pieces into JSON, in chunks of about [`RAW_CHUNK`] dealt to
+/// the compressing threads in turn, checking each section's rows against its count.
+/// `rows_done` follows the rows written, for progress.
 fn render(
     mut pieces: mpsc::Receiver<Piece>,
-    out: mpsc::Sender<Vec<u8>>,
+    outs: Vec<mpsc::Sender<Block>>,
     rows_done: &AtomicI64,
+    clock: StageClock,
 ) -> anyhow::Result<Rendered> {
-    let mut w = ChunkWriter { buf: Vec::with_capacity(RAW_CHUNK), out, chunks: 0, max_chunk: 0 };
+    let mut w = ChunkWriter {
+        buf: Vec::with_capacity(RAW_CHUNK),
+        outs,
+        window: Vec::with_capacity(WINDOW),
+        chunks: 0,
+        max_chunk: 0,
+        clock,
+    };
     let mut rows = rows_done.load(Ordering::Relaxed);
     let mut open: Option<Open> = None;
-    while let Some(piece) = pieces.blocking_recv() {
+    while let Some(piece) = w.clock.wait(Wait::In, || pieces.blocking_recv()) {
         match piece {
             Piece::Text(text) => w.buf.extend_from_slice(&text),
             Piece::Section { name, row, expected } => {
@@ -482,7 +565,7 @@ fn render(
     }
     anyhow::ensure!(open.is_none(), "the snapshot ended inside a section");
     w.flush()?;
-    Ok(Rendered { rows, chunks: w.chunks, max_chunk: w.max_chunk })
+    Ok(Rendered { rows, chunks: w.chunks, max_chunk: w.max_chunk, time: w.clock.finish() })
 }
 
 /// A downstream stage went away; the real error is that stage's.
@@ -494,12 +577,31 @@ fn is_downstream(e: &anyhow::Error) -> bool {
     e.downcast_ref::<Downstream>().is_some()
 }
 
-/// Gathers JSON into chunks of about [`RAW_CHUNK`] for the compressor.
+/// A chunk of JSON to deflate, with the bytes before it (up to [`WINDOW`]) as its
+/// dictionary.
+struct Block {
+    raw: Vec<u8>,
+    dictionary: Vec<u8>,
+}
+
+/// A deflated [`Block`]: raw deflate ending on a byte boundary, with the CRC-32 and
+/// length of its input.
+struct Deflated {
+    data: Vec<u8>,
+    crc: crc32fast::Hasher,
+    raw_len: u64,
+}
+
+/// Gathers JSON into chunks of about [`RAW_CHUNK`] and deals them to the compressing
+/// threads in turn.
 struct ChunkWriter {
     buf: Vec<u8>,
-    out: mpsc::Sender<Vec<u8>>,
+    outs: Vec<mpsc::Sender<Block>>,
+    /// The last [`WINDOW`] bytes handed over.
+    window: Vec<u8>,
     chunks: u64,
     max_chunk: usize,
+    clock: StageClock,
 }
 
 impl ChunkWriter {
@@ -510,15 +612,123 @@ impl ChunkWriter {
     }
 
     fn flush(&mut self) -> anyhow::Result<()> {
-        if !self.buf.is_empty() {
-            let chunk = std::mem::replace(&mut self.buf, Vec::with_capacity(RAW_CHUNK));
-            self.chunks += 1;
-            self.max_chunk = self.max_chunk.max(chunk.len());
-            // Waits while the compressor is behind: this is the back-pressure.
-            self.out.blocking_send(chunk).map_err(|_| Downstream)?;
+        if self.buf.is_empty() {
+            return Ok(());
         }
+        let raw = std::mem::replace(&mut self.buf, Vec::with_capacity(RAW_CHUNK));
+        let mut window = Vec::with_capacity(WINDOW);
+        let kept = WINDOW.saturating_sub(raw.len()).min(self.window.len());
+        window.extend_from_slice(&self.window[self.window.len() - kept..]);
+        window.extend_from_slice(&raw[raw.len().saturating_sub(WINDOW)..]);
+        let dictionary = std::mem::replace(&mut self.window, window);
+        let out = &self.outs[(self.chunks % self.outs.len() as u64) as usize];
+        self.chunks += 1;
+        self.max_chunk = self.max_chunk.max(raw.len());
+        // Waits while that compressor is behind: this is the back-pressure.
+        self.clock.wait(Wait::Out, || out.blocking_send(Block { raw, dictionary })).map_err(|_| Downstream)?;
         Ok(())
     }
+}
+
+/// Deflates the blocks it is dealt, each on its own (see the module's notes), and
+/// passes them on in the order they came.
+fn deflate(
+    mut blocks: mpsc::Receiver<Block>,
+    out: mpsc::Sender<Deflated>,
+    mut clock: StageClock,
+) -> anyhow::Result<StageTime> {
+    let mut deflater = Compress::new(Compression::new(GZIP_LEVEL), false);
+    while let Some(block) = clock.wait(Wait::In, || blocks.blocking_recv()) {
+        deflater.reset();
+        if !block.dictionary.is_empty() {
+            deflater.set_dictionary(&block.dictionary).context("setting a block's dictionary")?;
+        }
+        let mut data = Vec::with_capacity(block.raw.len() / 4 + 64);
+        deflate_block(&mut deflater, &block.raw, &mut data)?;
+        let mut crc = crc32fast::Hasher::new();
+        crc.update(&block.raw);
+        let deflated = Deflated { data, crc, raw_len: block.raw.len() as u64 };
+        clock.wait(Wait::Out, || out.blocking_send(deflated)).map_err(|_| Downstream)?;
+    }
+    Ok(clock.finish())
+}
+
+/// Deflates `raw` into `out`, ending with a sync flush: every byte of input is in the
+/// output, which ends on a byte boundary, and the stream is not finished.
+fn deflate_block(deflater: &mut Compress, raw: &[u8], out: &mut Vec<u8>) -> anyhow::Result<()> {
+    let start = deflater.total_in();
+    loop {
+        if out.capacity() - out.len() < 1024 {
+            out.reserve(out.capacity().max(4096));
+        }
+        let consumed = (deflater.total_in() - start) as usize;
+        deflater.compress_vec(&raw[consumed..], out, FlushCompress::Sync).context("deflating a block")?;
+        // The flush is complete once all input is taken and output room was left over.
+        if (deflater.total_in() - start) as usize == raw.len() && out.len() < out.capacity() {
+            return Ok(());
+        }
+    }
+}
+
+/// The gzip member's header: deflate, no name, no time, unknown OS (as flate2 writes it).
+const GZIP_HEADER: [u8; 10] = [0x1f, 0x8b, 8, 0, 0, 0, 0, 0, 0, 0xff];
+/// A final, empty, fixed-Huffman deflate block: ends the stream after the last sync flush.
+const DEFLATE_END: [u8; 2] = [0x03, 0x00];
+
+/// What the gzip thread made.
+struct Joined {
+    size: u64,
+    sha256: String,
+    parts: u64,
+    largest: usize,
+    time: StageTime,
+}
+
+/// Writes the gzip member: the header, the deflated blocks in the order they were
+/// dealt (from each compressing thread in turn), the end of the deflate stream and
+/// the trailer (CRC-32 and length of the whole JSON), into parts of `part_size`,
+/// hashing with SHA-256 as it goes.
+fn join_member(
+    mut blocks: Vec<mpsc::Receiver<Deflated>>,
+    parts: mpsc::Sender<Bytes>,
+    part_size: usize,
+    clock: StageClock,
+) -> anyhow::Result<Joined> {
+    let mut w = PartWriter {
+        buf: Vec::with_capacity(part_size),
+        part_size,
+        parts,
+        hasher: Sha256::new(),
+        size: 0,
+        made: 0,
+        largest: 0,
+        clock,
+    };
+    w.write_all(&GZIP_HEADER).map_err(io_to_anyhow)?;
+    let (mut crc, mut length) = (crc32fast::Hasher::new(), 0u64);
+    // Block i came from thread i % n; the first thread with nothing more is the end,
+    // since blocks are dealt in turn. A thread that failed ends early too: its error
+    // fails the snapshot before anything is published.
+    let n = blocks.len();
+    for i in 0.. {
+        let from = &mut blocks[i % n];
+        let Some(block) = w.clock.wait(Wait::In, || from.blocking_recv()) else { break };
+        crc.combine(&block.crc);
+        length += block.raw_len;
+        w.write_all(&block.data).map_err(io_to_anyhow)?;
+    }
+    w.write_all(&DEFLATE_END).map_err(io_to_anyhow)?;
+    w.write_all(&crc.finalize().to_le_bytes()).map_err(io_to_anyhow)?;
+    // ISIZE is the length modulo 2^32.
+    w.write_all(&(length as u32).to_le_bytes()).map_err(io_to_anyhow)?;
+    w.send_part()?;
+    Ok(Joined {
+        size: w.size,
+        sha256: hex::encode(w.hasher.finalize()),
+        parts: w.made,
+        largest: w.largest,
+        time: w.clock.finish(),
+    })
 }
 
 /// Nice value of the renderer's and the compressor's threads: an export is background work, so the
@@ -562,31 +772,6 @@ fn lower_this_threads_priority(nice: i32) {
     let _ = nice;
 }
 
-/// Gzips raw chunks into parts of `part_size`; returns (compressed size, SHA-256
-/// hex, (parts made, largest part)).
-fn compress(
-    mut raw: mpsc::Receiver<Vec<u8>>,
-    parts: mpsc::Sender<Bytes>,
-    part_size: usize,
-) -> anyhow::Result<(u64, String, (u64, usize))> {
-    let writer = PartWriter {
-        buf: Vec::with_capacity(part_size),
-        part_size,
-        parts,
-        hasher: Sha256::new(),
-        size: 0,
-        made: 0,
-        largest: 0,
-    };
-    let mut gz = GzEncoder::new(writer, Compression::new(GZIP_LEVEL));
-    while let Some(chunk) = raw.blocking_recv() {
-        gz.write_all(&chunk).map_err(io_to_anyhow)?;
-    }
-    let mut writer = gz.finish().map_err(io_to_anyhow)?;
-    writer.send_part()?;
-    Ok((writer.size, hex::encode(writer.hasher.finalize()), (writer.made, writer.largest)))
-}
-
 fn io_to_anyhow(e: std::io::Error) -> anyhow::Error {
     if e.get_ref().is_some_and(|inner| inner.is::<Downstream>()) { Downstream.into() } else { e.into() }
 }
@@ -599,6 +784,7 @@ struct PartWriter {
     size: u64,
     made: u64,
     largest: usize,
+    clock: StageClock,
 }
 
 impl PartWriter {
@@ -609,7 +795,8 @@ impl PartWriter {
         let part = std::mem::replace(&mut self.buf, Vec::with_capacity(self.part_size));
         self.made += 1;
         self.largest = self.largest.max(part.len());
-        self.parts.blocking_send(Bytes::from(part)).map_err(|_| Downstream)?;
+        let parts = &self.parts;
+        self.clock.wait(Wait::Out, || parts.blocking_send(Bytes::from(part))).map_err(|_| Downstream)?;
         Ok(())
     }
 }
@@ -634,7 +821,90 @@ impl Write for PartWriter {
 
 #[cfg(test)]
 mod tests {
+    use std::io::Read;
+
     use super::*;
+
+    /// `data` through the chunk writer, the compressing threads and the gzip thread,
+    /// in chunks of `chunk` bytes; returns the file and its SHA-256.
+    fn gzip_in_blocks(data: &[u8], chunk: usize) -> (Vec<u8>, String) {
+        let origin = Instant::now();
+        let (block_txs, block_rxs): (Vec<_>, Vec<_>) =
+            (0..COMPRESS_THREADS).map(|_| mpsc::channel::<Block>(RAW_QUEUE)).unzip();
+        let (done_txs, done_rxs): (Vec<_>, Vec<_>) =
+            (0..COMPRESS_THREADS).map(|_| mpsc::channel::<Deflated>(BLOCK_QUEUE)).unzip();
+        let (part_tx, mut part_rx) = mpsc::channel::<Bytes>(PART_QUEUE);
+        let deflaters: Vec<_> = block_rxs
+            .into_iter()
+            .zip(done_txs)
+            .map(|(b, d)| std::thread::spawn(move || deflate(b, d, StageClock::new("deflate", origin))))
+            .collect();
+        let joiner =
+            std::thread::spawn(move || join_member(done_rxs, part_tx, 1 << 20, StageClock::new("gzip", origin)));
+        let collector = std::thread::spawn(move || {
+            let mut file = Vec::new();
+            while let Some(part) = part_rx.blocking_recv() {
+                assert!(part.len() <= 1 << 20);
+                file.extend_from_slice(&part);
+            }
+            file
+        });
+        let mut w = ChunkWriter {
+            buf: Vec::new(),
+            outs: block_txs,
+            window: Vec::new(),
+            chunks: 0,
+            max_chunk: 0,
+            clock: StageClock::new("render", origin),
+        };
+        for piece in data.chunks(chunk) {
+            w.buf.extend_from_slice(piece);
+            w.flush().unwrap();
+        }
+        drop(w);
+        for d in deflaters {
+            d.join().unwrap().unwrap();
+        }
+        let joined = joiner.join().unwrap().unwrap();
+        let file = collector.join().unwrap();
+        assert_eq!(joined.size, file.len() as u64);
+        (file, joined.sha256)
+    }
+
+    #[test]
+    fn blocks_deflated_apart_make_one_gzip_member_of_the_same_bytes() {
+        // JSON-like rows with repeats across chunk boundaries, and some noise.
+        let mut data = Vec::new();
+        let mut x = 12345u64;
+        for i in 0..60_000 {
+            x = x.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+            data.extend_from_slice(
+                format!("{{\"id\":{i},\"email\":\"member{}@acme.test\",\"noise\":{}}},\n", i % 977, x >> 40).as_bytes(),
+            );
+        }
+        let mut single = flate2::write::GzEncoder::new(Vec::new(), Compression::new(GZIP_LEVEL));
+        single.write_all(&data).unwrap();
+        let single = single.finish().unwrap();
+        for chunk in [1, 1000, 40_000, RAW_CHUNK, data.len()] {
+            let (file, sha) = gzip_in_blocks(&data[..if chunk == 1 { 5_000 } else { data.len() }], chunk);
+            let expected = if chunk == 1 { &data[..5_000] } else { &data[..] };
+            // One member: the single-member decoder reads it all, checking CRC-32 and length.
+            let mut back = Vec::new();
+            flate2::read::GzDecoder::new(&file[..]).read_to_end(&mut back).unwrap();
+            assert!(back == expected, "chunks of {chunk}: the JSON differs");
+            let mut member = flate2::read::GzDecoder::new(&file[..]);
+            std::io::copy(&mut member, &mut std::io::sink()).unwrap();
+            assert!(member.into_inner().is_empty(), "chunks of {chunk}: bytes after the member");
+            assert_eq!(sha, hex::encode(Sha256::digest(&file)));
+            if chunk >= 40_000 {
+                // The 32 KiB dictionary keeps splitting almost free.
+                let ratio = file.len() as f64 / single.len() as f64;
+                assert!(ratio < 1.01, "chunks of {chunk}: {} bytes against {} in one piece", file.len(), single.len());
+            }
+        }
+        // The same input in the same chunks gives the same file, whichever thread took which.
+        assert_eq!(gzip_in_blocks(&data, RAW_CHUNK), gzip_in_blocks(&data, RAW_CHUNK));
+    }
 
     #[tokio::test]
     async fn background_work_runs_on_a_lowered_priority_thread_and_reports_panics() {

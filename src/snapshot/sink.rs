@@ -9,6 +9,7 @@ use bytes::Bytes;
 use futures::StreamExt;
 use tokio::{io::AsyncWriteExt, sync::mpsc};
 
+use super::timeline::StageClock;
 use crate::storage::{Multipart, Storage, UploadedPart};
 
 /// Size of each multipart part (S3 wants at least 5 MiB for all but the last).
@@ -75,11 +76,25 @@ impl SinkUpload {
     }
 
     /// Takes parts until the channel closes. On error the upload is aborted here.
-    pub async fn consume(self, mut parts: mpsc::Receiver<Bytes>) -> anyhow::Result<PendingUpload> {
+    /// `clock` counts the time it waited for a part.
+    pub async fn consume(
+        self,
+        parts: mpsc::Receiver<Bytes>,
+        mut clock: StageClock,
+    ) -> (anyhow::Result<PendingUpload>, StageClock) {
+        let result = self.consume_timed(parts, &mut clock).await;
+        (result, clock)
+    }
+
+    async fn consume_timed(
+        self,
+        mut parts: mpsc::Receiver<Bytes>,
+        clock: &mut StageClock,
+    ) -> anyhow::Result<PendingUpload> {
         match self {
             SinkUpload::File { tmp, path, mut file } => {
                 let result: anyhow::Result<()> = async {
-                    while let Some(part) = parts.recv().await {
+                    while let Some(part) = std::future::poll_fn(|cx| clock.observe_input(parts.poll_recv(cx))).await {
                         file.write_all(&part).await?;
                     }
                     file.sync_all().await?;
@@ -96,7 +111,9 @@ impl SinkUpload {
                 }
             }
             SinkUpload::Object { storage, upload, label } => {
-                let stream = futures::stream::poll_fn(|cx| parts.poll_recv(cx));
+                // Waiting on input: the uploader had room for another part and none
+                // was ready (an earlier part may still have been uploading).
+                let stream = futures::stream::poll_fn(|cx| clock.observe_input(parts.poll_recv(cx)));
                 let uploads = stream.enumerate().map(|(i, body)| {
                     let (storage, upload) = (&storage, &upload);
                     async move { storage.upload_part(upload, i as i32 + 1, body).await }

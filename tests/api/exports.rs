@@ -573,8 +573,12 @@ async fn the_pipeline_buffers_stay_bounded_whatever_the_size() {
     assert_eq!(b.parts, (outcome.size_bytes as usize).div_ceil(sink::PART_SIZE) as u64, "{b:?}");
     // The budget those bounds give (chunks queued + in hand on each side, parts
     // queued + in hand + uploading) stays well under the 64 MiB target.
+    // Chunks: those queued for each compressing thread, the one each is deflating and
+    // its deflated block queued for the gzip thread (smaller, counted whole), and
+    // the one the renderer is filling.
+    let chunks = pipeline::COMPRESS_THREADS * (pipeline::RAW_QUEUE + 1 + pipeline::BLOCK_QUEUE) + 1;
     let budget = (pipeline::COPY_QUEUE + 2) * (pipeline::COPY_BATCH + 128 * 1024)
-        + (pipeline::RAW_QUEUE + 2) * (pipeline::RAW_CHUNK + 128 * 1024)
+        + chunks * (pipeline::RAW_CHUNK + 128 * 1024)
         + (pipeline::PART_QUEUE + 2 + sink::PARTS_IN_FLIGHT) * sink::PART_SIZE;
     assert!(budget <= 48 * 1024 * 1024, "buffer budget {budget} bytes");
 }
