@@ -9,27 +9,26 @@ use crate::snapshot::columns::{
     Classes,
 };
 
-// Whether the vote's election is an open ballot, on the vote's alias `t`:
-// `(select e.ballot = 'open' from elections e where e.id = t.election_id)`.
+// Whether the vote's election is an open ballot: `e.ballot = 'open'`, where `e` is
+// the vote's election, joined by [`VOTE_JOIN`]. (A join rather than a subquery per
+// rule: four subqueries per vote took 1.2 s for 125,000 votes, the join 0.3 s.)
 
+/// The vote's election, for the rules below; a key, so one row per vote.
+const VOTE_JOIN: &str = "left join elections e on e.id = t.election_id";
 /// A vote's voter, in an org snapshot: kept for open ballots, null for secret ones.
-const VOTER: &str =
-    "case when (select e.ballot = 'open' from elections e where e.id = t.election_id) then t.voter_user_id end";
+const VOTER: &str = "case when e.ballot = 'open' then t.voter_user_id end";
 /// When a vote was cast, in an org snapshot: kept for open ballots, null for secret
 /// ones (a time could be joined with audit entries, sign-ins or participation).
-const CAST_AT: &str =
-    "case when (select e.ballot = 'open' from elections e where e.id = t.election_id) then t.cast_at end";
+const CAST_AT: &str = "case when e.ballot = 'open' then t.cast_at end";
 /// Votes in an org snapshot, in an order that says nothing about who cast them or
 /// when: by election and choice; open ballots then by their stored id.
-const VOTE_ORDER: &str = "t.election_id, t.choice,
-    case when (select e.ballot = 'open' from elections e where e.id = t.election_id) then t.id end";
+const VOTE_ORDER: &str = "t.election_id, t.choice, case when e.ballot = 'open' then t.id end";
 /// A vote's id in an org snapshot: its place in [`VOTE_ORDER`] (stored ids follow
 /// the order votes were cast in).
-const VOTE_ID: &str = "row_number() over (order by t.election_id, t.choice,
-    case when (select e.ballot = 'open' from elections e where e.id = t.election_id) then t.id end)";
+const VOTE_ID: &str = "row_number() over (order by t.election_id, t.choice, case when e.ballot = 'open' then t.id end)";
 
 const fn table(table: &'static str, columns: &'static [(&'static str, Class)]) -> Classes {
-    Classes { table, columns, order: None }
+    Classes { table, columns, order: None, join: None }
 }
 
 /// Tables that are not sections but whose rows a file writes: the org's own row
@@ -145,6 +144,7 @@ pub const REGISTRY: &[Classes] = &[
             ("cast_at", P(CAST_AT)),
         ],
         order: Some(VOTE_ORDER),
+        join: Some(VOTE_JOIN),
     },
     table(
         "invoices",

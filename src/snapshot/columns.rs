@@ -47,6 +47,10 @@ pub struct Classes {
     /// (insertion order, so often the order of events) would itself link rows to
     /// people. An SQL `order by` list on alias `t`.
     pub order: Option<&'static str>,
+    /// A join the rules and the order need where pseudonymised columns are applied
+    /// (e.g. `left join elections e on e.id = t.election_id`). It must match at most
+    /// one row for each row of `t`, as a left join on a key does.
+    pub join: Option<&'static str>,
 }
 
 impl Classes {
@@ -104,6 +108,7 @@ mod tests {
         table: "t",
         columns: &[("id", Class::Exported), ("pw", Class::Secret), ("who", Class::Pseudonymised("null"))],
         order: None,
+        join: None,
     };
 
     #[test]

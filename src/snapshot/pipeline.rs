@@ -237,8 +237,13 @@ async fn section(tx: &mut Transaction<'static, Postgres>, query: &SectionQuery) 
         (Apply::Pseudonyms, Some(order)) => format!(" order by {order}"),
         _ => String::new(),
     };
+    // What the rules read beside the row (one row at most, so the count below holds).
+    let join = match (query.apply, query.classes.join) {
+        (Apply::Pseudonyms, Some(join)) => format!(" {join}"),
+        _ => String::new(),
+    };
     // Table names come from fixed registries; conditions hold only numeric ids.
-    let inner = format!("select {cols} from {table} t where {condition}{order}");
+    let inner = format!("select {cols} from {table} t{join} where {condition}{order}");
     // The statement's result columns, with their types, without running it.
     let described = (&mut **tx)
         .prepare(sqlx::SqlSafeStr::into_sql_str(sqlx::AssertSqlSafe(inner.clone())))
