@@ -90,6 +90,17 @@ pub async fn user_and_membership(pool: &PgPool, caller: Caller<'_>, slug: &OrgSl
     row.map(|row| found_in_row(&row)).transpose()
 }
 
+/// The caller alone, for a request that is no org's (the same query with no slug:
+/// no org matches a NULL one), in one round trip. `None` as for
+/// [`user_and_membership`].
+pub async fn user(pool: &PgPool, caller: Caller<'_>) -> sqlx::Result<Option<Found>> {
+    let MembershipSql { select, from, filter } = membership_sql(caller);
+    let sql = format!("{select}\n{from}\nwhere {filter}");
+    let row =
+        bind_caller(sqlx::query(sqlx::AssertSqlSafe(sql)), caller).bind(None::<&str>).fetch_optional(pool).await?;
+    row.map(|row| found_in_row(&row)).transpose()
+}
+
 /// A row of the org that a request needs along with the user and their membership.
 #[derive(Clone, Copy)]
 pub struct OrgRowQuery<'a> {

@@ -82,12 +82,12 @@ async fn session_user_id(parts: &mut Parts, state: &AppState) -> Result<Option<i
 
 /// The id of the request's session, read from its cookie when the cookie is
 /// well-formed (no cookie, or a malformed one, is anonymous), without loading the
-/// session's record: an org-scoped request reads the record with its user and
-/// their membership in one query ([`membership::Caller::Session`]). When that query
-/// finds no live session with a user, the caller asks tower-sessions after all
-/// ([`session_user_id`]): the answer is the same 401, and tower-sessions then sees
-/// that the record is gone and drops the cookie, as it did when every request
-/// loaded its session.
+/// session's record: a request reads the record with its user (and their
+/// membership of the org in the path) in one query ([`membership::Caller::Session`]).
+/// When that query finds no live session with a user, the caller asks
+/// tower-sessions after all ([`stored_session_user`], [`session_user_id`]): the
+/// answer is the same, and tower-sessions then sees that the record is gone and
+/// drops the cookie, as it did when every request loaded its session.
 fn session_id(parts: &Parts) -> Result<Option<String>, AppError> {
     let session = parts
         .extensions
@@ -109,10 +109,25 @@ fn remember(parts: &mut Parts, found: membership::Found) -> (User, Option<member
     (found.user, found.membership)
 }
 
+/// The session's user: asked of the request when it loaded them already, else the
+/// session and its user in one query ([`membership::user`]), else as tower-sessions
+/// has it ([`stored_session_user`]).
 async fn session_user(parts: &mut Parts, state: &AppState) -> Result<Option<User>, AppError> {
     if let Some(LoadedUser(user)) = parts.extensions.get::<LoadedUser>() {
         return Ok(user.clone());
     }
+    if let Some(id) = session_id(parts)?
+        && let Some(found) = membership::user(&state.pool, membership::Caller::Session(&id)).await?
+    {
+        return Ok(Some(remember(parts, found).0));
+    }
+    stored_session_user(parts, state).await
+}
+
+/// The session's user as tower-sessions loads the session (then the user by id):
+/// what answers when the one query found no live session with a user (see
+/// [`session_id`]).
+async fn stored_session_user(parts: &mut Parts, state: &AppState) -> Result<Option<User>, AppError> {
     let user = match session_user_id(parts, state).await? {
         Some(id) => load_user(&state.pool, id).await?,
         None => None,
@@ -215,18 +230,22 @@ impl OrgCtx {
     /// come in one query (see [`membership::Caller::Session`]).
     async fn of_session(parts: &mut Parts, state: &AppState, raw_slug: &str) -> Result<Self, AppError> {
         let slug = OrgSlug::parse(raw_slug).filter(|_| parts.extensions.get::<LoadedUser>().is_none());
-        if let (Some(slug), Some(id)) = (slug, session_id(parts)?) {
-            let caller = membership::Caller::Session(&id);
-            if let Some(found) = membership::user_and_membership(&state.pool, caller, &slug).await? {
-                let (user, membership) = remember(parts, found);
-                return Self::from_membership(user, membership);
+        let user = match (slug, session_id(parts)?) {
+            (Some(slug), Some(id)) => {
+                let caller = membership::Caller::Session(&id);
+                if let Some(found) = membership::user_and_membership(&state.pool, caller, &slug).await? {
+                    let (user, membership) = remember(parts, found);
+                    return Self::from_membership(user, membership);
+                }
+                // No live session with a user: as tower-sessions has it (see
+                // [`session_id`] for why it is asked then).
+                stored_session_user(parts, state).await?
             }
-        }
-        // The request's user is loaded already, the slug is malformed, or the cookie
-        // names no live session with a user: as before, from tower-sessions' record
-        // (see [`session_id`] for why it is read then).
-        let CurrentUser(user) = CurrentUser::from_request_parts(parts, state).await?;
-        Self::resolve(&state.pool, user, raw_slug).await
+            // The request's user is loaded already, or the slug is malformed (404
+            // once the caller is known), or there is no session.
+            _ => session_user(parts, state).await?,
+        };
+        Self::resolve(&state.pool, user.ok_or(AppError::Unauthorized)?, raw_slug).await
     }
 
     /// [`Self::of_session`] for an org admin, with one row of the org fetched in the

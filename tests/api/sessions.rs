@@ -137,11 +137,16 @@ async fn a_polled_row_and_an_idle_history_poll_are_one_query_each() {
     let (n, body) = cost("/orgs/acme/exports/history".into(), 200).await;
     assert_eq!(n, 2, "the whole history fragment");
     assert_eq!(csrf_from(&body).as_deref(), Some(admin.csrf.as_str()), "its forms carry the session's token");
+    // A request of no org reads the session with its user in one query too: the
+    // privacy history a member's page polls is that, its page of requests and the
+    // retention setting.
+    let (n, _) = cost("/me/privacy/history".into(), 200).await;
+    assert_eq!(n, 3, "the privacy history's poll");
     // And the token is still the one a POST is checked against.
     let resp = admin.htmx_post(&format!("/orgs/acme/exports/{}/delete", p.id)).await;
     assert_eq!(resp.status(), 200, "{}", resp.text().await.unwrap());
     println!(
-        "one query per poll: the running row 1, the idle history 1 (5 times each), the whole history fragment 2, the finished row 1"
+        "queries per poll: the running row 1, the idle history 1 (5 times each), the finished row 1, the whole history fragment 2, the privacy history 3"
     );
 }
 
