@@ -32,7 +32,8 @@ use tower_sessions::Session;
 
 use crate::{error::AppError, state::AppState};
 
-const SESSION_KEY: &str = "csrf";
+/// The session key of the token.
+pub const SESSION_KEY: &str = "csrf";
 /// The form field name.
 pub const FIELD: &str = "csrf_token";
 /// The header name.
@@ -42,13 +43,28 @@ const MAX_FORM_BYTES: usize = 64 * 1024;
 
 /// The session's token, for templates (a request extension). Also an extractor, for
 /// fragments that need the token but none of the page's navigation.
+///
+/// A request that changes something had its token read and checked by [`protect`].
+/// A safe one reads it only when it renders it, here, from the session, unless an
+/// extractor that ran before read it with the session's user (the org-scoped ones
+/// do, `auth::OrgCtx`): a handler that takes both takes the org's extractor first,
+/// or its request costs a round trip more.
 #[derive(Clone, Debug, Default)]
 pub struct CsrfToken(pub String);
 
 impl<S: Send + Sync> FromRequestParts<S> for CsrfToken {
-    type Rejection = std::convert::Infallible;
-    async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, Self::Rejection> {
-        Ok(parts.extensions.get::<CsrfToken>().cloned().unwrap_or_default())
+    type Rejection = AppError;
+    async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, AppError> {
+        if let Some(token) = parts.extensions.get::<CsrfToken>() {
+            return Ok(token.clone());
+        }
+        // Routes without the session layer (none of the HTML ones) have no token.
+        let Some(session) = parts.extensions.get::<Session>().cloned() else {
+            return Ok(Self::default());
+        };
+        let token = Self(session.get::<String>(SESSION_KEY).await?.unwrap_or_default());
+        parts.extensions.insert(token.clone());
+        Ok(token)
     }
 }
 
@@ -58,8 +74,16 @@ pub fn hidden_field(token: &str) -> Markup {
     html! { input type="hidden" name=(FIELD) value=(token); }
 }
 
-/// The middleware. Safe methods get a token put in place; others must present it.
+/// The middleware. Requests with other methods than the safe ones must present the
+/// token; the sign-in page gets its stateless one. Other safe requests pass
+/// untouched: they change nothing, so they need no check, and loading the session
+/// here for a token that may never be shown would cost each of them a round trip
+/// to the database (a polled row reads the session with its user and org in one
+/// query instead); [`CsrfToken`] reads the token when a page shows it.
 pub async fn protect(State(state): State<AppState>, session: Session, req: Request, next: Next) -> Response {
+    if is_safe(req.method()) && req.uri().path() != crate::routes::LOGIN {
+        return next.run(req).await;
+    }
     match check(&state, session, req).await {
         Ok((req, None)) => next.run(req).await,
         Ok((req, Some(cookie))) => {

@@ -80,10 +80,54 @@ async fn session_user_id(parts: &mut Parts, state: &AppState) -> Result<Option<i
     Ok(session.get::<i64>(SESSION_USER_ID).await?)
 }
 
+/// The id of the request's session, read from its cookie when the cookie is
+/// well-formed (no cookie, or a malformed one, is anonymous), without loading the
+/// session's record: a request reads the record with its user (and their
+/// membership of the org in the path) in one query ([`membership::Caller::Session`]).
+/// When that query finds no live session with a user, the caller asks
+/// tower-sessions after all ([`stored_session_user`], [`session_user_id`]): the
+/// answer is the same, and tower-sessions then sees that the record is gone and
+/// drops the cookie, as it did when every request loaded its session.
+fn session_id(parts: &Parts) -> Result<Option<String>, AppError> {
+    let session = parts
+        .extensions
+        .get::<Session>()
+        .ok_or_else(|| AppError::Internal(anyhow::anyhow!("session layer missing")))?;
+    Ok(session.id().map(|id| id.to_string()))
+}
+
+/// Keeps what the one query found for the rest of the request: its user (so that a
+/// page's context asks the request, not the database) and the session's CSRF token
+/// (so that a fragment's forms do not load the session for it).
+fn remember(parts: &mut Parts, found: membership::Found) -> (User, Option<membership::Membership>) {
+    parts.extensions.insert(LoadedUser(Some(found.user.clone())));
+    if let Some(token) = found.csrf_token
+        && parts.extensions.get::<csrf::CsrfToken>().is_none()
+    {
+        parts.extensions.insert(csrf::CsrfToken(token));
+    }
+    (found.user, found.membership)
+}
+
+/// The session's user: asked of the request when it loaded them already, else the
+/// session and its user in one query ([`membership::user`]), else as tower-sessions
+/// has it ([`stored_session_user`]).
 async fn session_user(parts: &mut Parts, state: &AppState) -> Result<Option<User>, AppError> {
     if let Some(LoadedUser(user)) = parts.extensions.get::<LoadedUser>() {
         return Ok(user.clone());
     }
+    if let Some(id) = session_id(parts)?
+        && let Some(found) = membership::user(&state.pool, membership::Caller::Session(&id)).await?
+    {
+        return Ok(Some(remember(parts, found).0));
+    }
+    stored_session_user(parts, state).await
+}
+
+/// The session's user as tower-sessions loads the session (then the user by id):
+/// what answers when the one query found no live session with a user (see
+/// [`session_id`]).
+async fn stored_session_user(parts: &mut Parts, state: &AppState) -> Result<Option<User>, AppError> {
     let user = match session_user_id(parts, state).await? {
         Some(id) => load_user(&state.pool, id).await?,
         None => None,
@@ -182,26 +226,31 @@ pub struct OrgCtx {
 impl OrgCtx {
     /// Resolves `{org}` of the path for the session's user. Unknown orgs and orgs the
     /// user does not belong to look the same (404), so org slugs cannot be probed.
-    /// The user and the org come in one query unless the request loaded the user
-    /// already.
+    /// Unless the request loaded its user already, the session, its user and the org
+    /// come in one query (see [`membership::Caller::Session`]).
     async fn of_session(parts: &mut Parts, state: &AppState, raw_slug: &str) -> Result<Self, AppError> {
-        let slug = OrgSlug::parse(raw_slug);
-        let Some(slug) = slug.filter(|_| parts.extensions.get::<LoadedUser>().is_none()) else {
-            let CurrentUser(user) = CurrentUser::from_request_parts(parts, state).await?;
-            return Self::resolve(&state.pool, user, raw_slug).await;
+        let slug = OrgSlug::parse(raw_slug).filter(|_| parts.extensions.get::<LoadedUser>().is_none());
+        let user = match (slug, session_id(parts)?) {
+            (Some(slug), Some(id)) => {
+                let caller = membership::Caller::Session(&id);
+                if let Some(found) = membership::user_and_membership(&state.pool, caller, &slug).await? {
+                    let (user, membership) = remember(parts, found);
+                    return Self::from_membership(user, membership);
+                }
+                // No live session with a user: as tower-sessions has it (see
+                // [`session_id`] for why it is asked then).
+                stored_session_user(parts, state).await?
+            }
+            // The request's user is loaded already, or the slug is malformed (404
+            // once the caller is known), or there is no session.
+            _ => session_user(parts, state).await?,
         };
-        let user_id = session_user_id(parts, state).await?;
-        let found = match user_id {
-            Some(id) => membership::user_and_membership(&state.pool, id, &slug).await?,
-            None => None,
-        };
-        parts.extensions.insert(LoadedUser(found.as_ref().map(|(u, _)| u.clone())));
-        let (user, membership) = found.ok_or(AppError::Unauthorized)?;
-        Self::from_membership(user, membership)
+        Self::resolve(&state.pool, user.ok_or(AppError::Unauthorized)?, raw_slug).await
     }
 
     /// [`Self::of_session`] for an org admin, with one row of the org fetched in the
-    /// same query (see [`membership::OrgRowQuery`]). What a running export's row polls.
+    /// same query (see [`membership::OrgRowQuery`]): the session, the user, their
+    /// membership and the row in one round trip. What a running export's row polls.
     pub async fn admin_of_session_with_row<T>(
         parts: &mut Parts,
         state: &AppState,
@@ -211,19 +260,34 @@ impl OrgCtx {
         T: for<'r> sqlx::FromRow<'r, sqlx::postgres::PgRow>,
     {
         let slug = org_param(parts).as_deref().and_then(OrgSlug::parse);
-        let user_id = session_user_id(parts, state).await?.ok_or(AppError::Unauthorized)?;
-        let slug = slug.ok_or(AppError::NotFound)?;
-        let found = membership::user_membership_and_row(&state.pool, user_id, &slug, also).await?;
-        let (user, membership, row) = found.ok_or(AppError::Unauthorized)?;
-        parts.extensions.insert(LoadedUser(Some(user.clone())));
+        let found = match (&slug, session_id(parts)?) {
+            (Some(slug), Some(id)) => {
+                let caller = membership::Caller::Session(&id);
+                membership::user_membership_and_row(&state.pool, caller, slug, also).await?
+            }
+            _ => None,
+        };
+        let (found, row) = match found {
+            Some(found) => found,
+            // As in `of_session`: as before, from tower-sessions' record.
+            None => {
+                let user_id = session_user_id(parts, state).await?.ok_or(AppError::Unauthorized)?;
+                let slug = slug.ok_or(AppError::NotFound)?;
+                let caller = membership::Caller::User(user_id);
+                membership::user_membership_and_row(&state.pool, caller, &slug, also)
+                    .await?
+                    .ok_or(AppError::Unauthorized)?
+            }
+        };
+        let (user, membership) = remember(parts, found);
         Ok((Self::from_membership(user, membership)?.require_admin()?, row))
     }
 
     /// Resolves `{org}` of the path for `user` (see [`Self::of_session`]).
     pub async fn resolve(pool: &PgPool, user: User, raw_slug: &str) -> Result<Self, AppError> {
         let slug = OrgSlug::parse(raw_slug).ok_or(AppError::NotFound)?;
-        let found = membership::user_and_membership(pool, user.id, &slug).await?;
-        Self::from_membership(user, found.and_then(|(_, m)| m))
+        let found = membership::user_and_membership(pool, membership::Caller::User(user.id), &slug).await?;
+        Self::from_membership(user, found.and_then(|f| f.membership))
     }
 
     fn from_membership(user: User, membership: Option<membership::Membership>) -> Result<Self, AppError> {

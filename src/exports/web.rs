@@ -86,11 +86,13 @@ pub async fn page(
 
 /// GET /orgs/{org}/exports/history: the history fragment (what htmx swaps in after
 /// an action). With `?since=V`, what an open history polls: 204 and no body while
-/// the org's history version is still `V`, so an idle poll costs the session's
-/// query and one query for the user, the org and the version together.
+/// the org's history version is still `V`, so an idle poll costs one query (the
+/// session, the user, the org and the version together); the whole fragment one
+/// more, for the page of runs.
 pub async fn history(
-    csrf: CsrfToken,
+    // Before the token: it reads the token with the session (see `CsrfToken`).
     AdminHistory(org, version): AdminHistory,
+    csrf: CsrfToken,
     State(state): State<AppState>,
     RawQuery(query): RawQuery,
 ) -> AppResult<Response> {
@@ -115,7 +117,7 @@ fn since(query: Option<&str>) -> Result<Option<i64>, AppError> {
 }
 
 /// The org of the path and its history version, for an org admin with the module on,
-/// in one query with the session's user (see [`AdminRun`]).
+/// in one query with the session and its user (see [`AdminRun`]).
 pub struct AdminHistory(pub OrgCtx, pub i64);
 
 #[derive(sqlx::FromRow)]
@@ -147,14 +149,16 @@ async fn history_response(
 }
 
 /// GET /orgs/{org}/exports/{id}/row: one run's row, what a pending or running row
-/// polls every 2 s.
-pub async fn row(csrf: CsrfToken, AdminRun(org, run): AdminRun) -> AppResult<Response> {
+/// polls every 2 s: one query. `AdminRun` comes before the token: it reads the
+/// token with the session (see `CsrfToken`).
+pub async fn row(AdminRun(org, run): AdminRun, csrf: CsrfToken) -> AppResult<Response> {
     Ok(no_store(views::row(viewer(&csrf, &org, &Cursor::first(views::HISTORY_LIMIT)), &run)))
 }
 
 /// The run `{id}` of the org in the path, for an org admin with the module on, as
-/// [`ExportAdmin`] and [`runs::get`] would give them, but with the user, the org and the
-/// run in one query: each open page polls a running export's row every 2 s.
+/// [`ExportAdmin`] and [`runs::get`] would give them, but with the session, the user,
+/// the org and the run in one query: each open page polls a running export's row
+/// every 2 s.
 pub struct AdminRun(pub OrgCtx, pub runs::Run);
 
 impl FromRequestParts<AppState> for AdminRun {

@@ -24,7 +24,7 @@ impl FromRequestParts<AppState> for PageCtx {
     type Rejection = AppError;
     async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, AppError> {
         let MaybeUser(user) = MaybeUser::from_request_parts(parts, state).await?;
-        let CsrfToken(csrf) = CsrfToken::from_request_parts(parts, state).await.unwrap_or_default();
+        let CsrfToken(csrf) = CsrfToken::from_request_parts(parts, state).await?;
         let orgs = match &user {
             Some(u) => crate::orgs::memberships_of(&state.pool, u.id).await?,
             None => Vec::new(),

@@ -19,6 +19,7 @@ mod platform;
 mod privacy;
 mod restore;
 mod seed;
+mod sessions;
 mod soak;
 mod tokens;
 mod webhooks;

@@ -1,0 +1,344 @@
+//! What an open Backups & Export page polls (a running export's row, the history's
+//! idle `?since=`) reads the session, its user, their membership of the org and the
+//! row in one query, without tower-sessions loading the session first. These tests
+//! hold that count, with a proxy that counts the statements the app sends to
+//! PostgreSQL, and the answers: a session that expired or was deleted, a role that
+//! changed, a cookie that is missing or malformed, each on the very next poll.
+
+use std::{
+    net::SocketAddr,
+    sync::{
+        Arc,
+        atomic::{AtomicU64, Ordering},
+    },
+};
+
+use tokio::{
+    io::{AsyncReadExt, AsyncWriteExt},
+    net::{TcpListener, TcpStream},
+};
+
+use crate::helpers::*;
+
+/// acme's admin signed in, with a running export.
+struct Polling {
+    app: TestApp,
+    admin: Session,
+    /// The running run's id.
+    id: String,
+    /// The running run's row, as its page polls it.
+    row: String,
+    /// The history's idle poll (`?since=` the current version).
+    idle: String,
+}
+
+async fn polling(server: Option<String>) -> Polling {
+    let app = TestApp::spawn_with(Options { members: 10, workers: false, server, ..Default::default() }).await;
+    let admin = app.login("admin@acme.test").await;
+    let frag = admin.htmx_post("/orgs/acme/exports").await.text().await.unwrap();
+    let id = frag.split("data-export-id=\"").nth(1).unwrap().split('"').next().unwrap().to_string();
+    sqlx::query("update export_runs set status = 'running' where id = $1").bind(&id).execute(app.pool()).await.unwrap();
+    let history = admin.htmx_get("/orgs/acme/exports/history").await.text().await.unwrap();
+    let at = history.find("history?since=").unwrap() + "history?since=".len();
+    let version: i64 = history[at..history[at..].find('"').unwrap() + at].parse().unwrap();
+    let row = format!("/orgs/acme/exports/{id}/row");
+    let idle = format!("/orgs/acme/exports/history?since={version}");
+    Polling { app, admin, id, row, idle }
+}
+
+impl Polling {
+    /// The session cookie of `email`'s newest session, as a `Cookie` header.
+    async fn cookie_of(&self, email: &str) -> String {
+        let id: String = sqlx::query_scalar(
+            "select s.id from sessions s join users u on u.id = (s.data->>'user_id')::bigint
+             where u.email = $1 order by s.expiry_date desc limit 1",
+        )
+        .bind(email)
+        .fetch_one(self.app.pool())
+        .await
+        .unwrap();
+        format!("dx_session={id}")
+    }
+
+    /// `path` as htmx polls it from another tab of the same browser: `cookie`
+    /// sent by hand (or none), from a client that keeps no cookies of its own.
+    async fn poll(&self, cookie: Option<&str>, path: &str) -> reqwest::Response {
+        let mut req = self.app.client().get(self.app.url(path)).header("HX-Request", "true");
+        if let Some(c) = cookie {
+            req = req.header("cookie", c);
+        }
+        req.send().await.unwrap()
+    }
+
+    /// Runs SQL on the app's database.
+    async fn sql(&self, sql: &str) {
+        sqlx::query(sqlx::AssertSqlSafe(sql)).execute(self.app.pool()).await.unwrap();
+    }
+}
+
+/// Asserts the answer of a request without a live signed-in session: sent to sign
+/// in (as every HTML page does), no body to swap in.
+async fn assert_sent_to_sign_in(resp: reqwest::Response, what: &str) {
+    assert_eq!(resp.status(), 303, "{what}");
+    assert_eq!(resp.headers()["location"], LOGIN, "{what}");
+    assert!(resp.text().await.unwrap().is_empty(), "{what}: no body");
+}
+
+/// The `Set-Cookie` of `resp` for the session cookie, if any.
+fn session_set_cookie(resp: &reqwest::Response) -> Option<String> {
+    resp.headers()
+        .get_all("set-cookie")
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .find(|c| c.starts_with("dx_session="))
+        .map(str::to_string)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_polled_row_and_an_idle_history_poll_are_one_query_each() {
+    let counter = StatementCounter::start(&server_url()).await;
+    let p = polling(Some(counter.url(&server_url()))).await;
+    let (admin, row, idle) = (&p.admin, p.row.clone(), p.idle.clone());
+    // What each request sends to PostgreSQL, once the page is open.
+    let cost = |path: String, status: u16| {
+        let counter = &counter;
+        async move {
+            let before = counter.statements();
+            let resp = admin.htmx_get(&path).await;
+            assert_eq!(resp.status(), status, "{path}");
+            let body = resp.text().await.unwrap();
+            (counter.statements() - before, body)
+        }
+    };
+    for _ in 0..5 {
+        let (n, body) = cost(row.clone(), 200).await;
+        assert_eq!(n, 1, "the running row's poll: {body}");
+        assert!(body.contains("data-status=\"running\""), "{body}");
+        let (n, body) = cost(idle.clone(), 204).await;
+        assert_eq!(n, 1, "the history's idle poll");
+        assert!(body.is_empty());
+    }
+    // A finished row offers forms: their token came with the session, in the same query.
+    p.sql(&format!(
+        "update export_runs set status = 'completed', finished_at = now(), object_key = 'exports/x.json.gz',
+                size_bytes = 10, sha256 = repeat('a', 64), rows_total = 1, rows_written = 1 where id = '{}'",
+        p.id
+    ))
+    .await;
+    let (n, body) = cost(row.clone(), 200).await;
+    assert_eq!(n, 1, "the finished row: {body}");
+    assert!(body.contains("data-status=\"completed\"") && body.contains("Delete"), "{body}");
+    assert_eq!(
+        csrf_from(&body).as_deref(),
+        Some(admin.csrf.as_str()),
+        "the row's forms carry the session's token: {body}"
+    );
+    // The whole fragment: the same query, then the page of runs.
+    let (n, body) = cost("/orgs/acme/exports/history".into(), 200).await;
+    assert_eq!(n, 2, "the whole history fragment");
+    assert_eq!(csrf_from(&body).as_deref(), Some(admin.csrf.as_str()), "its forms carry the session's token");
+    // A request of no org reads the session with its user in one query too: the
+    // privacy history a member's page polls is that, its page of requests and the
+    // retention setting.
+    let (n, _) = cost("/me/privacy/history".into(), 200).await;
+    assert_eq!(n, 3, "the privacy history's poll");
+    // And the token is still the one a POST is checked against.
+    let resp = admin.htmx_post(&format!("/orgs/acme/exports/{}/delete", p.id)).await;
+    assert_eq!(resp.status(), 200, "{}", resp.text().await.unwrap());
+    println!(
+        "queries per poll: the running row 1, the idle history 1 (5 times each), the finished row 1, the whole history fragment 2, the privacy history 3"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_session_that_expired_or_was_deleted_is_refused_on_the_next_poll() {
+    let p = polling(None).await;
+    let cookie = p.cookie_of("admin@acme.test").await;
+    let id = cookie.trim_start_matches("dx_session=");
+    let (row, idle) = (p.row.as_str(), p.idle.as_str());
+    assert_eq!(p.poll(Some(&cookie), row).await.status(), 200);
+    assert_eq!(p.poll(Some(&cookie), idle).await.status(), 204);
+
+    // Expired (the housekeeping has not deleted it yet): refused, and the cookie is
+    // cleared, as when tower-sessions loaded every request's session.
+    p.sql(&format!("update sessions set expiry_date = now() - interval '1 second' where id = '{id}'")).await;
+    for path in [row, idle] {
+        let resp = p.poll(Some(&cookie), path).await;
+        let cleared = session_set_cookie(&resp).unwrap_or_else(|| panic!("{path}: the dead cookie is cleared"));
+        assert!(cleared.contains("Max-Age=0"), "{cleared}");
+        assert_sent_to_sign_in(resp, &format!("{path} with an expired session")).await;
+    }
+    // Only the expiry refused it.
+    p.sql(&format!("update sessions set expiry_date = now() + interval '1 hour' where id = '{id}'")).await;
+    assert_eq!(p.poll(Some(&cookie), row).await.status(), 200);
+
+    // Deleted from the store.
+    p.sql(&format!("delete from sessions where id = '{id}'")).await;
+    for path in [row, idle] {
+        assert_sent_to_sign_in(p.poll(Some(&cookie), path).await, &format!("{path} with a deleted session")).await;
+    }
+
+    // Signed out in another tab of the same browser.
+    let other = p.app.login("admin@acme.test").await;
+    let cookie = p.cookie_of("admin@acme.test").await;
+    assert_eq!(p.poll(Some(&cookie), row).await.status(), 200);
+    assert_eq!(other.post_form("/logout", &[]).await.status(), 303);
+    for path in [row, idle] {
+        assert_sent_to_sign_in(p.poll(Some(&cookie), path).await, &format!("{path} after signing out")).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_changed_role_is_seen_on_the_next_poll() {
+    let p = polling(None).await;
+    let (row, idle) = (p.row.as_str(), p.idle.as_str());
+    let membership = "from users u where memberships.user_id = u.id and u.email = 'admin@acme.test'
+                      and memberships.org_id = (select id from organizations where slug = 'acme')";
+    assert_eq!(p.admin.htmx_get(row).await.status(), 200);
+
+    // Demoted to member: 403, with the reason.
+    p.sql(&format!("update memberships set role = 'member' {membership}")).await;
+    for path in [row, idle] {
+        let resp = p.admin.htmx_get(path).await;
+        assert_eq!(resp.status(), 403, "{path} as a member");
+        let body = resp.text().await.unwrap();
+        assert!(body.contains("Only admins of this organization can do this."), "{body}");
+    }
+    // Admin again: the row is back on the next poll.
+    p.sql(&format!("update memberships set role = 'admin' {membership}")).await;
+    assert_eq!(p.admin.htmx_get(row).await.status(), 200);
+    assert_eq!(p.admin.htmx_get(idle).await.status(), 204);
+
+    // No longer an active member: the org is as unknown as one that does not exist.
+    p.sql(&format!("update memberships set status = 'lapsed' {membership}")).await;
+    for path in [row, idle] {
+        let resp = p.admin.htmx_get(path).await;
+        assert_eq!(resp.status(), 404, "{path} as a lapsed member");
+        let body = resp.text().await.unwrap();
+        assert!(body.contains("Not Found") && body.contains("Not found"), "{body}");
+    }
+    // Removed from the org.
+    p.sql(&format!("update memberships set status = 'active' {membership}")).await;
+    assert_eq!(p.admin.htmx_get(row).await.status(), 200);
+    p.sql(&format!("delete from memberships using {}", membership.trim_start_matches("from "))).await;
+    for path in [row, idle] {
+        assert_eq!(p.admin.htmx_get(path).await.status(), 404, "{path} once removed");
+    }
+    // Still signed in: the start page knows them.
+    let home = p.admin.get("/").await;
+    assert_eq!(home.status(), 200);
+    assert!(home.text().await.unwrap().contains("admin@acme.test"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_missing_malformed_or_unknown_cookie_is_anonymous() {
+    let p = polling(None).await;
+    let (row, idle) = (p.row.as_str(), p.idle.as_str());
+    let unknown = format!("dx_session={}", tower_sessions::session::Id::default());
+    for path in [row, idle] {
+        // No cookie: nothing to clear.
+        let resp = p.poll(None, path).await;
+        assert!(session_set_cookie(&resp).is_none(), "{path}");
+        assert_sent_to_sign_in(resp, &format!("{path} without a cookie")).await;
+        // A cookie that is no session id, or the id of no session: cleared, as before.
+        for cookie in ["dx_session=not-a-session-id", "dx_session=", unknown.as_str()] {
+            let resp = p.poll(Some(cookie), path).await;
+            let cleared = session_set_cookie(&resp).unwrap_or_else(|| panic!("{path} with {cookie}: cleared"));
+            assert!(cleared.contains("Max-Age=0"), "{cleared}");
+            assert_sent_to_sign_in(resp, &format!("{path} with {cookie}")).await;
+        }
+    }
+    // The admin's own cookie still works, and none of this wrote a session.
+    assert_eq!(p.admin.htmx_get(row).await.status(), 200);
+    let sessions: i64 = sqlx::query_scalar("select count(*) from sessions").fetch_one(p.app.pool()).await.unwrap();
+    assert_eq!(sessions, 1, "only the admin's");
+}
+
+/// A TCP proxy in front of PostgreSQL that counts the statements its clients send:
+/// each Execute of the extended protocol and each simple Query (a connection's ping
+/// is a Sync alone, and no statement). It answers a client's TLS request with "no",
+/// so that it can read the messages.
+struct StatementCounter {
+    addr: SocketAddr,
+    statements: Arc<AtomicU64>,
+}
+
+impl StatementCounter {
+    /// A proxy to the server of the URL `server`.
+    async fn start(server: &str) -> Self {
+        let url = url::Url::parse(server).unwrap();
+        let upstream = format!("{}:{}", url.host_str().unwrap(), url.port().unwrap_or(5432));
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let statements = Arc::new(AtomicU64::new(0));
+        let counted = statements.clone();
+        tokio::spawn(async move {
+            while let Ok((client, _)) = listener.accept().await {
+                tokio::spawn(relay(client, upstream.clone(), counted.clone()));
+            }
+        });
+        Self { addr, statements }
+    }
+
+    /// `server` with this proxy's address.
+    fn url(&self, server: &str) -> String {
+        let mut url = url::Url::parse(server).unwrap();
+        url.set_host(Some(&self.addr.ip().to_string())).unwrap();
+        url.set_port(Some(self.addr.port())).unwrap();
+        url.to_string()
+    }
+
+    fn statements(&self) -> u64 {
+        self.statements.load(Ordering::SeqCst)
+    }
+}
+
+/// Relays one connection, counting the client's statements.
+async fn relay(mut client: TcpStream, upstream: String, statements: Arc<AtomicU64>) -> std::io::Result<()> {
+    const SSL_REQUEST: u32 = 80877103;
+    const GSSENC_REQUEST: u32 = 80877104;
+    let mut server = TcpStream::connect(&upstream).await?;
+    client.set_nodelay(true)?;
+    server.set_nodelay(true)?;
+    // The start-up messages have no type byte. Encryption requests are refused; the
+    // client then sends its StartupMessage in the clear.
+    loop {
+        let len = client.read_u32().await?;
+        let mut body = vec![0; (len as usize).saturating_sub(4)];
+        client.read_exact(&mut body).await?;
+        let code = body.get(..4).map(|b| u32::from_be_bytes(b.try_into().unwrap()));
+        if len == 8 && matches!(code, Some(SSL_REQUEST | GSSENC_REQUEST)) {
+            client.write_all(b"N").await?;
+            continue;
+        }
+        server.write_all(&[&len.to_be_bytes()[..], &body].concat()).await?;
+        break;
+    }
+    let (mut from_client, mut to_client) = client.into_split();
+    let (mut from_server, mut to_server) = server.into_split();
+    let answers = tokio::spawn(async move { tokio::io::copy(&mut from_server, &mut to_client).await });
+    // Then every message is a type byte and a length (itself included). Whole
+    // messages are counted, and passed on as they were read.
+    let mut buf = Vec::with_capacity(64 * 1024);
+    loop {
+        if from_client.read_buf(&mut buf).await? == 0 {
+            break;
+        }
+        let mut whole = 0;
+        while buf.len() >= whole + 5 {
+            let len = u32::from_be_bytes(buf[whole + 1..whole + 5].try_into().unwrap()) as usize;
+            if buf.len() < whole + 1 + len {
+                break;
+            }
+            if matches!(buf[whole], b'E' | b'Q') {
+                statements.fetch_add(1, Ordering::SeqCst);
+            }
+            whole += 1 + len;
+        }
+        to_server.write_all(&buf[..whole]).await?;
+        buf.drain(..whole);
+    }
+    let _ = to_server.shutdown().await;
+    let _ = answers.await;
+    Ok(())
+}
