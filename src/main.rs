@@ -34,11 +34,17 @@ async fn run() -> std::process::ExitCode {
 /// block freed (up to 32 MiB), after which the export's 8 MiB parts came from the
 /// heap, were freed on other threads, and left the heap fragmented: peak RSS grew
 /// with the org's size (36 MiB at 1 M rows, 56 MiB at 3.8 M). Fixed at 512 KiB, the
-/// parts are mapped and unmapped, the pipeline's 256 KiB batches and chunks still
-/// reuse heap memory, and the peak stays flat (see docs/benchmarks.md).
+/// parts are mapped and unmapped, the pipeline's batches and chunks (256 KiB and
+/// some slack, so they never grow past it) still reuse heap memory, and the peak
+/// stays flat (docs/benchmarks.md, "Memory"). An operator's own setting
+/// (`MALLOC_MMAP_THRESHOLD_`, or `mmap_threshold` in `GLIBC_TUNABLES`) is left alone.
 fn keep_large_buffers_out_of_the_heap() {
     #[cfg(all(target_os = "linux", target_env = "gnu"))]
     {
+        let tunables = std::env::var("GLIBC_TUNABLES").unwrap_or_default();
+        if std::env::var_os("MALLOC_MMAP_THRESHOLD_").is_some() || tunables.contains("mmap_threshold") {
+            return;
+        }
         // Allocations of at least this size get pages of their own from the kernel,
         // which go back when freed.
         const MMAP_THRESHOLD: i32 = 512 * 1024;

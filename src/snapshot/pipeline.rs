@@ -54,6 +54,9 @@ use super::{
 
 /// Binary COPY bytes are handed to the renderer in batches of about this size.
 pub const COPY_BATCH: usize = 256 * 1024;
+/// Room a batch or chunk has beyond its size, for the row (or COPY message) that
+/// takes it past: without it, that one row would double the buffer.
+const SLACK: usize = 64 * 1024;
 /// COPY batches waiting for the renderer.
 pub const COPY_QUEUE: usize = 4;
 /// Raw JSON is handed to the compressor in chunks of about this size.
@@ -61,7 +64,7 @@ pub const RAW_CHUNK: usize = 256 * 1024;
 /// Raw chunks waiting for each compressing thread.
 pub const RAW_QUEUE: usize = 2;
 /// Threads deflating chunks side by side. Two keep both cores of a small machine busy
-/// while PostgreSQL and the renderer run; the output does not depend on the number.
+/// while PostgreSQL and the renderer run; the JSON does not depend on the number.
 pub const COMPRESS_THREADS: usize = 2;
 /// Compressed blocks waiting for the gzip thread, per compressing thread.
 pub const BLOCK_QUEUE: usize = 2;
@@ -332,20 +335,36 @@ impl Snapshot {
         let (part_tx, part_rx) = mpsc::channel::<Bytes>(PART_QUEUE);
         let part_size = super::sink::PART_SIZE;
         let rows_done = Arc::new(AtomicI64::new(self.head_rows()));
-        let renderer = background_thread("dx-render", {
-            let rows_done = rows_done.clone();
-            move || render(piece_rx, block_txs, &rows_done, StageClock::on_this_thread("render", started))
-        })?;
-        let mut deflaters = Vec::with_capacity(COMPRESS_THREADS);
-        for (i, (blocks, done)) in block_rxs.into_iter().zip(done_txs).enumerate() {
-            let clock = move || StageClock::on_this_thread(format!("deflate {}", i + 1), started);
-            deflaters.push(background_thread("dx-deflate", move || deflate(blocks, done, clock()))?);
-        }
-        let gzip = background_thread("dx-gzip", move || {
-            join_member(done_rxs, part_tx, part_size, StageClock::on_this_thread("gzip", started))
-        })?;
         let sink_clock = StageClock::new(if upload.upload_id().is_some() { "upload" } else { "write" }, started);
         let uploader = tokio::spawn(upload.consume(part_rx, sink_clock));
+        let threads = {
+            let rows_done = rows_done.clone();
+            move || -> anyhow::Result<_> {
+                let renderer = background_thread("dx-render", move || {
+                    render(piece_rx, block_txs, &rows_done, StageClock::on_this_thread("render", started))
+                })?;
+                let mut deflaters = Vec::with_capacity(COMPRESS_THREADS);
+                for (i, (blocks, done)) in block_rxs.into_iter().zip(done_txs).enumerate() {
+                    let clock = move || StageClock::on_this_thread(format!("deflate {}", i + 1), started);
+                    deflaters.push(background_thread("dx-deflate", move || deflate(blocks, done, clock()))?);
+                }
+                let gzip = background_thread("dx-gzip", move || {
+                    join_member(done_rxs, part_tx, part_size, StageClock::on_this_thread("gzip", started))
+                })?;
+                Ok((renderer, deflaters, gzip))
+            }
+        };
+        let (renderer, deflaters, gzip) = match threads() {
+            Ok(threads) => threads,
+            Err(e) => {
+                // The threads that started end as their channels close; the sink got
+                // nothing and is aborted, so no partial file or upload is left.
+                if let Ok((Ok(pending), _)) = uploader.await {
+                    pending.abort().await;
+                }
+                return Err(e);
+            }
+        };
         let read = self.produce(export_id, piece_tx, progress, &rows_done, StageClock::new("read", started)).await;
         // A panicked stage is an error like any other, so the abort path still runs.
         let stopped = |what: &str| anyhow::anyhow!("the {what} stopped");
@@ -452,7 +471,7 @@ impl Snapshot {
             send(&out, &mut clock, Piece::Text(format!("{comma}\n\"{table}\":[").into_bytes())).await?;
             let mut stream = self.tx.copy_out_raw(&plan.copy).await.with_context(|| format!("reading {table}"))?;
             send(&out, &mut clock, Piece::Section { name: table.clone(), row: plan.row, expected }).await?;
-            let mut batch = Vec::with_capacity(COPY_BATCH);
+            let mut batch = Vec::with_capacity(COPY_BATCH + SLACK);
             loop {
                 let next = next_waited(&mut stream, &mut clock)
                     .await
@@ -464,7 +483,7 @@ impl Snapshot {
                 if batch.len() >= COPY_BATCH || (next.is_none() && !batch.is_empty()) {
                     batches += 1;
                     largest = largest.max(batch.len());
-                    let full = std::mem::replace(&mut batch, Vec::with_capacity(COPY_BATCH));
+                    let full = std::mem::replace(&mut batch, Vec::with_capacity(COPY_BATCH + SLACK));
                     send(&out, &mut clock, Piece::Copy(full)).await?;
                     progress.send_replace(rows_done.load(Ordering::Relaxed));
                 }
@@ -525,7 +544,7 @@ fn render(
     clock: StageClock,
 ) -> anyhow::Result<Rendered> {
     let mut w = ChunkWriter {
-        buf: Vec::with_capacity(RAW_CHUNK),
+        buf: Vec::with_capacity(RAW_CHUNK + SLACK),
         outs,
         window: Vec::with_capacity(WINDOW),
         chunks: 0,
@@ -620,7 +639,7 @@ impl ChunkWriter {
         if self.buf.is_empty() {
             return Ok(());
         }
-        let raw = std::mem::replace(&mut self.buf, Vec::with_capacity(RAW_CHUNK));
+        let raw = std::mem::replace(&mut self.buf, Vec::with_capacity(RAW_CHUNK + SLACK));
         let mut window = Vec::with_capacity(WINDOW);
         let kept = WINDOW.saturating_sub(raw.len()).min(self.window.len());
         window.extend_from_slice(&self.window[self.window.len() - kept..]);

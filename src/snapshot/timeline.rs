@@ -36,7 +36,7 @@ pub struct StageClock {
     origin: Instant,
     start: Instant,
     /// Microseconds waited per bucket: [in, out].
-    waits: Vec<[u32; 2]>,
+    waits: Vec<[u64; 2]>,
     /// The thread's CPU time at the start, for a stage on a thread of its own.
     cpu_start: Option<Duration>,
     /// Since when a poll of its input has been pending.
@@ -98,8 +98,7 @@ impl StageClock {
             if self.waits.len() <= i {
                 self.waits.resize(i + 1, [0; 2]);
             }
-            let slot = &mut self.waits[i][what as usize];
-            *slot = slot.saturating_add((end - a) as u32);
+            self.waits[i][what as usize] += end - a;
             a = end;
         }
     }
@@ -138,7 +137,7 @@ pub struct StageTime {
     /// When it started and ended, from the snapshot's start.
     pub start: Duration,
     pub end: Duration,
-    waits: Vec<[u32; 2]>,
+    waits: Vec<[u64; 2]>,
     /// CPU time of its thread, when it had one of its own.
     pub cpu: Option<Duration>,
 }
@@ -146,7 +145,7 @@ pub struct StageTime {
 impl StageTime {
     /// Time spent waiting for `what`.
     pub fn waited(&self, what: Wait) -> Duration {
-        Duration::from_micros(self.waits.iter().map(|w| w[what as usize] as u64).sum())
+        Duration::from_micros(self.waits.iter().map(|w| w[what as usize]).sum())
     }
 
     /// Time neither waiting for input nor for room downstream.
@@ -155,13 +154,15 @@ impl StageTime {
     }
 
     /// The stage's state in each bucket: (busy, waiting in, waiting out) in microseconds.
+    /// The last bucket holds everything after it too.
     fn bucket(&self, i: usize) -> (u64, u64, u64) {
         let width = BUCKET.as_micros() as u64;
-        let (b0, b1) = (i as u64 * width, (i as u64 + 1) * width);
         let (s, e) = (self.start.as_micros() as u64, self.end.as_micros() as u64);
+        let b0 = i as u64 * width;
+        let b1 = if i == MAX_BUCKETS - 1 { u64::MAX } else { (i as u64 + 1) * width };
         let alive = b1.min(e).saturating_sub(b0.max(s));
         let [wi, wo] = self.waits.get(i).copied().unwrap_or([0; 2]);
-        (alive.saturating_sub(wi as u64 + wo as u64), wi as u64, wo as u64)
+        (alive.saturating_sub(wi + wo), wi, wo)
     }
 }
 
@@ -212,7 +213,9 @@ impl Timeline {
 /// stage started or after it ended.
 impl fmt::Display for Timeline {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let buckets = (self.wall.as_micros() as u64).div_ceil(BUCKET.as_micros() as u64).max(1) as usize;
+        // The chart covers the first MAX_BUCKETS (an hour); the totals cover it all.
+        let buckets = (self.wall.as_micros() as u64).div_ceil(BUCKET.as_micros() as u64).clamp(1, MAX_BUCKETS as u64);
+        let buckets = buckets as usize;
         let per_column = buckets.div_ceil(CHART_COLUMNS);
         let s = |d: Duration| format!("{:.2} s", d.as_secs_f64());
         writeln!(
