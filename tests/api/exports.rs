@@ -517,6 +517,21 @@ async fn export_command_writes_a_file_or_a_recorded_run() {
         .map(|e| e.file_name().to_string_lossy().to_string())
         .collect();
     assert!(!names.iter().any(|n| n.contains(".partial-")), "{names:?}");
+    // Where each stage spent its time: in the summary, and as a chart with --timeline.
+    let stages: Vec<&str> =
+        summary["stages"].as_array().unwrap().iter().map(|s| s["stage"].as_str().unwrap()).collect();
+    assert_eq!(stages, ["read", "render", "deflate 1", "deflate 2", "gzip", "write"]);
+    for s in summary["stages"].as_array().unwrap() {
+        let total: f64 = ["busy", "waiting_on_input", "waiting_on_output"].iter().map(|k| s[k].as_f64().unwrap()).sum();
+        assert!(total > 0.0 && total <= summary["seconds"].as_f64().unwrap() + 0.01, "{s}");
+    }
+    let charted =
+        app.command().args(["export", "--org", "acme", "--timeline", "--out"]).arg(&out_file).output().unwrap();
+    assert!(charted.status.success());
+    let chart = String::from_utf8_lossy(&charted.stderr);
+    assert!(chart.starts_with("stage") && chart.contains("\ndeflate 2") && chart.contains("|"), "{chart}");
+    let alone = app.command().args(["export", "--org", "acme", "--timeline"]).output().unwrap();
+    assert!(!alone.status.success() && String::from_utf8_lossy(&alone.stderr).contains("--out"));
 
     // Without --out it records a run in the bucket, through the job.
     let out = app.command().args(["export", "--org", "acme"]).output().unwrap();
