@@ -83,21 +83,20 @@ fn bind_caller<'q>(
 /// one round trip: every org-scoped page needs both. `None` when there is no such
 /// user (or, for a session, no live session with a user).
 pub async fn user_and_membership(pool: &PgPool, caller: Caller<'_>, slug: &OrgSlug) -> sqlx::Result<Option<Found>> {
-    let MembershipSql { select, from, filter } = membership_sql(caller);
-    let sql = format!("{select}\n{from}\nwhere {filter}");
-    let row =
-        bind_caller(sqlx::query(sqlx::AssertSqlSafe(sql)), caller).bind(slug.as_str()).fetch_optional(pool).await?;
-    row.map(|row| found_in_row(&row)).transpose()
+    find(pool, caller, Some(slug.as_str())).await
 }
 
 /// The caller alone, for a request that is no org's (the same query with no slug:
 /// no org matches a NULL one), in one round trip. `None` as for
 /// [`user_and_membership`].
 pub async fn user(pool: &PgPool, caller: Caller<'_>) -> sqlx::Result<Option<Found>> {
+    find(pool, caller, None).await
+}
+
+async fn find(pool: &PgPool, caller: Caller<'_>, slug: Option<&str>) -> sqlx::Result<Option<Found>> {
     let MembershipSql { select, from, filter } = membership_sql(caller);
     let sql = format!("{select}\n{from}\nwhere {filter}");
-    let row =
-        bind_caller(sqlx::query(sqlx::AssertSqlSafe(sql)), caller).bind(None::<&str>).fetch_optional(pool).await?;
+    let row = bind_caller(sqlx::query(sqlx::AssertSqlSafe(sql)), caller).bind(slug).fetch_optional(pool).await?;
     row.map(|row| found_in_row(&row)).transpose()
 }
 
