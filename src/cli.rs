@@ -277,7 +277,9 @@ async fn export_with(
         Some(path) => {
             // Straight through the pipeline to a file: no run, no bucket.
             let id = ulid::Ulid::generate().to_string();
+            let opening = std::time::Instant::now();
             let snapshot = org_snapshot::open(&state.pool, org.id).await?;
+            let (open_seconds, connections) = (opening.elapsed().as_secs_f64(), snapshot.connections());
             let (progress, _rx) = watch::channel(0);
             let upload = Sink::File(path.clone()).start().await?;
             let outcome = snapshot.write(&id, upload, &progress).await?;
@@ -287,7 +289,8 @@ async fn export_with(
             Ok(serde_json::json!({
                 "id": id, "org": org.slug, "file": path, "rows": outcome.rows, "bytes": outcome.size_bytes,
                 "sha256": outcome.sha256, "seconds": (outcome.seconds * 1000.0).round() / 1000.0,
-                "stages": outcome.timeline.to_json(),
+                "stages": outcome.timeline.to_json(), "open_seconds": (open_seconds * 1000.0).round() / 1000.0, "connections": connections,
+                "publish_seconds": (outcome.timeline.publish.as_secs_f64() * 1000.0).round() / 1000.0,
             }))
         }
         None => {
@@ -297,13 +300,20 @@ async fn export_with(
                     "the backup configuration is not active and verified: run `data-export verify-storage` first, or use --out FILE"
                 );
             }
-            let run = runs::create_manual_unattributed(&state.pool, org.id, state.config.export_max_attempts)
-                .await
-                .map_err(|e| anyhow::anyhow!("{}", e.public_message()))?;
             let stop = tokio_util::sync::CancellationToken::new();
-            // Only the export queue's workers: this process is here for this run.
+            // Only the export queue's workers: this process is here for this run. They
+            // start first, so that they are listening by the time the run is queued.
             let workers = tokio::spawn(workers::run(state.clone(), stop.clone(), Some(&[ExportJob::QUEUE])));
             let started = std::time::Instant::now();
+            let run =
+                match runs::create_manual_unattributed(&state.pool, org.id, state.config.export_max_attempts).await {
+                    Ok(run) => run,
+                    Err(e) => {
+                        stop.cancel();
+                        let _ = workers.await;
+                        bail!("{}", e.public_message());
+                    }
+                };
             // A primary-key read 20 times a second: cheap, and the command returns
             // within 50 ms of the run's end.
             let done = loop {

@@ -42,7 +42,7 @@ pub async fn open(pool: &PgPool, org_id: i64) -> anyhow::Result<Snapshot> {
     let modules = modules::states(read.conn(), org_id).await?;
     for s in sections::enabled(&modules) {
         let query = SectionQuery::new(columns::of(s.table), format!("t.org_id = {org_id}"), Apply::Pseudonyms);
-        read.add(&query).await?;
+        read.add(&query);
     }
     let mut switches = String::from("{\"core\":true");
     for (m, enabled) in &modules {
@@ -55,5 +55,5 @@ pub async fn open(pool: &PgPool, org_id: i64) -> anyhow::Result<Snapshot> {
         fields: vec![("organization", organization.clone()), ("modules", switches)],
         lead: Some(("organization", organization)),
     };
-    Ok(read.finish(header))
+    read.finish(header).await
 }

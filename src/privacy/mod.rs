@@ -130,7 +130,7 @@ pub async fn open_snapshot(pool: &sqlx::PgPool, user_id: i64) -> anyhow::Result<
     let list = subject_sections(user_id);
     let mut org_ids = Vec::new();
     for query in &list {
-        read.add(query).await?;
+        read.add(query);
         org_ids.push(format!("select t.org_id from {} t where {}", query.table, query.condition));
     }
     let orgs_sql = format!(
@@ -145,7 +145,7 @@ pub async fn open_snapshot(pool: &sqlx::PgPool, user_id: i64) -> anyhow::Result<
         fields: vec![("subject", subject), ("organizations", organizations)],
         lead: None,
     };
-    Ok(read.finish(header))
+    read.finish(header).await
 }
 
 /// What the object's metadata says about a data-subject file.

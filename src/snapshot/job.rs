@@ -275,7 +275,9 @@ async fn write<L: Lease>(lease: &L, state: &AppState, record: &L::Record, attemp
         state.storage.abort_multipart(&open).await;
         lease.set_upload_id(state, id, attempt, None).await?;
     }
+    let opening = std::time::Instant::now();
     let snapshot = lease.open(state, record, attempt).await?;
+    let (open_seconds, connections) = (opening.elapsed().as_secs_f64(), snapshot.connections());
     let (snapshot_at, counts) = (snapshot.snapshot_at, snapshot.counts_json());
     let sink = Sink::Object { storage: state.storage.clone(), bucket: bucket.clone(), key: key.clone(), label };
     let upload = sink.start().await?;
@@ -329,6 +331,8 @@ async fn write<L: Lease>(lease: &L, state: &AppState, record: &L::Record, attemp
         rows = outcome.rows,
         bytes = outcome.size_bytes,
         seconds = outcome.seconds,
+        open_seconds,
+        connections,
         stages = outcome.timeline.summary(),
         "completed"
     );

@@ -30,7 +30,7 @@ use std::{
     io::Write,
     sync::{
         Arc,
-        atomic::{AtomicI64, Ordering},
+        atomic::{AtomicI64, AtomicUsize, Ordering},
     },
     time::Instant,
 };
@@ -111,6 +111,8 @@ pub struct Snapshot {
     header: Header,
     /// Each section with how it is read and its row count.
     sections: Vec<(String, Plan, i64)>,
+    /// How many connections described and counted the sections (1 or 2).
+    connections: usize,
 }
 
 /// What a file says before its sections' rows:
@@ -132,6 +134,7 @@ pub struct Header {
 /// One section to read: its name in the file, its table, and the condition (on
 /// alias `t`) that selects its rows, with ids inlined as numbers (never text from
 /// input).
+#[derive(Clone)]
 pub struct SectionQuery {
     pub name: &'static str,
     pub table: &'static str,
@@ -155,11 +158,12 @@ impl SectionQuery {
 }
 
 /// A consistent read being set up: the transaction is open, sections are being
-/// described and counted.
+/// listed; [`Self::finish`] describes and counts them.
 pub struct Reader {
+    pool: PgPool,
     tx: Transaction<'static, Postgres>,
     snapshot_at: DateTime<Utc>,
-    sections: Vec<(String, Plan, i64)>,
+    queries: Vec<SectionQuery>,
 }
 
 impl Reader {
@@ -167,7 +171,7 @@ impl Reader {
     /// added sees the database as of one instant (the snapshot's `snapshot_at`).
     pub async fn begin(pool: &PgPool) -> anyhow::Result<Self> {
         let (tx, snapshot_at) = begin_snapshot(pool).await?;
-        Ok(Self { tx, snapshot_at, sections: Vec::new() })
+        Ok(Self { pool: pool.clone(), tx, snapshot_at, queries: Vec::new() })
     }
 
     /// The read's connection, for the caller's header values (read only).
@@ -175,16 +179,92 @@ impl Reader {
         &mut self.tx
     }
 
-    /// Adds a section: describes its columns and counts its rows.
-    pub async fn add(&mut self, query: &SectionQuery) -> anyhow::Result<()> {
-        let (plan, n) = section(&mut self.tx, query).await?;
-        self.sections.push((query.name.to_string(), plan, n));
-        Ok(())
+    /// Adds a section, described and counted by [`Self::finish`].
+    pub fn add(&mut self, query: &SectionQuery) {
+        self.queries.push(query.clone());
     }
 
-    /// The snapshot, ready to [`Snapshot::write`].
-    pub fn finish(self, header: Header) -> Snapshot {
-        Snapshot { tx: self.tx, snapshot_at: self.snapshot_at, header, sections: self.sections }
+    /// Describes each section's columns and counts its rows, then gives the
+    /// snapshot, ready to [`Snapshot::write`].
+    ///
+    /// The counts take a few hundred milliseconds on a large org, all of it
+    /// PostgreSQL's, and nothing downstream can start before they are known (they
+    /// are in the header). So they are shared out over two connections when a second
+    /// one is to be had at once: the second imports this transaction's snapshot
+    /// (`pg_export_snapshot` / `SET TRANSACTION SNAPSHOT`, as `pg_dump -j` does),
+    /// so every count still sees the one instant. Without one, all run here.
+    pub async fn finish(mut self, header: Header) -> anyhow::Result<Snapshot> {
+        let queries = std::mem::take(&mut self.queries);
+        let mut second = if queries.len() > 1 { share_snapshot(&mut self.tx, &self.pool).await } else { None };
+        let next = AtomicUsize::new(0);
+        let (mut done, theirs) = match second.as_mut() {
+            Some(other) => {
+                let (mine, theirs) =
+                    tokio::join!(describe(&mut self.tx, &queries, &next), describe(other, &queries, &next));
+                (mine?, theirs?)
+            }
+            None => (describe(&mut self.tx, &queries, &next).await?, Vec::new()),
+        };
+        let connections = if second.is_some() { 2 } else { 1 };
+        if let Some(other) = second {
+            // Read only: nothing to keep.
+            let _ = other.rollback().await;
+        }
+        done.extend(theirs);
+        done.sort_by_key(|(i, ..)| *i);
+        let sections = done.into_iter().map(|(i, plan, n)| (queries[i].name.to_string(), plan, n)).collect();
+        Ok(Snapshot { tx: self.tx, snapshot_at: self.snapshot_at, header, sections, connections })
+    }
+}
+
+/// Opens a second REPEATABLE READ, READ ONLY transaction on the snapshot of `tx`,
+/// if the pool has a connection for it within [`SHARE_WAIT`]; `None` otherwise (the
+/// caller reads everything on `tx`, which is only slower).
+async fn share_snapshot(
+    tx: &mut Transaction<'static, Postgres>,
+    pool: &PgPool,
+) -> Option<Transaction<'static, Postgres>> {
+    let open = async {
+        let (id,): (String,) = sqlx::query_as("select pg_export_snapshot()").fetch_one(&mut **tx).await?;
+        // PostgreSQL's own identifier (hex digits and dashes), checked before it is inlined.
+        if id.is_empty() || !id.bytes().all(|b| b.is_ascii_hexdigit() || b == b'-') {
+            anyhow::bail!("unexpected snapshot identifier {id:?}");
+        }
+        let mut other = pool.begin_with("begin isolation level repeatable read, read only").await?;
+        sqlx::query(sqlx::AssertSqlSafe(format!("set transaction snapshot '{id}'"))).execute(&mut *other).await?;
+        anyhow::Ok(other)
+    };
+    match tokio::time::timeout(SHARE_WAIT, open).await {
+        Ok(Ok(other)) => Some(other),
+        Ok(Err(e)) => {
+            tracing::debug!(error = format!("{e:#}"), "counting on one connection: the snapshot could not be shared");
+            None
+        }
+        Err(_) => {
+            tracing::debug!("counting on one connection: no second connection was free");
+            None
+        }
+    }
+}
+
+/// How long [`Reader::finish`] waits for a second connection before it counts on
+/// its own.
+const SHARE_WAIT: std::time::Duration = std::time::Duration::from_millis(200);
+
+/// Describes and counts sections of `queries` on `conn`, taking the next one from
+/// `next` until none is left: two of these on two connections share the work
+/// whatever each section costs. Gives each one's index, plan and count.
+async fn describe(
+    conn: &mut sqlx::PgConnection,
+    queries: &[SectionQuery],
+    next: &AtomicUsize,
+) -> anyhow::Result<Vec<(usize, Plan, i64)>> {
+    let mut done = Vec::new();
+    loop {
+        let i = next.fetch_add(1, Ordering::Relaxed);
+        let Some(query) = queries.get(i) else { return Ok(done) };
+        let (plan, n) = section(conn, query).await?;
+        done.push((i, plan, n));
     }
 }
 
@@ -202,14 +282,14 @@ async fn begin_snapshot(pool: &PgPool) -> anyhow::Result<(Transaction<'static, P
 
 /// The select list of a section: the table's columns in the catalog, as its
 /// classification says. Columns it does not classify are left out and logged.
-async fn columns(tx: &mut Transaction<'static, Postgres>, query: &SectionQuery) -> anyhow::Result<String> {
+async fn columns(conn: &mut sqlx::PgConnection, query: &SectionQuery) -> anyhow::Result<String> {
     let table = query.table;
     let catalog: Vec<String> = sqlx::query_scalar(
         "select column_name::text from information_schema.columns
          where table_schema = current_schema() and table_name = $1 order by ordinal_position",
     )
     .bind(table)
-    .fetch_all(&mut **tx)
+    .fetch_all(&mut *conn)
     .await?;
     let (cols, unclassified) = select_list(query.classes, &catalog, query.apply, &query.overrides);
     for column in unclassified {
@@ -231,9 +311,9 @@ struct Plan {
 }
 
 /// The plan and the row count of `select .. from table t where condition`.
-async fn section(tx: &mut Transaction<'static, Postgres>, query: &SectionQuery) -> anyhow::Result<(Plan, i64)> {
+async fn section(conn: &mut sqlx::PgConnection, query: &SectionQuery) -> anyhow::Result<(Plan, i64)> {
     let (table, condition) = (query.table, &query.condition);
-    let cols = columns(tx, query).await?;
+    let cols = columns(conn, query).await?;
     // The stored order can say who did what (rows are in the order they were
     // written): where the classification gives an order, pseudonymised rows follow it.
     let order = match (query.apply, query.classes.order) {
@@ -248,7 +328,7 @@ async fn section(tx: &mut Transaction<'static, Postgres>, query: &SectionQuery) 
     // Table names come from fixed registries; conditions hold only numeric ids.
     let inner = format!("select {cols} from {table} t{join} where {condition}{order}");
     // The statement's result columns, with their types, without running it.
-    let described = (&mut **tx)
+    let described = (&mut *conn)
         .prepare(sqlx::SqlSafeStr::into_sql_str(sqlx::AssertSqlSafe(inner.clone())))
         .await
         .with_context(|| format!("describing {table}"))?;
@@ -267,12 +347,18 @@ async fn section(tx: &mut Transaction<'static, Postgres>, query: &SectionQuery) 
     let copy = format!("copy (select {} from ({inner}) r) to stdout (format binary)", select_list.join(", "));
     let row = RowFormat::new(columns.iter().map(|(name, render)| (name.as_str(), render.unwrap_or(Render::Json))));
     let (n,): (i64,) = sqlx::query_as(sqlx::AssertSqlSafe(format!("select count(*) from {table} t where {condition}")))
-        .fetch_one(&mut **tx)
+        .fetch_one(&mut *conn)
         .await?;
     Ok((Plan { copy, row }, n))
 }
 
 impl Snapshot {
+    /// How many connections described and counted the sections: 2 when a second
+    /// one shared the snapshot, 1 when none was free.
+    pub fn connections(&self) -> usize {
+        self.connections
+    }
+
     /// Rows to be written (the lead section's one included).
     pub fn rows_total(&self) -> i64 {
         self.head_rows() + self.sections.iter().map(|s| s.2).sum::<i64>()
@@ -409,7 +495,9 @@ impl Snapshot {
             .or_else(|| errors.iter().position(Option::is_some));
         match (failure, read, rendered, compressed, uploaded) {
             (None, Ok((batches, read_time)), Ok(rendered), Ok(joined), Ok(pending)) => {
+                let last_byte = Instant::now();
                 pending.complete(joined.size, &joined.sha256).await?;
+                let publish = last_byte.elapsed();
                 let mut stages = vec![read_time, rendered.time];
                 stages.extend(deflate_times);
                 stages.push(joined.time);
@@ -427,7 +515,7 @@ impl Snapshot {
                         parts: joined.parts,
                         max_part_bytes: joined.largest,
                     },
-                    timeline: Timeline { wall: started.elapsed(), stages },
+                    timeline: Timeline { wall: started.elapsed(), stages, publish },
                 })
             }
             (failure, read, rendered, compressed, uploaded) => {

@@ -171,6 +171,9 @@ impl StageTime {
 pub struct Timeline {
     pub wall: Duration,
     pub stages: Vec<StageTime>,
+    /// After the last byte: publishing the file (the rename, or the multipart
+    /// completion and the copy that writes the SHA-256 into the object's metadata).
+    pub publish: Duration,
 }
 
 impl Timeline {
@@ -203,6 +206,7 @@ impl Timeline {
                     s(t.waited(Wait::Out))
                 )
             })
+            .chain([format!("publish {}", s(self.publish))])
             .collect::<Vec<_>>()
             .join("; ")
     }
@@ -255,7 +259,7 @@ impl fmt::Display for Timeline {
                 t.cpu.map(s).unwrap_or_else(|| "-".into()),
             )?;
         }
-        Ok(())
+        writeln!(f, "{:<12} {:>8}  after the last byte", "publish", s(self.publish))
     }
 }
 
@@ -280,7 +284,7 @@ mod tests {
         assert_eq!(t.bucket(1), (0, 100_000, 0));
         assert_eq!(t.bucket(3), (90_000, 0, 10_000));
         assert_eq!(t.bucket(4), (0, 0, 0));
-        let chart = Timeline { wall: Duration::from_millis(400), stages: vec![t] }.to_string();
+        let chart = Timeline { wall: Duration::from_millis(400), stages: vec![t], publish: Duration::ZERO }.to_string();
         assert!(chart.lines().nth(1).unwrap().ends_with("|#.##|"), "{chart}");
     }
 

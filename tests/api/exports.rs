@@ -525,11 +525,17 @@ async fn export_command_writes_a_file_or_a_recorded_run() {
         let total: f64 = ["busy", "waiting_on_input", "waiting_on_output"].iter().map(|k| s[k].as_f64().unwrap()).sum();
         assert!(total > 0.0 && total <= summary["seconds"].as_f64().unwrap() + 0.01, "{s}");
     }
+    // Before the pipeline (describing and counting, on two connections) and after it.
+    assert_eq!(summary["connections"], 2, "{summary}");
+    assert!(summary["open_seconds"].as_f64().is_some_and(|s| s > 0.0), "{summary}");
+    let publish = summary["publish_seconds"].as_f64().unwrap();
+    assert!(publish >= 0.0 && publish <= summary["seconds"].as_f64().unwrap(), "{summary}");
     let charted =
         app.command().args(["export", "--org", "acme", "--timeline", "--out"]).arg(&out_file).output().unwrap();
     assert!(charted.status.success());
     let chart = String::from_utf8_lossy(&charted.stderr);
     assert!(chart.starts_with("stage") && chart.contains("\ndeflate 2") && chart.contains("|"), "{chart}");
+    assert!(chart.contains("\npublish ") && chart.contains("after the last byte"), "{chart}");
     let alone = app.command().args(["export", "--org", "acme", "--timeline"]).output().unwrap();
     assert!(!alone.status.success() && String::from_utf8_lossy(&alone.stderr).contains("--out"));
 
@@ -880,11 +886,11 @@ async fn every_row_is_exported_exactly_as_row_to_json_renders_it() {
     let classes: &'static Classes =
         Box::leak(Box::new(Classes { table: "regions", columns: classified.leak(), order: None, join: None }));
     let mut read = Reader::begin(pool).await.unwrap();
-    read.add(&SectionQuery::new(classes, format!("t.org_id = {org}"), Apply::Pseudonyms)).await.unwrap();
+    read.add(&SectionQuery::new(classes, format!("t.org_id = {org}"), Apply::Pseudonyms));
     let header = Header { format: "test", id_key: "export_id", fields: vec![], lead: None };
     let file = app.storage_dir.join("typed.json.gz");
     let upload = Sink::File(file.clone()).start().await.unwrap();
-    read.finish(header).write("typed", upload, &tokio::sync::watch::channel(0).0).await.unwrap();
+    read.finish(header).await.unwrap().write("typed", upload, &tokio::sync::watch::channel(0).0).await.unwrap();
     let mut typed = String::new();
     flate2::read::GzDecoder::new(&std::fs::read(&file).unwrap()[..]).read_to_string(&mut typed).unwrap();
     let mut tx = pool.begin().await.unwrap();
@@ -984,4 +990,53 @@ async fn the_export_command_starts_only_the_export_queues_workers() {
         .await
         .unwrap();
     assert_eq!(kinds.into_iter().map(|k| k.0).collect::<Vec<_>>(), ["exports"]);
+}
+
+/// The sections are described and counted on two connections, the second on the
+/// first one's exported snapshot: rows deleted after the read began are still in
+/// every count and every section, whichever connection counted their table.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn counts_shared_over_two_connections_see_the_one_instant_of_the_read() {
+    let app = TestApp::spawn_with(Options { members: 40, workers: false, ..Options::default() }).await;
+    let (pool, org) = (app.pool(), app.org_id("acme").await);
+    let tables = ["regions", "audit_log", "saved_views", "custom_field_values", "member_enrichment", "documents"];
+    let mut before = serde_json::Map::new();
+    for t in tables {
+        let n: i64 = sqlx::query_scalar(sqlx::AssertSqlSafe(format!("select count(*) from {t} where org_id = $1")))
+            .bind(org)
+            .fetch_one(pool)
+            .await
+            .unwrap();
+        before.insert(t.to_string(), Value::from(n));
+    }
+    let mut read = Reader::begin(pool).await.unwrap();
+    for t in tables {
+        read.add(&SectionQuery::new(data_export::orgs::columns::of(t), format!("t.org_id = {org}"), Apply::Pseudonyms));
+    }
+    // Committed after the read began, before anything is counted.
+    let mut deleted = 0;
+    for t in &tables[1..] {
+        let gone = sqlx::query(sqlx::AssertSqlSafe(format!("delete from {t} where org_id = $1")))
+            .bind(org)
+            .execute(pool)
+            .await
+            .unwrap()
+            .rows_affected();
+        assert!(gone > 0, "{t} had rows of the org to delete");
+        deleted += gone;
+    }
+    let header = Header { format: "test", id_key: "export_id", fields: vec![], lead: None };
+    let snapshot = read.finish(header).await.unwrap();
+    assert_eq!(snapshot.connections(), 2, "a second connection shared the snapshot");
+    assert_eq!(serde_json::from_str::<Value>(&snapshot.counts_json()).unwrap(), Value::Object(before.clone()));
+    let file = app.storage_dir.join("shared.json.gz");
+    let upload = Sink::File(file.clone()).start().await.unwrap();
+    let outcome = snapshot.write("shared", upload, &tokio::sync::watch::channel(0).0).await.unwrap();
+    let json = decode(&std::fs::read(&file).unwrap());
+    for t in tables {
+        let rows = json["sections"][t].as_array().unwrap_or_else(|| panic!("section {t}")).len();
+        assert_eq!(Value::from(rows), before[t], "{t}: the rows of the read's instant");
+    }
+    assert_eq!(outcome.rows, before.values().map(|v| v.as_i64().unwrap()).sum::<i64>());
+    assert!(deleted > 0);
 }
