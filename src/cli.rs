@@ -278,7 +278,7 @@ async fn export_with(
             // Straight through the pipeline to a file: no run, no bucket.
             let id = ulid::Ulid::generate().to_string();
             let opening = std::time::Instant::now();
-            let snapshot = org_snapshot::open(&state.pool, org.id).await?;
+            let snapshot = org_snapshot::open(&state.pool, org.id).await?.with_level(state.config.export_gzip_level);
             let (open_seconds, connections) = (opening.elapsed().as_secs_f64(), snapshot.connections());
             let (progress, _rx) = watch::channel(0);
             let upload = Sink::File(path.clone()).start().await?;

@@ -70,6 +70,9 @@ pub struct Config {
     pub missed_heartbeats: u32,
     /// `EXPORT_MAX_ATTEMPTS` (default 3).
     pub export_max_attempts: u32,
+    /// `EXPORT_GZIP_LEVEL`: the deflate level of every snapshot file (1..=9,
+    /// default 5): lower is faster and larger.
+    pub export_gzip_level: u32,
     /// `PRIVACY_BUCKET` (default `data-export-privacy`).
     pub privacy_bucket: String,
     /// `IMPORT_MAX_BYTES`: the largest snapshot file a platform admin may upload to
@@ -458,6 +461,12 @@ impl Config {
             heartbeat_secs: parse_num("HEARTBEAT_SECS", non_empty("HEARTBEAT_SECS"), 30, 1..=3600)?,
             missed_heartbeats: parse_num("MISSED_HEARTBEATS", non_empty("MISSED_HEARTBEATS"), 10, 1..=1000)?,
             export_max_attempts: parse_num("EXPORT_MAX_ATTEMPTS", non_empty("EXPORT_MAX_ATTEMPTS"), 3, 1..=25)?,
+            export_gzip_level: parse_num(
+                "EXPORT_GZIP_LEVEL",
+                non_empty("EXPORT_GZIP_LEVEL"),
+                crate::snapshot::pipeline::GZIP_LEVEL,
+                1..=9,
+            )?,
             privacy_bucket: non_empty("PRIVACY_BUCKET").unwrap_or_else(|| "data-export-privacy".into()),
             import_max_bytes: parse_bytes("IMPORT_MAX_BYTES", non_empty("IMPORT_MAX_BYTES"), DEFAULT_IMPORT_MAX_BYTES)?,
             verify_timeout_secs: parse_num("VERIFY_TIMEOUT_SECS", non_empty("VERIFY_TIMEOUT_SECS"), 1800, 1..=86_400)?,
@@ -595,6 +604,8 @@ mod tests {
         assert_eq!(c.data_dir, PathBuf::from(".data"));
         assert!(!c.cookies_secure());
         assert_eq!(c.import_max_bytes, 4_294_967_296);
+        assert_eq!(c.export_gzip_level, 5);
+        assert_eq!(cfg(&[("EXPORT_GZIP_LEVEL", "3")]).unwrap().export_gzip_level, 3);
         assert_eq!(c.http.header_read_timeout, Duration::from_secs(10));
         assert_eq!(c.http.request_timeout, Duration::from_secs(60));
         assert_eq!(c.http.body_read_timeout, Duration::from_secs(20));
@@ -665,6 +676,9 @@ mod tests {
             (vec![("MAX_CONNECTIONS_PER_CLIENT", "0")], "MAX_CONNECTIONS_PER_CLIENT"),
             (vec![("WRITE_STALL_TIMEOUT_SECS", "soon")], "WRITE_STALL_TIMEOUT_SECS"),
             (vec![("VERIFY_TIMEOUT_SECS", "0")], "VERIFY_TIMEOUT_SECS"),
+            (vec![("EXPORT_GZIP_LEVEL", "0")], "EXPORT_GZIP_LEVEL"),
+            (vec![("EXPORT_GZIP_LEVEL", "10")], "EXPORT_GZIP_LEVEL"),
+            (vec![("EXPORT_GZIP_LEVEL", "fast")], "EXPORT_GZIP_LEVEL"),
             (
                 vec![("PUBLIC_URL", "https://x.example"), ("BOARD_PUBLIC_URL", "http://x.example:3001")],
                 "BOARD_PUBLIC_URL must be https",

@@ -276,7 +276,7 @@ async fn write<L: Lease>(lease: &L, state: &AppState, record: &L::Record, attemp
         lease.set_upload_id(state, id, attempt, None).await?;
     }
     let opening = std::time::Instant::now();
-    let snapshot = lease.open(state, record, attempt).await?;
+    let snapshot = lease.open(state, record, attempt).await?.with_level(state.config.export_gzip_level);
     let (open_seconds, connections) = (opening.elapsed().as_secs_f64(), snapshot.connections());
     let (snapshot_at, counts) = (snapshot.snapshot_at, snapshot.counts_json());
     let sink = Sink::Object { storage: state.storage.clone(), bucket: bucket.clone(), key: key.clone(), label };

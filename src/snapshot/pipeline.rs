@@ -73,8 +73,9 @@ pub const BLOCK_QUEUE: usize = 2;
 const WINDOW: usize = 32 * 1024;
 /// Compressed parts waiting for the sink.
 pub const PART_QUEUE: usize = 1;
-/// The gzip level. zlib-rs at 5 compresses about 40% faster than at 6, and its output is
-/// about 1% larger than `gzip -6`'s (at 4 about 4%; see docs/benchmarks.md).
+/// The default gzip level (`EXPORT_GZIP_LEVEL` sets another). zlib-rs at 5 compresses
+/// about 40% faster than at 6, and its output is within 1% of `gzip -6`'s; 4 and 3
+/// are faster still and larger (see docs/benchmarks.md).
 pub const GZIP_LEVEL: u32 = 5;
 
 /// The result of a finished snapshot.
@@ -113,6 +114,8 @@ pub struct Snapshot {
     sections: Vec<(String, Plan, i64)>,
     /// How many connections described and counted the sections (1 or 2).
     connections: usize,
+    /// The deflate level (see [`Self::with_level`]).
+    level: u32,
 }
 
 /// What a file says before its sections' rows:
@@ -213,7 +216,7 @@ impl Reader {
         done.extend(theirs);
         done.sort_by_key(|(i, ..)| *i);
         let sections = done.into_iter().map(|(i, plan, n)| (queries[i].name.to_string(), plan, n)).collect();
-        Ok(Snapshot { tx: self.tx, snapshot_at: self.snapshot_at, header, sections, connections })
+        Ok(Snapshot { tx: self.tx, snapshot_at: self.snapshot_at, header, sections, connections, level: GZIP_LEVEL })
     }
 }
 
@@ -353,6 +356,14 @@ async fn section(conn: &mut sqlx::PgConnection, query: &SectionQuery) -> anyhow:
 }
 
 impl Snapshot {
+    /// Writes the file at deflate `level` (1 fastest and largest, 9 slowest and
+    /// smallest; clamped to that range) instead of [`GZIP_LEVEL`]. The JSON is the
+    /// same at every level.
+    pub fn with_level(mut self, level: u32) -> Self {
+        self.level = level.clamp(1, 9);
+        self
+    }
+
     /// How many connections described and counted the sections: 2 when a second
     /// one shared the snapshot, 1 when none was free.
     pub fn connections(&self) -> usize {
@@ -421,6 +432,7 @@ impl Snapshot {
         let (part_tx, part_rx) = mpsc::channel::<Bytes>(PART_QUEUE);
         let part_size = super::sink::PART_SIZE;
         let rows_done = Arc::new(AtomicI64::new(self.head_rows()));
+        let level = self.level;
         let sink_clock = StageClock::new(if upload.upload_id().is_some() { "upload" } else { "write" }, started);
         let uploader = tokio::spawn(upload.consume(part_rx, sink_clock));
         let threads = {
@@ -432,7 +444,7 @@ impl Snapshot {
                 let mut deflaters = Vec::with_capacity(COMPRESS_THREADS);
                 for (i, (blocks, done)) in block_rxs.into_iter().zip(done_txs).enumerate() {
                     let clock = move || StageClock::on_this_thread(format!("deflate {}", i + 1), started);
-                    deflaters.push(background_thread("dx-deflate", move || deflate(blocks, done, clock()))?);
+                    deflaters.push(background_thread("dx-deflate", move || deflate(blocks, done, level, clock()))?);
                 }
                 let gzip = background_thread("dx-gzip", move || {
                     join_member(done_rxs, part_tx, part_size, StageClock::on_this_thread("gzip", started))
@@ -747,9 +759,10 @@ impl ChunkWriter {
 fn deflate(
     mut blocks: mpsc::Receiver<Block>,
     out: mpsc::Sender<Deflated>,
+    level: u32,
     mut clock: StageClock,
 ) -> anyhow::Result<StageTime> {
-    let mut deflater = Compress::new(Compression::new(GZIP_LEVEL), false);
+    let mut deflater = Compress::new(Compression::new(level), false);
     while let Some(block) = clock.wait(Wait::In, || blocks.blocking_recv()) {
         deflater.reset();
         if !block.dictionary.is_empty() {
@@ -949,7 +962,7 @@ mod tests {
         let deflaters: Vec<_> = block_rxs
             .into_iter()
             .zip(done_txs)
-            .map(|(b, d)| std::thread::spawn(move || deflate(b, d, StageClock::new("deflate", origin))))
+            .map(|(b, d)| std::thread::spawn(move || deflate(b, d, GZIP_LEVEL, StageClock::new("deflate", origin))))
             .collect();
         let joiner =
             std::thread::spawn(move || join_member(done_rxs, part_tx, 1 << 20, StageClock::new("gzip", origin)));

@@ -1040,3 +1040,50 @@ async fn counts_shared_over_two_connections_see_the_one_instant_of_the_read() {
     assert_eq!(outcome.rows, before.values().map(|v| v.as_i64().unwrap()).sum::<i64>());
     assert!(deleted > 0);
 }
+
+/// `EXPORT_GZIP_LEVEL` trades size for speed and nothing else: the same JSON at
+/// every level; a value out of 1..=9 is refused before anything is written.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_gzip_level_changes_the_size_not_the_content() {
+    let app = TestApp::spawn_with(Options { members: 300, workers: false, ..Options::default() }).await;
+    let mut files = Vec::new();
+    for level in ["1", "5", "9"] {
+        let path = app.storage_dir.join(format!("level-{level}.json.gz"));
+        let out = app
+            .command()
+            .env("EXPORT_GZIP_LEVEL", level)
+            .args(["export", "--org", "acme", "--out"])
+            .arg(&path)
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        let bytes = std::fs::read(&path).unwrap();
+        let mut json = decode(&bytes);
+        assert_valid(&json);
+        for volatile in ["export_id", "generated_at", "snapshot_at"] {
+            json.as_object_mut().unwrap().remove(volatile);
+        }
+        files.push((bytes.len(), json));
+    }
+    assert_eq!(files[0].1, files[1].1, "level 1 wrote other JSON than level 5");
+    assert_eq!(files[2].1, files[1].1, "level 9 wrote other JSON than level 5");
+    assert!(
+        files[0].0 > files[1].0 && files[1].0 >= files[2].0,
+        "sizes at 1, 5, 9: {:?}",
+        (files[0].0, files[1].0, files[2].0)
+    );
+
+    let refused = app.storage_dir.join("refused.json.gz");
+    for bad in ["0", "10", "fast"] {
+        let out = app
+            .command()
+            .env("EXPORT_GZIP_LEVEL", bad)
+            .args(["export", "--org", "acme", "--out"])
+            .arg(&refused)
+            .output()
+            .unwrap();
+        assert!(!out.status.success());
+        assert!(String::from_utf8_lossy(&out.stderr).contains("EXPORT_GZIP_LEVEL"), "{bad}");
+        assert!(!refused.exists(), "{bad}: a file was written");
+    }
+}
