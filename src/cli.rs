@@ -300,31 +300,29 @@ async fn export_with(
                     "the backup configuration is not active and verified: run `data-export verify-storage` first, or use --out FILE"
                 );
             }
+            let run = runs::create_manual_unattributed(&state.pool, org.id, state.config.export_max_attempts)
+                .await
+                .map_err(|e| anyhow::anyhow!("{}", e.public_message()))?;
             let stop = tokio_util::sync::CancellationToken::new();
-            // Only the export queue's workers: this process is here for this run. They
-            // start first, so that they are listening by the time the run is queued.
+            // Only the export queue's workers: this process is here for this run.
             let workers = tokio::spawn(workers::run(state.clone(), stop.clone(), Some(&[ExportJob::QUEUE])));
             let started = std::time::Instant::now();
-            let run =
-                match runs::create_manual_unattributed(&state.pool, org.id, state.config.export_max_attempts).await {
-                    Ok(run) => run,
-                    Err(e) => {
-                        stop.cancel();
-                        let _ = workers.await;
-                        bail!("{}", e.public_message());
-                    }
-                };
             // A primary-key read 20 times a second: cheap, and the command returns
             // within 50 ms of the run's end.
-            let done = loop {
-                tokio::time::sleep(Duration::from_millis(50)).await;
-                let r = runs::get_any(&state.pool, &run.id).await?.context("the run disappeared")?;
-                if !r.is_active() {
-                    break r;
+            let ended = async {
+                loop {
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    let r = runs::get_any(&state.pool, &run.id).await?.context("the run disappeared")?;
+                    if !r.is_active() {
+                        return anyhow::Ok(r);
+                    }
                 }
-            };
+            }
+            .await;
+            // The workers stop however the wait ended.
             stop.cancel();
             let _ = workers.await;
+            let done = ended?;
             if done.status != runs::RunStatus::Completed {
                 bail!("export {} {}: {}", done.id, done.status, done.error.unwrap_or_default());
             }

@@ -71,7 +71,7 @@ pub struct Config {
     /// `EXPORT_MAX_ATTEMPTS` (default 3).
     pub export_max_attempts: u32,
     /// `EXPORT_GZIP_LEVEL`: the deflate level of every snapshot file (1..=9,
-    /// default 5): lower is faster and larger.
+    /// default 3): lower is faster and larger.
     pub export_gzip_level: u32,
     /// `PRIVACY_BUCKET` (default `data-export-privacy`).
     pub privacy_bucket: String,
@@ -604,8 +604,8 @@ mod tests {
         assert_eq!(c.data_dir, PathBuf::from(".data"));
         assert!(!c.cookies_secure());
         assert_eq!(c.import_max_bytes, 4_294_967_296);
-        assert_eq!(c.export_gzip_level, 5);
-        assert_eq!(cfg(&[("EXPORT_GZIP_LEVEL", "3")]).unwrap().export_gzip_level, 3);
+        assert_eq!(c.export_gzip_level, 3);
+        assert_eq!(cfg(&[("EXPORT_GZIP_LEVEL", "5")]).unwrap().export_gzip_level, 5);
         assert_eq!(c.http.header_read_timeout, Duration::from_secs(10));
         assert_eq!(c.http.request_timeout, Duration::from_secs(60));
         assert_eq!(c.http.body_read_timeout, Duration::from_secs(20));

@@ -73,10 +73,10 @@ pub const BLOCK_QUEUE: usize = 2;
 const WINDOW: usize = 32 * 1024;
 /// Compressed parts waiting for the sink.
 pub const PART_QUEUE: usize = 1;
-/// The default gzip level (`EXPORT_GZIP_LEVEL` sets another). zlib-rs at 5 compresses
-/// about 40% faster than at 6, and its output is within 1% of `gzip -6`'s; 4 and 3
-/// are faster still and larger (see docs/benchmarks.md).
-pub const GZIP_LEVEL: u32 = 5;
+/// The default gzip level (`EXPORT_GZIP_LEVEL` sets another). At 3 zlib-rs takes the
+/// fast path (no lazy matching): at 3.9 M rows the export took 13% less time than
+/// at 5, for a file 6% larger (about 1.05 of `gzip -6`'s; see docs/benchmarks.md).
+pub const GZIP_LEVEL: u32 = 3;
 
 /// The result of a finished snapshot.
 #[derive(Debug, Clone)]
@@ -192,21 +192,38 @@ impl Reader {
     ///
     /// The counts take a few hundred milliseconds on a large org, all of it
     /// PostgreSQL's, and nothing downstream can start before they are known (they
-    /// are in the header). So they are shared out over two connections when a second
-    /// one is to be had at once: the second imports this transaction's snapshot
+    /// are in the header). So they are shared out over two connections when the pool
+    /// has a second within [`SHARE_WAIT`]: it imports this transaction's snapshot
     /// (`pg_export_snapshot` / `SET TRANSACTION SNAPSHOT`, as `pg_dump -j` does),
-    /// so every count still sees the one instant. Without one, all run here.
+    /// so every count still sees the one instant. Without one, or if it fails, the
+    /// rest runs here.
     pub async fn finish(mut self, header: Header) -> anyhow::Result<Snapshot> {
         let queries = std::mem::take(&mut self.queries);
-        let mut second = if queries.len() > 1 { share_snapshot(&mut self.tx, &self.pool).await } else { None };
+        let mut second = if queries.len() > 1 { share_snapshot(&mut self.tx, &self.pool).await? } else { None };
         let next = AtomicUsize::new(0);
         let (mut done, theirs) = match second.as_mut() {
             Some(other) => {
                 let (mine, theirs) =
                     tokio::join!(describe(&mut self.tx, &queries, &next), describe(other, &queries, &next));
-                (mine?, theirs?)
+                (mine?, theirs)
             }
-            None => (describe(&mut self.tx, &queries, &next).await?, Vec::new()),
+            None => (describe(&mut self.tx, &queries, &next).await?, Ok(Vec::new())),
+        };
+        let theirs = match theirs {
+            Ok(theirs) => theirs,
+            Err(e) => {
+                // The second connection is only a help: what it did not finish is done
+                // here (a fault of the section itself fails here too).
+                tracing::debug!(error = format!("{e:#}"), "the second connection failed; counting the rest on one");
+                let mut redone = Vec::new();
+                for (i, query) in queries.iter().enumerate() {
+                    if !done.iter().any(|(mine, ..)| *mine == i) {
+                        let (plan, n) = section(&mut self.tx, query).await?;
+                        redone.push((i, plan, n));
+                    }
+                }
+                redone
+            }
         };
         let connections = if second.is_some() { 2 } else { 1 };
         if let Some(other) = second {
@@ -222,37 +239,62 @@ impl Reader {
 
 /// Opens a second REPEATABLE READ, READ ONLY transaction on the snapshot of `tx`,
 /// if the pool has a connection for it within [`SHARE_WAIT`]; `None` otherwise (the
-/// caller reads everything on `tx`, which is only slower).
+/// caller reads everything on `tx`, which is only slower). An error on `tx` (which
+/// would abort the read) is the caller's.
+///
+/// Only taking the connection is under the time limit. A BEGIN cut short would
+/// leave a connection that sqlx does not know to be in a transaction, and it would
+/// go back to the pool inside one (launchbadge/sqlx#4385); once begun, a
+/// transaction that is dropped is rolled back before the pool hands it out again.
 async fn share_snapshot(
     tx: &mut Transaction<'static, Postgres>,
     pool: &PgPool,
-) -> Option<Transaction<'static, Postgres>> {
-    let open = async {
-        let (id,): (String,) = sqlx::query_as("select pg_export_snapshot()").fetch_one(&mut **tx).await?;
-        // PostgreSQL's own identifier (hex digits and dashes), checked before it is inlined.
-        if id.is_empty() || !id.bytes().all(|b| b.is_ascii_hexdigit() || b == b'-') {
-            anyhow::bail!("unexpected snapshot identifier {id:?}");
-        }
-        let mut other = pool.begin_with("begin isolation level repeatable read, read only").await?;
-        sqlx::query(sqlx::AssertSqlSafe(format!("set transaction snapshot '{id}'"))).execute(&mut *other).await?;
-        anyhow::Ok(other)
-    };
-    match tokio::time::timeout(SHARE_WAIT, open).await {
-        Ok(Ok(other)) => Some(other),
+) -> anyhow::Result<Option<Transaction<'static, Postgres>>> {
+    let id: String = sqlx::query_scalar("select pg_export_snapshot()").fetch_one(&mut **tx).await?;
+    // PostgreSQL's own identifier (hex digits and dashes), checked before it is inlined.
+    anyhow::ensure!(
+        !id.is_empty() && id.bytes().all(|b| b.is_ascii_hexdigit() || b == b'-'),
+        "unexpected snapshot identifier {id:?}"
+    );
+    let conn = match tokio::time::timeout(SHARE_WAIT, pool.acquire()).await {
+        Ok(Ok(conn)) => conn,
         Ok(Err(e)) => {
-            tracing::debug!(error = format!("{e:#}"), "counting on one connection: the snapshot could not be shared");
-            None
+            tracing::debug!(error = %e, "counting on one connection: no second connection");
+            return Ok(None);
         }
         Err(_) => {
             tracing::debug!("counting on one connection: no second connection was free");
-            None
+            return Ok(None);
+        }
+    };
+    let shared = async {
+        // (`Transaction::begin` is what `Pool::begin` runs once it has a connection.)
+        let mut other = Transaction::begin(conn, None).await?;
+        // As pg_dump -j: the isolation level, then the snapshot, before any query.
+        sqlx::query("set transaction isolation level repeatable read, read only").execute(&mut *other).await?;
+        sqlx::query(sqlx::AssertSqlSafe(format!("set transaction snapshot '{id}'"))).execute(&mut *other).await?;
+        set_read_session(&mut other).await?;
+        Ok::<_, sqlx::Error>(other)
+    };
+    match shared.await {
+        Ok(other) => Ok(Some(other)),
+        Err(e) => {
+            tracing::debug!(error = %e, "counting on one connection: the snapshot could not be shared");
+            Ok(None)
         }
     }
 }
 
+/// The session settings of every transaction of a read (the first, and the one
+/// that shares its snapshot), so that both see values alike.
+async fn set_read_session(tx: &mut Transaction<'static, Postgres>) -> sqlx::Result<()> {
+    sqlx::query("set local timezone = 'UTC'").execute(&mut **tx).await?;
+    Ok(())
+}
+
 /// How long [`Reader::finish`] waits for a second connection before it counts on
 /// its own.
-const SHARE_WAIT: std::time::Duration = std::time::Duration::from_millis(200);
+const SHARE_WAIT: std::time::Duration = std::time::Duration::from_secs(1);
 
 /// Describes and counts sections of `queries` on `conn`, taking the next one from
 /// `next` until none is left: two of these on two connections share the work
@@ -279,7 +321,7 @@ async fn begin_snapshot(pool: &PgPool) -> anyhow::Result<(Transaction<'static, P
         .context("opening the snapshot transaction")?;
     // The first statement fixes the snapshot; its clock is the snapshot's instant.
     let (snapshot_at,): (DateTime<Utc>,) = sqlx::query_as("select clock_timestamp()").fetch_one(&mut *tx).await?;
-    sqlx::query("set local timezone = 'UTC'").execute(&mut *tx).await?;
+    set_read_session(&mut tx).await?;
     Ok((tx, snapshot_at))
 }
 
