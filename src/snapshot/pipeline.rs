@@ -73,9 +73,9 @@ pub const BLOCK_QUEUE: usize = 2;
 const WINDOW: usize = 32 * 1024;
 /// Compressed parts waiting for the sink.
 pub const PART_QUEUE: usize = 1;
-/// The default gzip level (`EXPORT_GZIP_LEVEL` sets another). At 3 zlib-rs takes the
-/// fast path (no lazy matching): at 3.9 M rows the export took 13% less time than
-/// at 5, for a file 6% larger (about 1.05 of `gzip -6`'s; see docs/benchmarks.md).
+/// The default gzip level (`EXPORT_GZIP_LEVEL` sets another). At 3 zlib-rs searches
+/// much shorter match chains than at 5: at 3.9 M rows the export took 12-13% less
+/// time, for a file 6% larger (about 1.05 of `gzip -6`'s; see docs/benchmarks.md).
 pub const GZIP_LEVEL: u32 = 3;
 
 /// The result of a finished snapshot.
@@ -209,12 +209,14 @@ impl Reader {
             }
             None => (describe(&mut self.tx, &queries, &next).await?, Ok(Vec::new())),
         };
+        // The connections that counted something (a second that failed counts none).
+        let connections = 1 + usize::from(matches!(&theirs, Ok(t) if !t.is_empty()));
         let theirs = match theirs {
             Ok(theirs) => theirs,
             Err(e) => {
                 // The second connection is only a help: what it did not finish is done
                 // here (a fault of the section itself fails here too).
-                tracing::debug!(error = format!("{e:#}"), "the second connection failed; counting the rest on one");
+                tracing::warn!(error = format!("{e:#}"), "the second connection failed; counting the rest on one");
                 let mut redone = Vec::new();
                 for (i, query) in queries.iter().enumerate() {
                     if !done.iter().any(|(mine, ..)| *mine == i) {
@@ -225,7 +227,6 @@ impl Reader {
                 redone
             }
         };
-        let connections = if second.is_some() { 2 } else { 1 };
         if let Some(other) = second {
             // Read only: nothing to keep.
             let _ = other.rollback().await;
@@ -272,7 +273,11 @@ async fn share_snapshot(
         let mut other = Transaction::begin(conn, None).await?;
         // As pg_dump -j: the isolation level, then the snapshot, before any query.
         sqlx::query("set transaction isolation level repeatable read, read only").execute(&mut *other).await?;
-        sqlx::query(sqlx::AssertSqlSafe(format!("set transaction snapshot '{id}'"))).execute(&mut *other).await?;
+        // Not prepared: each export's id would stay in the connection's statement cache.
+        sqlx::query(sqlx::AssertSqlSafe(format!("set transaction snapshot '{id}'")))
+            .persistent(false)
+            .execute(&mut *other)
+            .await?;
         set_read_session(&mut other).await?;
         Ok::<_, sqlx::Error>(other)
     };
@@ -407,7 +412,7 @@ impl Snapshot {
     }
 
     /// How many connections described and counted the sections: 2 when a second
-    /// one shared the snapshot, 1 when none was free.
+    /// one shared the snapshot and counted at least one, else 1.
     pub fn connections(&self) -> usize {
         self.connections
     }
