@@ -43,6 +43,10 @@ impl std::fmt::Debug for S3Settings {
     }
 }
 
+/// The deflate level of snapshot files when `EXPORT_GZIP_LEVEL` is not set (see
+/// docs/benchmarks.md, "The levers, measured").
+pub const DEFAULT_EXPORT_GZIP_LEVEL: u32 = 3;
+
 /// The whole process configuration.
 #[derive(Clone, Debug)]
 pub struct Config {
@@ -71,7 +75,7 @@ pub struct Config {
     /// `EXPORT_MAX_ATTEMPTS` (default 3).
     pub export_max_attempts: u32,
     /// `EXPORT_GZIP_LEVEL`: the deflate level of every snapshot file (1..=9,
-    /// default 3): lower is faster and larger.
+    /// default [`DEFAULT_EXPORT_GZIP_LEVEL`]): lower is faster and larger.
     pub export_gzip_level: u32,
     /// `PRIVACY_BUCKET` (default `data-export-privacy`).
     pub privacy_bucket: String,
@@ -464,7 +468,7 @@ impl Config {
             export_gzip_level: parse_num(
                 "EXPORT_GZIP_LEVEL",
                 non_empty("EXPORT_GZIP_LEVEL"),
-                crate::snapshot::pipeline::GZIP_LEVEL,
+                DEFAULT_EXPORT_GZIP_LEVEL,
                 1..=9,
             )?,
             privacy_bucket: non_empty("PRIVACY_BUCKET").unwrap_or_else(|| "data-export-privacy".into()),

@@ -60,7 +60,9 @@ pub async fn push_after<J: Job>(
     let mut task =
         TaskBuilder::new(serde_json::to_vec(job)?).task_id(TaskId::from_ulid(id)).max_attempts(max_attempts as usize);
     if !delay.is_zero() {
-        task = task.run_after(delay);
+        // apalis keeps the time to run at in whole seconds, rounded down: a second
+        // more makes the wait at least `delay` (and at most a second longer).
+        task = task.run_after(delay + Duration::from_secs(1));
     }
     let task: PgTask = task.build();
     apalis_postgres::queries::push_tasks(conn, J::QUEUE, vec![task]).await?;

@@ -76,7 +76,7 @@ pub const PART_QUEUE: usize = 1;
 /// The default gzip level (`EXPORT_GZIP_LEVEL` sets another). At 3 zlib-rs searches
 /// much shorter match chains than at 5: at 3.9 M rows the export took 12-13% less
 /// time, for a file 6% larger (about 1.05 of `gzip -6`'s; see docs/benchmarks.md).
-pub const GZIP_LEVEL: u32 = 3;
+pub const GZIP_LEVEL: u32 = crate::config::DEFAULT_EXPORT_GZIP_LEVEL;
 
 /// The result of a finished snapshot.
 #[derive(Debug, Clone)]
