@@ -1067,16 +1067,19 @@ async fn counts_shared_over_two_connections_see_the_one_instant_of_the_read() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_gzip_level_changes_the_size_not_the_content() {
     let app = TestApp::spawn_with(Options { members: 300, workers: false, ..Options::default() }).await;
+    // `export --out path` with EXPORT_GZIP_LEVEL=level.
+    let export_at = |level: &str, path: &std::path::Path| {
+        app.command()
+            .env("EXPORT_GZIP_LEVEL", level)
+            .args(["export", "--org", "acme", "--out"])
+            .arg(path)
+            .output()
+            .unwrap()
+    };
     let mut files = Vec::new();
     for level in ["1", "5", "9"] {
         let path = app.storage_dir.join(format!("level-{level}.json.gz"));
-        let out = app
-            .command()
-            .env("EXPORT_GZIP_LEVEL", level)
-            .args(["export", "--org", "acme", "--out"])
-            .arg(&path)
-            .output()
-            .unwrap();
+        let out = export_at(level, &path);
         assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
         let bytes = std::fs::read(&path).unwrap();
         let mut json = decode(&bytes);
@@ -1096,13 +1099,7 @@ async fn the_gzip_level_changes_the_size_not_the_content() {
 
     let refused = app.storage_dir.join("refused.json.gz");
     for bad in ["0", "10", "fast"] {
-        let out = app
-            .command()
-            .env("EXPORT_GZIP_LEVEL", bad)
-            .args(["export", "--org", "acme", "--out"])
-            .arg(&refused)
-            .output()
-            .unwrap();
+        let out = export_at(bad, &refused);
         assert!(!out.status.success());
         assert!(String::from_utf8_lossy(&out.stderr).contains("EXPORT_GZIP_LEVEL"), "{bad}");
         assert!(!refused.exists(), "{bad}: a file was written");
