@@ -87,6 +87,9 @@ pub async fn serve(
             },
             _ = stop.cancelled() => break,
         };
+        // Responses are written as they are ready (a streamed body, a chunked
+        // answer): none waits on the client's delayed ACK (Nagle's algorithm).
+        let _ = stream.set_nodelay(true);
         let client =
             (!trusted.iter().any(|c| c.contains(peer.ip()))).then(|| crate::auth::client_ip::client_network(peer.ip()));
         let Some(counted) = per_client.enter(client, limits.max_per_client) else {

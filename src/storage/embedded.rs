@@ -58,6 +58,9 @@ impl EmbeddedS3 {
                 tokio::select! {
                     accepted = listener.accept() => {
                         let Ok((socket, _)) = accepted else { continue };
+                        // A response written in pieces (a chunked body) is not held
+                        // back waiting for the client's delayed ACK (Nagle).
+                        let _ = socket.set_nodelay(true);
                         let conn = http.serve_connection(TokioIo::new(socket), service.clone());
                         let conn = graceful.watch(conn.into_owned());
                         tokio::spawn(async move { let _ = conn.await; });
