@@ -3,10 +3,12 @@
 //! running a job's body on a task of its own. Which queues exist is the registry's
 //! business (`crate::workers`), not this module's.
 
+pub mod wake;
+
 use std::time::Duration;
 
 use apalis::prelude::*;
-use apalis_postgres::{Config, PgTask, PostgresStorage, Pubsub};
+use apalis_postgres::{Config, PgTask, PostgresStorage};
 use serde::{Serialize, de::DeserializeOwned};
 use sqlx::PgPool;
 use tokio_util::sync::CancellationToken;
@@ -30,15 +32,16 @@ pub fn queue_config(state: &AppState, queue: &str) -> Config {
         .missed_heartbeats(state.config.missed_heartbeats as usize)
 }
 
-/// A worker's backend: LISTEN/NOTIFY for new jobs, with polling as the fallback (a
-/// NOTIFY can be missed, and jobs scheduled for later need the poll).
-pub type Backend<T> = PollWith<PollWith<PostgresStorage<T>, StreamStrategy<Pubsub>>, IntervalStrategy>;
+/// A worker's backend: LISTEN/NOTIFY for new jobs ([`wake::inserts`]), with polling
+/// as the fallback (a NOTIFY can be missed, and jobs scheduled for later need the poll).
+pub type Backend<T> =
+    PollWith<PollWith<PostgresStorage<T>, StreamStrategy<futures::stream::BoxStream<'static, ()>>>, IntervalStrategy>;
 
 /// The backend for a worker on `queue`.
 pub fn backend<T>(state: &AppState, queue: &str) -> Backend<T> {
     PostgresStorage::<T>::new(&state.pool)
         .with_config(queue_config(state, queue))
-        .with_pubsub()
+        .poll_with_stream(wake::inserts(state.pool.clone(), queue.to_string()))
         .poll_with_interval(Duration::from_secs(2))
 }
 

@@ -370,3 +370,54 @@ async fn two_serve_processes_and_one_worker_share_the_database() {
     worker.kill().unwrap();
     worker.wait().unwrap();
 }
+
+/// What wakes a queue's worker when a job is pushed (`jobs::wake::inserts`): a job
+/// pushed onto its queue wakes it and one pushed onto another queue does not; and
+/// while the database cannot be reached it waits between attempts. (On sqlx 0.9.1,
+/// apalis' own listener retried a connect that failed at once with no pause: a
+/// worker process took a whole core while its database's unix socket was gone.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_new_job_wakes_its_queue_and_an_unreachable_database_is_retried_without_spinning() {
+    use data_export::{jobs, mail::MailJob, webhooks::delivery::DeliveryJob};
+    use futures::StreamExt;
+
+    let (pool, _) = fresh_db().await;
+    let mut wake = jobs::wake::inserts(pool.clone(), <MailJob as jobs::Job>::QUEUE.to_string());
+    // The first poll starts listening; nothing is there yet.
+    assert!(tokio::time::timeout(Duration::from_millis(500), wake.next()).await.is_err(), "woken with no job");
+    let mut conn = pool.acquire().await.unwrap();
+    jobs::push(&mut conn, ulid::Ulid::generate(), &DeliveryJob { delivery_id: "d".into() }, 1).await.unwrap();
+    assert!(
+        tokio::time::timeout(Duration::from_millis(500), wake.next()).await.is_err(),
+        "woken by another queue's job"
+    );
+    jobs::push(&mut conn, ulid::Ulid::generate(), &MailJob { message_id: "m".into() }, 1).await.unwrap();
+    let woken = tokio::time::timeout(Duration::from_secs(5), wake.next()).await;
+    assert_eq!(woken.expect("a job on its queue wakes it within 5 s"), Some(()));
+
+    // A socket directory that does not exist: every connect fails at once, as when
+    // the server's unix socket is gone during a restart. The stream runs alone on a
+    // thread of its own for 2 s, and that thread's CPU time is measured.
+    let gone = sqlx::postgres::PgPoolOptions::new().acquire_timeout(Duration::from_secs(1)).connect_lazy_with(
+        sqlx::postgres::PgConnectOptions::new().socket("/nonexistent-dx-socket-dir").username("postgres"),
+    );
+    let ticks = std::thread::spawn(move || {
+        // utime + stime of this thread, in clock ticks (1/100 s).
+        let cpu = || {
+            let stat = std::fs::read_to_string("/proc/thread-self/stat").unwrap();
+            let fields: Vec<u64> =
+                stat.rsplit_once(')').unwrap().1.split_whitespace().skip(11).take(2).map(|f| f.parse().unwrap()).collect();
+            fields[0] + fields[1]
+        };
+        let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+        let before = cpu();
+        runtime.block_on(async {
+            let mut wake = jobs::wake::inserts(gone, <MailJob as jobs::Job>::QUEUE.to_string());
+            assert!(tokio::time::timeout(Duration::from_secs(2), wake.next()).await.is_err(), "woken with no database");
+        });
+        cpu() - before
+    })
+    .join()
+    .unwrap();
+    assert!(ticks < 20, "retrying an unreachable database for 2 s took {ticks} ticks (1/100 s) of CPU");
+}
