@@ -308,7 +308,7 @@ async fn export_with(
             let workers = tokio::spawn(workers::run(state.clone(), stop.clone(), Some(&[ExportJob::QUEUE])));
             let started = std::time::Instant::now();
             // A primary-key read 100 times a second (about 0.1 ms each): cheap, and
-            // the command returns within 10 ms of the run's end.
+            // the command sees the run's end within 10 ms.
             let ended = async {
                 loop {
                     tokio::time::sleep(Duration::from_millis(10)).await;

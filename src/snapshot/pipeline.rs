@@ -243,10 +243,10 @@ impl Reader {
 /// caller reads everything on `tx`, which is only slower). An error on `tx` (which
 /// would abort the read) is the caller's.
 ///
-/// Only taking the connection is under the time limit. A BEGIN cut short would
-/// leave a connection that sqlx does not know to be in a transaction, and it would
-/// go back to the pool inside one (launchbadge/sqlx#4385); once begun, a
-/// transaction that is dropped is rolled back before the pool hands it out again.
+/// Only taking the connection is under the time limit: a BEGIN cut short went back
+/// to the pool inside a transaction on sqlx 0.9.0 (launchbadge/sqlx#4385; 0.9.1
+/// rolls it back, #4394), and a free connection begins at once anyway. Once begun,
+/// a transaction that is dropped is rolled back before the pool hands it out again.
 async fn share_snapshot(
     tx: &mut Transaction<'static, Postgres>,
     pool: &PgPool,

@@ -57,7 +57,11 @@ impl EmbeddedS3 {
             loop {
                 tokio::select! {
                     accepted = listener.accept() => {
-                        let Ok((socket, _)) = accepted else { continue };
+                        let Ok((socket, _)) = accepted else {
+                            // Out of file descriptors and the like: wait a moment rather than spin.
+                            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                            continue;
+                        };
                         // A response written in pieces (a chunked body) is not held
                         // back waiting for the client's delayed ACK (Nagle).
                         let _ = socket.set_nodelay(true);

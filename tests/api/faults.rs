@@ -405,8 +405,15 @@ async fn a_new_job_wakes_its_queue_and_an_unreachable_database_is_retried_withou
         // utime + stime of this thread, in clock ticks (1/100 s).
         let cpu = || {
             let stat = std::fs::read_to_string("/proc/thread-self/stat").unwrap();
-            let fields: Vec<u64> =
-                stat.rsplit_once(')').unwrap().1.split_whitespace().skip(11).take(2).map(|f| f.parse().unwrap()).collect();
+            let fields: Vec<u64> = stat
+                .rsplit_once(')')
+                .unwrap()
+                .1
+                .split_whitespace()
+                .skip(11)
+                .take(2)
+                .map(|f| f.parse().unwrap())
+                .collect();
             fields[0] + fields[1]
         };
         let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
