@@ -9,7 +9,8 @@
 -- (an import's). That wait is cut at 10 s: the migration then fails, with nothing
 -- changed, and the next start tries again, rather than holding every membership
 -- write behind it. A deployment with many millions of memberships can build it
--- beforehand with CREATE INDEX CONCURRENTLY under this name; IF NOT EXISTS keeps it.
+-- beforehand with CREATE INDEX CONCURRENTLY under this name (and check that
+-- pg_index.indisvalid is true: IF NOT EXISTS keeps whatever has the name).
 set local lock_timeout = '10s';
 create index if not exists memberships_active_admins_idx on memberships (org_id, user_id)
   where role = 'admin' and status = 'active';

@@ -6,22 +6,28 @@
 //! lost connection in a loop with no pause, and a connect that fails at once (the
 //! server's unix socket gone while it restarts, a name that does not resolve) made
 //! that loop take a whole core for as long as the database was away. Here every
-//! failed attempt waits, from [`FIRST_PAUSE`] doubling up to [`MAX_PAUSE`]. A
+//! failed attempt waits, from [`FIRST_PAUSE`] doubling up to [`MAX_PAUSE`], and the
+//! pauses start over only once a listener has lasted [`STEADY`] (a connection that
+//! is dropped as soon as it is made does not bring them back to the shortest). A
 //! notification missed meanwhile costs nothing: the worker also polls every 2 s.
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use futures::stream::BoxStream;
 use sqlx::{PgPool, postgres::PgListener};
 
-/// apalis' channel: its trigger on `apalis.jobs` notifies it of every new job, with
-/// `{"job_type": <queue>, "id": <task id>}` as the payload.
+/// apalis' channel: its trigger on `apalis.jobs` notifies it of each job inserted
+/// to run now (not of one pushed to run later, nor of a job retried or re-enqueued:
+/// the worker's 2 s poll finds those), with `{"job_type": <queue>, "id": <task id>,
+/// ...}` as the payload.
 pub const CHANNEL: &str = "apalis::job::insert";
 
 /// The pause after the first failed attempt to listen.
 pub const FIRST_PAUSE: Duration = Duration::from_millis(100);
 /// The longest pause between attempts.
 pub const MAX_PAUSE: Duration = Duration::from_secs(5);
+/// How long a listener must last before a loss counts as a first failure again.
+pub const STEADY: Duration = Duration::from_secs(30);
 
 /// The pause after a failed attempt, given the one before it (zero after a success).
 pub fn next_pause(previous: Duration) -> Duration {
@@ -34,8 +40,21 @@ pub fn inserts(pool: PgPool, queue: String) -> BoxStream<'static, ()> {
     struct State {
         pool: PgPool,
         queue: String,
-        listener: Option<PgListener>,
+        /// The listener and when it started listening.
+        listener: Option<(PgListener, Instant)>,
         pause: Duration,
+    }
+    impl State {
+        /// Counts a failure: the next attempt waits longer (told once per streak at
+        /// warn, then at debug).
+        fn failed(&mut self, what: &str, error: &dyn std::fmt::Display) {
+            self.pause = next_pause(self.pause);
+            if self.pause == FIRST_PAUSE {
+                tracing::warn!(queue = self.queue, error = %error, retry_in = ?self.pause, "{what}");
+            } else {
+                tracing::debug!(queue = self.queue, error = %error, retry_in = ?self.pause, "{what}");
+            }
+        }
     }
     #[derive(serde::Deserialize)]
     struct Insert {
@@ -44,39 +63,39 @@ pub fn inserts(pool: PgPool, queue: String) -> BoxStream<'static, ()> {
     let state = State { pool, queue, listener: None, pause: Duration::ZERO };
     Box::pin(futures::stream::unfold(state, |mut s| async move {
         loop {
-            let listener = match &mut s.listener {
-                Some(listener) => listener,
+            let (listener, since) = match &mut s.listener {
+                Some(listening) => listening,
                 None => {
                     if !s.pause.is_zero() {
                         tokio::time::sleep(s.pause).await;
                     }
                     match listen(&s.pool).await {
-                        Ok(listener) => {
-                            s.pause = Duration::ZERO;
-                            s.listener.insert(listener)
-                        }
+                        Ok(listener) => s.listener.insert((listener, Instant::now())),
                         Err(e) => {
-                            s.pause = next_pause(s.pause);
-                            tracing::debug!(error = %e, retry_in = ?s.pause, "cannot listen for new jobs");
+                            s.failed("cannot listen for new jobs; the worker polls meanwhile", &e);
                             continue;
                         }
                     }
                 }
             };
-            match listener.try_recv().await {
+            let since = *since;
+            let error = match listener.try_recv().await {
                 Ok(Some(n)) => {
                     let ours = serde_json::from_str::<Insert>(n.payload()).is_ok_and(|i| i.job_type == s.queue);
                     if ours {
                         return Some(((), s));
                     }
+                    continue;
                 }
-                // The connection was lost (`None`), or the listener failed: start over
-                // after a pause.
-                Ok(None) | Err(_) => {
-                    s.listener = None;
-                    s.pause = next_pause(s.pause);
-                }
+                Ok(None) => "the connection was lost".to_string(),
+                Err(e) => e.to_string(),
+            };
+            // Start over after a pause, from the shortest if the listener had lasted.
+            s.listener = None;
+            if since.elapsed() >= STEADY {
+                s.pause = Duration::ZERO;
             }
+            s.failed("stopped listening for new jobs; the worker polls meanwhile", &error);
         }
     }))
 }

@@ -372,19 +372,41 @@ async fn two_serve_processes_and_one_worker_share_the_database() {
 }
 
 /// What wakes a queue's worker when a job is pushed (`jobs::wake::inserts`): a job
-/// pushed onto its queue wakes it and one pushed onto another queue does not; and
-/// while the database cannot be reached it waits between attempts. (On sqlx 0.9.1,
-/// apalis' own listener retried a connect that failed at once with no pause: a
-/// worker process took a whole core while its database's unix socket was gone.)
+/// pushed onto its queue wakes it and one pushed onto another queue does not; a
+/// listener whose connection is lost listens again; and while the database cannot
+/// be reached it waits between attempts. (On sqlx 0.9.1, apalis' own listener
+/// retried a connect that failed at once with no pause: a worker process took a
+/// whole core while its database's unix socket was gone.)
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_new_job_wakes_its_queue_and_an_unreachable_database_is_retried_without_spinning() {
     use data_export::{jobs, mail::MailJob, webhooks::delivery::DeliveryJob};
-    use futures::StreamExt;
+    use futures::{StreamExt, stream::BoxStream};
+
+    /// The pid of a backend of this database listening for new jobs, other than
+    /// `not`, once there is one. The stream is polled meanwhile (it connects and
+    /// listens only while polled), and must not be woken.
+    async fn listening(pool: &sqlx::PgPool, wake: &mut BoxStream<'static, ()>, not: Option<i32>) -> i32 {
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        loop {
+            assert!(tokio::time::timeout(Duration::from_millis(100), wake.next()).await.is_err(), "woken with no job");
+            let pid: Option<i32> = sqlx::query_scalar(
+                "select pid from pg_stat_activity
+                 where datname = current_database() and query like 'LISTEN %' and pid is distinct from $1 limit 1",
+            )
+            .bind(not)
+            .fetch_optional(pool)
+            .await
+            .unwrap();
+            if let Some(pid) = pid {
+                return pid;
+            }
+            assert!(std::time::Instant::now() < deadline, "nothing listened within 10 s");
+        }
+    }
 
     let (pool, _) = fresh_db().await;
     let mut wake = jobs::wake::inserts(pool.clone(), <MailJob as jobs::Job>::QUEUE.to_string());
-    // The first poll starts listening; nothing is there yet.
-    assert!(tokio::time::timeout(Duration::from_millis(500), wake.next()).await.is_err(), "woken with no job");
+    let first = listening(&pool, &mut wake, None).await;
     let mut conn = pool.acquire().await.unwrap();
     jobs::push(&mut conn, ulid::Ulid::generate(), &DeliveryJob { delivery_id: "d".into() }, 1).await.unwrap();
     assert!(
@@ -394,6 +416,14 @@ async fn a_new_job_wakes_its_queue_and_an_unreachable_database_is_retried_withou
     jobs::push(&mut conn, ulid::Ulid::generate(), &MailJob { message_id: "m".into() }, 1).await.unwrap();
     let woken = tokio::time::timeout(Duration::from_secs(5), wake.next()).await;
     assert_eq!(woken.expect("a job on its queue wakes it within 5 s"), Some(()));
+
+    // The listener's connection is cut: it listens again, and is woken again.
+    sqlx::query("select pg_terminate_backend($1)").bind(first).execute(&pool).await.unwrap();
+    listening(&pool, &mut wake, Some(first)).await;
+    jobs::push(&mut conn, ulid::Ulid::generate(), &MailJob { message_id: "m2".into() }, 1).await.unwrap();
+    let woken = tokio::time::timeout(Duration::from_secs(5), wake.next()).await;
+    assert_eq!(woken.expect("after listening again, a job wakes it within 5 s"), Some(()));
+    drop(conn);
 
     // A socket directory that does not exist: every connect fails at once, as when
     // the server's unix socket is gone during a restart. The stream runs alone on a
