@@ -151,7 +151,7 @@ pub async fn run(cli: Cli, config: Config) -> anyhow::Result<()> {
             let report = result?;
             println!(
                 "{}",
-                serde_json::json!({ "members_per_org": members, "rows": report.rows, "seconds": (report.seconds * 1000.0).round() / 1000.0,
+                serde_json::json!({ "members_per_org": members, "rows": report.rows, "seconds": to_ms(report.seconds),
                     "rows_per_second": (report.rows as f64 / report.seconds.max(1e-9)).round() })
             );
             if generated {
@@ -288,9 +288,9 @@ async fn export_with(
             }
             Ok(serde_json::json!({
                 "id": id, "org": org.slug, "file": path, "rows": outcome.rows, "bytes": outcome.size_bytes,
-                "sha256": outcome.sha256, "seconds": (outcome.seconds * 1000.0).round() / 1000.0,
-                "stages": outcome.timeline.to_json(), "open_seconds": (open_seconds * 1000.0).round() / 1000.0, "connections": connections,
-                "publish_seconds": (outcome.timeline.publish.as_secs_f64() * 1000.0).round() / 1000.0,
+                "sha256": outcome.sha256, "seconds": to_ms(outcome.seconds),
+                "stages": outcome.timeline.to_json(), "open_seconds": to_ms(open_seconds), "connections": connections,
+                "publish_seconds": to_ms(outcome.timeline.publish.as_secs_f64()),
             }))
         }
         None => {
@@ -328,10 +328,15 @@ async fn export_with(
             }
             Ok(serde_json::json!({
                 "id": done.id, "org": org.slug, "bucket": org.bucket, "key": done.object_key, "rows": done.rows_written,
-                "bytes": done.size_bytes, "sha256": done.sha256, "seconds": (started.elapsed().as_secs_f64() * 1000.0).round() / 1000.0,
+                "bytes": done.size_bytes, "sha256": done.sha256, "seconds": to_ms(started.elapsed().as_secs_f64()),
             }))
         }
     }
+}
+
+/// Seconds rounded to the millisecond, as the commands print them.
+fn to_ms(seconds: f64) -> f64 {
+    (seconds * 1000.0).round() / 1000.0
 }
 
 /// `data-export import FILE --org SLUG [--name NAME] [--dry-run]`: prints the report
