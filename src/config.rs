@@ -52,6 +52,9 @@ pub const DEFAULT_EXPORT_GZIP_LEVEL: u32 = 3;
 pub struct Config {
     /// `DATABASE_URL`; `None` means the private cluster under `DATA_DIR/postgres`.
     pub database_url: Option<String>,
+    /// `DATABASE_POOL_SIZE` (default 20): the most connections the process's pool
+    /// holds to PostgreSQL (its listeners' own connections not counted).
+    pub database_pool_size: u32,
     pub storage: StorageSource,
     /// `BIND`, default `127.0.0.1:3000`.
     pub bind: SocketAddr,
@@ -452,8 +455,10 @@ impl Config {
                  host on https (HSTS) and send its session cookie only over https"
             );
         }
+        let database_pool_size = parse_num("DATABASE_POOL_SIZE", non_empty("DATABASE_POOL_SIZE"), 20, 2..=1000)?;
         Ok(Self {
             database_url,
+            database_pool_size,
             board_public_url: board_public_url.map(|u| u.trim_end_matches('/').to_string()),
             storage,
             bind,
@@ -602,6 +607,7 @@ mod tests {
     fn defaults_are_zero_config() {
         let c = cfg(&[]).unwrap();
         assert!(c.database_url.is_none());
+        assert_eq!(c.database_pool_size, 20);
         assert!(matches!(c.storage, StorageSource::Embedded));
         assert_eq!(c.bind.to_string(), "127.0.0.1:3000");
         assert_eq!(c.board_bind.to_string(), "127.0.0.1:3001");
@@ -676,6 +682,8 @@ mod tests {
             (vec![("REQUEST_TIMEOUT_SECS", "1m")], "REQUEST_TIMEOUT_SECS"),
             (vec![("BODY_READ_TIMEOUT_SECS", "-5")], "BODY_READ_TIMEOUT_SECS"),
             (vec![("MAX_CONNECTIONS", "0")], "MAX_CONNECTIONS"),
+            (vec![("DATABASE_POOL_SIZE", "1")], "DATABASE_POOL_SIZE"),
+            (vec![("DATABASE_POOL_SIZE", "many")], "DATABASE_POOL_SIZE"),
             (vec![("BOARD_MAX_CONNECTIONS", "many")], "BOARD_MAX_CONNECTIONS"),
             (vec![("MAX_CONNECTIONS_PER_CLIENT", "0")], "MAX_CONNECTIONS_PER_CLIENT"),
             (vec![("WRITE_STALL_TIMEOUT_SECS", "soon")], "WRITE_STALL_TIMEOUT_SECS"),

@@ -45,7 +45,7 @@ impl Services {
                 (cluster.connect_options(), Some(cluster))
             }
         };
-        let pool = db::connect(options, 20).await?;
+        let pool = db::connect(options, config.database_pool_size).await?;
         migrate(&pool).await?;
         let (storage, embedded) = match &config.storage {
             StorageSource::External(s3) => {
@@ -124,6 +124,15 @@ impl Application {
             let app = crate::board::router(&self.state);
             tokio::spawn(listener::serve(l, app, limits(http.board_max_connections), trusted.clone(), stop.clone()))
         });
+        // The polls' session cache listens for changes while this listener serves.
+        let cache_stop = stop.child_token();
+        let _stop_cache = cache_stop.clone().drop_guard();
+        tokio::spawn(crate::db::notified_cache::keep_fresh(
+            self.state.session_cache.clone(),
+            self.state.pool.clone(),
+            crate::auth::session_cache::CHANNEL,
+            cache_stop,
+        ));
         let app = crate::router::router(self.state.clone());
         listener::serve(self.listener, app, limits(http.max_connections), trusted, stop).await?;
         if let Some(board) = board {

@@ -7,7 +7,7 @@ use std::{
 
 use sqlx::PgPool;
 
-use crate::{config::Config, storage::Storage};
+use crate::{config::Config, db::notified_cache::NotifiedCache, storage::Storage};
 
 /// Everything a request or job needs. Cheap to clone.
 #[derive(Clone, Debug)]
@@ -28,6 +28,10 @@ pub struct App {
     /// core while it decompresses and parses. The permit is held by the work itself
     /// (not by the request), so a client that goes away does not free it early.
     pub verify_permits: Arc<tokio::sync::Semaphore>,
+    /// What the polled requests of an open page read about their session, its user
+    /// and their org (`auth::session_cache`). It keeps nothing until its listener
+    /// runs (`startup` starts it with the web listener).
+    pub session_cache: NotifiedCache,
 }
 
 impl App {
@@ -38,6 +42,7 @@ impl App {
             config,
             board_port: OnceLock::new(),
             verify_permits: Arc::new(tokio::sync::Semaphore::new(1)),
+            session_cache: NotifiedCache::default(),
         }
     }
 

@@ -31,6 +31,8 @@ pub struct Found {
     /// The session's CSRF token for [`Caller::Session`] (empty when the session has
     /// none); `None` for [`Caller::User`].
     pub csrf_token: Option<String>,
+    /// When the session expires, for [`Caller::Session`]; `None` for [`Caller::User`].
+    pub session_expiry: Option<chrono::DateTime<chrono::Utc>>,
 }
 
 /// A membership query for `caller`: its select list, its joins and its condition,
@@ -43,23 +45,24 @@ struct MembershipSql {
 }
 
 fn membership_sql(caller: Caller<'_>) -> MembershipSql {
-    let (csrf, from, filter) = match caller {
+    let (csrf, expiry, from, filter) = match caller {
         // The record's data is tower-sessions' map of keys to JSON values, stored as
         // one jsonb object (see `session_store`); the user id is a JSON number. The
         // expiry is checked here exactly as the store's `load` checks it.
         Caller::Session(_) => (
             format!("coalesce(s.data->>'{}', '')", super::csrf::SESSION_KEY),
+            "s.expiry_date",
             format!("sessions s\n         join users u on u.id = (s.data->>'{}')::bigint", super::SESSION_USER_ID),
             "s.id = $1 and s.expiry_date > now()",
         ),
-        Caller::User(_) => ("null::text".to_string(), "users u".to_string(), "u.id = $1"),
+        Caller::User(_) => ("null::text".to_string(), "null::timestamptz", "users u".to_string(), "u.id = $1"),
     };
     let select = format!(
         "select u.id as m_user_id, u.email as m_email, u.display_name as m_display_name,
         exists (select 1 from platform_admins p where p.user_id = u.id) as m_is_platform_admin,
         o.id as m_org_id, o.slug as m_slug, o.name as m_name, o.bucket as m_bucket, m.role as m_role,
         array(select om.module from org_modules om where om.org_id = o.id and om.enabled order by om.module) as m_modules,
-        {csrf} as m_csrf"
+        {csrf} as m_csrf, {expiry} as m_session_expiry"
     );
     let from = format!(
         "from {from}
@@ -143,6 +146,24 @@ where
     Ok(Some((found, also)))
 }
 
+/// The row of [`OrgRowQuery`] alone, for the org `org_id`: when the caller and their
+/// membership are known already (a poll answered from `auth::session_cache`).
+pub async fn org_row<T>(pool: &PgPool, org_id: i64, also: OrgRowQuery<'_>) -> sqlx::Result<Option<T>>
+where
+    T: for<'r> sqlx::FromRow<'r, sqlx::postgres::PgRow>,
+{
+    // `$2` is the membership query's slug, unused here but typed.
+    let sql =
+        format!("select a.* from (select $1::bigint as id, $2::text as slug) o cross join lateral ({}) a", also.sql);
+    let row = sqlx::query(sqlx::AssertSqlSafe(sql))
+        .bind(org_id)
+        .bind(None::<String>)
+        .bind(also.param)
+        .fetch_optional(pool)
+        .await?;
+    row.map(|row| T::from_row(&row)).transpose()
+}
+
 fn found_in_row(row: &sqlx::postgres::PgRow) -> sqlx::Result<Found> {
     use sqlx::Row;
     let user = super::User {
@@ -164,5 +185,5 @@ fn found_in_row(row: &sqlx::postgres::PgRow) -> sqlx::Result<Found> {
         }
         _ => None,
     };
-    Ok(Found { user, membership, csrf_token: row.try_get("m_csrf")? })
+    Ok(Found { user, membership, csrf_token: row.try_get("m_csrf")?, session_expiry: row.try_get("m_session_expiry")? })
 }

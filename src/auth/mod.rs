@@ -6,6 +6,7 @@ pub mod csrf;
 pub mod membership;
 pub mod password;
 pub mod rate_limit;
+pub mod session_cache;
 pub mod session_store;
 pub mod tokens;
 
@@ -251,6 +252,8 @@ impl OrgCtx {
     /// [`Self::of_session`] for an org admin, with one row of the org fetched in the
     /// same query (see [`membership::OrgRowQuery`]): the session, the user, their
     /// membership and the row in one round trip. What a running export's row polls.
+    /// For a safe method, the session's answer for the org may come from
+    /// [`session_cache`] instead, and then only the row is read.
     pub async fn admin_of_session_with_row<T>(
         parts: &mut Parts,
         state: &AppState,
@@ -261,6 +264,30 @@ impl OrgCtx {
     {
         let slug = org_param(parts).as_deref().and_then(OrgSlug::parse);
         let found = match (&slug, session_id(parts)?) {
+            (Some(slug), Some(id)) if matches!(parts.method, http::Method::GET | http::Method::HEAD) => {
+                let cache = &state.session_cache;
+                let key = session_cache::key(&id, slug);
+                if let Some(found) = cache.get::<membership::Found>(&key)
+                    && found.membership.is_some()
+                {
+                    let (user, membership) = remember(parts, found);
+                    let ctx = Self::from_membership(user, membership)?.require_admin()?;
+                    let row = membership::org_row(&state.pool, ctx.org.id, also).await?;
+                    return Ok((ctx, row));
+                }
+                // Taken before the read: a change that arrives during it keeps the
+                // answer out of the cache.
+                let ticket = cache.ticket();
+                let caller = membership::Caller::Session(&id);
+                let found = membership::user_membership_and_row(&state.pool, caller, slug, also).await?;
+                if let (Some(ticket), Some((f, _))) = (ticket, &found)
+                    && f.membership.is_some()
+                    && let Some(until) = f.session_expiry
+                {
+                    cache.put(ticket, key, f.clone(), until);
+                }
+                found
+            }
             (Some(slug), Some(id)) => {
                 let caller = membership::Caller::Session(&id);
                 membership::user_membership_and_row(&state.pool, caller, slug, also).await?

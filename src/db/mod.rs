@@ -1,6 +1,8 @@
 //! Database access: the connection pool, migrations, and the private zero-config cluster.
 
 pub mod cluster;
+pub mod listen;
+pub mod notified_cache;
 
 use std::time::Duration;
 

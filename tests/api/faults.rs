@@ -458,3 +458,98 @@ async fn a_new_job_wakes_its_queue_and_an_unreachable_database_is_retried_withou
     .unwrap();
     assert!(ticks < 20, "retrying an unreachable database for 2 s took {ticks} ticks (1/100 s) of CPU");
 }
+
+/// A TCP relay to PostgreSQL that can go silent: while frozen it passes nothing on
+/// in either direction and closes nothing, as a network that drops packets does.
+struct SilentRelay {
+    addr: std::net::SocketAddr,
+    frozen: std::sync::Arc<std::sync::atomic::AtomicBool>,
+}
+
+impl SilentRelay {
+    async fn start(upstream: String) -> Self {
+        use std::sync::{Arc, atomic::AtomicBool};
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let frozen = Arc::new(AtomicBool::new(false));
+        let gate = frozen.clone();
+        tokio::spawn(async move {
+            while let Ok((client, _)) = listener.accept().await {
+                let (upstream, gate) = (upstream.clone(), gate.clone());
+                tokio::spawn(async move {
+                    let Ok(server) = tokio::net::TcpStream::connect(&upstream).await else { return };
+                    let (c_read, c_write) = client.into_split();
+                    let (s_read, s_write) = server.into_split();
+                    tokio::join!(pass(c_read, s_write, gate.clone()), pass(s_read, c_write, gate));
+                });
+            }
+        });
+        Self { addr, frozen }
+    }
+
+    fn freeze(&self, on: bool) {
+        self.frozen.store(on, std::sync::atomic::Ordering::SeqCst);
+    }
+}
+
+/// Copies `from` to `to`, holding what it read while `gate` is closed.
+async fn pass(
+    mut from: tokio::net::tcp::OwnedReadHalf,
+    mut to: tokio::net::tcp::OwnedWriteHalf,
+    gate: std::sync::Arc<std::sync::atomic::AtomicBool>,
+) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut buf = vec![0u8; 16 * 1024];
+    loop {
+        let n = match from.read(&mut buf).await {
+            Ok(0) | Err(_) => return,
+            Ok(n) => n,
+        };
+        while gate.load(std::sync::atomic::Ordering::SeqCst) {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        if to.write_all(&buf[..n]).await.is_err() {
+            return;
+        }
+    }
+}
+
+/// A listener with a heartbeat (the session cache's, `db::listen`) whose connection
+/// goes silent, as one a network drops without a word does, counts as lost within
+/// its heartbeat and the wait for it, and listens again once the way is clear;
+/// heartbeats, its own and others', are never yielded as notifications.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_listener_whose_connection_goes_silent_counts_as_lost_and_listens_again() {
+    use data_export::db::listen::{self, BEAT_WAIT, Heard};
+    use futures::StreamExt;
+    const CHANNEL: &str = "dx_test_silence";
+    let (pool, name) = fresh_db().await;
+    let url = url::Url::parse(&server_url()).unwrap();
+    let relay = SilentRelay::start(format!("{}:{}", url.host_str().unwrap(), url.port().unwrap_or(5432))).await;
+    let via_relay = sqlx::postgres::PgPoolOptions::new().acquire_timeout(Duration::from_secs(2)).connect_lazy_with(
+        data_export::db::parse_url(&server_url()).unwrap().host("127.0.0.1").port(relay.addr.port()).database(&name),
+    );
+    let beat = Duration::from_millis(300);
+    let mut heard = listen::notifications(via_relay, CHANNEL, "test", Some(beat));
+    async fn next(heard: &mut futures::stream::BoxStream<'static, Heard>, within: Duration) -> Option<Heard> {
+        tokio::time::timeout(within, heard.next()).await.ok().flatten()
+    }
+    assert_eq!(next(&mut heard, Duration::from_secs(10)).await, Some(Heard::Listening));
+    sqlx::query("select pg_notify($1, 'hello')").bind(CHANNEL).execute(&pool).await.unwrap();
+    assert_eq!(next(&mut heard, Duration::from_secs(5)).await, Some(Heard::Message("hello".into())));
+    // Quiet for several heartbeats (and another listener's heartbeat on the channel):
+    // nothing is yielded, and it does not count itself lost.
+    sqlx::query("select pg_notify($1, 'heartbeat:someone-else:1')").bind(CHANNEL).execute(&pool).await.unwrap();
+    assert_eq!(next(&mut heard, beat * 5).await, None, "heartbeats are not notifications");
+
+    relay.freeze(true);
+    let frozen_at = std::time::Instant::now();
+    assert_eq!(next(&mut heard, Duration::from_secs(10)).await, Some(Heard::Lost), "a silent connection is lost");
+    let took = frozen_at.elapsed();
+    assert!(took <= beat + BEAT_WAIT + Duration::from_millis(500), "noticed after {took:?}");
+    relay.freeze(false);
+    assert_eq!(next(&mut heard, Duration::from_secs(10)).await, Some(Heard::Listening), "listens again");
+    sqlx::query("select pg_notify($1, 'again')").bind(CHANNEL).execute(&pool).await.unwrap();
+    assert_eq!(next(&mut heard, Duration::from_secs(5)).await, Some(Heard::Message("again".into())));
+    println!("a silent listener counted lost after {} ms", took.as_millis());
+}

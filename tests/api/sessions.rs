@@ -3,7 +3,9 @@
 //! row in one query, without tower-sessions loading the session first. These tests
 //! hold that count, with a proxy that counts the statements the app sends to
 //! PostgreSQL, and the answers: a session that expired or was deleted, a role that
-//! changed, a cookie that is missing or malformed, each on the very next poll.
+//! changed, a cookie that is missing or malformed, each on the next poll once the
+//! change's notification reached the process's session cache (`auth::session_cache`),
+//! which the polls use between changes.
 
 use std::{
     net::SocketAddr,
@@ -11,6 +13,7 @@ use std::{
         Arc,
         atomic::{AtomicU64, Ordering},
     },
+    time::Duration,
 };
 
 use tokio::{
@@ -43,7 +46,9 @@ async fn polling(server: Option<String>) -> Polling {
     let version: i64 = history[at..history[at..].find('"').unwrap() + at].parse().unwrap();
     let row = format!("/orgs/acme/exports/{id}/row");
     let idle = format!("/orgs/acme/exports/history?since={version}");
-    Polling { app, admin, id, row, idle }
+    let p = Polling { app, admin, id, row, idle };
+    p.listening().await;
+    p
 }
 
 impl Polling {
@@ -73,6 +78,33 @@ impl Polling {
     /// Runs SQL on the app's database.
     async fn sql(&self, sql: &str) {
         sqlx::query(sqlx::AssertSqlSafe(sql)).execute(self.app.pool()).await.unwrap();
+    }
+
+    /// Runs SQL that changes what a session's answer is, and waits until its
+    /// notification has emptied the app's session cache (it fails if none comes:
+    /// the change's trigger is missing).
+    async fn change(&self, sql: &str) {
+        let before = self.app.state.session_cache.epoch();
+        self.sql(sql).await;
+        self.emptied_since(before, sql).await;
+    }
+
+    /// Waits until the app's session cache listens (it empties itself then).
+    async fn listening(&self) {
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while !self.app.state.session_cache.listening() {
+            assert!(std::time::Instant::now() < deadline, "the session cache did not listen within 10 s");
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    }
+
+    /// Waits until the app's session cache was emptied since it counted `before`.
+    async fn emptied_since(&self, before: u64, what: &str) {
+        let deadline = std::time::Instant::now() + Duration::from_secs(5);
+        while self.app.state.session_cache.epoch() == before {
+            assert!(std::time::Instant::now() < deadline, "no notification emptied the session cache after: {what}");
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
     }
 }
 
@@ -161,7 +193,7 @@ async fn a_session_that_expired_or_was_deleted_is_refused_on_the_next_poll() {
 
     // Expired (the housekeeping has not deleted it yet): refused, and the cookie is
     // cleared, as when tower-sessions loaded every request's session.
-    p.sql(&format!("update sessions set expiry_date = now() - interval '1 second' where id = '{id}'")).await;
+    p.change(&format!("update sessions set expiry_date = now() - interval '1 second' where id = '{id}'")).await;
     for path in [row, idle] {
         let resp = p.poll(Some(&cookie), path).await;
         let cleared = session_set_cookie(&resp).unwrap_or_else(|| panic!("{path}: the dead cookie is cleared"));
@@ -173,7 +205,7 @@ async fn a_session_that_expired_or_was_deleted_is_refused_on_the_next_poll() {
     assert_eq!(p.poll(Some(&cookie), row).await.status(), 200);
 
     // Deleted from the store.
-    p.sql(&format!("delete from sessions where id = '{id}'")).await;
+    p.change(&format!("delete from sessions where id = '{id}'")).await;
     for path in [row, idle] {
         assert_sent_to_sign_in(p.poll(Some(&cookie), path).await, &format!("{path} with a deleted session")).await;
     }
@@ -182,7 +214,9 @@ async fn a_session_that_expired_or_was_deleted_is_refused_on_the_next_poll() {
     let other = p.app.login("admin@acme.test").await;
     let cookie = p.cookie_of("admin@acme.test").await;
     assert_eq!(p.poll(Some(&cookie), row).await.status(), 200);
+    let before = p.app.state.session_cache.epoch();
     assert_eq!(other.post_form("/logout", &[]).await.status(), 303);
+    p.emptied_since(before, "signing out").await;
     for path in [row, idle] {
         assert_sent_to_sign_in(p.poll(Some(&cookie), path).await, &format!("{path} after signing out")).await;
     }
@@ -197,7 +231,7 @@ async fn a_changed_role_is_seen_on_the_next_poll() {
     assert_eq!(p.admin.htmx_get(row).await.status(), 200);
 
     // Demoted to member: 403, with the reason.
-    p.sql(&format!("update memberships set role = 'member' {membership}")).await;
+    p.change(&format!("update memberships set role = 'member' {membership}")).await;
     for path in [row, idle] {
         let resp = p.admin.htmx_get(path).await;
         assert_eq!(resp.status(), 403, "{path} as a member");
@@ -205,12 +239,12 @@ async fn a_changed_role_is_seen_on_the_next_poll() {
         assert!(body.contains("Only admins of this organization can do this."), "{body}");
     }
     // Admin again: the row is back on the next poll.
-    p.sql(&format!("update memberships set role = 'admin' {membership}")).await;
+    p.change(&format!("update memberships set role = 'admin' {membership}")).await;
     assert_eq!(p.admin.htmx_get(row).await.status(), 200);
     assert_eq!(p.admin.htmx_get(idle).await.status(), 204);
 
     // No longer an active member: the org is as unknown as one that does not exist.
-    p.sql(&format!("update memberships set status = 'lapsed' {membership}")).await;
+    p.change(&format!("update memberships set status = 'lapsed' {membership}")).await;
     for path in [row, idle] {
         let resp = p.admin.htmx_get(path).await;
         assert_eq!(resp.status(), 404, "{path} as a lapsed member");
@@ -218,9 +252,9 @@ async fn a_changed_role_is_seen_on_the_next_poll() {
         assert!(body.contains("Not Found") && body.contains("Not found"), "{body}");
     }
     // Removed from the org.
-    p.sql(&format!("update memberships set status = 'active' {membership}")).await;
+    p.change(&format!("update memberships set status = 'active' {membership}")).await;
     assert_eq!(p.admin.htmx_get(row).await.status(), 200);
-    p.sql(&format!("delete from memberships using {}", membership.trim_start_matches("from "))).await;
+    p.change(&format!("delete from memberships using {}", membership.trim_start_matches("from "))).await;
     for path in [row, idle] {
         assert_eq!(p.admin.htmx_get(path).await.status(), 404, "{path} once removed");
     }
@@ -228,6 +262,125 @@ async fn a_changed_role_is_seen_on_the_next_poll() {
     let home = p.admin.get("/").await;
     assert_eq!(home.status(), 200);
     assert!(home.text().await.unwrap().contains("admin@acme.test"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn between_changes_a_poll_takes_its_session_from_the_cache_and_reads_its_row() {
+    let p = polling(None).await;
+    let cookie = p.cookie_of("admin@acme.test").await;
+    let id = cookie.trim_start_matches("dx_session=").to_string();
+    let cache = &p.app.state.session_cache;
+    // Deletes the session's record with its trigger off for the statement (only the
+    // table's owner can), so that no notification tells the cache.
+    let delete_silently = || async {
+        let mut tx = p.app.pool().begin().await.unwrap();
+        sqlx::query("alter table sessions disable trigger sessions_auth_change").execute(&mut *tx).await.unwrap();
+        sqlx::query("delete from sessions where id = $1").bind(&id).execute(&mut *tx).await.unwrap();
+        sqlx::query("alter table sessions enable always trigger sessions_auth_change").execute(&mut *tx).await.unwrap();
+        tx.commit().await.unwrap();
+    };
+    let restore =
+        || async { p.sql(&format!("insert into sessions select * from saved_session where id = '{id}'")).await };
+    p.sql(&format!("create table saved_session as select * from sessions where id = '{id}'")).await;
+
+    assert_eq!(p.poll(Some(&cookie), &p.row).await.status(), 200);
+    delete_silently().await;
+    p.sql(&format!("update export_runs set rows_total = 1000, rows_written = 420 where id = '{}'", p.id)).await;
+    let resp = p.poll(Some(&cookie), &p.row).await;
+    assert_eq!(resp.status(), 200, "answered from the cache");
+    let body = resp.text().await.unwrap();
+    assert!(body.contains("aria-valuenow=\"42\""), "the row itself is read each time (420 of 1000 rows): {body}");
+    // The history too (its version moved with the run's progress: the whole fragment).
+    assert_eq!(p.poll(Some(&cookie), &p.idle).await.status(), 200, "the history's poll too");
+
+    // Any notification on the channel empties it: the next poll reads the session
+    // and finds it gone.
+    let before = cache.epoch();
+    sqlx::query("select pg_notify($1, '')")
+        .bind(data_export::auth::session_cache::CHANNEL)
+        .execute(p.app.pool())
+        .await
+        .unwrap();
+    p.emptied_since(before, "pg_notify").await;
+    for path in [&p.row, &p.idle] {
+        assert_sent_to_sign_in(p.poll(Some(&cookie), path).await, &format!("{path} once the cache was emptied")).await;
+    }
+
+    // The listener's connection is cut: the cache empties itself, and keeps nothing
+    // until it listens again (then a poll reads the session once more).
+    restore().await;
+    assert_eq!(p.poll(Some(&cookie), &p.row).await.status(), 200, "the session is back");
+    let pid: i32 = sqlx::query_scalar(
+        "select pid from pg_stat_activity where datname = current_database()
+           and (query like 'LISTEN %dx_auth_changed%' or query = 'select pg_notify($1, $2)')",
+    )
+    .fetch_one(p.app.pool())
+    .await
+    .unwrap();
+    let before = cache.epoch();
+    sqlx::query("select pg_terminate_backend($1)").bind(pid).execute(p.app.pool()).await.unwrap();
+    p.emptied_since(before, "the listener's connection cut").await;
+    delete_silently().await;
+    assert_sent_to_sign_in(p.poll(Some(&cookie), &p.row).await, "a poll after the listener's connection was lost")
+        .await;
+    p.listening().await;
+    restore().await;
+    assert_eq!(p.poll(Some(&cookie), &p.row).await.status(), 200, "listening again, it reads the session");
+}
+
+/// The triggers behind the session cache: each change to what a session's answer
+/// is read from notifies its channel, and what cannot change an answer does not.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn each_change_to_a_sessions_answer_notifies_the_cache_and_nothing_else_does() {
+    use sqlx::postgres::PgListener;
+    let p = polling(None).await;
+    let mut listener = PgListener::connect_with(p.app.pool()).await.unwrap();
+    listener.listen(data_export::auth::session_cache::CHANNEL).await.unwrap();
+    let admin = "(select id from users where email = 'admin@acme.test')";
+    let acme = "(select id from organizations where slug = 'acme')";
+    let live = "(select id from sessions order by expiry_date desc limit 1)";
+    let (notifying, quiet): (Vec<String>, Vec<String>) = (
+        vec![
+            format!("update users set display_name = 'A. Admin' where id = {admin}"),
+            format!("insert into platform_admins (user_id) values ({admin})"),
+            format!("delete from platform_admins where user_id = {admin}"),
+            format!("update organizations set name = 'Acme Two' where id = {acme}"),
+            format!("update memberships set role = 'admin' where user_id = {admin} and org_id = {acme}"),
+            format!(
+                "insert into org_modules (org_id, module, enabled) values ({acme}, 'engage', false)
+                     on conflict (org_id, module) do update set enabled = not org_modules.enabled"
+            ),
+            format!("update sessions set data = data || '{{\"x\": 1}}' where id = {live}"),
+            format!("update sessions set expiry_date = expiry_date - interval '1 minute' where id = {live}"),
+            "insert into sessions (id, data, expiry_date) values ('gone-soon', '{}', now() + interval '1 hour')
+             ; delete from sessions where id = 'gone-soon'"
+                .to_string(),
+        ],
+        vec![
+            format!("update sessions set expiry_date = expiry_date + interval '1 hour' where id = {live}"),
+            "insert into sessions (id, data, expiry_date) values ('new-one', '{}', now() + interval '1 hour')"
+                .to_string(),
+            "insert into sessions (id, data, expiry_date) values ('expired', '{}', now() - interval '1 hour')
+             ; delete from sessions where id = 'expired'"
+                .to_string(),
+            format!("update export_runs set rows_written = 7 where id = '{}'", p.id),
+        ],
+    );
+    for sql in &notifying {
+        sqlx::raw_sql(sqlx::AssertSqlSafe(sql.as_str())).execute(p.app.pool()).await.unwrap();
+        let heard = tokio::time::timeout(Duration::from_secs(5), listener.recv()).await;
+        let n = heard.unwrap_or_else(|_| panic!("no notification after: {sql}")).unwrap();
+        assert_eq!(n.payload(), "", "{sql}");
+        // Any more of the same change (none is expected) must not be taken for the next one's.
+        while let Ok(more) = tokio::time::timeout(Duration::from_millis(50), listener.recv()).await {
+            more.unwrap();
+        }
+    }
+    for sql in &quiet {
+        sqlx::raw_sql(sqlx::AssertSqlSafe(sql.as_str())).execute(p.app.pool()).await.unwrap();
+        let heard = tokio::time::timeout(Duration::from_millis(300), listener.recv()).await;
+        assert!(heard.is_err(), "a notification after: {sql}");
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -256,7 +409,8 @@ async fn a_missing_malformed_or_unknown_cookie_is_anonymous() {
 
 /// A TCP proxy in front of PostgreSQL that counts the statements its clients send:
 /// each Execute of the extended protocol and each simple Query (a connection's ping
-/// is a Sync alone, and no statement). It answers a client's TLS request with "no",
+/// is a Sync alone, and no statement), except those of a connection that LISTENs.
+/// It answers a client's TLS request with "no",
 /// so that it can read the messages.
 struct StatementCounter {
     addr: SocketAddr,
@@ -320,6 +474,7 @@ async fn relay(mut client: TcpStream, upstream: String, statements: Arc<AtomicU6
     // Then every message is a type byte and a length (itself included). Whole
     // messages are counted, and passed on as they were read.
     let mut buf = Vec::with_capacity(64 * 1024);
+    let mut listener = false;
     loop {
         if from_client.read_buf(&mut buf).await? == 0 {
             break;
@@ -330,7 +485,12 @@ async fn relay(mut client: TcpStream, upstream: String, statements: Arc<AtomicU6
             if buf.len() < whole + 1 + len {
                 break;
             }
-            if matches!(buf[whole], b'E' | b'Q') {
+            // A connection that LISTENs is a listener's (the session cache's, a
+            // queue's), not the pool's: its statements are no request's.
+            if buf[whole] == b'Q' && buf[whole + 5..whole + 1 + len].to_ascii_uppercase().starts_with(b"LISTEN") {
+                listener = true;
+            }
+            if matches!(buf[whole], b'E' | b'Q') && !listener {
                 statements.fetch_add(1, Ordering::SeqCst);
             }
             whole += 1 + len;
