@@ -8,10 +8,11 @@
 -- seeder's fast mode, a logical replica's apply), which turns off ordinary ones.
 -- Only an explicit `ALTER TABLE ... DISABLE TRIGGER` silences them.
 
--- Creating a trigger locks its table against writes: wait at most 10 s for the
--- lock (behind a long import, say), then fail with nothing changed; the next start
--- tries again.
-set local lock_timeout = '10s';
+-- Creating a trigger locks its table against writes until the migration commits.
+-- Each of the six tables' locks is waited for at most 3 s (behind a long import,
+-- say); then the migration fails with nothing changed, and the next start tries
+-- again.
+set local lock_timeout = '3s';
 
 create function notify_auth_change() returns trigger
 language plpgsql as $$

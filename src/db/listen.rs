@@ -51,10 +51,14 @@ const BEAT_PREFIX: &str = "heartbeat:";
 ///
 /// With `heartbeat`, a listener that has heard nothing for that long notifies the
 /// channel itself, on its own connection, and counts as lost (and is opened again)
-/// unless that notification comes back within [`BEAT_WAIT`]: a connection that a
-/// network dropped without a word, or a pooler that does not pass notifications on,
-/// is noticed within `heartbeat` + [`BEAT_WAIT`] rather than never. Heartbeats (any
-/// process's) are not yielded; they go to every listener of the channel.
+/// unless that round trip and the notification come back within [`BEAT_WAIT`]: a
+/// connection that stopped answering (a network that dropped it without a word) is
+/// noticed within `heartbeat` + [`BEAT_WAIT`] rather than never. (PostgreSQL hands
+/// a session its own notification with the answer to its query, so this proves
+/// the connection answers, not that other sessions' notifications reach it: a
+/// pooler in transaction mode, which does not carry LISTEN, is not supported.)
+/// Heartbeats (any process's) are not yielded; they go to every listener of the
+/// channel.
 pub fn notifications(
     pool: PgPool,
     channel: &'static str,
@@ -176,15 +180,23 @@ pub fn notifications(
 /// requests' connections, and a connection that stopped answering is dropped with
 /// its pool rather than handed back.
 async fn listen(pool: &PgPool, channel: &str) -> sqlx::Result<PgListener> {
-    let own = sqlx::postgres::PgPoolOptions::new()
-        .max_connections(1)
-        .acquire_timeout(pool.options().get_acquire_timeout())
-        .connect_lazy_with((*pool.connect_options()).clone());
-    let mut listener = PgListener::connect_with(&own).await?;
-    listener.eager_reconnect(false);
-    listener.listen(channel).await?;
-    Ok(listener)
+    let wait = pool.options().get_acquire_timeout();
+    let options = (*pool.connect_options()).clone().application_name(&format!("{APPLICATION_NAME} {channel}"));
+    let own = sqlx::postgres::PgPoolOptions::new().max_connections(1).acquire_timeout(wait).connect_lazy_with(options);
+    // Connecting is bounded by the acquire timeout; LISTEN on a connection that goes
+    // silent at once would not be.
+    let listening = async {
+        let mut listener = PgListener::connect_with(&own).await?;
+        listener.eager_reconnect(false);
+        listener.listen(channel).await?;
+        Ok(listener)
+    };
+    tokio::time::timeout(wait + BEAT_WAIT, listening).await.unwrap_or(Err(sqlx::Error::PoolTimedOut))
 }
+
+/// The `application_name` of a listener's connection, followed by its channel: what
+/// tells it apart in `pg_stat_activity`.
+pub const APPLICATION_NAME: &str = "data-export listener";
 
 #[cfg(test)]
 mod tests {

@@ -7,11 +7,13 @@
 //! an answer read from the database before one of these is refused when it is put
 //! in afterwards (see [`Ticket`]). So an answer is served stale only for as long
 //! as a committed change's notification takes to arrive (normally well under a
-//! millisecond on one host). A listener whose connection stops delivering without
-//! a word (a network that drops packets instead of refusing them, a pooler that
-//! does not pass notifications on) misses its own heartbeat and counts as lost
-//! within [`HEARTBEAT`] + [`BEAT_WAIT`]; and no answer is served older than
-//! [`MAX_AGE`], counted from when its read began, whatever the listener does.
+//! millisecond on one host). A listener whose connection stops answering without
+//! a word (a network that drops packets instead of refusing them) misses its own
+//! heartbeat and counts as lost within [`HEARTBEAT`] + [`BEAT_WAIT`]; and no answer
+//! is served older than [`MAX_AGE`], counted from when its read began, whatever the
+//! listener does. (An answer's `until`, a session's expiry, is the database's time
+//! compared with the process's clock: a clock behind the database's serves an
+//! expired session for as long as it is behind, at most [`MAX_AGE`].)
 
 use std::{
     any::Any,

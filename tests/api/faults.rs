@@ -546,7 +546,8 @@ async fn a_listener_whose_connection_goes_silent_counts_as_lost_and_listens_agai
     let frozen_at = std::time::Instant::now();
     assert_eq!(next(&mut heard, Duration::from_secs(10)).await, Some(Heard::Lost), "a silent connection is lost");
     let took = frozen_at.elapsed();
-    assert!(took <= beat + BEAT_WAIT + Duration::from_millis(500), "noticed after {took:?}");
+    // At most a heartbeat's wait and the wait for its answer, with room for a busy machine.
+    assert!(took <= beat + BEAT_WAIT + Duration::from_secs(2), "noticed after {took:?}");
     relay.freeze(false);
     assert_eq!(next(&mut heard, Duration::from_secs(10)).await, Some(Heard::Listening), "listens again");
     sqlx::query("select pg_notify($1, 'again')").bind(CHANNEL).execute(&pool).await.unwrap();
