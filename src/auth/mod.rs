@@ -252,7 +252,7 @@ impl OrgCtx {
     /// [`Self::of_session`] for an org admin, with one row of the org fetched in the
     /// same query (see [`membership::OrgRowQuery`]): the session, the user, their
     /// membership and the row in one round trip. What a running export's row polls.
-    /// For a safe method, the session's answer for the org may come from
+    /// For GET and HEAD, the session's answer for the org may come from
     /// [`session_cache`] instead, and then only the row is read.
     pub async fn admin_of_session_with_row<T>(
         parts: &mut Parts,
