@@ -92,7 +92,11 @@ async fn world(app: &TestApp) -> World {
     .await
     .unwrap();
     let listed = app.s3_client().list_buckets().send().await.unwrap();
-    let mut buckets: Vec<String> = listed.buckets().iter().filter_map(|b| b.name().map(str::to_string)).collect();
+    // The mail job's outbox folder shares the test's storage root, so the embedded
+    // endpoint lists it as a bucket; it appears whenever a finished export's mail is
+    // written, which no import changes.
+    let mut buckets: Vec<String> =
+        listed.buckets().iter().filter_map(|b| b.name().map(str::to_string)).filter(|name| name != "outbox").collect();
     buckets.sort();
     World { orgs, users, rows, audit, buckets }
 }
