@@ -179,15 +179,15 @@ async fn roles_and_orgs_are_kept_apart() {
     // between changes: each change is seen once its notification has emptied it.
     let before = app.state.session_cache.epoch();
     set("lapsed", "admin").await.unwrap();
-    emptied_since(&app, before).await;
+    app.session_cache_emptied_since(before, "a change to the admin").await;
     assert_eq!(admin.get("/orgs/acme/exports/history").await.status(), 404, "a lapsed admin is not a member");
     let before = app.state.session_cache.epoch();
     set("active", "member").await.unwrap();
-    emptied_since(&app, before).await;
+    app.session_cache_emptied_since(before, "a change to the admin").await;
     assert_eq!(admin.get("/orgs/acme/exports/history").await.status(), 403, "demoted to member");
     let before = app.state.session_cache.epoch();
     set("active", "admin").await.unwrap();
-    emptied_since(&app, before).await;
+    app.session_cache_emptied_since(before, "a change to the admin").await;
     assert_eq!(admin.get("/orgs/acme/exports/history").await.status(), 200);
     // A session whose user is gone counts as signed out.
     let before = app.state.session_cache.epoch();
@@ -195,20 +195,9 @@ async fn roles_and_orgs_are_kept_apart() {
         .execute(app.pool())
         .await
         .unwrap();
-    emptied_since(&app, before).await;
+    app.session_cache_emptied_since(before, "a change to the admin").await;
     let r = admin.get("/orgs/acme/exports/history").await;
     assert_eq!((r.status().as_u16(), r.headers()["location"].to_str().unwrap()), (303, "/login"));
-}
-
-/// Waits until `app`'s session cache was emptied since it counted `before`: the
-/// history fragment takes the session from it between changes, and sees a change
-/// once its notification has arrived.
-async fn emptied_since(app: &TestApp, before: u64) {
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
-    while app.state.session_cache.epoch() == before {
-        assert!(std::time::Instant::now() < deadline, "no notification emptied the session cache");
-        tokio::time::sleep(std::time::Duration::from_millis(5)).await;
-    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -210,6 +210,18 @@ impl TestApp {
         &self.state.pool
     }
 
+    /// Waits until the app's session cache was emptied since it counted `before`
+    /// (`state.session_cache.epoch()`): the polled routes take the session from it
+    /// between changes, and see a change once its notification has arrived. Fails,
+    /// naming `what`, if none comes within 5 s.
+    pub async fn session_cache_emptied_since(&self, before: u64, what: &str) {
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while self.state.session_cache.epoch() == before {
+            assert!(Instant::now() < deadline, "no notification emptied the session cache after: {what}");
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    }
+
     /// Starts this app's workers (a fresh worker identity each time).
     pub fn start_workers(&mut self) {
         let token = CancellationToken::new();

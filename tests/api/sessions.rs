@@ -100,11 +100,7 @@ impl Polling {
 
     /// Waits until the app's session cache was emptied since it counted `before`.
     async fn emptied_since(&self, before: u64, what: &str) {
-        let deadline = std::time::Instant::now() + Duration::from_secs(5);
-        while self.app.state.session_cache.epoch() == before {
-            assert!(std::time::Instant::now() < deadline, "no notification emptied the session cache after: {what}");
-            tokio::time::sleep(Duration::from_millis(5)).await;
-        }
+        self.app.session_cache_emptied_since(before, what).await;
     }
 }
 
