@@ -32,11 +32,16 @@ pub enum Command {
     Worker,
     /// Run migrations and exit.
     Migrate,
-    /// Demo data: orgs acme and globex with every module on and every section filled.
+    /// Demo data: orgs acme and globex with every module on and every section filled;
+    /// with --orgs N, instead adds small orgs tenant-1 ... tenant-N for scale tests.
     Seed {
         /// Members per org; every section scales with it.
         #[arg(long, default_value_t = seed::DEFAULT_MEMBERS)]
         members: u32,
+        /// Add orgs tenant-1 ... tenant-N (10 members each, every module on, buckets
+        /// provisioned); those that exist are left as they are.
+        #[arg(long)]
+        orgs: Option<u32>,
     },
     /// One snapshot, synchronously, through the same pipeline; prints a JSON summary.
     Export {
@@ -136,7 +141,22 @@ pub async fn run(cli: Cli, config: Config) -> anyhow::Result<()> {
             services.shutdown().await;
             Ok(())
         }
-        Command::Seed { members } => {
+        Command::Seed { orgs: Some(n), .. } => {
+            if !(1..=seed::MAX_TENANTS).contains(&n) {
+                bail!("--orgs must be from 1 to {} (got {n})", seed::MAX_TENANTS);
+            }
+            let services = Services::start(config).await?;
+            let result = seed::tenants(&services.state.pool, &services.state.storage, n).await;
+            services.shutdown().await;
+            let report = result?;
+            println!(
+                "{}",
+                serde_json::json!({ "orgs": n, "created": report.created, "existing": report.existing,
+                    "seconds": to_ms(report.seconds) })
+            );
+            Ok(())
+        }
+        Command::Seed { members, orgs: None } => {
             if !(1..=seed::MAX_MEMBERS).contains(&members) {
                 bail!("--members must be from 1 to {} (got {members})", seed::MAX_MEMBERS);
             }
@@ -178,21 +198,33 @@ pub async fn run(cli: Cli, config: Config) -> anyhow::Result<()> {
         }
         Command::VerifyStorage => {
             let services = Services::start(config).await?;
-            let outcome = settings::backup::verify(&services.state, None).await;
-            let endpoint = services.state.storage.identity().to_string();
+            let outcome = verify_storage(&services.state).await;
             services.shutdown().await;
-            match outcome? {
-                Ok(()) => {
-                    println!("storage verified: {endpoint}");
-                    Ok(())
-                }
-                Err(e) => bail!("storage verification failed: {e}"),
-            }
+            outcome
         }
         Command::Verify { file, sha256 } => verify_file(&file, sha256.as_deref()).await,
         Command::Import { file, org, name, dry_run } => import_file(config, &file, org, name, dry_run).await,
         Command::Token { command } => token(config, command).await,
     }
+}
+
+/// `verify-storage`: the platform's bucket and endpoint (which decides "verified"),
+/// then every org's bucket, here and now; prints each failing org bucket. Exits
+/// non-zero when the platform's own check fails; failing org buckets are printed
+/// and refuse only their orgs' exports.
+async fn verify_storage(state: &crate::state::AppState) -> anyhow::Result<()> {
+    let endpoint = state.storage.identity().to_string();
+    if let Err(e) = settings::backup::verify(state, None).await? {
+        bail!("storage verification failed: {e}");
+    }
+    println!("storage verified: {endpoint}");
+    let started = chrono::Utc::now();
+    let (checked, failed) = platform::buckets::check_all(state, started).await?;
+    println!("org buckets checked: {checked}, failing: {failed}");
+    for (slug, error) in platform::buckets::failing(&state.pool, 1000).await? {
+        println!("  {slug}: {}", error.unwrap_or_default());
+    }
+    Ok(())
 }
 
 /// Fires a slot at this second (`schedule-now`), audit-logged as `schedule.fired_now`.

@@ -102,6 +102,35 @@ pub struct Config {
     pub webhooks: WebhookSettings,
     /// Where mail goes, from whom, and how its retries wait.
     pub mail: MailSettings,
+    /// `STUCK_RUN_SECS` (default 900): a running export whose progress has not moved
+    /// for this long is failed by housekeeping.
+    pub stuck_run_secs: u64,
+    /// `BUCKET_PREFIX` (default `org-`): org buckets are named this + the slug.
+    pub bucket_prefix: String,
+    /// `MANUAL_EXPORTS_PER_DAY` (default 24): manual exports an org may start in any
+    /// 24 hours; past it, 429 with `Retry-After`.
+    pub manual_exports_per_day: u32,
+    /// `METRICS_TOKEN`: the bearer token `/metrics` asks for; unset, `/metrics` is 404.
+    pub metrics_token: Option<String>,
+    /// `BUCKET_CHECK_CONCURRENCY` (default 8): org buckets a Verify probes at once.
+    pub bucket_check_concurrency: usize,
+}
+
+/// Checks `BUCKET_PREFIX`: 1 to 23 of `a-z 0-9 -`, starting with a letter or digit,
+/// so that prefix + the longest slug (40) is a valid S3 bucket name (at most 63).
+fn parse_bucket_prefix(v: Option<String>) -> anyhow::Result<String> {
+    let Some(raw) = v else { return Ok(crate::storage::DEFAULT_BUCKET_PREFIX.to_string()) };
+    let p = raw.trim();
+    let ok = (1..=23).contains(&p.len())
+        && p.bytes().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == b'-')
+        && p.bytes().next().is_some_and(|c| c.is_ascii_lowercase() || c.is_ascii_digit());
+    if !ok {
+        bail!(
+            "BUCKET_PREFIX must be 1 to 23 of a-z, 0-9 and '-', starting with a letter or digit (got {raw:?}), so that \
+             prefix + slug is a valid bucket name"
+        );
+    }
+    Ok(p.to_string())
 }
 
 /// An address range such as `10.0.0.0/8` or `fd00::/8` (a bare address is one host).
@@ -489,6 +518,21 @@ impl Config {
             http: HttpLimits::from_lookup(non_empty)?,
             webhooks: WebhookSettings::from_lookup(non_empty)?,
             mail: MailSettings::from_lookup(non_empty)?,
+            stuck_run_secs: parse_num("STUCK_RUN_SECS", non_empty("STUCK_RUN_SECS"), 900, 60..=86_400)?,
+            bucket_prefix: parse_bucket_prefix(non_empty("BUCKET_PREFIX"))?,
+            manual_exports_per_day: parse_num(
+                "MANUAL_EXPORTS_PER_DAY",
+                non_empty("MANUAL_EXPORTS_PER_DAY"),
+                24,
+                1..=10_000,
+            )?,
+            metrics_token: non_empty("METRICS_TOKEN").map(|t| t.trim().to_string()),
+            bucket_check_concurrency: parse_num(
+                "BUCKET_CHECK_CONCURRENCY",
+                non_empty("BUCKET_CHECK_CONCURRENCY"),
+                8,
+                1..=256,
+            )?,
         })
     }
 

@@ -36,6 +36,12 @@ pub enum AppError {
     TooLarge(String),
     #[error("the backup configuration is not active and verified; a platform admin must verify it first")]
     BackupNotVerified,
+    /// The org's bucket failed its last check: its exports are refused (503).
+    #[error("{0}")]
+    BucketFailing(String),
+    /// A quota is used up (429, with `Retry-After`).
+    #[error("{message}")]
+    QuotaReached { message: String, retry_after_secs: u64 },
     /// A 503 that says what is busy or too slow and when to try again.
     #[error("{0}")]
     Unavailable(String),
@@ -73,6 +79,8 @@ impl AppError {
             Self::InConflict(_) => StatusCode::CONFLICT,
             Self::TooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
             Self::BackupNotVerified => StatusCode::SERVICE_UNAVAILABLE,
+            Self::BucketFailing(_) => StatusCode::SERVICE_UNAVAILABLE,
+            Self::QuotaReached { .. } => StatusCode::TOO_MANY_REQUESTS,
             Self::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
             Self::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
@@ -92,6 +100,8 @@ impl AppError {
             Self::InConflict(_) => "conflict",
             Self::TooLarge(_) => "too_large",
             Self::BackupNotVerified => "backup_not_verified",
+            Self::BucketFailing(_) => "bucket_failing",
+            Self::QuotaReached { .. } => "quota_reached",
             Self::Unavailable(_) => "unavailable",
             Self::Internal(_) => "internal",
         }
@@ -127,6 +137,7 @@ impl IntoResponse for AppError {
             return axum::response::Redirect::to(crate::routes::LOGIN).into_response();
         }
         let status = self.status();
+        let retry_after = self.retry_after();
         let body = html! {
             (maud::DOCTYPE)
             html lang="en" {
@@ -146,8 +157,25 @@ impl IntoResponse for AppError {
                 }
             }
         };
-        (status, body).into_response()
+        with_retry_after((status, body).into_response(), retry_after)
     }
+}
+
+impl AppError {
+    /// The `Retry-After` seconds of an error that has one.
+    fn retry_after(&self) -> Option<u64> {
+        match self {
+            Self::QuotaReached { retry_after_secs, .. } => Some(*retry_after_secs),
+            _ => None,
+        }
+    }
+}
+
+fn with_retry_after(mut response: Response, secs: Option<u64>) -> Response {
+    if let Some(secs) = secs {
+        response.headers_mut().insert(axum::http::header::RETRY_AFTER, axum::http::HeaderValue::from(secs));
+    }
+    response
 }
 
 /// The JSON API's error: `{"error": code, "message": text}` (plus `active_export_id` on 409).
@@ -168,7 +196,7 @@ impl IntoResponse for ApiError {
         if let AppError::Conflict { active_export_id } = &e {
             body["active_export_id"] = serde_json::Value::String(active_export_id.clone());
         }
-        (e.status(), Json(body)).into_response()
+        with_retry_after((e.status(), Json(body)).into_response(), e.retry_after())
     }
 }
 

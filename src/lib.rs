@@ -11,6 +11,7 @@ pub mod config;
 pub mod db;
 pub mod error;
 pub mod exports;
+pub mod health;
 pub mod imports;
 pub mod jobs;
 pub mod mail;

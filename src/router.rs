@@ -52,6 +52,7 @@ route_table!(HTML_ROUTES, html_routes:
     ORG_EXPORT_DELETE => [post exports::web::delete],
     ORG_EXPORT_VERIFY => [post exports::web::verify],
     ORG_EXPORT_ROW => [get exports::web::row],
+    ORG_EXPORT_CANCEL => [post exports::web::cancel],
     ORG_NOTIFICATIONS => [get exports::notifications::show, post exports::notifications::create],
     ORG_WEBHOOK_TEST => [post exports::notifications::test],
     ORG_WEBHOOK_ROTATE => [post exports::notifications::rotate],
@@ -61,6 +62,7 @@ route_table!(HTML_ROUTES, html_routes:
     PLATFORM_VERIFY => [post platform::web::verify],
     PLATFORM_RETENTION => [post platform::web::save_retention],
     PLATFORM_SCHEDULE => [post platform::web::save_schedule],
+    PLATFORM_ORGS => [get platform::orgs::show],
     PLATFORM_BOARD => [get platform::web::board],
     ME_PRIVACY => [get privacy::web::show, post privacy::web::request],
     ME_PRIVACY_HISTORY => [get privacy::web::history_fragment],
@@ -82,6 +84,7 @@ route_table!(API_ROUTES, api_routes:
     API_EXPORT => [get exports::api::get, delete exports::api::delete],
     API_EXPORT_DOWNLOAD => [get exports::api::download],
     API_EXPORT_VERIFY => [post exports::api::verify],
+    API_EXPORT_CANCEL => [post exports::api::cancel],
     API_WEBHOOKS => [get exports::notifications::api_list, post exports::notifications::api_create],
     API_WEBHOOK => [delete exports::notifications::api_delete],
     API_WEBHOOK_ROTATE => [post exports::notifications::api_rotate],
@@ -89,11 +92,13 @@ route_table!(API_ROUTES, api_routes:
     API_WEBHOOK_ATTEMPTS => [get exports::notifications::api_attempts],
     API_IMPORTS => [post imports::api::create],
     API_IMPORT => [get imports::api::get],
+    API_PLATFORM_ORGS => [get platform::orgs::api_list],
 );
 
 route_table!(OPS_ROUTES, ops_routes:
     HEALTHZ => [get || async { "ok" }],
     READYZ => [get readyz],
+    METRICS => [get platform::metrics::serve],
     ASSET_CSS => [get || async { asset(APP_CSS, "text/css; charset=utf-8") }],
     ASSET_HTMX => [get || async { asset(HTMX_JS, "text/javascript; charset=utf-8") }],
 );
@@ -105,7 +110,9 @@ pub fn router(state: AppState) -> Router {
         .fallback(|| async { AppError::NotFound })
         .method_not_allowed_fallback(|| async { AppError::MethodNotAllowed })
         .layer(middleware::from_fn_with_state(state.clone(), auth::csrf::protect))
-        .layer(sessions);
+        .layer(sessions)
+        .layer(middleware::from_fn(exports::web::stop_dead_polls))
+        .layer(middleware::from_fn(crate::web::respond::htmx_sign_in));
     let api = api_routes(Router::new())
         .fallback(|| async { ApiError(AppError::NotFound) })
         .method_not_allowed_fallback(|| async { ApiError(AppError::MethodNotAllowed) });

@@ -6,6 +6,8 @@ pub const LOGOUT: &str = "/logout";
 pub const HOME: &str = "/";
 pub const HEALTHZ: &str = "/healthz";
 pub const READYZ: &str = "/readyz";
+/// Prometheus metrics (only with `METRICS_TOKEN`).
+pub const METRICS: &str = "/metrics";
 pub const ASSET_CSS: &str = "/assets/app.css";
 pub const ASSET_HTMX: &str = "/assets/htmx.min.js";
 
@@ -17,6 +19,7 @@ pub const ORG_EXPORT_DOWNLOAD: &str = "/orgs/{org}/exports/{id}/download";
 pub const ORG_EXPORT_DELETE: &str = "/orgs/{org}/exports/{id}/delete";
 pub const ORG_EXPORT_VERIFY: &str = "/orgs/{org}/exports/{id}/verify";
 pub const ORG_EXPORT_ROW: &str = "/orgs/{org}/exports/{id}/row";
+pub const ORG_EXPORT_CANCEL: &str = "/orgs/{org}/exports/{id}/cancel";
 pub const ORG_NOTIFICATIONS: &str = "/orgs/{org}/settings/notifications";
 pub const ORG_WEBHOOK_TEST: &str = "/orgs/{org}/settings/notifications/{id}/test";
 pub const ORG_WEBHOOK_ROTATE: &str = "/orgs/{org}/settings/notifications/{id}/rotate";
@@ -27,6 +30,7 @@ pub const PLATFORM_BACKUP: &str = "/platform/settings/backup";
 pub const PLATFORM_VERIFY: &str = "/platform/settings/backup/verify";
 pub const PLATFORM_RETENTION: &str = "/platform/settings/retention";
 pub const PLATFORM_SCHEDULE: &str = "/platform/settings/schedule";
+pub const PLATFORM_ORGS: &str = "/platform/orgs";
 pub const ME_PRIVACY: &str = "/me/privacy";
 pub const ME_PRIVACY_HISTORY: &str = "/me/privacy/history";
 pub const ME_PRIVACY_DOWNLOAD: &str = "/me/privacy/{id}/download";
@@ -48,6 +52,7 @@ pub const API_EXPORTS: &str = "/orgs/{org}/exports";
 pub const API_EXPORT: &str = "/orgs/{org}/exports/{id}";
 pub const API_EXPORT_DOWNLOAD: &str = "/orgs/{org}/exports/{id}/download";
 pub const API_EXPORT_VERIFY: &str = "/orgs/{org}/exports/{id}/verify";
+pub const API_EXPORT_CANCEL: &str = "/orgs/{org}/exports/{id}/cancel";
 pub const API_WEBHOOKS: &str = "/orgs/{org}/webhooks";
 pub const API_WEBHOOK: &str = "/orgs/{org}/webhooks/{id}";
 pub const API_WEBHOOK_ROTATE: &str = "/orgs/{org}/webhooks/{id}/rotate";
@@ -55,6 +60,7 @@ pub const API_WEBHOOK_TEST: &str = "/orgs/{org}/webhooks/{id}/test";
 pub const API_WEBHOOK_ATTEMPTS: &str = "/orgs/{org}/webhooks/{id}/attempts";
 pub const API_IMPORTS: &str = "/platform/imports";
 pub const API_IMPORT: &str = "/platform/imports/{id}";
+pub const API_PLATFORM_ORGS: &str = "/platform/orgs";
 
 /// Fills `{org}` and `{id}` in a pattern.
 pub fn path(pattern: &str, org: &str, id: Option<&str>) -> String {

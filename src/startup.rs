@@ -49,7 +49,8 @@ impl Services {
         migrate(&pool).await?;
         let (storage, embedded) = match &config.storage {
             StorageSource::External(s3) => {
-                let storage = Storage::new(s3, &config.privacy_bucket, s3.endpoint.clone());
+                let storage = Storage::new(s3, &config.privacy_bucket, s3.endpoint.clone())
+                    .with_bucket_prefix(&config.bucket_prefix);
                 storage.ping().await.context("check S3_ENDPOINT (or unset it to use the embedded endpoint)")?;
                 (storage, None)
             }
@@ -58,7 +59,9 @@ impl Services {
                 let embedded = EmbeddedS3::start(&root, SocketAddr::from(([127, 0, 0, 1], 0))).await?;
                 let root = std::fs::canonicalize(&root)?;
                 let identity = format!("embedded:{}", root.display());
-                (Storage::new(&embedded.settings(), &config.privacy_bucket, identity), Some(embedded))
+                let storage = Storage::new(&embedded.settings(), &config.privacy_bucket, identity)
+                    .with_bucket_prefix(&config.bucket_prefix);
+                (storage, Some(embedded))
             }
         };
         let state = AppState(Arc::new(App::new(pool, storage, config)));
@@ -181,6 +184,34 @@ pub async fn housekeeping(state: AppState, stop: CancellationToken) {
     }
 }
 
+/// How often the health loop runs.
+pub const HEALTH_TICK: Duration = Duration::from_secs(60);
+
+/// Every minute: fails stuck exports (`exports::stuck`), records orgs whose backup
+/// state went wrong and mails platform admins about them (`platform::notices`).
+pub async fn health_loop(state: AppState, stop: CancellationToken) {
+    loop {
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = tokio::time::sleep(HEALTH_TICK) => {}
+        }
+        health_tick(&state).await;
+    }
+}
+
+/// One round of [`health_loop`]; each part's failure is logged and left for the next.
+pub async fn health_tick(state: &AppState) {
+    if let Err(e) = crate::exports::stuck::fail_stuck(state).await {
+        tracing::warn!(error = format!("{e:#}"), "could not fail the stuck exports");
+    }
+    if let Err(e) = platform::notices::record(state).await {
+        tracing::warn!(error = format!("{e:#}"), "could not record the orgs' backup states");
+    }
+    if let Err(e) = platform::notices::mail_batch(state).await {
+        tracing::warn!(error = format!("{e:#}"), "could not mail the platform admins about backup states");
+    }
+}
+
 /// Cancels `token` on Ctrl-C or SIGTERM.
 pub fn cancel_on_signal(token: CancellationToken) {
     tokio::spawn(async move {
@@ -266,6 +297,13 @@ pub async fn serve(config: Config, with_web: bool) -> anyhow::Result<()> {
         let (state, stop) = (state.clone(), stop.clone());
         async move {
             housekeeping(state, stop).await;
+            Ok(())
+        }
+    });
+    tasks.spawn({
+        let (state, stop) = (state.clone(), stop.clone());
+        async move {
+            health_loop(state, stop).await;
             Ok(())
         }
     });

@@ -24,10 +24,14 @@ pub struct App {
     pub config: Config,
     /// The job board's port once its listener is bound (BOARD_BIND may say 0).
     pub board_port: OnceLock<u16>,
-    /// One verification of a stored export at a time in this process: each takes a
-    /// core while it decompresses and parses. The permit is held by the work itself
-    /// (not by the request), so a client that goes away does not free it early.
+    /// Verifications of stored exports at once in this process: one per core, since
+    /// each takes a core while it decompresses and parses. The permit is held by the
+    /// work itself (not by the request), so a client that goes away does not free
+    /// it early.
     pub verify_permits: Arc<tokio::sync::Semaphore>,
+    /// The orgs with a verification running in this process: one per org at a
+    /// time, so that one org cannot take every core's slot.
+    pub verifying_orgs: Arc<std::sync::Mutex<std::collections::HashSet<i64>>>,
     /// What the polled requests of an open page read about their session, its user
     /// and their org (`auth::session_cache`). It keeps nothing until its listener
     /// runs (`startup` starts it with the web listener).
@@ -41,7 +45,10 @@ impl App {
             storage,
             config,
             board_port: OnceLock::new(),
-            verify_permits: Arc::new(tokio::sync::Semaphore::new(1)),
+            verify_permits: Arc::new(tokio::sync::Semaphore::new(
+                std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get),
+            )),
+            verifying_orgs: Arc::default(),
             session_cache: NotifiedCache::default(),
         }
     }

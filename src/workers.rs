@@ -17,7 +17,7 @@ use crate::{
     imports::job::ImportJob,
     jobs::{self, Job},
     mail::MailJob,
-    platform::{pruner::PruneJob, scheduler::SlotJob},
+    platform::{buckets::BucketCheckJob, pruner::PruneJob, scheduler::SlotJob},
     privacy::PrivacyJob,
     state::AppState,
     webhooks::delivery::DeliveryJob,
@@ -57,6 +57,7 @@ pub fn queues() -> Vec<Queue> {
         queue::<ImportJob>(()),
         queue::<DeliveryJob>(()),
         queue::<MailJob>(()),
+        queue::<BucketCheckJob>(()),
     ]
 }
 

@@ -205,6 +205,22 @@ impl FromRequestParts<AppState> for ApiUser {
     }
 }
 
+/// The user behind a platform admin's bearer token (JSON API); any other token
+/// gets 403.
+#[derive(Clone, Debug)]
+pub struct ApiPlatformAdmin(pub User);
+
+impl FromRequestParts<AppState> for ApiPlatformAdmin {
+    type Rejection = ApiError;
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
+        let ApiUser(user) = ApiUser::from_request_parts(parts, state).await?;
+        if !user.is_platform_admin {
+            return Err(AppError::Forbidden("Only platform admins can do this.".into()).into());
+        }
+        Ok(Self(user))
+    }
+}
+
 /// The `{org}` of an org route of the JSON API (`/api/v1/orgs/{org}/...`), exactly
 /// as the path spells it; `None` for every other path (the platform's routes).
 fn api_org_param(parts: &Parts) -> Option<String> {

@@ -8,7 +8,7 @@ use axum::{
     response::{IntoResponse, Response},
 };
 
-use super::{ApiExportAdmin, runs};
+use super::{ApiExportAdmin, ApiFilesAdmin, runs};
 use crate::{
     error::{ApiResult, AppError},
     routes,
@@ -41,7 +41,7 @@ pub const LIST_MAX: i64 = 500;
 /// GET /api/v1/orgs/{org}/exports[?limit=N&before=ID] -> one page of runs, newest
 /// first, with a `Link: <..>; rel="next"` header while older runs remain.
 pub async fn list(
-    ApiExportAdmin(org): ApiExportAdmin,
+    ApiFilesAdmin(org): ApiFilesAdmin,
     State(state): State<AppState>,
     RawQuery(query): RawQuery,
 ) -> ApiResult<Response> {
@@ -69,7 +69,7 @@ pub async fn list(
 
 /// GET /api/v1/orgs/{org}/exports/{id}
 pub async fn get(
-    ApiExportAdmin(org): ApiExportAdmin,
+    ApiFilesAdmin(org): ApiFilesAdmin,
     State(state): State<AppState>,
     ApiRecordId(id): ApiRecordId,
 ) -> ApiResult<Json<serde_json::Value>> {
@@ -79,7 +79,7 @@ pub async fn get(
 
 /// GET /api/v1/orgs/{org}/exports/{id}/download -> 303 to a presigned URL.
 pub async fn download(
-    ApiExportAdmin(org): ApiExportAdmin,
+    ApiFilesAdmin(org): ApiFilesAdmin,
     State(state): State<AppState>,
     ApiRecordId(id): ApiRecordId,
 ) -> ApiResult<Response> {
@@ -89,7 +89,7 @@ pub async fn download(
 
 /// DELETE /api/v1/orgs/{org}/exports/{id} -> 204.
 pub async fn delete(
-    ApiExportAdmin(org): ApiExportAdmin,
+    ApiFilesAdmin(org): ApiFilesAdmin,
     State(state): State<AppState>,
     ApiRecordId(id): ApiRecordId,
 ) -> ApiResult<StatusCode> {
@@ -108,4 +108,15 @@ pub async fn verify(
         Ok(report) => serde_json::json!({ "ok": true, "report": report }),
         Err(e) => serde_json::json!({ "ok": false, "error": e.0 }),
     }))
+}
+
+/// POST /api/v1/orgs/{org}/exports/{id}/cancel -> 200 with the run (now `failed`,
+/// "Cancelled by NAME"); 409 when it has already finished.
+pub async fn cancel(
+    ApiFilesAdmin(org): ApiFilesAdmin,
+    State(state): State<AppState>,
+    ApiRecordId(id): ApiRecordId,
+) -> ApiResult<Json<serde_json::Value>> {
+    let run = super::cancel(&state, &org, &id).await?;
+    Ok(Json(run.api_json(org.user.is_platform_admin)))
 }

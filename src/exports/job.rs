@@ -61,16 +61,17 @@ pub async fn enqueue(
     jobs::push(tx, id, job, max_attempts).await.context("enqueueing the export job")
 }
 
-/// Saves the run's progress figure while its file is written (see
-/// [`job::save_progress`]).
+/// Saves the run's progress figure while its file is written, and cancels `lost`
+/// once the attempt no longer holds the run (see [`job::save_progress`]).
 pub async fn save_progress(
     state: AppState,
     id: String,
     attempt: i32,
     rows: tokio::sync::watch::Receiver<i64>,
     done: tokio_util::sync::CancellationToken,
+    lost: tokio_util::sync::CancellationToken,
 ) {
-    job::save_progress(&ExportLease { hooks: Hooks::default() }, &state, &id, attempt, rows, done).await
+    job::save_progress(&ExportLease { hooks: Hooks::default() }, &state, &id, attempt, rows, done, lost).await
 }
 
 /// The reason a pending run fails when its org switched Data Export off.
@@ -98,6 +99,10 @@ impl Lease for ExportLease {
         run.status == runs::RunStatus::Completed
     }
 
+    fn is_active(run: &runs::Run) -> bool {
+        run.is_active()
+    }
+
     fn span(run: &runs::Run, attempt: i32) -> tracing::Span {
         tracing::info_span!("export", export_id = %run.id, org_id = run.org_id, attempt)
     }
@@ -119,7 +124,7 @@ impl Lease for ExportLease {
         if !on.contains(&(Module::DataExport, true)) {
             return Ok(Some(SWITCHED_OFF.to_string()));
         }
-        Ok(None)
+        Ok(crate::orgs::bucket_refusal(&state.pool, run.org_id).await?)
     }
 
     async fn destination(&self, state: &AppState, run: &runs::Run) -> anyhow::Result<Destination> {
@@ -149,8 +154,12 @@ impl Lease for ExportLease {
         Ok(snapshot)
     }
 
-    async fn save_progress(&self, state: &AppState, id: &str, attempt: i32, rows: i64) -> anyhow::Result<()> {
+    async fn save_progress(&self, state: &AppState, id: &str, attempt: i32, rows: i64) -> anyhow::Result<bool> {
         Ok(runs::set_progress(&state.pool, id, attempt, rows).await?)
+    }
+
+    async fn is_held(&self, state: &AppState, id: &str, attempt: i32) -> anyhow::Result<bool> {
+        Ok(runs::is_held(&state.pool, id, attempt).await?)
     }
 
     async fn complete(&self, state: &AppState, run: &runs::Run, attempt: i32, w: Written<'_>) -> anyhow::Result<bool> {

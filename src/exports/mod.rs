@@ -7,6 +7,7 @@ pub mod job;
 pub mod notifications;
 pub mod org_snapshot;
 pub mod runs;
+pub mod stuck;
 pub mod views;
 pub mod web;
 
@@ -39,6 +40,31 @@ impl FromRequestParts<AppState> for ExportAdmin {
     }
 }
 
+/// An org admin of the org in the path, whether Data Export is on or off (HTML):
+/// what reads, downloads, deletes or cancels the org's existing exports needs, so
+/// that switching the module off strands no file. Starting anything new needs
+/// [`ExportAdmin`].
+pub struct FilesAdmin(pub OrgCtx);
+
+impl FromRequestParts<AppState> for FilesAdmin {
+    type Rejection = AppError;
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, AppError> {
+        let OrgAdmin(org) = OrgAdmin::from_request_parts(parts, state).await?;
+        Ok(Self(org))
+    }
+}
+
+/// [`FilesAdmin`] for the JSON API (bearer token).
+pub struct ApiFilesAdmin(pub OrgCtx);
+
+impl FromRequestParts<AppState> for ApiFilesAdmin {
+    type Rejection = ApiError;
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
+        let ApiOrgAdmin(org) = ApiOrgAdmin::from_request_parts(parts, state).await?;
+        Ok(Self(org))
+    }
+}
+
 /// [`ExportAdmin`] for the JSON API (bearer token).
 pub struct ApiExportAdmin(pub OrgCtx);
 
@@ -56,7 +82,30 @@ pub async fn trigger(state: &AppState, ctx: &OrgCtx) -> Result<runs::Run, AppErr
     if !crate::settings::backup::is_ready(state).await? {
         return Err(AppError::BackupNotVerified);
     }
+    if let Some(why) = crate::orgs::bucket_refusal(&state.pool, ctx.org.id).await? {
+        return Err(AppError::BucketFailing(why));
+    }
+    let limit = state.config.manual_exports_per_day;
+    if let Some(wait) = runs::manual_quota_wait(&state.pool, ctx.org.id, limit).await? {
+        return Err(AppError::QuotaReached {
+            message: format!(
+                "This organization has started {limit} manual exports in the last 24 hours, the most allowed. \
+                 The next one can start in {}.",
+                human_wait(wait)
+            ),
+            retry_after_secs: wait,
+        });
+    }
     runs::create_manual(&state.pool, ctx.org.id, ctx.user.id, state.config.export_max_attempts).await
+}
+
+/// `2 h 5 min` style waits.
+fn human_wait(secs: u64) -> String {
+    match secs {
+        s if s < 60 => format!("{s} seconds"),
+        s if s < 3600 => format!("{} minutes", s.div_ceil(60)),
+        s => format!("{} h {} min", s / 3600, (s % 3600) / 60),
+    }
 }
 
 /// The presigned URL for a completed run, with an audit entry for the download.
@@ -97,13 +146,22 @@ pub async fn verify_run(
             run.status
         )));
     };
+    let Some(org_slot) = OrgVerifying::take(state, ctx.org.id) else {
+        return Err(AppError::RateLimited(
+            "Another export of this organization is being verified; try again when it has finished.".into(),
+        ));
+    };
     let Ok(permit) = state.verify_permits.clone().try_acquire_owned() else {
-        return Err(AppError::RateLimited("Another export is being verified; try again in a moment.".into()));
+        return Err(AppError::RateLimited(
+            "Every verification slot of the platform is busy; try again in a moment.".into(),
+        ));
     };
     let limit = std::time::Duration::from_secs(state.config.verify_timeout_secs);
     let work = {
         let (state, ctx, via) = (state.clone(), ctx.clone(), via.to_string());
         async move {
+            // Held by the work, as the permit is.
+            let _org_slot = org_slot;
             let deadline = std::time::Instant::now() + limit;
             let bucket = &ctx.org.bucket;
             let read = verify::verify_object_bounded(
@@ -148,6 +206,45 @@ pub async fn verify_run(
         }
     };
     tokio::spawn(work).await.map_err(|e| AppError::Internal(anyhow::anyhow!("the verification task ended: {e}")))?
+}
+
+/// Cancels the org's pending or running run in the admin's name (see
+/// [`runs::cancel`]); an upload it left open is aborted in the background (its job,
+/// when it is alive, also stops and aborts it within a second).
+pub async fn cancel(state: &AppState, ctx: &OrgCtx, id: &RecordId) -> Result<runs::Run, AppError> {
+    let run = runs::cancel(&state.pool, &state.config.public_url, ctx.org.id, id, &ctx.user)
+        .await?
+        .ok_or(AppError::NotFound)?;
+    if let Some(upload_id) = run.upload_id.clone() {
+        let storage = state.storage.clone();
+        let open = crate::storage::Multipart {
+            bucket: ctx.org.bucket.clone(),
+            key: runs::object_key(&run.id, run.created_at),
+            upload_id,
+        };
+        tokio::spawn(async move { storage.abort_multipart(&open).await });
+    }
+    Ok(run)
+}
+
+/// An org's one verification slot in this process, freed when dropped.
+struct OrgVerifying {
+    orgs: std::sync::Arc<std::sync::Mutex<std::collections::HashSet<i64>>>,
+    org_id: i64,
+}
+
+impl OrgVerifying {
+    /// The org's slot, unless a verification of the org is running already.
+    fn take(state: &AppState, org_id: i64) -> Option<Self> {
+        let mut orgs = state.verifying_orgs.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        orgs.insert(org_id).then(|| Self { orgs: state.verifying_orgs.clone(), org_id })
+    }
+}
+
+impl Drop for OrgVerifying {
+    fn drop(&mut self) {
+        self.orgs.lock().unwrap_or_else(std::sync::PoisonError::into_inner).remove(&self.org_id);
+    }
 }
 
 /// Deletes a completed run's object, then marks the run deleted, with an audit entry.

@@ -251,6 +251,26 @@ pub async fn create_scheduled(
     anyhow::bail!("could not create the scheduled run for slot {slot}: it kept conflicting")
 }
 
+/// When the org has started `limit` manual exports in the last 24 hours: the
+/// seconds until the oldest of them leaves the window (the `Retry-After`).
+pub async fn manual_quota_wait(pool: &PgPool, org_id: i64, limit: u32) -> sqlx::Result<Option<u64>> {
+    let (count, oldest): (i64, Option<DateTime<Utc>>) = sqlx::query_as(
+        "select count(*), min(created_at) from (
+           select created_at from export_runs
+           where org_id = $1 and trigger = 'manual' and created_at > now() - interval '24 hours'
+           order by created_at desc limit $2) recent",
+    )
+    .bind(org_id)
+    .bind(i64::from(limit))
+    .fetch_one(pool)
+    .await?;
+    if count < i64::from(limit) {
+        return Ok(None);
+    }
+    let free_at = oldest.unwrap_or_else(Utc::now) + chrono::Duration::hours(24);
+    Ok(Some((free_at - Utc::now()).num_seconds().max(1) as u64))
+}
+
 /// The id of the org's pending or running export.
 pub async fn active_id(pool: &PgPool, org_id: i64) -> sqlx::Result<Option<String>> {
     let row: Option<(String,)> =
@@ -389,8 +409,8 @@ pub async fn recent_failures(pool: &PgPool, limit: i64) -> sqlx::Result<Vec<(Str
 /// `None` when the run is gone or already finished: nothing to do.
 pub async fn start(pool: &PgPool, id: &str, attempt: i32) -> sqlx::Result<Option<Run>> {
     let row: Option<(String,)> = sqlx::query_as(
-        "update export_runs set status = 'running', started_at = now(), attempts = $2, rows_written = 0,
-                rows_total = null, counts = null, error = null
+        "update export_runs set status = 'running', started_at = now(), progress_at = now(), attempts = $2,
+                rows_written = 0, rows_total = null, counts = null, error = null
          where id = $1 and status in ('pending', 'running') returning id",
     )
     .bind(id)
@@ -428,7 +448,7 @@ pub async fn set_counts(
     snapshot_at: DateTime<Utc>,
 ) -> sqlx::Result<()> {
     sqlx::query(
-        "update export_runs set counts = $2::jsonb, rows_total = $3, snapshot_at = $4
+        "update export_runs set counts = $2::jsonb, rows_total = $3, snapshot_at = $4, progress_at = now()
          where id = $1 and status = 'running' and attempts = $5",
     )
     .bind(id)
@@ -441,15 +461,31 @@ pub async fn set_counts(
     Ok(())
 }
 
-/// Saves progress.
-pub async fn set_progress(pool: &PgPool, id: &str, attempt: i32, rows_written: i64) -> sqlx::Result<()> {
-    sqlx::query("update export_runs set rows_written = $2 where id = $1 and status = 'running' and attempts = $3")
-        .bind(id)
-        .bind(rows_written)
-        .bind(attempt)
-        .execute(pool)
-        .await?;
-    Ok(())
+/// Saves progress (and when it moved, which tells a stuck run). `false` when the
+/// attempt no longer holds the run: it was cancelled or failed meanwhile, or a
+/// newer attempt took it over.
+pub async fn set_progress(pool: &PgPool, id: &str, attempt: i32, rows_written: i64) -> sqlx::Result<bool> {
+    let done = sqlx::query(
+        "update export_runs set rows_written = $2, progress_at = now()
+         where id = $1 and status = 'running' and attempts = $3",
+    )
+    .bind(id)
+    .bind(rows_written)
+    .bind(attempt)
+    .execute(pool)
+    .await?;
+    Ok(done.rows_affected() == 1)
+}
+
+/// Whether `attempt` still holds the run (it is running under that attempt).
+pub async fn is_held(pool: &PgPool, id: &str, attempt: i32) -> sqlx::Result<bool> {
+    sqlx::query_scalar(
+        "select exists (select 1 from export_runs where id = $1 and status = 'running' and attempts = $2)",
+    )
+    .bind(id)
+    .bind(attempt)
+    .fetch_one(pool)
+    .await
 }
 
 /// What a completed attempt wrote.
@@ -683,6 +719,28 @@ pub async fn fail(
     attempt: Option<i32>,
     failure: &Failure,
 ) -> anyhow::Result<bool> {
+    Ok(end_failed(pool, public_url, id, attempt, failure, Ending::Failed).await?.is_some())
+}
+
+/// How a run came to fail, for its audit entry.
+#[derive(Clone, Copy, Debug)]
+pub enum Ending {
+    /// Its attempt failed, or housekeeping found it stuck: `export.failed`.
+    Failed,
+    /// An org admin cancelled it: `export.cancelled`, in their name.
+    Cancelled { by: i64 },
+}
+
+/// [`fail`] with the audit entry `ending` says; the org's id when this call marked
+/// the run.
+async fn end_failed(
+    pool: &PgPool,
+    public_url: &str,
+    id: &str,
+    attempt: Option<i32>,
+    failure: &Failure,
+    ending: Ending,
+) -> anyhow::Result<Option<i64>> {
     let (reason, detail) = failure.bounded();
     let mut tx = pool.begin().await?;
     let done: Option<(i64,)> = sqlx::query_as(
@@ -695,12 +753,94 @@ pub async fn fail(
     .bind(&detail)
     .fetch_optional(&mut *tx)
     .await?;
-    let Some((org_id,)) = done else { return Ok(false) };
+    let Some((org_id,)) = done else { return Ok(None) };
     let details = serde_json::json!({ "error": reason });
-    crate::audit::write(&mut *tx, Some(org_id), None, "export.failed", &format!("export:{id}"), details).await?;
+    let (action, actor) = match ending {
+        Ending::Failed => ("export.failed", None),
+        Ending::Cancelled { by } => ("export.cancelled", Some(by)),
+    };
+    crate::audit::write(&mut *tx, Some(org_id), actor, action, &format!("export:{id}"), details).await?;
     announce_in_savepoint(&mut tx, public_url, org_id, id).await?;
     tx.commit().await?;
-    Ok(true)
+    Ok(Some(org_id))
+}
+
+/// Cancels the org's pending or running run `id` in `by`'s name: it ends `failed`
+/// with the reason "Cancelled by NAME" (an `export.cancelled` audit entry and the
+/// usual notifications), and its job, if it is writing, notices within a second and
+/// stops, aborting its upload. `Ok(None)` for no such run of the org; an
+/// [`AppError::InConflict`] when it has already finished.
+pub async fn cancel(
+    pool: &PgPool,
+    public_url: &str,
+    org_id: i64,
+    id: &RecordId,
+    by: &crate::auth::User,
+) -> Result<Option<Run>, AppError> {
+    let Some(run) = get(pool, org_id, id).await? else { return Ok(None) };
+    if !run.is_active() {
+        return Err(AppError::InConflict(format!(
+            "This export has already finished ({}); there is nothing to cancel.",
+            run.status
+        )));
+    }
+    let name = if by.display_name.trim().is_empty() { by.email.as_str() } else { by.display_name.as_str() };
+    let failure = Failure::plain(format!("Cancelled by {name}"));
+    let ended = end_failed(pool, public_url, &run.id, None, &failure, Ending::Cancelled { by: by.id }).await?;
+    if ended.is_none() {
+        // It finished between the read and the update.
+        let now = get(pool, org_id, id).await?.ok_or(AppError::NotFound)?;
+        return Err(AppError::InConflict(format!(
+            "This export has already finished ({}); there is nothing to cancel.",
+            now.status
+        )));
+    }
+    Ok(get(pool, org_id, id).await?)
+}
+
+/// An active run that cannot end by itself, and why (see [`stuck`]).
+#[derive(Clone, Debug, sqlx::FromRow)]
+pub struct Stuck {
+    pub id: String,
+    pub org_id: i64,
+    pub upload_id: Option<String>,
+    pub object_key: Option<String>,
+    pub created_at: DateTime<Utc>,
+    /// `job_ended`, `no_job` or `no_progress`.
+    pub why: String,
+}
+
+impl Stuck {
+    /// The plain reason the run is failed with.
+    pub fn reason(&self, stuck_secs: u64) -> String {
+        match self.why.as_str() {
+            "no_job" => {
+                "The export was stopped: no worker job was left to carry it out. You can start a new one.".into()
+            }
+            "job_ended" => {
+                "The export was stopped: its worker job ended without finishing it. You can start a new one.".into()
+            }
+            _ => format!(
+                "The export was stopped: it made no progress for {} minutes. You can start a new one.",
+                stuck_secs.div_ceil(60)
+            ),
+        }
+    }
+}
+
+/// Every active run that is stuck (see [`crate::health::STUCK_WHY`]).
+pub async fn stuck(pool: &PgPool, stuck_secs: u64) -> sqlx::Result<Vec<Stuck>> {
+    let why = crate::health::STUCK_WHY;
+    sqlx::query_as(sqlx::AssertSqlSafe(format!(
+        "select * from (
+           select r.id, r.org_id, r.upload_id, r.object_key, r.created_at, {why} as why
+           from export_runs r left join apalis.jobs j on j.id = r.id
+           where r.status in ('pending', 'running')) s
+         where s.why is not null"
+    )))
+    .bind(stuck_secs as f64)
+    .fetch_all(pool)
+    .await
 }
 
 /// [`fail`], retried for a while: a run must not stay `running` because the

@@ -29,15 +29,22 @@ pub fn backups_page(
                     "One gzipped JSON snapshot of everything this organization holds, read at a single instant and written to its own storage bucket. "
                     "Media files are not copied; documents are listed with their storage keys."
                 }
-                @if !ready {
-                    div.flash-error role="alert" {
-                        "Exports are paused: the platform's backup configuration is not active and verified. A platform admin must verify it first."
+                @if !viewer.on {
+                    div.flash-error role="status" #data-export-off {
+                        "Data Export is switched off for this organization, so no new export can start. The exports below stay: you can still download or delete them. "
+                        a.underline href=(routes::org_modules(org_slug)) { "Switch it on again under Modules." }
                     }
-                }
-                form method="post" action=(routes::path(routes::ORG_EXPORTS, org_slug, None))
-                    hx-post=(routes::path(routes::ORG_EXPORTS, org_slug, None)) hx-target="#history" hx-swap="outerHTML" {
-                    (ctx.csrf_field())
-                    button.btn.btn-primary type="submit" disabled[!ready] { "Trigger export" }
+                } @else {
+                    @if !ready {
+                        div.flash-error role="alert" {
+                            "Exports are paused: the platform's backup configuration is not active and verified. A platform admin must verify it first."
+                        }
+                    }
+                    form method="post" action=(routes::path(routes::ORG_EXPORTS, org_slug, None))
+                        hx-post=(routes::path(routes::ORG_EXPORTS, org_slug, None)) hx-target="#history" hx-swap="outerHTML" {
+                        (ctx.csrf_field())
+                        button.btn.btn-primary type="submit" disabled[!ready] { "Trigger export" }
+                    }
                 }
             }
             section {
@@ -58,6 +65,9 @@ pub struct Viewer<'a> {
     /// The page shown holds the runs older than this one (none: the newest). The
     /// rows' actions keep it, so that their answer is the same page.
     pub before: Option<&'a str>,
+    /// Data Export is on: new exports and verifications may start. Off, the page
+    /// still lists, downloads, deletes and cancels the existing ones.
+    pub on: bool,
 }
 
 impl Viewer<'_> {
@@ -170,6 +180,14 @@ pub fn row(viewer: Viewer<'_>, run: &Run) -> Markup {
             td data-label="Rows" { @if let Some(n) = run.rows_total { span.whitespace-nowrap { (n) } } }
             // The actions wrap onto more lines rather than push the table wider.
             td {
+                @if run.is_active() {
+                    form method="post" action=(viewer.on_this_page(routes::ORG_EXPORT_CANCEL, Some(&run.id)))
+                        hx-post=(viewer.on_this_page(routes::ORG_EXPORT_CANCEL, Some(&run.id))) hx-target="#history" hx-swap="outerHTML"
+                        hx-confirm="Cancel this export? It stops and ends as failed." {
+                        (crate::auth::csrf::hidden_field(csrf))
+                        button.btn.btn-secondary type="submit" { "Cancel" }
+                    }
+                }
                 @if run.status == RunStatus::Completed {
                     div.flex.flex-wrap.items-center.gap-2 {
                         a.btn.btn-secondary href=(routes::path(routes::ORG_EXPORT_DOWNLOAD, org_slug, Some(&run.id))) rel="noreferrer" { "Download" }
@@ -179,10 +197,12 @@ pub fn row(viewer: Viewer<'_>, run: &Run) -> Markup {
                             (crate::auth::csrf::hidden_field(csrf))
                             button.btn.btn-danger type="submit" { "Delete" }
                         }
-                        form method="post" action=(viewer.on_this_page(routes::ORG_EXPORT_VERIFY, Some(&run.id)))
-                            hx-post=(viewer.on_this_page(routes::ORG_EXPORT_VERIFY, Some(&run.id))) {
-                            (crate::auth::csrf::hidden_field(csrf))
-                            button.btn.btn-secondary type="submit" title="Re-read the file and check its gzip, schema, counts and SHA-256" { "Verify" }
+                        @if viewer.on {
+                            form method="post" action=(viewer.on_this_page(routes::ORG_EXPORT_VERIFY, Some(&run.id)))
+                                hx-post=(viewer.on_this_page(routes::ORG_EXPORT_VERIFY, Some(&run.id))) {
+                                (crate::auth::csrf::hidden_field(csrf))
+                                button.btn.btn-secondary type="submit" title="Re-read the file and check its gzip, schema, counts and SHA-256" { "Verify" }
+                            }
                         }
                     }
                 }

@@ -7,7 +7,7 @@ use axum::{
 };
 use serde::Deserialize;
 
-use super::{ExportAdmin, runs, views};
+use super::{ExportAdmin, FilesAdmin, runs, views};
 use crate::{
     auth::{OrgCtx, csrf::CsrfToken, membership::OrgRowQuery},
     error::{AppError, AppResult},
@@ -46,6 +46,7 @@ fn viewer<'a>(csrf: &'a CsrfToken, org: &'a OrgCtx, cursor: &'a Cursor) -> views
         org_slug: &org.org.slug,
         detail: org.user.is_platform_admin,
         before: cursor.before.as_ref().map(RecordId::as_str),
+        on: org.has_module(crate::orgs::modules::Module::DataExport),
     }
 }
 
@@ -61,6 +62,16 @@ fn notice_text(code: Option<&str>) -> Option<(bool, &'static str)> {
             Some((false, "An export is already pending or running for this organization. Wait for it to finish."))
         }
         "not_verified" => Some((false, "Exports are paused until a platform admin verifies the backup configuration.")),
+        "cancelled" => Some((true, "The export was cancelled.")),
+        "bucket_failing" => Some((
+            false,
+            "This organization's storage bucket failed its last check, so its exports are paused. A platform admin must verify storage again.",
+        )),
+        "quota" => Some((
+            false,
+            "This organization has used up its manual exports for the last 24 hours. The scheduled exports go on; try again later.",
+        )),
+        "already_finished" => Some((false, "That export had already finished; there was nothing to cancel.")),
         _ => None,
     }
 }
@@ -68,7 +79,7 @@ fn notice_text(code: Option<&str>) -> Option<(bool, &'static str)> {
 /// GET /orgs/{org}/settings/backups
 pub async fn page(
     ctx: PageCtx,
-    ExportAdmin(org): ExportAdmin,
+    FilesAdmin(org): FilesAdmin,
     State(state): State<AppState>,
     Query(f): Query<Flash>,
     RawQuery(query): RawQuery,
@@ -131,7 +142,7 @@ impl FromRequestParts<AppState> for AdminHistory {
         let sql = runs::history_version_in_org();
         let (org, version) =
             OrgCtx::admin_of_session_with_row::<Version>(parts, state, OrgRowQuery { sql: &sql, param: "" }).await?;
-        let org = super::require_module(org)?;
+        // Module on or off: an org that switched Data Export off still sees its files.
         Ok(AdminHistory(org, version.map_or(0, |v| v.version)))
     }
 }
@@ -169,7 +180,6 @@ impl FromRequestParts<AppState> for AdminRun {
         let sql = runs::in_org_select();
         let row = OrgRowQuery { sql: &sql, param: id.as_ref().map_or("", RecordId::as_str) };
         let (org, run) = OrgCtx::admin_of_session_with_row(parts, state, row).await?;
-        let org = super::require_module(org)?;
         Ok(AdminRun(org, run.ok_or(AppError::NotFound)?))
     }
 }
@@ -185,17 +195,27 @@ pub async fn trigger(
         Ok(_) => "triggered",
         Err(AppError::Conflict { .. }) => "conflict",
         Err(AppError::BackupNotVerified) => "not_verified",
+        Err(AppError::BucketFailing(_)) => "bucket_failing",
+        Err(AppError::QuotaReached { message, retry_after_secs }) => {
+            // The history with the reason, as 429 with `Retry-After` (the layout's
+            // `htmx-config` swaps 429s); a plain form is redirected to the page that says it.
+            let mut answer = answer(&csrf, &headers, &state, &org, "quota", &history_cursor(None)?).await?;
+            if answer.status().is_success() {
+                *answer.status_mut() = axum::http::StatusCode::TOO_MANY_REQUESTS;
+            }
+            answer
+                .headers_mut()
+                .insert(axum::http::header::RETRY_AFTER, axum::http::HeaderValue::from(retry_after_secs));
+            tracing::info!(org = org.org.slug, message, "manual export refused: the daily quota is used up");
+            return Ok(answer);
+        }
         Err(e) => return Err(e),
     };
     answer(&csrf, &headers, &state, &org, notice, &history_cursor(None)?).await
 }
 
 /// GET /orgs/{org}/exports/{id}/download: 303 to a fresh presigned URL.
-pub async fn download(
-    ExportAdmin(org): ExportAdmin,
-    State(state): State<AppState>,
-    id: RecordId,
-) -> AppResult<Response> {
+pub async fn download(FilesAdmin(org): FilesAdmin, State(state): State<AppState>, id: RecordId) -> AppResult<Response> {
     let url = super::download_url(&state, &org, &id, "web").await?;
     Ok(see_other(&url))
 }
@@ -204,7 +224,7 @@ pub async fn download(
 pub async fn delete(
     csrf: CsrfToken,
     headers: HeaderMap,
-    ExportAdmin(org): ExportAdmin,
+    FilesAdmin(org): FilesAdmin,
     State(state): State<AppState>,
     id: RecordId,
     RawQuery(query): RawQuery,
@@ -212,6 +232,24 @@ pub async fn delete(
     let cursor = history_cursor(query.as_deref())?;
     super::delete(&state, &org, &id).await?;
     answer(&csrf, &headers, &state, &org, "deleted", &cursor).await
+}
+
+/// POST /orgs/{org}/exports/{id}/cancel: ends a pending or running export.
+pub async fn cancel(
+    csrf: CsrfToken,
+    headers: HeaderMap,
+    FilesAdmin(org): FilesAdmin,
+    State(state): State<AppState>,
+    id: RecordId,
+    RawQuery(query): RawQuery,
+) -> AppResult<Response> {
+    let cursor = history_cursor(query.as_deref())?;
+    let notice = match super::cancel(&state, &org, &id).await {
+        Ok(_) => "cancelled",
+        Err(AppError::InConflict(_)) => "already_finished",
+        Err(e) => return Err(e),
+    };
+    answer(&csrf, &headers, &state, &org, notice, &cursor).await
 }
 
 /// POST /orgs/{org}/exports/{id}/verify: re-reads the file; the row shows the outcome.
@@ -246,4 +284,39 @@ async fn answer(
         page.push_str(&format!("&before={}", before.as_str()));
     }
     htmx_or_redirect(headers, &page, history_response(csrf, state, org, Some(notice), cursor)).await
+}
+
+/// Middleware on the pages: a poll of an Export History or of one of its rows that
+/// is answered 403 or 404 (the person is no longer an admin of the org, the org
+/// switched Data Export off, the run is gone) stops polling and says why: htmx
+/// stops a poll answered 286, and swaps in what that answer holds.
+pub async fn stop_dead_polls(req: axum::extract::Request, next: axum::middleware::Next) -> Response {
+    let poll = crate::web::respond::is_htmx(req.headers()) && req.method() == axum::http::Method::GET && {
+        let path = req.uri().path();
+        let mut segs = path.trim_start_matches('/').split('/');
+        matches!(
+            (segs.next(), segs.next(), segs.next(), segs.next(), segs.next(), segs.next()),
+            (Some("orgs"), Some(_), Some("exports"), Some("history"), None, None)
+                | (Some("orgs"), Some(_), Some("exports"), Some(_), Some("row"), None)
+        )
+    };
+    let whole = req.headers().get("hx-target").is_some_and(|t| t.as_bytes() == b"history");
+    let answer = next.run(req).await;
+    let status = answer.status();
+    if !poll || !matches!(status.as_u16(), 403 | 404) {
+        return answer;
+    }
+    let why = if status.as_u16() == 403 {
+        "You can no longer manage this organization's exports, so this list stopped updating. Reload the page to see where you stand."
+    } else {
+        "This organization's exports are no longer there for you (Data Export was switched off, or you left the organization), so this list stopped updating. Reload the page."
+    };
+    let body = if whole {
+        maud::html! { div #history role="alert" data-stopped=(status.as_u16()) { (crate::views::layout::flash(false, why)) } }
+    } else {
+        maud::html! { tr data-stopped=(status.as_u16()) { td colspan="8" { (crate::views::layout::flash(false, why)) } } }
+    };
+    let mut r = no_store(body);
+    *r.status_mut() = axum::http::StatusCode::from_u16(286).unwrap_or(axum::http::StatusCode::OK);
+    r
 }

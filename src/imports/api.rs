@@ -5,33 +5,19 @@
 use axum::{
     Json,
     body::Bytes,
-    extract::{FromRequestParts, State},
-    http::{StatusCode, request::Parts},
+    extract::State,
+    http::StatusCode,
     response::{IntoResponse, Response},
 };
 use serde::Deserialize;
 
 use super::records::{self, Via};
 use crate::{
-    auth::{ApiUser, User},
-    error::{ApiError, ApiResult, AppError},
+    auth::ApiPlatformAdmin,
+    error::{ApiResult, AppError},
     state::AppState,
     web::path::ApiRecordId,
 };
-
-/// The user behind a platform admin's bearer token.
-pub struct ApiPlatformAdmin(pub User);
-
-impl FromRequestParts<AppState> for ApiPlatformAdmin {
-    type Rejection = ApiError;
-    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
-        let ApiUser(user) = ApiUser::from_request_parts(parts, state).await?;
-        if !user.is_platform_admin {
-            return Err(AppError::Forbidden("Only platform admins can restore organizations.".into()).into());
-        }
-        Ok(Self(user))
-    }
-}
 
 /// The body of `POST /api/v1/platform/imports`.
 #[derive(Deserialize)]

@@ -285,7 +285,7 @@ async fn run<R: Read + Send + 'static>(
             n
         }
     };
-    let bucket = orgs::bucket_for(slug);
+    let bucket = orgs::bucket_for(&state.storage, slug);
     let created_at = file_org.get("created_at").and_then(Value::as_str).unwrap_or_default();
     let org_id: i64 = sqlx::query_scalar(
         "insert into organizations (slug, name, bucket, created_at) values ($1, $2, $3, $4::timestamptz) returning id",

@@ -105,14 +105,29 @@ pub async fn memberships_of(pool: &PgPool, user_id: i64) -> sqlx::Result<Vec<Org
     .await
 }
 
-/// The bucket name for an org slug.
-pub fn bucket_for(slug: &OrgSlug) -> String {
-    format!("org-{}", slug.as_str())
+/// Why the org's exports are refused because of its bucket, if they are: its last
+/// check failed (`bucket_state` = `failing`).
+pub async fn bucket_refusal(pool: &PgPool, org_id: i64) -> sqlx::Result<Option<String>> {
+    let row: Option<(String, Option<String>)> =
+        sqlx::query_as("select bucket_state, bucket_error from organizations where id = $1")
+            .bind(org_id)
+            .fetch_optional(pool)
+            .await?;
+    Ok(row.filter(|(state, _)| state == "failing").map(|_| {
+        "This organization's storage bucket failed its last check, so its exports are paused. A platform admin \
+         can see why on the organization list and must verify storage again."
+            .to_string()
+    }))
+}
+
+/// The bucket name for an org slug: `BUCKET_PREFIX` + the slug.
+pub fn bucket_for(storage: &Storage, slug: &OrgSlug) -> String {
+    format!("{}{}", storage.bucket_prefix(), slug.as_str())
 }
 
 /// Creates an org (or returns the existing one with that slug) and its bucket.
 pub async fn provision(pool: &PgPool, storage: &Storage, slug: &OrgSlug, name: &str) -> anyhow::Result<Org> {
-    let bucket = bucket_for(slug);
+    let bucket = bucket_for(storage, slug);
     let org: Org = sqlx::query_as(
         "insert into organizations (slug, name, bucket) values ($1, $2, $3)
          on conflict (slug) do update set name = excluded.name

@@ -65,6 +65,8 @@ pub const EXCLUDED: &[(&str, &str)] = &[
     ),
     ("webhook_deliveries", "the delivery log of those notifications, not the org's records"),
     ("org_modules", "module switches are written to the snapshot's `modules` object instead"),
+    ("org_backup_status", "the platform's record of the org's backups (its health), not the org's records"),
+    ("health_notices", "what platform admins were told about the org's backups"),
 ];
 
 /// The sections for the modules that are on.

@@ -3,6 +3,10 @@
 //! pruner. It orchestrates the features below it: the scheduler creates org exports,
 //! the pruner removes them, and its hourly run also expires data-subject files.
 
+pub mod buckets;
+pub mod metrics;
+pub mod notices;
+pub mod orgs;
 pub mod pruner;
 pub mod retention;
 pub mod scheduler;

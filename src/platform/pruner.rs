@@ -27,12 +27,16 @@ const LOCK_CLASS: i32 = 0x4458_5052; // "DXPR"
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct PruneJob {
     pub org_id: Option<i64>,
+    /// The hourly prune slot this job fires (none for a prune after an export);
+    /// marked finished when the job has run.
+    #[serde(default)]
+    pub slot: Option<DateTime<Utc>>,
 }
 
 /// Queues a prune of one org (after its scheduled export completed).
 pub async fn enqueue(pool: &PgPool, org_id: i64) -> anyhow::Result<()> {
     let mut conn = pool.acquire().await?;
-    jobs::push(&mut conn, Ulid::generate(), &PruneJob { org_id: Some(org_id) }, 3).await
+    jobs::push(&mut conn, Ulid::generate(), &PruneJob { org_id: Some(org_id), slot: None }, 3).await
 }
 
 /// One org's plan.
@@ -77,6 +81,33 @@ pub async fn plan(pool: &PgPool, org_id: Option<i64>) -> anyhow::Result<(Setting
         plans.push(OrgPlan { slug, decisions: decide(&settings, &rows) });
     }
     Ok((settings, plans))
+}
+
+/// The dry run of at most `limit` orgs (by slug) that have completed scheduled
+/// exports, and how many such orgs there are: what the platform settings page
+/// shows, so that it does not grow with the number of orgs.
+pub async fn plan_some(pool: &PgPool, limit: i64) -> anyhow::Result<(Settings, Vec<OrgPlan>, i64)> {
+    let settings = settings::load(pool).await?;
+    let (total,): (i64,) = sqlx::query_as(
+        "select count(distinct org_id) from export_runs where trigger = 'scheduled' and status = 'completed'",
+    )
+    .fetch_one(pool)
+    .await?;
+    let orgs: Vec<(i64, String)> = sqlx::query_as(
+        "select o.id, o.slug from organizations o
+         where exists (select 1 from export_runs r
+                       where r.org_id = o.id and r.trigger = 'scheduled' and r.status = 'completed')
+         order by o.slug limit $1",
+    )
+    .bind(limit)
+    .fetch_all(pool)
+    .await?;
+    let mut plans = Vec::new();
+    for (org_id, slug) in orgs {
+        let rows = candidates(pool, org_id).await?;
+        plans.push(OrgPlan { slug, decisions: decide(&settings, &rows) });
+    }
+    Ok((settings, plans, total))
 }
 
 /// One removal that was carried out.
@@ -192,10 +223,16 @@ impl jobs::Job for PruneJob {
             // Expected while an admin has paused backups or not verified a new endpoint:
             // a skip, not a job failure to retry.
             tracing::warn!(org_id = self.org_id, "prune skipped: the backup configuration is not active and verified");
-            return Ok(());
+        } else {
+            let removed = apply(&state, self.org_id).await?;
+            tracing::info!(org_id = self.org_id, removed = removed.len(), "prune finished");
         }
-        let removed = apply(&state, self.org_id).await?;
-        tracing::info!(org_id = self.org_id, removed = removed.len(), "prune finished");
+        if let Some(slot) = self.slot {
+            sqlx::query("update schedule_slots set finished_at = now() where kind = 'prune' and slot = $1")
+                .bind(slot)
+                .execute(&state.pool)
+                .await?;
+        }
         Ok(())
     }
 }

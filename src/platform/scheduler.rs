@@ -55,7 +55,7 @@ pub async fn tick(state: &AppState, now: DateTime<Utc>) -> anyhow::Result<Tick> 
         claimed.export_slot = Some(slot);
     }
     let hour = now.duration_trunc(TimeDelta::hours(1))?;
-    if claim(&state.pool, "prune", hour, &pruner::PruneJob { org_id: None }).await? {
+    if claim(&state.pool, "prune", hour, &pruner::PruneJob { org_id: None, slot: Some(hour) }).await? {
         claimed.prune_slot = Some(hour);
     }
     Ok(claimed)
@@ -80,10 +80,13 @@ async fn claim<J: jobs::Job>(pool: &PgPool, kind: &str, slot: DateTime<Utc>, job
         tx.commit().await?;
         return Ok(true);
     }
+    // A job that failed with attempts left is apalis' to retry, not lost; one that
+    // failed for good (or was killed, or is gone) is pushed again once per slot, not
+    // at every tick.
     let lost: Option<(String,)> = sqlx::query_as(
         "select s.job_id from schedule_slots s left join apalis.jobs j on j.id = s.job_id
-         where s.kind = $1 and s.slot = $2 and s.finished_at is null
-           and (j.id is null or j.status in ('Failed', 'Killed'))
+         where s.kind = $1 and s.slot = $2 and s.finished_at is null and s.repushed_at is null
+           and (j.id is null or j.status = 'Killed' or (j.status = 'Failed' and j.attempts >= j.max_attempts))
          for update of s skip locked",
     )
     .bind(kind)
@@ -92,7 +95,7 @@ async fn claim<J: jobs::Job>(pool: &PgPool, kind: &str, slot: DateTime<Utc>, job
     .await?;
     if let Some((old,)) = lost {
         tracing::warn!(kind, %slot, old_job = old, "the slot's job failed before the slot finished; pushing it again");
-        sqlx::query("update schedule_slots set job_id = $3 where kind = $1 and slot = $2")
+        sqlx::query("update schedule_slots set job_id = $3, repushed_at = now() where kind = $1 and slot = $2")
             .bind(kind)
             .bind(slot)
             .bind(job_id.to_string())

@@ -38,7 +38,9 @@ pub struct Notice {
 fn notice(done: Option<&str>) -> Option<(bool, String)> {
     let text = match done? {
         "backup" => "Backup configuration saved. It must be verified again before exports run.",
-        "verified" => "Verified: the probe object was written, read back and deleted in every bucket.",
+        "verified" => {
+            "Verified: the probe object was written, read back and deleted in the platform's bucket. Every org's bucket is now being checked in the background; the progress is below."
+        }
         "verify_failed" => {
             return Some((false, "Verification failed; see the error below. Exports stay paused.".into()));
         }
@@ -62,15 +64,24 @@ pub async fn show(
 
 async fn render(ctx: &PageCtx, state: &AppState, message: Option<(bool, String)>) -> AppResult<Markup> {
     let config = backup::load(&state.pool).await?;
-    let (settings, plans) = pruner::plan(&state.pool, None).await?;
+    let (settings, plans, plan_orgs) = pruner::plan_some(&state.pool, PREVIEW_ORGS).await?;
+    let verification = super::buckets::latest(&state.pool).await?;
+    let failing = super::buckets::failing(&state.pool, FAILING_SHOWN).await?;
     let slots: Vec<SlotRow> = sqlx::query_as(
         "select kind, slot, finished_at, outcome from schedule_slots where kind = 'export' order by slot desc limit 5",
     )
     .fetch_all(&state.pool)
     .await?;
     let failures = crate::exports::runs::recent_failures(&state.pool, 10).await?;
-    Ok(view(ctx, state, &config, &settings, &plans, Recent { slots: &slots, failures: &failures }, message))
+    let recent = Recent { slots: &slots, failures: &failures, verification: verification.as_ref(), failing: &failing };
+    Ok(view(ctx, state, &config, &settings, (&plans, plan_orgs), recent, message))
 }
+
+/// Orgs the retention preview shows (the page stays the same size at any number of
+/// orgs; `data-export prune --dry-run` prints them all).
+const PREVIEW_ORGS: i64 = 10;
+/// Failing org buckets listed (the org list filters them all).
+const FAILING_SHOWN: i64 = 20;
 
 /// A 400 with the page and the error, having changed nothing.
 async fn refuse(ctx: &PageCtx, state: &AppState, error: String) -> AppResult<Response> {
@@ -113,8 +124,11 @@ pub async fn verify(
     if let Err(e) = form_fields(pairs, &[]) {
         return refuse(&ctx, &state, e).await;
     }
-    let outcome = backup::verify(&state, Some(admin.id)).await?;
-    Ok(redirect(if outcome.is_ok() { "verified" } else { "verify_failed" }))
+    let outcome = super::buckets::verify(&state, Some(admin.id)).await?;
+    Ok(redirect(match outcome {
+        super::buckets::Started::Checking(_) => "verified",
+        super::buckets::Started::PlatformFailed(_) => "verify_failed",
+    }))
 }
 
 /// POST: the retention counts.
@@ -176,6 +190,9 @@ type SlotRow = (String, DateTime<Utc>, Option<DateTime<Utc>>, Option<serde_json:
 struct Recent<'a> {
     slots: &'a [SlotRow],
     failures: &'a [(String, Run)],
+    /// The org buckets' last verification, and the ones failing.
+    verification: Option<&'a super::buckets::Verification>,
+    failing: &'a [(String, Option<String>)],
 }
 
 fn view(
@@ -183,8 +200,8 @@ fn view(
     state: &AppState,
     config: &BackupConfig,
     settings: &Settings,
-    plans: &[OrgPlan],
-    Recent { slots, failures }: Recent<'_>,
+    (plans, plan_orgs): (&[OrgPlan], i64),
+    Recent { slots, failures, verification, failing }: Recent<'_>,
     message: Option<(bool, String)>,
 ) -> Markup {
     let ready = config.is_ready(state.storage.identity());
@@ -210,7 +227,7 @@ fn view(
                     dt.font-medium { "Storage endpoint" }
                     dd.sm:col-span-2 #endpoint { (storage_description(state)) }
                     dt.font-medium { "Org buckets" }
-                    dd.sm:col-span-2 { code { "org-{slug}" } " (one per org, created when the org is provisioned); keys " code { "exports/{YYYY}/{MM}/{run-id}.json.gz" } }
+                    dd.sm:col-span-2 { code { (state.storage.bucket_prefix()) "{slug}" } " (BUCKET_PREFIX; one per org, created when the org is provisioned); keys " code { "exports/{YYYY}/{MM}/{run-id}.json.gz" } }
                     dt.font-medium { "Privacy bucket" }
                     dd.sm:col-span-2 { code { (state.storage.privacy_bucket()) } }
                     dt.font-medium { "Credentials" }
@@ -243,7 +260,30 @@ fn view(
                     }
                 }
                 p.text-xs.text-slate-600.mt-2 {
-                    "Verify writes, reads back and deletes a probe object in the privacy bucket and in every org bucket. Any change here clears \"verified\"."
+                    "Verify writes, reads back and deletes a probe object in the platform's bucket, which decides \"verified\", then checks every org's bucket the same way in the background. A failing org bucket pauses only that org's exports. Any change here clears \"verified\"."
+                }
+                div.mt-4 #bucket-checks {
+                    h3.font-medium.mb-1 { "Org buckets" }
+                    @match verification {
+                        None => { p.text-sm { "Not checked yet: press Verify." } }
+                        Some(v) => {
+                            p.text-sm #bucket-progress data-checked=(v.checked) data-total=(v.total) {
+                                @if v.finished_at.is_some() {
+                                    "Last check " (when(v.started_at, settings)) ": " (v.checked) " of " (v.total) " checked, " (v.failed) " failing."
+                                } @else {
+                                    "Checking since " (when(v.started_at, settings)) ": " (v.checked) " of " (v.total) " checked so far, " (v.failed) " failing. Reload to follow it."
+                                }
+                            }
+                        }
+                    }
+                    @if !failing.is_empty() {
+                        ul.text-sm.mt-2 #failing-buckets {
+                            @for (slug, error) in failing {
+                                li.mb-1 { strong { (slug) } ": " span.text-red-800 { (error.as_deref().unwrap_or("")) } }
+                            }
+                        }
+                        p.text-sm.mt-1 { a.text-blue-700.hover:underline href=(format!("{}?state=failing", routes::PLATFORM_ORGS)) { "Every failing org" } }
+                    }
                 }
             }
             div.grid.grid-cols-1.md:grid-cols-2.gap-6.mb-6 {
@@ -308,6 +348,9 @@ fn view(
                 @if !any {
                     p.text-sm #preview-empty { "No completed scheduled exports yet." }
                 } @else {
+                    @if plan_orgs > plans.len() as i64 {
+                        p.text-sm.mb-2 #preview-partial { "The first " (plans.len()) " of " (plan_orgs) " organizations with scheduled exports, by slug; " code { "data-export prune --dry-run" } " prints them all." }
+                    }
                     div.overflow-x-auto { table.table-basic.w-full #preview {
                         thead { tr { th { "Org" } th { "Export" } th { "Slot" } th { "Retention" } } }
                         tbody {

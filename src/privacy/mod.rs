@@ -174,6 +174,10 @@ impl Lease for RequestLease {
         request.status == requests::RequestStatus::Completed
     }
 
+    fn is_active(request: &requests::Request) -> bool {
+        matches!(request.status, requests::RequestStatus::Pending | requests::RequestStatus::Running)
+    }
+
     fn span(request: &requests::Request, attempt: i32) -> tracing::Span {
         tracing::info_span!("privacy_export", request_id = %request.id, user_id = request.user_id, attempt)
     }

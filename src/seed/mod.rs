@@ -87,6 +87,51 @@ pub async fn run(pool: &PgPool, storage: &Storage, members: u32, demo_password: 
     Ok(SeedReport { rows, seconds })
 }
 
+/// Members of each org that `seed --orgs` adds.
+pub const TENANT_MEMBERS: u32 = 10;
+/// The most orgs `seed --orgs` adds at once.
+pub const MAX_TENANTS: u32 = 100_000;
+
+/// What `seed --orgs` did.
+#[derive(Debug)]
+pub struct TenantsReport {
+    pub created: u32,
+    pub existing: u32,
+    pub seconds: f64,
+}
+
+/// Adds orgs `tenant-1` ... `tenant-N` for scale tests: [`TENANT_MEMBERS`] members
+/// each (the first of them an org admin), every module on, the bucket provisioned.
+/// An org that exists already is left as it is, so running it again adds none twice.
+pub async fn tenants(pool: &PgPool, storage: &Storage, n: u32) -> anyhow::Result<TenantsReport> {
+    use futures::StreamExt;
+    anyhow::ensure!((1..=MAX_TENANTS).contains(&n), "--orgs must be from 1 to {MAX_TENANTS} (got {n})");
+    let started = Instant::now();
+    let fast = fast_mode_allowed(pool).await;
+    let existing: Vec<(String,)> =
+        sqlx::query_as("select slug from organizations where slug like 'tenant-%'").fetch_all(pool).await?;
+    let existing: std::collections::HashSet<String> = existing.into_iter().map(|r| r.0).collect();
+    let missing: Vec<u32> = (1..=n).filter(|i| !existing.contains(&format!("tenant-{i}"))).collect();
+    let created = missing.len() as u32;
+    let mut adds = futures::stream::iter(missing)
+        .map(|i| async move {
+            let slug = OrgSlug::parse(&format!("tenant-{i}")).context("tenant slug")?;
+            let org = orgs::provision(pool, storage, &slug, &format!("Tenant {i}")).await?;
+            fill_org(pool, org.id, &org.slug, TENANT_MEMBERS, fast).await?;
+            sqlx::query("update memberships set role = 'admin' where org_id = $1 and member_no = 'M00000001'")
+                .bind(org.id)
+                .execute(pool)
+                .await?;
+            orgs::modules::set(pool, org.id, None, &Module::ALL).await?;
+            anyhow::Ok(())
+        })
+        .buffer_unordered(4);
+    while let Some(done) = adds.next().await {
+        done?;
+    }
+    Ok(TenantsReport { created, existing: n - created, seconds: started.elapsed().as_secs_f64() })
+}
+
 /// Generates one org's rows in one transaction.
 async fn fill_org(pool: &PgPool, org_id: i64, slug: &str, members: u32, fast: bool) -> anyhow::Result<()> {
     let mut tx = pool.begin().await?;

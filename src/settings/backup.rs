@@ -34,16 +34,13 @@ pub async fn is_ready(state: &AppState) -> sqlx::Result<bool> {
     Ok(load(&state.pool).await?.is_ready(state.storage.identity()))
 }
 
-/// Writes, reads back and deletes a probe object in the privacy bucket and every org
-/// bucket, and records the outcome. Returns the error text on failure.
+/// Writes, reads back and deletes a probe object in the platform's own bucket (the
+/// privacy bucket), which tells that the endpoint and the credentials work, and
+/// records the outcome. Returns the error text on failure. Org buckets are checked
+/// one by one in the background (`platform::buckets`): one failing org bucket
+/// refuses that org's exports, never the platform's.
 pub async fn verify(state: &AppState, actor: Option<i64>) -> anyhow::Result<Result<(), String>> {
-    let mut buckets: Vec<String> = sqlx::query_as::<_, (String,)>("select bucket from organizations order by id")
-        .fetch_all(&state.pool)
-        .await?
-        .into_iter()
-        .map(|b| b.0)
-        .collect();
-    buckets.insert(0, state.storage.privacy_bucket().to_string());
+    let buckets = vec![state.storage.privacy_bucket().to_string()];
     // The result is stored only if the configuration did not change while probing
     // (a switch flipped meanwhile must keep its "cleared").
     let (seen,): (DateTime<Utc>,) =

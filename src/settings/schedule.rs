@@ -46,6 +46,18 @@ impl Preset {
         Self::ALL.into_iter().find(|p| p.key() == key)
     }
 
+    /// How old an org's newest completed export may be before the org counts as
+    /// overdue: twice the preset's period (daily: 48 h, every 12 h: 24 h, weekly:
+    /// 14 days), or 30 days while the schedule is disabled.
+    pub fn overdue_after(self) -> chrono::Duration {
+        match self {
+            Self::Daily2am | Self::Daily3am => chrono::Duration::hours(48),
+            Self::Every12h => chrono::Duration::hours(24),
+            Self::WeeklySun2am => chrono::Duration::days(14),
+            Self::Disabled => chrono::Duration::days(30),
+        }
+    }
+
     /// Local times of day the preset fires at, and the weekday it is limited to.
     fn times(self) -> (&'static [u32], Option<Weekday>) {
         match self {

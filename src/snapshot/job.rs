@@ -103,6 +103,8 @@ pub trait Lease: Send + Sync + 'static {
     fn upload_id(record: &Self::Record) -> Option<&str>;
     /// Whether the record is completed (its file recorded).
     fn is_completed(record: &Self::Record) -> bool;
+    /// Whether the record is still to be carried out (pending or running).
+    fn is_active(record: &Self::Record) -> bool;
     /// A span for the attempt's logs.
     fn span(record: &Self::Record, attempt: i32) -> tracing::Span;
 
@@ -144,15 +146,27 @@ pub trait Lease: Send + Sync + 'static {
         record: &Self::Record,
         attempt: i32,
     ) -> impl Future<Output = anyhow::Result<Snapshot>> + Send;
-    /// Saves the rows written so far (only with [`Self::TRACKS_PROGRESS`]).
+    /// Saves the rows written so far (only with [`Self::TRACKS_PROGRESS`]); `false`
+    /// when `attempt` no longer holds the record (it was cancelled, failed by
+    /// housekeeping, or taken over), which stops the write.
     fn save_progress(
         &self,
         _state: &AppState,
         _id: &str,
         _attempt: i32,
         _rows: i64,
-    ) -> impl Future<Output = anyhow::Result<()>> + Send {
-        async { Ok(()) }
+    ) -> impl Future<Output = anyhow::Result<bool>> + Send {
+        async { Ok(true) }
+    }
+    /// Whether `attempt` still holds the record (asked while progress stands still,
+    /// only with [`Self::TRACKS_PROGRESS`]).
+    fn is_held(
+        &self,
+        _state: &AppState,
+        _id: &str,
+        _attempt: i32,
+    ) -> impl Future<Output = anyhow::Result<bool>> + Send {
+        async { Ok(true) }
     }
     /// Records the published file, only while `attempt` holds the record: `false`
     /// when a newer attempt took it over.
@@ -284,12 +298,18 @@ async fn write<L: Lease>(lease: &L, state: &AppState, record: &L::Record, attemp
     let open = upload.upload_id().map(|u| Multipart { bucket: bucket.clone(), key: key.clone(), upload_id: u.into() });
     let (progress, watcher) = watch::channel(0i64);
     let done = CancellationToken::new();
+    // Cancelled by the saver when the attempt no longer holds the record (an org
+    // admin cancelled it, or housekeeping failed it): the write then stops.
+    let lost = CancellationToken::new();
     // Dropped with this future too, so an aborted attempt's saver ends as well.
     let ended = done.clone().drop_guard();
-    let saver = L::TRACKS_PROGRESS.then(|| save_progress(lease, state, id, attempt, watcher, done));
+    let saver = L::TRACKS_PROGRESS.then(|| save_progress(lease, state, id, attempt, watcher, done, lost.clone()));
     let writing = async {
         lease.set_upload_id(state, id, attempt, open.as_ref().map(|o| o.upload_id.as_str())).await?;
-        let outcome = snapshot.write(id, upload, &progress).await;
+        let outcome = tokio::select! {
+            outcome = snapshot.write(id, upload, &progress) => outcome,
+            _ = lost.cancelled() => Err(anyhow::anyhow!("this attempt no longer holds the {}: it was cancelled or stopped", L::WHAT)),
+        };
         drop(ended);
         outcome
     };
@@ -312,8 +332,18 @@ async fn write<L: Lease>(lease: &L, state: &AppState, record: &L::Record, attemp
     match lease.complete(state, record, attempt, written).await {
         Ok(true) => {}
         // A newer attempt took the record over. The key is shared, so the object is
-        // the newer attempt's to publish.
-        Ok(false) => anyhow::bail!("a newer attempt took this {} over", L::WHAT),
+        // the newer attempt's to publish, unless the record has ended without a
+        // file (it was cancelled or failed meanwhile): then nobody else will publish
+        // or remove it, and it goes.
+        Ok(false) => {
+            let now = lease.get(state, id).await?;
+            if now.as_ref().is_some_and(|r| !L::is_completed(r) && !L::is_active(r)) {
+                if let Err(e) = state.storage.delete(&bucket, &key).await {
+                    tracing::warn!(error = format!("{e:#}"), key, "could not remove the file of an ended record");
+                }
+            }
+            anyhow::bail!("this attempt no longer holds the {}", L::WHAT)
+        }
         // The error hid a completion after all (a commit whose answer was lost, or
         // a newer attempt's file at the shared key): that file stays.
         Err(_) if matches!(lease.get(state, id).await, Ok(Some(now)) if L::is_completed(&now)) => {}
@@ -343,6 +373,10 @@ async fn write<L: Lease>(lease: &L, state: &AppState, record: &L::Record, attemp
 /// while the file is written, and the last figure once `done` is cancelled, then
 /// ends at once: the record is completed only after this, so it must not sit out a
 /// pause (it did: half a second at the end of every export).
+///
+/// It also watches the lease: when a save finds that the attempt no longer holds
+/// the record, or (while progress stands still) a look every 5 s does, it cancels
+/// `lost` and ends.
 pub async fn save_progress<L: Lease>(
     lease: &L,
     state: &AppState,
@@ -350,19 +384,34 @@ pub async fn save_progress<L: Lease>(
     attempt: i32,
     rows: watch::Receiver<i64>,
     done: CancellationToken,
+    lost: CancellationToken,
 ) {
     let mut saved = -1;
+    let mut still = 0u32;
     loop {
         let ended = tokio::select! {
             _ = done.cancelled() => true,
             _ = tokio::time::sleep(Duration::from_secs(1)) => false,
         };
         let now = *rows.borrow();
-        if now != saved {
-            if let Err(e) = lease.save_progress(state, id, attempt, now).await {
-                tracing::warn!(error = format!("{e:#}"), "could not save progress");
-            }
+        let held = if now != saved {
             saved = now;
+            still = 0;
+            lease.save_progress(state, id, attempt, now).await
+        } else {
+            still += 1;
+            if still.is_multiple_of(5) && !ended { lease.is_held(state, id, attempt).await } else { Ok(true) }
+        };
+        match held {
+            Ok(true) => {}
+            Ok(false) => {
+                if !ended {
+                    tracing::info!(id, what = L::WHAT, attempt, "the record was cancelled or taken over; stopping");
+                    lost.cancel();
+                }
+                return;
+            }
+            Err(e) => tracing::warn!(error = format!("{e:#}"), "could not save progress"),
         }
         if ended {
             return;

@@ -57,7 +57,12 @@ pub struct Storage {
     endpoint: String,
     identity: String,
     privacy_bucket: String,
+    /// What every org bucket's name starts with (`BUCKET_PREFIX`, default `org-`).
+    bucket_prefix: String,
 }
+
+/// The default [`Storage::bucket_prefix`].
+pub const DEFAULT_BUCKET_PREFIX: &str = "org-";
 
 impl Storage {
     /// A client for `settings`. `identity` names the storage for "verified against
@@ -75,7 +80,19 @@ impl Storage {
             endpoint: settings.endpoint.clone(),
             identity,
             privacy_bucket: privacy_bucket.to_string(),
+            bucket_prefix: DEFAULT_BUCKET_PREFIX.to_string(),
         }
+    }
+
+    /// The same storage, naming org buckets `prefix` + slug.
+    pub fn with_bucket_prefix(mut self, prefix: &str) -> Self {
+        self.bucket_prefix = prefix.to_string();
+        self
+    }
+
+    /// What every org bucket's name starts with.
+    pub fn bucket_prefix(&self) -> &str {
+        &self.bucket_prefix
     }
 
     /// The endpoint in use (shown to platform admins; holds no secret).
@@ -93,7 +110,10 @@ impl Storage {
         &self.privacy_bucket
     }
 
-    /// Creates `bucket` unless it exists.
+    /// Creates `bucket` unless it exists and is ours. A bucket that exists but
+    /// belongs to another account (`BucketAlreadyExists`, or a `HeadBucket` refused
+    /// with 403 followed by that) is an error, never success: our files must not go
+    /// into someone else's bucket.
     pub async fn ensure_bucket(&self, bucket: &str) -> anyhow::Result<()> {
         if self.client.head_bucket().bucket(bucket).send().await.is_ok() {
             return Ok(());
@@ -102,8 +122,13 @@ impl Storage {
             Ok(_) => Ok(()),
             Err(e) => {
                 let service = e.as_service_error();
-                if service.is_some_and(|s| s.is_bucket_already_owned_by_you() || s.is_bucket_already_exists()) {
+                if service.is_some_and(|s| s.is_bucket_already_owned_by_you()) {
                     Ok(())
+                } else if service.is_some_and(|s| s.is_bucket_already_exists()) {
+                    Err(anyhow::Error::new(e.into_service_error()).context(Failed(format!(
+                        "the bucket {bucket} exists but belongs to another account (BucketAlreadyExists); \
+                         choose another BUCKET_PREFIX or free the name"
+                    ))))
                 } else {
                     Err(anyhow::Error::new(e.into_service_error())
                         .context(Failed(format!("cannot create bucket {bucket}"))))
@@ -364,31 +389,37 @@ impl Storage {
     /// missing). The error says which step failed where.
     pub async fn probe(&self, buckets: &[String]) -> anyhow::Result<()> {
         for bucket in buckets {
-            self.ensure_bucket(bucket).await?;
-            let key = format!("probes/{}.txt", ulid::Ulid::generate());
-            let body = format!("data-export storage probe {key}");
-            self.client
-                .put_object()
-                .bucket(bucket)
-                .key(&key)
-                .body(ByteStream::from(body.clone().into_bytes()))
-                .send()
-                .await
-                .map_err(|e| anyhow::Error::new(e.into_service_error()))
-                .with_context(|| Failed(format!("cannot write a probe object to bucket {bucket}")))?;
-            let got = self
-                .client
-                .get_object()
-                .bucket(bucket)
-                .key(&key)
-                .send()
-                .await
-                .map_err(|e| anyhow::Error::new(e.into_service_error()))
-                .with_context(|| Failed(format!("cannot read the probe object back from bucket {bucket}")))?;
-            let bytes = got.body.collect().await.context("reading the probe object")?.into_bytes();
-            anyhow::ensure!(bytes.as_ref() == body.as_bytes(), "the probe object read back from {bucket} differs");
-            self.delete(bucket, &key).await?;
+            self.probe_bucket(bucket).await?;
         }
+        Ok(())
+    }
+
+    /// [`Self::probe`] of one bucket.
+    pub async fn probe_bucket(&self, bucket: &str) -> anyhow::Result<()> {
+        self.ensure_bucket(bucket).await?;
+        let key = format!("probes/{}.txt", ulid::Ulid::generate());
+        let body = format!("data-export storage probe {key}");
+        self.client
+            .put_object()
+            .bucket(bucket)
+            .key(&key)
+            .body(ByteStream::from(body.clone().into_bytes()))
+            .send()
+            .await
+            .map_err(|e| anyhow::Error::new(e.into_service_error()))
+            .with_context(|| Failed(format!("cannot write a probe object to bucket {bucket}")))?;
+        let got = self
+            .client
+            .get_object()
+            .bucket(bucket)
+            .key(&key)
+            .send()
+            .await
+            .map_err(|e| anyhow::Error::new(e.into_service_error()))
+            .with_context(|| Failed(format!("cannot read the probe object back from bucket {bucket}")))?;
+        let bytes = got.body.collect().await.context("reading the probe object")?.into_bytes();
+        anyhow::ensure!(bytes.as_ref() == body.as_bytes(), "the probe object read back from {bucket} differs");
+        self.delete(bucket, &key).await?;
         Ok(())
     }
 }

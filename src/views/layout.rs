@@ -52,7 +52,9 @@ pub fn page(ctx: &PageCtx, title: &str, content: Markup) -> Markup {
                 // htmx must not inject its indicator <style>: the CSP forbids inline styles.
                 // Escaped as an attribute (`&quot;`), so the browser reads the JSON whole: htmx
                 // then injects no indicator `<style>`, which the CSP would refuse.
-                meta name="htmx-config" content=r#"{"includeIndicatorStyles":false}"#;
+                // It also swaps a 429 (a refusal with its reason, such as the daily limit of
+                // manual exports) and a 286 (a poll that stops, with why), and no other 4xx/5xx.
+                meta name="htmx-config" content=r#"{"includeIndicatorStyles":false,"responseHandling":[{"code":"204","swap":false},{"code":"286","swap":true},{"code":"[23]..","swap":true},{"code":"429","swap":true,"error":false},{"code":"[45]..","swap":false,"error":true},{"code":"...","swap":false}]}"#;
                 title { (title) " · Data Export" }
                 link rel="stylesheet" href=(routes::ASSET_CSS);
                 script src=(routes::ASSET_HTMX) defer {}
@@ -78,14 +80,18 @@ fn nav(ctx: &PageCtx) -> Markup {
                         span.text-slate-400 { "|" }
                         span.text-sm.text-slate-600 { (org.name) ":" }
                         a.text-sm.text-blue-700.hover:underline href=(routes::org_modules(&org.slug)) { "Modules" }
-                        // The page exists only while the org has Data Export on.
+                        // While Data Export is off the page still lists the org's files
+                        // (nothing new can start), and the link says it is off.
                         @if org.data_export {
                             a.text-sm.text-blue-700.hover:underline href=(routes::org_backups(&org.slug)) { "Backups & Export" }
                             a.text-sm.text-blue-700.hover:underline href=(routes::path(routes::ORG_NOTIFICATIONS, &org.slug, None)) { "Notifications" }
+                        } @else {
+                            a.text-sm.text-blue-700.hover:underline href=(routes::org_backups(&org.slug)) data-off { "Backups & Export (off)" }
                         }
                     }
                     @if user.is_platform_admin {
                         span.text-slate-400 { "|" }
+                        a.text-sm.text-blue-700.hover:underline href=(routes::PLATFORM_ORGS) { "Organizations" }
                         a.text-sm.text-blue-700.hover:underline href=(routes::PLATFORM_SETTINGS) { "Platform settings" }
                         a.text-sm.text-blue-700.hover:underline href=(routes::PLATFORM_PRIVACY) { "Privacy requests" }
                         a.text-sm.text-blue-700.hover:underline href=(routes::PLATFORM_IMPORTS) { "Restore" }

@@ -31,3 +31,20 @@ where
 {
     if is_htmx(headers) { fragment.await } else { Ok(Redirect::to(page).into_response()) }
 }
+
+/// Middleware: an htmx request that is answered "sign in" (a redirect to the
+/// sign-in page: the session expired or was ended) gets `HX-Redirect` to it
+/// instead, so the browser goes there rather than htmx swapping the sign-in page
+/// into a part of the page it was updating.
+pub async fn htmx_sign_in(req: axum::extract::Request, next: axum::middleware::Next) -> Response {
+    let htmx = is_htmx(req.headers());
+    let answer = next.run(req).await;
+    let to_login = answer.status().is_redirection()
+        && answer.headers().get(header::LOCATION).is_some_and(|l| l.as_bytes() == crate::routes::LOGIN.as_bytes());
+    if htmx && to_login {
+        let mut r = axum::http::StatusCode::NO_CONTENT.into_response();
+        r.headers_mut().insert("hx-redirect", HeaderValue::from_static(crate::routes::LOGIN));
+        return r;
+    }
+    answer
+}

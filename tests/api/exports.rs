@@ -209,7 +209,8 @@ async fn the_progress_saver_records_the_figure_while_running_and_the_last_one_wh
 
     let (rows, watcher) = tokio::sync::watch::channel(0i64);
     let done = tokio_util::sync::CancellationToken::new();
-    let saver = tokio::spawn(save_progress(app.state.clone(), id.clone(), 1, watcher, done.clone()));
+    let saver =
+        tokio::spawn(save_progress(app.state.clone(), id.clone(), 1, watcher, done.clone(), Default::default()));
     // While it runs: the figure reaches the row within a few of its one-second rounds.
     rows.send_replace(1_234);
     let deadline = std::time::Instant::now() + WAIT;
@@ -227,7 +228,8 @@ async fn the_progress_saver_records_the_figure_while_running_and_the_last_one_wh
     // Dropping the export (an aborted job) ends it too.
     let (_rows, watcher) = tokio::sync::watch::channel(0i64);
     let done = tokio_util::sync::CancellationToken::new();
-    let saver = tokio::spawn(save_progress(app.state.clone(), id.clone(), 1, watcher, done.clone()));
+    let saver =
+        tokio::spawn(save_progress(app.state.clone(), id.clone(), 1, watcher, done.clone(), Default::default()));
     drop(done.drop_guard());
     tokio::time::timeout(WAIT, saver).await.expect("the saver ends with its export").unwrap();
 }

@@ -168,7 +168,8 @@ impl TestApp {
         }
         // Configured as an external endpoint, so the CLI (given the same S3_* settings)
         // sees the same storage identity as the verified one.
-        let storage = Storage::new(&settings, &config.privacy_bucket, settings.endpoint.clone());
+        let storage = Storage::new(&settings, &config.privacy_bucket, settings.endpoint.clone())
+            .with_bucket_prefix(&config.bucket_prefix);
         let state = AppState(Arc::new(App::new(pool, storage, config)));
         data_export::seed::run(&state.pool, &state.storage, opts.members, PASSWORD).await.unwrap();
         data_export::settings::backup::verify(&state, None).await.unwrap().unwrap();
@@ -232,6 +233,14 @@ impl TestApp {
             }
         });
         self.workers = Some((token, handle));
+    }
+
+    /// Stops this app's workers and waits until they have ended.
+    pub async fn stop_workers(&mut self) {
+        if let Some((token, handle)) = self.workers.take() {
+            token.cancel();
+            let _ = tokio::time::timeout(Duration::from_secs(40), handle).await;
+        }
     }
 
     /// Stops the embedded S3 endpoint.
@@ -652,6 +661,9 @@ pub enum Fault {
     /// The endpoint is full: every PUT and POST gets 507 (as MinIO answers when its
     /// drives are full). Aborts (DELETE) still pass.
     Full,
+    /// Every bucket belongs to another account: HeadBucket gets 403 AccessDenied and
+    /// CreateBucket 409 BucketAlreadyExists, as AWS answers for a name taken elsewhere.
+    ForeignBuckets,
 }
 
 /// A reverse proxy in front of the embedded S3 endpoint that injects faults. It
@@ -698,6 +710,9 @@ impl FaultProxy {
                         (http::StatusCode::from_u16(status).unwrap(), [("content-type", "application/xml")], body)
                             .into_response()
                     };
+                    // A bucket itself (no key, no query): HeadBucket, CreateBucket.
+                    let bucket_path = req.uri().path().trim_matches('/');
+                    let is_bucket = !bucket_path.is_empty() && !bucket_path.contains('/') && query.is_empty();
                     let now = *fault.lock().unwrap();
                     match now {
                         Fault::PartErrors(n) if is_part && n > 0 => {
@@ -706,6 +721,12 @@ impl FaultProxy {
                         }
                         Fault::PartErrorsAlways if is_part => return error(500, "InternalError"),
                         Fault::Full if is_write => return error(507, "XMinioStorageFull"),
+                        Fault::ForeignBuckets if is_bucket && req.method() == http::Method::HEAD => {
+                            return error(403, "AccessDenied");
+                        }
+                        Fault::ForeignBuckets if is_bucket && req.method() == http::Method::PUT => {
+                            return error(409, "BucketAlreadyExists");
+                        }
                         Fault::SlowParts(d) if is_part => tokio::time::sleep(d).await,
                         Fault::SlowReads(d) if is_read => tokio::time::sleep(d).await,
                         _ => {}

@@ -9,6 +9,7 @@ mod coverage;
 mod exports;
 mod faults;
 mod hardening;
+mod health;
 mod history;
 mod imports;
 mod inputs;

@@ -85,21 +85,48 @@ async fn bad_module_forms_change_nothing() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn backups_and_export_is_linked_only_while_data_export_is_on() {
-    let app = TestApp::spawn_with(Options { workers: false, ..Default::default() }).await;
+async fn with_data_export_off_existing_files_stay_listed_downloadable_and_deletable_and_nothing_new_starts() {
+    let app = TestApp::spawn().await;
     let s = app.login("admin@acme.test").await;
+    // Two completed exports before the switch.
+    let mut ids = Vec::new();
+    for _ in 0..2 {
+        let frag = s.htmx_post("/orgs/acme/exports").await.text().await.unwrap();
+        let id = frag.split("data-export-id=\"").nth(1).unwrap().split('"').next().unwrap().to_string();
+        assert_eq!(app.wait_for_run(&id, std::time::Duration::from_secs(60)).await.status.as_str(), "completed");
+        ids.push(id);
+    }
     let link = r#"href="/orgs/acme/settings/backups""#;
     let home = s.get("/").await.text().await.unwrap();
     assert_eq!(home.matches(link).count(), 2, "navigation and start page link it while it is on");
     // Everything but Data Export stays on.
     let others = ["engage", "operations", "foundation", "learning", "alumni"].map(|m| ("module", m));
     assert_eq!(s.post_form("/orgs/acme/settings/modules", &others).await.status(), 303);
-    for page in ["/", "/orgs/acme/settings/modules", "/me/privacy"] {
-        let body = s.get(page).await.text().await.unwrap();
-        assert!(!body.contains(link), "{page} links to a page that answers 404");
+    let home = s.get("/").await.text().await.unwrap();
+    assert!(home.contains("Backups &amp; Export (off)"), "the navigation says it is off");
+    let page = s.get("/orgs/acme/settings/backups").await;
+    assert_eq!(page.status(), 200);
+    let page = page.text().await.unwrap();
+    assert!(page.contains("data-export-off") && !page.contains("Trigger export"), "no new export can start");
+    for id in &ids {
+        assert!(page.contains(id.as_str()), "the export {id} is still listed");
     }
-    assert_eq!(s.get("/orgs/acme/settings/backups").await.status(), 404);
-    // globex's admin still sees globex's.
+    assert!(!page.contains("/verify\""), "no verification starts while it is off");
+    // Download and delete still work; trigger and verify do not.
+    let d = s.get(&format!("/orgs/acme/exports/{}/download", ids[0])).await;
+    assert_eq!(d.status(), 303);
+    assert_eq!(s.post_form(&format!("/orgs/acme/exports/{}/delete", ids[1]), &[]).await.status(), 303);
+    assert_eq!(s.post_form("/orgs/acme/exports", &[]).await.status(), 404);
+    assert_eq!(s.post_form(&format!("/orgs/acme/exports/{}/verify", ids[0]), &[]).await.status(), 404);
+    // The API the same way.
+    let api = crate::helpers::api(&app, &app.token("admin@acme.test").await);
+    let list: serde_json::Value = api.get("/orgs/acme/exports").await.json().await.unwrap();
+    assert_eq!(list.as_array().unwrap().len(), 2);
+    assert_eq!(list[0]["status"], "deleted");
+    assert_eq!(api.get(&format!("/orgs/acme/exports/{}/download", ids[0])).await.status(), 303);
+    assert_eq!(api.post("/orgs/acme/exports").await.status(), 404);
+    // globex's admin still sees globex's, on.
     let g = app.login("admin@globex.test").await;
-    assert!(g.get("/").await.text().await.unwrap().contains(r#"href="/orgs/globex/settings/backups""#));
+    let home = g.get("/").await.text().await.unwrap();
+    assert!(home.contains(r#"href="/orgs/globex/settings/backups""#) && !home.contains("(off)"));
 }

@@ -1,0 +1,32 @@
+//! Runs that cannot end by themselves, failed by housekeeping (every minute, see
+//! `startup::health_loop`): a pending or running export whose job has ended or is
+//! gone, or a running one whose progress has not moved for `STUCK_RUN_SECS`. Left
+//! alone, such a run would block its org's manual and scheduled exports for ever
+//! (one active export per org).
+
+use super::runs;
+use crate::{snapshot::job::Failure, state::AppState, storage::Multipart};
+
+/// Fails every stuck run with a plain reason (its `export.failed` audit entry and
+/// the usual notifications), and aborts the upload it left open. Returns the ids
+/// of the runs it failed.
+pub async fn fail_stuck(state: &AppState) -> anyhow::Result<Vec<String>> {
+    let secs = state.config.stuck_run_secs;
+    let mut failed = Vec::new();
+    for run in runs::stuck(&state.pool, secs).await? {
+        let reason = run.reason(secs);
+        let failure = Failure { detail: format!("{reason} (housekeeping: {})", run.why), reason };
+        if !runs::fail_persistently(&state.pool, &state.config.public_url, &run.id, None, &failure).await? {
+            continue;
+        }
+        tracing::warn!(export_id = run.id, org_id = run.org_id, why = run.why, "a stuck export was failed");
+        if let Some(upload_id) = run.upload_id.clone()
+            && let Some(org) = crate::orgs::find_by_id(&state.pool, run.org_id).await?
+        {
+            let open = Multipart { bucket: org.bucket, key: runs::object_key(&run.id, run.created_at), upload_id };
+            state.storage.abort_multipart(&open).await;
+        }
+        failed.push(run.id);
+    }
+    Ok(failed)
+}

@@ -1,0 +1,161 @@
+//! Each org's bucket, checked on its own. Platform Verify checks the platform's
+//! own bucket and endpoint at once (that decides "verified"), then records a
+//! verification and pushes its job (queue `buckets`), which probes every org's
+//! bucket in the background, `BUCKET_CHECK_CONCURRENCY` at a time, and records each
+//! org's `bucket_state`. A failing bucket refuses only its org's exports.
+
+use apalis::prelude::BoxDynError;
+use chrono::{DateTime, Utc};
+use futures::StreamExt;
+use serde::{Deserialize, Serialize};
+use ulid::Ulid;
+
+use crate::{jobs, settings::backup, state::AppState};
+
+/// The job: check every org bucket not yet checked since its verification began.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct BucketCheckJob {
+    pub verification_id: String,
+}
+
+/// A verification of the org buckets, with its progress.
+#[derive(Clone, Debug, sqlx::FromRow)]
+pub struct Verification {
+    pub id: String,
+    pub started_at: DateTime<Utc>,
+    pub finished_at: Option<DateTime<Utc>>,
+    pub total: i32,
+    /// Org buckets checked since it began.
+    pub checked: i64,
+    /// Of those, the ones that failed.
+    pub failed: i64,
+    pub error: Option<String>,
+}
+
+/// What Verify did at once.
+#[derive(Debug)]
+pub enum Started {
+    /// The platform's bucket and endpoint work; the org buckets are being checked.
+    Checking(String),
+    /// The platform's own bucket or endpoint failed: nothing else was started.
+    PlatformFailed(String),
+}
+
+/// Platform Verify: the platform's own bucket and endpoint now (which decides
+/// whether exports may run), then every org's bucket in the background. A
+/// verification still running is reused rather than started twice.
+pub async fn verify(state: &AppState, actor: Option<i64>) -> anyhow::Result<Started> {
+    if let Err(e) = backup::verify(state, actor).await? {
+        return Ok(Started::PlatformFailed(e));
+    }
+    Ok(Started::Checking(start_checks(state, actor).await?))
+}
+
+/// Records a verification of every org bucket and pushes its job, in one
+/// transaction; an unfinished verification of the last hour is returned instead.
+pub async fn start_checks(state: &AppState, actor: Option<i64>) -> anyhow::Result<String> {
+    let mut tx = state.pool.begin().await?;
+    // One verification at a time, across processes.
+    sqlx::query("select pg_advisory_xact_lock(1146114129, 30)").execute(&mut *tx).await?;
+    let running: Option<(String,)> = sqlx::query_as(
+        "select id from bucket_verifications where finished_at is null and started_at > now() - interval '1 hour'
+         order by started_at desc limit 1",
+    )
+    .fetch_optional(&mut *tx)
+    .await?;
+    if let Some((id,)) = running {
+        return Ok(id);
+    }
+    let id = Ulid::generate();
+    sqlx::query(
+        "insert into bucket_verifications (id, started_by, total) values ($1, $2, (select count(*) from organizations))",
+    )
+    .bind(id.to_string())
+    .bind(actor)
+    .execute(&mut *tx)
+    .await?;
+    jobs::push(&mut tx, id, &BucketCheckJob { verification_id: id.to_string() }, 5).await?;
+    tx.commit().await?;
+    Ok(id.to_string())
+}
+
+/// The newest verification, with its progress.
+pub async fn latest(pool: &sqlx::PgPool) -> sqlx::Result<Option<Verification>> {
+    sqlx::query_as(
+        "select v.id, v.started_at, v.finished_at, v.total, v.error,
+                (select count(*) from organizations o where o.bucket_checked_at >= v.started_at) as checked,
+                (select count(*) from organizations o where o.bucket_checked_at >= v.started_at
+                                                       and o.bucket_state = 'failing') as failed
+         from bucket_verifications v order by v.started_at desc limit 1",
+    )
+    .fetch_optional(pool)
+    .await
+}
+
+/// Orgs whose bucket failed its last check: (slug, error), by slug, at most `limit`.
+pub async fn failing(pool: &sqlx::PgPool, limit: i64) -> sqlx::Result<Vec<(String, Option<String>)>> {
+    sqlx::query_as("select slug, bucket_error from organizations where bucket_state = 'failing' order by slug limit $1")
+        .bind(limit)
+        .fetch_all(pool)
+        .await
+}
+
+/// Probes the bucket of every org not checked since `since`, `concurrency` at a
+/// time, and records each outcome. Returns (checked, failed).
+pub async fn check_all(state: &AppState, since: DateTime<Utc>) -> anyhow::Result<(usize, usize)> {
+    let orgs: Vec<(i64, String)> = sqlx::query_as(
+        "select id, bucket from organizations where bucket_checked_at is null or bucket_checked_at < $1 order by id",
+    )
+    .bind(since)
+    .fetch_all(&state.pool)
+    .await?;
+    let concurrency = state.config.bucket_check_concurrency;
+    let mut outcomes = futures::stream::iter(orgs)
+        .map(|(id, bucket)| async move { (id, state.storage.probe_bucket(&bucket).await) })
+        .buffer_unordered(concurrency);
+    let (mut checked, mut failed) = (0, 0);
+    while let Some((org_id, outcome)) = outcomes.next().await {
+        let error = outcome.err().map(|e| format!("{e:#}").chars().take(2000).collect::<String>());
+        sqlx::query(
+            "update organizations set bucket_state = case when $2::text is null then 'ok' else 'failing' end,
+                    bucket_error = $2, bucket_checked_at = now()
+             where id = $1",
+        )
+        .bind(org_id)
+        .bind(&error)
+        .execute(&state.pool)
+        .await?;
+        checked += 1;
+        if error.is_some() {
+            failed += 1;
+        }
+    }
+    Ok((checked, failed))
+}
+
+impl jobs::Job for BucketCheckJob {
+    const QUEUE: &'static str = "buckets";
+    type Context = ();
+
+    /// A retry goes on where the last attempt stopped (orgs checked since the
+    /// verification began are skipped).
+    async fn run(self, state: AppState, _: (), _attempt: usize) -> Result<(), BoxDynError> {
+        let Some((started_at,)): Option<(DateTime<Utc>,)> =
+            sqlx::query_as("select started_at from bucket_verifications where id = $1 and finished_at is null")
+                .bind(&self.verification_id)
+                .fetch_optional(&state.pool)
+                .await?
+        else {
+            return Ok(());
+        };
+        let (checked, failed) = check_all(&state, started_at).await?;
+        sqlx::query("update bucket_verifications set finished_at = now() where id = $1")
+            .bind(&self.verification_id)
+            .execute(&state.pool)
+            .await?;
+        tracing::info!(verification = self.verification_id, checked, failed, "org buckets checked");
+        let details = serde_json::json!({ "verification": self.verification_id, "failed": failed });
+        crate::audit::write(&state.pool, None, None, "backup.buckets_checked", "backup_configuration", details).await?;
+        Ok(())
+    }
+}
