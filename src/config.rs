@@ -116,10 +116,13 @@ pub struct Config {
     pub bucket_check_concurrency: usize,
 }
 
+/// The default `BUCKET_PREFIX`: org buckets are `org-{slug}`.
+pub const DEFAULT_BUCKET_PREFIX: &str = "org-";
+
 /// Checks `BUCKET_PREFIX`: 1 to 23 of `a-z 0-9 -`, starting with a letter or digit,
 /// so that prefix + the longest slug (40) is a valid S3 bucket name (at most 63).
 fn parse_bucket_prefix(v: Option<String>) -> anyhow::Result<String> {
-    let Some(raw) = v else { return Ok(crate::storage::DEFAULT_BUCKET_PREFIX.to_string()) };
+    let Some(raw) = v else { return Ok(DEFAULT_BUCKET_PREFIX.to_string()) };
     let p = raw.trim();
     let ok = (1..=23).contains(&p.len())
         && p.bytes().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == b'-')

@@ -41,7 +41,21 @@ pub const ALSO_WRITTEN: &[&str] = &["organizations", "users"];
 /// [`super::sections::SECTIONS`]) and per table of [`ALSO_WRITTEN`], every column of
 /// each.
 pub const REGISTRY: &[Classes] = &[
-    table("organizations", &[("id", E), ("slug", E), ("name", E), ("bucket", E), ("created_at", E)]),
+    // The bucket's last check is the platform's bookkeeping (its error may name the
+    // endpoint), not the org's record: it never leaves.
+    table(
+        "organizations",
+        &[
+            ("id", E),
+            ("slug", E),
+            ("name", E),
+            ("bucket", E),
+            ("created_at", E),
+            ("bucket_state", S),
+            ("bucket_error", S),
+            ("bucket_checked_at", S),
+        ],
+    ),
     // The password hash is an argon2id PHC string: it never leaves.
     table("users", &[("id", E), ("email", E), ("display_name", E), ("password_hash", S), ("created_at", E)]),
     table("regions", &[("id", E), ("org_id", E), ("code", E), ("name", E), ("created_at", E)]),

@@ -4,6 +4,7 @@
 //! bucket in the background, `BUCKET_CHECK_CONCURRENCY` at a time, and records each
 //! org's `bucket_state`. A failing bucket refuses only its org's exports.
 
+use anyhow::Context;
 use apalis::prelude::BoxDynError;
 use chrono::{DateTime, Utc};
 use futures::StreamExt;
@@ -57,9 +58,13 @@ pub async fn start_checks(state: &AppState, actor: Option<i64>) -> anyhow::Resul
     let mut tx = state.pool.begin().await?;
     // One verification at a time, across processes.
     sqlx::query("select pg_advisory_xact_lock(1146114129, 30)").execute(&mut *tx).await?;
+    // Reused only while its job can still finish it (waiting, running, or failed
+    // with attempts left).
     let running: Option<(String,)> = sqlx::query_as(
-        "select id from bucket_verifications where finished_at is null and started_at > now() - interval '1 hour'
-         order by started_at desc limit 1",
+        "select v.id from bucket_verifications v join apalis.jobs j on j.id = v.id
+         where v.finished_at is null and v.started_at > now() - interval '1 hour'
+           and (j.status in ('Pending', 'Queued', 'Running') or (j.status = 'Failed' and j.attempts < j.max_attempts))
+         order by v.started_at desc limit 1",
     )
     .fetch_optional(&mut *tx)
     .await?;
@@ -115,6 +120,14 @@ pub async fn check_all(state: &AppState, since: DateTime<Utc>) -> anyhow::Result
         .buffer_unordered(concurrency);
     let (mut checked, mut failed) = (0, 0);
     while let Some((org_id, outcome)) = outcomes.next().await {
+        if outcome.is_err() {
+            // Not the org's fault when the platform's own bucket fails too (the
+            // endpoint is down): stop without marking anyone; the job is retried.
+            let platform = state.storage.privacy_bucket().to_string();
+            state.storage.probe_bucket(&platform).await.context(
+                "the platform's own bucket failed too while the org buckets were checked; no org was marked",
+            )?;
+        }
         let error = outcome.err().map(|e| format!("{e:#}").chars().take(2000).collect::<String>());
         sqlx::query(
             "update organizations set bucket_state = case when $2::text is null then 'ok' else 'failing' end,

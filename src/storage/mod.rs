@@ -61,9 +61,6 @@ pub struct Storage {
     bucket_prefix: String,
 }
 
-/// The default [`Storage::bucket_prefix`].
-pub const DEFAULT_BUCKET_PREFIX: &str = "org-";
-
 impl Storage {
     /// A client for `settings`. `identity` names the storage for "verified against
     /// what": the endpoint URL for an external service, or the data directory for
@@ -80,7 +77,7 @@ impl Storage {
             endpoint: settings.endpoint.clone(),
             identity,
             privacy_bucket: privacy_bucket.to_string(),
-            bucket_prefix: DEFAULT_BUCKET_PREFIX.to_string(),
+            bucket_prefix: crate::config::DEFAULT_BUCKET_PREFIX.to_string(),
         }
     }
 

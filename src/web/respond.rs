@@ -42,9 +42,14 @@ pub async fn htmx_sign_in(req: axum::extract::Request, next: axum::middleware::N
     let to_login = answer.status().is_redirection()
         && answer.headers().get(header::LOCATION).is_some_and(|l| l.as_bytes() == crate::routes::LOGIN.as_bytes());
     if htmx && to_login {
-        let mut r = axum::http::StatusCode::NO_CONTENT.into_response();
-        r.headers_mut().insert("hx-redirect", HeaderValue::from_static(crate::routes::LOGIN));
-        return r;
+        // The same answer's headers (a cookie it clears, say), as 204 with no body.
+        let (mut parts, _) = answer.into_parts();
+        parts.status = axum::http::StatusCode::NO_CONTENT;
+        parts.headers.remove(header::LOCATION);
+        parts.headers.remove(header::CONTENT_LENGTH);
+        parts.headers.remove(header::CONTENT_TYPE);
+        parts.headers.insert("hx-redirect", HeaderValue::from_static(crate::routes::LOGIN));
+        return Response::from_parts(parts, axum::body::Body::empty());
     }
     answer
 }

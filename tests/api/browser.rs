@@ -543,3 +543,82 @@ async fn wait_until_completed(c: &Client, slug: &str) -> String {
     assert_eq!(marker, json!("still here"), "the page was not reloaded");
     row.text().await.unwrap()
 }
+
+/// A platform admin opens Organizations: every org's state, worst first, filtered
+/// by a state from the counts; the page fits a desktop and a phone without
+/// sideways scrolling. Then an org admin cancels a pending export in the history.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_platform_admin_reads_every_orgs_state_and_an_org_admin_cancels_an_export() {
+    let app = TestApp::spawn_with(Options { workers: false, ..Default::default() }).await;
+    data_export::seed::tenants(app.pool(), &app.state.storage, 60).await.unwrap();
+    // globex's newest export failed; acme has one pending (its job waits).
+    let failed = ulid::Ulid::generate().to_string();
+    sqlx::query(
+        "insert into export_runs (id, org_id, status, trigger, finished_at, error)
+         select $1, id, 'pending', 'manual', null, null from organizations where slug = 'globex'",
+    )
+    .bind(&failed)
+    .execute(app.pool())
+    .await
+    .unwrap();
+    sqlx::query("update export_runs set status = 'failed', finished_at = now(), error = 'The storage refused the upload.' where id = $1")
+        .bind(&failed)
+        .execute(app.pool())
+        .await
+        .unwrap();
+    let driver = Driver::start();
+    let profile = app.storage_dir.join("chromium-profile-orgs");
+    let downloads = app.storage_dir.join("downloads-orgs");
+    let c = browser(&driver, &profile, &downloads).await;
+    sign_in(&c, &app, "platform@example.test").await;
+    c.find(Locator::LinkText("Organizations")).await.unwrap().click().await.unwrap();
+    let first = c.find(Locator::Css("#orgs tbody tr")).await.unwrap();
+    assert_eq!(first.attr("data-org").await.unwrap().as_deref(), Some("globex"), "the failing org first");
+    assert_eq!(first.attr("data-state").await.unwrap().as_deref(), Some("failing"));
+    assert!(first.text().await.unwrap().contains("The storage refused the upload."));
+    let mut wide = Vec::new();
+    for (width, height) in [(1280, 900), (390, 844)] {
+        c.set_window_size(width, height).await.unwrap();
+        c.goto(&app.url("/platform/orgs")).await.unwrap();
+        let over = c.execute("return document.documentElement.scrollWidth - window.innerWidth;", vec![]).await.unwrap();
+        let png = app.storage_dir.join(format!("platform-orgs-{width}x{height}.png"));
+        std::fs::write(&png, c.screenshot().await.unwrap()).unwrap();
+        println!("screenshot at {width}x{height}: {}", png.display());
+        if over.as_i64().unwrap_or(0) > 0 {
+            wide.push(format!("{width} px: {over} px too wide"));
+        }
+    }
+    assert!(wide.is_empty(), "the org list scrolls sideways: {wide:?}");
+    // The count of `never` filters the list.
+    c.find(Locator::Css("a[data-state='never']")).await.unwrap().click().await.unwrap();
+    let rows = c.find_all(Locator::Css("#orgs tbody tr")).await.unwrap();
+    assert_eq!(rows.len(), 50, "a page of 50");
+    for row in rows {
+        assert_eq!(row.attr("data-state").await.unwrap().as_deref(), Some("never"));
+    }
+    c.find(Locator::Id("orgs-next")).await.unwrap().click().await.unwrap();
+    assert_eq!(c.find_all(Locator::Css("#orgs tbody tr")).await.unwrap().len(), 11, "61 never in all");
+
+    // An org admin cancels a pending export in the history.
+    c.delete_all_cookies().await.unwrap();
+    sign_in(&c, &app, "admin@acme.test").await;
+    c.set_window_size(1280, 900).await.unwrap();
+    c.goto(&app.url("/orgs/acme/settings/backups")).await.unwrap();
+    c.find(Locator::XPath("//button[normalize-space()='Trigger export']")).await.unwrap().click().await.unwrap();
+    let cancel = c
+        .wait()
+        .at_most(Duration::from_secs(10))
+        .for_element(Locator::XPath("//tr[@data-status='pending']//button[normalize-space()='Cancel']"))
+        .await
+        .expect("the pending row offers Cancel");
+    cancel.click().await.unwrap();
+    c.accept_alert().await.unwrap();
+    let row = c
+        .wait()
+        .at_most(Duration::from_secs(10))
+        .for_element(Locator::Css("tr[data-status='failed']"))
+        .await
+        .expect("the row ends failed");
+    assert!(row.text().await.unwrap().contains("Cancelled by Ada Acme"));
+    c.close().await.unwrap();
+}

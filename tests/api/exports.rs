@@ -184,9 +184,13 @@ async fn an_active_run_polls_its_own_row_and_stops_when_it_finishes() {
     let container = tag_with(&history, r#"id="history""#);
     assert!(container.contains(r##"hx-target="#history""##) && container.contains(r#"hx-swap="outerHTML""#));
 
-    // Ids that are not acme's runs answer 404.
+    // Ids that are not acme's runs answer 404; htmx's poll of one gets 286 (htmx
+    // stops polling) with the reason in place of the row.
     for bad in ["01ARZ3NDEKTSV4RRFFQ69G5FAV", "not-an-id"] {
-        assert_eq!(s.htmx_get(&format!("/orgs/acme/exports/{bad}/row")).await.status(), 404, "{bad}");
+        assert_eq!(s.get(&format!("/orgs/acme/exports/{bad}/row")).await.status(), 404, "{bad}");
+        let poll = s.htmx_get(&format!("/orgs/acme/exports/{bad}/row")).await;
+        assert_eq!(poll.status().as_u16(), 286, "{bad}");
+        assert!(poll.text().await.unwrap().contains("stopped updating"), "{bad}");
     }
 }
 
@@ -355,8 +359,12 @@ async fn refusals_module_off_backup_unverified_member_and_other_org() {
     let gs = app.login("admin@globex.test").await;
     assert_eq!(gs.get(&format!("/orgs/globex/exports/{id}/download")).await.status(), 404);
     assert_eq!(gs.post_form(&format!("/orgs/globex/exports/{id}/delete"), &[]).await.status(), 404);
-    // The polled row (user, org and run in one query) too, and acme's admin sees it.
-    assert_eq!(gs.htmx_get(&format!("/orgs/globex/exports/{id}/row")).await.status(), 404);
+    // The polled row (user, org and run in one query) too (htmx's poll stops: 286,
+    // saying nothing of acme), and acme's admin sees it.
+    assert_eq!(gs.get(&format!("/orgs/globex/exports/{id}/row")).await.status(), 404);
+    let poll = gs.htmx_get(&format!("/orgs/globex/exports/{id}/row")).await;
+    assert_eq!(poll.status().as_u16(), 286);
+    assert!(!poll.text().await.unwrap().contains("acme"));
     assert_eq!(
         app.login("admin@acme.test").await.htmx_get(&format!("/orgs/acme/exports/{id}/row")).await.status(),
         200
@@ -382,13 +390,14 @@ async fn refusals_module_off_backup_unverified_member_and_other_org() {
     let (runs,): (i64,) = sqlx::query_as("select count(*) from export_runs").fetch_one(app.pool()).await.unwrap();
     assert_eq!(runs, 1);
 
-    // Module off: the section and its routes are gone (404).
+    // Module off: nothing new starts (404), but the existing exports stay readable
+    // (see modules::with_data_export_off_...).
     s.post_form("/orgs/acme/settings/modules", &[("module", "engage")]).await;
     assert_eq!(admin.post("/orgs/acme/exports").await.status(), 404);
-    assert_eq!(admin.get(&format!("/orgs/acme/exports/{id}")).await.status(), 404);
-    assert_eq!(s.get("/orgs/acme/settings/backups").await.status(), 404);
-    assert_eq!(s.get(&format!("/orgs/acme/exports/{id}/download")).await.status(), 404);
-    assert_eq!(s.htmx_get(&format!("/orgs/acme/exports/{id}/row")).await.status(), 404);
+    assert_eq!(admin.post(&format!("/orgs/acme/exports/{id}/verify")).await.status(), 404);
+    assert_eq!(admin.get(&format!("/orgs/acme/exports/{id}")).await.status(), 200);
+    assert_eq!(s.get("/orgs/acme/settings/backups").await.status(), 200);
+    assert_eq!(s.htmx_get(&format!("/orgs/acme/exports/{id}/row")).await.status(), 200);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -99,6 +99,12 @@ async fn verify_against_a_working_and_a_stopped_endpoint() {
     assert_eq!(location(&resp), "/platform/settings?done=verified");
     let (active, verified_at, error) = backup_row(&app).await;
     assert!(active && verified_at.unwrap() > verified_before && error.is_none());
+    // Each org's bucket is checked in the background: wait for it.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while data_export::platform::buckets::latest(app.pool()).await.unwrap().unwrap().finished_at.is_none() {
+        assert!(std::time::Instant::now() < deadline, "the org buckets were never checked");
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
     // The probes are gone again from every bucket.
     for bucket in ["org-acme", "org-globex", app.state.storage.privacy_bucket()] {
         let all = app.s3_client().list_objects_v2().bucket(bucket).send().await.unwrap();
@@ -338,7 +344,7 @@ async fn missed_slots_skipped_slots_and_a_disabled_schedule() {
 
     // The slot's job failing for good before the slot finished: the next tick pushes
     // it again (and only once).
-    sqlx::query("update apalis.jobs set status = 'Failed' where job_type = 'scheduler'")
+    sqlx::query("update apalis.jobs set status = 'Failed', attempts = max_attempts where job_type = 'scheduler'")
         .execute(app.pool())
         .await
         .unwrap();
