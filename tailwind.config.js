@@ -109,6 +109,8 @@ module.exports = {
     'card',
     'badge', 'badge-pending', 'badge-running', 'badge-completed',
     'badge-failed', 'badge-deleted', 'badge-pruned',
+    // An org's backup state (platform::orgs, pages::home: `badge-${state}`).
+    'badge-stuck', 'badge-failing', 'badge-overdue', 'badge-never', 'badge-ok', 'badge-off',
     'input', 'label', 'table-basic', 'table-stack',
     'flash-error', 'flash-ok',
     'progress', 'progress-bar',
