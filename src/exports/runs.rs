@@ -561,8 +561,12 @@ async fn announce_in_savepoint(
 /// so that nothing is told of an end that did not happen, and nothing is lost:
 /// - the org's webhooks get `export.completed` or `export.failed` with the run as the
 ///   API shows it to the org (never a download URL, never the platform admins'
-///   error detail);
-/// - the org's admins get an email linking to the history (unless switched off).
+///   error detail): machines get every event;
+/// - people get an email linking to the history, each kind to its own people (and
+///   each person's choice applied by `mail::enqueue`): a failure to the org's active
+///   admins; a completed manual run to who started it, only while still an active
+///   admin of the org (a run started from the command line has nobody); a
+///   completed scheduled run to the org's active admins who switched that kind on.
 async fn announce(
     tx: &mut sqlx::PgConnection,
     public_url: &str,
@@ -580,16 +584,27 @@ async fn announce(
     crate::webhooks::enqueue(tx, org_id, event, &data, None).await?;
 
     let message = export_mail(public_url, &run, slug, name);
-    for admin in crate::mail::org_admins(tx, org_id).await? {
-        crate::mail::enqueue(tx, admin, &message).await?;
+    let mut to = crate::mail::org_admins(tx, org_id).await?;
+    if message.kind == crate::mail::Kind::ExportCompletedMine {
+        to.retain(|admin| Some(*admin) == run.triggered_by);
+    }
+    for person in to {
+        crate::mail::enqueue(tx, person, &message).await?;
     }
     Ok(())
 }
 
-/// The org admins' mail about a run that ended.
+/// The mail about a run that ended, of the kind its end and trigger give: failed,
+/// a manual run completed (to its starter), or a scheduled run completed.
 fn export_mail(public_url: &str, run: &Run, slug: &str, name: &str) -> crate::mail::Message {
+    use crate::mail::Kind;
     let when = |at: Option<DateTime<Utc>>| at.map(|t| t.format("%Y-%m-%d %H:%M UTC").to_string()).unwrap_or_default();
     let history = format!("{public_url}{}", crate::routes::org_backups(slug));
+    let kind = match (run.status, run.trigger) {
+        (RunStatus::Completed, Trigger::Manual) => Kind::ExportCompletedMine,
+        (RunStatus::Completed, _) => Kind::ExportCompletedScheduled,
+        _ => Kind::ExportFailed,
+    };
     let (subject, outcome) = if run.status == RunStatus::Completed {
         (
             format!("Export of {name} completed"),
@@ -612,13 +627,21 @@ fn export_mail(public_url: &str, run: &Run, slug: &str, name: &str) -> crate::ma
         )
     };
     let trigger = if run.trigger == Trigger::Scheduled { "The scheduled" } else { "The" };
+    let why = match kind {
+        Kind::ExportCompletedMine => {
+            format!("You get this mail because you started this export, as an admin of {name}.")
+        }
+        Kind::ExportCompletedScheduled => {
+            format!("You get this mail as an admin of {name} who asked for completed scheduled exports.")
+        }
+        _ => format!("You get this mail as an admin of {name}."),
+    };
     let text = format!(
-        "{trigger} export {} of {name} ({slug}), requested {}, {outcome}\n{history}\n\n\
-         You get this mail as an admin of {name}.",
+        "{trigger} export {} of {name} ({slug}), requested {}, {outcome}\n{history}\n\n{why}",
         run.id,
         when(Some(run.created_at)),
     );
-    crate::mail::Message { kind: crate::mail::Kind::ExportFinished, subject, text }
+    crate::mail::Message { kind, subject, text }
 }
 
 /// Takes the schedule slot's lock until the transaction ends (see [`slot_digest`]).

@@ -132,9 +132,11 @@ fn compose(config: &Config, mail: &Queued) -> anyhow::Result<lettre::Message> {
     let from = &config.mail.from;
     let to: Mailbox =
         mail.recipient.parse().with_context(|| format!("the address {:?} is not valid", mail.recipient))?;
+    // Only the data-subject mail answers the person's own request; every other kind
+    // (and 'export', queued before the kinds were split) can be switched off.
     let why = match Kind::parse(&mail.kind) {
-        Some(Kind::PrivacyRequest) | None => "You get this mail because you asked for a copy of your data.".to_string(),
-        Some(_) => format!(
+        Some(Kind::PrivacyRequest) => "You get this mail because you asked for a copy of your data.".to_string(),
+        _ => format!(
             "You can switch off mails like this one at\n{}{}",
             config.public_url,
             crate::routes::ME_NOTIFICATIONS

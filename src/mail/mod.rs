@@ -1,6 +1,6 @@
 //! Mail to people: what is queued (a row of `mail_messages` and its job, in the
-//! caller's transaction), who switched which kind off (`mail_opt_outs`), and who an
-//! org's or the platform's admins are. The job (`job.rs`, queue `mail`) sends each
+//! caller's transaction), who switched which kind off (`mail_opt_outs`) or on
+//! (`mail_opt_ins`), and who an org's or the platform's admins are. The job (`job.rs`, queue `mail`) sends each
 //! mail over SMTP, or writes it under `DATA_DIR/outbox` when `SMTP_URL` is unset,
 //! and retries on its own schedule: a failing mail server never holds up the work
 //! that queued the mail.
@@ -14,11 +14,19 @@ pub use job::MailJob;
 
 use crate::jobs;
 
-/// Kinds of mail, each of which a person can switch off, except PrivacyRequest.
+/// Kinds of mail. Each but PrivacyRequest is a person's choice: most are on until
+/// they switch them off (`mail_opt_outs`), ExportCompletedScheduled is off until
+/// they switch it on (`mail_opt_ins`). [`enqueue`] applies the choice; the caller
+/// picks who may get the kind at all.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Kind {
-    /// An org's export completed or failed (to the org's admins).
-    ExportFinished,
+    /// An org's export failed, however it was started (to the org's active admins).
+    ExportFailed,
+    /// A manual export completed (to the person who started it, while still an active
+    /// admin of the org; an export started from the command line has nobody).
+    ExportCompletedMine,
+    /// A scheduled export completed (to the org's active admins who switched it on).
+    ExportCompletedScheduled,
     /// A webhook endpoint is failing (to the org's admins).
     WebhookFailing,
     /// A scheduled slot had failures (to platform admins).
@@ -30,13 +38,23 @@ pub enum Kind {
 
 impl Kind {
     /// Every kind, in the order the settings page lists them.
-    pub const ALL: [Kind; 4] =
-        [Kind::ExportFinished, Kind::WebhookFailing, Kind::ScheduleFailures, Kind::PrivacyRequest];
+    pub const ALL: [Kind; 6] = [
+        Kind::ExportFailed,
+        Kind::ExportCompletedMine,
+        Kind::ExportCompletedScheduled,
+        Kind::WebhookFailing,
+        Kind::ScheduleFailures,
+        Kind::PrivacyRequest,
+    ];
 
-    /// The stored name (`mail_messages.kind`, `mail_opt_outs.kind`, the form's field).
+    /// The stored name (`mail_messages.kind`, `mail_opt_outs.kind`,
+    /// `mail_opt_ins.kind`, the form's field). Stable: the database's checks and
+    /// whoever counts mails by kind use them.
     pub fn key(self) -> &'static str {
         match self {
-            Kind::ExportFinished => "export",
+            Kind::ExportFailed => "export_failed",
+            Kind::ExportCompletedMine => "export_completed_mine",
+            Kind::ExportCompletedScheduled => "export_completed_scheduled",
             Kind::WebhookFailing => "webhook",
             Kind::ScheduleFailures => "schedule",
             Kind::PrivacyRequest => "privacy",
@@ -48,9 +66,15 @@ impl Kind {
         Kind::ALL.into_iter().find(|k| k.key() == key)
     }
 
-    /// Whether a person may switch this kind off.
+    /// Whether a person may switch this kind off (and on).
     pub fn can_opt_out(self) -> bool {
         self != Kind::PrivacyRequest
+    }
+
+    /// Whether a person gets this kind before they choose: false for the routine
+    /// mail of every scheduled export, which a daily schedule would send every day.
+    pub fn on_by_default(self) -> bool {
+        self != Kind::ExportCompletedScheduled
     }
 }
 
@@ -107,15 +131,20 @@ pub async fn enqueue_or_log(conn: &mut PgConnection, user_id: i64, message: &Mes
 }
 
 /// Queues `message` for user `user_id` inside the caller's transaction (the mail job
-/// becomes visible when it commits), unless they switched this kind off.
-/// Ok(false) when skipped (opted out, or no such user).
+/// becomes visible when it commits), if they get this kind: always for one that
+/// cannot be switched off, unless switched off for one on by default, only when
+/// switched on for one off by default. Ok(false) when skipped (their choice, or no
+/// such user). Whether `user_id` may get the kind at all (an org's admin, say) is
+/// the caller's to decide.
 pub async fn enqueue(conn: &mut PgConnection, user_id: i64, message: &Message) -> anyhow::Result<bool> {
     let id = Ulid::generate();
     let inserted = sqlx::query(
         "insert into mail_messages (id, user_id, kind, recipient, subject, body)
          select $1, u.id, $3, u.email, $4, $5 from users u
          where u.id = $2
-           and not ($6 and exists (select 1 from mail_opt_outs o where o.user_id = u.id and o.kind = $3))",
+           and case when not $6 then true
+                    when $7 then not exists (select 1 from mail_opt_outs o where o.user_id = u.id and o.kind = $3)
+                    else exists (select 1 from mail_opt_ins i where i.user_id = u.id and i.kind = $3) end",
     )
     .bind(id.to_string())
     .bind(user_id)
@@ -123,6 +152,7 @@ pub async fn enqueue(conn: &mut PgConnection, user_id: i64, message: &Message) -
     .bind(&message.subject)
     .bind(&message.text)
     .bind(message.kind.can_opt_out())
+    .bind(message.kind.on_by_default())
     .execute(&mut *conn)
     .await?;
     if inserted.rows_affected() == 0 {
@@ -147,30 +177,50 @@ pub async fn platform_admins(conn: &mut PgConnection) -> sqlx::Result<Vec<i64>> 
     sqlx::query_scalar("select user_id from platform_admins order by user_id").fetch_all(conn).await
 }
 
-/// The kinds `user_id` switched off.
-pub async fn switched_off(pool: &PgPool, user_id: i64) -> sqlx::Result<Vec<Kind>> {
-    let keys: Vec<String> =
-        sqlx::query_scalar("select kind from mail_opt_outs where user_id = $1").bind(user_id).fetch_all(pool).await?;
-    Ok(keys.iter().filter_map(|k| Kind::parse(k)).collect())
-}
-
-/// Switches off exactly the kinds in `off` for `user_id` (and on every other);
-/// kinds that cannot be switched off are ignored.
-pub async fn set_switched_off(pool: &PgPool, user_id: i64, off: &[Kind]) -> sqlx::Result<()> {
-    let keys: Vec<&str> = off.iter().filter(|k| k.can_opt_out()).map(|k| k.key()).collect();
-    let mut tx = pool.begin().await?;
-    sqlx::query("delete from mail_opt_outs where user_id = $1 and kind <> all($2)")
-        .bind(user_id)
-        .bind(&keys)
-        .execute(&mut *tx)
-        .await?;
-    sqlx::query(
-        "insert into mail_opt_outs (user_id, kind) select $1, k from unnest($2::text[]) k on conflict do nothing",
+/// The kinds `user_id` chose to get (or cannot switch off), in [`Kind::ALL`]'s
+/// order: those on by default they did not switch off, those off by default they
+/// switched on, and the data-subject mail. Whether they are among a kind's
+/// people (an org's admins, say) is decided when a mail is sent.
+pub async fn wanted(pool: &PgPool, user_id: i64) -> sqlx::Result<Vec<Kind>> {
+    let (off, on): (Vec<String>, Vec<String>) = sqlx::query_as(
+        "select array(select kind from mail_opt_outs where user_id = $1),
+                array(select kind from mail_opt_ins where user_id = $1)",
     )
     .bind(user_id)
-    .bind(&keys)
-    .execute(&mut *tx)
+    .fetch_one(pool)
     .await?;
+    let chosen = |k: Kind, keys: &[String]| keys.iter().any(|key| key == k.key());
+    Ok(Kind::ALL
+        .into_iter()
+        .filter(|&k| !k.can_opt_out() || if k.on_by_default() { !chosen(k, &off) } else { chosen(k, &on) })
+        .collect())
+}
+
+/// Makes `user_id` get exactly the kinds in `on` of those they may choose (each
+/// other one is switched off), in one transaction; a kind that cannot be switched
+/// off is always on. Kinds on by default are stored as opt-outs, kinds off by
+/// default as opt-ins, so a default applies to whoever never chose.
+pub async fn set_wanted(pool: &PgPool, user_id: i64, on: &[Kind]) -> sqlx::Result<()> {
+    let choosable = Kind::ALL.into_iter().filter(|k| k.can_opt_out());
+    let (opted_out, opted_in): (Vec<&str>, Vec<&str>) = (
+        choosable.clone().filter(|k| k.on_by_default() && !on.contains(k)).map(Kind::key).collect(),
+        choosable.filter(|k| !k.on_by_default() && on.contains(k)).map(Kind::key).collect(),
+    );
+    let mut tx = pool.begin().await?;
+    for (table, keys) in [("mail_opt_outs", &opted_out), ("mail_opt_ins", &opted_in)] {
+        sqlx::query(sqlx::AssertSqlSafe(format!("delete from {table} where user_id = $1 and kind <> all($2)")))
+            .bind(user_id)
+            .bind(keys)
+            .execute(&mut *tx)
+            .await?;
+        sqlx::query(sqlx::AssertSqlSafe(format!(
+            "insert into {table} (user_id, kind) select $1, k from unnest($2::text[]) k on conflict do nothing"
+        )))
+        .bind(user_id)
+        .bind(keys)
+        .execute(&mut *tx)
+        .await?;
+    }
     tx.commit().await
 }
 

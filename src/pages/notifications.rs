@@ -1,6 +1,7 @@
-//! `/me/notifications`: which kinds of mail a signed-in person gets. Each kind but
-//! the data-subject mail can be switched off (that one answers their own request);
-//! their recent mails are listed with how their sending went.
+//! `/me/notifications`: which kinds of mail a signed-in person gets, each with when
+//! it is sent. Each kind but the data-subject mail can be switched off (that one
+//! answers their own request), and on: completed scheduled exports are off until
+//! ticked. Their recent mails are listed with how their sending went.
 
 use axum::{
     Form,
@@ -25,19 +26,38 @@ pub struct Notice {
     done: Option<String>,
 }
 
-/// What each kind is, as the page says it.
+/// What each kind is and when it is sent, as the page says it.
 fn describe(kind: Kind) -> (&'static str, &'static str) {
     match kind {
-        Kind::ExportFinished => {
-            ("Exports", "An export of an organization you administer completed or failed, with a link to its history.")
-        }
-        Kind::WebhookFailing => ("Webhooks", "A webhook endpoint of an organization you administer keeps failing."),
-        Kind::ScheduleFailures => {
-            ("Scheduled exports", "A scheduled slot had failed exports, listing the organizations (platform admins).")
-        }
+        Kind::ExportFailed => (
+            "Failed exports",
+            "When an export of an organization you administer fails, started by hand or by the schedule. \
+             Every admin of the organization gets it.",
+        ),
+        Kind::ExportCompletedMine => (
+            "My completed exports",
+            "When an export you started (on the Backups & Export page or with the API) completes, while you are \
+             still an admin of its organization. Only you get it, not the other admins.",
+        ),
+        Kind::ExportCompletedScheduled => (
+            "Completed scheduled exports",
+            "When a scheduled export of an organization you administer completes: with a daily schedule, one mail \
+             a day per organization. Off until you tick it; failures come as Failed exports either way.",
+        ),
+        Kind::WebhookFailing => (
+            "Webhooks",
+            "When a webhook endpoint of an organization you administer has failed an event after all its retries; \
+             once, until it succeeds again.",
+        ),
+        Kind::ScheduleFailures => (
+            "Failed scheduled slots (platform admins)",
+            "When every export of a scheduled slot has ended and any failed: one mail per slot, listing the \
+             organizations.",
+        ),
         Kind::PrivacyRequest => (
             "My data requests",
-            "A copy of your data you asked for is ready, or could not be made. Always sent: it answers your own request.",
+            "When a copy of your data you asked for (or a platform admin asked for on your behalf) is ready, or \
+             could not be made. Always sent: it answers your own request.",
         ),
     }
 }
@@ -50,14 +70,14 @@ pub async fn show(
     Query(q): Query<Notice>,
 ) -> AppResult<Markup> {
     let message = (q.done.as_deref() == Some("saved")).then_some("Saved. Mails already queued are still sent.");
-    let off = mail::switched_off(&state.pool, user.id).await?;
+    let on = mail::wanted(&state.pool, user.id).await?;
     let recent = mail::recent_for_user(&state.pool, user.id, 10).await?;
-    Ok(view(&ctx, &user.email, &off, &recent, message))
+    Ok(view(&ctx, &user.email, &on, &recent, message))
 }
 
 /// POST /me/notifications: one checkbox (`on`) per kind that can be switched off;
-/// an absent one switches it off. Any other field or value is refused (400) and
-/// nothing changes.
+/// a ticked one switches it on, an absent one off. Any other field or value is
+/// refused (400) and nothing changes.
 pub async fn save(
     CurrentUser(user): CurrentUser,
     State(state): State<AppState>,
@@ -70,9 +90,9 @@ pub async fn save(
             "The field {k:?} must be \"on\" or absent (got {v:?}); nothing was changed."
         )));
     }
-    let off: Vec<Kind> =
-        Kind::ALL.into_iter().filter(|k| k.can_opt_out() && !fields.iter().any(|(f, _)| f == k.key())).collect();
-    mail::set_switched_off(&state.pool, user.id, &off).await?;
+    let on: Vec<Kind> =
+        Kind::ALL.into_iter().filter(|k| k.can_opt_out() && fields.iter().any(|(f, _)| f == k.key())).collect();
+    mail::set_wanted(&state.pool, user.id, &on).await?;
     Ok(Redirect::to(&format!("{}?done=saved", routes::ME_NOTIFICATIONS)).into_response())
 }
 
@@ -80,7 +100,7 @@ fn when(at: DateTime<Utc>) -> String {
     at.format("%Y-%m-%d %H:%M UTC").to_string()
 }
 
-fn view(ctx: &PageCtx, email: &str, off: &[Kind], recent: &[mail::Sent], message: Option<&str>) -> Markup {
+fn view(ctx: &PageCtx, email: &str, on: &[Kind], recent: &[mail::Sent], message: Option<&str>) -> Markup {
     page(
         ctx,
         "Email",
@@ -88,7 +108,7 @@ fn view(ctx: &PageCtx, email: &str, off: &[Kind], recent: &[mail::Sent], message
             @if let Some(msg) = message { div.mb-6 role="status" { (flash(true, msg)) } }
             section.card.mb-6 {
                 h2.text-lg.font-semibold.mb-2 { "Mails I get" }
-                p.text-sm.text-slate-600.mb-4 { "Mails go to " strong { (email) } ". Untick a kind to stop its mails." }
+                p.text-sm.text-slate-600.mb-4 { "Mails go to " strong { (email) } ". Tick the kinds you want; each says when it is sent." }
                 form.space-y-3 method="post" action=(routes::ME_NOTIFICATIONS) {
                     (ctx.csrf_field())
                     @for kind in Kind::ALL {
@@ -96,7 +116,7 @@ fn view(ctx: &PageCtx, email: &str, off: &[Kind], recent: &[mail::Sent], message
                         @let id = format!("mail-{}", kind.key());
                         div.flex.items-start.gap-2 {
                             @if kind.can_opt_out() {
-                                input id=(id) type="checkbox" name=(kind.key()) value="on" checked[!off.contains(&kind)];
+                                input id=(id) type="checkbox" name=(kind.key()) value="on" checked[on.contains(&kind)];
                             } @else {
                                 input id=(id) type="checkbox" checked disabled;
                             }

@@ -220,11 +220,18 @@ const FORMS: &[Form] = &[
     Form {
         path: ME_NOTIFICATIONS,
         as_email: "member@acme.test",
-        fields: &["export", "webhook", "schedule", "privacy"],
+        fields: &[
+            "export_failed",
+            "export_completed_mine",
+            "export_completed_scheduled",
+            "webhook",
+            "schedule",
+            "privacy",
+        ],
         // Checkboxes: each kind that can be switched off, once, as "on" (none at all
         // switches every one off).
         valid: |p| {
-            let known = ["export", "webhook", "schedule"];
+            let known = ["export_failed", "export_completed_mine", "export_completed_scheduled", "webhook", "schedule"];
             known.iter().all(|k| single(p, &known, k).is_some_and(|v| matches!(v, None | Some("on"))))
         },
     },

@@ -260,50 +260,82 @@ async fn a_kind_switched_off_is_not_queued_and_the_data_request_mail_is_sent_reg
     let app = TestApp::spawn().await;
     let member = app.login("member@acme.test").await;
     let page = member.get(ME_NOTIFICATIONS).await.text().await.unwrap();
-    for kind in ["export", "webhook", "schedule"] {
+    for kind in ["export_failed", "export_completed_mine", "webhook", "schedule"] {
         assert!(page.contains(&format!(r#"name="{kind}" value="on" checked"#)), "{kind} is on by default: {page}");
     }
+    assert!(
+        page.contains(r#"name="export_completed_scheduled" value="on">"#),
+        "completed scheduled exports are off by default: {page}"
+    );
     assert!(page.contains("Always sent"), "the data-subject mail cannot be switched off");
-    // Bad input is refused and changes nothing.
-    for bad in [vec![("export", "yes")], vec![("privacy", "on")], vec![("export", "on"), ("export", "on")]] {
+    // Bad input is refused and changes nothing; the old field is gone.
+    for bad in [
+        vec![("export_failed", "yes")],
+        vec![("privacy", "on")],
+        vec![("export", "on")],
+        vec![("export_failed", "on"), ("export_failed", "on")],
+    ] {
         let r = member.post_form(ME_NOTIFICATIONS, &bad).await;
         assert_eq!(r.status(), 400, "{bad:?}");
         assert!(r.text().await.unwrap().contains("nothing was changed"), "{bad:?}");
     }
     let id = user_id(&app, "member@acme.test").await;
-    assert!(mail::switched_off(app.pool(), id).await.unwrap().is_empty());
-    // Only webhook mails ticked: exports and schedules are switched off.
-    let r = member.post_form(ME_NOTIFICATIONS, &[("webhook", "on")]).await;
+    let defaults = [
+        Kind::ExportFailed,
+        Kind::ExportCompletedMine,
+        Kind::WebhookFailing,
+        Kind::ScheduleFailures,
+        Kind::PrivacyRequest,
+    ];
+    assert_eq!(mail::wanted(app.pool(), id).await.unwrap(), defaults);
+    // Only webhook mails and completed scheduled exports ticked: the rest is off.
+    let r = member.post_form(ME_NOTIFICATIONS, &[("webhook", "on"), ("export_completed_scheduled", "on")]).await;
     assert_eq!(r.status(), 303);
     assert_eq!(r.headers()["location"], format!("{ME_NOTIFICATIONS}?done=saved"));
     let page = member.get(&format!("{ME_NOTIFICATIONS}?done=saved")).await.text().await.unwrap();
     assert!(page.contains("Saved."), "{page}");
-    assert!(page.contains(r#"name="export" value="on">"#) && page.contains(r#"name="webhook" value="on" checked"#));
-    let mut off = mail::switched_off(app.pool(), id).await.unwrap();
-    off.sort_by_key(|k| k.key());
-    assert_eq!(off, [Kind::ExportFinished, Kind::ScheduleFailures]);
+    assert!(page.contains(r#"name="export_failed" value="on">"#), "{page}");
+    assert!(page.contains(r#"name="webhook" value="on" checked"#), "{page}");
+    assert!(page.contains(r#"name="export_completed_scheduled" value="on" checked"#), "{page}");
+    assert_eq!(
+        mail::wanted(app.pool(), id).await.unwrap(),
+        [Kind::ExportCompletedScheduled, Kind::WebhookFailing, Kind::PrivacyRequest]
+    );
     // Another person's settings are theirs.
     let admin = user_id(&app, "admin@acme.test").await;
-    assert!(mail::switched_off(app.pool(), admin).await.unwrap().is_empty());
+    assert_eq!(mail::wanted(app.pool(), admin).await.unwrap(), defaults);
 
-    assert!(!enqueue(&app, id, Kind::ExportFinished, "an export").await, "switched off: skipped");
+    assert!(!enqueue(&app, id, Kind::ExportFailed, "a failed export").await, "switched off: skipped");
+    assert!(!enqueue(&app, id, Kind::ExportCompletedMine, "my export").await, "switched off: skipped");
     assert!(!enqueue(&app, id, Kind::ScheduleFailures, "a slot").await, "switched off: skipped");
     assert!(enqueue(&app, id, Kind::WebhookFailing, "a webhook").await);
-    assert!(enqueue(&app, admin, Kind::ExportFinished, "an export").await, "the admin did not switch it off");
+    assert!(enqueue(&app, id, Kind::ExportCompletedScheduled, "a scheduled export").await, "switched on");
+    assert!(enqueue(&app, admin, Kind::ExportFailed, "a failed export").await, "the admin did not switch it off");
+    assert!(
+        !enqueue(&app, admin, Kind::ExportCompletedScheduled, "a scheduled export").await,
+        "the admin did not switch it on"
+    );
     assert!(!enqueue(&app, i64::MAX, Kind::PrivacyRequest, "nobody").await, "no such user");
     request_my_data(&app).await;
-    let r = wait_rows(&app, id, Duration::from_secs(60), |r| r.len() == 2 && r.iter().all(|m| m.2)).await;
+    let r = wait_rows(&app, id, Duration::from_secs(60), |r| r.len() == 3 && r.iter().all(|m| m.2)).await;
     let kinds: Vec<&str> = r.iter().map(|m| m.0.as_str()).collect();
-    assert_eq!(kinds, ["webhook", "privacy"], "nothing of the kinds switched off; the data mail regardless");
+    assert_eq!(
+        kinds,
+        ["webhook", "export_completed_scheduled", "privacy"],
+        "nothing of the kinds switched off; the data mail regardless"
+    );
     // The page lists them as sent.
     let page = member.get(ME_NOTIFICATIONS).await.text().await.unwrap();
     assert!(page.contains("Your data is ready") && page.contains("a webhook") && page.contains(">sent<"), "{page}");
 
-    // Everything back on.
-    let all = [("export", "on"), ("webhook", "on"), ("schedule", "on")];
+    // Everything on, then nothing: the kind that is off by default goes back off.
+    let all: Vec<(&str, &str)> = Kind::ALL.iter().filter(|k| k.can_opt_out()).map(|k| (k.key(), "on")).collect();
     assert_eq!(member.post_form(ME_NOTIFICATIONS, &all).await.status(), 303);
-    assert!(mail::switched_off(app.pool(), id).await.unwrap().is_empty());
-    assert!(enqueue(&app, id, Kind::ExportFinished, "an export").await);
+    assert_eq!(mail::wanted(app.pool(), id).await.unwrap(), Kind::ALL);
+    assert!(enqueue(&app, id, Kind::ExportFailed, "a failed export").await);
+    assert_eq!(member.post_form(ME_NOTIFICATIONS, &[]).await.status(), 303);
+    assert_eq!(mail::wanted(app.pool(), id).await.unwrap(), [Kind::PrivacyRequest]);
+    assert!(!enqueue(&app, id, Kind::ExportCompletedScheduled, "a scheduled export").await);
 }
 
 static FLAKY: OnceLock<MailSettings> = OnceLock::new();
@@ -320,7 +352,7 @@ async fn a_server_that_refuses_at_first_gets_the_mail_on_a_later_retry() {
             .await;
     let admin = user_id(&app, "admin@acme.test").await;
     let started = Instant::now();
-    assert!(enqueue(&app, admin, Kind::ExportFinished, "Export of acme completed").await);
+    assert!(enqueue(&app, admin, Kind::ExportCompletedMine, "Export of acme completed").await);
     // The first two attempts are refused and recorded, each with the server's answer.
     let r = wait_rows(&app, admin, Duration::from_secs(30), |r| r[0].1 >= 1 && !r[0].2).await;
     assert!(r[0].4.as_deref().is_some_and(|e| e.contains("451")), "the server's answer is kept: {r:?}");
@@ -329,7 +361,7 @@ async fn a_server_that_refuses_at_first_gets_the_mail_on_a_later_retry() {
     assert_eq!(inbox.mail_commands.load(Ordering::SeqCst), 3, "refused twice, then accepted");
     assert_eq!(parse(&mails[0].raw).0["subject"], "Export of acme completed");
     let r = wait_rows(&app, admin, Duration::from_secs(10), |r| r[0].2).await;
-    assert_eq!(r, [("export".to_string(), 3, true, false, None)]);
+    assert_eq!(r, [("export_completed_mine".to_string(), 3, true, false, None)]);
     assert_eq!(inbox.wait_for(1, Duration::ZERO).await.len(), 1, "sent once");
 }
 
@@ -456,7 +488,7 @@ async fn mail_goes_over_starttls_with_a_password_and_over_implicit_tls_to_server
     })
     .await;
     let admin = user_id(&implicit, "admin@acme.test").await;
-    assert!(enqueue(&implicit, admin, Kind::ExportFinished, "Over implicit TLS").await);
+    assert!(enqueue(&implicit, admin, Kind::ExportFailed, "Over implicit TLS").await);
     let mails = behind.wait_for(1, Duration::from_secs(30)).await;
     assert_eq!(parse(&mails[0].raw).0["subject"], "Over implicit TLS");
 }
@@ -474,10 +506,10 @@ async fn without_smtp_url_mails_are_written_to_the_outbox_as_eml_files() {
     drop(conn);
     // A mail queued in a transaction that rolls back is never sent.
     let mut tx = app.pool().begin().await.unwrap();
-    let message = mail::Message { kind: Kind::ExportFinished, subject: "Rolled back".into(), text: "No.".into() };
+    let message = mail::Message { kind: Kind::ExportFailed, subject: "Rolled back".into(), text: "No.".into() };
     assert!(mail::enqueue(&mut tx, admin, &message).await.unwrap());
     tx.rollback().await.unwrap();
-    assert!(enqueue(&app, admin, Kind::ExportFinished, "Export of acme failed").await);
+    assert!(enqueue(&app, admin, Kind::ExportFailed, "Export of acme failed").await);
     let r = wait_rows(&app, admin, Duration::from_secs(30), |r| r.len() == 1 && r[0].2).await;
     assert_eq!(r[0].1, 1);
     let (id,): (String,) = sqlx::query_as("select id from mail_messages").fetch_one(app.pool()).await.unwrap();
@@ -585,93 +617,302 @@ async fn complete_run(app: &TestApp, id: &str) {
     );
 }
 
-/// An export that ends mails the org's admins (not its members, not another org's
-/// admins), with a link to the history and never a download URL; a person who
-/// switched export mails off gets none; and the last run of a schedule slot to end,
-/// when any of the slot failed, mails each platform admin once, listing those orgs.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn ended_exports_mail_the_org_admins_and_a_slot_with_failures_mails_the_platform_admins_once() {
-    let app = TestApp::spawn_with(Options { members: 20, workers: false, ..Default::default() }).await;
-    let slot = chrono::Utc::now().date_naive().and_hms_opt(3, 0, 0).unwrap().and_utc();
-    claim_slot(&app, slot).await;
+/// Sets `email`'s role and status in the org `slug`.
+async fn set_membership(app: &TestApp, email: &str, slug: &str, role: &str, status: &str) {
+    let changed = sqlx::query(
+        "update memberships set role = $3, status = $4
+         where org_id = (select id from organizations where slug = $2) and user_id = (select id from users where email = $1)",
+    )
+    .bind(email)
+    .bind(slug)
+    .bind(role)
+    .bind(status)
+    .execute(app.pool())
+    .await
+    .unwrap();
+    assert_eq!(changed.rows_affected(), 1, "{email} is a member of {slug}");
+}
+
+/// How many mails about exports (every kind `export%`) are queued, for anyone.
+async fn export_mails(app: &TestApp) -> i64 {
+    sqlx::query_scalar("select count(*) from mail_messages where kind like 'export%'")
+        .fetch_one(app.pool())
+        .await
+        .unwrap()
+}
+
+/// Claims and fires a schedule slot `hours` after today's midnight; its runs by org slug.
+async fn fire(app: &TestApp, hours: i64) -> (chrono::DateTime<chrono::Utc>, HashMap<String, String>) {
+    let slot = chrono::Utc::now().date_naive().and_hms_opt(0, 0, 0).unwrap().and_utc() + chrono::Duration::hours(hours);
+    claim_slot(app, slot).await;
     let fired = data_export::platform::scheduler::fire_slot(&app.state, slot).await.unwrap();
     assert_eq!(fired.started, ["acme", "globex"]);
-    let run_of = |slug: &'static str| {
-        let pool = app.pool().clone();
-        async move {
-            sqlx::query_scalar::<_, String>(
-                "select r.id from export_runs r join organizations o on o.id = r.org_id where o.slug = $1",
-            )
-            .bind(slug)
-            .fetch_one(&pool)
-            .await
-            .unwrap()
-        }
-    };
-    let (acme_run, globex_run) = (run_of("acme").await, run_of("globex").await);
+    let runs: Vec<(String, String)> = sqlx::query_as(
+        "select o.slug, r.id from export_runs r join organizations o on o.id = r.org_id where r.scheduled_for = $1",
+    )
+    .bind(slot)
+    .fetch_all(app.pool())
+    .await
+    .unwrap();
+    (slot, runs.into_iter().collect())
+}
 
-    complete_run(&app, &acme_run).await;
-    let mails = queued(&app, "admin@acme.test").await;
-    assert_eq!(mails.len(), 1);
-    let (kind, subject, body) = &mails[0];
-    assert_eq!((kind.as_str(), subject.as_str()), ("export", "Export of Acme Association completed"));
-    let history = format!("{}/orgs/acme/settings/backups", app.state.config.public_url);
-    assert!(body.contains(&history) && body.contains("77 rows") && body.contains(&acme_run), "{body}");
-    assert!(body.starts_with("The scheduled export"), "{body}");
-    assert!(!body.contains("X-Amz") && !body.contains("/download"), "never a download URL: {body}");
-    assert!(queued(&app, "member@acme.test").await.is_empty(), "members get no export mail");
-    assert!(queued(&app, "admin@globex.test").await.is_empty());
-    assert!(queued(&app, "platform@example.test").await.is_empty(), "globex's run is still pending");
-
-    let failure = data_export::snapshot::job::Failure::plain("The export failed: the test said so.");
+async fn fail_run(app: &TestApp, id: &str, reason: &str) {
+    let failure = data_export::snapshot::job::Failure::plain(reason);
     assert!(
-        data_export::exports::runs::fail(app.pool(), &app.state.config.public_url, &globex_run, None, &failure)
-            .await
-            .unwrap()
+        data_export::exports::runs::fail(app.pool(), &app.state.config.public_url, id, None, &failure).await.unwrap()
     );
-    let mails = queued(&app, "admin@globex.test").await;
-    assert_eq!(mails.len(), 1);
-    assert_eq!(mails[0].1, "Export of Globex Society failed");
-    assert!(mails[0].2.contains("The export failed: the test said so."), "{}", mails[0].2);
+}
+
+/// A manual export of acme started through the API by `email`; its id.
+async fn start_manual(app: &TestApp, email: &str) -> String {
+    let created: serde_json::Value =
+        api(app, &app.token(email).await).post("/orgs/acme/exports").await.json().await.unwrap();
+    created["id"].as_str().unwrap().to_string()
+}
+
+/// The schedule's defaults: a slot whose exports all complete queues no mail for
+/// anyone (org admins, members, platform admins); a slot where acme's export fails
+/// mails that failure once to each active admin of acme (two here), not to a lapsed
+/// admin, a member or another org's admin, with a link to the history and never a
+/// download URL; and the platform admins get one mail for the slot, listing acme.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_clean_scheduled_slot_mails_no_one_and_a_failed_scheduled_run_mails_each_admin_once() {
+    let app = TestApp::spawn_with(Options { members: 20, workers: false, ..Default::default() }).await;
+    set_membership(&app, "member1@acme.test", "acme", "admin", "active").await;
+    set_membership(&app, "member2@acme.test", "acme", "admin", "lapsed").await;
+
+    let (_, runs) = fire(&app, 3).await;
+    for id in runs.values() {
+        complete_run(&app, id).await;
+    }
+    let all: i64 = sqlx::query_scalar("select count(*) from mail_messages").fetch_one(app.pool()).await.unwrap();
+    assert_eq!(all, 0, "a clean scheduled slot queues no mail");
+
+    let (_, runs) = fire(&app, 15).await;
+    complete_run(&app, &runs["globex"]).await;
+    assert_eq!(export_mails(&app).await, 0, "globex's completion mails nobody");
+    fail_run(&app, &runs["acme"], "The export failed: the test said so.").await;
+    for admin in ["admin@acme.test", "member1@acme.test"] {
+        let mails = queued(&app, admin).await;
+        assert_eq!(mails.len(), 1, "{admin}: {mails:?}");
+        let (kind, subject, body) = &mails[0];
+        assert_eq!((kind.as_str(), subject.as_str()), ("export_failed", "Export of Acme Association failed"));
+        let history = format!("{}/orgs/acme/settings/backups", app.state.config.public_url);
+        assert!(body.starts_with("The scheduled export"), "{body}");
+        assert!(body.contains(&history) && body.contains("The export failed: the test said so."), "{body}");
+        assert!(body.contains(&runs["acme"]) && body.contains("as an admin of Acme Association"), "{body}");
+        assert!(!body.contains("X-Amz") && !body.contains("/download"), "never a download URL: {body}");
+    }
+    for nobody in ["member2@acme.test", "member@acme.test", "admin@globex.test"] {
+        assert!(queued(&app, nobody).await.is_empty(), "{nobody} gets no export mail");
+    }
+    assert_eq!(export_mails(&app).await, 2, "one per active admin of acme");
+
     let digest = queued(&app, "platform@example.test").await;
     assert_eq!(digest.len(), 1, "one mail for the slot");
     let (kind, subject, body) = &digest[0];
     assert_eq!(kind, "schedule");
     assert!(subject.ends_with("1 of 2 failed"), "{subject}");
     assert!(
-        body.contains("- Globex Society (globex): The export failed: the test said so.") && !body.contains("(acme)"),
+        body.contains("- Acme Association (acme): The export failed: the test said so.") && !body.contains("(globex)"),
         "{body}"
     );
     assert!(body.contains(&format!("{}/platform/settings", app.state.config.public_url)));
 
-    // A slot with no failure mails no platform admin.
-    let clean = slot + chrono::Duration::hours(12);
-    claim_slot(&app, clean).await;
-    data_export::platform::scheduler::fire_slot(&app.state, clean).await.unwrap();
-    for id in sqlx::query_scalar::<_, String>("select id from export_runs where scheduled_for = $1")
-        .bind(clean)
-        .fetch_all(app.pool())
-        .await
-        .unwrap()
-    {
-        complete_run(&app, &id).await;
-    }
-    assert_eq!(queued(&app, "platform@example.test").await.len(), 1);
-    assert_eq!(queued(&app, "admin@acme.test").await.len(), 2);
-
-    // Switched off on the page: no more export mail for that person.
+    // Failures switched off on the page: no more for that person, still for the other admin.
     let s = app.login("admin@acme.test").await;
-    let page = s.get(ME_NOTIFICATIONS).await.text().await.unwrap();
-    assert!(page.contains("name=\"export\""), "{page}");
-    let r = s.post_form(ME_NOTIFICATIONS, &[("webhook", "on"), ("schedule", "on")]).await;
-    assert_eq!(r.status(), 303);
-    let api = api(&app, &app.token("admin@acme.test").await);
-    let created: serde_json::Value = api.post("/orgs/acme/exports").await.json().await.unwrap();
-    complete_run(&app, created["id"].as_str().unwrap()).await;
-    assert_eq!(queued(&app, "admin@acme.test").await.len(), 2, "switched off: not queued");
-    println!(
-        "export mails: 1 per org admin per ended run, 0 after switching off; slot digest: 1 mail listing 1 of 2 failed"
+    assert_eq!(s.post_form(ME_NOTIFICATIONS, &[("export_completed_mine", "on")]).await.status(), 303);
+    let (_, runs) = fire(&app, 21).await;
+    fail_run(&app, &runs["acme"], "The export failed again.").await;
+    assert_eq!(queued(&app, "admin@acme.test").await.len(), 1, "switched off: not queued");
+    assert_eq!(queued(&app, "member1@acme.test").await.len(), 2);
+    println!("scheduled slots: 0 mails for a clean slot; 1 per active org admin for a failure; 1 digest per slot");
+}
+
+/// A completed manual export mails the admin who started it and no other admin,
+/// only while they are still an active admin of the org (not once demoted to
+/// member, nor once their membership lapsed); one started from the command line
+/// mails nobody; a failed manual export mails every active admin.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_completed_manual_export_mails_only_its_starter_while_still_an_admin() {
+    let app = TestApp::spawn_with(Options { members: 20, workers: false, ..Default::default() }).await;
+    set_membership(&app, "member1@acme.test", "acme", "admin", "active").await;
+
+    let id = start_manual(&app, "admin@acme.test").await;
+    complete_run(&app, &id).await;
+    let mails = queued(&app, "admin@acme.test").await;
+    assert_eq!(mails.len(), 1, "{mails:?}");
+    let (kind, subject, body) = &mails[0];
+    assert_eq!((kind.as_str(), subject.as_str()), ("export_completed_mine", "Export of Acme Association completed"));
+    assert!(body.starts_with(&format!("The export {id} of Acme Association")), "{body}");
+    assert!(body.contains("77 rows") && body.contains("because you started this export"), "{body}");
+    assert!(!body.contains("X-Amz") && !body.contains("/download"), "never a download URL: {body}");
+    assert_eq!(export_mails(&app).await, 1, "no other admin, no member gets it");
+
+    // Demoted to member, or lapsed, before the export completes: no mail.
+    for (role, status) in [("member", "active"), ("admin", "lapsed"), ("admin", "suspended")] {
+        let id = start_manual(&app, "admin@acme.test").await;
+        set_membership(&app, "admin@acme.test", "acme", role, status).await;
+        complete_run(&app, &id).await;
+        set_membership(&app, "admin@acme.test", "acme", "admin", "active").await;
+        assert_eq!(export_mails(&app).await, 1, "{role} {status}: no mail");
+    }
+    // Started from the command line: nobody is waiting for it.
+    let acme = app.org_id("acme").await;
+    let cli = data_export::exports::runs::create_manual_unattributed(app.pool(), acme, 3).await.unwrap();
+    complete_run(&app, &cli.id).await;
+    assert_eq!(export_mails(&app).await, 1, "a run from the command line mails nobody when it completes");
+    // The other admin's own run is theirs.
+    let theirs = start_manual(&app, "member1@acme.test").await;
+    complete_run(&app, &theirs).await;
+    assert_eq!(queued(&app, "member1@acme.test").await.len(), 1);
+    assert_eq!(queued(&app, "admin@acme.test").await.len(), 1);
+    // A failed manual run: every active admin.
+    let failed = start_manual(&app, "admin@acme.test").await;
+    fail_run(&app, &failed, "The export failed: a manual one.").await;
+    for admin in ["admin@acme.test", "member1@acme.test"] {
+        let mails = queued(&app, admin).await;
+        assert_eq!(mails.last().unwrap().0, "export_failed", "{admin}: {mails:?}");
+    }
+    assert!(queued(&app, "member@acme.test").await.is_empty());
+    assert_eq!(export_mails(&app).await, 4);
+}
+
+/// Completed scheduled exports are mailed only to the org's admins who switched
+/// them on: not to other admins, not to a member who ticked them (only admins may
+/// get them), and no more once switched off again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn completed_scheduled_exports_are_mailed_to_the_admins_who_switch_them_on() {
+    let app = TestApp::spawn_with(Options { members: 20, workers: false, ..Default::default() }).await;
+    let on = [("export_failed", "on"), ("export_completed_mine", "on"), ("export_completed_scheduled", "on")];
+    for email in ["admin@acme.test", "member@acme.test"] {
+        let s = app.login(email).await;
+        assert_eq!(s.post_form(ME_NOTIFICATIONS, &on).await.status(), 303);
+    }
+    let (_, runs) = fire(&app, 3).await;
+    for id in runs.values() {
+        complete_run(&app, id).await;
+    }
+    let mails = queued(&app, "admin@acme.test").await;
+    assert_eq!(mails.len(), 1, "{mails:?}");
+    let (kind, subject, body) = &mails[0];
+    assert_eq!(
+        (kind.as_str(), subject.as_str()),
+        ("export_completed_scheduled", "Export of Acme Association completed")
     );
+    assert!(body.starts_with("The scheduled export") && body.contains(&runs["acme"]), "{body}");
+    assert!(body.contains("who asked for completed scheduled exports"), "{body}");
+    assert!(queued(&app, "admin@globex.test").await.is_empty(), "globex's admin did not switch it on");
+    assert!(queued(&app, "member@acme.test").await.is_empty(), "a member gets none, whatever they ticked");
+
+    // Switched off again: the next slot mails nobody.
+    let s = app.login("admin@acme.test").await;
+    assert_eq!(s.post_form(ME_NOTIFICATIONS, &on[..2]).await.status(), 303);
+    let (_, runs) = fire(&app, 15).await;
+    for id in runs.values() {
+        complete_run(&app, id).await;
+    }
+    assert_eq!(export_mails(&app).await, 1);
+}
+
+/// The migration that split the kinds: a person who had switched "Exports" off
+/// is off for failed exports and for their own completed exports, and (as
+/// everyone) for completed scheduled exports; their other choices and other
+/// people's stay as they were; mails queued before keep their kind; 'export' can
+/// no longer be chosen.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_earlier_exports_opt_out_carries_over_to_both_new_kinds() {
+    const SPLIT: i64 = 20261207000020;
+    let server = server_url();
+    let admin = data_export::db::connect(data_export::db::parse_url(&server).unwrap(), 2).await.unwrap();
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs();
+    let name = format!("dxtest_{now}_{}", ulid::Ulid::generate().to_string().to_lowercase());
+    sqlx::query(sqlx::AssertSqlSafe(format!("create database {name}"))).execute(&admin).await.unwrap();
+    let pool = data_export::db::connect(data_export::db::parse_url(&server).unwrap().database(&name), 2).await.unwrap();
+    let migrations: Vec<_> = data_export::db::MIGRATOR.iter().collect();
+    assert!(migrations.iter().any(|m| m.version == SPLIT));
+    for m in migrations.iter().filter(|m| m.version < SPLIT) {
+        sqlx::raw_sql(m.sql.clone()).execute(&pool).await.unwrap();
+    }
+    // Before: quiet@ switched exports and webhooks off, busy@ only the slot mail,
+    // and a mail about an export is still queued for quiet@.
+    sqlx::raw_sql(
+        "insert into users (email, display_name, password_hash) values
+             ('quiet@example.test', 'Quiet', '!'), ('busy@example.test', 'Busy', '!');
+         insert into mail_opt_outs (user_id, kind, created_at)
+         select u.id, k, '2026-12-01T00:00:00Z' from users u,
+                (values ('quiet@example.test', 'export'), ('quiet@example.test', 'webhook'),
+                        ('busy@example.test', 'schedule')) v(e, k)
+         where u.email = v.e;
+         insert into mail_messages (id, user_id, kind, recipient, subject, body)
+         select '01JAAAAAAAAAAAAAAAAAAAAAAA', id, 'export', email, 'Export of Acme completed', 'Old.' from users
+         where email = 'quiet@example.test'",
+    )
+    .execute(&pool)
+    .await
+    .unwrap();
+    for m in migrations.iter().filter(|m| m.version >= SPLIT) {
+        sqlx::raw_sql(m.sql.clone()).execute(&pool).await.unwrap();
+    }
+    let outs: Vec<(String, String, chrono::DateTime<chrono::Utc>)> = sqlx::query_as(
+        "select u.email, o.kind, o.created_at from mail_opt_outs o join users u on u.id = o.user_id order by 1, 2",
+    )
+    .fetch_all(&pool)
+    .await
+    .unwrap();
+    let old: chrono::DateTime<chrono::Utc> = "2026-12-01T00:00:00Z".parse().unwrap();
+    let expected: Vec<(String, String, chrono::DateTime<chrono::Utc>)> = [
+        ("busy@example.test", "schedule"),
+        ("quiet@example.test", "export_completed_mine"),
+        ("quiet@example.test", "export_failed"),
+        ("quiet@example.test", "webhook"),
+    ]
+    .into_iter()
+    .map(|(e, k)| (e.to_string(), k.to_string(), old))
+    .collect();
+    assert_eq!(outs, expected, "the old opt-out became both, with its time; nothing else changed");
+    let ins: i64 = sqlx::query_scalar("select count(*) from mail_opt_ins").fetch_one(&pool).await.unwrap();
+    assert_eq!(ins, 0, "nobody is switched on to completed scheduled exports");
+
+    let id = |email: &'static str| {
+        let pool = pool.clone();
+        async move {
+            sqlx::query_scalar::<_, i64>("select id from users where email = $1")
+                .bind(email)
+                .fetch_one(&pool)
+                .await
+                .unwrap()
+        }
+    };
+    let (quiet, busy) = (id("quiet@example.test").await, id("busy@example.test").await);
+    assert_eq!(mail::wanted(&pool, quiet).await.unwrap(), [Kind::ScheduleFailures, Kind::PrivacyRequest]);
+    assert_eq!(
+        mail::wanted(&pool, busy).await.unwrap(),
+        [Kind::ExportFailed, Kind::ExportCompletedMine, Kind::WebhookFailing, Kind::PrivacyRequest]
+    );
+    let mut tx = pool.begin().await.unwrap();
+    for kind in [Kind::ExportFailed, Kind::ExportCompletedMine, Kind::ExportCompletedScheduled] {
+        let message = mail::Message { kind, subject: "s".into(), text: "t".into() };
+        assert!(!mail::enqueue(&mut tx, quiet, &message).await.unwrap(), "{kind:?} is off for quiet@");
+    }
+    tx.rollback().await.unwrap();
+    let legacy: String = sqlx::query_scalar("select kind from mail_messages").fetch_one(&pool).await.unwrap();
+    assert_eq!(legacy, "export", "a mail queued before keeps its kind");
+    let refused = sqlx::query("insert into mail_opt_outs (user_id, kind) values ($1, 'export')")
+        .bind(busy)
+        .execute(&pool)
+        .await
+        .unwrap_err();
+    assert!(data_export::db::is_violation_of(&refused, "mail_opt_outs_kind"), "{refused}");
+    let refused = sqlx::query("insert into mail_opt_ins (user_id, kind) values ($1, 'export_failed')")
+        .bind(busy)
+        .execute(&pool)
+        .await
+        .unwrap_err();
+    assert!(data_export::db::is_violation_of(&refused, "mail_opt_ins_kind"), "on by default: no opt-in");
+    pool.close().await;
+    let _ = sqlx::query(sqlx::AssertSqlSafe(format!("drop database {name}"))).execute(&admin).await;
 }
 
 /// Telling people is never a reason to lose a run's end: when the notifications

@@ -433,8 +433,9 @@ async fn api_for(app: &TestApp, email: &str) -> Api {
 
 /// The demo's round, as the README tells it: with the history open, `schedule-now`
 /// fires a slot; the scheduled export appears in the open history (its poll stops
-/// answering 204), the org's admin finds the mail in the outbox, and the receiver
-/// gets the signed `export.completed`.
+/// answering 204), the org's admin, who switched completed scheduled exports on,
+/// finds the mail in the outbox (globex's admin, who did not, gets none), and the
+/// receiver gets the signed `export.completed`.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_slot_fired_now_shows_in_the_open_history_is_mailed_and_reaches_the_receiver() {
     let app = app_with(fast_private).await;
@@ -443,6 +444,8 @@ async fn a_slot_fired_now_shows_in_the_open_history_is_mailed_and_reaches_the_re
     let (_, secret) = add_endpoint(&api, &receiver.url()).await;
     receiver.set_secrets(&[&secret]);
     let s = app.login("admin@acme.test").await;
+    let on = [("export_failed", "on"), ("export_completed_mine", "on"), ("export_completed_scheduled", "on")];
+    assert_eq!(s.post_form(data_export::routes::ME_NOTIFICATIONS, &on).await.status(), 303);
     let page = s.get("/orgs/acme/settings/backups").await.text().await.unwrap();
     let v = page.split("data-version=\"").nth(1).unwrap().split('"').next().unwrap().to_string();
     let poll = format!("/orgs/acme/exports/history?since={v}");
@@ -481,6 +484,20 @@ async fn a_slot_fired_now_shows_in_the_open_history_is_mailed_and_reaches_the_re
         tokio::time::sleep(Duration::from_millis(200)).await;
     };
     assert!(mail.contains("/orgs/acme/settings/backups"), "{mail}");
+    let globex_run: String = sqlx::query_scalar(
+        "select r.id from export_runs r join organizations o on o.id = r.org_id where o.slug = 'globex'",
+    )
+    .fetch_one(app.pool())
+    .await
+    .unwrap();
+    app.wait_for_status(&globex_run, "completed", Duration::from_secs(60)).await;
+    let globex: i64 = sqlx::query_scalar(
+        "select count(*) from mail_messages m join users u on u.id = m.user_id where u.email = 'admin@globex.test'",
+    )
+    .fetch_one(app.pool())
+    .await
+    .unwrap();
+    assert_eq!(globex, 0, "completed scheduled exports are off by default");
     // Run again at once: a second slot, the first's runs already done, is fine; with
     // the backup configuration unverified it is refused with the reason.
     sqlx::query("update backup_configuration set verified_at = null").execute(app.pool()).await.unwrap();
@@ -517,7 +534,7 @@ async fn housekeeping_queues_a_delivery_or_mail_whose_job_was_lost() {
     let mail = ulid::Ulid::generate().to_string();
     sqlx::query(
         "insert into mail_messages (id, user_id, kind, recipient, subject, body, next_attempt_at)
-         select $1, id, 'export', email, 'A lost mail', 'It was lost.', now() - interval '1 hour' from users
+         select $1, id, 'export_failed', email, 'A lost mail', 'It was lost.', now() - interval '1 hour' from users
          where email = 'admin@acme.test'",
     )
     .bind(&mail)
