@@ -1,6 +1,10 @@
 -- Platform health (issue 30): every org's backup state at a glance, stuck runs
 -- found, each org's bucket checked on its own, and who was told of what.
 
+-- A busy table's lock is waited for at most 10 s; then the migration fails with
+-- nothing changed and is tried again at the next start.
+set local lock_timeout = '10s';
+
 -- Each org's bucket, as its last check found it. `unverified` until a check ran
 -- (a new org); `failing` refuses that org's exports, and only that org's.
 alter table organizations
@@ -13,6 +17,12 @@ alter table organizations
 -- rows_written changes): a run whose progress has not moved for STUCK_RUN_SECS is
 -- failed by housekeeping.
 alter table export_runs add column progress_at timestamptz;
+-- A run already running at the upgrade is judged from now, not from a progress
+-- time it never recorded.
+update export_runs set progress_at = now() where status = 'running';
+
+-- Who cancelled a run (an org admin): a cancelled run is no backup failure.
+alter table export_runs add column cancelled_by bigint references users (id) on delete set null;
 
 -- Each org's backup record, kept by the trigger below from the runs' ends, so that
 -- the org list reads one row per org instead of every org's history.
@@ -37,7 +47,7 @@ begin
         on conflict (org_id) do update
             set last_success_at = excluded.last_success_at, last_size_bytes = excluded.last_size_bytes,
                 consecutive_failures = 0;
-    elsif new.status = 'failed' then
+    elsif new.status = 'failed' and new.cancelled_by is null then
         insert into org_backup_status as s (org_id, last_failure_at, last_failure_reason, consecutive_failures)
         values (new.org_id, coalesce(new.finished_at, now()), new.error, 1)
         on conflict (org_id) do update
@@ -48,13 +58,11 @@ begin
 end $$;
 
 -- Only a run that ends (from pending or running) counts; deleting or pruning a
--- completed run's file changes nothing here.
+-- completed run's file changes nothing here, nor does a cancelled run. (An
+-- ordinary trigger: on a logical replica the row it writes arrives replicated.)
 create trigger export_runs_backup_status after update of status on export_runs
     for each row when (old.status in ('pending', 'running') and new.status in ('completed', 'failed'))
     execute function org_backup_status_record();
--- A logical replica or a bulk load with session_replication_role = replica must
--- still keep the record.
-alter table export_runs enable always trigger export_runs_backup_status;
 
 -- What is there already: the newest completed run, and the failures after it.
 insert into org_backup_status (org_id, last_success_at, last_size_bytes, last_failure_at, last_failure_reason,

@@ -28,6 +28,11 @@ pub struct S3Settings {
     pub force_path_style: bool,
     /// The endpoint presigned URLs are made for (what a browser can reach); defaults to `endpoint`.
     pub public_endpoint: Option<String>,
+    /// `S3_EXPECTED_BUCKET_OWNER`: the account id that must own every bucket the
+    /// product uses. Sent as `x-amz-expected-bucket-owner` on each bucket and object
+    /// call where the endpoint supports it (AWS does), so that a bucket of the same
+    /// name in another account is refused (403) even when it lets anyone in.
+    pub expected_bucket_owner: Option<String>,
 }
 
 impl std::fmt::Debug for S3Settings {
@@ -39,6 +44,7 @@ impl std::fmt::Debug for S3Settings {
             .field("access_key_id", &self.access_key_id)
             .field("force_path_style", &self.force_path_style)
             .field("public_endpoint", &self.public_endpoint)
+            .field("expected_bucket_owner", &self.expected_bucket_owner)
             .finish_non_exhaustive()
     }
 }
@@ -131,6 +137,11 @@ fn parse_bucket_prefix(v: Option<String>) -> anyhow::Result<String> {
         bail!(
             "BUCKET_PREFIX must be 1 to 23 of a-z, 0-9 and '-', starting with a letter or digit (got {raw:?}), so that \
              prefix + slug is a valid bucket name"
+        );
+    }
+    if ["xn--", "sthree-", "amzn-s3-demo-"].iter().any(|r| p.starts_with(r)) {
+        bail!(
+            "BUCKET_PREFIX must not start with xn--, sthree- or amzn-s3-demo- (S3 refuses such bucket names; got {raw:?})"
         );
     }
     Ok(p.to_string())
@@ -460,6 +471,15 @@ impl Config {
                     secret_access_key: need("S3_SECRET_ACCESS_KEY")?,
                     force_path_style: parse_bool("S3_FORCE_PATH_STYLE", non_empty("S3_FORCE_PATH_STYLE"), false)?,
                     public_endpoint: non_empty("S3_PUBLIC_ENDPOINT"),
+                    expected_bucket_owner: match non_empty("S3_EXPECTED_BUCKET_OWNER") {
+                        Some(o) if o.trim().len() <= 64 && o.trim().bytes().all(|b| b.is_ascii_alphanumeric()) => {
+                            Some(o.trim().to_string())
+                        }
+                        Some(o) => {
+                            bail!("S3_EXPECTED_BUCKET_OWNER must be an account id, letters and digits (got {o:?})")
+                        }
+                        None => None,
+                    },
                 })
             }
         };
@@ -488,6 +508,14 @@ impl Config {
             );
         }
         let database_pool_size = parse_num("DATABASE_POOL_SIZE", non_empty("DATABASE_POOL_SIZE"), 20, 2..=1000)?;
+        let bucket_prefix = parse_bucket_prefix(non_empty("BUCKET_PREFIX"))?;
+        let privacy_bucket = non_empty("PRIVACY_BUCKET").unwrap_or_else(|| "data-export-privacy".into());
+        if privacy_bucket.starts_with(&bucket_prefix) {
+            bail!(
+                "PRIVACY_BUCKET ({privacy_bucket:?}) must not start with BUCKET_PREFIX ({bucket_prefix:?}): an org's \
+                 bucket could then be the platform's"
+            );
+        }
         Ok(Self {
             database_url,
             database_pool_size,
@@ -508,7 +536,7 @@ impl Config {
                 DEFAULT_EXPORT_GZIP_LEVEL,
                 1..=9,
             )?,
-            privacy_bucket: non_empty("PRIVACY_BUCKET").unwrap_or_else(|| "data-export-privacy".into()),
+            privacy_bucket,
             import_max_bytes: parse_bytes("IMPORT_MAX_BYTES", non_empty("IMPORT_MAX_BYTES"), DEFAULT_IMPORT_MAX_BYTES)?,
             verify_timeout_secs: parse_num("VERIFY_TIMEOUT_SECS", non_empty("VERIFY_TIMEOUT_SECS"), 1800, 1..=86_400)?,
             trusted_proxies: parse_cidrs("TRUSTED_PROXIES", non_empty("TRUSTED_PROXIES"))?,
@@ -522,7 +550,7 @@ impl Config {
             webhooks: WebhookSettings::from_lookup(non_empty)?,
             mail: MailSettings::from_lookup(non_empty)?,
             stuck_run_secs: parse_num("STUCK_RUN_SECS", non_empty("STUCK_RUN_SECS"), 900, 60..=86_400)?,
-            bucket_prefix: parse_bucket_prefix(non_empty("BUCKET_PREFIX"))?,
+            bucket_prefix,
             manual_exports_per_day: parse_num(
                 "MANUAL_EXPORTS_PER_DAY",
                 non_empty("MANUAL_EXPORTS_PER_DAY"),

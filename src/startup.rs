@@ -187,8 +187,9 @@ pub async fn housekeeping(state: AppState, stop: CancellationToken) {
 /// How often the health loop runs.
 pub const HEALTH_TICK: Duration = Duration::from_secs(60);
 
-/// Every minute: fails stuck exports (`exports::stuck`), records orgs whose backup
-/// state went wrong and mails platform admins about them (`platform::notices`).
+/// Every minute: fails stuck exports (`exports::stuck`), checks failing org buckets
+/// again (`platform::buckets`), records orgs whose backup state went wrong and
+/// mails platform admins about them (`platform::notices`).
 pub async fn health_loop(state: AppState, stop: CancellationToken) {
     loop {
         tokio::select! {
@@ -203,6 +204,9 @@ pub async fn health_loop(state: AppState, stop: CancellationToken) {
 pub async fn health_tick(state: &AppState) {
     if let Err(e) = crate::exports::stuck::fail_stuck(state).await {
         tracing::warn!(error = format!("{e:#}"), "could not fail the stuck exports");
+    }
+    if let Err(e) = platform::buckets::recheck_failing(state, 50).await {
+        tracing::warn!(error = format!("{e:#}"), "could not check the failing org buckets again");
     }
     if let Err(e) = platform::notices::record(state).await {
         tracing::warn!(error = format!("{e:#}"), "could not record the orgs' backup states");

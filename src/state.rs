@@ -36,6 +36,9 @@ pub struct App {
     /// and their org (`auth::session_cache`). It keeps nothing until its listener
     /// runs (`startup` starts it with the web listener).
     pub session_cache: NotifiedCache,
+    /// The last `/metrics` text and when it was read: scrapes within
+    /// `platform::metrics::FRESH` of it get it again rather than new queries.
+    pub metrics_cache: std::sync::Mutex<Option<(std::time::Instant, String)>>,
 }
 
 impl App {
@@ -50,6 +53,7 @@ impl App {
             )),
             verifying_orgs: Arc::default(),
             session_cache: NotifiedCache::default(),
+            metrics_cache: std::sync::Mutex::new(None),
         }
     }
 

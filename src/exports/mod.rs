@@ -209,21 +209,16 @@ pub async fn verify_run(
 }
 
 /// Cancels the org's pending or running run in the admin's name (see
-/// [`runs::cancel`]); an upload it left open is aborted in the background (its job,
-/// when it is alive, also stops and aborts it within a second).
+/// [`runs::cancel`]); an upload it left open is aborted, and an object a dying
+/// attempt may have published is removed, in the background (its job, when it is
+/// alive, also stops within a second and aborts its upload).
 pub async fn cancel(state: &AppState, ctx: &OrgCtx, id: &RecordId) -> Result<runs::Run, AppError> {
     let run = runs::cancel(&state.pool, &state.config.public_url, ctx.org.id, id, &ctx.user)
         .await?
         .ok_or(AppError::NotFound)?;
-    if let Some(upload_id) = run.upload_id.clone() {
-        let storage = state.storage.clone();
-        let open = crate::storage::Multipart {
-            bucket: ctx.org.bucket.clone(),
-            key: runs::object_key(&run.id, run.created_at),
-            upload_id,
-        };
-        tokio::spawn(async move { storage.abort_multipart(&open).await });
-    }
+    let (state2, bucket, id2, created, upload) =
+        (state.clone(), ctx.org.bucket.clone(), run.id.clone(), run.created_at, run.upload_id.clone());
+    tokio::spawn(async move { stuck::remove_files(&state2, &bucket, &id2, created, upload).await });
     Ok(run)
 }
 

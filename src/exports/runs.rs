@@ -77,6 +77,9 @@ pub struct Run {
     /// When the object was last re-read by the Verify action, and why it failed.
     pub verified_at: Option<DateTime<Utc>>,
     pub verify_error: Option<String>,
+    /// Who cancelled it (an org admin), when it was cancelled.
+    #[serde(skip)]
+    pub cancelled_by: Option<i64>,
 }
 
 impl Run {
@@ -139,7 +142,7 @@ impl Run {
 
 const SELECT: &str = "select r.id, r.org_id, r.status, r.trigger, r.triggered_by, u.email as triggered_by_email,
     r.created_at, r.started_at, r.finished_at, r.snapshot_at, r.object_key, r.upload_id, r.size_bytes, r.sha256, r.counts,
-    r.rows_total, r.rows_written, r.error, r.error_detail, r.verified_at, r.verify_error
+    r.rows_total, r.rows_written, r.error, r.error_detail, r.verified_at, r.verify_error, r.cancelled_by
     from export_runs r left join users u on u.id = r.triggered_by";
 
 /// The object key for a run: `exports/{YYYY}/{MM}/{run-id}.json.gz`.
@@ -583,6 +586,11 @@ async fn announce(
     let event = if completed { crate::webhooks::EXPORT_COMPLETED } else { crate::webhooks::EXPORT_FAILED };
     crate::webhooks::enqueue(tx, org_id, event, &data, None).await?;
 
+    // A cancelled run is no failure to tell people of: the admin who cancelled it
+    // saw it end, and the history says who did (webhooks still get the event).
+    if run.cancelled_by.is_some() {
+        return Ok(());
+    }
     let message = export_mail(public_url, &run, slug, name);
     let mut to = crate::mail::org_admins(tx, org_id).await?;
     if message.kind == crate::mail::Kind::ExportCompletedMine {
@@ -767,13 +775,18 @@ async fn end_failed(
     let (reason, detail) = failure.bounded();
     let mut tx = pool.begin().await?;
     let done: Option<(i64,)> = sqlx::query_as(
-        "update export_runs set status = 'failed', finished_at = now(), error = $2, error_detail = $4
+        "update export_runs set status = 'failed', finished_at = now(), error = $2, error_detail = $4,
+                cancelled_by = $5
          where id = $1 and status in ('pending', 'running') and ($3::int is null or attempts = $3) returning org_id",
     )
     .bind(id)
     .bind(&reason)
     .bind(attempt)
     .bind(&detail)
+    .bind(match ending {
+        Ending::Cancelled { by } => Some(by),
+        Ending::Failed => None,
+    })
     .fetch_optional(&mut *tx)
     .await?;
     let Some((org_id,)) = done else { return Ok(None) };
@@ -826,6 +839,9 @@ pub async fn cancel(
 pub struct Stuck {
     pub id: String,
     pub org_id: i64,
+    /// The attempt that held it when it was found: it is failed only if that one
+    /// still does (an attempt that took it over meanwhile is left alone).
+    pub attempts: i32,
     pub upload_id: Option<String>,
     pub object_key: Option<String>,
     pub created_at: DateTime<Utc>,
@@ -856,7 +872,7 @@ pub async fn stuck(pool: &PgPool, stuck_secs: u64) -> sqlx::Result<Vec<Stuck>> {
     let why = crate::health::STUCK_WHY;
     sqlx::query_as(sqlx::AssertSqlSafe(format!(
         "select * from (
-           select r.id, r.org_id, r.upload_id, r.object_key, r.created_at, {why} as why
+           select r.id, r.org_id, r.attempts, r.upload_id, r.object_key, r.created_at, {why} as why
            from export_runs r left join apalis.jobs j on j.id = r.id
            where r.status in ('pending', 'running')) s
          where s.why is not null"

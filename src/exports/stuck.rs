@@ -16,17 +16,37 @@ pub async fn fail_stuck(state: &AppState) -> anyhow::Result<Vec<String>> {
     for run in runs::stuck(&state.pool, secs).await? {
         let reason = run.reason(secs);
         let failure = Failure { detail: format!("{reason} (housekeeping: {})", run.why), reason };
-        if !runs::fail_persistently(&state.pool, &state.config.public_url, &run.id, None, &failure).await? {
+        // Only while the attempt found still holds it: one that a worker took over
+        // since (apalis re-queued the job) is alive.
+        let held = Some(run.attempts);
+        if !runs::fail_persistently(&state.pool, &state.config.public_url, &run.id, held, &failure).await? {
             continue;
         }
         tracing::warn!(export_id = run.id, org_id = run.org_id, why = run.why, "a stuck export was failed");
-        if let Some(upload_id) = run.upload_id.clone()
-            && let Some(org) = crate::orgs::find_by_id(&state.pool, run.org_id).await?
-        {
-            let open = Multipart { bucket: org.bucket, key: runs::object_key(&run.id, run.created_at), upload_id };
-            state.storage.abort_multipart(&open).await;
+        if let Some(org) = crate::orgs::find_by_id(&state.pool, run.org_id).await? {
+            remove_files(state, &org.bucket, &run.id, run.created_at, run.upload_id.clone()).await;
         }
         failed.push(run.id);
     }
     Ok(failed)
+}
+
+/// Removes what a run that was failed from outside its job (stuck, or cancelled)
+/// may have left at its key: an open upload, and an object that a dying attempt
+/// published without recording it. A failed run never keeps a file.
+pub async fn remove_files(
+    state: &AppState,
+    bucket: &str,
+    id: &str,
+    created_at: chrono::DateTime<chrono::Utc>,
+    upload_id: Option<String>,
+) {
+    let key = runs::object_key(id, created_at);
+    if let Some(upload_id) = upload_id {
+        let open = Multipart { bucket: bucket.to_string(), key: key.clone(), upload_id };
+        state.storage.abort_multipart(&open).await;
+    }
+    if let Err(e) = state.storage.delete(bucket, &key).await {
+        tracing::warn!(export_id = id, error = format!("{e:#}"), "could not remove a failed run's object");
+    }
 }

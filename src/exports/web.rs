@@ -65,7 +65,7 @@ fn notice_text(code: Option<&str>) -> Option<(bool, &'static str)> {
         "cancelled" => Some((true, "The export was cancelled.")),
         "bucket_failing" => Some((
             false,
-            "This organization's storage bucket failed its last check, so its exports are paused. A platform admin must verify storage again.",
+            "This organization's exports are paused: its storage bucket failed its last check. It is checked again every 10 minutes; a platform admin can see why.",
         )),
         "quota" => Some((
             false,
@@ -309,7 +309,7 @@ pub async fn stop_dead_polls(req: axum::extract::Request, next: axum::middleware
     let why = if status.as_u16() == 403 {
         "You can no longer manage this organization's exports, so this list stopped updating. Reload the page to see where you stand."
     } else {
-        "This organization's exports are no longer there for you (Data Export was switched off, or you left the organization), so this list stopped updating. Reload the page."
+        "This organization's exports are no longer there for you (you left the organization, or the export was removed), so this list stopped updating. Reload the page."
     };
     let body = if whole {
         maud::html! { div #history role="alert" data-stopped=(status.as_u16()) { (crate::views::layout::flash(false, why)) } }

@@ -29,7 +29,8 @@ pub enum Kind {
     ExportCompletedScheduled,
     /// A webhook endpoint is failing (to the org's admins).
     WebhookFailing,
-    /// A scheduled slot had failures (to platform admins).
+    /// Platform backup problems (to platform admins): a scheduled slot had
+    /// failures, or orgs became failing, stuck or overdue (`platform::notices`).
     ScheduleFailures,
     /// The person's data-subject request completed or failed: the answer to their
     /// own request, so it cannot be switched off.

@@ -113,10 +113,18 @@ pub async fn bucket_refusal(pool: &PgPool, org_id: i64) -> sqlx::Result<Option<S
             .bind(org_id)
             .fetch_optional(pool)
             .await?;
-    Ok(row.filter(|(state, _)| state == "failing").map(|_| {
-        "This organization's storage bucket failed its last check, so its exports are paused. A platform admin \
-         can see why on the organization list and must verify storage again."
-            .to_string()
+    Ok(row.filter(|(state, _)| state == "failing").map(|(_, error)| {
+        // The reason in plain words; the error itself (which may name the endpoint)
+        // is for platform admins, on the organization list.
+        let why = if error.as_deref().is_some_and(|e| e.contains("belongs to another account")) {
+            "its bucket's name is taken by another storage account"
+        } else {
+            "its bucket could not be written to and read back"
+        };
+        format!(
+            "This organization's exports are paused: at its last check, {why}. It is checked again every 10 minutes; \
+             a platform admin can see the details on the organization list."
+        )
     }))
 }
 
@@ -138,7 +146,19 @@ pub async fn provision(pool: &PgPool, storage: &Storage, slug: &OrgSlug, name: &
     .bind(&bucket)
     .fetch_one(pool)
     .await?;
-    storage.ensure_bucket(&org.bucket).await?;
+    if let Err(e) = storage.ensure_bucket(&org.bucket).await {
+        // The org exists, but its exports stay refused until its bucket is fixed
+        // and checked again (never written to a bucket that is not ours).
+        let error: String = format!("{e:#}").chars().take(2000).collect();
+        sqlx::query(
+            "update organizations set bucket_state = 'failing', bucket_error = $2, bucket_checked_at = now() where id = $1",
+        )
+        .bind(org.id)
+        .bind(&error)
+        .execute(pool)
+        .await?;
+        return Err(e);
+    }
     Ok(org)
 }
 

@@ -50,9 +50,10 @@ fn describe(kind: Kind) -> (&'static str, &'static str) {
              once, until it succeeds again.",
         ),
         Kind::ScheduleFailures => (
-            "Failed scheduled slots (platform admins)",
+            "Platform backup problems (platform admins)",
             "When every export of a scheduled slot has ended and any failed: one mail per slot, listing the \
-             organizations.",
+             organizations. And when organizations become failing, stuck or overdue: one mail per change of each, \
+             at most one mail every 15 minutes.",
         ),
         Kind::PrivacyRequest => (
             "My data requests",

@@ -114,9 +114,16 @@ pub async fn check_all(state: &AppState, since: DateTime<Utc>) -> anyhow::Result
     .bind(since)
     .fetch_all(&state.pool)
     .await?;
+    check(state, orgs).await
+}
+
+/// Probes each of `orgs` (id, bucket), `BUCKET_CHECK_CONCURRENCY` at a time, and
+/// records each outcome; stops with an error, marking nobody, when the platform's
+/// own bucket fails too.
+async fn check(state: &AppState, orgs: Vec<(i64, String)>) -> anyhow::Result<(usize, usize)> {
     let concurrency = state.config.bucket_check_concurrency;
     let mut outcomes = futures::stream::iter(orgs)
-        .map(|(id, bucket)| async move { (id, state.storage.probe_bucket(&bucket).await) })
+        .map(|(id, bucket)| async move { (id, probe_twice(state, &bucket).await) })
         .buffer_unordered(concurrency);
     let (mut checked, mut failed) = (0, 0);
     while let Some((org_id, outcome)) = outcomes.next().await {
@@ -146,6 +153,35 @@ pub async fn check_all(state: &AppState, since: DateTime<Utc>) -> anyhow::Result
     Ok((checked, failed))
 }
 
+/// A probe, and one more 2 s after a failure: a throttled request or a blip must
+/// not pause an org's exports.
+async fn probe_twice(state: &AppState, bucket: &str) -> anyhow::Result<()> {
+    if state.storage.probe_bucket(bucket).await.is_ok() {
+        return Ok(());
+    }
+    tokio::time::sleep(std::time::Duration::from_secs(2)).await;
+    state.storage.probe_bucket(bucket).await
+}
+
+/// Checks again, at most `limit` at a time, the org buckets that failed their last
+/// check more than 10 minutes ago (run by housekeeping), so that a bucket that was
+/// fixed lets its org export again without a platform admin pressing Verify.
+/// Returns (checked, still failing).
+pub async fn recheck_failing(state: &AppState, limit: i64) -> anyhow::Result<(usize, usize)> {
+    let orgs: Vec<(i64, String)> = sqlx::query_as(
+        "select id, bucket from organizations
+         where bucket_state = 'failing' and bucket_checked_at < now() - interval '10 minutes'
+         order by bucket_checked_at limit $1",
+    )
+    .bind(limit)
+    .fetch_all(&state.pool)
+    .await?;
+    if orgs.is_empty() {
+        return Ok((0, 0));
+    }
+    check(state, orgs).await
+}
+
 impl jobs::Job for BucketCheckJob {
     const QUEUE: &'static str = "buckets";
     type Context = ();
@@ -161,13 +197,19 @@ impl jobs::Job for BucketCheckJob {
         else {
             return Ok(());
         };
-        let (checked, failed) = check_all(&state, started_at).await?;
-        sqlx::query("update bucket_verifications set finished_at = now() where id = $1")
+        let (checked, failed, error) = match check_all(&state, started_at).await {
+            Ok((checked, failed)) => (checked, failed, None),
+            // The endpoint itself failed: nobody was marked for it, and the
+            // verification ends saying so (Verify starts a new one).
+            Err(e) => (0, 0, Some(format!("{e:#}").chars().take(2000).collect::<String>())),
+        };
+        sqlx::query("update bucket_verifications set finished_at = now(), error = $2 where id = $1")
             .bind(&self.verification_id)
+            .bind(&error)
             .execute(&state.pool)
             .await?;
         tracing::info!(verification = self.verification_id, checked, failed, "org buckets checked");
-        let details = serde_json::json!({ "verification": self.verification_id, "failed": failed });
+        let details = serde_json::json!({ "verification": self.verification_id, "failed": failed, "error": error });
         crate::audit::write(&state.pool, None, None, "backup.buckets_checked", "backup_configuration", details).await?;
         Ok(())
     }

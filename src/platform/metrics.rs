@@ -1,8 +1,8 @@
 //! `GET /metrics`: the Prometheus text format, for an operator's scraper. Served
 //! only while `METRICS_TOKEN` is set, and only to `Authorization: Bearer` that
 //! token (401 otherwise); unset, the route answers 404 as if it did not exist.
-//! Every figure is read from the database at scrape time, so any process serves
-//! the whole platform's figures.
+//! Every figure is read from the database, so any process serves the whole
+//! platform's figures; one reading is served for up to [`FRESH`].
 
 use std::fmt::Write;
 
@@ -14,6 +14,10 @@ use axum::{
 
 use crate::health::{self, Basis};
 use crate::{settings::backup, state::AppState};
+
+/// How long one reading of the figures is served again: each reading scans the
+/// runs and jobs tables, and a scraper (or several) may ask every few seconds.
+pub const FRESH: std::time::Duration = std::time::Duration::from_secs(10);
 
 /// The upper bounds of the export duration histogram, in seconds.
 const DURATION_BUCKETS: [f64; 9] = [1.0, 5.0, 15.0, 60.0, 300.0, 900.0, 1800.0, 3600.0, 14_400.0];
@@ -36,7 +40,16 @@ pub async fn serve(State(state): State<AppState>, headers: HeaderMap) -> Respons
         r.headers_mut().insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
         return r;
     }
-    match render(&state).await {
+    let cached = state.metrics_cache.lock().ok().and_then(|c| c.clone()).filter(|(at, _)| at.elapsed() < FRESH);
+    let rendered = match cached {
+        Some((_, text)) => Ok(text),
+        None => render(&state).await.inspect(|text| {
+            if let Ok(mut c) = state.metrics_cache.lock() {
+                *c = Some((std::time::Instant::now(), text.clone()));
+            }
+        }),
+    };
+    match rendered {
         Ok(text) => {
             ([(header::CONTENT_TYPE, HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"))], text)
                 .into_response()

@@ -40,13 +40,17 @@ fn reason(org: &OrgHealth) -> String {
 /// since it was last noticed, and forgets the state of orgs that left them (so a
 /// later change is noticed again). Returns the notices recorded.
 pub async fn record(state: &AppState) -> anyhow::Result<usize> {
-    let basis = Basis::now(state).await?;
-    let alarming = health::alarming(&state.pool, basis).await?;
     let mut tx = state.pool.begin().await?;
     sqlx::query("select pg_advisory_xact_lock($1, $2)").bind(LOCK.0).bind(LOCK.1).execute(&mut *tx).await?;
+    // Read under the lock (on another connection, which sees what an earlier holder
+    // committed), so two processes never compare against a stale list.
+    let basis = Basis::now(state).await?;
+    let alarming = health::alarming(&state.pool, basis).await?;
     let ids: Vec<i64> = alarming.iter().map(|o| o.id).collect();
     sqlx::query(
-        "update org_backup_status set notified_state = null where notified_state is not null and org_id <> all($1)",
+        "update org_backup_status s set notified_state = null
+         where s.notified_state is not null
+           and not exists (select 1 from unnest($1::bigint[]) a(id) where a.id = s.org_id)",
     )
     .bind(&ids)
     .execute(&mut *tx)

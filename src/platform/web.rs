@@ -268,7 +268,9 @@ fn view(
                         None => { p.text-sm { "Not checked yet: press Verify." } }
                         Some(v) => {
                             p.text-sm #bucket-progress data-checked=(v.checked) data-total=(v.total) {
-                                @if v.finished_at.is_some() {
+                                @if let Some(e) = v.error.as_deref().filter(|_| v.finished_at.is_some()) {
+                                    "The check begun " (when(v.started_at, settings)) " stopped: " span.text-red-800 { (e) } ". No org was marked for it; press Verify again."
+                                } @else if v.finished_at.is_some() {
                                     "Last check " (when(v.started_at, settings)) ": " (v.checked) " of " (v.total) " checked, " (v.failed) " failing."
                                 } @else {
                                     "Checking since " (when(v.started_at, settings)) ": " (v.checked) " of " (v.total) " checked so far, " (v.failed) " failing. Reload to follow it."

@@ -86,6 +86,7 @@ impl EmbeddedS3 {
                 secret_access_key: secret_key,
                 force_path_style: true,
                 public_endpoint: None,
+                expected_bucket_owner: None,
             },
             stop,
             task: Some(task),

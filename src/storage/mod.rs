@@ -59,6 +59,9 @@ pub struct Storage {
     privacy_bucket: String,
     /// What every org bucket's name starts with (`BUCKET_PREFIX`, default `org-`).
     bucket_prefix: String,
+    /// The account that must own every bucket (`S3_EXPECTED_BUCKET_OWNER`), sent
+    /// with each bucket and object call when set.
+    owner: Option<String>,
 }
 
 impl Storage {
@@ -78,6 +81,7 @@ impl Storage {
             identity,
             privacy_bucket: privacy_bucket.to_string(),
             bucket_prefix: crate::config::DEFAULT_BUCKET_PREFIX.to_string(),
+            owner: settings.expected_bucket_owner.clone(),
         }
     }
 
@@ -112,7 +116,7 @@ impl Storage {
     /// with 403 followed by that) is an error, never success: our files must not go
     /// into someone else's bucket.
     pub async fn ensure_bucket(&self, bucket: &str) -> anyhow::Result<()> {
-        if self.client.head_bucket().bucket(bucket).send().await.is_ok() {
+        if self.client.head_bucket().set_expected_bucket_owner(self.owner.clone()).bucket(bucket).send().await.is_ok() {
             return Ok(());
         }
         match self.client.create_bucket().bucket(bucket).send().await {
@@ -136,7 +140,7 @@ impl Storage {
 
     /// Whether `bucket` exists.
     pub async fn bucket_exists(&self, bucket: &str) -> anyhow::Result<bool> {
-        match self.client.head_bucket().bucket(bucket).send().await {
+        match self.client.head_bucket().set_expected_bucket_owner(self.owner.clone()).bucket(bucket).send().await {
             Ok(_) => Ok(true),
             Err(e) if e.as_service_error().is_some_and(|s| s.is_not_found()) => Ok(false),
             Err(e) => {
@@ -150,6 +154,7 @@ impl Storage {
         let listed = self
             .client
             .list_objects_v2()
+            .set_expected_bucket_owner(self.owner.clone())
             .bucket(bucket)
             .max_keys(max)
             .send()
@@ -181,6 +186,7 @@ impl Storage {
     pub async fn delete_bucket(&self, bucket: &str) -> anyhow::Result<()> {
         self.client
             .delete_bucket()
+            .set_expected_bucket_owner(self.owner.clone())
             .bucket(bucket)
             .send()
             .await
@@ -208,6 +214,7 @@ impl Storage {
     pub async fn delete(&self, bucket: &str, key: &str) -> anyhow::Result<()> {
         self.client
             .delete_object()
+            .set_expected_bucket_owner(self.owner.clone())
             .bucket(bucket)
             .key(key)
             .send()
@@ -234,7 +241,15 @@ impl Storage {
         bucket: &str,
         key: &str,
     ) -> anyhow::Result<Option<impl tokio::io::AsyncBufRead + Send + Unpin + 'static>> {
-        match self.client.get_object().bucket(bucket).key(key).send().await {
+        match self
+            .client
+            .get_object()
+            .set_expected_bucket_owner(self.owner.clone())
+            .bucket(bucket)
+            .key(key)
+            .send()
+            .await
+        {
             Ok(o) => Ok(Some(o.body.into_async_read())),
             Err(e) if e.as_service_error().is_some_and(|s| s.is_no_such_key()) => Ok(None),
             Err(e) => {
@@ -255,6 +270,7 @@ impl Storage {
         let created = self
             .client
             .create_multipart_upload()
+            .set_expected_bucket_owner(self.owner.clone())
             .bucket(bucket)
             .key(key)
             .content_type(content_type)
@@ -276,6 +292,7 @@ impl Storage {
         let out = self
             .client
             .upload_part()
+            .set_expected_bucket_owner(self.owner.clone())
             .bucket(&upload.bucket)
             .key(&upload.key)
             .upload_id(&upload.upload_id)
@@ -295,6 +312,7 @@ impl Storage {
         let completed = self
             .client
             .complete_multipart_upload()
+            .set_expected_bucket_owner(self.owner.clone())
             .bucket(&upload.bucket)
             .key(&upload.key)
             .upload_id(&upload.upload_id)
@@ -315,7 +333,16 @@ impl Storage {
         let Multipart { bucket, key, upload_id } = upload;
         let mut wait = Duration::from_millis(250);
         for attempt in 1..=10 {
-            match self.client.abort_multipart_upload().bucket(bucket).key(key).upload_id(upload_id).send().await {
+            match self
+                .client
+                .abort_multipart_upload()
+                .set_expected_bucket_owner(self.owner.clone())
+                .bucket(bucket)
+                .key(key)
+                .upload_id(upload_id)
+                .send()
+                .await
+            {
                 Ok(_) => return,
                 Err(e) => {
                     let e = e.into_service_error();
@@ -355,8 +382,14 @@ impl Storage {
         to_key: &str,
         replace: Option<(&str, &[(&str, &str)])>,
     ) -> anyhow::Result<()> {
-        let mut request =
-            self.client.copy_object().bucket(to_bucket).key(to_key).copy_source(copy_source(from_bucket, from_key));
+        let mut request = self
+            .client
+            .copy_object()
+            .set_expected_bucket_owner(self.owner.clone())
+            .set_expected_source_bucket_owner(self.owner.clone())
+            .bucket(to_bucket)
+            .key(to_key)
+            .copy_source(copy_source(from_bucket, from_key));
         if let Some((content_type, metadata)) = replace {
             request = request
                 .metadata_directive(MetadataDirective::Replace)
@@ -373,7 +406,15 @@ impl Storage {
 
     /// Whether `bucket/key` exists.
     pub async fn exists(&self, bucket: &str, key: &str) -> anyhow::Result<bool> {
-        match self.client.head_object().bucket(bucket).key(key).send().await {
+        match self
+            .client
+            .head_object()
+            .set_expected_bucket_owner(self.owner.clone())
+            .bucket(bucket)
+            .key(key)
+            .send()
+            .await
+        {
             Ok(_) => Ok(true),
             Err(e) if e.as_service_error().is_some_and(|s| s.is_not_found()) => Ok(false),
             Err(e) => {
@@ -398,6 +439,7 @@ impl Storage {
         let body = format!("data-export storage probe {key}");
         self.client
             .put_object()
+            .set_expected_bucket_owner(self.owner.clone())
             .bucket(bucket)
             .key(&key)
             .body(ByteStream::from(body.clone().into_bytes()))
@@ -408,6 +450,7 @@ impl Storage {
         let got = self
             .client
             .get_object()
+            .set_expected_bucket_owner(self.owner.clone())
             .bucket(bucket)
             .key(&key)
             .send()
