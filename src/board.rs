@@ -24,18 +24,20 @@ use axum::{
     response::{IntoResponse, Response},
     routing::get,
 };
+use tokio_util::sync::CancellationToken;
 use tower_http::set_header::SetResponseHeaderLayer;
 
 use crate::{auth::MaybeUser, routes, state::AppState, telemetry, workers};
 
-/// The board's router: every queue of the registry ([`workers::queues`]).
-pub fn router(state: &AppState) -> Router {
+/// The board's router: every queue of the registry ([`workers::queues`]). Open event
+/// streams end when `stop` is cancelled, so they do not hold up a graceful shutdown.
+pub fn router(state: &AppState, stop: CancellationToken) -> Router {
     let api = workers::queues().iter().fold(ApiBuilder::new(Router::new()), |api, q| (q.board)(api, state)).build();
     let csp = HeaderValue::from_str(&csp()).expect("the CSP is ASCII");
     let board = Router::new()
         // Routed before the board's API; apalis-board-api's own `/events` is not built
         // (its `sse` feature is off), so two routes would fail here at start.
-        .route(routes::BOARD_EVENTS, get(events::stream).with_state(state.clone()))
+        .route(routes::BOARD_EVENTS, get(events::stream).with_state(events::Streams { state: state.clone(), stop }))
         .nest("/api/v1", api)
         .fallback_service(ServeUI::new())
         .layer(middleware::from_fn_with_state(state.clone(), guard))

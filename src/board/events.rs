@@ -1,7 +1,7 @@
 //! The board UI's event stream (`GET /api/v1/events`, behind the board's guard):
 //! each log entry of `telemetry::board_log` as a `message` event of JSON (its Logs
 //! page), a comment line every [`KEEP_ALIVE`], and an end once its session is no
-//! longer a platform admin's.
+//! longer a platform admin's or the process stops.
 //!
 //! Bounds: a client that reads too slowly misses the oldest entries and is told how
 //! many; nothing queues up for it beyond the channel's `board_log::CAPACITY`
@@ -25,6 +25,7 @@ use tokio::{
     sync::broadcast::{Receiver, error::RecvError},
     time::Instant,
 };
+use tokio_util::sync::CancellationToken;
 use tower_sessions::Session;
 
 use crate::{
@@ -41,13 +42,21 @@ pub const KEEP_ALIVE: Duration = Duration::from_secs(5);
 /// a sign-out, an expired session or a removed platform admin ends it within this.
 pub const RECHECK: Duration = Duration::from_secs(10);
 
+/// What the streams need: the state, and the process's stop (a stream never ends on
+/// its own, and an open one would hold a graceful shutdown for its whole grace).
+#[derive(Clone)]
+pub struct Streams {
+    pub state: AppState,
+    pub stop: CancellationToken,
+}
+
 /// The stream (the guard has let only a platform admin's session through).
-pub async fn stream(State(state): State<AppState>, Extension(session): Extension<Session>) -> Response {
+pub async fn stream(State(streams): State<Streams>, Extension(session): Extension<Session>) -> Response {
     let client = Client {
         receiver: board_log::subscribe(),
         dropped: 0,
         session: session.id().map(|id| id.to_string()),
-        state,
+        streams,
         recheck_at: Instant::now() + RECHECK,
     };
     let events = futures::stream::unfold(client, |mut client| async {
@@ -66,13 +75,14 @@ struct Client {
     dropped: u64,
     /// Its session's id (the cookie's value).
     session: Option<String>,
-    state: AppState,
+    streams: Streams,
     recheck_at: Instant,
 }
 
 impl Client {
     /// The next entry, or the notice of those it missed; `None` ends the stream (the
-    /// session is no longer a platform admin's, or the channel closed).
+    /// session is no longer a platform admin's, the process stops, or the channel
+    /// closed).
     async fn next(&mut self) -> Option<Arc<str>> {
         loop {
             tokio::select! {
@@ -85,6 +95,7 @@ impl Client {
                     }
                     Err(RecvError::Closed) => None,
                 },
+                _ = self.streams.stop.cancelled() => return None,
                 _ = tokio::time::sleep_until(self.recheck_at) => {
                     if !self.still_a_platform_admin().await {
                         return None;
@@ -99,7 +110,7 @@ impl Client {
     /// cannot answer, the stream goes on: the next check that gets an answer decides.
     async fn still_a_platform_admin(&self) -> bool {
         let Some(id) = &self.session else { return false };
-        match membership::user(&self.state.pool, Caller::Session(id)).await {
+        match membership::user(&self.streams.state.pool, Caller::Session(id)).await {
             Ok(found) => found.is_some_and(|f| f.user.is_platform_admin),
             Err(e) => {
                 tracing::warn!(error = %e, "the job board's stream could not check its session");

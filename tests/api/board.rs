@@ -171,6 +171,26 @@ async fn the_event_stream_is_a_platform_admins_carries_no_secret_and_outlives_th
     );
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_open_stream_ends_when_the_process_stops() {
+    let app = TestApp::spawn_with(Options { members: 2, workers: false, ..Default::default() }).await;
+    let platform = app.login(PLATFORM).await;
+    let mut stream = platform.client.get(app.board_url(BOARD_EVENTS)).send().await.unwrap();
+    assert_eq!(stream.status(), 200);
+    app.stop.cancel();
+    let stopping = Instant::now();
+    // Ended, not cut when the shutdown's grace runs out.
+    loop {
+        match tokio::time::timeout(Duration::from_secs(5), stream.chunk()).await {
+            Ok(Ok(Some(_))) => {}
+            Ok(Ok(None)) => break,
+            Ok(Err(e)) => panic!("the stream was cut, not ended: {e}"),
+            Err(_) => panic!("the stream held the shutdown for {:?}", stopping.elapsed()),
+        }
+    }
+    println!("event stream: ended {:?} after the stop", stopping.elapsed());
+}
+
 #[test]
 fn the_scrubbed_prefixes_are_the_products_secret_prefixes() {
     assert!(board_log::SECRET_PREFIXES.contains(&data_export::auth::tokens::PREFIX));
