@@ -87,7 +87,6 @@ pub const ALLOWED_FIELDS: &[&str] = &[
     "table",
     "column",
     "channel",
-    "stages",
     // counts and durations
     "attempt",
     "rows",
