@@ -123,8 +123,10 @@ impl Client {
 impl Drop for Client {
     fn drop(&mut self) {
         if self.dropped > 0 {
+            let total = board_log::dropped();
             tracing::info!(
                 dropped = self.dropped,
+                total,
                 "a job board client left; it read too slowly to get every log entry"
             );
         }

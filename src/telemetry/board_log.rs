@@ -24,10 +24,11 @@
 //!   `password=`-like pairs removed) and cut to a bounded length.
 //!
 //! Bounds: the channel holds [`CAPACITY`] entries in all (one ring buffer shared by
-//! every client, each entry at most a few KiB). A client that reads too slowly
-//! misses the oldest entries: its receiver reports how many (`RecvError::Lagged`),
-//! which the stream counts ([`count_dropped`]) and tells the page. With no client
-//! connected an event costs one atomic read.
+//! every client; an entry's text is at most 2,000 characters, with no control
+//! character). A client that reads too slowly misses the oldest entries: its
+//! receiver reports how many (`RecvError::Lagged`), which the stream counts
+//! ([`count_dropped`]) and tells the page. With no client connected an event costs
+//! one atomic read (its spans' allowed fields are still noted).
 
 use std::{
     fmt::Write as _,
@@ -342,11 +343,11 @@ const SECRET_NAMES: &[&str] = &[
 /// signature, a chat webhook's path); a word with `X-Amz-` in it goes; a `dex_`
 /// token or `whsec_` secret loses all but its prefix; a `password=...`-like pair
 /// and the word after `Bearer`, `Basic` or `password:` lose their value. Line
-/// breaks and tabs become spaces.
+/// breaks, tabs and other control characters become spaces.
 pub fn scrub(text: &str) -> String {
     let mut out = String::with_capacity(text.len());
     let mut hide_next = false;
-    for (i, word) in text.split(char::is_whitespace).enumerate() {
+    for (i, word) in text.split(|c: char| c.is_whitespace() || c.is_control()).enumerate() {
         if i > 0 {
             out.push(' ');
         }
@@ -390,13 +391,26 @@ fn scrub_word(word: &str, lower: &str) -> String {
             return format!("{}{prefix}[removed]", &word[..at]);
         }
     }
-    if let Some(at) = word.find(['=', ':']) {
-        let name = lower[..at].trim_matches(|c: char| !c.is_ascii_alphanumeric() && c != '_');
-        if is_secret_name(name) && at + 1 < word.len() {
-            return format!("{}[removed]", &word[..=at]);
+    // Each `name=value` of the word (a query's pairs, a list's items).
+    let mut out = String::with_capacity(word.len());
+    let mut start = 0;
+    for piece in word.split_inclusive(['&', '?', ';', ',']) {
+        let lower_piece = &lower[start..start + piece.len()];
+        start += piece.len();
+        match piece.find(['=', ':']) {
+            Some(at)
+                if is_secret_name(lower_piece[..at].trim_matches(|c: char| !c.is_ascii_alphanumeric() && c != '_')) =>
+            {
+                out.push_str(&piece[..=at]);
+                out.push_str("[removed]");
+                if let Some(end) = piece[at + 1..].chars().last().filter(|c| "&?;,".contains(*c)) {
+                    out.push(end);
+                }
+            }
+            _ => out.push_str(piece),
         }
     }
-    word.to_string()
+    out
 }
 
 #[cfg(test)]
@@ -539,5 +553,7 @@ mod tests {
         assert_eq!(scrub("\"token\":\"abc\""), "\"token\":[removed]");
         assert_eq!(scrub("Authorization: Basic dXNlcjpwdw=="), "Authorization: Basic [removed]");
         assert_eq!(scrub("column=index_name reindex_all"), "column=index_name reindex_all");
+        assert_eq!(scrub("/x?a=1&Signature=abc&b=2,token:xyz"), "/x?a=1&Signature=[removed]&b=2,token:[removed]");
+        assert_eq!(scrub("line\none\u{1}two"), "line one two");
     }
 }
