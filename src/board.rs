@@ -8,6 +8,12 @@
 //! (the wasm loader) by hash, the wasm compiled from its own origin, nothing from
 //! elsewhere. A state-changing request must show it comes from the board's own
 //! origin (`Origin`, or `Sec-Fetch-Site: same-origin`).
+//!
+//! Its UI's event stream, `GET /api/v1/events` ([`routes::BOARD_EVENTS`]), is
+//! served here ([`events`]), not by apalis-board-api (see `telemetry::board_log` for
+//! why). The UI calls the system healthy while that stream is open.
+
+pub mod events;
 
 use apalis_board_api::{framework::ApiBuilder, ui::ServeUI};
 use axum::{
@@ -16,16 +22,22 @@ use axum::{
     http::{HeaderName, HeaderValue, Method, StatusCode, header},
     middleware::{self, Next},
     response::{IntoResponse, Response},
+    routing::get,
 };
+use tokio_util::sync::CancellationToken;
 use tower_http::set_header::SetResponseHeaderLayer;
 
-use crate::{auth::MaybeUser, state::AppState, telemetry, workers};
+use crate::{auth::MaybeUser, routes, state::AppState, telemetry, workers};
 
-/// The board's router: every queue of the registry ([`workers::queues`]).
-pub fn router(state: &AppState) -> Router {
+/// The board's router: every queue of the registry ([`workers::queues`]). Open event
+/// streams end when `stop` is cancelled, so they do not hold up a graceful shutdown.
+pub fn router(state: &AppState, stop: CancellationToken) -> Router {
     let api = workers::queues().iter().fold(ApiBuilder::new(Router::new()), |api, q| (q.board)(api, state)).build();
     let csp = HeaderValue::from_str(&csp()).expect("the CSP is ASCII");
     let board = Router::new()
+        // Routed before the board's API; apalis-board-api's own `/events` is not built
+        // (its `sse` feature is off), so two routes would fail here at start.
+        .route(routes::BOARD_EVENTS, get(events::stream).with_state(events::Streams { state: state.clone(), stop }))
         .nest("/api/v1", api)
         .fallback_service(ServeUI::new())
         .layer(middleware::from_fn_with_state(state.clone(), guard))
@@ -40,7 +52,7 @@ pub fn router(state: &AppState) -> Router {
     } else {
         board
     };
-    board.layer(middleware::from_fn(telemetry::request_id))
+    board.layer(middleware::from_fn(telemetry::board_request_id))
 }
 
 /// The board's CSP. Its UI is a wasm app started by one inline module script (allowed
@@ -93,7 +105,21 @@ async fn guard(State(state): State<AppState>, MaybeUser(user): MaybeUser, req: R
     if !matches!(*req.method(), Method::GET | Method::HEAD) && !same_origin(&state, &req) {
         return refuse("Cross-origin requests to the job board are refused.".to_string());
     }
+    // The stream holds a connection open: another site's page (which could not read
+    // it anyway) may not open it with the admin's cookie.
+    if req.uri().path() == routes::BOARD_EVENTS && from_elsewhere(&state, &req) {
+        return refuse("Cross-origin requests to the job board are refused.".to_string());
+    }
     next.run(req).await
+}
+
+/// Whether a request says it comes from elsewhere than the board's pages: an
+/// `Origin` other than the board's, or a `Sec-Fetch-Site` other than `same-origin`.
+/// One with neither header (a browser over plain http to a host other than
+/// localhost sends no `Sec-Fetch-*`, and a same-origin GET no `Origin`) does not.
+fn from_elsewhere(state: &AppState, req: &Request) -> bool {
+    let says = req.headers().contains_key(header::ORIGIN) || req.headers().contains_key("sec-fetch-site");
+    says && !same_origin(state, req)
 }
 
 /// Whether a request shows it comes from the board's own pages: an `Origin` equal

@@ -45,6 +45,8 @@ pub const PLATFORM_IMPORT_UPLOAD: &str = "/platform/imports/upload";
 pub const PLATFORM_IMPORT_ROW: &str = "/platform/imports/{id}/row";
 /// Redirects to the job board's own listener.
 pub const PLATFORM_BOARD: &str = "/platform/board";
+/// The job board UI's event stream, on the board's own listener (`board`).
+pub const BOARD_EVENTS: &str = "/api/v1/events";
 
 /// The JSON API is nested here; its patterns below are relative to it.
 pub const API_PREFIX: &str = "/api/v1";

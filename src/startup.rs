@@ -124,7 +124,7 @@ impl Application {
         };
         let trusted = self.state.config.trusted_proxies.clone();
         let board = self.board.map(|l| {
-            let app = crate::board::router(&self.state);
+            let app = crate::board::router(&self.state, stop.clone());
             tokio::spawn(listener::serve(l, app, limits(http.board_max_connections), trusted.clone(), stop.clone()))
         });
         // The polls' session cache listens for changes while this listener serves.

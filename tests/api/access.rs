@@ -210,7 +210,8 @@ enum Kind {
 }
 
 /// The job board's routes tried (its own listener; its router comes from apalis-board-api).
-const BOARD_ROUTES: &[(&str, &str)] = &[("GET", "/"), ("GET", "/api/v1/queues"), ("GET", "/api/v1/overview")];
+const BOARD_ROUTES: &[(&str, &str)] =
+    &[("GET", "/"), ("GET", "/api/v1/queues"), ("GET", "/api/v1/overview"), ("GET", BOARD_EVENTS)];
 
 /// Requests that change something run last, in this order, so the others see the
 /// export and the session still there.

@@ -621,4 +621,58 @@ async fn a_platform_admin_reads_every_orgs_state_and_an_org_admin_cancels_an_exp
         .expect("the row ends failed");
     assert!(row.text().await.unwrap().contains("Cancelled by Ada Acme"));
     c.close().await.unwrap();
+
+/// The job board as a platform admin opens it: its footer says the system is
+/// healthy (the UI says so while its event stream is open), and an export started
+/// meanwhile shows on its Logs page. Screenshots at a desktop's and a phone's width
+/// (in `SCREENSHOT_DIR`, else the test's storage dir).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_job_board_is_healthy_and_its_logs_page_shows_an_export() {
+    let app = TestApp::spawn_with(Options { members: 2, ..Default::default() }).await;
+    let driver = Driver::start();
+    let profile = app.storage_dir.join("chromium-profile-board");
+    let downloads = app.storage_dir.join("downloads-board");
+    let c = browser(&driver, &profile, &downloads).await;
+    sign_in(&c, &app, "platform@example.test").await;
+    c.set_window_size(1280, 900).await.unwrap();
+    c.goto(&app.board_url("/logs")).await.unwrap();
+    let body = || async { c.find(Locator::Css("body")).await.unwrap().text().await.unwrap() };
+    let started = Instant::now();
+    while !body().await.contains("All systems are operational.") {
+        assert!(started.elapsed() < Duration::from_secs(20), "the board did not draw its status: {}", body().await);
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    // The UI starts out healthy and turns unhealthy for good when its stream fails
+    // (as it did at once when the stream was an HTML page): wait past a keep-alive.
+    tokio::time::sleep(data_export::board::events::KEEP_ALIVE + Duration::from_secs(1)).await;
+    let text = body().await;
+    assert!(text.contains("System Status:") && text.contains("Healthy") && !text.contains("nhealthy"), "{text}");
+    assert!(text.contains("All systems are operational."), "{text}");
+
+    let api = api(&app, &app.token("admin@acme.test").await);
+    let created: serde_json::Value = api.post("/orgs/acme/exports").await.json().await.unwrap();
+    let id = created["id"].as_str().unwrap().to_string();
+    let line = loop {
+        let text = body().await;
+        if let Some(line) = text.lines().find(|l| l.contains(&format!("completed id={id} what=export"))) {
+            break line.to_string();
+        }
+        assert!(started.elapsed() < Duration::from_secs(120), "no log entry of export {id} on the Logs page: {text}");
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    };
+    assert!(line.contains(&format!("[{id}]")) && line.contains("rows="), "{line}");
+    let text = body().await;
+    assert!(text.contains("All systems are operational.") && !text.contains("nhealthy"), "{text}");
+
+    let dir = std::env::var("SCREENSHOT_DIR").map(PathBuf::from).unwrap_or_else(|_| app.storage_dir.clone());
+    for (width, height) in [(1280, 900), (390, 844)] {
+        c.set_window_size(width, height).await.unwrap();
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        assert!(body().await.contains("All systems are operational."), "at {width} px");
+        let png = dir.join(format!("job-board-logs-{width}.png"));
+        std::fs::write(&png, c.screenshot().await.unwrap()).unwrap();
+        println!("job board at {width} px: {}", png.display());
+    }
+    c.close().await.unwrap();
+    println!("job board: Healthy; the Logs page shows: {line}");
 }

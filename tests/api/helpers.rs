@@ -28,13 +28,9 @@ pub fn server_url() -> String {
 
 static LOGS: Once = Once::new();
 
-/// Logs in tests with `TEST_LOG=1`.
+/// Logs to stderr in tests with `TEST_LOG=1`; feeds the job board's log stream always.
 pub fn init_logs() {
-    LOGS.call_once(|| {
-        if std::env::var("TEST_LOG").is_ok() {
-            data_export::telemetry::init();
-        }
-    });
+    LOGS.call_once(|| data_export::telemetry::init_with(std::env::var("TEST_LOG").is_ok()));
 }
 
 /// A fresh, migrated database on [`server_url`]; returns its pool and name.

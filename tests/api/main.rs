@@ -4,6 +4,7 @@ mod helpers;
 
 mod access;
 mod auth;
+mod board;
 mod browser;
 mod coverage;
 mod exports;
