@@ -621,6 +621,7 @@ async fn a_platform_admin_reads_every_orgs_state_and_an_org_admin_cancels_an_exp
         .expect("the row ends failed");
     assert!(row.text().await.unwrap().contains("Cancelled by Ada Acme"));
     c.close().await.unwrap();
+}
 
 /// The job board as a platform admin opens it: its footer says the system is
 /// healthy (the UI says so while its event stream is open), and an export started
