@@ -12,6 +12,7 @@
 
 pub mod columns;
 pub mod copy_binary;
+pub mod described;
 pub mod job;
 pub mod pipeline;
 pub mod row_json;

@@ -47,6 +47,7 @@ use tokio::sync::{mpsc, watch};
 use super::{
     columns::{Apply, Classes, select_list},
     copy_binary::CopyDecoder,
+    described::{self, Catalog},
     row_json::{Render, RowFormat},
     sink::SinkUpload,
     timeline::{StageClock, StageTime, Timeline, Wait},
@@ -199,15 +200,20 @@ impl Reader {
     /// rest runs here.
     pub async fn finish(mut self, header: Header) -> anyhow::Result<Snapshot> {
         let queries = std::mem::take(&mut self.queries);
+        // Every table's shape in one query (see `described`).
+        let catalog = Catalog::load(&mut self.tx).await.context("reading the tables' columns")?;
+        let catalog = &catalog;
         let mut second = if queries.len() > 1 { share_snapshot(&mut self.tx, &self.pool).await? } else { None };
         let next = AtomicUsize::new(0);
         let (mut done, theirs) = match second.as_mut() {
             Some(other) => {
-                let (mine, theirs) =
-                    tokio::join!(describe(&mut self.tx, &queries, &next), describe(other, &queries, &next));
+                let (mine, theirs) = tokio::join!(
+                    describe(&mut self.tx, &queries, &next, catalog),
+                    describe(other, &queries, &next, catalog)
+                );
                 (mine?, theirs)
             }
-            None => (describe(&mut self.tx, &queries, &next).await?, Ok(Vec::new())),
+            None => (describe(&mut self.tx, &queries, &next, catalog).await?, Ok(Vec::new())),
         };
         // The connections that counted something (a second that failed counts none).
         let connections = 1 + usize::from(matches!(&theirs, Ok(t) if !t.is_empty()));
@@ -220,7 +226,7 @@ impl Reader {
                 let mut redone = Vec::new();
                 for (i, query) in queries.iter().enumerate() {
                     if !done.iter().any(|(mine, ..)| *mine == i) {
-                        let (plan, n) = section(&mut self.tx, query).await?;
+                        let (plan, n) = section(&mut self.tx, query, catalog).await?;
                         redone.push((i, plan, n));
                     }
                 }
@@ -308,12 +314,13 @@ async fn describe(
     conn: &mut sqlx::PgConnection,
     queries: &[SectionQuery],
     next: &AtomicUsize,
+    catalog: &Catalog,
 ) -> anyhow::Result<Vec<(usize, Plan, i64)>> {
     let mut done = Vec::new();
     loop {
         let i = next.fetch_add(1, Ordering::Relaxed);
         let Some(query) = queries.get(i) else { return Ok(done) };
-        let (plan, n) = section(conn, query).await?;
+        let (plan, n) = section(conn, query, catalog).await?;
         done.push((i, plan, n));
     }
 }
@@ -332,16 +339,10 @@ async fn begin_snapshot(pool: &PgPool) -> anyhow::Result<(Transaction<'static, P
 
 /// The select list of a section: the table's columns in the catalog, as its
 /// classification says. Columns it does not classify are left out and logged.
-async fn columns(conn: &mut sqlx::PgConnection, query: &SectionQuery) -> anyhow::Result<String> {
+fn columns(catalog: &Catalog, query: &SectionQuery) -> anyhow::Result<String> {
     let table = query.table;
-    let catalog: Vec<String> = sqlx::query_scalar(
-        "select column_name::text from information_schema.columns
-         where table_schema = current_schema() and table_name = $1 order by ordinal_position",
-    )
-    .bind(table)
-    .fetch_all(&mut *conn)
-    .await?;
-    let (cols, unclassified) = select_list(query.classes, &catalog, query.apply, &query.overrides);
+    let in_catalog = catalog.columns(table).with_context(|| format!("there is no table {table}"))?;
+    let (cols, unclassified) = select_list(query.classes, in_catalog, query.apply, &query.overrides);
     for column in unclassified {
         tracing::warn!(
             table,
@@ -361,9 +362,13 @@ struct Plan {
 }
 
 /// The plan and the row count of `select .. from table t where condition`.
-async fn section(conn: &mut sqlx::PgConnection, query: &SectionQuery) -> anyhow::Result<(Plan, i64)> {
+async fn section(
+    conn: &mut sqlx::PgConnection,
+    query: &SectionQuery,
+    catalog: &Catalog,
+) -> anyhow::Result<(Plan, i64)> {
     let (table, condition) = (query.table, &query.condition);
-    let cols = columns(conn, query).await?;
+    let cols = columns(catalog, query)?;
     // The stored order can say who did what (rows are in the order they were
     // written): where the classification gives an order, pseudonymised rows follow it.
     let order = match (query.apply, query.classes.order) {
@@ -377,16 +382,27 @@ async fn section(conn: &mut sqlx::PgConnection, query: &SectionQuery) -> anyhow:
     };
     // Table names come from fixed registries; conditions hold only numeric ids.
     let inner = format!("select {cols} from {table} t{join} where {condition}{order}");
-    // The statement's result columns, with their types, without running it.
-    let described = (&mut *conn)
-        .prepare(sqlx::SqlSafeStr::into_sql_str(sqlx::AssertSqlSafe(inner.clone())))
-        .await
-        .with_context(|| format!("describing {table}"))?;
-    let columns: Vec<(String, Option<Render>)> = described
-        .columns()
-        .iter()
-        .map(|c| (c.name().to_string(), Render::for_type(c.type_info().oid().map(|o| o.0))))
-        .collect();
+    // The statement's result columns, with their types, without running it: kept
+    // per process under the statement without its condition (see `described`).
+    let key = catalog.key(&format!("select {cols} from {table} t{join} where ?{order}"));
+    let columns = match described::get(key) {
+        Some(columns) => columns,
+        None => {
+            let statement = (&mut *conn)
+                .prepare(sqlx::SqlSafeStr::into_sql_str(sqlx::AssertSqlSafe(inner.clone())))
+                .await
+                .with_context(|| format!("describing {table}"))?;
+            let columns: described::Columns = std::sync::Arc::new(
+                statement
+                    .columns()
+                    .iter()
+                    .map(|c| (c.name().to_string(), Render::for_type(c.type_info().oid().map(|o| o.0))))
+                    .collect(),
+            );
+            described::put(key, columns.clone());
+            columns
+        }
+    };
     let select_list: Vec<String> = columns
         .iter()
         .map(|(name, render)| {
