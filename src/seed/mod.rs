@@ -108,8 +108,14 @@ pub async fn tenants(pool: &PgPool, storage: &Storage, n: u32) -> anyhow::Result
     anyhow::ensure!((1..=MAX_TENANTS).contains(&n), "--orgs must be from 1 to {MAX_TENANTS} (got {n})");
     let started = Instant::now();
     let fast = fast_mode_allowed(pool).await;
-    let existing: Vec<(String,)> =
-        sqlx::query_as("select slug from organizations where slug like 'tenant-%'").fetch_all(pool).await?;
+    // An org whose fill did not finish (a run cut short) has no members: it is
+    // filled again.
+    let existing: Vec<(String,)> = sqlx::query_as(
+        "select o.slug from organizations o
+         where o.slug like 'tenant-%' and exists (select 1 from memberships m where m.org_id = o.id)",
+    )
+    .fetch_all(pool)
+    .await?;
     let existing: std::collections::HashSet<String> = existing.into_iter().map(|r| r.0).collect();
     let missing: Vec<u32> = (1..=n).filter(|i| !existing.contains(&format!("tenant-{i}"))).collect();
     let created = missing.len() as u32;

@@ -301,6 +301,22 @@ async fn a_bucket_that_exists_but_is_someone_elses_is_refused_never_counted_as_o
     assert!(format!("{e:#}").contains("belongs to another account"), "{e:#}");
     app.proxy.as_ref().unwrap().set(Fault::None);
     app.state.storage.ensure_bucket("org-taken").await.unwrap();
+
+    // A foreign bucket that lets anyone in answers HeadBucket 200: only
+    // S3_EXPECTED_BUCKET_OWNER tells it apart.
+    app.proxy.as_ref().unwrap().set(Fault::OwnedBy("222222222222"));
+    app.state.storage.ensure_bucket("org-open").await.expect("without an expected owner, it looks like ours");
+    let mut settings = app.s3_settings.clone();
+    settings.expected_bucket_owner = Some("111111111111".into());
+    let ours = data_export::storage::Storage::new(&settings, "data-export-privacy", settings.endpoint.clone());
+    let e = ours.ensure_bucket("org-open").await.unwrap_err();
+    assert!(format!("{e:#}").contains("belongs to another account"), "{e:#}");
+    let e = ours.probe_bucket("data-export-privacy").await.unwrap_err();
+    assert!(format!("{e:#}").contains("AccessDenied"), "every object call carries the owner: {e:#}");
+    // The right owner passes.
+    settings.expected_bucket_owner = Some("222222222222".into());
+    let right = data_export::storage::Storage::new(&settings, "data-export-privacy", settings.endpoint.clone());
+    right.probe_bucket("data-export-privacy").await.unwrap();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -313,10 +329,14 @@ async fn bucket_prefix_names_the_org_buckets() {
         sqlx::query_scalar("select bucket from organizations where slug = 'acme'").fetch_one(app.pool()).await.unwrap();
     assert_eq!(bucket, "acct-acme");
     assert!(app.state.storage.bucket_exists("acct-acme").await.unwrap());
-    for bad in ["", "Org-", "-x", "a_b", &"x".repeat(24)] {
+    for bad in ["Org-", "-x", "a_b", &"x".repeat(24), "xn--a", "data-"] {
         let e = Config::from_lookup(|k| (k == "BUCKET_PREFIX").then(|| bad.to_string()));
-        assert!(bad.is_empty() || e.unwrap_err().to_string().contains("BUCKET_PREFIX"), "{bad:?}");
+        let e = e.unwrap_err().to_string();
+        assert!(e.contains("BUCKET_PREFIX"), "{bad:?}: {e}");
     }
+    // Unset (or empty) is the default.
+    let c = Config::from_lookup(|k| (k == "BUCKET_PREFIX").then(String::new)).unwrap();
+    assert_eq!(c.bucket_prefix, "org-");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

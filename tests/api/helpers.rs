@@ -660,6 +660,11 @@ pub enum Fault {
     /// Every bucket belongs to another account: HeadBucket gets 403 AccessDenied and
     /// CreateBucket 409 BucketAlreadyExists, as AWS answers for a name taken elsewhere.
     ForeignBuckets,
+    /// Every bucket belongs to the account `0`, and lets anyone in: requests pass,
+    /// except that one sent with `x-amz-expected-bucket-owner` other than that
+    /// account gets 403 AccessDenied (as AWS answers), and CreateBucket gets 409
+    /// BucketAlreadyExists.
+    OwnedBy(&'static str),
 }
 
 /// A reverse proxy in front of the embedded S3 endpoint that injects faults. It
@@ -721,6 +726,17 @@ impl FaultProxy {
                             return error(403, "AccessDenied");
                         }
                         Fault::ForeignBuckets if is_bucket && req.method() == http::Method::PUT => {
+                            return error(409, "BucketAlreadyExists");
+                        }
+                        Fault::OwnedBy(owner)
+                            if req
+                                .headers()
+                                .get("x-amz-expected-bucket-owner")
+                                .is_some_and(|v| v.as_bytes() != owner.as_bytes()) =>
+                        {
+                            return error(403, "AccessDenied");
+                        }
+                        Fault::OwnedBy(_) if is_bucket && req.method() == http::Method::PUT => {
                             return error(409, "BucketAlreadyExists");
                         }
                         Fault::SlowParts(d) if is_part => tokio::time::sleep(d).await,
