@@ -86,6 +86,9 @@ pub async fn record(state: &AppState) -> anyhow::Result<usize> {
     Ok(recorded)
 }
 
+/// An unmailed notice: its id, the org's slug and name, the state, why, and when.
+type Notice = (i64, String, String, String, Option<String>, DateTime<Utc>);
+
 /// Mails the unmailed notices to every platform admin in one mail, unless a health
 /// mail went out less than [`BATCH`] ago. Returns how many notices it carried.
 pub async fn mail_batch(state: &AppState) -> anyhow::Result<usize> {
@@ -96,7 +99,7 @@ pub async fn mail_batch(state: &AppState) -> anyhow::Result<usize> {
     if last.is_some_and(|at| Utc::now() - at < BATCH) {
         return Ok(0);
     }
-    let notices: Vec<(i64, String, String, String, Option<String>, DateTime<Utc>)> = sqlx::query_as(
+    let notices: Vec<Notice> = sqlx::query_as(
         "select n.id, o.slug, o.name, n.state, n.reason, n.noticed_at from health_notices n
          join organizations o on o.id = n.org_id
          where n.mailed_at is null order by n.noticed_at, n.id limit 1000",

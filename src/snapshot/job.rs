@@ -337,10 +337,10 @@ async fn write<L: Lease>(lease: &L, state: &AppState, record: &L::Record, attemp
         // or remove it, and it goes.
         Ok(false) => {
             let now = lease.get(state, id).await?;
-            if now.as_ref().is_some_and(|r| !L::is_completed(r) && !L::is_active(r)) {
-                if let Err(e) = state.storage.delete(&bucket, &key).await {
-                    tracing::warn!(error = format!("{e:#}"), key, "could not remove the file of an ended record");
-                }
+            if now.as_ref().is_some_and(|r| !L::is_completed(r) && !L::is_active(r))
+                && let Err(e) = state.storage.delete(&bucket, &key).await
+            {
+                tracing::warn!(error = format!("{e:#}"), key, "could not remove the file of an ended record");
             }
             anyhow::bail!("this attempt no longer holds the {}", L::WHAT)
         }

@@ -54,14 +54,21 @@ pub struct Storage {
     client: Client,
     /// Signs URLs for the endpoint browsers reach (`S3_PUBLIC_ENDPOINT`), which may differ.
     presign_client: Client,
+    /// Its names, shared by every clone.
+    names: std::sync::Arc<Names>,
+    /// The account that must own every bucket (`S3_EXPECTED_BUCKET_OWNER`), sent
+    /// with each bucket and object call when set.
+    owner: Option<String>,
+}
+
+/// What a [`Storage`] is called and calls things.
+#[derive(Clone, Debug)]
+struct Names {
     endpoint: String,
     identity: String,
     privacy_bucket: String,
     /// What every org bucket's name starts with (`BUCKET_PREFIX`, default `org-`).
     bucket_prefix: String,
-    /// The account that must own every bucket (`S3_EXPECTED_BUCKET_OWNER`), sent
-    /// with each bucket and object call when set.
-    owner: Option<String>,
 }
 
 impl Storage {
@@ -74,41 +81,44 @@ impl Storage {
             Some(public) => Client::from_conf(client_config(settings, public)),
             None => client.clone(),
         };
-        Self {
-            client,
-            presign_client,
+        let names = Names {
             endpoint: settings.endpoint.clone(),
             identity,
             privacy_bucket: privacy_bucket.to_string(),
             bucket_prefix: crate::config::DEFAULT_BUCKET_PREFIX.to_string(),
+        };
+        Self {
+            client,
+            presign_client,
+            names: std::sync::Arc::new(names),
             owner: settings.expected_bucket_owner.clone(),
         }
     }
 
     /// The same storage, naming org buckets `prefix` + slug.
     pub fn with_bucket_prefix(mut self, prefix: &str) -> Self {
-        self.bucket_prefix = prefix.to_string();
+        std::sync::Arc::make_mut(&mut self.names).bucket_prefix = prefix.to_string();
         self
     }
 
     /// What every org bucket's name starts with.
     pub fn bucket_prefix(&self) -> &str {
-        &self.bucket_prefix
+        &self.names.bucket_prefix
     }
 
     /// The endpoint in use (shown to platform admins; holds no secret).
     pub fn endpoint(&self) -> &str {
-        &self.endpoint
+        &self.names.endpoint
     }
 
     /// What the backup configuration is verified against.
     pub fn identity(&self) -> &str {
-        &self.identity
+        &self.names.identity
     }
 
     /// The platform's privacy bucket (GDPR exports).
     pub fn privacy_bucket(&self) -> &str {
-        &self.privacy_bucket
+        &self.names.privacy_bucket
     }
 
     /// Creates `bucket` unless it exists and is ours. A bucket that exists but
@@ -230,7 +240,7 @@ impl Storage {
         use aws_sdk_s3::error::SdkError;
         match self.client.list_buckets().send().await {
             Ok(_) | Err(SdkError::ServiceError(_)) => Ok(()),
-            Err(e) => Err(anyhow::anyhow!("no answer from the S3 endpoint {}: {}", self.endpoint, describe(&e))),
+            Err(e) => Err(anyhow::anyhow!("no answer from the S3 endpoint {}: {}", self.names.endpoint, describe(&e))),
         }
     }
 

@@ -304,6 +304,7 @@ async fn a_bucket_that_exists_but_is_someone_elses_is_refused_never_counted_as_o
 
     // A foreign bucket that lets anyone in answers HeadBucket 200: only
     // S3_EXPECTED_BUCKET_OWNER tells it apart.
+    app.state.storage.ensure_bucket("org-open").await.unwrap();
     app.proxy.as_ref().unwrap().set(Fault::OwnedBy("222222222222"));
     app.state.storage.ensure_bucket("org-open").await.expect("without an expected owner, it looks like ours");
     let mut settings = app.s3_settings.clone();
@@ -312,7 +313,11 @@ async fn a_bucket_that_exists_but_is_someone_elses_is_refused_never_counted_as_o
     let e = ours.ensure_bucket("org-open").await.unwrap_err();
     assert!(format!("{e:#}").contains("belongs to another account"), "{e:#}");
     let e = ours.probe_bucket("data-export-privacy").await.unwrap_err();
-    assert!(format!("{e:#}").contains("AccessDenied"), "every object call carries the owner: {e:#}");
+    assert!(format!("{e:#}").contains("belongs to another account"), "{e:#}");
+    // Object calls carry it too.
+    let e = ours.exists("data-export-privacy", "exports/x.json.gz").await.unwrap_err();
+    assert!(format!("{e:#}").contains("cannot read"), "{e:#}");
+    assert!(ours.delete("data-export-privacy", "exports/x.json.gz").await.is_err());
     // The right owner passes.
     settings.expected_bucket_owner = Some("222222222222".into());
     let right = data_export::storage::Storage::new(&settings, "data-export-privacy", settings.endpoint.clone());
