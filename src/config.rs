@@ -241,7 +241,8 @@ pub struct HttpLimits {
     /// `BOARD_MAX_CONNECTIONS` (default 64): the same for the job board's listener.
     pub board_max_connections: usize,
     /// `MAX_CONNECTIONS_PER_CLIENT` (default 32): connections one client address (an
-    /// IPv6 /64) may hold open on a listener; one more is closed at once. Peers in
+    /// IPv6 /64) may hold open on a listener, and 4 and 8 times as many for the IPv6
+    /// /56 and /48 that hold it; one more is closed at once. Peers in
     /// `TRUSTED_PROXIES` are not counted.
     pub max_connections_per_client: usize,
     /// `WRITE_STALL_TIMEOUT_SECS` (default 20): an answer the client reads none of
