@@ -241,7 +241,8 @@ pub struct HttpLimits {
     /// `BOARD_MAX_CONNECTIONS` (default 64): the same for the job board's listener.
     pub board_max_connections: usize,
     /// `MAX_CONNECTIONS_PER_CLIENT` (default 32): connections one client address (an
-    /// IPv6 /64) may hold open on a listener; one more is closed at once. Peers in
+    /// IPv6 /64) may hold open on a listener, and 4 and 8 times as many for the IPv6
+    /// /56 and /48 that hold it; one more is closed at once. Peers in
     /// `TRUSTED_PROXIES` are not counted.
     pub max_connections_per_client: usize,
     /// `WRITE_STALL_TIMEOUT_SECS` (default 20): an answer the client reads none of
@@ -322,10 +323,12 @@ impl std::fmt::Debug for Smtp {
 pub enum SmtpSecurity {
     /// `smtp://…?tls=none`: never TLS (a local mail catcher).
     Plain,
-    /// `smtp://…` (default port 25): STARTTLS when the server offers it; its
-    /// certificate must then be valid.
+    /// `smtp://…?tls=opportunistic` (default port 25): STARTTLS when the server
+    /// offers it, its certificate then checked; plain text otherwise, so anyone on
+    /// the path can strip the offer. Only when asked for by name.
     StartTlsWhenOffered,
-    /// `smtp://…?tls=required` (default port 587): STARTTLS, or no mail is sent.
+    /// `smtp://…` (default port 25) and `smtp://…?tls=required` (default port
+    /// 587): STARTTLS with a valid certificate, or no mail is sent.
     StartTlsRequired,
     /// `smtps://…` (default port 465): TLS from the first byte.
     ImplicitTls,
@@ -372,9 +375,12 @@ impl MailSettings {
     }
 }
 
-/// `smtp://[user:pass@]host[:port][?tls=none|required]` or `smtps://[user:pass@]host[:port]`.
+/// `smtp://[user:pass@]host[:port][?tls=required|opportunistic|none]` or
+/// `smtps://[user:pass@]host[:port]`. A plain `smtp://host` requires STARTTLS:
+/// falling back to plain text when the server does not offer it would let anyone
+/// on the path strip the offer, so that takes `tls=opportunistic`, by name.
 fn parse_smtp_url(raw: &str, extra_roots_pem: Option<Vec<u8>>) -> anyhow::Result<Smtp> {
-    let shape = "smtp://host:port, smtp://host:port?tls=required or smtps://user:password@host:port";
+    let shape = "smtp://host:port, smtp://host:port?tls=opportunistic or smtps://user:password@host:port";
     let shown = redact_url(raw);
     let url =
         url::Url::parse(raw).map_err(|e| anyhow::anyhow!("SMTP_URL must look like {shape} ({e}; got {shown:?})"))?;
@@ -390,18 +396,21 @@ fn parse_smtp_url(raw: &str, extra_roots_pem: Option<Vec<u8>>) -> anyhow::Result
     let mut tls = None;
     for (k, v) in url.query_pairs() {
         if k != "tls" || tls.is_some() {
-            bail!("SMTP_URL takes one query setting, tls=none or tls=required (got {shown:?})");
+            bail!("SMTP_URL takes one query setting, tls=required, tls=opportunistic or tls=none (got {shown:?})");
         }
         tls = Some(v.into_owned());
     }
     let (security, default_port) = match (url.scheme(), tls.as_deref()) {
-        ("smtp", None) => (SmtpSecurity::StartTlsWhenOffered, 25),
+        // The port stays what each form had before STARTTLS became the default,
+        // so no deployment's mail moves to another port.
+        ("smtp", None) => (SmtpSecurity::StartTlsRequired, 25),
         ("smtp", Some("required")) => (SmtpSecurity::StartTlsRequired, 587),
+        ("smtp", Some("opportunistic")) => (SmtpSecurity::StartTlsWhenOffered, 25),
         ("smtp", Some("none")) => (SmtpSecurity::Plain, 25),
         ("smtps", None) => (SmtpSecurity::ImplicitTls, 465),
-        ("smtp" | "smtps", Some(other)) => {
-            bail!("SMTP_URL's tls= must be none or required, with smtp:// only (got {other:?} in {shown:?})")
-        }
+        ("smtp" | "smtps", Some(other)) => bail!(
+            "SMTP_URL's tls= must be required, opportunistic or none, with smtp:// only (got {other:?} in {shown:?})"
+        ),
         (other, _) => bail!("SMTP_URL must start with smtp:// or smtps:// (got {other}:// in {shown:?})"),
     };
     let decode = |s: &str| percent_encoding::percent_decode_str(s).decode_utf8().map(|c| c.into_owned());
@@ -413,15 +422,14 @@ fn parse_smtp_url(raw: &str, extra_roots_pem: Option<Vec<u8>>) -> anyhow::Result
         )),
         _ => bail!("SMTP_URL must give both a user and a password, or neither (got {shown:?})"),
     };
-    if credentials.is_some() && security == SmtpSecurity::Plain {
-        bail!("SMTP_URL has a password and tls=none, which would send it in clear: use tls=required or smtps://");
+    // A password is sent only over TLS: a server that does not offer STARTTLS (or a
+    // network that strips the offer) must get nothing rather than it.
+    if credentials.is_some() && matches!(security, SmtpSecurity::Plain | SmtpSecurity::StartTlsWhenOffered) {
+        bail!(
+            "SMTP_URL has a password and tls={}, which could send it in clear: drop the tls= setting (STARTTLS required) or use smtps://",
+            if security == SmtpSecurity::Plain { "none" } else { "opportunistic" }
+        );
     }
-    // A password is sent only over TLS: with one, a server that does not offer
-    // STARTTLS (or a network that strips the offer) gets nothing rather than it.
-    let security = match security {
-        SmtpSecurity::StartTlsWhenOffered if credentials.is_some() => SmtpSecurity::StartTlsRequired,
-        other => other,
-    };
     Ok(Smtp { host, port: url.port().unwrap_or(default_port), security, credentials, extra_roots_pem })
 }
 

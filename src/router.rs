@@ -93,7 +93,13 @@ route_table!(API_ROUTES, api_routes:
     API_IMPORTS => [post imports::api::create],
     API_IMPORT => [get imports::api::get],
     API_PLATFORM_ORGS => [get platform::orgs::api_list],
+    API_OPENAPI => [get || async { ([(header::CONTENT_TYPE, "application/json")], OPENAPI) }],
 );
+
+/// The OpenAPI 3.1 document of every route of [`API_ROUTES`], kept by hand in
+/// docs/openapi.json (a test fails when a route is missing from it, and checks real
+/// answers against its schemas). Public: it describes the API and holds no data.
+pub const OPENAPI: &str = include_str!("../docs/openapi.json");
 
 route_table!(OPS_ROUTES, ops_routes:
     HEALTHZ => [get || async { "ok" }],

@@ -63,6 +63,8 @@ pub const API_WEBHOOK_ATTEMPTS: &str = "/orgs/{org}/webhooks/{id}/attempts";
 pub const API_IMPORTS: &str = "/platform/imports";
 pub const API_IMPORT: &str = "/platform/imports/{id}";
 pub const API_PLATFORM_ORGS: &str = "/platform/orgs";
+/// The OpenAPI document of every route under `API_PREFIX` (docs/openapi.json).
+pub const API_OPENAPI: &str = "/openapi.json";
 
 /// Fills `{org}` and `{id}` in a pattern.
 pub fn path(pattern: &str, org: &str, id: Option<&str>) -> String {

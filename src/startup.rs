@@ -17,7 +17,7 @@ use crate::{
     workers,
 };
 
-mod listener;
+pub mod listener;
 
 /// Runs our migrations and sets up the job queue's tables (schema `apalis`).
 pub async fn migrate(pool: &sqlx::PgPool) -> anyhow::Result<()> {

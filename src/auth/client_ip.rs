@@ -1,7 +1,10 @@
 //! Who is on the other end of a request: the TCP peer, or, when the peer is one of
-//! `TRUSTED_PROXIES`, the address the proxy forwarded. Also the key per-address
+//! `TRUSTED_PROXIES`, the address the proxy forwarded. Also the keys per-address
 //! limits count under: an IPv4 address, or an IPv6 address's /64 (one host or
-//! home network usually holds a whole /64, so rotating inside it changes nothing).
+//! home network usually holds a whole /64, so rotating inside it changes nothing),
+//! and beside it the /56 and the /48 that hold it (an ISP customer commonly has a
+//! /56, 256 /64s, and a site a /48: limited per /64 alone, they would be 256 or
+//! 65,536 times weaker for them).
 
 use std::net::{IpAddr, SocketAddr};
 
@@ -23,6 +26,14 @@ impl ClientIp {
     /// The key per-address limits are counted under.
     pub fn limit_key(&self) -> String {
         self.0.map(limit_key).unwrap_or_else(|| "unknown".into())
+    }
+
+    /// The keys of every network the sign-in limits count this client under.
+    pub fn limit_keys(&self) -> LimitKeys {
+        match self.0 {
+            Some(ip) => limit_keys(ip),
+            None => LimitKeys { address: "unknown".into(), net56: None, net48: None },
+        }
     }
 
     /// The address as logged and audited.
@@ -115,6 +126,39 @@ pub fn limit_key(ip: IpAddr) -> String {
     }
 }
 
+/// The wider IPv6 networks limited beside the /64, with how many times the /64's
+/// allowance each gets: a /56 (an ISP customer's usual share) 4 times, a /48 (a
+/// site's) 8 times. IPv4 has none: an address is one client there.
+pub const WIDER_V6: [(u8, usize); 2] = [(56, 4), (48, 8)];
+
+/// Every network per-client limits count `ip` under, narrowest first, each with its
+/// prefix length: the IPv4 address (`/32`), or the IPv6 /64 and the networks of
+/// [`WIDER_V6`].
+pub fn client_networks(ip: IpAddr) -> Vec<(IpAddr, u8)> {
+    match client_network(ip) {
+        v4 @ IpAddr::V4(_) => vec![(v4, 32)],
+        v6 => std::iter::once((v6, 64)).chain(WIDER_V6.iter().map(|&(bits, _)| (mask(v6, bits), bits))).collect(),
+    }
+}
+
+/// The keys a sign-in attempt counts under: [`limit_key`], and for IPv6 the /56
+/// and /48 that hold it, written like `2001:db8:1:200::/56`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct LimitKeys {
+    pub address: String,
+    pub net56: Option<String>,
+    pub net48: Option<String>,
+}
+
+/// The [`LimitKeys`] of `ip`.
+pub fn limit_keys(ip: IpAddr) -> LimitKeys {
+    let wider = |bits: u8| match ip.to_canonical() {
+        IpAddr::V4(_) => None,
+        v6 => Some(format!("{}/{bits}", mask(v6, bits))),
+    };
+    LimitKeys { address: limit_key(ip), net56: wider(56), net48: wider(48) }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -143,6 +187,11 @@ mod tests {
         assert_eq!(limit_key(ip("2001:db8:1:2::1")), limit_key(ip("2001:db8:1:2:ffff::9")));
         assert_ne!(limit_key(ip("2001:db8:1:2::1")), limit_key(ip("2001:db8:1:3::1")));
         assert_eq!(ClientIp(None).limit_key(), "unknown");
+        let keys = limit_keys(ip("2001:db8:1:2ff:aaaa::1"));
+        assert_eq!(keys.address, "2001:db8:1:2ff::/64");
+        assert_eq!(keys.net56.as_deref(), Some("2001:db8:1:200::/56"));
+        assert_eq!(keys.net48.as_deref(), Some("2001:db8:1::/48"));
+        assert_eq!(limit_keys(ip("::ffff:203.0.113.9")).net56, None);
     }
 
     #[test]

@@ -111,22 +111,18 @@ pub async fn test(
 }
 
 /// Queues a `webhook.test` event for the org's endpoint `id`; its delivery's id.
+/// 409 while an earlier one to it is pending.
 async fn send_test(state: &AppState, org: &OrgCtx, id: &RecordId) -> Result<String, AppError> {
-    webhooks::get(&state.pool, org.org.id, id.as_str()).await?.ok_or(AppError::NotFound)?;
-    if webhooks::test_pending(&state.pool, id.as_str()).await? {
-        return Err(AppError::RateLimited(
-            "A test event for this endpoint is still being delivered; send the next once its attempt has ended.".into(),
-        ));
-    }
     let data = serde_json::json!({
         "org": org.org.slug,
         "endpoint_id": id.as_str(),
         "message": "A test event from Data Export: this endpoint receives the organization's export events.",
     });
-    let mut tx = state.pool.begin().await?;
-    let ids = webhooks::enqueue(&mut tx, org.org.id, webhooks::TEST, &data, Some(id.as_str())).await?;
-    tx.commit().await?;
-    ids.into_iter().next().ok_or(AppError::NotFound)
+    match webhooks::queue_test(&state.pool, org.org.id, id.as_str(), &data).await? {
+        Ok(Some(delivery)) => Ok(delivery),
+        Ok(None) => Err(AppError::NotFound),
+        Err(pending) => Err(AppError::InConflict(pending.to_string())),
+    }
 }
 
 fn notifications_path(org: &OrgCtx) -> String {

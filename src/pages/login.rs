@@ -58,16 +58,16 @@ pub async fn submit(
             (StatusCode::BAD_REQUEST, view(&ctx, &email, Some("Enter your email and password."))).into_response()
         );
     }
-    let address = client.limit_key();
-    let (delay, attempt) = match rate_limit::admit(&state.pool, &email, &address).await? {
-        rate_limit::Decision::Refuse(msg) => {
+    let keys = client.limit_keys();
+    let attempt = match rate_limit::admit(&state.pool, &email, &keys).await? {
+        rate_limit::Decision::Refuse { message, retry_after_secs } => {
             tracing::warn!(ip = %client.to_log(), "sign-in refused by rate limit");
-            return Ok((StatusCode::TOO_MANY_REQUESTS, view(&ctx, &email, Some(&msg))).into_response());
+            let mut resp = (StatusCode::TOO_MANY_REQUESTS, view(&ctx, &email, Some(&message))).into_response();
+            resp.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from(retry_after_secs));
+            return Ok(resp);
         }
-        rate_limit::Decision::Proceed { delay, attempt } => (delay, attempt),
+        rate_limit::Decision::Proceed { attempt } => attempt,
     };
-    // An account under attack from many addresses: every attempt at it waits.
-    tokio::time::sleep(delay).await;
     let row: Option<(i64, String)> = sqlx::query_as("select id, password_hash from users where email = $1")
         .bind(&email)
         .fetch_optional(&state.pool)
@@ -90,7 +90,7 @@ pub async fn submit(
         return Ok((StatusCode::UNAUTHORIZED, view(&ctx, &email, Some(msg))).into_response());
     }
     let user_id = user_id.ok_or_else(|| AppError::Internal(anyhow::anyhow!("verified without a user")))?;
-    rate_limit::succeeded(&state.pool, &email, &address).await?;
+    rate_limit::succeeded(&state.pool, &email, &keys.address).await?;
     // A new session id at sign-in defeats session fixation, and a new CSRF token
     // means no token a page showed before sign-in works after it.
     session.cycle_id().await?;

@@ -2,8 +2,9 @@
 //! request head must arrive within the header-read timeout (hyper's, on a tokio
 //! timer), whose answers must be read (a write that makes no progress for the
 //! write-stall timeout ends the connection), at most `max_connections` of them open
-//! at once and at most `max_per_client` from one client address, and a graceful
-//! shutdown that gives open requests a bounded grace.
+//! at once and at most `max_per_client` from one client address (an IPv6 /64, and
+//! a multiple of it from the /56 and the /48 that hold it), and a graceful shutdown
+//! that gives open requests a bounded grace.
 
 use std::{
     collections::HashMap,
@@ -37,8 +38,10 @@ pub struct Limits {
     /// until then it waits in the kernel's listen backlog.
     pub max_connections: usize,
     /// Connections open at once from one client address (an IPv6 address counts by
-    /// its /64); one more is closed at once. Peers in `trusted` (reverse proxies,
-    /// whose connections carry many clients) are not counted.
+    /// its /64, and its /56 and /48 may hold 4 and 8 times as many, see
+    /// [`crate::auth::client_ip::WIDER_V6`]); one more is closed at once. Peers in
+    /// `trusted` (reverse proxies, whose connections carry many clients) are not
+    /// counted.
     pub max_per_client: usize,
     /// An answer whose writing makes no progress this long (a client that stopped
     /// reading) ends its connection.
@@ -90,8 +93,7 @@ pub async fn serve(
         // Responses are written as they are ready (a streamed body, a chunked
         // answer): none waits on the client's delayed ACK (Nagle's algorithm).
         let _ = stream.set_nodelay(true);
-        let client =
-            (!trusted.iter().any(|c| c.contains(peer.ip()))).then(|| crate::auth::client_ip::client_network(peer.ip()));
+        let client = (!trusted.iter().any(|c| c.contains(peer.ip()))).then(|| peer.ip());
         let Some(counted) = per_client.enter(client, limits.max_per_client) else {
             tracing::warn!(%peer, max = limits.max_per_client, "too many connections from one client; closed");
             drop(stream);
@@ -122,36 +124,46 @@ pub async fn serve(
     Ok(())
 }
 
-/// Open connections per client address.
+/// Open connections per client network: the IPv4 address, or the IPv6 /64, /56
+/// and /48 (each network counted under its address and prefix length).
 #[derive(Clone, Default)]
-struct PerClient(Arc<Mutex<HashMap<IpAddr, usize>>>);
+pub struct PerClient(Arc<Mutex<HashMap<(IpAddr, u8), usize>>>);
 
 /// One counted connection; uncounted when dropped.
-struct Counted(Option<(PerClient, IpAddr)>);
+pub struct Counted(Option<(PerClient, Vec<(IpAddr, u8)>)>);
 
 impl PerClient {
-    /// Counts a connection of `client` (none: not counted), or `None` when the client
-    /// already holds `max`.
-    fn enter(&self, client: Option<IpAddr>, max: usize) -> Option<Counted> {
+    /// Counts a connection from `client` (none: not counted), or `None` when one of
+    /// its networks already holds its cap: `max` for the address or /64, and the
+    /// multiples of [`crate::auth::client_ip::WIDER_V6`] for the /56 and /48.
+    pub fn enter(&self, client: Option<IpAddr>, max: usize) -> Option<Counted> {
         let Some(client) = client else { return Some(Counted(None)) };
+        let networks = crate::auth::client_ip::client_networks(client);
+        let cap = |bits: u8| {
+            let times = crate::auth::client_ip::WIDER_V6.iter().find(|w| w.0 == bits).map_or(1, |w| w.1);
+            max.saturating_mul(times)
+        };
         let mut open = self.0.lock().unwrap_or_else(|e| e.into_inner());
-        let n = open.entry(client).or_default();
-        if *n >= max {
+        if networks.iter().any(|&(net, bits)| open.get(&(net, bits)).copied().unwrap_or(0) >= cap(bits)) {
             return None;
         }
-        *n += 1;
-        Some(Counted(Some((self.clone(), client))))
+        for &key in &networks {
+            *open.entry(key).or_default() += 1;
+        }
+        Some(Counted(Some((self.clone(), networks))))
     }
 }
 
 impl Drop for Counted {
     fn drop(&mut self) {
-        if let Some((per_client, client)) = self.0.take() {
+        if let Some((per_client, networks)) = self.0.take() {
             let mut open = per_client.0.lock().unwrap_or_else(|e| e.into_inner());
-            if let Some(n) = open.get_mut(&client) {
-                *n -= 1;
-                if *n == 0 {
-                    open.remove(&client);
+            for key in networks {
+                if let Some(n) = open.get_mut(&key) {
+                    *n -= 1;
+                    if *n == 0 {
+                        open.remove(&key);
+                    }
                 }
             }
         }

@@ -280,17 +280,37 @@ pub async fn requeue_lost(pool: &PgPool) -> anyhow::Result<u64> {
     Ok(lost.len() as u64)
 }
 
-/// Whether the endpoint has a test event still pending: one at a time, so "Send a
-/// test event" cannot pile up deliveries.
-pub async fn test_pending(pool: &PgPool, id: &str) -> sqlx::Result<bool> {
-    sqlx::query_scalar(
-        "select exists (select 1 from webhook_deliveries where endpoint_id = $1 and event = $2 and status = 'pending')",
-    )
-    .bind(id)
-    .bind(TEST)
-    .fetch_one(pool)
-    .await
+/// The partial unique index that allows one pending test event per endpoint
+/// (migration `20261207000041_one_pending_test_delivery`).
+pub const ONE_PENDING_TEST: &str = "webhook_deliveries_one_pending_test";
+
+/// Queues a `webhook.test` event for the org's endpoint `endpoint_id` with `data`:
+/// its delivery's id, `Ok(None)` when the org has no such endpoint, or
+/// `Err(TestPending)` while an earlier test event to it is still pending. One at a
+/// time, so "Send a test event" cannot pile up deliveries; the database holds it
+/// ([`ONE_PENDING_TEST`]), so requests at the same moment queue one between them.
+pub async fn queue_test(
+    pool: &PgPool,
+    org_id: i64,
+    endpoint_id: &str,
+    data: &serde_json::Value,
+) -> anyhow::Result<Result<Option<String>, TestPending>> {
+    let mut tx = pool.begin().await?;
+    let ids = match enqueue(&mut tx, org_id, TEST, data, Some(endpoint_id)).await {
+        Ok(ids) => ids,
+        Err(e) if e.downcast_ref::<sqlx::Error>().is_some_and(|e| crate::db::is_violation_of(e, ONE_PENDING_TEST)) => {
+            return Ok(Err(TestPending));
+        }
+        Err(e) => return Err(e),
+    };
+    tx.commit().await?;
+    Ok(Ok(ids.into_iter().next()))
 }
+
+/// An endpoint's earlier test event is still pending.
+#[derive(Debug, thiserror::Error)]
+#[error("A test event for this endpoint is still being delivered; send the next once its attempt has ended.")]
+pub struct TestPending;
 
 /// Deletes deliveries (and their attempts) older than 30 days: the page shows the
 /// recent ones, and a month covers every retry schedule.

@@ -51,6 +51,8 @@ fn expected(kind: Kind, method: &str, pattern: &str, role: Role) -> u16 {
                 403
             }
         }
+        // The API's description is public.
+        Kind::Api if pattern == API_OPENAPI => 200,
         // Restore's API is the platform admin's: every other token gets 403.
         Kind::Api if pattern.starts_with("/platform/") => match role {
             Anonymous => 401,

@@ -600,3 +600,45 @@ async fn the_board_runs_in_a_browser_under_its_csp_with_no_violation() {
     assert!(text.contains("Backend stats overview"), "the board drew its overview: {text:?}");
     assert!(violations.is_empty(), "CSP violations: {violations:#?}");
 }
+
+/// Issue 33, 5.1: connections are capped per IPv6 /56 and /48 as well as per /64
+/// (an ISP customer's /56 holds 256 /64s, each of which could otherwise hold the
+/// whole per-client cap): the /56 may hold 4 times the cap, the /48 8 times.
+#[test]
+fn ipv6_connections_are_capped_per_56_and_48_as_well_as_per_64() {
+    use data_export::startup::listener::PerClient;
+    let ip = |s: &str| Some(s.parse::<std::net::IpAddr>().unwrap());
+    let per = PerClient::default();
+    let max = 2;
+    let mut held = Vec::new();
+    let mut open = |addr: &str| match per.enter(ip(addr), max) {
+        Some(c) => {
+            held.push(c);
+            true
+        }
+        None => false,
+    };
+    assert!(open("2001:db8:1:100::1") && open("2001:db8:1:100::2"));
+    assert!(!open("2001:db8:1:100::3"), "the /64 holds its 2");
+    // Three more /64s of the same /56: 8 in all, its cap.
+    for net in ["101", "1a0", "1ff"] {
+        assert!(open(&format!("2001:db8:1:{net}::1")) && open(&format!("2001:db8:1:{net}::2")), "{net}");
+    }
+    assert!(!open("2001:db8:1:1fe::1"), "a fresh /64 of a /56 that holds its 8");
+    // A second /56 of the /48: the /48 holds 16, its cap.
+    for net in ["200", "201", "202", "203"] {
+        assert!(open(&format!("2001:db8:1:{net}::1")) && open(&format!("2001:db8:1:{net}::2")), "{net}");
+    }
+    assert!(!open("2001:db8:1:300::1"), "a fresh /56 of a /48 that holds its 16");
+    assert!(open("2001:db8:2::1"), "another /48");
+    assert!(open("192.0.2.1") && open("192.0.2.1") && !open("192.0.2.1"), "IPv4: 2 per address");
+    assert!(open("192.0.2.2"), "IPv4 has no wider network");
+    assert!(per.enter(None, max).is_some(), "a trusted proxy is not counted");
+    // A connection that closes frees its place in every network that held it.
+    held.remove(0);
+    let again = per.enter(ip("2001:db8:1:100::9"), max);
+    assert!(again.is_some(), "the /64, /56 and /48 each have one free");
+    assert!(per.enter(ip("2001:db8:1:300::1"), max).is_none(), "the /48 is full again while that one is open");
+    drop(again);
+    assert!(per.enter(ip("2001:db8:1:300::1"), max).is_some(), "and has one free once it closes");
+}

@@ -388,6 +388,51 @@ async fn a_mail_is_given_up_after_its_last_retry_and_the_work_that_queued_it_goe
     assert!(page.contains("not delivered after 2 attempts"), "{page}");
 }
 
+static STRIPPED: OnceLock<MailSettings> = OnceLock::new();
+static OPPORTUNISTIC: OnceLock<MailSettings> = OnceLock::new();
+
+/// Issue 33, 5.2: a plain `smtp://host` insists on STARTTLS. A server that does not
+/// offer it (here: one without TLS, as a path that strips the offer makes any
+/// server look) gets no mail and the attempt says why; sending in clear when
+/// STARTTLS is not offered takes `?tls=opportunistic`, by name.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_plain_smtp_url_requires_starttls_and_opportunistic_tls_is_asked_for_by_name() {
+    let inbox = Inbox::default();
+    let port = inbox.serve(None);
+    let url = format!("smtp://127.0.0.1:{port}");
+    let settings = mail_settings(&[("SMTP_URL", &url), ("MAIL_RETRY_SCHEDULE_SECS", "60")]).unwrap();
+    assert_eq!(settings.smtp.as_ref().unwrap().security, SmtpSecurity::StartTlsRequired);
+    STRIPPED.set(settings).unwrap();
+    let app = TestApp::spawn_with(Options {
+        config: Some(|c| c.mail = STRIPPED.get().unwrap().clone()),
+        ..Default::default()
+    })
+    .await;
+    let admin = user_id(&app, "admin@acme.test").await;
+    assert!(enqueue(&app, admin, Kind::ExportFailed, "Never in clear").await);
+    let r = wait_rows(&app, admin, Duration::from_secs(30), |r| r[0].1 == 1).await;
+    assert!(!r[0].2, "not sent: {r:?}");
+    let error = r[0].4.clone().unwrap_or_default();
+    assert!(error.to_lowercase().contains("tls"), "the attempt says STARTTLS was missing: {error}");
+    assert_eq!(inbox.mail_commands.load(Ordering::SeqCst), 0, "not even the envelope went in clear");
+
+    // Asked for by name, the same server gets the mail in clear.
+    let url = format!("smtp://127.0.0.1:{port}?tls=opportunistic");
+    let settings = mail_settings(&[("SMTP_URL", &url)]).unwrap();
+    assert_eq!(settings.smtp.as_ref().unwrap().security, SmtpSecurity::StartTlsWhenOffered);
+    OPPORTUNISTIC.set(settings).unwrap();
+    let app = TestApp::spawn_with(Options {
+        config: Some(|c| c.mail = OPPORTUNISTIC.get().unwrap().clone()),
+        ..Default::default()
+    })
+    .await;
+    let admin = user_id(&app, "admin@acme.test").await;
+    assert!(enqueue(&app, admin, Kind::ExportFailed, "In clear, as asked").await);
+    let mails = inbox.wait_for(1, Duration::from_secs(30)).await;
+    assert_eq!(parse(&mails[0].raw).0["subject"], "In clear, as asked");
+    println!("SMTP: smtp://host to a server without STARTTLS: not sent ({error}); ?tls=opportunistic: sent in clear");
+}
+
 /// A TLS front on a free loopback port for the plain SMTP server on `plain_port`:
 /// the server as an `smtps://` (implicit TLS) client sees it.
 async fn tls_front(cert_pem: &str, key_pem: &str, plain_port: u16) -> u16 {
@@ -542,6 +587,7 @@ fn bad_mail_settings_are_refused_with_a_message_naming_the_variable() {
         (vec![("SMTP_URL", "smtp://mail.example.com?port=1")], "SMTP_URL"),
         (vec![("SMTP_URL", "smtp://user@mail.example.com")], "both a user and a password"),
         (vec![("SMTP_URL", "smtp://u:p@mail.example.com?tls=none")], "in clear"),
+        (vec![("SMTP_URL", "smtp://u:p@mail.example.com?tls=opportunistic")], "in clear"),
         (vec![("MAIL_FROM", "not an address")], "MAIL_FROM"),
         (vec![("MAIL_FROM", "Ops <ops@>")], "MAIL_FROM"),
         (vec![("MAIL_RETRY_SCHEDULE_SECS", "30,2m")], "MAIL_RETRY_SCHEDULE_SECS"),
@@ -557,7 +603,9 @@ fn bad_mail_settings_are_refused_with_a_message_naming_the_variable() {
     assert!(!err.contains("hunter2"), "{err}");
     // The accepted forms.
     for (url, security, port) in [
-        ("smtp://mail.example.com", SmtpSecurity::StartTlsWhenOffered, 25),
+        ("smtp://mail.example.com", SmtpSecurity::StartTlsRequired, 25),
+        ("smtp://mail.example.com?tls=opportunistic", SmtpSecurity::StartTlsWhenOffered, 25),
+        ("smtp://u:p@mail.example.com", SmtpSecurity::StartTlsRequired, 25),
         ("smtp://mail.example.com:2525?tls=none", SmtpSecurity::Plain, 2525),
         ("smtp://mail.example.com?tls=required", SmtpSecurity::StartTlsRequired, 587),
         ("smtps://u:p%40ss@mail.example.com", SmtpSecurity::ImplicitTls, 465),

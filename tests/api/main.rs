@@ -17,6 +17,7 @@ mod inputs;
 mod layers;
 mod mail;
 mod modules;
+mod openapi;
 mod platform;
 mod privacy;
 mod restore;

@@ -380,7 +380,7 @@ async fn a_rotated_secret_signs_at_once_and_a_deleted_endpoint_gets_nothing_more
     let failing = Receiver::start(&dir, "slow", &["--hang"]);
     let (slow, _) = add_endpoint(&api, &failing.url()).await;
     assert_eq!(api.post(&format!("/orgs/acme/webhooks/{slow}/test")).await.status(), 202);
-    assert_eq!(api.post(&format!("/orgs/acme/webhooks/{slow}/test")).await.status(), 429, "the first is still pending");
+    assert_eq!(api.post(&format!("/orgs/acme/webhooks/{slow}/test")).await.status(), 409, "the first is still pending");
     assert_eq!(api.delete(&format!("/orgs/acme/webhooks/{slow}")).await.status(), 204);
 
     // The page's Rotate shows the new secret once; the old one no longer verifies.
@@ -427,6 +427,41 @@ async fn a_rotated_secret_signs_at_once_and_a_deleted_endpoint_gets_nothing_more
     assert_eq!(globex.get("/orgs/acme/webhooks").await.status(), 404);
 }
 
+/// Issue 33, 5.3: one pending test event per endpoint, held by the database: 16
+/// requests at once queue exactly one delivery; the others get 409. Once it is no
+/// longer pending, the next test is queued.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_test_events_queue_exactly_one_delivery() {
+    // No workers: the delivery stays pending.
+    let app = TestApp::spawn_with(Options { workers: false, config: Some(fast_private), ..Default::default() }).await;
+    let api = api(&app, &app.token("admin@acme.test").await);
+    let (id, _) = add_endpoint(&api, "http://127.0.0.1:9/hook").await;
+    let path = format!("/orgs/acme/webhooks/{id}/test");
+    let answers = futures::future::join_all((0..16).map(|_| async {
+        let r = api.post(&path).await;
+        (r.status().as_u16(), r.json::<Value>().await.unwrap())
+    }))
+    .await;
+    let accepted: Vec<&Value> = answers.iter().filter(|(c, _)| *c == 202).map(|(_, b)| b).collect();
+    assert_eq!(accepted.len(), 1, "exactly one queued: {answers:?}");
+    assert!(accepted[0]["delivery_id"].as_str().is_some_and(|d| d.starts_with("msg_")), "{answers:?}");
+    for (code, body) in answers.iter().filter(|(c, _)| *c != 202) {
+        assert_eq!((*code, body["error"].as_str()), (409, Some("conflict")), "{body}");
+    }
+    assert_eq!(deliveries(&app, &id).await, [("pending".to_string(), 0)]);
+    // The page says the same.
+    let s = app.login("admin@acme.test").await;
+    let page = s.post_form(&format!("/orgs/acme/settings/notifications/{id}/test"), &[]).await;
+    assert_eq!(page.status(), 409);
+    // Ended (delivered or given up), the next test event is queued.
+    sqlx::query("update webhook_deliveries set status = 'failed', finished_at = now() where endpoint_id = $1")
+        .bind(&id)
+        .execute(app.pool())
+        .await
+        .unwrap();
+    assert_eq!(api.post(&path).await.status(), 202);
+    println!("webhook tests: 16 at once: 1 answered 202, 15 answered 409; one pending delivery");
+}
 async fn api_for(app: &TestApp, email: &str) -> Api {
     api(app, &app.token(email).await)
 }
