@@ -332,9 +332,13 @@ async fn export_with(
                     "the backup configuration is not active and verified: run `data-export verify-storage` first, or use --out FILE"
                 );
             }
-            let run = runs::create_manual_unattributed(&state.pool, org.id, state.config.export_max_attempts)
-                .await
-                .map_err(|e| anyhow::anyhow!("{}", e.public_message()))?;
+            let run = crate::exports::start::create_manual_unattributed(
+                &state.pool,
+                org.id,
+                state.config.export_max_attempts,
+            )
+            .await
+            .map_err(|e| anyhow::anyhow!("{}", e.public_message()))?;
             let stop = tokio_util::sync::CancellationToken::new();
             // Only the export queue's workers: this process is here for this run.
             let workers = tokio::spawn(workers::run(state.clone(), stop.clone(), Some(&[ExportJob::QUEUE])));

@@ -7,6 +7,7 @@ pub mod job;
 pub mod notifications;
 pub mod org_snapshot;
 pub mod runs;
+pub mod start;
 pub mod stuck;
 pub mod views;
 pub mod web;
@@ -96,7 +97,7 @@ pub async fn trigger(state: &AppState, ctx: &OrgCtx) -> Result<runs::Run, AppErr
             retry_after_secs: wait,
         });
     }
-    runs::create_manual(&state.pool, ctx.org.id, ctx.user.id, state.config.export_max_attempts).await
+    start::create_manual(&state.pool, ctx.org.id, ctx.user.id, state.config.export_max_attempts).await
 }
 
 /// `2 h 5 min` style waits.

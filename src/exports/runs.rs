@@ -4,9 +4,7 @@
 use chrono::{DateTime, Utc};
 use serde::Serialize;
 use sqlx::PgPool;
-use ulid::Ulid;
 
-use super::job::{self, ExportJob};
 use crate::{error::AppError, snapshot::job::Failure, web::path::RecordId};
 
 crate::text_enum! {
@@ -148,110 +146,6 @@ const SELECT: &str = "select r.id, r.org_id, r.status, r.trigger, r.triggered_by
 /// The object key for a run: `exports/{YYYY}/{MM}/{run-id}.json.gz`.
 pub fn object_key(id: &str, at: DateTime<Utc>) -> String {
     format!("exports/{}/{id}.json.gz", at.format("%Y/%m"))
-}
-
-/// Creates a manual run and its job in one transaction. The one-active-export
-/// index turns a concurrent trigger into [`AppError::Conflict`].
-pub async fn create_manual(pool: &PgPool, org_id: i64, user_id: i64, max_attempts: u32) -> Result<Run, AppError> {
-    create(pool, org_id, Some(user_id), max_attempts).await
-}
-
-/// A manual run started from the command line (no user).
-pub async fn create_manual_unattributed(pool: &PgPool, org_id: i64, max_attempts: u32) -> Result<Run, AppError> {
-    create(pool, org_id, None, max_attempts).await
-}
-
-async fn create(pool: &PgPool, org_id: i64, user_id: Option<i64>, max_attempts: u32) -> Result<Run, AppError> {
-    let id = Ulid::generate();
-    let mut tx = pool.begin().await?;
-    let inserted = sqlx::query(
-        "insert into export_runs (id, org_id, status, trigger, triggered_by) values ($1, $2, 'pending', 'manual', $3)",
-    )
-    .bind(id.to_string())
-    .bind(org_id)
-    .bind(user_id)
-    .execute(&mut *tx)
-    .await;
-    if let Err(e) = inserted {
-        if crate::db::is_violation_of(&e, ONE_ACTIVE_INDEX) {
-            drop(tx);
-            let active = active_id(pool, org_id).await?.unwrap_or_default();
-            return Err(AppError::Conflict { active_export_id: active });
-        }
-        return Err(e.into());
-    }
-    job::enqueue(&mut tx, id, &ExportJob { run_id: id.to_string() }, max_attempts).await?;
-    crate::audit::write(
-        &mut *tx,
-        Some(org_id),
-        user_id,
-        "export.triggered",
-        &format!("export:{id}"),
-        serde_json::json!({}),
-    )
-    .await?;
-    tx.commit().await?;
-    get_any(pool, &id.to_string()).await?.ok_or(AppError::NotFound)
-}
-
-/// What a schedule slot did for one org.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub enum Scheduled {
-    /// A new scheduled run, with its job.
-    Created(String),
-    /// The slot already has its run (the slot's job ran before).
-    AlreadyScheduled(String),
-    /// Another export was pending or running: the slot is skipped for this org.
-    Skipped { active_export_id: String },
-}
-
-/// Creates the scheduled run of `slot` and its job in one transaction. The unique
-/// `(org_id, scheduled_for)` index makes the slot's run exist once, however many
-/// processes try; the one-active index turns an active export into a skip.
-pub async fn create_scheduled(
-    pool: &PgPool,
-    org_id: i64,
-    slot: DateTime<Utc>,
-    max_attempts: u32,
-) -> anyhow::Result<Scheduled> {
-    // A conflict with a run that then finishes before we look is retried.
-    for _ in 0..3 {
-        let id = Ulid::generate();
-        let mut tx = pool.begin().await?;
-        let inserted = sqlx::query(
-            "insert into export_runs (id, org_id, status, trigger, scheduled_for)
-             values ($1, $2, 'pending', 'scheduled', $3) on conflict do nothing",
-        )
-        .bind(id.to_string())
-        .bind(org_id)
-        .bind(slot)
-        .execute(&mut *tx)
-        .await?
-        .rows_affected()
-            == 1;
-        if inserted {
-            job::enqueue(&mut tx, id, &ExportJob { run_id: id.to_string() }, max_attempts).await?;
-            let details = serde_json::json!({ "scheduled_for": slot });
-            crate::audit::write(&mut *tx, Some(org_id), None, "export.scheduled", &format!("export:{id}"), details)
-                .await?;
-            tx.commit().await?;
-            return Ok(Scheduled::Created(id.to_string()));
-        }
-        drop(tx);
-        let existing: Option<(String,)> =
-            sqlx::query_as("select id from export_runs where org_id = $1 and scheduled_for = $2")
-                .bind(org_id)
-                .bind(slot)
-                .fetch_optional(pool)
-                .await?;
-        if let Some((id,)) = existing {
-            return Ok(Scheduled::AlreadyScheduled(id));
-        }
-        if let Some(active_export_id) = active_id(pool, org_id).await? {
-            return Ok(Scheduled::Skipped { active_export_id });
-        }
-    }
-    anyhow::bail!("could not create the scheduled run for slot {slot}: it kept conflicting")
 }
 
 /// When the org has started `limit` manual exports in the last 24 hours: the
@@ -621,7 +515,7 @@ fn export_mail(public_url: &str, run: &Run, slug: &str, name: &str) -> crate::ma
                  when you ask for it, and is valid for 15 minutes):",
                 when(run.finished_at),
                 run.rows_written,
-                super::views::human_bytes(run.size_bytes.unwrap_or(0)),
+                crate::web::format::human_bytes(run.size_bytes.unwrap_or(0)),
             ),
         )
     } else {

@@ -178,7 +178,7 @@ fn row(org: &OrgHealth) -> Markup {
                 }
             }
             td data-label="Failures in a row" { @if org.consecutive_failures > 0 { (org.consecutive_failures) } }
-            td data-label="Last size" { @if let Some(n) = org.last_size_bytes { span.whitespace-nowrap { (crate::exports::views::human_bytes(n)) } } }
+            td data-label="Last size" { @if let Some(n) = org.last_size_bytes { span.whitespace-nowrap { (crate::web::format::human_bytes(n)) } } }
             td data-label="Bucket" {
                 (org.bucket_state)
                 @if let Some(e) = &org.bucket_error { p.text-xs.text-red-700 data-bucket-error { (e) } }

@@ -21,7 +21,10 @@ use ulid::Ulid;
 
 use super::pruner;
 use crate::{
-    exports::runs::{self, Scheduled},
+    exports::{
+        runs,
+        start::{self, Scheduled},
+    },
     jobs,
     settings::{self, backup},
     state::AppState,
@@ -151,7 +154,7 @@ pub async fn fire_slot(state: &AppState, slot: DateTime<Utc>) -> anyhow::Result<
         .fetch_all(&state.pool)
         .await?;
         for (org_id, slug) in orgs {
-            match runs::create_scheduled(&state.pool, org_id, slot, state.config.export_max_attempts).await? {
+            match start::create_scheduled(&state.pool, org_id, slot, state.config.export_max_attempts).await? {
                 Scheduled::Created(id) => {
                     tracing::info!(%slot, org = slug, export_id = id, "scheduled export created");
                     outcome.started.push(slug);

@@ -475,7 +475,7 @@ async fn a_platform_admin_restores_an_org_from_an_export_and_from_an_upload() {
     let mut app = TestApp::spawn().await;
     app.start_workers();
     let acme = app.org_id("acme").await;
-    let run = data_export::exports::runs::create_manual_unattributed(app.pool(), acme, 3).await.unwrap();
+    let run = data_export::exports::start::create_manual_unattributed(app.pool(), acme, 3).await.unwrap();
     let run = app.wait_for_run(&run.id, Duration::from_secs(60)).await;
     let file = app.storage_dir.join("acme-download.json.gz");
     let object =

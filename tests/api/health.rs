@@ -89,7 +89,7 @@ async fn a_run_whose_job_ended_or_whose_progress_stands_still_is_failed_and_a_li
         .unwrap();
     let healthy = {
         let org_id = app.org_id("third").await;
-        runs::create_manual_unattributed(app.pool(), org_id, 3).await.unwrap().id
+        data_export::exports::start::create_manual_unattributed(app.pool(), org_id, 3).await.unwrap().id
     };
 
     let failed = data_export::exports::stuck::fail_stuck(&app.state).await.unwrap();

@@ -808,7 +808,7 @@ async fn a_completed_manual_export_mails_only_its_starter_while_still_an_admin()
     }
     // Started from the command line: nobody is waiting for it.
     let acme = app.org_id("acme").await;
-    let cli = data_export::exports::runs::create_manual_unattributed(app.pool(), acme, 3).await.unwrap();
+    let cli = data_export::exports::start::create_manual_unattributed(app.pool(), acme, 3).await.unwrap();
     complete_run(&app, &cli.id).await;
     assert_eq!(export_mails(&app).await, 1, "a run from the command line mails nobody when it completes");
     // The other admin's own run is theirs.
@@ -1021,7 +1021,7 @@ async fn a_run_failing_before_its_slot_has_fired_sends_no_early_slot_mail() {
     claim_slot(&app, slot).await;
     // The slot's job has made acme's run only, and that run fails at once.
     let acme = app.org_id("acme").await;
-    data_export::exports::runs::create_scheduled(app.pool(), acme, slot, 3).await.unwrap();
+    data_export::exports::start::create_scheduled(app.pool(), acme, slot, 3).await.unwrap();
     let acme_run: String = sqlx::query_scalar("select id from export_runs where org_id = $1")
         .bind(acme)
         .fetch_one(app.pool())

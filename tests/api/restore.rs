@@ -540,7 +540,7 @@ async fn a_recorded_export_brings_its_media_and_a_changed_copy_of_it_is_refused(
             .unwrap();
     }
     // A recorded export, as the UI makes it.
-    let run = data_export::exports::runs::create_manual_unattributed(app.pool(), acme, 3).await.unwrap();
+    let run = data_export::exports::start::create_manual_unattributed(app.pool(), acme, 3).await.unwrap();
     let done = app.wait_for_run(&run.id, std::time::Duration::from_secs(60)).await;
     let key = done.object_key.clone().unwrap();
     let object = s3.get_object().bucket("org-acme").key(&key).send().await.unwrap();
