@@ -1,6 +1,6 @@
 //! Sign-in rate limits, kept in PostgreSQL so that every web process shares them.
 //!
-//! The policy (README, "Sign-in and its limits"):
+//! The policy (docs/operators.md, "Sign-in and its limits"):
 //! - Per network: more than [`MAX_PER_ADDRESS`] failures in the window from an
 //!   IPv4 address or an IPv6 /64 (see [`super::client_ip`]), or 4 and 8 times as
 //!   many from the IPv6 /56 and /48 that hold it ([`super::client_ip::WIDER_V6`]),

@@ -3,7 +3,7 @@
 //! request fails, the connection pool is never exhausted (a request that waited
 //! past the pool's timeout would fail), and the process's memory stays flat.
 //!
-//! `SOAK_EXPORTS=N` runs N exports instead of 10 (a longer soak; see the README).
+//! `SOAK_EXPORTS=N` runs N exports instead of 10 (a longer soak; see docs/testing.md).
 
 use std::{
     sync::{

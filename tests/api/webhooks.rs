@@ -1,5 +1,5 @@
 //! Webhooks end to end: a real HTTP receiver (scripts/webhook-receiver.py, the one
-//! the README shows, on Python's standard library) checks each signature with its
+//! docs/org-admins.md shows, on Python's standard library) checks each signature with its
 //! own implementation of the Standard Webhooks spec. Retries after failures, a
 //! target that hangs, giving up, refused private addresses, no redirects, secret
 //! rotation, and deleting an endpoint while a delivery waits for its retry.
@@ -466,7 +466,7 @@ async fn api_for(app: &TestApp, email: &str) -> Api {
     api(app, &app.token(email).await)
 }
 
-/// The demo's round, as the README tells it: with the history open, `schedule-now`
+/// The demo's round, as docs/org-admins.md tells it: with the history open, `schedule-now`
 /// fires a slot; the scheduled export appears in the open history (its poll stops
 /// answering 204), the org's admin, who switched completed scheduled exports on,
 /// finds the mail in the outbox (globex's admin, who did not, gets none), and the
