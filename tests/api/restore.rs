@@ -369,7 +369,7 @@ async fn every_kind_of_bad_input_is_refused_with_its_reason_and_leaves_nothing()
         "other json",
         &gzip(br#"{"hello":"world"}"#),
         "restored",
-        "does not match the snapshot schema",
+        "not an org snapshot: it has an unknown field \"hello\"",
     )
     .await;
     assert_refused(
@@ -486,7 +486,7 @@ async fn every_kind_of_bad_input_is_refused_with_its_reason_and_leaves_nothing()
             d["counts"]["secrets"] = json!(0);
         }),
         "restored",
-        "does not match the snapshot schema",
+        "which is not a section of the format",
     )
     .await;
     assert_refused(
@@ -986,4 +986,71 @@ async fn participants(app: &TestApp, org: i64) -> i64 {
         .fetch_one(app.pool())
         .await
         .unwrap()
+}
+
+/// Runs `data-export ARGS` under /usr/bin/time; returns its output and its peak
+/// resident set in KiB.
+fn peak_rss(app: &TestApp, args: &[&std::ffi::OsStr]) -> (std::process::Output, u64) {
+    let inner = app.command();
+    let report = app.storage_dir.join(format!("time-{}.txt", ulid::Ulid::generate()));
+    let mut cmd = std::process::Command::new("/usr/bin/time");
+    cmd.env_clear();
+    for (k, v) in inner.get_envs() {
+        if let Some(v) = v {
+            cmd.env(k, v);
+        }
+    }
+    cmd.arg("-f").arg("%M").arg("-o").arg(&report).arg(inner.get_program()).args(args);
+    let out = run(cmd);
+    let text = std::fs::read_to_string(&report).unwrap();
+    let kib = text.trim().lines().last().and_then(|l| l.trim().parse().ok()).unwrap_or_else(|| panic!("{text:?}"));
+    (out, kib)
+}
+
+/// The two files of issue 31: a 60 MiB `[[],[],...]` header field (a 61 KB upload
+/// once took a server from 34 MB to 1,347 MB), and 40 MiB of made-up empty section
+/// names (3,656 MB). `verify` and `import --dry-run` refuse both with a reason,
+/// and stay under 128 MiB while they do.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_header_bomb_and_made_up_sections_are_refused_in_bounded_memory() {
+    const LIMIT_KIB: u64 = 128 * 1024;
+    let app = TestApp::spawn_with(Options { members: 2, workers: false, ..Options::default() }).await;
+    let good = export_to_file(&app, "acme", "good.json.gz");
+    let doc = gunzip(&std::fs::read(&good).unwrap());
+    let text = serde_json::to_string(&doc).unwrap();
+    let field = format!("\"generated_at\":{}", doc["generated_at"]);
+    assert!(text.contains(&field));
+    let bomb = format!("\"generated_at\":[{}[]]", "[],".repeat(20 * 1024 * 1024));
+    let header_bomb = gzip(text.replacen(&field, &bomb, 1).as_bytes());
+    drop(bomb);
+    let mut names = String::with_capacity(41 * 1024 * 1024);
+    let mut i = 0u64;
+    while names.len() < 40 * 1024 * 1024 {
+        names.push_str(&format!("\"s{i:09}\":[],"));
+        i += 1;
+    }
+    let made_up = gzip(text.replacen("\"sections\":{", &format!("\"sections\":{{{names}"), 1).as_bytes());
+    drop(names);
+    println!("bomb files: header field {} bytes, made-up sections {} bytes", header_bomb.len(), made_up.len());
+    let before = world(&app).await;
+    for (what, bytes, reason) in [
+        ("header-bomb", &header_bomb, "header"),
+        ("made-up-sections", &made_up, "which is not a section of the format"),
+    ] {
+        let path = app.storage_dir.join(format!("{what}.json.gz"));
+        std::fs::write(&path, bytes).unwrap();
+        let (out, kib) = peak_rss(&app, &["verify".as_ref(), path.as_os_str()]);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success() && stderr.contains(reason), "verify {what}: {stderr}");
+        assert!(kib < LIMIT_KIB, "verify {what}: peak {kib} KiB");
+        let (out, kib) = peak_rss(
+            &app,
+            &["import".as_ref(), path.as_os_str(), "--org".as_ref(), "bomb".as_ref(), "--dry-run".as_ref()],
+        );
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success() && stderr.contains(reason), "import {what}: {stderr}");
+        assert!(kib < LIMIT_KIB, "import --dry-run {what}: peak {kib} KiB");
+        println!("{what}: refused, peak {kib} KiB");
+    }
+    assert_eq!(world(&app).await, before);
 }
