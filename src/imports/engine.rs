@@ -275,6 +275,7 @@ async fn run<R: Read + Send + 'static>(
     for table in &present {
         table.check(&mut tx, &catalog, file_org_id).await?;
     }
+    check_object_keys(&mut tx).await?;
 
     // The org, its modules, its people, its rows.
     let name = match &request.name {
@@ -877,6 +878,33 @@ fn escape(s: &str, out: &mut Vec<u8>) -> Result<(), String> {
             0 => return Err("a text value holds a NUL character, which PostgreSQL cannot store".into()),
             _ => out.push(b),
         }
+    }
+    Ok(())
+}
+
+/// Documents' object keys name objects in the new org's bucket (and, for a recorded
+/// export, in the source org's): a key that could reach outside it is refused, since
+/// a store on a file system (the embedded one) resolves `..` in a key as a path. So
+/// is an empty key, a key starting with `/`, with a `..` segment, or with a control
+/// character.
+async fn check_object_keys(conn: &mut PgConnection) -> Result<(), ImportError> {
+    let bad: Option<(i64, String)> = sqlx::query_as(
+        r"select id, object_key from import_documents
+          where object_key = '' or object_key like '/%' or object_key ~ '(^|/)\.\.(/|$)'
+             or object_key ~ '[\x01-\x1f\x7f-\x9f]'
+          order by id limit 1",
+    )
+    .fetch_optional(&mut *conn)
+    .await?;
+    if let Some((id, key)) = bad {
+        let mut shown: String = key.chars().take(80).collect();
+        if shown.len() < key.len() {
+            shown.push_str("...");
+        }
+        return Err(rejected(format!(
+            "section documents: row id {id} has the object key {shown:?}, which is not allowed \
+             (a key may not be empty, start with '/', have a '..' segment or a control character)"
+        )));
     }
     Ok(())
 }

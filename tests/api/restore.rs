@@ -500,6 +500,24 @@ async fn every_kind_of_bad_input_is_refused_with_its_reason_and_leaves_nothing()
         "two people share the email",
     )
     .await;
+    // Object keys that could reach outside the new org's bucket (issue 31, 4).
+    for (what, key) in [
+        ("key climbing out", "../org-globex/documents/1/file.bin"),
+        ("key with a dot-dot segment", "documents/../../etc/passwd"),
+        ("key from the root", "/etc/passwd"),
+        ("key with a control character", "documents/a\u{1}b"),
+        ("key with a newline", "documents/a\nb"),
+        ("empty key", ""),
+    ] {
+        assert_refused(
+            &app,
+            what,
+            &edited(&|d| d["sections"]["documents"][0]["object_key"] = json!(key)),
+            "restored",
+            "which is not allowed (a key may not be empty, start with '/', have a '..' segment",
+        )
+        .await;
+    }
     // The slug.
     assert_refused(&app, "taken slug", &good, "globex", "the slug \"globex\" is taken").await;
     assert_refused(&app, "malformed slug", &good, "Not A Slug", "is not a valid org slug").await;
