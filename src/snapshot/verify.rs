@@ -200,12 +200,7 @@ struct Found {
     counts: BTreeMap<String, u64>,
 }
 
-fn read_document(
-    input: impl Read,
-    schemas: &Schemas,
-    on_row: &mut OnRow<'_>,
-    meter: Meter,
-) -> Result<Found, Invalid> {
+fn read_document(input: impl Read, schemas: &Schemas, on_row: &mut OnRow<'_>, meter: Meter) -> Result<Found, Invalid> {
     let mut de = serde_json::Deserializer::from_reader(input);
     let mut ctx = Ctx { schemas, problem: None, on_row, meter, header_bytes: 0, counts: BTreeMap::new() };
     let parsed = DocumentSeed { ctx: &mut ctx }.deserialize(&mut de).and_then(|f| {
@@ -402,7 +397,9 @@ impl<'de> Visitor<'de> for SectionsSeed<'_, '_, '_> {
             let Some(name) = map.next_key_seed(KnownKey { known: &ctx.schemas.sections })? else { break };
             let name = match name {
                 Ok(n) => n,
-                Err(name) => return Err(ctx.refuse(format!("sections has {name:?}, which is not a section of the format"))),
+                Err(name) => {
+                    return Err(ctx.refuse(format!("sections has {name:?}, which is not a section of the format")));
+                }
             };
             if out.contains_key(&name) {
                 return Err(ctx.refuse(format!("duplicate section {name:?}")));
@@ -721,7 +718,8 @@ mod tests {
     fn the_header_is_bounded_as_a_whole_and_unknown_names_stop_the_read() {
         // One header field of 60 MiB of `[],`: refused once the header passes 1 MiB.
         let bomb = format!("[{}[]]", "[],".repeat(20 * 1024 * 1024));
-        let file = gz(&doc("[]", 0).replace(r#""generated_at":"2026-11-27T17:36:20Z""#, &format!(r#""generated_at":{bomb}"#)));
+        let file =
+            gz(&doc("[]", 0).replace(r#""generated_at":"2026-11-27T17:36:20Z""#, &format!(r#""generated_at":{bomb}"#)));
         drop(bomb);
         let e = verify(&file[..], None).unwrap_err();
         assert!(e.0.contains("header") && e.0.contains("larger than 1 MiB"), "{e}");
@@ -748,8 +746,11 @@ mod tests {
         }
         // A long made-up section name stops within the header's bound, not at the row's.
         let long = "s".repeat(40 * 1024 * 1024);
-        let e = verify(&gz(&doc("[]", 0).replace(r#""memberships":[]"#, &format!(r#""{long}":[],"memberships":[]"#)))[..], None)
-            .unwrap_err();
+        let e = verify(
+            &gz(&doc("[]", 0).replace(r#""memberships":[]"#, &format!(r#""{long}":[],"memberships":[]"#)))[..],
+            None,
+        )
+        .unwrap_err();
         assert!(e.0.contains("larger than 1 MiB"), "{e}");
     }
 
