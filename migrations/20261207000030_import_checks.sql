@@ -12,6 +12,7 @@ alter table org_imports
     -- A confirmation is an import proper, never a check itself.
     add constraint org_imports_confirmation_not_dry check (not (dry_run and check_id is not null));
 
--- A check is confirmed at most once.
+-- A check is confirmed at most once: a confirmation that failed (the storage was
+-- away, say) leaves it free to be confirmed again.
 create unique index org_imports_one_confirmation_per_check on org_imports (check_id)
-    where check_id is not null;
+    where check_id is not null and status <> 'failed';

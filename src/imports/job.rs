@@ -58,9 +58,11 @@ async fn run(state: AppState, id: String, attempt: i32) -> anyhow::Result<()> {
         tracing::warn!("a later attempt took the import over; this attempt's outcome is not recorded");
         return Ok(());
     }
-    // A completed check's upload is what its confirmation reads: it stays until then
-    // (or until the check can no longer be confirmed, see `sweep_abandoned`).
-    if !matches!(outcome, Outcome::Checked(_)) {
+    // A completed check's upload is what its confirmation reads: it stays until a
+    // confirmation completes (a failed one leaves the check to be confirmed again),
+    // or until the check can no longer be confirmed (see `sweep_abandoned`).
+    let confirmable_again = import.check_id.is_some() && matches!(outcome, Outcome::Failed(_));
+    if !matches!(outcome, Outcome::Checked(_)) && !confirmable_again {
         remove_upload(&state, &import).await;
     }
     Ok(())

@@ -81,7 +81,8 @@ pub struct Import {
     pub dry_run: bool,
     /// For a confirmation: the check it confirms.
     pub check_id: Option<String>,
-    /// For a check: the import that confirmed it.
+    /// For a check: the import that confirmed it (pending, running or completed; a
+    /// failed confirmation leaves the check to be confirmed again).
     pub confirmed_by: Option<String>,
 }
 
@@ -148,7 +149,8 @@ impl Import {
 const SELECT: &str = "select i.id, i.status, i.slug, i.name, i.source_export_id, so.slug as source_org, i.upload_key,
     i.upload_bytes, i.via, i.requested_by, u.email as requested_by_email, i.created_at, i.started_at, i.finished_at,
     i.attempt, i.restored_org_id, o.slug as restored_org, i.report, i.error, i.dry_run, i.check_id,
-    (select c.id from org_imports c where c.check_id = i.id) as confirmed_by
+    (select c.id from org_imports c where c.check_id = i.id and c.status <> 'failed'
+     order by c.created_at desc limit 1) as confirmed_by
     from org_imports i
     left join users u on u.id = i.requested_by
     left join organizations o on o.id = i.restored_org_id
@@ -444,7 +446,7 @@ pub async fn expired_checks(pool: &PgPool) -> sqlx::Result<Vec<Import>> {
         "update org_imports i set error = 'the check expired unconfirmed; its uploaded file was removed'
          where i.dry_run and i.upload_key is not null and i.status = 'completed' and i.error is null
            and i.finished_at < now() - make_interval(hours => $1)
-           and not exists (select 1 from org_imports c where c.check_id = i.id)
+           and not exists (select 1 from org_imports c where c.check_id = i.id and c.status <> 'failed')
          returning i.id",
     )
     .bind(CHECK_VALID_HOURS as i32)

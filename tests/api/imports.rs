@@ -688,3 +688,47 @@ async fn the_restore_page_picks_the_org_then_pages_its_completed_exports() {
     assert!(page.text().await.unwrap().contains("No org"));
     assert_eq!(s.get(&format!("{PLATFORM_IMPORTS}?org=globex&before=../x")).await.status(), 400);
 }
+
+/// Issue 31, 2: the confirmation restores what its check showed, or nothing. When
+/// who gets in has changed since the check, the confirmation fails and writes
+/// nothing; a failed confirmation leaves the check to be confirmed again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_confirmation_does_only_what_its_check_showed() {
+    let app = TestApp::spawn_with(Options { members: 4, ..Default::default() }).await;
+    let export_id = completed_acme_export(&app).await;
+    let token = app.token(PLATFORM).await;
+    let body = json!({ "source_export_id": export_id, "slug": "acme-checked", "name": "Acme Checked" }).to_string();
+    let (status, created) = api_post(&app, &token, &body).await;
+    assert_eq!(status, 202, "{created}");
+    let check = created["id"].as_str().unwrap().to_string();
+    assert_eq!(wait_for_import(&app, &check).await, ("completed".to_string(), None));
+    let set_member = |status: &'static str| {
+        sqlx::query(
+            "update memberships set status = $1 where org_id = (select id from organizations where slug = 'acme')
+             and user_id = (select id from users where email = 'member@acme.test')",
+        )
+        .bind(status)
+    };
+    // Since the check, a member was suspended in acme: the preview said active.
+    set_member("suspended").execute(app.pool()).await.unwrap();
+    let (status, confirmed) = api_confirm(&app, &token, &check).await;
+    assert_eq!(status, 202, "{confirmed}");
+    let first = confirmed["id"].as_str().unwrap().to_string();
+    let (status, error) = wait_for_import(&app, &first).await;
+    assert_eq!(status, "failed");
+    assert!(error.as_deref().unwrap_or_default().contains("changed since the check"), "{error:?}");
+    let none: Option<(i64,)> = sqlx::query_as("select id from organizations where slug = 'acme-checked'")
+        .fetch_optional(app.pool())
+        .await
+        .unwrap();
+    assert!(none.is_none(), "a refused confirmation writes nothing");
+    // As it was at the check: confirmed again, it restores.
+    set_member("active").execute(app.pool()).await.unwrap();
+    let (status, confirmed) = api_confirm(&app, &token, &check).await;
+    assert_eq!(status, 202, "a failed confirmation leaves the check confirmable: {confirmed}");
+    let second = confirmed["id"].as_str().unwrap().to_string();
+    assert_eq!(wait_for_import(&app, &second).await, ("completed".to_string(), None));
+    assert_eq!(api_confirm(&app, &token, &check).await.0, 409);
+    let (_, got) = api_get(&app, &token, &check).await;
+    assert_eq!(got["confirmed_by"], second.as_str());
+}
