@@ -1,4 +1,4 @@
-//! The command line: `data-export [serve|worker|migrate|seed|export|prune|schedule-now|verify-storage|verify|import|token]`.
+//! The command line: `data-export [serve|worker|migrate|seed|export|prune|schedule-now|verify-storage|verify|import|activate|token]`.
 
 use std::{io::Write, path::PathBuf, time::Duration};
 
@@ -94,6 +94,20 @@ pub enum Command {
         /// Read and check the whole file and report what would be done; keep nothing.
         #[arg(long)]
         dry_run: bool,
+    },
+    /// Activate memberships a restore left suspended (docs/restore.md): the people
+    /// given by --email, or with --all every suspended membership of the org. Prints
+    /// a JSON line.
+    Activate {
+        /// The org's slug.
+        #[arg(long)]
+        org: String,
+        /// The person's email (repeat for several).
+        #[arg(long, required_unless_present = "all", conflicts_with = "all")]
+        email: Vec<String>,
+        /// Every suspended membership of the org.
+        #[arg(long)]
+        all: bool,
     },
     /// Personal API tokens.
     Token {
@@ -205,6 +219,7 @@ pub async fn run(cli: Cli, config: Config) -> anyhow::Result<()> {
         Command::Verify { file, sha256 } => verify_file(&file, sha256.as_deref()).await,
         Command::Import { file, org, name, dry_run } => import_file(config, &file, org, name, dry_run).await,
         Command::Token { command } => token(config, command).await,
+        Command::Activate { org, email, all } => activate(config, &org, email, all).await,
     }
 }
 
@@ -401,6 +416,7 @@ async fn import_file(
         source_export_id: None,
         import_id: None,
         attempt: 0,
+        expect: None,
     };
     let result = crate::imports::import(&services.state, f, request).await;
     services.shutdown().await;
@@ -411,6 +427,20 @@ async fn import_file(
         }
         Err(e) => bail!("import of {} failed, nothing was kept: {e}", file.display()),
     }
+}
+
+/// `data-export activate --org SLUG (--email E ... | --all)`: prints
+/// `{"org","activated":[emails]}`; a refusal activates nobody.
+async fn activate(config: Config, org: &str, emails: Vec<String>, all: bool) -> anyhow::Result<()> {
+    use crate::imports::members::{self, Whom};
+    let slug = OrgSlug::parse(org).with_context(|| format!("--org: {org:?} is not a valid org slug"))?;
+    let whom = if all { Whom::AllSuspended } else { Whom::Emails(emails) };
+    let services = Services::start(config).await?;
+    let result = members::activate(&services.state.pool, &slug, &whom, None).await;
+    services.shutdown().await;
+    let activated = result?;
+    println!("{}", serde_json::json!({ "org": slug.as_str(), "activated": activated }));
+    Ok(())
 }
 
 /// `data-export token create|list|revoke`: bad arguments are refused before the

@@ -76,6 +76,7 @@ route_table!(HTML_ROUTES, html_routes:
     PLATFORM_IMPORTS => [get imports::web::show, post imports::web::from_export],
     PLATFORM_IMPORT_UPLOAD => [post imports::web::upload],
     PLATFORM_IMPORT_ROW => [get imports::web::row],
+    PLATFORM_IMPORT_CONFIRM => [post imports::web::confirm],
 );
 
 // Patterns relative to API_PREFIX.
@@ -92,6 +93,7 @@ route_table!(API_ROUTES, api_routes:
     API_WEBHOOK_ATTEMPTS => [get exports::notifications::api_attempts],
     API_IMPORTS => [post imports::api::create],
     API_IMPORT => [get imports::api::get],
+    API_IMPORT_CONFIRM => [post imports::api::confirm],
     API_PLATFORM_ORGS => [get platform::orgs::api_list],
     API_OPENAPI => [get || async { ([(header::CONTENT_TYPE, "application/json")], OPENAPI) }],
 );

@@ -43,6 +43,7 @@ pub const PLATFORM_PRIVACY_DOWNLOAD: &str = "/platform/privacy/{id}/download";
 pub const PLATFORM_IMPORTS: &str = "/platform/imports";
 pub const PLATFORM_IMPORT_UPLOAD: &str = "/platform/imports/upload";
 pub const PLATFORM_IMPORT_ROW: &str = "/platform/imports/{id}/row";
+pub const PLATFORM_IMPORT_CONFIRM: &str = "/platform/imports/{id}/confirm";
 /// Redirects to the job board's own listener.
 pub const PLATFORM_BOARD: &str = "/platform/board";
 /// The job board UI's event stream, on the board's own listener (`board`).
@@ -62,6 +63,7 @@ pub const API_WEBHOOK_TEST: &str = "/orgs/{org}/webhooks/{id}/test";
 pub const API_WEBHOOK_ATTEMPTS: &str = "/orgs/{org}/webhooks/{id}/attempts";
 pub const API_IMPORTS: &str = "/platform/imports";
 pub const API_IMPORT: &str = "/platform/imports/{id}";
+pub const API_IMPORT_CONFIRM: &str = "/platform/imports/{id}/confirm";
 pub const API_PLATFORM_ORGS: &str = "/platform/orgs";
 /// The OpenAPI document of every route under `API_PREFIX` (docs/openapi.json).
 pub const API_OPENAPI: &str = "/openapi.json";

@@ -209,17 +209,54 @@ pub struct CompletedRun {
     pub size_bytes: Option<i64>,
 }
 
-/// The newest completed runs of every org (whose file is still there), newest first.
-pub async fn completed_across_orgs(pool: &PgPool, limit: i64) -> sqlx::Result<Vec<CompletedRun>> {
+/// An org with completed runs (whose files are still there), as a restore offers it.
+#[derive(Clone, Debug, sqlx::FromRow)]
+pub struct OrgWithExports {
+    pub slug: String,
+    pub name: String,
+    pub completed: i64,
+    pub newest: Option<DateTime<Utc>>,
+}
+
+/// Every org with completed runs whose files are still there, the most recently
+/// exported first.
+pub async fn orgs_with_completed(pool: &PgPool) -> sqlx::Result<Vec<OrgWithExports>> {
     sqlx::query_as(
-        "select r.id, o.slug as org_slug, o.name as org_name, r.finished_at, r.size_bytes
+        "select o.slug, o.name, count(*) as completed, max(r.finished_at) as newest
          from export_runs r join organizations o on o.id = r.org_id
          where r.status = 'completed' and r.object_key is not null
-         order by r.finished_at desc nulls last, r.id desc limit $1",
+         group by o.id order by max(r.finished_at) desc nulls last, o.slug",
     )
-    .bind(limit)
     .fetch_all(pool)
     .await
+}
+
+/// One page of the org `slug`'s completed runs (whose files are still there), newest
+/// first, after the run `before` (keyset on `(created_at, id)`, as the history
+/// pages). Returns up to `limit` runs, and whether older ones remain.
+pub async fn completed_of_org(
+    pool: &PgPool,
+    slug: &str,
+    limit: i64,
+    before: Option<&RecordId>,
+) -> sqlx::Result<(Vec<CompletedRun>, bool)> {
+    let mut runs: Vec<CompletedRun> = sqlx::query_as(
+        "select r.id, o.slug as org_slug, o.name as org_name, r.finished_at, r.size_bytes
+         from export_runs r join organizations o on o.id = r.org_id
+         where o.slug = $1 and r.status = 'completed' and r.object_key is not null
+           and ($3::text is null
+                or (r.created_at, r.id) < (select b.created_at, b.id from export_runs b
+                                           where b.id = $3 and b.org_id = o.id))
+         order by r.created_at desc, r.id desc limit $2",
+    )
+    .bind(slug)
+    .bind(limit + 1)
+    .bind(before.map(RecordId::as_str))
+    .fetch_all(pool)
+    .await?;
+    let more = runs.len() as i64 > limit;
+    runs.truncate(usize::try_from(limit).unwrap_or(0));
+    Ok((runs, more))
 }
 
 /// The org's runs, newest first.

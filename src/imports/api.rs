@@ -1,6 +1,8 @@
-//! The JSON API of restore, for platform admins' tokens (anyone else: 403):
-//! `POST /api/v1/platform/imports` restores a completed export as a new org,
-//! `GET /api/v1/platform/imports/{id}` tells how it went.
+//! The JSON API of restore, for platform admins' tokens (anyone else: 403), in two
+//! steps: `POST /api/v1/platform/imports` checks a completed export as a new org (a
+//! dry run whose report lists the accounts it matches), `POST
+//! /api/v1/platform/imports/{id}/confirm` restores it as checked, and
+//! `GET /api/v1/platform/imports/{id}` tells how either went.
 
 use axum::{
     Json,
@@ -29,7 +31,8 @@ struct NewImport {
 }
 
 /// POST /api/v1/platform/imports `{"source_export_id","slug","name"}` -> 202
-/// `{"id","status":"pending"}`.
+/// `{"id","status":"pending","kind":"check"}`: a check; nothing is written until
+/// it is confirmed.
 pub async fn create(
     ApiPlatformAdmin(admin): ApiPlatformAdmin,
     State(state): State<AppState>,
@@ -43,7 +46,22 @@ pub async fn create(
     let import =
         records::request_from_export(&state, admin.id, &new.source_export_id, &new.slug, &new.name, Via::Api).await?;
     // A worker may already have taken it; the answer reports the state it was created in.
-    Ok((StatusCode::ACCEPTED, Json(serde_json::json!({ "id": import.id, "status": "pending" }))).into_response())
+    Ok((StatusCode::ACCEPTED, Json(serde_json::json!({ "id": import.id, "status": "pending", "kind": "check" })))
+        .into_response())
+}
+
+/// POST /api/v1/platform/imports/{id}/confirm (no body) -> 202
+/// `{"id","status":"pending","kind":"import","check_id"}`: restores what the
+/// completed check `id` reported. 404 unknown check; 409 not finished or already
+/// confirmed; 400 failed, expired, or not a check.
+pub async fn confirm(
+    ApiPlatformAdmin(admin): ApiPlatformAdmin,
+    State(state): State<AppState>,
+    ApiRecordId(id): ApiRecordId,
+) -> ApiResult<Response> {
+    let import = records::confirm(&state, admin.id, id.as_str(), Via::Api).await?;
+    let body = serde_json::json!({ "id": import.id, "status": "pending", "kind": "import", "check_id": id.as_str() });
+    Ok((StatusCode::ACCEPTED, Json(body)).into_response())
 }
 
 /// GET /api/v1/platform/imports/{id}

@@ -66,6 +66,16 @@ pub struct Request {
     /// so the org exists exactly when its record says completed.
     pub import_id: Option<String>,
     pub attempt: i32,
+    /// What the check this import confirms reported: the import is refused unless
+    /// the file and the people it matches are still those.
+    pub expect: Option<Expected>,
+}
+
+/// What a confirmed check saw (see [`Request::expect`]).
+#[derive(Clone, Debug)]
+pub struct Expected {
+    pub sha256: String,
+    pub matched: Vec<Matched>,
 }
 
 /// Why an import did not happen. Either way nothing of it is left behind.
@@ -111,10 +121,32 @@ pub struct Report {
     /// References to people with no profile in optional columns (an audit entry by a
     /// platform admin, say), which became null.
     pub user_references_cleared: u64,
+    /// Every existing account the file matched, with the role and membership it
+    /// gets in the new org (DESIGN "Restore, round 2"), platform admins and org
+    /// admins first.
+    #[serde(default)]
+    pub matched: Vec<Matched>,
+    /// Matched accounts that join suspended: every one from a file that is not a
+    /// recorded export; from a recorded export, those no longer active members of
+    /// the source org.
+    #[serde(default)]
+    pub users_suspended: u64,
     pub media: Media,
     pub source: Source,
     pub seconds: f64,
     pub dry_run: bool,
+}
+
+/// An existing account the file matched, and what it gets in the new org.
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq, Eq)]
+pub struct Matched {
+    pub email: String,
+    /// `admin` or `member`; `None` when the file gives the person no membership.
+    pub role: Option<String>,
+    pub platform_admin: bool,
+    /// `active`, `suspended` (or `lapsed`, as the file has it); `None` without a
+    /// membership.
+    pub membership: Option<String>,
 }
 
 /// The documents' binaries.
@@ -263,6 +295,14 @@ async fn run<R: Read + Send + 'static>(
     let file_org_id =
         file_org.get("id").and_then(Value::as_i64).ok_or_else(|| rejected("the organization has no id"))?;
     let source = source(&mut tx, request, &checked, &file_org).await?;
+    if let Some(expected) = &request.expect
+        && !expected.sha256.eq_ignore_ascii_case(&source.sha256)
+    {
+        return Err(rejected(format!(
+            "the file's SHA-256 is {}, not {} as when it was checked: check it again",
+            source.sha256, expected.sha256
+        )));
+    }
     let modules = modules_of(&header, &checked.counts)?;
 
     // The file's own consistency, before anything is written. Temporary tables get
@@ -275,6 +315,7 @@ async fn run<R: Read + Send + 'static>(
     for table in &present {
         table.check(&mut tx, &catalog, file_org_id).await?;
     }
+    check_object_keys(&mut tx).await?;
 
     // The org, its modules, its people, its rows.
     let name = match &request.name {
@@ -310,8 +351,14 @@ async fn run<R: Read + Send + 'static>(
     sqlx::query("analyze import_users").execute(&mut *tx).await?;
     let mut sections = BTreeMap::from([("organization".to_string(), 1u64)]);
     let mut cleared = 0;
+    let imported_from = serde_json::json!({
+        "export_id": source.export_id,
+        "org": source.org,
+        "sha256": source.sha256,
+        "recorded_run": source.recorded_run,
+    });
     for table in &present {
-        let (written, nulls) = table.publish(&mut tx, &catalog, org_id).await?;
+        let (written, nulls) = table.publish(&mut tx, &catalog, org_id, &imported_from).await?;
         cleared += nulls;
         sections.insert(table.name.to_string(), written);
     }
@@ -324,6 +371,17 @@ async fn run<R: Read + Send + 'static>(
         }
     }
 
+    let trust = trust_of(&mut tx, &source).await?;
+    let suspended = suspend_untrusted(&mut tx, org_id, trust).await?;
+    let matched = matched_people(&mut tx, org_id).await?;
+    if let Some(expected) = &request.expect
+        && expected.matched != matched
+    {
+        return Err(rejected(
+            "the accounts the file matches, or the roles or memberships they would get, changed since the check: check it again",
+        ));
+    }
+
     let mut report = Report {
         org: slug.as_str().to_string(),
         org_id: (!request.dry_run).then_some(org_id),
@@ -334,6 +392,8 @@ async fn run<R: Read + Send + 'static>(
         users_created: people.created,
         users_without_profile: people.placeholders,
         user_references_cleared: cleared,
+        matched,
+        users_suspended: suspended,
         media: Media::default(),
         source,
         seconds: 0.0,
@@ -370,6 +430,9 @@ async fn run<R: Read + Send + 'static>(
         "users_created": report.users_created,
         "users_without_profile": report.users_without_profile,
         "user_references_cleared": report.user_references_cleared,
+        "users_suspended": report.users_suspended,
+        "matched_admins": report.matched.iter().filter(|m| m.platform_admin || m.role.as_deref() == Some("admin"))
+            .map(|m| &m.email).collect::<Vec<_>>(),
         "media": report.media,
     });
     audit::write(&mut *tx, Some(org_id), request.actor, "org.imported", slug.as_str(), details).await?;
@@ -817,11 +880,13 @@ impl Table {
         conn: &mut PgConnection,
         catalog: &Catalog,
         org_id: i64,
+        imported_from: &Value,
     ) -> Result<(u64, u64), ImportError> {
         let s = self.staging();
         let mut select = Vec::new();
         let mut joins = Vec::new();
         let mut cleared = 0;
+        let mut marks_import = false;
         for (i, col) in self.columns.iter().enumerate() {
             let c = quote(&col.name);
             match (i, col.reference) {
@@ -844,6 +909,19 @@ impl Table {
                         cleared += n as u64;
                     }
                 }
+                // An audit entry that names an actor keeps its text, marked as
+                // imported: it records what happened in the source org, not what
+                // that person did here.
+                (_, None) if self.name == "audit_log" && col.name == "details" => {
+                    marks_import = true;
+                    select.push(
+                        "case when s.actor_user_id is null then s.details
+                              else (case when jsonb_typeof(s.details) = 'object' then s.details
+                                         else jsonb_build_object('value', s.details) end)
+                                   || jsonb_build_object('imported_from', $1::jsonb) end"
+                            .to_string(),
+                    )
+                }
                 (_, None) => match &col.default {
                     // Staged null in a not-null column means the file lacks the column.
                     Some(default) if !col.nullable => select.push(format!("coalesce(s.{c}, {default})")),
@@ -858,10 +936,11 @@ impl Table {
             select.join(", "),
             joins.join(" ")
         );
-        let done = sqlx::query(sqlx::AssertSqlSafe(sql))
-            .execute(&mut *conn)
-            .await
-            .map_err(|e| rejected_db(&format!("section {}", self.name), e))?;
+        let mut query = sqlx::query(sqlx::AssertSqlSafe(sql));
+        if marks_import {
+            query = query.bind(imported_from);
+        }
+        let done = query.execute(&mut *conn).await.map_err(|e| rejected_db(&format!("section {}", self.name), e))?;
         Ok((done.rows_affected(), cleared))
     }
 }
@@ -877,6 +956,33 @@ fn escape(s: &str, out: &mut Vec<u8>) -> Result<(), String> {
             0 => return Err("a text value holds a NUL character, which PostgreSQL cannot store".into()),
             _ => out.push(b),
         }
+    }
+    Ok(())
+}
+
+/// Documents' object keys name objects in the new org's bucket (and, for a recorded
+/// export, in the source org's): a key that could reach outside it is refused, since
+/// a store on a file system (the embedded one) resolves `..` in a key as a path. So
+/// is an empty key, a key starting with `/`, with a `..` segment, or with a control
+/// character.
+async fn check_object_keys(conn: &mut PgConnection) -> Result<(), ImportError> {
+    let bad: Option<(i64, String)> = sqlx::query_as(
+        r"select id, object_key from import_documents
+          where object_key = '' or object_key like '/%' or object_key ~ '(^|/)\.\.(/|$)'
+             or object_key ~ '[\x01-\x1f\x7f-\x9f]'
+          order by id limit 1",
+    )
+    .fetch_optional(&mut *conn)
+    .await?;
+    if let Some((id, key)) = bad {
+        let mut shown: String = key.chars().take(80).collect();
+        if shown.len() < key.len() {
+            shown.push_str("...");
+        }
+        return Err(rejected(format!(
+            "section documents: row id {id} has the object key {shown:?}, which is not allowed \
+             (a key may not be empty, start with '/', have a '..' segment or a control character)"
+        )));
     }
     Ok(())
 }
@@ -1046,6 +1152,77 @@ async fn map_people(conn: &mut PgConnection, catalog: &Catalog, org_id: i64) -> 
     .fetch_one(&mut *conn)
     .await?;
     Ok(People { matched: matched + late, created: created as u64, placeholders: placeholders as u64 })
+}
+
+/// How far the file's word on who is a member is taken (DESIGN "Restore, round 2").
+#[derive(Clone, Copy, Debug)]
+enum Trust {
+    /// Not a recorded export of this platform: anyone could have written it, so
+    /// every matched existing account joins suspended.
+    Nobody,
+    /// A recorded export whose org still exists (its id): a matched account joins as
+    /// the file says only while it is still an active member there (and, for an
+    /// admin in the file, still an admin there).
+    StillMembersOf(i64),
+    /// A recorded export whose org no longer exists: as the file says.
+    File,
+}
+
+async fn trust_of(conn: &mut PgConnection, source: &Source) -> Result<Trust, ImportError> {
+    if !source.recorded_run {
+        return Ok(Trust::Nobody);
+    }
+    let org: Option<i64> =
+        sqlx::query_scalar("select o.id from export_runs r join organizations o on o.id = r.org_id where r.id = $1")
+            .bind(&source.export_id)
+            .fetch_optional(&mut *conn)
+            .await?;
+    Ok(org.map_or(Trust::File, Trust::StillMembersOf))
+}
+
+/// Suspends the new org's active memberships of matched existing accounts that the
+/// source does not vouch for (see [`Trust`]); returns how many. Accounts the import
+/// created cannot sign in, and keep what the file gives them.
+async fn suspend_untrusted(conn: &mut PgConnection, org_id: i64, trust: Trust) -> Result<u64, ImportError> {
+    let source_org = match trust {
+        Trust::File => return Ok(0),
+        Trust::Nobody => None,
+        Trust::StillMembersOf(id) => Some(id),
+    };
+    let done = sqlx::query(
+        "update memberships m set status = 'suspended'
+         from import_users iu
+         where m.org_id = $1 and m.user_id = iu.new and not iu.created and m.status = 'active'
+           and ($2::bigint is null
+                or not exists (select 1 from memberships s
+                               where s.org_id = $2 and s.user_id = iu.new and s.status = 'active'
+                                 and (m.role <> 'admin' or s.role = 'admin')))",
+    )
+    .bind(org_id)
+    .bind(source_org)
+    .execute(&mut *conn)
+    .await?;
+    Ok(done.rows_affected())
+}
+
+/// Every existing account the file matched, with its role and membership in the new
+/// org: platform admins first, then org admins, then by email.
+async fn matched_people(conn: &mut PgConnection, org_id: i64) -> Result<Vec<Matched>, ImportError> {
+    let rows: Vec<(String, Option<String>, bool, Option<String>)> = sqlx::query_as(
+        "select u.email, m.role, pa.user_id is not null, m.status
+         from import_users iu join users u on u.id = iu.new
+         left join memberships m on m.org_id = $1 and m.user_id = iu.new
+         left join platform_admins pa on pa.user_id = iu.new
+         where not iu.created
+         order by pa.user_id is null, m.role is distinct from 'admin', u.email",
+    )
+    .bind(org_id)
+    .fetch_all(&mut *conn)
+    .await?;
+    Ok(rows
+        .into_iter()
+        .map(|(email, role, platform_admin, membership)| Matched { email, role, platform_admin, membership })
+        .collect())
 }
 
 /// Copies the documents' binaries from the source org's bucket into the new one,

@@ -2,7 +2,10 @@
 //! (a completed export's object in its org's bucket, or the uploaded file in the
 //! platform bucket), runs the engine on it, and records the outcome. The engine is
 //! all or nothing, so a rerun after a crashed worker is safe; bad input is not
-//! retried. Once the import has finished either way, the uploaded file is deleted.
+//! retried. A check (`dry_run`) runs the engine as a dry run and records its
+//! report; a confirmation runs it for real, held to its check's report. Once an
+//! import has finished either way (or a check has failed, or can no longer be
+//! confirmed), the uploaded file is deleted.
 
 use apalis::prelude::BoxDynError;
 use serde::{Deserialize, Serialize};
@@ -48,13 +51,20 @@ async fn run(state: AppState, id: String, attempt: i32) -> anyhow::Result<()> {
     let marked = match &outcome {
         // The engine marked the record completed in the transaction that made the org.
         Outcome::Completed => true,
+        Outcome::Checked(report) => records::complete_check(&state.pool, &id, attempt, report).await?,
         Outcome::Failed(reason) => records::fail(&state.pool, &id, Some(attempt), reason).await?,
     };
     if !marked {
         tracing::warn!("a later attempt took the import over; this attempt's outcome is not recorded");
         return Ok(());
     }
-    remove_upload(&state, &import).await;
+    // A completed check's upload is what its confirmation reads: it stays until a
+    // confirmation completes (a failed one leaves the check to be confirmed again),
+    // or until the check can no longer be confirmed (see `sweep_abandoned`).
+    let confirmable_again = import.check_id.is_some() && matches!(outcome, Outcome::Failed(_));
+    if !matches!(outcome, Outcome::Checked(_)) && !confirmable_again {
+        remove_upload(&state, &import).await;
+    }
     Ok(())
 }
 
@@ -62,6 +72,8 @@ async fn run(state: AppState, id: String, attempt: i32) -> anyhow::Result<()> {
 enum Outcome {
     /// The org exists and its record says completed (one transaction).
     Completed,
+    /// A check's dry run: what the import would do, to be recorded.
+    Checked(Box<engine::Report>),
     /// The reason shown on the page and in the API.
     Failed(String),
 }
@@ -78,10 +90,14 @@ async fn import_once(state: &AppState, import: &Import, attempt: i32) -> Outcome
     };
     // The engine reads on a blocking thread of its own.
     let input = SyncIoBridge::new(stream);
+    let expect = match expected(state, import).await {
+        Ok(e) => e,
+        Err(Refused(reason)) => return Outcome::Failed(reason),
+    };
     let request = Request {
         slug: import.slug.clone(),
         name: Some(import.name.clone()),
-        dry_run: false,
+        dry_run: import.dry_run,
         actor: import.requested_by,
         via: match import.via {
             Via::Ui => "ui",
@@ -90,8 +106,13 @@ async fn import_once(state: &AppState, import: &Import, attempt: i32) -> Outcome
         source_export_id: import.source_export_id.clone(),
         import_id: Some(import.id.clone()),
         attempt,
+        expect,
     };
     match engine::import(state, input, request).await {
+        Ok(report) if import.dry_run => {
+            tracing::info!(rows = report.rows, matched = report.matched.len(), "import checked");
+            Outcome::Checked(Box::new(report))
+        }
         Ok(report) => {
             tracing::info!(org = %report.org, rows = report.rows, seconds = report.seconds, "import completed");
             Outcome::Completed
@@ -107,6 +128,16 @@ async fn import_once(state: &AppState, import: &Import, attempt: i32) -> Outcome
             Outcome::Failed(format!("the import failed: {first}"))
         }
     }
+}
+
+/// For a confirmation: what its check reported, which the engine holds the import to.
+async fn expected(state: &AppState, import: &Import) -> Result<Option<engine::Expected>, Refused> {
+    let Some(check_id) = &import.check_id else { return Ok(None) };
+    let check = records::get(&state.pool, check_id).await?;
+    let Some(report) = check.as_ref().and_then(Import::report) else {
+        return Err(Refused(format!("check {check_id} has no report to confirm")));
+    };
+    Ok(Some(engine::Expected { sha256: report.source.sha256, matched: report.matched }))
 }
 
 /// Why the source could not be opened, for the record.
@@ -172,5 +203,13 @@ pub async fn sweep_abandoned(state: &AppState) {
             }
         }
         Err(e) => tracing::warn!(error = %e, "could not look for abandoned imports"),
+    }
+    match records::expired_checks(&state.pool).await {
+        Ok(expired) => {
+            for check in &expired {
+                remove_upload(state, check).await;
+            }
+        }
+        Err(e) => tracing::warn!(error = %e, "could not look for expired checks"),
     }
 }

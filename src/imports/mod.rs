@@ -11,8 +11,9 @@
 pub mod api;
 pub mod engine;
 pub mod job;
+pub mod members;
 pub mod records;
 pub mod views;
 pub mod web;
 
-pub use engine::{ImportError, Report, Request, import};
+pub use engine::{Expected, ImportError, Matched, Report, Request, import};

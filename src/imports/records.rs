@@ -1,6 +1,7 @@
 //! The `org_imports` table (`pending -> running -> completed | failed`), and the
 //! checks a new import passes before anything of it is written: the slug, the
-//! name, the source export.
+//! name, the source export. From the page and the API a restore takes two records:
+//! a check (the engine's dry run, its report kept) and the confirmation of it.
 
 use chrono::{DateTime, Utc};
 use sqlx::PgPool;
@@ -43,8 +44,12 @@ crate::text_enum! {
     }
 }
 
+/// The partial unique index that lets a check be confirmed once.
+pub const ONE_CONFIRMATION_INDEX: &str = "org_imports_one_confirmation_per_check";
 /// The partial unique index that allows one active import per slug.
 pub const ONE_ACTIVE_INDEX: &str = "org_imports_one_active_per_slug";
+/// A completed check can be confirmed for this long; then its upload is removed.
+pub const CHECK_VALID_HOURS: i64 = 24;
 /// A new org's name: 1 to this many characters, after trimming.
 pub const MAX_NAME_CHARS: usize = 200;
 
@@ -72,6 +77,13 @@ pub struct Import {
     pub restored_org: Option<String>,
     pub report: Option<serde_json::Value>,
     pub error: Option<String>,
+    /// A check: the engine's dry run, whose report a confirmation makes real.
+    pub dry_run: bool,
+    /// For a confirmation: the check it confirms.
+    pub check_id: Option<String>,
+    /// For a check: the import that confirmed it (pending, running or completed; a
+    /// failed confirmation leaves the check to be confirmed again).
+    pub confirmed_by: Option<String>,
 }
 
 impl Import {
@@ -84,10 +96,39 @@ impl Import {
         serde_json::from_value(self.report.clone()?).ok()
     }
 
+    /// `check` or `import`.
+    pub fn kind(&self) -> &'static str {
+        if self.dry_run { "check" } else { "import" }
+    }
+
+    /// Why this check cannot be confirmed now, if it cannot.
+    pub fn unconfirmable(&self) -> Option<String> {
+        if !self.dry_run {
+            return Some(format!("{} is an import, not a check: only a check is confirmed", self.id));
+        }
+        if let Some(by) = &self.confirmed_by {
+            return Some(format!("check {} was already confirmed (import {by})", self.id));
+        }
+        match self.status {
+            ImportStatus::Pending | ImportStatus::Running => {
+                return Some(format!("check {} has not finished yet; confirm it once it has", self.id));
+            }
+            ImportStatus::Failed => return Some(format!("check {} failed: fix the cause and check again", self.id)),
+            ImportStatus::Completed => {}
+        }
+        if self.finished_at.is_some_and(|at| Utc::now() - at > chrono::Duration::hours(CHECK_VALID_HOURS)) {
+            return Some(format!("check {} is older than {CHECK_VALID_HOURS} hours: check again", self.id));
+        }
+        None
+    }
+
     /// The JSON API's view of an import.
     pub fn api_json(&self) -> serde_json::Value {
         serde_json::json!({
             "id": self.id,
+            "kind": self.kind(),
+            "check_id": self.check_id,
+            "confirmed_by": self.confirmed_by,
             "status": self.status,
             "slug": self.slug,
             "name": self.name,
@@ -107,7 +148,9 @@ impl Import {
 
 const SELECT: &str = "select i.id, i.status, i.slug, i.name, i.source_export_id, so.slug as source_org, i.upload_key,
     i.upload_bytes, i.via, i.requested_by, u.email as requested_by_email, i.created_at, i.started_at, i.finished_at,
-    i.attempt, i.restored_org_id, o.slug as restored_org, i.report, i.error
+    i.attempt, i.restored_org_id, o.slug as restored_org, i.report, i.error, i.dry_run, i.check_id,
+    (select c.id from org_imports c where c.check_id = i.id and c.status <> 'failed'
+     order by c.created_at desc limit 1) as confirmed_by
     from org_imports i
     left join users u on u.id = i.requested_by
     left join organizations o on o.id = i.restored_org_id
@@ -205,8 +248,9 @@ pub async fn active_for_slug(pool: &PgPool, slug: &str) -> sqlx::Result<Option<S
     Ok(row.map(|r| r.0))
 }
 
-/// Creates the import `id` and its job, with an `org.import_requested` audit entry
-/// (platform-level), in one transaction. An active import for the slug (the
+/// Creates the check `id` (the first step: a dry run whose report is kept) and its
+/// job, with an `org.import_requested` audit entry (platform-level), in one
+/// transaction. An active import for the slug (the
 /// partial unique index) is [`AppError::InConflict`], and nothing is written.
 pub async fn create(
     pool: &PgPool,
@@ -216,14 +260,29 @@ pub async fn create(
     requested_by: i64,
     via: Via,
 ) -> Result<Import, AppError> {
+    create_step(pool, id, target, source, requested_by, via, None).await
+}
+
+/// [`create`] for a check (`confirms` = `None`) or for the confirmation of the
+/// check `confirms`.
+async fn create_step(
+    pool: &PgPool,
+    id: Ulid,
+    target: &Target,
+    source: &Source,
+    requested_by: i64,
+    via: Via,
+    confirms: Option<&str>,
+) -> Result<Import, AppError> {
     let (export_id, upload_key, upload_bytes) = match source {
         Source::Export(run) => (Some(run.as_str()), None, None),
         Source::Upload { key, bytes } => (None, Some(key.as_str()), Some(*bytes)),
     };
     let mut tx = pool.begin().await?;
     let inserted = sqlx::query(
-        "insert into org_imports (id, slug, name, source_export_id, upload_key, upload_bytes, via, requested_by)
-         values ($1, $2, $3, $4, $5, $6, $7, $8)",
+        "insert into org_imports (id, slug, name, source_export_id, upload_key, upload_bytes, via, requested_by,
+                                  dry_run, check_id)
+         values ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)",
     )
     .bind(id.to_string())
     .bind(target.slug.as_str())
@@ -233,9 +292,14 @@ pub async fn create(
     .bind(upload_bytes)
     .bind(via)
     .bind(requested_by)
+    .bind(confirms.is_none())
+    .bind(confirms)
     .execute(&mut *tx)
     .await;
     if let Err(e) = inserted {
+        if crate::db::is_violation_of(&e, ONE_CONFIRMATION_INDEX) {
+            return Err(AppError::InConflict(format!("check {} was already confirmed", confirms.unwrap_or_default())));
+        }
         if crate::db::is_violation_of(&e, ONE_ACTIVE_INDEX) {
             drop(tx);
             let active = active_for_slug(pool, target.slug.as_str()).await?.unwrap_or_default();
@@ -250,9 +314,10 @@ pub async fn create(
         "source_export_id": export_id,
         "upload_bytes": upload_bytes,
         "via": via,
+        "check_id": confirms,
     });
-    crate::audit::write(&mut *tx, None, Some(requested_by), "org.import_requested", &format!("import:{id}"), details)
-        .await?;
+    let action = if confirms.is_some() { "org.import_confirmed" } else { "org.import_requested" };
+    crate::audit::write(&mut *tx, None, Some(requested_by), action, &format!("import:{id}"), details).await?;
     tx.commit().await?;
     get(pool, &id.to_string()).await?.ok_or(AppError::NotFound)
 }
@@ -329,9 +394,74 @@ pub async fn fail_abandoned(pool: &PgPool) -> sqlx::Result<Vec<Import>> {
     Ok(out)
 }
 
+/// Marks a check completed with the engine's report (the dry run wrote nothing),
+/// while `attempt` holds it. True when this call marked it.
+pub async fn complete_check(pool: &PgPool, id: &str, attempt: i32, report: &Report) -> sqlx::Result<bool> {
+    let json = serde_json::to_value(report).unwrap_or_default();
+    let done = sqlx::query(
+        "update org_imports set status = 'completed', finished_at = now(), report = $3, error = null
+         where id = $1 and status = 'running' and attempt = $2 and dry_run",
+    )
+    .bind(id)
+    .bind(attempt)
+    .bind(json)
+    .execute(pool)
+    .await?;
+    Ok(done.rows_affected() == 1)
+}
+
+/// Confirms the completed check `check_id`: a new import of the same source into
+/// the same slug and name, whose engine is refused unless the file and the people
+/// it matches are still what the check reported. Every refusal is a 4xx with the
+/// reason, and writes nothing.
+pub async fn confirm(
+    state: &crate::state::AppState,
+    requested_by: i64,
+    check_id: &str,
+    via: Via,
+) -> Result<Import, AppError> {
+    job::sweep_abandoned(state).await;
+    let check = get(&state.pool, check_id).await?.ok_or(AppError::NotFound)?;
+    if let Some(why) = check.unconfirmable() {
+        return Err(match check.status {
+            ImportStatus::Completed if check.confirmed_by.is_some() => AppError::InConflict(why),
+            ImportStatus::Pending | ImportStatus::Running => AppError::InConflict(why),
+            _ => AppError::BadRequest(why),
+        });
+    }
+    let target = check_target(&state.pool, &check.slug, &check.name).await?;
+    let source = match (&check.source_export_id, &check.upload_key, check.upload_bytes) {
+        (Some(export), _, _) => Source::Export(check_export(&state.pool, export).await?),
+        (None, Some(key), Some(bytes)) => Source::Upload { key: key.clone(), bytes },
+        _ => return Err(AppError::BadRequest(format!("check {} has no source", check.id))),
+    };
+    create_step(&state.pool, Ulid::generate(), &target, &source, requested_by, via, Some(check.id.as_str())).await
+}
+
+/// Completed checks from an upload that can no longer be confirmed (too old, never
+/// confirmed), marked as such (once) in `error`: the sweep removes their uploads.
+/// Returns them.
+pub async fn expired_checks(pool: &PgPool) -> sqlx::Result<Vec<Import>> {
+    let ids: Vec<(String,)> = sqlx::query_as(
+        "update org_imports i set error = 'the check expired unconfirmed; its uploaded file was removed'
+         where i.dry_run and i.upload_key is not null and i.status = 'completed' and i.error is null
+           and i.finished_at < now() - make_interval(hours => $1)
+           and not exists (select 1 from org_imports c where c.check_id = i.id and c.status <> 'failed')
+         returning i.id",
+    )
+    .bind(CHECK_VALID_HOURS as i32)
+    .fetch_all(pool)
+    .await?;
+    let mut out = Vec::with_capacity(ids.len());
+    for (id,) in ids {
+        out.extend(get(pool, &id).await?);
+    }
+    Ok(out)
+}
+
 /// A platform admin's request to restore the completed export `export_id` as a new
-/// org: checks the slug, the name and the export, then creates the import and its
-/// job. Every refusal is a 4xx with the reason, and writes nothing.
+/// org: checks the slug, the name and the export, then creates the check and its
+/// job (see [`confirm`] for the second step). Every refusal is a 4xx with the reason, and writes nothing.
 pub async fn request_from_export(
     state: &crate::state::AppState,
     requested_by: i64,

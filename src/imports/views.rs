@@ -1,25 +1,43 @@
 //! The page `/platform/imports`: the two ways to restore an org (a completed export
-//! of any org, or an uploaded snapshot file) and the import history, whose pending
-//! and running rows poll themselves until the import has finished.
+//! of any org, or an uploaded snapshot file), each in two steps (check, then
+//! confirm the check's preview), and the import history, whose pending and running
+//! rows poll themselves until they have finished.
 
 use chrono::{DateTime, Utc};
 use maud::{Markup, html};
 
 use super::{
-    engine::Report,
+    engine::{Matched, Report},
     records::{Import, ImportStatus, MAX_NAME_CHARS},
 };
 use crate::{
     auth::csrf,
-    exports::{runs::CompletedRun, views::human_bytes},
+    exports::{
+        runs::{CompletedRun, OrgWithExports},
+        views::human_bytes,
+    },
     routes,
     views::{PageCtx, layout::flash, page},
 };
 
 /// Imports shown in the history.
 pub const HISTORY_LIMIT: i64 = 50;
-/// Completed exports offered as a source.
-pub const EXPORT_CHOICES: i64 = 100;
+/// Completed exports of the chosen org per page of the picker.
+pub const EXPORT_PAGE: i64 = 20;
+
+/// The export picker: the orgs with completed exports, the one chosen, and a page of
+/// its completed exports, newest first.
+pub struct Picker {
+    pub orgs: Vec<OrgWithExports>,
+    pub org: Option<String>,
+    /// An org asked for that has no completed export (or does not exist).
+    pub unknown_org: Option<String>,
+    pub exports: Vec<CompletedRun>,
+    /// The next (older) page's `before`, while older exports remain.
+    pub older: Option<String>,
+    /// This is not the first page.
+    pub paged: bool,
+}
 
 /// What the forms show again after a refusal, and which form it was.
 #[derive(Clone, Debug, Default)]
@@ -38,7 +56,7 @@ fn when(at: DateTime<Utc>) -> String {
 /// The whole page.
 pub fn imports_page(
     ctx: &PageCtx,
-    exports: &[CompletedRun],
+    picker: &Picker,
     imports: &[Import],
     max_upload_bytes: u64,
     message: Option<(bool, &str)>,
@@ -55,7 +73,9 @@ pub fn imports_page(
             @if let Some((ok, msg)) = message { div.mb-6 #import-notice { (flash(ok, msg)) } }
             p.text-slate-600.mb-6 {
                 "Load an org snapshot back into a new organization: every section's rows with new ids, people matched to existing accounts by email (others get accounts that cannot sign in), all or nothing. "
-                "It runs in the background; the history below updates by itself and shows the report when it is done."
+                "It takes two steps: Check reads the whole file and shows who would get in, with which role; nothing is written until you confirm that preview. "
+                "People matched from a file that is not a recorded export of this platform, and people no longer active members of the source org, join suspended until a platform admin activates them. "
+                "The history below updates by itself."
             }
             div.grid.grid-cols-1.md:grid-cols-2.gap-6.mb-6 {
                 section.card aria-labelledby="from-export-h" {
@@ -63,26 +83,10 @@ pub fn imports_page(
                     p.text-sm.text-slate-600.mb-4 {
                         "Any org's export on this platform. Its SHA-256 is checked, and the documents' files are copied to the new org's bucket."
                     }
-                    @if exports.is_empty() {
+                    @if picker.orgs.is_empty() {
                         p.text-sm #no-exports { "No completed exports yet." }
                     } @else {
-                        form.space-y-3 method="post" action=(routes::PLATFORM_IMPORTS) {
-                            (ctx.csrf_field())
-                            div {
-                                label.label for="import-export" { "Export" }
-                                select.input #import-export name="source_export_id" required {
-                                    @for run in exports {
-                                        option value=(run.id) selected[run.id == export_form.source_export_id] {
-                                            (run.org_name) " (" (run.org_slug) "): " (run.id)
-                                            @if let Some(at) = run.finished_at { ", " (when(at)) }
-                                            @if let Some(n) = run.size_bytes { ", " (human_bytes(n)) }
-                                        }
-                                    }
-                                }
-                            }
-                            (target_fields("export", &export_form))
-                            button.btn.btn-primary type="submit" { "Restore" }
-                        }
+                        (export_picker(ctx, picker, &export_form))
                     }
                 }
                 section.card aria-labelledby="from-upload-h" {
@@ -97,16 +101,79 @@ pub fn imports_page(
                             label.label for="import-file" { "Snapshot file (.json.gz)" }
                             input.input #import-file type="file" name="file" required accept=".gz,.json.gz,application/gzip";
                         }
-                        button.btn.btn-primary type="submit" { "Upload and restore" }
+                        button.btn.btn-primary type="submit" { "Upload and check" }
                     }
                 }
             }
             section.card aria-labelledby="imports-h" {
                 h2.text-lg.font-semibold.mb-2 #imports-h { "Import history" }
-                (history(imports))
+                (history(imports, &ctx.csrf))
             }
         },
     )
+}
+
+/// Step one of a restore from an export: the org (a GET form), then a page of its
+/// completed exports, newest first, with dates and sizes, and the new org's fields.
+fn export_picker(ctx: &PageCtx, picker: &Picker, typed: &Typed) -> Markup {
+    let page_of = |before: Option<&str>| {
+        let org = url_escape(picker.org.as_deref().unwrap_or_default());
+        match before {
+            Some(b) => format!("{}?org={org}&before={}#from-export-h", routes::PLATFORM_IMPORTS, url_escape(b)),
+            None => format!("{}?org={org}#from-export-h", routes::PLATFORM_IMPORTS),
+        }
+    };
+    html! {
+        form.flex.flex-wrap.items-end.gap-2.mb-4 method="get" action=(routes::PLATFORM_IMPORTS) {
+            div.grow {
+                label.label for="import-org" { "Organization" }
+                select.input #import-org name="org" {
+                    @for o in &picker.orgs {
+                        option value=(o.slug) selected[picker.org.as_deref() == Some(o.slug.as_str())] {
+                            (o.name) " (" (o.slug) "), " (o.completed) " completed"
+                        }
+                    }
+                }
+            }
+            button.btn.btn-secondary type="submit" { "Show its exports" }
+        }
+        @if let Some(asked) = &picker.unknown_org {
+            p.text-sm.text-red-700.mb-2 { "No org " code { (asked) } " with completed exports; choose one above." }
+        }
+        @if picker.org.is_some() {
+            @if picker.exports.is_empty() {
+                p.text-sm.mb-2 #no-exports { "No older completed exports." }
+            } @else {
+                form.space-y-3 method="post" action=(routes::PLATFORM_IMPORTS) {
+                    (ctx.csrf_field())
+                    fieldset {
+                        legend.label { "Completed export, newest first" }
+                        ul.space-y-1.text-sm #import-exports {
+                            @for (i, run) in picker.exports.iter().enumerate() {
+                                li { label.flex.items-start.gap-2 {
+                                    input type="radio" name="source_export_id" value=(run.id) required
+                                        checked[run.id == typed.source_export_id || (typed.source_export_id.is_empty() && i == 0)];
+                                    span {
+                                        @match run.finished_at { Some(at) => (when(at)), None => "(no date)" }
+                                        @if let Some(n) = run.size_bytes { ", " (human_bytes(n)) }
+                                        br; code.text-xs.break-all.text-slate-600 { (run.id) }
+                                    }
+                                } }
+                            }
+                        }
+                    }
+                    div.flex.gap-4.text-sm {
+                        @if picker.paged { a.text-blue-700.hover:underline href=(page_of(None)) { "Newest" } }
+                        @if let Some(older) = &picker.older {
+                            a.text-blue-700.hover:underline href=(page_of(Some(older))) { "Older exports" }
+                        }
+                    }
+                    (target_fields("export", typed))
+                    button.btn.btn-primary type="submit" { "Check" }
+                }
+            }
+        }
+    }
 }
 
 /// The slug and name fields of a form (`prefix` keeps the two forms' ids apart).
@@ -150,7 +217,7 @@ pub fn limit_text(bytes: u64) -> String {
 }
 
 /// The history table.
-pub fn history(imports: &[Import]) -> Markup {
+pub fn history(imports: &[Import], csrf: &str) -> Markup {
     html! {
         div #imports aria-live="polite" {
             @if imports.is_empty() {
@@ -161,7 +228,7 @@ pub fn history(imports: &[Import]) -> Markup {
                         th scope="col" { "Status" } th scope="col" { "New org" } th scope="col" { "Source" }
                         th scope="col" { "Requested" } th scope="col" { "Report" }
                     } }
-                    tbody { @for import in imports { (row(import)) } }
+                    tbody { @for import in imports { (row(import, csrf)) } }
                 } }
             }
         }
@@ -169,19 +236,25 @@ pub fn history(imports: &[Import]) -> Markup {
 }
 
 /// One import's row. While it is pending or running it replaces itself every 2 s
-/// with a fresh copy, and stops once the import has finished.
-pub fn row(import: &Import) -> Markup {
+/// with a fresh copy, and stops once the import has finished. A completed check
+/// shows its preview and, while it can be confirmed, the Confirm button (`csrf` is
+/// the form's token).
+pub fn row(import: &Import, csrf: &str) -> Markup {
     let poll = import.is_active().then(|| routes::path(routes::PLATFORM_IMPORT_ROW, "", Some(&import.id)));
     let duration = match (import.started_at, import.finished_at) {
         (Some(s), Some(f)) => Some((f - s).num_milliseconds() as f64 / 1000.0),
         _ => None,
     };
     html! {
-        tr data-import-id=(import.id) data-status=(import.status.as_str())
+        tr data-import-id=(import.id) data-status=(import.status.as_str()) data-kind=(import.kind())
             hx-get=[poll.as_deref()] hx-trigger=[poll.is_some().then_some("every 2s")]
             hx-target=[poll.is_some().then_some("this")] hx-swap=[poll.is_some().then_some("outerHTML")] {
             td data-label="Status" { div {
-                span class=(format!("badge badge-{}", import.status)) { (import.status.as_str()) }
+                span class=(format!("badge badge-{}", import.status)) {
+                    @if import.dry_run && import.status == ImportStatus::Completed { "checked" } @else { (import.status.as_str()) }
+                }
+                @if import.dry_run { br; span.text-xs.text-slate-600 { "check" } }
+                @if let Some(check) = &import.check_id { br; span.text-xs.text-slate-600 { "confirms " code.break-all { (check) } } }
                 @if let Some(e) = import.error.as_deref().filter(|_| import.status == ImportStatus::Failed) {
                     p.text-xs.text-red-700.mt-1.import-error { (e) }
                 }
@@ -216,12 +289,67 @@ pub fn row(import: &Import) -> Markup {
             td data-label="Report" {
                 @if import.status == ImportStatus::Completed {
                     @match import.report() {
+                        Some(report) if import.dry_run => (preview(import, &report, csrf)),
                         Some(report) => (report_summary(&report)),
                         None => span.text-xs { "Restored (no report was recorded)." },
                     }
                 }
             }
         }
+    }
+}
+
+/// Matched accounts listed in full on the page; the report has them all.
+const MATCHED_SHOWN: usize = 200;
+
+/// A completed check: what the import would do, who the file matches (admins and
+/// platform admins first and marked), and the Confirm button while it can be
+/// confirmed.
+fn preview(import: &Import, r: &Report, csrf: &str) -> Markup {
+    let admins: Vec<&Matched> =
+        r.matched.iter().filter(|m| m.platform_admin || m.role.as_deref() == Some("admin")).collect();
+    let confirm = routes::path(routes::PLATFORM_IMPORT_CONFIRM, "", Some(&import.id));
+    html! {
+        div.import-preview {
+            ul.text-xs.space-y-1 {
+                li { "Would restore " (r.rows) " rows in " (r.sections.len()) " sections" }
+                li { "People: " (r.matched.len()) " existing accounts matched, " (r.users_created) " would be created (they cannot sign in)" }
+                li.font-semibold { (r.users_suspended) " matched accounts would join suspended" }
+                @if !r.source.recorded_run {
+                    li.text-red-800 { "Not a recorded export of this platform: every matched account joins suspended." }
+                }
+            }
+            @if !admins.is_empty() {
+                p.text-xs.font-semibold.mt-2 { "Admins the file names" }
+                ul.text-xs.import-admins { @for m in &admins { li { (matched_line(m)) } } }
+            }
+            @if !r.matched.is_empty() {
+                details.text-xs.mt-2 {
+                    summary { "Every matched account (" (r.matched.len()) ")" }
+                    ul.import-matched { @for m in r.matched.iter().take(MATCHED_SHOWN) { li { (matched_line(m)) } } }
+                    @if r.matched.len() > MATCHED_SHOWN { p { "… and " (r.matched.len() - MATCHED_SHOWN) " more (all in the API's report)." } }
+                }
+            }
+            @match (&import.confirmed_by, import.unconfirmable()) {
+                (Some(by), _) => p.text-xs.mt-2 { "Confirmed: import " code.break-all { (by) } },
+                (None, Some(why)) => p.text-xs.mt-2.text-slate-600 { (why) },
+                (None, None) => form.mt-2 method="post" action=(confirm) {
+                    (crate::auth::csrf::hidden_field(csrf))
+                    button.btn.btn-primary.text-sm type="submit" { "Confirm restore into " (import.slug) }
+                },
+            }
+        }
+    }
+}
+
+/// One matched account: email, role, membership, and a platform admin's mark.
+fn matched_line(m: &Matched) -> Markup {
+    html! {
+        span.break-all { (m.email) }
+        " — " (m.role.as_deref().unwrap_or("no membership"))
+        @if let Some(status) = &m.membership { ", " (status) }
+        @if m.platform_admin { " " span.badge.badge-failed { "platform admin" } }
+        @else if m.role.as_deref() == Some("admin") { " " span.badge.badge-running { "org admin" } }
     }
 }
 
@@ -232,6 +360,9 @@ fn report_summary(r: &Report) -> Markup {
         ul.text-xs.space-y-1.import-report {
             li { (r.rows) " rows in " (r.sections.len()) " sections" }
             li { "People: " (r.users_matched) " matched, " (r.users_created) " created, " (r.users_without_profile) " without a profile" }
+            @if r.users_suspended > 0 {
+                li { (r.users_suspended) " joined suspended (activate: data-export activate --org " (r.org) ")" }
+            }
             @if r.user_references_cleared > 0 {
                 li { (r.user_references_cleared) " references to people without a profile cleared" }
             }
@@ -258,8 +389,15 @@ fn report_summary(r: &Report) -> Markup {
 /// The message for `?notice=...` after a redirect.
 pub fn notice_text(code: Option<&str>) -> Option<(bool, &'static str)> {
     match code? {
-        "requested" => Some((true, "Import started. The history below updates by itself.")),
-        "uploaded" => Some((true, "File uploaded and import started. The history below updates by itself.")),
+        "requested" => Some((
+            true,
+            "Check started: nothing is written until you confirm its preview. The history below updates by itself.",
+        )),
+        "uploaded" => Some((
+            true,
+            "File uploaded and check started: nothing is written until you confirm its preview. The history below updates by itself.",
+        )),
+        "confirmed" => Some((true, "Restore confirmed and started. The history below updates by itself.")),
         _ => None,
     }
 }

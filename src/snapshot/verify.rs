@@ -49,10 +49,15 @@ fn invalid(msg: impl Into<String>) -> Invalid {
 }
 
 /// The compiled schema: the whole document (with sections' rows taken out) and a
-/// row on its own, both from [`SCHEMA`].
+/// row on its own, both from [`SCHEMA`], with the names it allows at the top level
+/// and for sections, so that a reader refuses any other name as soon as it is read.
 pub struct Schemas {
     document: jsonschema::Validator,
     row: jsonschema::Validator,
+    /// The document's top-level keys (`format`, ..., `sections`).
+    header_keys: Vec<String>,
+    /// The section names (`$defs/sectionName`).
+    sections: Vec<String>,
 }
 
 impl Schemas {
@@ -63,9 +68,13 @@ impl Schemas {
             "$defs": doc["$defs"],
             "$ref": "#/$defs/row",
         });
+        let header_keys = doc["properties"].as_object().expect("the schema names its properties").keys().cloned();
+        let sections = doc["$defs"]["sectionName"]["enum"].as_array().expect("the schema lists the sections");
         Self {
             document: jsonschema::validator_for(&doc).expect("the bundled schema compiles"),
             row: jsonschema::validator_for(&row).expect("the bundled row schema compiles"),
+            header_keys: header_keys.collect(),
+            sections: sections.iter().filter_map(Value::as_str).map(str::to_string).collect(),
         }
     }
 }
@@ -76,20 +85,43 @@ pub fn verify(input: impl Read, expected_sha256: Option<&str>) -> Result<Report,
     read(input, expected_sha256, &mut |_, _, _| Ok(())).map(|(report, _)| report)
 }
 
-/// The most decompressed bytes one row (or the header before the first row) may
-/// take: the reader holds one row at a time, and this bounds that row.
+/// The most decompressed bytes one row may take (with the separator before it): the
+/// reader holds one row at a time, and this bounds that row.
 pub const MAX_ROW_BYTES: u64 = 64 * 1024 * 1024;
 
-const ROW_TOO_LARGE: &str = "a row (or a header field) is larger than 64 MiB";
+/// The most decompressed bytes of everything that is not a section's row, together:
+/// the header fields, the section names, `sections.organization`. A real header is a
+/// few KiB; this is what the reader keeps (parsed) for the whole read, so it is
+/// bounded as a whole, not per field.
+pub const MAX_HEADER_BYTES: u64 = 1024 * 1024;
+
+/// The most keys one row may have (a table has a few dozen columns).
+pub const MAX_ROW_COLUMNS: usize = 1024;
+
+/// The buffer of decompressed bytes the JSON parser reads from. Bytes are counted as
+/// they enter it, so a phase's count is off by at most this much.
+const PARSE_BUFFER: usize = 64 * 1024;
+
+const ROW_TOO_LARGE: &str = "a row is larger than 64 MiB";
+const HEADER_TOO_LARGE: &str =
+    "the snapshot's header (its fields, section names and organization, everything but the rows) is larger than 1 MiB";
 
 /// What a reader does with each row of a section (after the row's schema check), in
 /// file order: it gets the section, the row's JSON text as it is in the file (numbers
-/// exactly as written), and the row parsed. An error stops the read and is its result.
+/// exactly as written), and the row parsed one level deep: its columns with their
+/// scalar values, and an empty array or object in place of a nested one (read the
+/// text for those), so that no row's parse is larger than its text. An error stops
+/// the read and is its result.
 pub type OnRow<'a> = dyn FnMut(&str, &RawValue, &Value) -> Result<(), Invalid> + 'a;
 
 /// Reads and checks a snapshot as [`verify`] does, handing each row of every section
 /// but `organization` to `on_row` as it is read. Returns the report and the document
 /// without its sections' rows (`sections.organization` is kept).
+///
+/// Memory is bounded whatever the file: a row is at most [`MAX_ROW_BYTES`] of text and
+/// [`MAX_ROW_COLUMNS`] keys, parsed one level deep; everything else together at most
+/// [`MAX_HEADER_BYTES`]; a top-level key or section name that the schema does not
+/// have is refused as soon as it is read.
 pub fn read(
     input: impl Read,
     expected_sha256: Option<&str>,
@@ -107,10 +139,11 @@ pub fn read(
         let found = {
             let mut gz = flate2::bufread::GzDecoder::new(&mut buffered);
             // serde_json reads a reader a byte at a time: buffer the decompressed side.
-            // The budget bounds what one row can make the reader hold.
-            let used = Rc::new(Cell::new(0));
-            let budget = Budget { inner: &mut gz, used: used.clone() };
-            let found = read_document(BufReader::with_capacity(256 * 1024, budget), &schemas, on_row, &used)?;
+            // The meter bounds what a row, or the header, can make the reader hold.
+            let meter = Meter::default();
+            meter.header();
+            let budget = Budget { inner: &mut gz, meter: meter.clone() };
+            let found = read_document(BufReader::with_capacity(PARSE_BUFFER, budget), &schemas, on_row, meter)?;
             // The JSON ended; the rest of the member must be only its trailer.
             let mut rest = [0u8; 1];
             match gz.read(&mut rest) {
@@ -135,7 +168,8 @@ pub fn read(
         return Err(invalid(format!("SHA-256 is {sha256}, but {expected} was recorded")));
     }
     let Found { header, counts } = found;
-    let declared = header.get("counts").and_then(Value::as_object).cloned().unwrap_or_default();
+    let empty = serde_json::Map::new();
+    let declared = header.get("counts").and_then(Value::as_object).unwrap_or(&empty);
     for (name, n) in &counts {
         match declared.get(name).and_then(Value::as_u64) {
             Some(d) if d == *n => {}
@@ -166,34 +200,35 @@ struct Found {
     counts: BTreeMap<String, u64>,
 }
 
-fn read_document(
-    input: impl Read,
-    schemas: &Schemas,
-    on_row: &mut OnRow<'_>,
-    used: &Rc<Cell<u64>>,
-) -> Result<Found, Invalid> {
+fn read_document(input: impl Read, schemas: &Schemas, on_row: &mut OnRow<'_>, meter: Meter) -> Result<Found, Invalid> {
     let mut de = serde_json::Deserializer::from_reader(input);
-    let mut problem = None;
-    let parsed = DocumentSeed { schemas, problem: &mut problem, on_row, used }
-        .deserialize(&mut de)
-        .and_then(|f| de.end().map(|_| f));
-    if let Some(p) = problem {
+    let mut ctx = Ctx { schemas, problem: None, on_row, meter, header_bytes: 0, counts: BTreeMap::new() };
+    let parsed = DocumentSeed { ctx: &mut ctx }.deserialize(&mut de).and_then(|f| {
+        // Whitespace after the document counts as header.
+        ctx.meter.header();
+        de.end().map(|_| f)
+    });
+    if let Some(p) = ctx.problem {
         return Err(p);
     }
-    let found = parsed.map_err(|e| {
+    let header = parsed.map_err(|e| {
         if e.is_io() && e.to_string().contains(ROW_TOO_LARGE) {
             invalid(ROW_TOO_LARGE)
+        } else if e.is_io() && e.to_string().contains(HEADER_TOO_LARGE) {
+            invalid(HEADER_TOO_LARGE)
         } else if e.is_io() {
             invalid(format!("not a whole gzip file: {e}"))
         } else {
             invalid(format!("not valid JSON: {e}"))
         }
     })?;
-    let doc = Value::Object(found.header.clone());
+    // Validated in place, not copied: the map is moved into the document and back.
+    let doc = Value::Object(header);
     if let Some(e) = schemas.document.iter_errors(&doc).next() {
         return Err(invalid(format!("does not match the snapshot schema at {}: {e}", location(&e.instance_path()))));
     }
-    Ok(found)
+    let Value::Object(header) = doc else { unreachable!("built as an object above") };
+    Ok(Found { header, counts: ctx.counts })
 }
 
 fn location(pointer: &impl ToString) -> String {
@@ -201,53 +236,119 @@ fn location(pointer: &impl ToString) -> String {
     if p.is_empty() { "the top level".into() } else { p }
 }
 
-struct DocumentSeed<'a, 'r> {
+/// What the reader's parts share while reading one document.
+struct Ctx<'a, 'r> {
     schemas: &'a Schemas,
-    problem: &'a mut Option<Invalid>,
+    /// The reason the read stopped, when it is ours (not the parser's).
+    problem: Option<Invalid>,
     on_row: &'a mut OnRow<'r>,
-    used: &'a Rc<Cell<u64>>,
+    meter: Meter,
+    /// The header's bytes so far (exact: the text of each value kept).
+    header_bytes: u64,
+    counts: BTreeMap<String, u64>,
 }
 
-impl<'de> DeserializeSeed<'de> for DocumentSeed<'_, '_> {
-    type Value = Found;
-    fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<Found, D::Error> {
+impl Ctx<'_, '_> {
+    /// Stops the read for `why`.
+    fn refuse<E: serde::de::Error>(&mut self, why: String) -> E {
+        let e = E::custom(&why);
+        self.problem = Some(invalid(why));
+        e
+    }
+
+    /// A header value, counted against [`MAX_HEADER_BYTES`] by its text, then parsed.
+    fn header_value<E: serde::de::Error>(&mut self, raw: &RawValue) -> Result<Value, E> {
+        self.header_bytes += raw.get().len() as u64;
+        if self.header_bytes > MAX_HEADER_BYTES {
+            return Err(self.refuse(HEADER_TOO_LARGE.into()));
+        }
+        serde_json::from_str(raw.get()).map_err(E::custom)
+    }
+}
+
+/// A map key that must be one of `known`: anything else is `Err` with the name (cut
+/// short), before its value is read.
+struct KnownKey<'a> {
+    known: &'a [String],
+}
+
+impl<'de> DeserializeSeed<'de> for KnownKey<'_> {
+    type Value = Result<String, String>;
+    fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<Self::Value, D::Error> {
+        d.deserialize_str(self)
+    }
+}
+
+impl<'de> Visitor<'de> for KnownKey<'_> {
+    type Value = Result<String, String>;
+    fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        f.write_str("a key")
+    }
+    fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<Self::Value, E> {
+        if self.known.iter().any(|k| k == v) {
+            return Ok(Ok(v.to_string()));
+        }
+        let mut shown: String = v.chars().take(40).collect();
+        if shown.len() < v.len() {
+            shown.push_str("...");
+        }
+        Ok(Err(shown))
+    }
+}
+
+struct DocumentSeed<'c, 'a, 'r> {
+    ctx: &'c mut Ctx<'a, 'r>,
+}
+
+impl<'de> DeserializeSeed<'de> for DocumentSeed<'_, '_, '_> {
+    type Value = serde_json::Map<String, Value>;
+    fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<Self::Value, D::Error> {
         d.deserialize_map(self)
     }
 }
 
-impl<'de> Visitor<'de> for DocumentSeed<'_, '_> {
-    type Value = Found;
+impl<'de> Visitor<'de> for DocumentSeed<'_, '_, '_> {
+    type Value = serde_json::Map<String, Value>;
     fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
         f.write_str("a snapshot object")
     }
-    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Found, A::Error> {
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
+        let ctx = self.ctx;
         let mut header = serde_json::Map::new();
-        let mut counts = BTreeMap::new();
-        while let Some(key) = map.next_key::<String>()? {
+        loop {
+            ctx.meter.header();
+            let Some(key) = map.next_key_seed(KnownKey { known: &ctx.schemas.header_keys })? else { break };
+            let key = match key {
+                Ok(k) => k,
+                Err(name) => return Err(ctx.refuse(format!("not an org snapshot: it has an unknown field {name:?}"))),
+            };
             if header.contains_key(&key) {
-                return Err(serde::de::Error::custom(format!("duplicate key {key:?}")));
+                return Err(ctx.refuse(format!("the field {key:?} appears twice")));
             }
             if key == "sections" {
-                let sections = map.next_value_seed(SectionsSeed {
-                    schemas: self.schemas,
-                    problem: &mut *self.problem,
-                    counts: &mut counts,
-                    on_row: &mut *self.on_row,
-                    used: self.used,
-                })?;
+                let sections = map.next_value_seed(SectionsSeed { ctx: &mut *ctx })?;
                 header.insert(key, Value::Object(sections));
-            } else {
-                let v: Value = map.next_value()?;
-                // The format and version are checked as soon as they are read, so a
-                // file of another kind stops before its rows are.
-                if let Some(why) = wrong_kind(&key, &v) {
-                    *self.problem = Some(invalid(why.clone()));
-                    return Err(serde::de::Error::custom(why));
-                }
-                header.insert(key, v);
+                continue;
             }
+            let raw: Box<RawValue> = map.next_value()?;
+            let v = ctx.header_value::<A::Error>(&raw)?;
+            drop(raw);
+            // The format and version are checked as soon as they are read, so a
+            // file of another kind stops before its rows are; so are the section
+            // names in `counts`.
+            if let Some(why) = wrong_kind(&key, &v) {
+                return Err(ctx.refuse(why));
+            }
+            if key == "counts"
+                && let Some(name) =
+                    v.as_object().and_then(|c| c.keys().find(|k| !ctx.schemas.sections.iter().any(|s| s == *k)))
+            {
+                let shown: String = name.chars().take(40).collect();
+                return Err(ctx.refuse(format!("counts names {shown:?}, which is not a section of the format")));
+            }
+            header.insert(key, v);
         }
-        Ok(Found { header, counts })
+        Ok(header)
     }
 }
 
@@ -255,102 +356,112 @@ impl<'de> Visitor<'de> for DocumentSeed<'_, '_> {
 fn wrong_kind(key: &str, v: &Value) -> Option<String> {
     match key {
         "format" if v.as_str() != Some("data-export/snapshot") => {
-            Some(format!("not an org snapshot: its format is {v}, not \"data-export/snapshot\""))
+            Some(format!("not an org snapshot: its format is {}, not \"data-export/snapshot\"", short(v)))
         }
         "version" if v.as_u64() != Some(1) => {
-            Some(format!("snapshot version {v} is not supported (this program reads version 1)"))
+            Some(format!("snapshot version {} is not supported (this program reads version 1)", short(v)))
         }
         _ => None,
     }
 }
 
-/// `sections`: `organization` kept whole; every other section's rows validated and
-/// counted one at a time, handed to the row visitor, and replaced by `[]`.
-struct SectionsSeed<'a, 'r> {
-    schemas: &'a Schemas,
-    problem: &'a mut Option<Invalid>,
-    counts: &'a mut BTreeMap<String, u64>,
-    on_row: &'a mut OnRow<'r>,
-    used: &'a Rc<Cell<u64>>,
+/// A value as JSON text, cut short for a message.
+fn short(v: &Value) -> String {
+    let text = v.to_string();
+    if text.len() <= 60 { text } else { format!("{}...", text.chars().take(60).collect::<String>()) }
 }
 
-impl<'de> DeserializeSeed<'de> for SectionsSeed<'_, '_> {
+/// `sections`: `organization` kept whole; every other section's rows validated and
+/// counted one at a time, handed to the row visitor, and replaced by `[]`.
+struct SectionsSeed<'c, 'a, 'r> {
+    ctx: &'c mut Ctx<'a, 'r>,
+}
+
+impl<'de> DeserializeSeed<'de> for SectionsSeed<'_, '_, '_> {
     type Value = serde_json::Map<String, Value>;
     fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<Self::Value, D::Error> {
         d.deserialize_map(self)
     }
 }
 
-impl<'de> Visitor<'de> for SectionsSeed<'_, '_> {
+impl<'de> Visitor<'de> for SectionsSeed<'_, '_, '_> {
     type Value = serde_json::Map<String, Value>;
     fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
         f.write_str("an object of sections")
     }
     fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
+        let ctx = self.ctx;
         let mut out = serde_json::Map::new();
-        while let Some(name) = map.next_key::<String>()? {
+        loop {
+            ctx.meter.header();
+            let Some(name) = map.next_key_seed(KnownKey { known: &ctx.schemas.sections })? else { break };
+            let name = match name {
+                Ok(n) => n,
+                Err(name) => {
+                    return Err(ctx.refuse(format!("sections has {name:?}, which is not a section of the format")));
+                }
+            };
             if out.contains_key(&name) {
-                return Err(serde::de::Error::custom(format!("duplicate section {name:?}")));
+                return Err(ctx.refuse(format!("duplicate section {name:?}")));
             }
             if name == "organization" {
-                let v: Value = map.next_value()?;
-                self.counts.insert(name.clone(), 1);
+                let raw: Box<RawValue> = map.next_value()?;
+                let v = ctx.header_value::<A::Error>(&raw)?;
+                ctx.counts.insert(name.clone(), 1);
                 out.insert(name, v);
                 continue;
             }
-            let n = map.next_value_seed(RowsSeed {
-                schemas: self.schemas,
-                problem: &mut *self.problem,
-                section: &name,
-                on_row: &mut *self.on_row,
-                used: self.used,
-            })?;
-            self.counts.insert(name.clone(), n);
+            let n = map.next_value_seed(RowsSeed { ctx: &mut *ctx, section: &name })?;
+            ctx.counts.insert(name.clone(), n);
             out.insert(name, Value::Array(Vec::new()));
         }
         Ok(out)
     }
 }
 
-struct RowsSeed<'a, 'r> {
-    schemas: &'a Schemas,
-    problem: &'a mut Option<Invalid>,
-    section: &'a str,
-    on_row: &'a mut OnRow<'r>,
-    used: &'a Rc<Cell<u64>>,
+struct RowsSeed<'c, 'a, 'r> {
+    ctx: &'c mut Ctx<'a, 'r>,
+    section: &'c str,
 }
 
-impl<'de> DeserializeSeed<'de> for RowsSeed<'_, '_> {
+impl<'de> DeserializeSeed<'de> for RowsSeed<'_, '_, '_> {
     type Value = u64;
     fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<u64, D::Error> {
         d.deserialize_seq(self)
     }
 }
 
-impl<'de> Visitor<'de> for RowsSeed<'_, '_> {
+impl<'de> Visitor<'de> for RowsSeed<'_, '_, '_> {
     type Value = u64;
     fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
         write!(f, "an array of rows for section {}", self.section)
     }
     fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<u64, A::Error> {
+        let ctx = self.ctx;
         let mut n = 0u64;
-        while let Some(raw) = seq.next_element::<Box<RawValue>>()? {
-            self.used.set(0);
-            let row: Value = serde_json::from_str(raw.get()).map_err(serde::de::Error::custom)?;
-            if let Some(e) = self.schemas.row.iter_errors(&row).next() {
+        loop {
+            ctx.meter.row();
+            let Some(raw) = seq.next_element::<Box<RawValue>>()? else { break };
+            // The meter stops a row at about the bound (what the parser's buffer read
+            // ahead was counted before the row began); its text is the exact measure.
+            if raw.get().len() as u64 > MAX_ROW_BYTES {
+                return Err(ctx.refuse(ROW_TOO_LARGE.into()));
+            }
+            let row = match shallow_row(raw.get()) {
+                Ok(row) => row,
+                Err(e) => return Err(ctx.refuse(format!("row {} of section {}: {e}", n + 1, self.section))),
+            };
+            if let Some(e) = ctx.schemas.row.iter_errors(&row).next() {
                 let msg = format!(
                     "row {} of section {} does not match the snapshot schema at {}: {e}",
                     n + 1,
                     self.section,
                     location(&e.instance_path())
                 );
-                *self.problem = Some(invalid(msg.clone()));
-                return Err(serde::de::Error::custom(msg));
+                return Err(ctx.refuse(msg));
             }
-            if let Err(e) = (self.on_row)(self.section, &raw, &row) {
-                let msg = e.0.clone();
-                *self.problem = Some(e);
-                return Err(serde::de::Error::custom(msg));
+            if let Err(e) = (ctx.on_row)(self.section, &raw, &row) {
+                return Err(ctx.refuse(e.0));
             }
             n += 1;
         }
@@ -358,21 +469,99 @@ impl<'de> Visitor<'de> for RowsSeed<'_, '_> {
     }
 }
 
-/// Counts the decompressed bytes read since the last row, and refuses more than
-/// [`MAX_ROW_BYTES`].
+/// A row parsed one level deep (see [`OnRow`]): at most [`MAX_ROW_COLUMNS`] keys, none
+/// twice; nested arrays and objects are checked as JSON but not kept.
+fn shallow_row(text: &str) -> Result<Value, String> {
+    if !text.starts_with('{') {
+        return shallow(text).map_err(|e| e.to_string());
+    }
+    let mut de = serde_json::Deserializer::from_str(text);
+    let row = (&mut de).deserialize_map(ShallowRow).map_err(|e| e.to_string())?;
+    de.end().map_err(|e| e.to_string())?;
+    Ok(row)
+}
+
+/// A value whose text is `text`: a scalar as it is, an array or object empty.
+fn shallow(text: &str) -> Result<Value, serde_json::Error> {
+    Ok(match text.as_bytes().first() {
+        Some(b'{') => Value::Object(serde_json::Map::new()),
+        Some(b'[') => Value::Array(Vec::new()),
+        _ => serde_json::from_str(text)?,
+    })
+}
+
+struct ShallowRow;
+
+impl<'de> Visitor<'de> for ShallowRow {
+    type Value = Value;
+    fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        f.write_str("a row object")
+    }
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Value, A::Error> {
+        use serde::de::Error;
+        let mut out = serde_json::Map::new();
+        while let Some(key) = map.next_key::<String>()? {
+            if out.len() >= MAX_ROW_COLUMNS {
+                return Err(A::Error::custom(format!("it has more than {MAX_ROW_COLUMNS} columns")));
+            }
+            let raw: &RawValue = map.next_value()?;
+            let v = shallow(raw.get()).map_err(A::Error::custom)?;
+            if out.contains_key(&key) {
+                return Err(A::Error::custom(format!("column {key:?} appears twice")));
+            }
+            out.insert(key, v);
+        }
+        Ok(Value::Object(out))
+    }
+}
+
+/// Which part of the document the parser is in, and how many decompressed bytes it
+/// has read there: a row may take [`MAX_ROW_BYTES`], a stretch of header (a field,
+/// a section name, `sections.organization`, what lies between) [`MAX_HEADER_BYTES`]
+/// (what the header keeps is bounded as a whole by [`Ctx::header_value`]).
+#[derive(Clone, Default)]
+struct Meter(Rc<MeterState>);
+
+#[derive(Default)]
+struct MeterState {
+    used: Cell<u64>,
+    in_header: Cell<bool>,
+}
+
+impl Meter {
+    fn row(&self) {
+        self.0.used.set(0);
+        self.0.in_header.set(false);
+    }
+
+    fn header(&self) {
+        self.0.used.set(0);
+        self.0.in_header.set(true);
+    }
+}
+
+/// Counts the decompressed bytes read in the current part (see [`Meter`]), and refuses
+/// more than it may take.
 struct Budget<R> {
     inner: R,
-    used: Rc<Cell<u64>>,
+    meter: Meter,
 }
 
 impl<R: Read> Read for Budget<R> {
     fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
         let n = self.inner.read(buf)?;
-        let used = self.used.get() + n as u64;
-        if used > MAX_ROW_BYTES {
-            return Err(std::io::Error::other(ROW_TOO_LARGE));
+        let state = &self.meter.0;
+        let used = state.used.get() + n as u64;
+        // What the parser's buffer read ahead may have been counted in the part before.
+        let (limit, why) = if state.in_header.get() {
+            (MAX_HEADER_BYTES + PARSE_BUFFER as u64, HEADER_TOO_LARGE)
+        } else {
+            (MAX_ROW_BYTES, ROW_TOO_LARGE)
+        };
+        if used > limit {
+            return Err(std::io::Error::other(why));
         }
-        self.used.set(used);
+        state.used.set(used);
         Ok(n)
     }
 }
@@ -523,6 +712,59 @@ mod tests {
         let fits = "x".repeat(MAX_ROW_BYTES as usize - 1024 * 1024);
         let file = gz(&doc(&format!(r#"[{{"id":1,"note":"{fits}"}}]"#), 1));
         assert_eq!(verify(&file[..], None).unwrap().counts["memberships"], 1);
+    }
+
+    #[test]
+    fn the_header_is_bounded_as_a_whole_and_unknown_names_stop_the_read() {
+        // One header field of 60 MiB of `[],`: refused once the header passes 1 MiB.
+        let bomb = format!("[{}[]]", "[],".repeat(20 * 1024 * 1024));
+        let file =
+            gz(&doc("[]", 0).replace(r#""generated_at":"2026-11-27T17:36:20Z""#, &format!(r#""generated_at":{bomb}"#)));
+        drop(bomb);
+        let e = verify(&file[..], None).unwrap_err();
+        assert!(e.0.contains("header") && e.0.contains("larger than 1 MiB"), "{e}");
+        // Many fields under 1 MiB each, over it together.
+        let half = "x".repeat(600 * 1024);
+        let two = doc("[]", 0)
+            .replace(r#""generated_at":"2026-11-27T17:36:20Z""#, &format!(r#""generated_at":"{half}""#))
+            .replace(r#""snapshot_at":"2026-11-27T17:36:20Z""#, &format!(r#""snapshot_at":"{half}""#));
+        let e = verify(&gz(&two)[..], None).unwrap_err();
+        assert!(e.0.contains("larger than 1 MiB"), "{e}");
+        // Names the format does not have, refused at the first one.
+        let cases = [
+            (doc("[]", 0).replacen(r#""format""#, r#""made_up":1,"format""#, 1), "unknown field \"made_up\""),
+            (
+                doc("[]", 0).replace(r#""memberships":[]"#, r#""s000001":[],"memberships":[]"#),
+                "sections has \"s000001\", which is not a section",
+            ),
+            (doc("[]", 0).replace(r#""memberships":0"#, r#""s1":0,"memberships":0"#), "counts names \"s1\""),
+            (doc(r#"[{"id":1,"id":2}]"#, 1), "column \"id\" appears twice"),
+        ];
+        for (text, expect) in cases {
+            let e = verify(&gz(&text)[..], None).unwrap_err();
+            assert!(e.0.contains(expect), "{expect}: {e}");
+        }
+        // A long made-up section name stops within the header's bound, not at the row's.
+        let long = "s".repeat(40 * 1024 * 1024);
+        let e = verify(
+            &gz(&doc("[]", 0).replace(r#""memberships":[]"#, &format!(r#""{long}":[],"memberships":[]"#)))[..],
+            None,
+        )
+        .unwrap_err();
+        assert!(e.0.contains("larger than 1 MiB"), "{e}");
+    }
+
+    #[test]
+    fn rows_are_handed_on_one_level_deep() {
+        let file = gz(&doc(r#"[{"id":1,"note":"a","data":{"deep":[1,2,3]},"list":[[],[]]}]"#, 1));
+        let mut seen = Vec::new();
+        read(&file[..], None, &mut |_, raw, row| {
+            seen.push((raw.get().to_string(), row.clone()));
+            Ok(())
+        })
+        .unwrap();
+        assert_eq!(seen[0].1, serde_json::json!({"id": 1, "note": "a", "data": {}, "list": []}));
+        assert!(seen[0].0.contains(r#""deep":[1,2,3]"#), "the text keeps everything");
     }
 
     #[test]

@@ -60,6 +60,8 @@ fn expected(kind: Kind, method: &str, pattern: &str, role: Role) -> u16 {
             Platform => match (method, pattern) {
                 // No body: refused before anything is written.
                 ("POST", API_IMPORTS) => 400,
+                // The id is acme's export's, which no check has.
+                ("POST", API_IMPORT_CONFIRM) => 404,
                 // The id is acme's export's, which no import has.
                 ("GET", API_IMPORT) => 404,
                 ("GET", API_PLATFORM_ORGS) => 200,
@@ -154,12 +156,15 @@ fn expected(kind: Kind, method: &str, pattern: &str, role: Role) -> u16 {
                 }
                 Platform => 303,
             },
-            ("GET" | "POST", PLATFORM_IMPORTS | PLATFORM_IMPORT_UPLOAD | PLATFORM_IMPORT_ROW) => match role {
+            (
+                "GET" | "POST",
+                PLATFORM_IMPORTS | PLATFORM_IMPORT_UPLOAD | PLATFORM_IMPORT_ROW | PLATFORM_IMPORT_CONFIRM,
+            ) => match role {
                 Anonymous => to_login,
                 Member | OtherAdmin | Admin => 403,
                 Platform if method == "GET" && pattern == PLATFORM_IMPORTS => 200,
                 // The id is acme's export's, which no import has.
-                Platform if pattern == PLATFORM_IMPORT_ROW => 404,
+                Platform if pattern == PLATFORM_IMPORT_ROW || pattern == PLATFORM_IMPORT_CONFIRM => 404,
                 // No slug, name or source (and no multipart body for the upload).
                 Platform => 400,
             },

@@ -469,7 +469,8 @@ async fn the_export_history_actions_fit_a_desktop_and_a_phone_without_sideways_s
 
 /// A platform admin restores acme twice from `/platform/imports` in a real browser:
 /// from its completed export, and from the same file uploaded through the form. Each
-/// new row goes on to completed without a reload and shows its report.
+/// is checked first (its row shows the preview: who gets in, admins marked), then
+/// confirmed; each new row goes on to completed without a reload and shows its report.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_platform_admin_restores_an_org_from_an_export_and_from_an_upload() {
     let mut app = TestApp::spawn().await;
@@ -490,13 +491,35 @@ async fn a_platform_admin_restores_an_org_from_an_export_and_from_an_upload() {
     c.find(Locator::LinkText("Restore")).await.unwrap().click().await.unwrap();
     assert_eq!(c.current_url().await.unwrap().path(), "/platform/imports");
 
-    // From the completed export.
-    let select = c.find(Locator::Css("#import-export")).await.unwrap();
-    select.select_by_value(&run.id).await.unwrap();
+    // From the completed export: the org (acme is the one chosen), then its export.
+    let org = c.find(Locator::Css("#import-org")).await.unwrap();
+    org.select_by_value("acme").await.unwrap();
+    c.find(Locator::XPath("//button[normalize-space()='Show its exports']")).await.unwrap().click().await.unwrap();
+    let started = Instant::now();
+    while !c.current_url().await.unwrap().query().unwrap_or_default().contains("org=acme") {
+        assert!(started.elapsed() < Duration::from_secs(20), "the org's exports were not shown");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    c.find(Locator::Css(&format!("input[name='source_export_id'][value='{}']", run.id)))
+        .await
+        .unwrap()
+        .click()
+        .await
+        .unwrap();
     c.find(Locator::Css("#export-slug")).await.unwrap().send_keys("acme-from-export").await.unwrap();
     c.find(Locator::Css("#export-name")).await.unwrap().send_keys("Acme from its export").await.unwrap();
-    c.find(Locator::XPath("//button[normalize-space()='Restore']")).await.unwrap().click().await.unwrap();
-    let first = wait_until_completed(&c, "acme-from-export").await;
+    c.find(Locator::XPath("//button[normalize-space()='Check']")).await.unwrap().click().await.unwrap();
+    let preview = wait_until_completed(&c, "acme-from-export", "check").await;
+    assert!(preview.contains("admin@acme.test") && preview.contains("org admin"), "the preview: {preview}");
+    screenshot_at(&c, "imports-preview", 1280).await;
+    screenshot_at(&c, "imports-preview-390", 390).await;
+    c.find(Locator::XPath("//button[normalize-space()='Confirm restore into acme-from-export']"))
+        .await
+        .unwrap()
+        .click()
+        .await
+        .unwrap();
+    let first = wait_until_completed(&c, "acme-from-export", "import").await;
     let sections = format!("rows in {} sections", data_export::orgs::sections::SECTIONS.len() + 1); // and `organization`
     assert!(first.contains(&sections), "the report is shown: {first}");
 
@@ -505,10 +528,18 @@ async fn a_platform_admin_restores_an_org_from_an_export_and_from_an_upload() {
     c.find(Locator::Css("#upload-slug")).await.unwrap().send_keys("acme-from-file").await.unwrap();
     c.find(Locator::Css("#upload-name")).await.unwrap().send_keys("Acme from a file").await.unwrap();
     c.find(Locator::Css("#import-file")).await.unwrap().send_keys(&file.display().to_string()).await.unwrap();
-    c.find(Locator::XPath("//button[normalize-space()='Upload and restore']")).await.unwrap().click().await.unwrap();
-    let second = wait_until_completed(&c, "acme-from-file").await;
+    c.find(Locator::XPath("//button[normalize-space()='Upload and check']")).await.unwrap().click().await.unwrap();
+    wait_until_completed(&c, "acme-from-file", "check").await;
+    c.find(Locator::XPath("//button[normalize-space()='Confirm restore into acme-from-file']"))
+        .await
+        .unwrap()
+        .click()
+        .await
+        .unwrap();
+    let second = wait_until_completed(&c, "acme-from-file", "import").await;
     assert!(second.contains(&sections), "{second}");
     screenshot(&c, "imports").await;
+    screenshot_at(&c, "imports-390", 390).await;
     for slug in ["acme-from-export", "acme-from-file"] {
         let members: i64 = sqlx::query_scalar(
             "select count(*) from memberships m join organizations o on o.id = m.org_id where o.slug = $1",
@@ -522,13 +553,25 @@ async fn a_platform_admin_restores_an_org_from_an_export_and_from_an_upload() {
     c.close().await.unwrap();
 }
 
+/// Saves a screenshot `width` px wide when `SCREENSHOT_DIR` is set.
+async fn screenshot_at(c: &Client, name: &str, width: u32) {
+    if let Ok(dir) = std::env::var("SCREENSHOT_DIR") {
+        c.set_window_size(width, 2200).await.unwrap();
+        let png = c.screenshot().await.unwrap();
+        std::fs::write(Path::new(&dir).join(format!("{name}.png")), png).unwrap();
+        c.set_window_size(1280, 2200).await.unwrap();
+    }
+}
+
 /// Waits, on the open imports page and without reloading it, for the row of the
-/// import into `slug` to be completed; returns the row's text.
-async fn wait_until_completed(c: &Client, slug: &str) -> String {
+/// `kind` (`check` or `import`) into `slug` to be completed; returns the row's text.
+async fn wait_until_completed(c: &Client, slug: &str, kind: &str) -> String {
     // The form's redirect has landed on the page with the new row.
     c.wait()
         .at_most(Duration::from_secs(20))
-        .for_element(Locator::XPath(&format!("//tr[@data-import-id][.//*[normalize-space()='{slug}']]")))
+        .for_element(Locator::XPath(&format!(
+            "//tr[@data-import-id][@data-kind='{kind}'][.//*[normalize-space()='{slug}']]"
+        )))
         .await
         .expect("the new import's row");
     c.execute("window.__noReload = 'still here'; return null;", vec![]).await.unwrap();
@@ -536,7 +579,9 @@ async fn wait_until_completed(c: &Client, slug: &str) -> String {
         .wait()
         .at_most(Duration::from_secs(90))
         .every(Duration::from_millis(250))
-        .for_element(Locator::XPath(&format!("//tr[@data-status='completed'][.//*[normalize-space()='{slug}']]")))
+        .for_element(Locator::XPath(&format!(
+            "//tr[@data-status='completed'][@data-kind='{kind}'][.//*[normalize-space()='{slug}']]"
+        )))
         .await
         .expect("the row reaches completed without a reload");
     let marker = c.execute("return window.__noReload || null;", vec![]).await.unwrap();

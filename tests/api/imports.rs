@@ -137,6 +137,19 @@ async fn api_post(app: &TestApp, token: &str, body: &str) -> (u16, Value) {
     (status, resp.json().await.unwrap_or(Value::Null))
 }
 
+/// Confirms the check `id` through the API.
+async fn api_confirm(app: &TestApp, token: &str, id: &str) -> (u16, Value) {
+    let resp = app
+        .client()
+        .post(app.url(&format!("{API_PREFIX}{}", path(API_IMPORT_CONFIRM, "", Some(id)))))
+        .bearer_auth(token)
+        .send()
+        .await
+        .unwrap();
+    let status = resp.status().as_u16();
+    (status, resp.json().await.unwrap_or(Value::Null))
+}
+
 async fn api_get(app: &TestApp, token: &str, id: &str) -> (u16, Value) {
     let resp = app
         .client()
@@ -183,9 +196,31 @@ async fn a_platform_admin_restores_a_completed_export_from_the_page_and_the_api(
         .await;
     assert_eq!(resp.status(), 303);
     assert_eq!(resp.headers()["location"], &format!("{PLATFORM_IMPORTS}?notice=requested"));
-    let id = import_of(&app, "acme-restored").await.expect("the import is recorded");
+    // The first step is a check: it writes nothing, and its row shows who would get in.
+    let check = import_of(&app, "acme-restored").await.expect("the check is recorded");
+    let (status, error) = wait_for_import(&app, &check).await;
+    assert_eq!((status.as_str(), error), ("completed", None));
+    let none: Option<(i64,)> = sqlx::query_as("select id from organizations where slug = 'acme-restored'")
+        .fetch_optional(app.pool())
+        .await
+        .unwrap();
+    assert!(none.is_none(), "a check creates no org");
+    let preview = s.htmx_get(&path(PLATFORM_IMPORT_ROW, "", Some(&check))).await.text().await.unwrap();
+    assert!(preview.contains("data-kind=\"check\"") && preview.contains(">checked<"), "{preview}");
+    assert!(preview.contains("admin@acme.test") && preview.contains("org admin"), "admins are marked: {preview}");
+    let confirm = path(PLATFORM_IMPORT_CONFIRM, "", Some(&check));
+    assert!(preview.contains(&format!("action=\"{confirm}\"")), "the Confirm button: {preview}");
+    let resp = s.post_form(&confirm, &[]).await;
+    assert_eq!(resp.status(), 303);
+    assert_eq!(resp.headers()["location"], &format!("{PLATFORM_IMPORTS}?notice=confirmed"));
+    let id = import_of(&app, "acme-restored").await.unwrap();
+    assert_ne!(id, check, "the confirmation is an import of its own");
     let (status, error) = wait_for_import(&app, &id).await;
     assert_eq!((status.as_str(), error), ("completed", None));
+    // Confirmed once only.
+    let again = s.post_form(&confirm, &[]).await;
+    assert_eq!(again.status(), 409);
+    assert!(again.text().await.unwrap().contains("already confirmed"));
     let restored = app.org_id("acme-restored").await;
     let (name, via, restored_id): (String, String, Option<i64>) =
         sqlx::query_as("select name, via, restored_org_id from org_imports where id = $1")
@@ -212,13 +247,18 @@ async fn a_platform_admin_restores_a_completed_export_from_the_page_and_the_api(
     let requested = app.audits("org.import_requested").await;
     assert_eq!(requested.len(), 1);
     let (org, actor, target, details) = &requested[0];
-    assert_eq!((*org, *actor, target.as_str()), (None, Some(platform_id.0), format!("import:{id}").as_str()));
+    assert_eq!((*org, *actor, target.as_str()), (None, Some(platform_id.0), format!("import:{check}").as_str()));
     assert_eq!(details["source_export_id"], export_id.as_str());
     assert_eq!(details["slug"], "acme-restored");
+    let confirmed = app.audits("org.import_confirmed").await;
+    assert_eq!(confirmed.len(), 1);
+    let (org, actor, target, details) = &confirmed[0];
+    assert_eq!((*org, *actor, target.as_str()), (None, Some(platform_id.0), format!("import:{id}").as_str()));
+    assert_eq!(details["check_id"], check.as_str());
 
     // The page shows it with its report, no longer polling; the row alone says the same.
     let page = s.get(&format!("{PLATFORM_IMPORTS}?notice=requested")).await.text().await.unwrap();
-    assert!(page.contains("Import started."), "the notice");
+    assert!(page.contains("Check started"), "the notice");
     let row_start = page.find(&format!("data-import-id=\"{id}\"")).expect("the import's row");
     let row = &page[row_start..page[row_start..].find("</tr>").unwrap() + row_start];
     assert!(row.contains("data-status=\"completed\""), "{row}");
@@ -236,9 +276,25 @@ async fn a_platform_admin_restores_a_completed_export_from_the_page_and_the_api(
     let body = json!({ "source_export_id": export_id, "slug": "acme-api", "name": "Acme via API" }).to_string();
     let (status, created) = api_post(&app, &token, &body).await;
     assert_eq!(status, 202, "{created}");
-    assert_eq!(created["status"], "pending");
-    let api_id = created["id"].as_str().unwrap().to_string();
+    assert_eq!((created["status"].as_str(), created["kind"].as_str()), (Some("pending"), Some("check")));
+    let api_check = created["id"].as_str().unwrap().to_string();
+    assert_eq!(wait_for_import(&app, &api_check).await, ("completed".to_string(), None));
+    let (_, checked) = api_get(&app, &token, &api_check).await;
+    assert_eq!(checked["kind"], "check");
+    assert!(checked["org"].is_null() && checked["report"]["dry_run"] == true, "{checked}");
+    let admin = checked["report"]["matched"].as_array().unwrap().iter().find(|m| m["email"] == "admin@acme.test");
+    assert_eq!(admin.unwrap()["role"], "admin", "{checked}");
+    let (status, confirmed) = api_confirm(&app, &token, &api_check).await;
+    assert_eq!(status, 202, "{confirmed}");
+    assert_eq!(
+        (confirmed["kind"].as_str(), confirmed["check_id"].as_str()),
+        (Some("import"), Some(api_check.as_str()))
+    );
+    let api_id = confirmed["id"].as_str().unwrap().to_string();
     assert_eq!(wait_for_import(&app, &api_id).await, ("completed".to_string(), None));
+    assert_eq!(api_confirm(&app, &token, &api_check).await.0, 409, "confirmed once only");
+    assert_eq!(api_confirm(&app, &token, &api_id).await.0, 400, "an import is not a check");
+    assert_eq!(api_confirm(&app, &token, "01JAAAAAAAAAAAAAAAAAAAAAAA").await.0, 404);
     let (status, got) = api_get(&app, &token, &api_id).await;
     assert_eq!(status, 200);
     for key in ["id", "status", "slug", "name", "source_export_id", "created_at", "started_at", "finished_at"] {
@@ -291,6 +347,9 @@ async fn a_pending_row_polls_until_its_import_has_finished() {
         s.post_form(PLATFORM_IMPORTS, &[("source_export_id", &export_id), ("slug", "acme-later"), ("name", "x")]).await;
     assert_eq!(resp.status(), 409);
     assert!(resp.text().await.unwrap().contains("already pending or running"));
+    let (status, refused) = api_confirm(&app, &token, &id).await;
+    assert_eq!(status, 409, "{refused}");
+    assert!(refused["message"].as_str().unwrap().contains("has not finished yet"), "{refused}");
     let (n,): (i64,) = sqlx::query_as("select count(*) from org_imports").fetch_one(app.pool()).await.unwrap();
     assert_eq!(n, 1, "the refusals wrote nothing");
 
@@ -322,6 +381,15 @@ async fn an_uploaded_snapshot_streams_to_storage_and_is_restored() {
     assert_eq!(key.as_deref(), Some(format!("imports/{id}.json.gz").as_str()));
     assert_eq!(bytes, Some(file.len() as i64));
     assert!(export.is_none());
+    let (status, error) = wait_for_import(&app, &id).await;
+    assert_eq!((status.as_str(), error), ("completed", None));
+    // A checked upload stays in storage for its confirmation.
+    assert_eq!(leftovers(&app).await.3, vec![format!("imports/{id}.json.gz")]);
+    let resp = s.post_form(&path(PLATFORM_IMPORT_CONFIRM, "", Some(&id)), &[]).await;
+    assert_eq!(resp.status(), 303);
+    let check = id;
+    let id = import_of(&app, "acme-uploaded").await.unwrap();
+    assert_ne!(id, check);
     let (status, error) = wait_for_import(&app, &id).await;
     assert_eq!((status.as_str(), error), ("completed", None));
     let restored = app.org_id("acme-uploaded").await;
@@ -557,4 +625,110 @@ async fn only_the_upload_takes_its_csrf_token_from_the_url() {
     // The same token in a form field is what that route takes.
     let resp = admin.post_form(&path(ORG_EXPORTS, "acme", None), &[]).await;
     assert!(resp.status().is_success() || resp.status().is_redirection(), "{}", resp.status());
+}
+
+/// Issue 31, 5: the restore page offered only the 100 newest exports of all orgs.
+/// Now it takes the org first, then pages through that org's completed exports,
+/// newest first, with dates and sizes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn the_restore_page_picks_the_org_then_pages_its_completed_exports() {
+    let app = TestApp::spawn_with(Options { workers: false, members: 2, ..Default::default() }).await;
+    let (acme, globex) = (app.org_id("acme").await, app.org_id("globex").await);
+    let mut globex_runs = Vec::new();
+    for i in 0..25i64 {
+        let id = ulid::Ulid::generate().to_string();
+        sqlx::query(
+            "insert into export_runs (id, org_id, status, trigger, created_at, finished_at, object_key, sha256, size_bytes)
+             values ($1, $2, 'completed', 'manual', now() - make_interval(days => 30 - $3::int),
+                     now() - make_interval(days => 30 - $3::int), 'exports/x/' || $1, 'ab', 1000 + $3)",
+        )
+        .bind(&id)
+        .bind(globex)
+        .bind(i as i32)
+        .execute(app.pool())
+        .await
+        .unwrap();
+        globex_runs.push(id);
+    }
+    globex_runs.reverse(); // newest first
+    let acme_run = ulid::Ulid::generate().to_string();
+    sqlx::query(
+        "insert into export_runs (id, org_id, status, trigger, finished_at, object_key, sha256, size_bytes)
+         values ($1, $2, 'completed', 'manual', now(), 'exports/y', 'cd', 5)",
+    )
+    .bind(&acme_run)
+    .bind(acme)
+    .execute(app.pool())
+    .await
+    .unwrap();
+    let s = app.login(PLATFORM).await;
+    let radios = |page: &str| -> Vec<String> {
+        page.match_indices("name=\"source_export_id\" value=\"")
+            .map(|(at, m)| page[at + m.len()..].split('"').next().unwrap().to_string())
+            .collect()
+    };
+
+    // The most recently exported org is chosen first; both are offered.
+    let page = s.get(PLATFORM_IMPORTS).await.text().await.unwrap();
+    assert!(page.contains("value=\"globex\"") && page.contains("value=\"acme\""), "both orgs are offered");
+    assert_eq!(radios(&page), vec![acme_run.clone()]);
+
+    let page = s.get(&format!("{PLATFORM_IMPORTS}?org=globex")).await.text().await.unwrap();
+    assert_eq!(radios(&page), globex_runs[..20].to_vec(), "the newest 20, newest first");
+    assert!(page.contains("1.0 kB"), "sizes");
+    let older = format!("{PLATFORM_IMPORTS}?org=globex&amp;before={}", globex_runs[19]);
+    assert!(page.contains(&older), "the Older link: {older}");
+    let page = s.get(&older.replace("&amp;", "&")).await.text().await.unwrap();
+    assert_eq!(radios(&page), globex_runs[20..].to_vec(), "then the rest");
+    assert!(page.contains("Newest") && !page.contains("Older exports"));
+
+    // An org without exports, and a cursor that is not an id.
+    let page = s.get(&format!("{PLATFORM_IMPORTS}?org=nope")).await;
+    assert_eq!(page.status(), 200);
+    assert!(page.text().await.unwrap().contains("No org"));
+    assert_eq!(s.get(&format!("{PLATFORM_IMPORTS}?org=globex&before=../x")).await.status(), 400);
+}
+
+/// Issue 31, 2: the confirmation restores what its check showed, or nothing. When
+/// who gets in has changed since the check, the confirmation fails and writes
+/// nothing; a failed confirmation leaves the check to be confirmed again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_confirmation_does_only_what_its_check_showed() {
+    let app = TestApp::spawn_with(Options { members: 4, ..Default::default() }).await;
+    let export_id = completed_acme_export(&app).await;
+    let token = app.token(PLATFORM).await;
+    let body = json!({ "source_export_id": export_id, "slug": "acme-checked", "name": "Acme Checked" }).to_string();
+    let (status, created) = api_post(&app, &token, &body).await;
+    assert_eq!(status, 202, "{created}");
+    let check = created["id"].as_str().unwrap().to_string();
+    assert_eq!(wait_for_import(&app, &check).await, ("completed".to_string(), None));
+    let set_member = |status: &'static str| {
+        sqlx::query(
+            "update memberships set status = $1 where org_id = (select id from organizations where slug = 'acme')
+             and user_id = (select id from users where email = 'member@acme.test')",
+        )
+        .bind(status)
+    };
+    // Since the check, a member was suspended in acme: the preview said active.
+    set_member("suspended").execute(app.pool()).await.unwrap();
+    let (status, confirmed) = api_confirm(&app, &token, &check).await;
+    assert_eq!(status, 202, "{confirmed}");
+    let first = confirmed["id"].as_str().unwrap().to_string();
+    let (status, error) = wait_for_import(&app, &first).await;
+    assert_eq!(status, "failed");
+    assert!(error.as_deref().unwrap_or_default().contains("changed since the check"), "{error:?}");
+    let none: Option<(i64,)> = sqlx::query_as("select id from organizations where slug = 'acme-checked'")
+        .fetch_optional(app.pool())
+        .await
+        .unwrap();
+    assert!(none.is_none(), "a refused confirmation writes nothing");
+    // As it was at the check: confirmed again, it restores.
+    set_member("active").execute(app.pool()).await.unwrap();
+    let (status, confirmed) = api_confirm(&app, &token, &check).await;
+    assert_eq!(status, 202, "a failed confirmation leaves the check confirmable: {confirmed}");
+    let second = confirmed["id"].as_str().unwrap().to_string();
+    assert_eq!(wait_for_import(&app, &second).await, ("completed".to_string(), None));
+    assert_eq!(api_confirm(&app, &token, &check).await.0, 409);
+    let (_, got) = api_get(&app, &token, &check).await;
+    assert_eq!(got["confirmed_by"], second.as_str());
 }

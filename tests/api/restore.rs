@@ -106,7 +106,17 @@ async fn world(app: &TestApp) -> World {
 /// slug, name and bucket, and the import's own audit entries; then that references
 /// still point at the same rows: `a`'s rows in file order line up with `b`'s in id
 /// order (new ids follow the file's order).
-fn assert_round_trip(a: &Value, b: &Value, fks: &HashMap<(String, String), String>, new_org_id: i64, min_values: u64) {
+///
+/// Returns how many memberships came back suspended where the file had them active
+/// (a file that is not a recorded export vouches for nobody: issue 31).
+fn assert_round_trip(
+    a: &Value,
+    b: &Value,
+    fks: &HashMap<(String, String), String>,
+    new_org_id: i64,
+    min_values: u64,
+) -> u64 {
+    let mut suspended = 0;
     assert_eq!(a["modules"], b["modules"], "modules");
     assert_eq!(a["organization"]["created_at"], b["organization"]["created_at"]);
     let sa = a["sections"].as_object().unwrap();
@@ -155,6 +165,25 @@ fn assert_round_trip(a: &Value, b: &Value, fks: &HashMap<(String, String), Strin
                     continue;
                 }
                 match fks.get(&(name.clone(), k.clone())).map(String::as_str) {
+                    // An entry naming an actor comes back marked as imported (issue 31).
+                    None if name == "audit_log" && k == "details" && !x["actor_user_id"].is_null() => {
+                        let mut marked = vy.clone();
+                        let from = marked.as_object_mut().unwrap().remove("imported_from");
+                        assert!(
+                            from.as_ref().is_some_and(|f| f["export_id"] == a["export_id"]),
+                            "section {name} row {i}: an actor's entry is marked as imported: {vy}"
+                        );
+                        let kept = if vx.is_object() { marked } else { marked["value"].clone() };
+                        assert_eq!(vx, &kept, "section {name} row {i}: column {k} keeps its text");
+                        compared += 1;
+                    }
+                    None if name == "memberships" && k == "status" && vx == "active" && vy == "suspended" => {
+                        suspended += 1;
+                    }
+                    None if name == "audit_log" && k == "details" => {
+                        assert_eq!(vx, vy, "section {name} row {i}: an entry without an actor is not marked");
+                        compared += 1;
+                    }
                     None => {
                         assert_eq!(vx, vy, "section {name} row {i} (id {}): column {k}", x["id"]);
                         compared += 1;
@@ -199,6 +228,7 @@ fn assert_round_trip(a: &Value, b: &Value, fks: &HashMap<(String, String), Strin
         }
     }
     assert!(compared >= min_values, "only {compared} values compared");
+    suspended
 }
 
 async fn org_id(app: &TestApp, slug: &str) -> Option<i64> {
@@ -254,7 +284,9 @@ async fn export_import_export_round_trips_every_section_with_every_module_on() {
     let second = export_to_file(&app, "acme-restored", "second.json.gz");
     let b = gunzip(&std::fs::read(&second).unwrap());
     assert_eq!(b["organization"]["slug"], "acme-restored");
-    assert_round_trip(&a, &b, &fks, new_id, 1000);
+    let suspended = assert_round_trip(&a, &b, &fks, new_id, 1000);
+    assert!(suspended > 0, "matched people from an unrecorded file join suspended");
+    assert_eq!(report["users_suspended"], suspended, "{report}");
     // The original is untouched.
     // Each person of the new org is the account with their profile's email.
     let mismatched: i64 = sqlx::query_scalar(
@@ -299,7 +331,8 @@ async fn a_round_trip_with_modules_off_leaves_their_sections_out_and_the_modules
     assert!(!modules["foundation"]);
     assert!(modules["operations"]);
     let b = gunzip(&std::fs::read(export_to_file(&app, "acme-lean", "second.json.gz")).unwrap());
-    assert_round_trip(&a, &b, &fks, new_id, 500);
+    let suspended = assert_round_trip(&a, &b, &fks, new_id, 500);
+    assert_eq!(report["users_suspended"], suspended);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -369,7 +402,7 @@ async fn every_kind_of_bad_input_is_refused_with_its_reason_and_leaves_nothing()
         "other json",
         &gzip(br#"{"hello":"world"}"#),
         "restored",
-        "does not match the snapshot schema",
+        "not an org snapshot: it has an unknown field \"hello\"",
     )
     .await;
     assert_refused(
@@ -486,7 +519,7 @@ async fn every_kind_of_bad_input_is_refused_with_its_reason_and_leaves_nothing()
             d["counts"]["secrets"] = json!(0);
         }),
         "restored",
-        "does not match the snapshot schema",
+        "which is not a section of the format",
     )
     .await;
     assert_refused(
@@ -500,6 +533,24 @@ async fn every_kind_of_bad_input_is_refused_with_its_reason_and_leaves_nothing()
         "two people share the email",
     )
     .await;
+    // Object keys that could reach outside the new org's bucket (issue 31, 4).
+    for (what, key) in [
+        ("key climbing out", "../org-globex/documents/1/file.bin"),
+        ("key with a dot-dot segment", "documents/../../etc/passwd"),
+        ("key from the root", "/etc/passwd"),
+        ("key with a control character", "documents/a\u{1}b"),
+        ("key with a newline", "documents/a\nb"),
+        ("empty key", ""),
+    ] {
+        assert_refused(
+            &app,
+            what,
+            &edited(&|d| d["sections"]["documents"][0]["object_key"] = json!(key)),
+            "restored",
+            "which is not allowed (a key may not be empty, start with '/', have a '..' segment",
+        )
+        .await;
+    }
     // The slug.
     assert_refused(&app, "taken slug", &good, "globex", "the slug \"globex\" is taken").await;
     assert_refused(&app, "malformed slug", &good, "Not A Slug", "is not a valid org slug").await;
@@ -839,7 +890,8 @@ async fn generated_small_orgs_round_trip() {
         let a = gunzip(&std::fs::read(&first).unwrap());
         let second = std::fs::read(export_to_file(&app, &restored, &format!("{slug}-b.json.gz"))).unwrap();
         let b = gunzip(&second);
-        assert_round_trip(&a, &b, &fks, new_id, 3);
+        let suspended = assert_round_trip(&a, &b, &fks, new_id, 3);
+        assert_eq!(report["users_suspended"], suspended, "case {case}");
         if !g.people.is_empty() {
             // Compared as text: a JSON number parsed on the way would read the same.
             let mut text = String::new();
@@ -986,4 +1038,263 @@ async fn participants(app: &TestApp, org: i64) -> i64 {
         .fetch_one(app.pool())
         .await
         .unwrap()
+}
+
+/// Runs `data-export ARGS` under /usr/bin/time; returns its output and its peak
+/// resident set in KiB.
+fn peak_rss(app: &TestApp, args: &[&std::ffi::OsStr]) -> (std::process::Output, u64) {
+    let inner = app.command();
+    let report = app.storage_dir.join(format!("time-{}.txt", ulid::Ulid::generate()));
+    let mut cmd = std::process::Command::new("/usr/bin/time");
+    cmd.env_clear();
+    for (k, v) in inner.get_envs() {
+        if let Some(v) = v {
+            cmd.env(k, v);
+        }
+    }
+    cmd.arg("-f").arg("%M").arg("-o").arg(&report).arg(inner.get_program()).args(args);
+    let out = run(cmd);
+    let text = std::fs::read_to_string(&report).unwrap();
+    let kib = text.trim().lines().last().and_then(|l| l.trim().parse().ok()).unwrap_or_else(|| panic!("{text:?}"));
+    (out, kib)
+}
+
+/// The two files of issue 31: a 60 MiB `[[],[],...]` header field (a 61 KB upload
+/// once took a server from 34 MB to 1,347 MB), and 40 MiB of made-up empty section
+/// names (3,656 MB). `verify` and `import --dry-run` refuse both with a reason,
+/// and stay under 128 MiB while they do.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_header_bomb_and_made_up_sections_are_refused_in_bounded_memory() {
+    const LIMIT_KIB: u64 = 128 * 1024;
+    let app = TestApp::spawn_with(Options { members: 2, workers: false, ..Options::default() }).await;
+    let good = export_to_file(&app, "acme", "good.json.gz");
+    let doc = gunzip(&std::fs::read(&good).unwrap());
+    let text = serde_json::to_string(&doc).unwrap();
+    let field = format!("\"generated_at\":{}", doc["generated_at"]);
+    assert!(text.contains(&field));
+    let bomb = format!("\"generated_at\":[{}[]]", "[],".repeat(20 * 1024 * 1024));
+    let header_bomb = gzip(text.replacen(&field, &bomb, 1).as_bytes());
+    drop(bomb);
+    let mut names = String::with_capacity(41 * 1024 * 1024);
+    let mut i = 0u64;
+    while names.len() < 40 * 1024 * 1024 {
+        names.push_str(&format!("\"s{i:09}\":[],"));
+        i += 1;
+    }
+    let made_up = gzip(text.replacen("\"sections\":{", &format!("\"sections\":{{{names}"), 1).as_bytes());
+    drop(names);
+    println!("bomb files: header field {} bytes, made-up sections {} bytes", header_bomb.len(), made_up.len());
+    let before = world(&app).await;
+    for (what, bytes, reason) in [
+        ("header-bomb", &header_bomb, "header"),
+        ("made-up-sections", &made_up, "which is not a section of the format"),
+    ] {
+        let path = app.storage_dir.join(format!("{what}.json.gz"));
+        std::fs::write(&path, bytes).unwrap();
+        let (out, kib) = peak_rss(&app, &["verify".as_ref(), path.as_os_str()]);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success() && stderr.contains(reason), "verify {what}: {stderr}");
+        assert!(kib < LIMIT_KIB, "verify {what}: peak {kib} KiB");
+        let (out, kib) = peak_rss(
+            &app,
+            &["import".as_ref(), path.as_os_str(), "--org".as_ref(), "bomb".as_ref(), "--dry-run".as_ref()],
+        );
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success() && stderr.contains(reason), "import {what}: {stderr}");
+        assert!(kib < LIMIT_KIB, "import --dry-run {what}: peak {kib} KiB");
+        println!("{what}: refused, peak {kib} KiB");
+    }
+    assert_eq!(world(&app).await, before);
+}
+
+/// The membership of `email` in org `slug`: (role, status).
+async fn membership(app: &TestApp, slug: &str, email: &str) -> Option<(String, String)> {
+    sqlx::query_as(
+        "select m.role, m.status from memberships m join organizations o on o.id = m.org_id
+         join users u on u.id = m.user_id where o.slug = $1 and u.email = $2",
+    )
+    .bind(slug)
+    .bind(email)
+    .fetch_optional(app.pool())
+    .await
+    .unwrap()
+}
+
+/// The report's `matched` entry for `email`.
+fn matched<'a>(report: &'a Value, email: &str) -> &'a Value {
+    report["matched"].as_array().unwrap().iter().find(|m| m["email"] == email).unwrap_or_else(|| {
+        panic!("{email} is not in matched: {}", report["matched"]);
+    })
+}
+
+/// Issue 31, 3: restoring "the last good export" made an admin removed since an
+/// active admin of the restored org. From a recorded export whose org still
+/// exists, whoever is no longer an active member there joins suspended, and the
+/// report lists them; a platform admin activates them by command.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_older_export_brings_back_people_removed_since_only_suspended() {
+    let app = TestApp::spawn_with(Options { members: 4, ..Options::default() }).await;
+    let acme = app.org_id("acme").await;
+    let export = data_export::exports::runs::create_manual_unattributed(app.pool(), acme, 3).await.unwrap();
+    let done = app.wait_for_run(&export.id, std::time::Duration::from_secs(60)).await;
+    let object =
+        app.s3_client().get_object().bucket("org-acme").key(done.object_key.as_deref().unwrap()).send().await.unwrap();
+    let file = app.storage_dir.join("last-good.json.gz");
+    std::fs::write(&file, object.body.collect().await.unwrap().into_bytes()).unwrap();
+    // Since that export: the admin was removed, and a member suspended.
+    let member: String = sqlx::query_scalar(
+        "select u.email from memberships m join users u on u.id = m.user_id
+         where m.org_id = $1 and m.role = 'member' and m.status = 'active' and u.email <> 'member@acme.test'
+         order by u.email limit 1",
+    )
+    .bind(acme)
+    .fetch_one(app.pool())
+    .await
+    .unwrap();
+    sqlx::query("delete from memberships where org_id = $1 and user_id = (select id from users where email = $2)")
+        .bind(acme)
+        .bind("admin@acme.test")
+        .execute(app.pool())
+        .await
+        .unwrap();
+    sqlx::query(
+        "update memberships set status = 'suspended' where org_id = $1 and user_id = (select id from users where email = $2)",
+    )
+    .bind(acme)
+    .bind(&member)
+    .execute(app.pool())
+    .await
+    .unwrap();
+
+    let (ok, report, stderr) = import(&app, &file, "acme-back", &["--dry-run"]);
+    assert!(ok, "{stderr}");
+    assert_eq!(report["source"]["recorded_run"], true);
+    let admin = matched(&report, "admin@acme.test");
+    assert_eq!((admin["role"].as_str(), admin["membership"].as_str()), (Some("admin"), Some("suspended")), "{admin}");
+    assert_eq!(admin["platform_admin"], false);
+    assert_eq!(org_id(&app, "acme-back").await, None, "a dry run keeps nothing");
+
+    let (ok, report, stderr) = import(&app, &file, "acme-back", &[]);
+    assert!(ok, "{stderr}");
+    assert_eq!(report["users_suspended"], 2, "{report}");
+    assert_eq!(membership(&app, "acme-back", "admin@acme.test").await, Some(("admin".into(), "suspended".into())));
+    assert_eq!(membership(&app, "acme-back", &member).await.unwrap().1, "suspended");
+    assert_eq!(matched(&report, &member)["membership"], "suspended");
+    let still_active: i64 = sqlx::query_scalar(
+        "select count(*) from memberships m where m.org_id = $1 and m.status = 'active'
+         and not exists (select 1 from memberships s where s.org_id = $2 and s.user_id = m.user_id and s.status = 'active')",
+    )
+    .bind(org_id(&app, "acme-back").await.unwrap())
+    .bind(acme)
+    .fetch_one(app.pool())
+    .await
+    .unwrap();
+    assert_eq!(still_active, 0, "nobody active here who is not active in acme");
+    let active_there = matched(&report, "member@acme.test");
+    assert_eq!(active_there["membership"], "active", "a member still active in acme joins active");
+    // The removed admin cannot reach the restored org.
+    let s = app.login("admin@acme.test").await;
+    let page = s.get("/orgs/acme-back/settings/modules").await.status().as_u16();
+    assert!(page == 403 || page == 404, "{page}");
+
+    // A platform admin activates them by command; an email without a suspended
+    // membership there activates nobody.
+    let mut cmd = app.command();
+    cmd.args(["activate", "--org", "acme-back", "--email", "admin@acme.test", "--email", "nobody@example.test"]);
+    let out = run(cmd);
+    assert!(!out.status.success(), "{}", String::from_utf8_lossy(&out.stdout));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("nobody@example.test has no suspended membership"));
+    assert_eq!(membership(&app, "acme-back", "admin@acme.test").await.unwrap().1, "suspended");
+    let mut cmd = app.command();
+    cmd.args(["activate", "--org", "acme-back", "--email", "ADMIN@acme.test"]);
+    let out = run(cmd);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let line: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(line["activated"], json!(["admin@acme.test"]));
+    assert_eq!(membership(&app, "acme-back", "admin@acme.test").await, Some(("admin".into(), "active".into())));
+    assert_eq!(membership(&app, "acme-back", &member).await.unwrap().1, "suspended", "only whom it was told");
+    let activated = app.audits("membership.activated").await;
+    assert_eq!(activated.len(), 1);
+    assert_eq!(activated[0].2, "admin@acme.test");
+}
+
+/// Issue 31, 2: a hand-edited file made a platform admin and another tenant's admin
+/// into admins of the new org, left the real admin out, and added audit entries in
+/// real people's names. Now the dry run lists every matched account with its role
+/// (admins and platform admins marked), matched accounts from a file that is not a
+/// recorded export join suspended, and the file's audit entries are marked imported.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hand_edited_file_decides_nobody_gets_in() {
+    let app = TestApp::spawn_with(Options { members: 4, workers: false, ..Options::default() }).await;
+    let doc = gunzip(&std::fs::read(export_to_file(&app, "acme", "real.json.gz")).unwrap());
+    let mut forged = doc.clone();
+    let profiles = forged["sections"]["user_profiles"].as_array_mut().unwrap();
+    let mut ids = Vec::new();
+    for p in profiles.iter_mut().filter(|p| p["email"] != "admin@acme.test").take(2) {
+        ids.push(p["user_id"].as_i64().unwrap());
+    }
+    for p in profiles.iter_mut() {
+        let id = p["user_id"].as_i64().unwrap();
+        if id == ids[0] {
+            p["email"] = json!("platform@example.test");
+        } else if id == ids[1] {
+            p["email"] = json!("admin@globex.test");
+        }
+    }
+    let real_admin = profiles.iter().find(|p| p["email"] == "admin@acme.test").unwrap()["user_id"].clone();
+    for m in forged["sections"]["memberships"].as_array_mut().unwrap() {
+        if ids.contains(&m["user_id"].as_i64().unwrap()) {
+            m["role"] = json!("admin");
+            m["status"] = json!("active");
+        } else if m["user_id"] == real_admin {
+            m["role"] = json!("member");
+        }
+    }
+    let entries = forged["sections"]["audit_log"].as_array_mut().unwrap();
+    assert!(!entries.is_empty());
+    entries[0]["actor_user_id"] = json!(ids[0]);
+    let action = entries[0]["action"].clone();
+    let path = app.storage_dir.join("forged.json.gz");
+    std::fs::write(&path, gzip(serde_json::to_string(&forged).unwrap().as_bytes())).unwrap();
+
+    let before = world(&app).await;
+    let (ok, preview, stderr) = import(&app, &path, "forged", &["--dry-run"]);
+    assert!(ok, "{stderr}");
+    assert_eq!(world(&app).await, before, "the check writes nothing");
+    let platform = matched(&preview, "platform@example.test");
+    assert_eq!(platform["platform_admin"], true);
+    assert_eq!((platform["role"].as_str(), platform["membership"].as_str()), (Some("admin"), Some("suspended")));
+    let globex = matched(&preview, "admin@globex.test");
+    assert_eq!((globex["role"].as_str(), globex["membership"].as_str()), (Some("admin"), Some("suspended")));
+    assert_eq!(matched(&preview, "admin@acme.test")["role"], "member");
+    let first = &preview["matched"][0];
+    assert_eq!(first["email"], "platform@example.test", "platform admins first: {}", preview["matched"]);
+    assert!(
+        preview["matched"].as_array().unwrap().iter().all(|m| m["membership"] != "active"),
+        "nobody the file matched is active: {}",
+        preview["matched"]
+    );
+
+    let (ok, report, stderr) = import(&app, &path, "forged", &[]);
+    assert!(ok, "{stderr}");
+    assert_eq!(report["matched"], preview["matched"], "the import does what the check said");
+    for email in ["platform@example.test", "admin@globex.test", "admin@acme.test"] {
+        assert_eq!(membership(&app, "forged", email).await.unwrap().1, "suspended", "{email}");
+    }
+    let s = app.login("admin@globex.test").await;
+    let page = s.get("/orgs/forged/settings/modules").await.status().as_u16();
+    assert!(page == 403 || page == 404, "{page}");
+    // The entry in the platform admin's name says it came from the file.
+    let forged_id = org_id(&app, "forged").await.unwrap();
+    let (details,): (Value,) = sqlx::query_as(
+        "select details from audit_log where org_id = $1 and action = $2
+         and actor_user_id = (select id from users where email = 'platform@example.test')",
+    )
+    .bind(forged_id)
+    .bind(action.as_str().unwrap())
+    .fetch_one(app.pool())
+    .await
+    .unwrap();
+    assert_eq!(details["imported_from"]["export_id"], forged["export_id"], "{details}");
+    assert_eq!(details["imported_from"]["recorded_run"], false);
 }

@@ -1,6 +1,7 @@
 //! HTML handlers of `/platform/imports` (platform admins only; everyone else gets
-//! 403): the page, a restore from a completed export, a restore from an uploaded
-//! file ([`upload`]), and the row a pending or running import polls.
+//! 403): the page, a check of a completed export, a check of an uploaded file
+//! ([`upload`]), the confirmation of a completed check, and the row a pending or
+//! running import polls.
 
 pub mod upload;
 
@@ -18,7 +19,7 @@ use super::{
     views::{self, Typed},
 };
 use crate::{
-    auth::PlatformAdmin,
+    auth::{PlatformAdmin, csrf::CsrfToken},
     error::{AppError, AppResult},
     exports::runs,
     routes,
@@ -31,20 +32,39 @@ use crate::{
     },
 };
 
+/// The page's query: a notice after a redirect, and the export picker's org and page.
 #[derive(Deserialize)]
-pub struct Flash {
+pub struct PageQuery {
     notice: Option<String>,
+    /// The org whose completed exports are offered (its slug).
+    org: Option<String>,
+    /// The export after which the page of exports starts (keyset paging).
+    before: Option<String>,
 }
 
-/// GET /platform/imports
+/// GET /platform/imports[?org=SLUG[&before=ID]]
 pub async fn show(
     ctx: PageCtx,
     _admin: PlatformAdmin,
     State(state): State<AppState>,
-    Query(f): Query<Flash>,
+    Query(q): Query<PageQuery>,
 ) -> AppResult<Response> {
-    let message = views::notice_text(f.notice.as_deref()).map(|(ok, m)| (ok, m.to_string()));
-    render(&ctx, &state, StatusCode::OK, message, &Typed::default()).await
+    let message = views::notice_text(q.notice.as_deref()).map(|(ok, m)| (ok, m.to_string()));
+    let before = match q.before.as_deref().filter(|b| !b.is_empty()) {
+        Some(b) => Some(RecordId::parse(b).ok_or_else(|| {
+            AppError::BadRequest("before must be the id of an export (from the Older exports link).".into())
+        })?),
+        None => None,
+    };
+    let pick = Pick { org: q.org.filter(|o| !o.is_empty()), before };
+    render_picked(&ctx, &state, StatusCode::OK, message, &Typed::default(), &pick).await
+}
+
+/// Which org's exports the picker shows, and from where.
+#[derive(Default)]
+struct Pick {
+    org: Option<String>,
+    before: Option<RecordId>,
 }
 
 async fn render(
@@ -54,11 +74,47 @@ async fn render(
     message: Option<(bool, String)>,
     typed: &Typed,
 ) -> AppResult<Response> {
+    // After a refusal, the picker shows the org of the export that was chosen.
+    let org = match RecordId::parse(typed.source_export_id.trim()) {
+        Some(id) => match runs::get_any(&state.pool, id.as_str()).await? {
+            Some(run) => crate::orgs::find_by_id(&state.pool, run.org_id).await?.map(|o| o.slug),
+            None => None,
+        },
+        None => None,
+    };
+    render_picked(ctx, state, status, message, typed, &Pick { org, before: None }).await
+}
+
+async fn render_picked(
+    ctx: &PageCtx,
+    state: &AppState,
+    status: StatusCode,
+    message: Option<(bool, String)>,
+    typed: &Typed,
+    pick: &Pick,
+) -> AppResult<Response> {
     job::sweep_abandoned(state).await;
-    let exports = runs::completed_across_orgs(&state.pool, views::EXPORT_CHOICES).await?;
+    let orgs = runs::orgs_with_completed(&state.pool).await?;
+    // The org asked for; else the most recently exported one.
+    let chosen = match &pick.org {
+        Some(slug) => orgs.iter().find(|o| &o.slug == slug),
+        None => orgs.first(),
+    };
+    let (exports, more) = match chosen {
+        Some(o) => runs::completed_of_org(&state.pool, &o.slug, views::EXPORT_PAGE, pick.before.as_ref()).await?,
+        None => (Vec::new(), false),
+    };
+    let picker = views::Picker {
+        org: chosen.map(|o| o.slug.clone()),
+        unknown_org: pick.org.clone().filter(|_| chosen.is_none()),
+        older: more.then(|| exports.last().map(|r| r.id.clone())).flatten(),
+        paged: pick.before.is_some(),
+        orgs,
+        exports,
+    };
     let imports = records::list(&state.pool, views::HISTORY_LIMIT).await?;
     let message = message.as_ref().map(|(ok, m)| (*ok, m.as_str()));
-    let body = views::imports_page(ctx, &exports, &imports, state.config.import_max_bytes, message, typed);
+    let body = views::imports_page(ctx, &picker, &imports, state.config.import_max_bytes, message, typed);
     let mut resp = no_store(body);
     *resp.status_mut() = status;
     Ok(resp)
@@ -117,7 +173,28 @@ pub async fn upload(
 
 /// GET /platform/imports/{id}/row: one import's row, what a pending or running row
 /// polls every 2 s.
-pub async fn row(_admin: PlatformAdmin, State(state): State<AppState>, id: RecordId) -> AppResult<Response> {
+pub async fn row(
+    _admin: PlatformAdmin,
+    State(state): State<AppState>,
+    CsrfToken(csrf): CsrfToken,
+    id: RecordId,
+) -> AppResult<Response> {
     let import = records::get(&state.pool, id.as_str()).await?.ok_or(AppError::NotFound)?;
-    Ok(no_store(views::row(&import)))
+    Ok(no_store(views::row(&import, &csrf)))
+}
+
+/// POST /platform/imports/{id}/confirm: restores what the completed check `id`
+/// reported (the second step). An unknown id is 404; any other refusal shows the
+/// page with its reason.
+pub async fn confirm(
+    ctx: PageCtx,
+    PlatformAdmin(admin): PlatformAdmin,
+    State(state): State<AppState>,
+    id: RecordId,
+) -> AppResult<Response> {
+    match records::confirm(&state, admin.id, id.as_str(), Via::Ui).await {
+        Ok(_) => Ok(requested("confirmed")),
+        Err(AppError::NotFound) => Err(AppError::NotFound),
+        Err(e) => refuse(&ctx, &state, e, &Typed::default()).await,
+    }
 }
