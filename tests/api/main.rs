@@ -4,9 +4,9 @@ mod helpers;
 
 mod access;
 mod auth;
-mod configuration;
 mod board;
 mod browser;
+mod configuration;
 mod coverage;
 mod exports;
 mod faults;

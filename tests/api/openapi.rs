@@ -176,6 +176,26 @@ async fn real_answers_match_the_openapi_document() {
     assert_eq!(check(&doc, "GET", API_PLATFORM_ORGS, bad_state).await["error"], "bad_request");
     let import = check(&doc, "GET", API_IMPORT, platform.get("/platform/imports/01JAAAAAAAAAAAAAAAAAAAAAAA").await);
     assert_eq!(import.await["error"], "not_found");
+    // A restore in two steps: the check, then its confirmation, each as the document says.
+    let body = json!({ "source_export_id": id, "slug": "acme-restored", "name": "Acme restored" });
+    let check_made = check(&doc, "POST", API_IMPORTS, platform.post_json("/platform/imports", &body).await).await;
+    assert_eq!(check_made["kind"], "check");
+    let check_id = check_made["id"].as_str().unwrap().to_string();
+    let deadline = std::time::Instant::now() + Duration::from_secs(120);
+    let checked = loop {
+        let got = check(&doc, "GET", API_IMPORT, platform.get(&format!("/platform/imports/{check_id}")).await).await;
+        if got["status"] == "completed" || got["status"] == "failed" {
+            break got;
+        }
+        assert!(std::time::Instant::now() < deadline, "the check did not finish: {got}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    assert_eq!(checked["status"], "completed", "{checked}");
+    let confirm = platform.post(&format!("/platform/imports/{check_id}/confirm")).await;
+    let confirmed = check(&doc, "POST", API_IMPORT_CONFIRM, confirm).await;
+    assert_eq!((confirmed["kind"].as_str(), confirmed["check_id"].as_str()), (Some("import"), Some(check_id.as_str())));
+    let again = platform.post(&format!("/platform/imports/{check_id}/confirm")).await;
+    assert_eq!(check(&doc, "POST", API_IMPORT_CONFIRM, again).await["error"], "conflict");
     println!(
         "openapi: {} routes described; real answers of exports, webhooks, the platform's orgs and errors match their schemas",
         router::API_ROUTES.len()

@@ -1135,7 +1135,7 @@ fn matched<'a>(report: &'a Value, email: &str) -> &'a Value {
 async fn an_older_export_brings_back_people_removed_since_only_suspended() {
     let app = TestApp::spawn_with(Options { members: 4, ..Options::default() }).await;
     let acme = app.org_id("acme").await;
-    let export = data_export::exports::runs::create_manual_unattributed(app.pool(), acme, 3).await.unwrap();
+    let export = data_export::exports::start::create_manual_unattributed(app.pool(), acme, 3).await.unwrap();
     let done = app.wait_for_run(&export.id, std::time::Duration::from_secs(60)).await;
     let object =
         app.s3_client().get_object().bucket("org-acme").key(done.object_key.as_deref().unwrap()).send().await.unwrap();
