@@ -4,6 +4,12 @@
 -- pending `webhook.test` delivery of an endpoint violates this index, which the
 -- code answers with 409 (`webhooks::ONE_PENDING_TEST`).
 
+-- No process (an older one, during a rolling deploy) may queue a test delivery
+-- between the clean-up below and the index; the lock is waited for at most 10 s,
+-- then the migration fails with nothing changed and runs again at the next start.
+set local lock_timeout = '10s';
+lock table webhook_deliveries in share row exclusive mode;
+
 -- Duplicates that race left behind are ended first, the newest of each endpoint
 -- kept (ids are ULIDs, so they sort by time); their jobs find them no longer
 -- pending and send nothing.

@@ -41,6 +41,8 @@ pub const KEEP_ALIVE: Duration = Duration::from_secs(5);
 /// How often an open stream asks whether its session is still a platform admin's:
 /// a sign-out, an expired session or a removed platform admin ends it within this.
 pub const RECHECK: Duration = Duration::from_secs(10);
+/// Rechecks in a row the database may leave unanswered before the stream ends.
+const UNCHECKED_MAX: u32 = 3;
 
 /// What the streams need: the state, and the process's stop (a stream never ends on
 /// its own, and an open one would hold a graceful shutdown for its whole grace).
@@ -58,6 +60,7 @@ pub async fn stream(State(streams): State<Streams>, Extension(session): Extensio
         session: session.id().map(|id| id.to_string()),
         streams,
         recheck_at: Instant::now() + RECHECK,
+        unchecked: 0,
     };
     let events = futures::stream::unfold(client, |mut client| async {
         let entry = client.next().await?;
@@ -77,6 +80,8 @@ struct Client {
     session: Option<String>,
     streams: Streams,
     recheck_at: Instant,
+    /// Rechecks in a row that the database could not answer.
+    unchecked: u32,
 }
 
 impl Client {
@@ -85,7 +90,18 @@ impl Client {
     /// closed).
     async fn next(&mut self) -> Option<Arc<str>> {
         loop {
+            // Biased, the stop and the session's recheck first: a client that comes
+            // back after reading nothing for a while is rechecked before it gets
+            // another entry.
             tokio::select! {
+                biased;
+                _ = self.streams.stop.cancelled() => return None,
+                _ = tokio::time::sleep_until(self.recheck_at) => {
+                    if !self.still_a_platform_admin().await {
+                        return None;
+                    }
+                    self.recheck_at = Instant::now() + RECHECK;
+                }
                 received = self.receiver.recv() => return match received {
                     Ok(entry) => Some(entry),
                     Err(RecvError::Lagged(n)) => {
@@ -95,26 +111,24 @@ impl Client {
                     }
                     Err(RecvError::Closed) => None,
                 },
-                _ = self.streams.stop.cancelled() => return None,
-                _ = tokio::time::sleep_until(self.recheck_at) => {
-                    if !self.still_a_platform_admin().await {
-                        return None;
-                    }
-                    self.recheck_at = Instant::now() + RECHECK;
-                }
             }
         }
     }
 
     /// Whether the session is still live and a platform admin's. While the database
-    /// cannot answer, the stream goes on: the next check that gets an answer decides.
-    async fn still_a_platform_admin(&self) -> bool {
+    /// cannot answer, the stream goes on for up to [`UNCHECKED_MAX`] rechecks in a
+    /// row; then it ends (the board's UI opens it again, and is checked then).
+    async fn still_a_platform_admin(&mut self) -> bool {
         let Some(id) = &self.session else { return false };
         match membership::user(&self.streams.state.pool, Caller::Session(id)).await {
-            Ok(found) => found.is_some_and(|f| f.user.is_platform_admin),
+            Ok(found) => {
+                self.unchecked = 0;
+                found.is_some_and(|f| f.user.is_platform_admin)
+            }
             Err(e) => {
                 tracing::warn!(error = %e, "the job board's stream could not check its session");
-                true
+                self.unchecked += 1;
+                self.unchecked < UNCHECKED_MAX
             }
         }
     }

@@ -909,16 +909,16 @@ impl Table {
                         cleared += n as u64;
                     }
                 }
-                // An audit entry that names an actor keeps its text, marked as
-                // imported: it records what happened in the source org, not what
-                // that person did here.
+                // Every audit entry from the file keeps its text, marked as imported:
+                // it records what happened in the source org, not what anyone did
+                // here (an entry without an actor too, or a crafted file could pass
+                // off entries as this platform's own).
                 (_, None) if self.name == "audit_log" && col.name == "details" => {
                     marks_import = true;
                     select.push(
-                        "case when s.actor_user_id is null then s.details
-                              else (case when jsonb_typeof(s.details) = 'object' then s.details
-                                         else jsonb_build_object('value', s.details) end)
-                                   || jsonb_build_object('imported_from', $1::jsonb) end"
+                        "(case when jsonb_typeof(s.details) = 'object' then s.details
+                               else jsonb_build_object('value', s.details) end)
+                         || jsonb_build_object('imported_from', $1::jsonb)"
                             .to_string(),
                     )
                 }
@@ -964,7 +964,8 @@ fn escape(s: &str, out: &mut Vec<u8>) -> Result<(), String> {
 /// export, in the source org's): a key that could reach outside it is refused, since
 /// a store on a file system (the embedded one) resolves `..` in a key as a path. So
 /// is an empty key, a key starting with `/`, with a `..` segment, or with a control
-/// character.
+/// character. (`.` and empty segments stay allowed: the org's own documents can have
+/// such keys, and S3 takes keys literally.)
 async fn check_object_keys(conn: &mut PgConnection) -> Result<(), ImportError> {
     let bad: Option<(i64, String)> = sqlx::query_as(
         r"select id, object_key from import_documents
