@@ -11,7 +11,9 @@
 //!   attempts at one account go ahead in any minute, from all addresses together;
 //!   more are refused with the seconds until the oldest of them is a minute old. No
 //!   request waits: twenty parallel guesses from twenty addresses get what twenty
-//!   serial ones get.
+//!   serial ones get. An address that signed in to the account in the last
+//!   [`KNOWN_DAYS`] days is not held back by this rate (the limits above still
+//!   hold it), so an attack from elsewhere cannot keep the account's owner out.
 //! - A refused attempt is not kept: it counts against nothing, so an address over its
 //!   limit cannot push an account's count up.
 
@@ -29,6 +31,8 @@ pub const MAX_PER_ACCOUNT_AND_ADDRESS: i64 = 5;
 /// Attempts at one account, from all addresses together, that go ahead in any
 /// minute (failed ones, and those still being checked).
 pub const ACCOUNT_PER_MINUTE: i64 = 10;
+/// How long an address that signed in to an account stays known to it.
+pub const KNOWN_DAYS: i32 = 30;
 
 /// What to do with a sign-in attempt.
 #[derive(Debug, PartialEq)]
@@ -77,10 +81,13 @@ struct Counts {
     /// Seconds until the oldest of the account's attempts in the last minute is a
     /// minute old (at least 1).
     account_frees_in: i64,
+    /// The address signed in to the account within [`KNOWN_DAYS`]: the account's
+    /// rate does not hold it back.
+    known: bool,
 }
 
 async fn counts(pool: &PgPool, account: &str, keys: &LimitKeys) -> sqlx::Result<Counts> {
-    let row: (i64, i64, i64, i64, i64, i64) = sqlx::query_as(
+    let row: (i64, i64, i64, i64, i64, i64, bool) = sqlx::query_as(
         "select count(*) filter (where ip = $2),
                 count(*) filter (where net56 = $3),
                 count(*) filter (where net48 = $4),
@@ -88,7 +95,10 @@ async fn counts(pool: &PgPool, account: &str, keys: &LimitKeys) -> sqlx::Result<
                 count(*) filter (where account = $1 and attempted_at > now() - interval '1 minute'),
                 greatest(1, coalesce(ceil(extract(epoch from
                     min(attempted_at) filter (where account = $1 and attempted_at > now() - interval '1 minute')
-                    + interval '1 minute' - now())), 1))::int8
+                    + interval '1 minute' - now())), 1))::int8,
+                (select exists (select 1 from login_known_addresses k
+                                where k.account = $1 and k.address = $2
+                                  and k.last_success_at > now() - make_interval(days => $6)))
          from login_failures
          where attempted_at > now() - make_interval(mins => $5)
            and (account = $1 or ip = $2 or net56 = $3 or net48 = $4)",
@@ -98,10 +108,11 @@ async fn counts(pool: &PgPool, account: &str, keys: &LimitKeys) -> sqlx::Result<
     .bind(&keys.net56)
     .bind(&keys.net48)
     .bind(WINDOW_MINUTES as i32)
+    .bind(KNOWN_DAYS)
     .fetch_one(pool)
     .await?;
-    let (by_address, by_net56, by_net48, by_pair, by_account_last_minute, account_frees_in) = row;
-    Ok(Counts { by_address, by_net56, by_net48, by_pair, by_account_last_minute, account_frees_in })
+    let (by_address, by_net56, by_net48, by_pair, by_account_last_minute, account_frees_in, known) = row;
+    Ok(Counts { by_address, by_net56, by_net48, by_pair, by_account_last_minute, account_frees_in, known })
 }
 
 /// The allowance of a network of `bits` (64 for an IPv4 address or IPv6 /64).
@@ -131,7 +142,7 @@ fn refusal(c: &Counts, unrecorded: i64) -> Option<Decision> {
             ),
             retry_after_secs: window(),
         })
-    } else if c.by_account_last_minute + unrecorded > ACCOUNT_PER_MINUTE {
+    } else if !c.known && c.by_account_last_minute + unrecorded > ACCOUNT_PER_MINUTE {
         let secs = c.account_frees_in.clamp(1, 60) as u64;
         Some(Decision::Refuse {
             message: format!("Too many sign-in attempts at this account just now. Try again in {secs} seconds."),
@@ -145,12 +156,21 @@ fn refusal(c: &Counts, unrecorded: i64) -> Option<Decision> {
 /// A successful sign-in clears the account's failures from this address (its own
 /// typos); failures from other addresses stay until they age out, so an attack that
 /// is still running keeps counting against the account's rate.
+/// The address becomes known to the account (see [`KNOWN_DAYS`]).
 pub async fn succeeded(pool: &PgPool, account: &str, address: &str) -> sqlx::Result<()> {
     sqlx::query("delete from login_failures where account = $1 and ip = $2")
         .bind(account)
         .bind(address)
         .execute(pool)
         .await?;
+    sqlx::query(
+        "insert into login_known_addresses (account, address) values ($1, $2)
+         on conflict (account, address) do update set last_success_at = now()",
+    )
+    .bind(account)
+    .bind(address)
+    .execute(pool)
+    .await?;
     Ok(())
 }
 
@@ -166,6 +186,10 @@ pub async fn withdraw(pool: &PgPool, attempt: i64) -> sqlx::Result<()> {
 pub async fn delete_expired(pool: &PgPool) -> sqlx::Result<u64> {
     let done = sqlx::query("delete from login_failures where attempted_at < now() - make_interval(mins => $1)")
         .bind(WINDOW_MINUTES as i32)
+        .execute(pool)
+        .await?;
+    sqlx::query("delete from login_known_addresses where last_success_at < now() - make_interval(days => $1)")
+        .bind(KNOWN_DAYS)
         .execute(pool)
         .await?;
     Ok(done.rows_affected())

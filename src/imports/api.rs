@@ -13,7 +13,10 @@ use axum::{
 };
 use serde::Deserialize;
 
-use super::records::{self, Via};
+use super::{
+    job,
+    records::{self, Via},
+};
 use crate::{
     auth::ApiPlatformAdmin,
     error::{ApiResult, AppError},
@@ -43,6 +46,8 @@ pub async fn create(
             "The body must be a JSON object {{\"source_export_id\": ID, \"slug\": SLUG, \"name\": NAME}} ({e})."
         ))
     })?;
+    // Imports whose job ended unfinished must not block their slug.
+    job::sweep_abandoned(&state).await;
     let import =
         records::request_from_export(&state, admin.id, &new.source_export_id, &new.slug, &new.name, Via::Api).await?;
     // A worker may already have taken it; the answer reports the state it was created in.
@@ -59,6 +64,7 @@ pub async fn confirm(
     State(state): State<AppState>,
     ApiRecordId(id): ApiRecordId,
 ) -> ApiResult<Response> {
+    job::sweep_abandoned(&state).await;
     let import = records::confirm(&state, admin.id, id.as_str(), Via::Api).await?;
     let body = serde_json::json!({ "id": import.id, "status": "pending", "kind": "import", "check_id": id.as_str() });
     Ok((StatusCode::ACCEPTED, Json(body)).into_response())

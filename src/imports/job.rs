@@ -8,7 +8,6 @@
 //! confirmed), the uploaded file is deleted.
 
 use apalis::prelude::BoxDynError;
-use serde::{Deserialize, Serialize};
 use tokio_util::io::SyncIoBridge;
 
 use super::{
@@ -17,15 +16,9 @@ use super::{
 };
 use crate::{exports::runs, jobs, state::AppState};
 
-/// Attempts per import: a second one only runs when the first one's worker died
-/// (missed heartbeats); an attempt that ends marks the import one way or the other.
-pub const MAX_ATTEMPTS: u32 = 2;
-
-/// The job's arguments.
-#[derive(Clone, Debug, Serialize, Deserialize)]
-pub struct ImportJob {
-    pub id: String,
-}
+// The job's arguments live with the record they name (`records::ImportJob`, which
+// the record's creation pushes in its transaction); its handler lives here.
+pub use super::records::ImportJob;
 
 impl jobs::Job for ImportJob {
     const QUEUE: &'static str = "imports";

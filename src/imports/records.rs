@@ -4,13 +4,11 @@
 //! a check (the engine's dry run, its report kept) and the confirmation of it.
 
 use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
 use sqlx::PgPool;
 use ulid::Ulid;
 
-use super::{
-    engine::{self, ImportError, Report},
-    job::{self, ImportJob},
-};
+use super::engine::{self, ImportError, Report};
 use crate::{
     error::AppError,
     exports::runs::{self, RunStatus},
@@ -18,6 +16,17 @@ use crate::{
     orgs::OrgSlug,
     web::path::RecordId,
 };
+
+/// Attempts per import: a second one only runs when the first one's worker died
+/// (missed heartbeats); an attempt that ends marks the import one way or the other.
+pub const MAX_ATTEMPTS: u32 = 2;
+
+/// The import job's arguments (queue `imports`; its handler is `super::job`): which
+/// record to carry out. Pushed in the transaction that creates the record.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct ImportJob {
+    pub id: String,
+}
 
 crate::text_enum! {
     /// Where an import is: `pending -> running -> completed | failed`.
@@ -307,7 +316,7 @@ async fn create_step(
         }
         return Err(e.into());
     }
-    jobs::push(&mut tx, id, &ImportJob { id: id.to_string() }, job::MAX_ATTEMPTS).await?;
+    jobs::push(&mut tx, id, &ImportJob { id: id.to_string() }, MAX_ATTEMPTS).await?;
     let details = serde_json::json!({
         "slug": target.slug.as_str(),
         "name": target.name,
@@ -413,14 +422,14 @@ pub async fn complete_check(pool: &PgPool, id: &str, attempt: i32, report: &Repo
 /// Confirms the completed check `check_id`: a new import of the same source into
 /// the same slug and name, whose engine is refused unless the file and the people
 /// it matches are still what the check reported. Every refusal is a 4xx with the
-/// reason, and writes nothing.
+/// reason, and writes nothing. Callers first sweep imports whose job ended
+/// unfinished (`job::sweep_abandoned`), so that none blocks the slug.
 pub async fn confirm(
     state: &crate::state::AppState,
     requested_by: i64,
     check_id: &str,
     via: Via,
 ) -> Result<Import, AppError> {
-    job::sweep_abandoned(state).await;
     let check = get(&state.pool, check_id).await?.ok_or(AppError::NotFound)?;
     if let Some(why) = check.unconfirmable() {
         return Err(match check.status {
@@ -462,6 +471,7 @@ pub async fn expired_checks(pool: &PgPool) -> sqlx::Result<Vec<Import>> {
 /// A platform admin's request to restore the completed export `export_id` as a new
 /// org: checks the slug, the name and the export, then creates the check and its
 /// job (see [`confirm`] for the second step). Every refusal is a 4xx with the reason, and writes nothing.
+/// Callers first sweep imports whose job ended unfinished (`job::sweep_abandoned`).
 pub async fn request_from_export(
     state: &crate::state::AppState,
     requested_by: i64,
@@ -470,7 +480,6 @@ pub async fn request_from_export(
     name: &str,
     via: Via,
 ) -> Result<Import, AppError> {
-    job::sweep_abandoned(state).await;
     let target = check_target(&state.pool, slug, name).await?;
     let export = check_export(&state.pool, export_id).await?;
     create(&state.pool, Ulid::generate(), &target, &Source::Export(export), requested_by, via).await

@@ -557,6 +557,30 @@ async fn the_per_account_limit_is_a_rate_that_parallel_guesses_cannot_outrun() {
     assert_eq!(codes[10], 429);
 }
 
+/// Issue 33's review: an attack that keeps an account at its rate from many
+/// addresses does not keep its owner out, from an address they signed in from
+/// before; a new address still waits for the rate.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_attack_at_an_accounts_rate_does_not_keep_its_owner_out_from_a_known_address() {
+    let app = TestApp::spawn_with(Options { workers: false, ..Default::default() }).await;
+    let creds = [("email", "admin@globex.test"), ("password", PASSWORD)];
+    // The owner signed in from 127.0.4.1 once.
+    let owner = anonymous_from(&app.addr, "127.0.4.1", &[]).await;
+    assert_eq!(owner.post_form(LOGIN, &creds).await.status(), 303);
+    // An attack from 12 other addresses uses up the account's rate.
+    let mut codes = Vec::new();
+    for i in 0..12 {
+        let s = anonymous_from(&app.addr, &format!("127.0.5.{}", 10 + i), &[]).await;
+        codes.push(s.post_form(LOGIN, &[("email", "admin@globex.test"), ("password", "nope")]).await.status().as_u16());
+    }
+    assert_eq!(codes.iter().filter(|c| **c == 429).count(), 2, "the rate holds the attack: {:?}", tally(&codes));
+    // The owner, from the known address, gets in at once; a new address waits.
+    let again = anonymous_from(&app.addr, "127.0.4.1", &[]).await;
+    assert_eq!(again.post_form(LOGIN, &creds).await.status(), 303, "the owner is not kept out");
+    let stranger = anonymous_from(&app.addr, "127.0.4.2", &[]).await;
+    assert_eq!(stranger.post_form(LOGIN, &creds).await.status(), 429, "a new address waits for the rate");
+}
+
 /// Issue 33, 5.1: sign-in failures count under the IPv6 /56 and /48 too: a /56
 /// holds 256 /64s, each with its own allowance of 20.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

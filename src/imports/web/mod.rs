@@ -147,6 +147,8 @@ pub async fn from_export(
     };
     let get = |k: &str| field(&fields, k).unwrap_or("").to_string();
     (typed.source_export_id, typed.slug, typed.name) = (get("source_export_id"), get("slug"), get("name"));
+    // Imports whose job ended unfinished must not block their slug.
+    job::sweep_abandoned(&state).await;
     let created =
         records::request_from_export(&state, admin.id, &typed.source_export_id, &typed.slug, &typed.name, Via::Ui)
             .await;
@@ -192,6 +194,7 @@ pub async fn confirm(
     State(state): State<AppState>,
     id: RecordId,
 ) -> AppResult<Response> {
+    job::sweep_abandoned(&state).await;
     match records::confirm(&state, admin.id, id.as_str(), Via::Ui).await {
         Ok(_) => Ok(requested("confirmed")),
         Err(AppError::NotFound) => Err(AppError::NotFound),
