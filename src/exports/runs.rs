@@ -528,7 +528,7 @@ async fn announce(
         to.retain(|admin| Some(*admin) == run.triggered_by);
     }
     for person in to {
-        crate::mail::enqueue(tx, person, &message).await?;
+        crate::mail::enqueue_to_admin(tx, person, org_id, &message).await?;
     }
     Ok(())
 }

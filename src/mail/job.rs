@@ -68,10 +68,38 @@ struct Queued {
 /// say) finds it not due and sends nothing.
 #[tracing::instrument(skip_all, fields(mail_id = %id))]
 async fn send(state: &AppState, id: &str) -> anyhow::Result<()> {
+    // Whoever it goes to must still be one to get it now, which may be hours after it
+    // was queued (the mail server was down): an org's mail only to a person still an
+    // active admin of the org, the platform admins' only to a platform admin, and no
+    // kind the person has switched off since (or not switched on, for a kind off by
+    // default). Otherwise it is given up unsent.
+    let off_by_default: Vec<&str> = super::Kind::ALL.iter().filter(|k| !k.on_by_default()).map(|k| k.key()).collect();
+    let given_up = sqlx::query(
+        "update mail_messages m set failed_at = now(), last_error = 'not sent: no longer a recipient of this mail'
+         where m.id = $1 and m.sent_at is null and m.failed_at is null
+           and ((m.org_id is not null
+                 and not exists (select 1 from memberships s where s.org_id = m.org_id and s.user_id = m.user_id
+                                                               and s.status = 'active' and s.role = 'admin'))
+                or (m.kind = $3 and not exists (select 1 from platform_admins p where p.user_id = m.user_id))
+                or exists (select 1 from mail_opt_outs o where o.user_id = m.user_id and o.kind = m.kind)
+                or (m.kind = any($2)
+                    and not exists (select 1 from mail_opt_ins i where i.user_id = m.user_id and i.kind = m.kind)))",
+    )
+    .bind(id)
+    .bind(&off_by_default)
+    .bind(super::Kind::ScheduleFailures.key())
+    .execute(&state.pool)
+    .await?;
+    if given_up.rows_affected() == 1 {
+        tracing::info!("mail given up unsent: its person is no longer one to get it");
+        return Ok(());
+    }
+    // To the person's address as it is now.
     let queued: Option<Queued> = sqlx::query_as(
-        "update mail_messages set next_attempt_at = now() + make_interval(secs => $2)
-         where id = $1 and sent_at is null and failed_at is null and next_attempt_at <= now() + interval '5 seconds'
-         returning id, kind, recipient, subject, body, created_at, attempts",
+        "update mail_messages m set next_attempt_at = now() + make_interval(secs => $2)
+         where m.id = $1 and m.sent_at is null and m.failed_at is null and m.next_attempt_at <= now() + interval '5 seconds'
+         returning m.id, m.kind, coalesce((select u.email from users u where u.id = m.user_id), m.recipient) as recipient,
+                   m.subject, m.body, m.created_at, m.attempts",
     )
     .bind(id)
     .bind(SMTP_TIMEOUT.as_secs_f64() + 60.0)

@@ -138,10 +138,26 @@ pub async fn enqueue_or_log(conn: &mut PgConnection, user_id: i64, message: &Mes
 /// such user). Whether `user_id` may get the kind at all (an org's admin, say) is
 /// the caller's to decide.
 pub async fn enqueue(conn: &mut PgConnection, user_id: i64, message: &Message) -> anyhow::Result<bool> {
+    insert(conn, user_id, None, message).await
+}
+
+/// [`enqueue`] for a mail to an admin of the org `org_id` about it (its exports,
+/// its webhooks): when it is sent, the person must still be an active admin of the
+/// org (and still want the kind), or it is given up unsent.
+pub async fn enqueue_to_admin(
+    conn: &mut PgConnection,
+    user_id: i64,
+    org_id: i64,
+    message: &Message,
+) -> anyhow::Result<bool> {
+    insert(conn, user_id, Some(org_id), message).await
+}
+
+async fn insert(conn: &mut PgConnection, user_id: i64, org_id: Option<i64>, message: &Message) -> anyhow::Result<bool> {
     let id = Ulid::generate();
     let inserted = sqlx::query(
-        "insert into mail_messages (id, user_id, kind, recipient, subject, body)
-         select $1, u.id, $3, u.email, $4, $5 from users u
+        "insert into mail_messages (id, user_id, kind, recipient, subject, body, org_id)
+         select $1, u.id, $3, u.email, $4, $5, $8 from users u
          where u.id = $2
            and case when not $6 then true
                     when $7 then not exists (select 1 from mail_opt_outs o where o.user_id = u.id and o.kind = $3)
@@ -154,6 +170,7 @@ pub async fn enqueue(conn: &mut PgConnection, user_id: i64, message: &Message) -
     .bind(&message.text)
     .bind(message.kind.can_opt_out())
     .bind(message.kind.on_by_default())
+    .bind(org_id)
     .execute(&mut *conn)
     .await?;
     if inserted.rows_affected() == 0 {

@@ -1053,3 +1053,64 @@ async fn a_run_failing_before_its_slot_has_fired_sends_no_early_slot_mail() {
     data_export::platform::scheduler::fire_slot(&app.state, slot).await.unwrap();
     assert_eq!(queued(&app, "platform@example.test").await.len(), 1);
 }
+
+/// Issue 34's review: a mail to an org's admin is sent only if, when it goes out
+/// (maybe hours after it was queued, while the mail server was down), the person is
+/// still an active admin of that org; otherwise it is given up unsent.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_queued_mail_to_an_admin_who_left_since_is_given_up_unsent() {
+    let mut app = TestApp::spawn_with(Options { workers: false, ..Default::default() }).await;
+    let user = |email: &'static str| {
+        let pool = app.pool().clone();
+        async move {
+            sqlx::query_scalar::<_, i64>("select id from users where email = $1")
+                .bind(email)
+                .fetch_one(&pool)
+                .await
+                .unwrap()
+        }
+    };
+    let (acme_admin, globex_admin) = (user("admin@acme.test").await, user("admin@globex.test").await);
+    let (acme, globex) = (app.org_id("acme").await, app.org_id("globex").await);
+    let message = |org: &str| mail::Message {
+        kind: Kind::ExportFailed,
+        subject: format!("Export of {org} failed"),
+        text: "It failed.".into(),
+    };
+    let mut tx = app.pool().begin().await.unwrap();
+    assert!(mail::enqueue_to_admin(&mut tx, acme_admin, acme, &message("acme")).await.unwrap());
+    assert!(mail::enqueue_to_admin(&mut tx, globex_admin, globex, &message("globex")).await.unwrap());
+    tx.commit().await.unwrap();
+    // Before it goes out, acme's admin is demoted.
+    sqlx::query("update memberships set role = 'member' where user_id = $1 and org_id = $2")
+        .bind(acme_admin)
+        .bind(acme)
+        .execute(app.pool())
+        .await
+        .unwrap();
+    app.start_workers();
+    let outcome = |who: i64| {
+        let pool = app.pool().clone();
+        async move {
+            sqlx::query_as::<_, (bool, bool, Option<String>)>(
+                "select sent_at is not null, failed_at is not null, last_error from mail_messages where user_id = $1",
+            )
+            .bind(who)
+            .fetch_one(&pool)
+            .await
+            .unwrap()
+        }
+    };
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let (a, g) = (outcome(acme_admin).await, outcome(globex_admin).await);
+        if (a.0 || a.1) && (g.0 || g.1) {
+            assert_eq!((a.0, a.1), (false, true), "acme's former admin gets nothing: {a:?}");
+            assert!(a.2.as_deref().is_some_and(|e| e.contains("no longer a recipient")), "{a:?}");
+            assert_eq!((g.0, g.1), (true, false), "globex's admin still gets theirs: {g:?}");
+            break;
+        }
+        assert!(Instant::now() < deadline, "the mails were not dealt with: {a:?} {g:?}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
