@@ -154,6 +154,22 @@ fn states_sql() -> String {
     )
 }
 
+/// The columns of [`OrgHealth`], from the CTE `u` of [`states_sql`].
+const ORG_HEALTH: &str = "select id, slug, name, data_export, state, rank, last_success_at, last_failure_at,
+    last_failure_reason, consecutive_failures, last_size_bytes, run_id, run_status, run_created_at, run_started_at,
+    bucket_state, bucket_error from u";
+
+/// Binds a [`Basis`] as [`states_sql`]'s `$1`, `$2` and `$3`.
+trait BindBasis {
+    fn bind_basis(self, basis: Basis) -> Self;
+}
+
+impl<'q, O> BindBasis for sqlx::query::QueryAs<'q, sqlx::Postgres, O, sqlx::postgres::PgArguments> {
+    fn bind_basis(self, basis: Basis) -> Self {
+        self.bind(basis.stuck_secs as f64).bind(basis.overdue_secs as f64).bind(basis.latest_slot)
+    }
+}
+
 /// Which orgs a page of the list holds.
 #[derive(Clone, Debug, Default)]
 pub struct Filter {
@@ -238,19 +254,13 @@ pub async fn page(pool: &PgPool, basis: Basis, filter: &Filter) -> sqlx::Result<
         filter.q.as_ref().map(|q| format!("%{}%", q.replace('\\', "\\\\").replace('%', "\\%").replace('_', "\\_")));
     let (before_rank, before_slug) = filter.before.clone().unzip();
     let mut orgs: Vec<OrgHealth> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
-        "{} select id, slug, name, data_export, state, rank, last_success_at, last_failure_at, last_failure_reason,
-                   consecutive_failures, last_size_bytes, run_id, run_status, run_created_at, run_started_at,
-                   bucket_state, bucket_error
-            from u
-            where ($4::text is null or state = $4)
+        "{} {ORG_HEALTH} where ($4::text is null or state = $4)
               and ($5::text is null or slug ilike $5 or name ilike $5)
               and ($6::int is null or (rank, slug) > ($6, $7::text))
             order by rank, slug limit $8",
         states_sql()
     )))
-    .bind(basis.stuck_secs as f64)
-    .bind(basis.overdue_secs as f64)
-    .bind(basis.latest_slot)
+    .bind_basis(basis)
     .bind(filter.state.as_deref())
     .bind(pattern)
     .bind(before_rank)
@@ -268,9 +278,7 @@ pub async fn page(pool: &PgPool, basis: Basis, filter: &Filter) -> sqlx::Result<
 pub async fn counts(pool: &PgPool, basis: Basis) -> sqlx::Result<Vec<(&'static str, i64)>> {
     let rows: Vec<(String, i64)> =
         sqlx::query_as(sqlx::AssertSqlSafe(format!("{} select state, count(*) from u group by state", states_sql())))
-            .bind(basis.stuck_secs as f64)
-            .bind(basis.overdue_secs as f64)
-            .bind(basis.latest_slot)
+            .bind_basis(basis)
             .fetch_all(pool)
             .await?;
     Ok(STATES.iter().map(|s| (*s, rows.iter().find(|(r, _)| r == s).map_or(0, |(_, n)| *n))).collect())
@@ -280,15 +288,10 @@ pub async fn counts(pool: &PgPool, basis: Basis) -> sqlx::Result<Vec<(&'static s
 /// `overdue`), with its reason: what the health mail compares with what it told.
 pub async fn alarming(pool: &PgPool, basis: Basis) -> sqlx::Result<Vec<OrgHealth>> {
     sqlx::query_as(sqlx::AssertSqlSafe(format!(
-        "{} select id, slug, name, data_export, state, rank, last_success_at, last_failure_at, last_failure_reason,
-                   consecutive_failures, last_size_bytes, run_id, run_status, run_created_at, run_started_at,
-                   bucket_state, bucket_error
-            from u where state in ('stuck', 'failing', 'overdue') order by rank, slug",
+        "{} {ORG_HEALTH} where state in ('stuck', 'failing', 'overdue') order by rank, slug",
         states_sql()
     )))
-    .bind(basis.stuck_secs as f64)
-    .bind(basis.overdue_secs as f64)
-    .bind(basis.latest_slot)
+    .bind_basis(basis)
     .fetch_all(pool)
     .await
 }

@@ -745,17 +745,11 @@ pub async fn cancel(
     by: &crate::auth::User,
 ) -> Result<Option<Run>, AppError> {
     let Some(run) = get(pool, org_id, id).await? else { return Ok(None) };
-    if !run.is_active() {
-        return Err(AppError::InConflict(format!(
-            "This export has already finished ({}); there is nothing to cancel.",
-            run.status
-        )));
-    }
     let name = if by.display_name.trim().is_empty() { by.email.as_str() } else { by.display_name.as_str() };
     let failure = Failure::plain(format!("Cancelled by {name}"));
     let ended = end_failed(pool, public_url, &run.id, None, &failure, Ending::Cancelled { by: by.id }).await?;
     if ended.is_none() {
-        // It finished between the read and the update.
+        // It had finished (or did between the read and the update).
         let now = get(pool, org_id, id).await?.ok_or(AppError::NotFound)?;
         return Err(AppError::InConflict(format!(
             "This export has already finished ({}); there is nothing to cancel.",

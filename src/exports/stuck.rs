@@ -5,7 +5,7 @@
 //! (one active export per org).
 
 use super::runs;
-use crate::{snapshot::job::Failure, state::AppState, storage::Multipart};
+use crate::{snapshot::job::Failure, state::AppState};
 
 /// Fails every stuck run with a plain reason (its `export.failed` audit entry and
 /// the usual notifications), and aborts the upload it left open. Returns the ids
@@ -32,8 +32,8 @@ pub async fn fail_stuck(state: &AppState) -> anyhow::Result<Vec<String>> {
 }
 
 /// Removes what a run that was failed from outside its job (stuck, or cancelled)
-/// may have left at its key: an open upload, and an object that a dying attempt
-/// published without recording it. A failed run never keeps a file.
+/// may have left at its key (see [`crate::snapshot::job::remove_left`]). A failed
+/// run never keeps a file.
 pub async fn remove_files(
     state: &AppState,
     bucket: &str,
@@ -42,11 +42,5 @@ pub async fn remove_files(
     upload_id: Option<String>,
 ) {
     let key = runs::object_key(id, created_at);
-    if let Some(upload_id) = upload_id {
-        let open = Multipart { bucket: bucket.to_string(), key: key.clone(), upload_id };
-        state.storage.abort_multipart(&open).await;
-    }
-    if let Err(e) = state.storage.delete(bucket, &key).await {
-        tracing::warn!(export_id = id, error = format!("{e:#}"), "could not remove a failed run's object");
-    }
+    crate::snapshot::job::remove_left(state, "export", id, bucket, &key, upload_id.as_deref()).await;
 }

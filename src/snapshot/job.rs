@@ -268,14 +268,22 @@ async fn fail<L: Lease>(
     }
     let Some(record) = lease.get(state, id).await? else { return Ok(()) };
     let Destination { bucket, key, .. } = lease.destination(state, &record).await?;
-    if let Some(upload_id) = L::upload_id(&record) {
-        let open = Multipart { bucket: bucket.clone(), key: key.clone(), upload_id: upload_id.to_string() };
+    remove_left(state, L::WHAT, id, &bucket, &key, L::upload_id(&record)).await;
+    Ok(())
+}
+
+/// Removes what an attempt may have left at a failed record's key (`what` record
+/// `id`): its open upload, and an object it published without recording it. Also
+/// for a record failed from outside its job (a stuck or cancelled export). Best
+/// effort: a failure is logged.
+pub async fn remove_left(state: &AppState, what: &str, id: &str, bucket: &str, key: &str, upload_id: Option<&str>) {
+    if let Some(upload_id) = upload_id {
+        let open = Multipart { bucket: bucket.to_string(), key: key.to_string(), upload_id: upload_id.to_string() };
         state.storage.abort_multipart(&open).await;
     }
-    if let Err(e) = state.storage.delete(&bucket, &key).await {
-        tracing::warn!(id, what = L::WHAT, error = format!("{e:#}"), "could not remove a failed record's object");
+    if let Err(e) = state.storage.delete(bucket, key).await {
+        tracing::warn!(id, what, error = format!("{e:#}"), "could not remove a failed record's object");
     }
-    Ok(())
 }
 
 /// Writes the record's file and records it.
