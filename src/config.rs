@@ -576,6 +576,15 @@ impl Config {
     }
 
     /// Whether session cookies carry `Secure`.
+    /// The scheme, host and port of `PUBLIC_URL`, without a path: where the embedded
+    /// storage's download links point (the web listener answers them at `/{bucket}/{key}`).
+    pub fn public_origin(&self) -> String {
+        match url::Url::parse(&self.public_url) {
+            Ok(u) => u.origin().ascii_serialization(),
+            Err(_) => self.public_url.clone(),
+        }
+    }
+
     pub fn cookies_secure(&self) -> bool {
         self.public_url.starts_with("https://")
     }

@@ -13,7 +13,7 @@ use crate::{
     db::{self, PrivateCluster},
     jobs, mail, platform, seed, settings,
     state::{App, AppState},
-    storage::{EmbeddedS3, Storage},
+    storage::{EmbeddedS3, Storage, embedded::Downloads},
     workers,
 };
 
@@ -59,8 +59,13 @@ impl Services {
                 let embedded = EmbeddedS3::start(&root, SocketAddr::from(([127, 0, 0, 1], 0))).await?;
                 let root = std::fs::canonicalize(&root)?;
                 let identity = format!("embedded:{}", root.display());
-                let storage = Storage::new(&embedded.settings(), &config.privacy_bucket, identity)
-                    .with_bucket_prefix(&config.bucket_prefix);
+                // Download links are signed for the web UI's own address and answered
+                // by its listener (`Application::serve_downloads`), so that they work
+                // from wherever the UI does, not only on this machine.
+                let mut settings = embedded.settings();
+                settings.public_endpoint = Some(config.public_origin());
+                let storage =
+                    Storage::new(&settings, &config.privacy_bucket, identity).with_bucket_prefix(&config.bucket_prefix);
                 (storage, Some(embedded))
             }
         };
@@ -87,6 +92,7 @@ pub struct Application {
     listener: TcpListener,
     board: Option<TcpListener>,
     state: AppState,
+    downloads: Option<Downloads>,
 }
 
 impl Application {
@@ -103,7 +109,15 @@ impl Application {
             }
             None => None,
         };
-        Ok(Self { listener, board, state })
+        Ok(Self { listener, board, state, downloads: None })
+    }
+
+    /// Answers the embedded storage's presigned download links on this listener
+    /// (before the router's layers: a download is as long as the file is, not a request
+    /// under the request timeout). The listener's connection caps still apply.
+    pub fn serve_downloads(mut self, downloads: Option<Downloads>) -> Self {
+        self.downloads = downloads;
+        self
     }
 
     pub fn port(&self) -> u16 {
@@ -136,7 +150,22 @@ impl Application {
             crate::auth::session_cache::CHANNEL,
             cache_stop,
         ));
-        let app = crate::router::router(self.state.clone());
+        let mut app = crate::router::router(self.state.clone());
+        if let Some(downloads) = self.downloads {
+            app = app.layer(axum::middleware::from_fn(
+                move |req: axum::extract::Request, next: axum::middleware::Next| {
+                    let downloads = downloads.clone();
+                    async move {
+                        if Downloads::wants(req.method(), req.uri()) {
+                            let (parts, _) = req.into_parts();
+                            downloads.answer(parts).await.map(axum::body::Body::new)
+                        } else {
+                            next.run(req).await
+                        }
+                    }
+                },
+            ));
+        }
         listener::serve(self.listener, app, limits(http.max_connections), trusted, stop).await?;
         if let Some(board) = board {
             board.await??;
@@ -285,7 +314,9 @@ pub async fn serve(config: Config, with_web: bool) -> anyhow::Result<()> {
     cancel_on_signal(stop.clone());
     let mut tasks = tokio::task::JoinSet::new();
     if with_web {
-        let app = Application::build(state.clone(), state.config.bind, Some(state.config.board_bind)).await?;
+        let app = Application::build(state.clone(), state.config.bind, Some(state.config.board_bind))
+            .await?
+            .serve_downloads(services.embedded.as_ref().map(EmbeddedS3::downloads));
         print_banner(&state.config, app.port(), &state.board_url(), password.as_deref());
         tasks.spawn(app.run_until_stopped(stop.clone()));
     }

@@ -4,6 +4,10 @@
 //! (presigned URLs and their expiry included), and has no size or rate limits, so
 //! it is bound to loopback only. Each process that needs it starts its own on a
 //! free port over the same directory; the files are the shared state.
+//!
+//! Browsers never reach that port. The web process signs download links for its own
+//! `PUBLIC_URL` and answers them on its own listener ([`Downloads`]): a presigned
+//! `GET` or `HEAD` of one object, checked by the same SigV4 code, and nothing else.
 
 use std::{net::SocketAddr, path::Path};
 
@@ -20,6 +24,7 @@ use crate::config::S3Settings;
 /// A running embedded endpoint; stops when dropped or on [`EmbeddedS3::stop`].
 pub struct EmbeddedS3 {
     addr: SocketAddr,
+    service: s3s::service::S3Service,
     settings: S3Settings,
     stop: watch::Sender<bool>,
     task: Option<tokio::task::JoinHandle<()>>,
@@ -51,6 +56,7 @@ impl EmbeddedS3 {
             TcpListener::bind(bind).await.with_context(|| format!("cannot bind the embedded S3 endpoint to {bind}"))?;
         let addr = listener.local_addr()?;
         let (stop, mut stopped) = watch::channel(false);
+        let served = service.clone();
         let task = tokio::spawn(async move {
             let http = ConnBuilder::new(TokioExecutor::new());
             let graceful = hyper_util::server::graceful::GracefulShutdown::new();
@@ -79,6 +85,7 @@ impl EmbeddedS3 {
         tracing::info!(%endpoint, root = %root.display(), "embedded S3 endpoint started");
         Ok(Self {
             addr,
+            service: served,
             settings: S3Settings {
                 endpoint,
                 region: "us-east-1".into(),
@@ -103,6 +110,11 @@ impl EmbeddedS3 {
         self.settings.clone()
     }
 
+    /// The presigned downloads of this endpoint, for the web listener to answer.
+    pub fn downloads(&self) -> Downloads {
+        Downloads(self.service.clone())
+    }
+
     /// Stops accepting and closes connections.
     pub async fn stop(mut self) {
         let _ = self.stop.send(true);
@@ -115,6 +127,51 @@ impl EmbeddedS3 {
 impl Drop for EmbeddedS3 {
     fn drop(&mut self) {
         let _ = self.stop.send(true);
+    }
+}
+
+/// The embedded endpoint's presigned downloads, answered on the web listener so that
+/// a browser on another machine can follow a download link (issue 33): links are
+/// signed for `PUBLIC_URL`, whose host the browser sends and the signature covers.
+#[derive(Clone)]
+pub struct Downloads(s3s::service::S3Service);
+
+impl Downloads {
+    /// Whether a request is a presigned download: `GET` or `HEAD` of
+    /// `/{bucket}/{key}` with a SigV4 query signature. Nothing of the web UI or API
+    /// looks like that (their paths start with a route of their own and none takes
+    /// `X-Amz-Signature`), and any other S3 call is left to the web router, which
+    /// answers 404.
+    pub fn wants(method: &http::Method, uri: &http::Uri) -> bool {
+        if method != http::Method::GET && method != http::Method::HEAD {
+            return false;
+        }
+        let signed = uri.query().is_some_and(|q| q.split('&').any(|p| p.starts_with("X-Amz-Signature=")));
+        let mut path = uri.path().trim_start_matches('/').splitn(2, '/');
+        let (bucket, key) = (path.next().unwrap_or_default(), path.next().unwrap_or_default());
+        signed && !bucket.is_empty() && !key.is_empty()
+    }
+
+    /// Answers a presigned download (see [`Downloads::wants`]); the signature, its
+    /// expiry and the object are the endpoint's to check. The request's body is not
+    /// read (a download has none).
+    pub async fn answer(&self, parts: http::request::Parts) -> http::Response<s3s::Body> {
+        let req = http::Request::from_parts(parts, s3s::Body::empty());
+        match self.0.call(req).await {
+            Ok(mut resp) => {
+                // Served beside the pages: the same no-sniff and no-referrer rules.
+                let headers = resp.headers_mut();
+                headers.insert(http::header::X_CONTENT_TYPE_OPTIONS, http::HeaderValue::from_static("nosniff"));
+                headers.insert(http::header::REFERRER_POLICY, http::HeaderValue::from_static("no-referrer"));
+                resp
+            }
+            Err(e) => {
+                tracing::debug!(error = ?e, "a download request the storage endpoint could not read");
+                let mut resp = http::Response::new(s3s::Body::from("bad download request\n".to_string()));
+                *resp.status_mut() = http::StatusCode::BAD_REQUEST;
+                resp
+            }
+        }
     }
 }
 

@@ -101,3 +101,111 @@ fn zero_config_commands_start_the_private_cluster_and_leave_it_stopped() {
     assert!(stderr.contains("no user with email"), "the schema is there: {stderr}");
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// Issue 33: in the zero-config run (embedded storage), a download link works from
+/// another machine. The server listens on 127.0.0.2, a second loopback address, and
+/// `PUBLIC_URL` names it; the client reaches it only there. The link points at the
+/// web address (not the embedded endpoint's 127.0.0.1 port), serves the file, and
+/// stays a signed, single-object link.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn zero_config_download_links_work_through_the_public_address() {
+    let dir = std::env::temp_dir().join(format!("dxtest-zero-dl-{}", ulid::Ulid::generate()));
+    let data_dir = dir.display().to_string();
+    let port = std::net::TcpListener::bind("127.0.0.2:0").unwrap().local_addr().unwrap().port();
+    let board_port = std::net::TcpListener::bind("127.0.0.2:0").unwrap().local_addr().unwrap().port();
+    let public = format!("http://127.0.0.2:{port}");
+    let (bind, board_bind) = (format!("127.0.0.2:{port}"), format!("127.0.0.2:{board_port}"));
+    let envs = [
+        ("DATA_DIR", data_dir.as_str()),
+        ("BIND", bind.as_str()),
+        ("BOARD_BIND", board_bind.as_str()),
+        ("PUBLIC_URL", public.as_str()),
+        ("DEMO_PASSWORD", "zero-config-password"),
+        ("RUST_LOG", "warn"),
+    ];
+    let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_data-export"));
+    cmd.env_clear().env("PATH", std::env::var("PATH").unwrap_or_default()).envs(envs).arg("serve");
+    cmd.stdout(std::process::Stdio::null()).stderr(std::process::Stdio::piped());
+    struct Killed(std::process::Child);
+    impl Drop for Killed {
+        fn drop(&mut self) {
+            // SIGTERM: the server stops its private cluster on the way out.
+            let _ = std::process::Command::new("kill").arg(self.0.id().to_string()).status();
+            let _ = self.0.wait();
+        }
+    }
+    let server = Killed(cmd.spawn().unwrap());
+    let client = reqwest::Client::builder().redirect(reqwest::redirect::Policy::none()).build().unwrap();
+    let ready = async {
+        loop {
+            if let Ok(r) = client.get(format!("{public}/readyz")).send().await
+                && r.status().is_success()
+            {
+                break;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(250)).await;
+        }
+    };
+    tokio::time::timeout(std::time::Duration::from_secs(180), ready).await.expect("the server came up on 127.0.0.2");
+
+    // A token for the demo org's admin, from the CLI against the same data directory.
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_data-export"))
+        .env_clear()
+        .env("PATH", std::env::var("PATH").unwrap_or_default())
+        .env("DATA_DIR", &data_dir)
+        .args(["token", "create", "--email", "admin@acme.test"])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let token = String::from_utf8(out.stdout).unwrap().trim().to_string();
+    let api = format!("{public}/api/v1/orgs/acme/exports");
+    let started: serde_json::Value = client.post(&api).bearer_auth(&token).send().await.unwrap().json().await.unwrap();
+    let id = started["id"].as_str().expect("an export id").to_string();
+    let done = async {
+        loop {
+            let run: serde_json::Value =
+                client.get(format!("{api}/{id}")).bearer_auth(&token).send().await.unwrap().json().await.unwrap();
+            match run["status"].as_str() {
+                Some("completed") => break run,
+                Some("failed") => panic!("the export failed: {run}"),
+                _ => tokio::time::sleep(std::time::Duration::from_millis(300)).await,
+            }
+        }
+    };
+    let run = tokio::time::timeout(std::time::Duration::from_secs(120), done).await.expect("the export completed");
+
+    let redirect = client.get(format!("{api}/{id}/download")).bearer_auth(&token).send().await.unwrap();
+    assert_eq!(redirect.status(), 303);
+    let link = redirect.headers()["location"].to_str().unwrap().to_string();
+    assert!(link.starts_with(&format!("{public}/")), "the link names the public address: {link}");
+    assert!(link.contains("X-Amz-Expires=900"), "15 minutes: {link}");
+
+    // Followed from "the other machine": the file, byte for byte what was recorded.
+    let file = client.get(&link).send().await.unwrap();
+    assert_eq!(file.status(), 200, "{link}");
+    let bytes = file.bytes().await.unwrap();
+    assert_eq!(bytes.len() as i64, run["size_bytes"].as_i64().unwrap());
+    use sha2::Digest;
+    assert_eq!(hex::encode(sha2::Sha256::digest(&bytes)), run["sha256"].as_str().unwrap());
+    // The signature covers the method: a GET link does not answer a HEAD.
+    assert_eq!(client.head(&link).send().await.unwrap().status(), 403);
+
+    // Still signed and single-object: another key, a changed signature, another
+    // method or no signature at all get no file.
+    let (path, query) = link.split_once('?').unwrap();
+    let other_key = format!("{path}x?{query}");
+    assert_eq!(client.get(&other_key).send().await.unwrap().status(), 403);
+    let (signed, signature) = link.rsplit_once("X-Amz-Signature=").unwrap();
+    let flipped = if signature.starts_with('0') { "1" } else { "0" };
+    let forged = format!("{signed}X-Amz-Signature={flipped}{}", &signature[1..]);
+    assert_eq!(client.get(&forged).send().await.unwrap().status(), 403);
+    let put = client.put(&link).body("overwritten").send().await.unwrap();
+    assert!(!put.status().is_success(), "a PUT is not passed to storage: {}", put.status());
+    let unsigned = client.get(path).send().await.unwrap();
+    assert_eq!(unsigned.status(), 404, "an unsigned path is the web UI's 404");
+    let again = client.get(&link).send().await.unwrap().bytes().await.unwrap();
+    assert_eq!(again, bytes, "the PUT changed nothing");
+
+    drop(server);
+    let _ = std::fs::remove_dir_all(&dir);
+}
