@@ -499,6 +499,7 @@ fn client_config(settings: &S3Settings, endpoint: &str) -> aws_sdk_s3::Config {
     use aws_sdk_s3::config::{retry::RetryConfig, timeout::TimeoutConfig};
     aws_sdk_s3::Config::builder()
         .behavior_version(BehaviorVersion::latest())
+        .http_client(https_client())
         .region(Region::new(settings.region.clone()))
         .endpoint_url(endpoint)
         .credentials_provider(Credentials::new(
@@ -521,6 +522,28 @@ fn client_config(settings: &S3Settings, endpoint: &str) -> aws_sdk_s3::Config {
         .request_checksum_calculation(RequestChecksumCalculation::WhenRequired)
         .response_checksum_validation(ResponseChecksumValidation::WhenRequired)
         .build()
+}
+
+/// The SDK's HTTPS client on rustls with ring, the crypto provider every other TLS
+/// user of the product (PostgreSQL, SMTP, webhooks) already has: the SDK's default
+/// would compile aws-lc, a C library of several build minutes, for this one client.
+/// Otherwise it is the SDK's default client: the connector settings and sleep of the
+/// client it serves, and a proxy from `HTTPS_PROXY` / `HTTP_PROXY` / `NO_PROXY`.
+fn https_client() -> aws_sdk_s3::config::SharedHttpClient {
+    use aws_smithy_http_client::{
+        Builder, ConnectorBuilder,
+        proxy::ProxyConfig,
+        tls::{Provider, rustls_provider::CryptoMode},
+    };
+    Builder::new().build_with_connector_fn(|settings, components| {
+        let mut connector = ConnectorBuilder::default().tls_provider(Provider::Rustls(CryptoMode::Ring));
+        connector.set_connector_settings(settings.cloned());
+        if let Some(components) = components {
+            connector.set_sleep_impl(components.sleep_impl());
+        }
+        connector.set_proxy_config(Some(ProxyConfig::from_env()));
+        connector.build()
+    })
 }
 
 /// An object's metadata as the SDK takes it.
