@@ -209,3 +209,83 @@ async fn zero_config_download_links_work_through_the_public_address() {
     drop(server);
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// Issue 33: the S3 client speaks HTTPS with the project's one crypto provider
+/// (rustls with ring; aws-lc is no longer built). An https endpoint (TLS in front of
+/// the embedded one, with a private CA that the CLI trusts through `SSL_CERT_FILE`,
+/// which the client's root store reads) verifies; without the CA the certificate
+/// is refused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_storage_client_speaks_https_with_ring() {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let ca_key = rcgen::KeyPair::generate().unwrap();
+    let mut ca_params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+    ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+    ca_params.distinguished_name.push(rcgen::DnType::CommonName, "Data Export test CA");
+    let ca = rcgen::CertifiedIssuer::self_signed(ca_params, ca_key).unwrap();
+    let server_key = rcgen::KeyPair::generate().unwrap();
+    let server_cert =
+        rcgen::CertificateParams::new(vec!["127.0.0.1".to_string()]).unwrap().signed_by(&server_key, &ca).unwrap();
+    let dir = std::env::temp_dir().join(format!("dxtest-s3tls-{}", ulid::Ulid::generate()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let ca_file = dir.join("ca.pem");
+    std::fs::write(&ca_file, ca.pem()).unwrap();
+
+    // TLS in front of an embedded endpoint: every connection is decrypted and passed on.
+    let s3 = data_export::storage::EmbeddedS3::start(&dir.join("storage"), "127.0.0.1:0".parse().unwrap())
+        .await
+        .unwrap();
+    let plain = s3.addr();
+    let tls = rustls::ServerConfig::builder()
+        .with_no_client_auth()
+        .with_single_cert(
+            vec![server_cert.der().clone()],
+            rustls::pki_types::PrivateKeyDer::Pkcs8(server_key.serialize_der().into()),
+        )
+        .unwrap();
+    let acceptor = tokio_rustls::TlsAcceptor::from(std::sync::Arc::new(tls));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    tokio::spawn(async move {
+        while let Ok((socket, _)) = listener.accept().await {
+            let acceptor = acceptor.clone();
+            tokio::spawn(async move {
+                let Ok(mut tls) = acceptor.accept(socket).await else { return };
+                let mut upstream = tokio::net::TcpStream::connect(plain).await.unwrap();
+                let _ = tokio::io::copy_bidirectional(&mut tls, &mut upstream).await;
+            });
+        }
+    });
+
+    let (pool, name) = crate::helpers::fresh_db().await;
+    pool.close().await;
+    let base = crate::helpers::server_url();
+    let url = format!("{}/{name}", base.rsplit_once('/').unwrap().0);
+    let settings = s3.settings();
+    let endpoint = format!("https://127.0.0.1:{port}");
+    let ca_path = ca_file.display().to_string();
+    let envs = |ca: Option<&str>| {
+        let mut v = vec![
+            ("DATABASE_URL", url.clone()),
+            ("S3_ENDPOINT", endpoint.clone()),
+            ("S3_ACCESS_KEY_ID", settings.access_key_id.clone()),
+            ("S3_SECRET_ACCESS_KEY", settings.secret_access_key.clone()),
+            ("S3_FORCE_PATH_STYLE", "true".into()),
+            ("RUST_LOG", "off".into()),
+        ];
+        if let Some(ca) = ca {
+            v.push(("SSL_CERT_FILE", ca.to_string()));
+        }
+        v
+    };
+    let verify = |v: Vec<(&str, String)>| {
+        let refs: Vec<(&str, &str)> = v.iter().map(|(k, v)| (*k, v.as_str())).collect();
+        run(&refs, &["verify-storage"])
+    };
+    let (code, stderr) = verify(envs(Some(&ca_path)));
+    assert_eq!(code, Some(0), "verified over https: {stderr}");
+    let (code, stderr) = verify(envs(None));
+    assert_eq!(code, Some(1), "an unknown CA is refused: {stderr}");
+    s3.stop().await;
+    let _ = std::fs::remove_dir_all(&dir);
+}
