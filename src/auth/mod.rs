@@ -398,7 +398,7 @@ impl FromRequestParts<AppState> for ApiOrgAdmin {
 /// What a request may do in an org that is closing (docs/runbooks/offboarding.md):
 /// its members nothing at all; its admins only read and download its exports (every
 /// GET under the org's `exports`, in the pages and in the API, whatever is added
-/// there) and see or cancel the closing. Everything else answers 403 saying why.
+/// there) and see or cancel the closing (and ask again, which answers 409). Everything else answers 403 saying why.
 /// An org that is not closing passes unchanged.
 pub fn closing_gate(parts: &Parts, ctx: OrgCtx) -> Result<OrgCtx, AppError> {
     if !ctx.closing {
@@ -432,6 +432,9 @@ pub fn closing_allows(method: &http::Method, path: &str, slug: &str) -> bool {
     let closing_page = crate::routes::ORG_CLOSE.trim_start_matches("/orgs/{org}/");
     let reopen_html = crate::routes::ORG_REOPEN.trim_start_matches("/orgs/{org}/");
     let reopen_api = crate::routes::API_ORG_REOPEN.trim_start_matches("/orgs/{org}/");
+    let close_api = crate::routes::API_ORG_CLOSE.trim_start_matches("/orgs/{org}/");
+    // Closing again is let through to answer its 409 ("already closing").
+    let closing_actions = [closing_page, reopen_html, reopen_api, close_api];
     (reads && (rest == "exports" || rest.starts_with("exports/") || rest == closing_page))
-        || (*method == http::Method::POST && (rest == reopen_html || rest == reopen_api))
+        || (*method == http::Method::POST && closing_actions.contains(&rest))
 }
