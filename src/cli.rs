@@ -482,11 +482,13 @@ async fn org(config: Config, command: OrgCommand) -> anyhow::Result<()> {
             bail!("no organization has the slug {:?}", slug.as_str());
         }
         let answer = match command {
-            OrgCommand::Close { .. } => closing::close(&state, slug.as_str(), slug.as_str(), grace, &by).await?.api_json(),
+            OrgCommand::Close { .. } => {
+                closing::close(&state, slug.as_str(), slug.as_str(), grace, &by).await?.api_json()
+            }
             OrgCommand::Reopen { .. } => closing::reopen(&state, slug.as_str(), &by).await?.api_json(),
-            OrgCommand::Receipt { .. } => closing::receipt(&state.pool, slug.as_str())
-                .await?
-                .with_context(|| format!("the organization {:?} is not erased: it has no receipt yet", slug.as_str()))?,
+            OrgCommand::Receipt { .. } => closing::receipt(&state.pool, slug.as_str()).await?.with_context(|| {
+                format!("the organization {:?} is not erased: it has no receipt yet", slug.as_str())
+            })?,
         };
         anyhow::Ok(answer)
     }

@@ -438,3 +438,43 @@ pub fn closing_allows(method: &http::Method, path: &str, slug: &str) -> bool {
     (reads && (rest == "exports" || rest.starts_with("exports/") || rest == closing_page))
         || (*method == http::Method::POST && closing_actions.contains(&rest))
 }
+
+#[cfg(test)]
+mod closing_tests {
+    use super::closing_allows;
+    use http::Method;
+
+    #[test]
+    fn a_closing_org_lets_its_admins_read_exports_and_cancel_only() {
+        let ok = [
+            (Method::GET, "/orgs/acme/exports/01J/download"),
+            (Method::HEAD, "/orgs/acme/exports/history"),
+            (Method::GET, "/api/v1/orgs/acme/exports"),
+            (Method::GET, "/api/v1/orgs/acme/exports/01J/tables/csv/download"),
+            (Method::GET, "/orgs/acme/settings/close"),
+            (Method::POST, "/orgs/acme/settings/close"),
+            (Method::POST, "/orgs/acme/settings/close/reopen"),
+            (Method::POST, "/api/v1/orgs/acme/reopen"),
+            (Method::POST, "/api/v1/orgs/acme/close"),
+        ];
+        for (m, p) in ok {
+            assert!(closing_allows(&m, p, "acme"), "{m} {p}");
+        }
+        let refused = [
+            (Method::POST, "/orgs/acme/exports"),
+            (Method::POST, "/api/v1/orgs/acme/exports"),
+            (Method::DELETE, "/api/v1/orgs/acme/exports/01J"),
+            (Method::POST, "/orgs/acme/exports/01J/delete"),
+            (Method::POST, "/api/v1/orgs/acme/exports/01J/tables"),
+            (Method::GET, "/orgs/acme/settings/backups"),
+            (Method::GET, "/orgs/acme/settings/modules"),
+            (Method::GET, "/api/v1/orgs/acme/webhooks"),
+            (Method::GET, "/orgs/acme2/exports/history"),
+            (Method::GET, "/orgs/acme/exportsx"),
+            (Method::GET, "/orgs/acme/settings/close/reopen"),
+        ];
+        for (m, p) in refused {
+            assert!(!closing_allows(&m, p, "acme"), "{m} {p}");
+        }
+    }
+}

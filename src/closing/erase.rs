@@ -88,7 +88,8 @@ pub async fn advance(state: &AppState, org_id: i64) -> anyhow::Result<Advanced> 
     }
     let final_id = org.final_export_id.clone().unwrap_or_default();
     let Some(run) = runs::get_any(&state.pool, &final_id).await?.filter(|r| r.org_id == org.id) else {
-        hold(&state.pool, org.id, &format!("its final export {final_id} is gone; reopen it and close it again")).await?;
+        hold(&state.pool, org.id, &format!("its final export {final_id} is gone; reopen it and close it again"))
+            .await?;
         return Ok(Advanced::Waiting);
     };
     let mut verified_now = false;
@@ -101,8 +102,12 @@ pub async fn advance(state: &AppState, org_id: i64) -> anyhow::Result<Advanced> 
         runs::RunStatus::Completed => {}
         other => {
             let why = run.error.clone().unwrap_or_else(|| other.to_string());
-            hold(&state.pool, org.id, &format!("its final export did not complete ({why}); reopen it and close it again"))
-                .await?;
+            hold(
+                &state.pool,
+                org.id,
+                &format!("its final export did not complete ({why}); reopen it and close it again"),
+            )
+            .await?;
             return Ok(Advanced::Waiting);
         }
     }
@@ -155,7 +160,11 @@ async fn verify_final(state: &AppState, org: &OrgClosing, run: &runs::Run) -> an
     )
     .await?;
     let outcome = outcome.map_err(|e| e.0).and_then(|report| {
-        if report.export_id == run.id { Ok(()) } else { Err(format!("the file is export {}, not {}", report.export_id, run.id)) }
+        if report.export_id == run.id {
+            Ok(())
+        } else {
+            Err(format!("the file is export {}, not {}", report.export_id, run.id))
+        }
     });
     let error = outcome.err();
     runs::set_verified(&state.pool, org.id, &run.id, error.as_deref()).await?;
@@ -180,10 +189,11 @@ pub enum Erasure {
 /// the erasure) and the platform admins.
 pub async fn erase_rows(state: &AppState, org_id: i64) -> anyhow::Result<Erasure> {
     let mut tx = state.pool.begin().await?;
-    let org: Option<OrgClosing> = sqlx::query_as(sqlx::AssertSqlSafe(format!("{} where id = $1 for update", super::SELECT)))
-        .bind(org_id)
-        .fetch_optional(&mut *tx)
-        .await?;
+    let org: Option<OrgClosing> =
+        sqlx::query_as(sqlx::AssertSqlSafe(format!("{} where id = $1 for update", super::SELECT)))
+            .bind(org_id)
+            .fetch_optional(&mut *tx)
+            .await?;
     let org = org.context("the organization no longer exists")?;
     if org.lifecycle != "closing" {
         return Ok(Erasure::Refused(format!("it is {}, not closing", org.lifecycle)));
@@ -218,7 +228,7 @@ pub async fn erase_rows(state: &AppState, org_id: i64) -> anyhow::Result<Erasure
     .bind(org.id)
     .fetch_all(&mut *tx)
     .await?;
-    let erased = delete_rows(&mut *tx, org.id).await?;
+    let erased = delete_rows(&mut tx, org.id).await?;
     let erased_at = Utc::now();
     let receipt = serde_json::json!({
         "format": "data-export/closing-receipt",
@@ -253,11 +263,11 @@ pub async fn erase_rows(state: &AppState, org_id: i64) -> anyhow::Result<Erasure
     });
     crate::audit::write(&mut *tx, None, None, "org.erased", &format!("org:{}", org.slug), details).await?;
     let mut told = BTreeSet::new();
-    let platform = crate::mail::platform_admins(&mut *tx).await?;
+    let platform = crate::mail::platform_admins(&mut tx).await?;
     let message = mail_of(&state.config.public_url, &org, &receipt);
     for user_id in admins.iter().map(|(id, _)| *id).chain(platform) {
         if told.insert(user_id) {
-            crate::mail::enqueue(&mut *tx, user_id, &message).await?;
+            crate::mail::enqueue(&mut tx, user_id, &message).await?;
         }
     }
     tx.commit().await?;
@@ -436,7 +446,13 @@ mod tests {
         let e = |v: &[(&str, &str)]| v.iter().map(|(a, b)| (a.to_string(), b.to_string())).collect::<Vec<_>>();
         let order = delete_order(
             &s(&["chapters", "memberships", "regions", "invoices", "payments"]),
-            &e(&[("chapters", "regions"), ("memberships", "chapters"), ("invoices", "memberships"), ("payments", "invoices"), ("payments", "payments")]),
+            &e(&[
+                ("chapters", "regions"),
+                ("memberships", "chapters"),
+                ("invoices", "memberships"),
+                ("payments", "invoices"),
+                ("payments", "payments"),
+            ]),
         )
         .unwrap();
         let at = |t: &str| order.iter().position(|x| x == t).unwrap();

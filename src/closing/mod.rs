@@ -151,8 +151,10 @@ pub async fn close(
     }
     let mut tx = state.pool.begin().await?;
     // The row is locked, so that two requests at once close it once.
-    let now_active: Option<(String,)> =
-        sqlx::query_as("select lifecycle from organizations where id = $1 for update").bind(org.id).fetch_optional(&mut *tx).await?;
+    let now_active: Option<(String,)> = sqlx::query_as("select lifecycle from organizations where id = $1 for update")
+        .bind(org.id)
+        .fetch_optional(&mut *tx)
+        .await?;
     if now_active.as_ref().map(|(l,)| l.as_str()) != Some("active") {
         drop(tx);
         let org = find(&state.pool, slug).await?.ok_or(AppError::NotFound)?;
@@ -190,7 +192,7 @@ pub async fn close(
     .await?;
     tx.commit().await?;
     tracing::info!(org = %org.slug, final_export = %run_id, grace_days = grace, "organization closing");
-    Ok(find(&state.pool, slug).await?.ok_or(AppError::NotFound)?)
+    find(&state.pool, slug).await?.ok_or(AppError::NotFound)
 }
 
 /// The 409 for an org that is not active.
@@ -230,7 +232,7 @@ pub async fn reopen(state: &AppState, slug: &str, by: &Requester) -> Result<OrgC
         .await?;
     tx.commit().await?;
     tracing::info!(org = %org.slug, "organization closing cancelled");
-    Ok(find(&state.pool, slug).await?.ok_or(AppError::NotFound)?)
+    find(&state.pool, slug).await?.ok_or(AppError::NotFound)
 }
 
 /// The receipt of an erased org (`None` while it is not erased).

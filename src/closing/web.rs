@@ -156,7 +156,9 @@ async fn view(
         _ => None,
     };
     let (close_url, reopen_url) = match side {
-        Side::Org => (routes::path(routes::ORG_CLOSE, &org.slug, None), routes::path(routes::ORG_REOPEN, &org.slug, None)),
+        Side::Org => {
+            (routes::path(routes::ORG_CLOSE, &org.slug, None), routes::path(routes::ORG_REOPEN, &org.slug, None))
+        }
         Side::Platform => (
             routes::path(routes::PLATFORM_ORG_CLOSE, &org.slug, None),
             routes::path(routes::PLATFORM_ORG_REOPEN, &org.slug, None),

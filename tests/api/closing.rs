@@ -86,7 +86,8 @@ async fn closing_erases_every_row_and_the_bucket_keeps_a_receipt_and_finishes_af
 
     // Bad input changes nothing.
     let runs_before = export_runs(&app).await;
-    for body in [json!({ "confirm": "acme-x" }), json!({ "confirm": "ACME" }), json!({}), json!({ "confirm": "acme", "x": 1 })]
+    for body in
+        [json!({ "confirm": "acme-x" }), json!({ "confirm": "ACME" }), json!({}), json!({ "confirm": "acme", "x": 1 })]
     {
         let r = admin.post_json("/orgs/acme/close", &body).await;
         assert_eq!(r.status(), 400, "{body}");
@@ -144,10 +145,10 @@ async fn closing_erases_every_row_and_the_bucket_keeps_a_receipt_and_finishes_af
     assert!(run.verified_at.is_some() && run.verify_error.is_none());
     let days = (org.close_after.unwrap() - run.verified_at.unwrap()).num_days();
     assert_eq!(days, 30);
-    assert_eq!(erase::erase_rows(&app.state, acme).await.unwrap(), erase::Erasure::Refused(format!(
-        "its grace period runs until {}",
-        org.close_after.unwrap()
-    )));
+    assert_eq!(
+        erase::erase_rows(&app.state, acme).await.unwrap(),
+        erase::Erasure::Refused(format!("its grace period runs until {}", org.close_after.unwrap()))
+    );
 
     // The grace period passes.
     sqlx::query("update organizations set close_after = now() - interval '1 second' where id = $1")
@@ -371,7 +372,11 @@ async fn the_cli_closes_reopens_and_prints_the_receipt_and_erasure_waits_for_a_v
     // Erasure refuses while the final export is not completed and verified.
     assert!(matches!(erase::erase_rows(&app.state, acme).await.unwrap(), erase::Erasure::Refused(_)));
     app.wait_for_run(&final_id, Duration::from_secs(60)).await;
-    sqlx::query("update organizations set close_after = now() where id = $1").bind(acme).execute(app.pool()).await.unwrap();
+    sqlx::query("update organizations set close_after = now() where id = $1")
+        .bind(acme)
+        .execute(app.pool())
+        .await
+        .unwrap();
     assert_eq!(
         erase::erase_rows(&app.state, acme).await.unwrap(),
         erase::Erasure::Refused("its final export is not verified yet".into())
@@ -395,7 +400,8 @@ async fn the_cli_closes_reopens_and_prints_the_receipt_and_erasure_waits_for_a_v
     assert_eq!(serde_json::from_slice::<Value>(&out.stdout).unwrap()["state"], "active");
     let out = app.command().args(["org", "close", "acme", "--grace-days", "0"]).output().unwrap();
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    let final_id = serde_json::from_slice::<Value>(&out.stdout).unwrap()["final_export_id"].as_str().unwrap().to_string();
+    let final_id =
+        serde_json::from_slice::<Value>(&out.stdout).unwrap()["final_export_id"].as_str().unwrap().to_string();
     assert_eq!(app.wait_for_run(&final_id, Duration::from_secs(60)).await.status, "completed");
     let done = erase::tick(&app.state).await.unwrap();
     assert_eq!((done.verified, done.erased, done.closed, done.failed), (0, 1, 1, 0));

@@ -215,9 +215,13 @@ async fn real_answers_match_the_openapi_document() {
     let closing = check(&doc, "POST", API_ORG_CLOSE, globex.post_json("/orgs/globex/close", &confirm).await).await;
     app.wait_for_run(closing["final_export_id"].as_str().unwrap(), Duration::from_secs(120)).await;
     data_export::closing::erase::tick(&app.state).await.unwrap();
-    sqlx::query("update organizations set close_after = now() where slug = 'globex'").execute(app.pool()).await.unwrap();
+    sqlx::query("update organizations set close_after = now() where slug = 'globex'")
+        .execute(app.pool())
+        .await
+        .unwrap();
     assert_eq!(data_export::closing::erase::tick(&app.state).await.unwrap().closed, 1);
-    let receipt = check(&doc, "GET", API_PLATFORM_ORG_RECEIPT, platform.get("/platform/orgs/globex/receipt").await).await;
+    let receipt =
+        check(&doc, "GET", API_PLATFORM_ORG_RECEIPT, platform.get("/platform/orgs/globex/receipt").await).await;
     assert_eq!(receipt["organization"]["slug"], "globex");
     let orgs = check(&doc, "GET", API_PLATFORM_ORGS, platform.get("/platform/orgs?state=closed").await).await;
     assert_eq!(orgs[0]["state"], "closed");
