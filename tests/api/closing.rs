@@ -265,6 +265,9 @@ async fn closing_erases_every_row_and_the_bucket_keeps_a_receipt_and_finishes_af
     assert!(e.to_string().contains("never reused"), "{e}");
     let e = data_export::imports::engine::check_slug(app.pool(), "acme").await.unwrap_err();
     assert!(e.to_string().contains("never reused"), "{e}");
+    let e = data_export::seed::run(app.pool(), &app.state.storage, 1, PASSWORD).await.unwrap_err();
+    assert!(e.to_string().contains("never reused"), "{e}");
+    assert_eq!(lifecycle(&app, "acme").await, "closed", "the seeder left the tombstone");
     assert!(!bucket_exists(&app, "org-acme").await, "no bucket was made again");
     let admin_again = api(&app, &app.token("admin@acme.test").await);
     assert_eq!(admin_again.post("/orgs/acme/reopen").await.status(), 404, "no longer a member of anything there");
