@@ -398,7 +398,8 @@ impl FromRequestParts<AppState> for ApiOrgAdmin {
 /// What a request may do in an org that is closing (docs/runbooks/offboarding.md):
 /// its members nothing at all; its admins only read and download its exports (every
 /// GET under the org's `exports`, in the pages and in the API, whatever is added
-/// there) and see or cancel the closing (and ask again, which answers 409). Everything else answers 403 saying why.
+/// there), turn an export into tables (`POST .../exports/{id}/tables`), and see or
+/// cancel the closing (and ask again, which answers 409). Everything else answers 403 saying why.
 /// An org that is not closing passes unchanged.
 pub fn closing_gate(parts: &Parts, ctx: OrgCtx) -> Result<OrgCtx, AppError> {
     if !ctx.closing {
@@ -435,8 +436,12 @@ pub fn closing_allows(method: &http::Method, path: &str, slug: &str) -> bool {
     let close_api = crate::routes::API_ORG_CLOSE.trim_start_matches("/orgs/{org}/");
     // Closing again is let through to answer its 409 ("already closing").
     let closing_actions = [closing_page, reopen_html, reopen_api, close_api];
+    // Turning an export into tables (`exports/{id}/tables`, CSV or Parquet) writes
+    // only beside that export, so the final export's tables can still be had.
+    let segments: Vec<&str> = rest.split('/').collect();
+    let tables = matches!(segments.as_slice(), ["exports", _, "tables"]);
     (reads && (rest == "exports" || rest.starts_with("exports/") || rest == closing_page))
-        || (*method == http::Method::POST && closing_actions.contains(&rest))
+        || (*method == http::Method::POST && (closing_actions.contains(&rest) || tables))
 }
 
 #[cfg(test)]
@@ -456,6 +461,8 @@ mod closing_tests {
             (Method::POST, "/orgs/acme/settings/close/reopen"),
             (Method::POST, "/api/v1/orgs/acme/reopen"),
             (Method::POST, "/api/v1/orgs/acme/close"),
+            (Method::POST, "/api/v1/orgs/acme/exports/01J/tables"),
+            (Method::POST, "/orgs/acme/exports/01J/tables"),
         ];
         for (m, p) in ok {
             assert!(closing_allows(&m, p, "acme"), "{m} {p}");
@@ -465,7 +472,8 @@ mod closing_tests {
             (Method::POST, "/api/v1/orgs/acme/exports"),
             (Method::DELETE, "/api/v1/orgs/acme/exports/01J"),
             (Method::POST, "/orgs/acme/exports/01J/delete"),
-            (Method::POST, "/api/v1/orgs/acme/exports/01J/tables"),
+            (Method::POST, "/api/v1/orgs/acme/exports/01J/tables/csv"),
+            (Method::POST, "/api/v1/orgs/acme/exports/01J/cancel"),
             (Method::GET, "/orgs/acme/settings/backups"),
             (Method::GET, "/orgs/acme/settings/modules"),
             (Method::GET, "/api/v1/orgs/acme/webhooks"),
