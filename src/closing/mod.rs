@@ -6,6 +6,7 @@
 
 pub mod api;
 pub mod erase;
+pub mod tables;
 pub mod web;
 
 use chrono::{DateTime, Utc};
