@@ -111,6 +111,8 @@ module.exports = {
     'badge-failed', 'badge-deleted', 'badge-pruned',
     // An org's backup state (platform::orgs, pages::home: `badge-${state}`).
     'badge-stuck', 'badge-failing', 'badge-overdue', 'badge-never', 'badge-ok', 'badge-off',
+    // An org's closing (closing::web, platform::orgs).
+    'badge-closing', 'badge-closed',
     'input', 'label', 'table-basic', 'table-stack',
     'flash-error', 'flash-ok',
     'progress', 'progress-bar',

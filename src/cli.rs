@@ -1,4 +1,4 @@
-//! The command line: `data-export [serve|worker|migrate|seed|export|prune|schedule-now|verify-storage|verify|import|activate|token]`.
+//! The command line: `data-export [serve|worker|migrate|seed|export|prune|schedule-now|verify-storage|verify|import|activate|token|org]`.
 
 use std::{io::Write, path::PathBuf, time::Duration};
 
@@ -114,6 +114,36 @@ pub enum Command {
         #[command(subcommand)]
         command: TokenCommand,
     },
+    /// Close an organization for good, cancel its closing, or print its receipt
+    /// (docs/runbooks/offboarding.md).
+    Org {
+        #[command(subcommand)]
+        command: OrgCommand,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+pub enum OrgCommand {
+    /// Close the org: a final export is made and verified, then it waits the grace
+    /// period (members refused), then housekeeping erases it. Prints a JSON line.
+    Close {
+        /// The org's slug.
+        slug: String,
+        /// Days to wait after the final export is verified, 0 to 3650 (default
+        /// CLOSE_GRACE_DAYS); 0 erases at the next housekeeping run.
+        #[arg(long, value_name = "N", allow_hyphen_values = true)]
+        grace_days: Option<String>,
+    },
+    /// Cancel the org's closing during its grace period; it is as it was. Prints a JSON line.
+    Reopen {
+        /// The org's slug.
+        slug: String,
+    },
+    /// Print the receipt of an erased org (JSON).
+    Receipt {
+        /// The org's slug.
+        slug: String,
+    },
 }
 
 #[derive(Subcommand, Debug)]
@@ -220,6 +250,7 @@ pub async fn run(cli: Cli, config: Config) -> anyhow::Result<()> {
         Command::Import { file, org, name, dry_run } => import_file(config, &file, org, name, dry_run).await,
         Command::Token { command } => token(config, command).await,
         Command::Activate { org, email, all } => activate(config, &org, email, all).await,
+        Command::Org { command } => org(config, command).await,
     }
 }
 
@@ -427,6 +458,44 @@ async fn import_file(
         }
         Err(e) => bail!("import of {} failed, nothing was kept: {e}", file.display()),
     }
+}
+
+/// `data-export org close|reopen|receipt SLUG`: bad arguments and unknown orgs are
+/// refused before anything is written.
+async fn org(config: Config, command: OrgCommand) -> anyhow::Result<()> {
+    use crate::closing::{self, Requester, Via};
+    let raw = match &command {
+        OrgCommand::Close { slug, .. } | OrgCommand::Reopen { slug } | OrgCommand::Receipt { slug } => slug.clone(),
+    };
+    let slug = OrgSlug::parse(&raw).with_context(|| format!("{raw:?} is not a valid org slug"))?;
+    let grace = match &command {
+        OrgCommand::Close { grace_days: Some(g), .. } => {
+            Some(closing::parse_grace_days(g).map_err(|e| anyhow::anyhow!("--grace-days: {e}"))?)
+        }
+        _ => None,
+    };
+    let services = Services::start(config).await?;
+    let state = services.state.clone();
+    let by = Requester { user_id: None, email: None, via: Via::Cli };
+    let result = async {
+        if closing::find(&state.pool, slug.as_str()).await?.is_none() {
+            bail!("no organization has the slug {:?}", slug.as_str());
+        }
+        let answer = match command {
+            OrgCommand::Close { .. } => {
+                closing::close(&state, slug.as_str(), slug.as_str(), grace, &by).await?.api_json()
+            }
+            OrgCommand::Reopen { .. } => closing::reopen(&state, slug.as_str(), &by).await?.api_json(),
+            OrgCommand::Receipt { .. } => closing::receipt(&state.pool, slug.as_str()).await?.with_context(|| {
+                format!("the organization {:?} is not erased: it has no receipt yet", slug.as_str())
+            })?,
+        };
+        anyhow::Ok(answer)
+    }
+    .await;
+    services.shutdown().await;
+    println!("{}", serde_json::to_string(&result?)?);
+    Ok(())
 }
 
 /// `data-export activate --org SLUG (--email E ... | --all)`: prints

@@ -111,6 +111,9 @@ pub struct Config {
     /// `STUCK_RUN_SECS` (default 900): a running export whose progress has not moved
     /// for this long is failed by housekeeping.
     pub stuck_run_secs: u64,
+    /// `CLOSE_GRACE_DAYS` (default 30): how long a closing org waits, once its
+    /// final export is verified, before it is erased (docs/runbooks/offboarding.md).
+    pub close_grace_days: u32,
     /// `BUCKET_PREFIX` (default `org-`): org buckets are named this + the slug.
     pub bucket_prefix: String,
     /// `MANUAL_EXPORTS_PER_DAY` (default 24): manual exports an org may start in any
@@ -558,6 +561,7 @@ impl Config {
             webhooks: WebhookSettings::from_lookup(non_empty)?,
             mail: MailSettings::from_lookup(non_empty)?,
             stuck_run_secs: parse_num("STUCK_RUN_SECS", non_empty("STUCK_RUN_SECS"), 900, 60..=86_400)?,
+            close_grace_days: parse_num("CLOSE_GRACE_DAYS", non_empty("CLOSE_GRACE_DAYS"), 30, 0..=3650)?,
             bucket_prefix,
             manual_exports_per_day: parse_num(
                 "MANUAL_EXPORTS_PER_DAY",

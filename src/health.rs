@@ -21,9 +21,11 @@ pub const STUCK_WHY: &str = "case
         then 'no_progress'
     end";
 
-/// The states, worst first (the order of the list). `off` comes last: nothing is
-/// expected of an org that switched Data Export off.
-pub const STATES: [&str; 6] = ["stuck", "failing", "overdue", "never", "ok", "off"];
+/// The states, worst first (the order of the list). `off` comes after the others:
+/// nothing is expected of an org that switched Data Export off; nor of one that is
+/// `closing` (its final export made, its erasure waiting: docs/runbooks/offboarding.md)
+/// or `closed` (erased; its row stays with the receipt), which come last.
+pub const STATES: [&str; 8] = ["stuck", "failing", "overdue", "never", "ok", "off", "closing", "closed"];
 
 /// What a state means, in a sentence (the org list's legend).
 pub fn describe(state: &str) -> &'static str {
@@ -38,6 +40,10 @@ pub fn describe(state: &str) -> &'static str {
         "never" => "No completed export yet, and no scheduled slot has passed since Data Export was switched on.",
         "ok" => "Backed up within the schedule's period.",
         "off" => "Data Export is switched off for the org.",
+        "closing" => {
+            "The org is being closed: its final export is made, then it waits out its grace period before it is erased."
+        }
+        "closed" => "The org was closed and its data erased; its receipt is kept.",
         _ => "",
     }
 }
@@ -125,7 +131,7 @@ impl Basis {
 fn states_sql() -> String {
     format!(
         "with s as (
-           select o.id, o.slug, o.name, o.bucket_state, o.bucket_error,
+           select o.id, o.slug, o.name, o.bucket_state, o.bucket_error, o.lifecycle,
                   coalesce(m.enabled, false) as data_export, m.updated_at as switched_at,
                   b.last_success_at, b.last_failure_at, b.last_failure_reason,
                   coalesce(b.consecutive_failures, 0) as consecutive_failures, b.last_size_bytes,
@@ -138,6 +144,8 @@ fn states_sql() -> String {
            left join apalis.jobs j on j.id = r.id
          ), t as (
            select s.*, case
+               when lifecycle = 'closing' then 'closing'
+               when lifecycle <> 'active' then 'closed'
                when not data_export then 'off'
                when stuck then 'stuck'
                when consecutive_failures > 0 or bucket_state = 'failing' then 'failing'
@@ -148,7 +156,7 @@ fn states_sql() -> String {
                else 'ok' end as state
            from s
          ), u as (
-           select t.*, array_position(array['stuck', 'failing', 'overdue', 'never', 'ok', 'off'], t.state)::int as rank
+           select t.*, array_position(array['stuck', 'failing', 'overdue', 'never', 'ok', 'off', 'closing', 'closed'], t.state)::int as rank
            from t
          )"
     )

@@ -7,6 +7,7 @@ pub mod audit;
 pub mod auth;
 pub mod board;
 pub mod cli;
+pub mod closing;
 pub mod config;
 pub mod db;
 pub mod error;

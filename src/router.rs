@@ -14,7 +14,7 @@ use axum::{
 use tower_http::set_header::SetResponseHeaderLayer;
 
 use crate::{
-    auth,
+    auth, closing,
     error::{ApiError, AppError},
     exports, imports, pages, platform, privacy,
     routes::*,
@@ -57,12 +57,16 @@ route_table!(HTML_ROUTES, html_routes:
     ORG_WEBHOOK_TEST => [post exports::notifications::test],
     ORG_WEBHOOK_ROTATE => [post exports::notifications::rotate],
     ORG_WEBHOOK_DELETE => [post exports::notifications::delete],
+    ORG_CLOSE => [get closing::web::show, post closing::web::close],
+    ORG_REOPEN => [post closing::web::reopen],
     PLATFORM_SETTINGS => [get platform::web::show],
     PLATFORM_BACKUP => [post platform::web::save_backup],
     PLATFORM_VERIFY => [post platform::web::verify],
     PLATFORM_RETENTION => [post platform::web::save_retention],
     PLATFORM_SCHEDULE => [post platform::web::save_schedule],
     PLATFORM_ORGS => [get platform::orgs::show],
+    PLATFORM_ORG_CLOSE => [get closing::web::platform_show, post closing::web::platform_close],
+    PLATFORM_ORG_REOPEN => [post closing::web::platform_reopen],
     PLATFORM_BOARD => [get platform::web::board],
     ME_PRIVACY => [get privacy::web::show, post privacy::web::request],
     ME_PRIVACY_HISTORY => [get privacy::web::history_fragment],
@@ -95,6 +99,9 @@ route_table!(API_ROUTES, api_routes:
     API_IMPORT => [get imports::api::get],
     API_IMPORT_CONFIRM => [post imports::api::confirm],
     API_PLATFORM_ORGS => [get platform::orgs::api_list],
+    API_ORG_CLOSE => [post closing::api::close],
+    API_ORG_REOPEN => [post closing::api::reopen],
+    API_PLATFORM_ORG_RECEIPT => [get closing::api::receipt],
     API_OPENAPI => [get || async { ([(header::CONTENT_TYPE, "application/json")], OPENAPI) }],
 );
 

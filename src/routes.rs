@@ -24,6 +24,9 @@ pub const ORG_NOTIFICATIONS: &str = "/orgs/{org}/settings/notifications";
 pub const ORG_WEBHOOK_TEST: &str = "/orgs/{org}/settings/notifications/{id}/test";
 pub const ORG_WEBHOOK_ROTATE: &str = "/orgs/{org}/settings/notifications/{id}/rotate";
 pub const ORG_WEBHOOK_DELETE: &str = "/orgs/{org}/settings/notifications/{id}/delete";
+/// Close the organization (org admins): the page, the request, and its cancel.
+pub const ORG_CLOSE: &str = "/orgs/{org}/settings/close";
+pub const ORG_REOPEN: &str = "/orgs/{org}/settings/close/reopen";
 
 pub const PLATFORM_SETTINGS: &str = "/platform/settings";
 pub const PLATFORM_BACKUP: &str = "/platform/settings/backup";
@@ -31,6 +34,10 @@ pub const PLATFORM_VERIFY: &str = "/platform/settings/backup/verify";
 pub const PLATFORM_RETENTION: &str = "/platform/settings/retention";
 pub const PLATFORM_SCHEDULE: &str = "/platform/settings/schedule";
 pub const PLATFORM_ORGS: &str = "/platform/orgs";
+/// One org's closing, from the org list (platform admins): its state or receipt,
+/// the request, and its cancel.
+pub const PLATFORM_ORG_CLOSE: &str = "/platform/orgs/{org}/close";
+pub const PLATFORM_ORG_REOPEN: &str = "/platform/orgs/{org}/reopen";
 pub const ME_PRIVACY: &str = "/me/privacy";
 pub const ME_PRIVACY_HISTORY: &str = "/me/privacy/history";
 pub const ME_PRIVACY_DOWNLOAD: &str = "/me/privacy/{id}/download";
@@ -65,6 +72,9 @@ pub const API_IMPORTS: &str = "/platform/imports";
 pub const API_IMPORT: &str = "/platform/imports/{id}";
 pub const API_IMPORT_CONFIRM: &str = "/platform/imports/{id}/confirm";
 pub const API_PLATFORM_ORGS: &str = "/platform/orgs";
+pub const API_ORG_CLOSE: &str = "/orgs/{org}/close";
+pub const API_ORG_REOPEN: &str = "/orgs/{org}/reopen";
+pub const API_PLATFORM_ORG_RECEIPT: &str = "/platform/orgs/{org}/receipt";
 /// The OpenAPI document of every route under `API_PREFIX` (docs/openapi.json).
 pub const API_OPENAPI: &str = "/openapi.json";
 

@@ -199,6 +199,11 @@ pub async fn housekeeping(state: AppState, stop: CancellationToken) {
         if let Err(e) = crate::mail::requeue_lost(&state.pool).await {
             tracing::warn!(error = format!("{e:#}"), "could not queue lost mails again");
         }
+        // Closing orgs: final exports verified, grace periods started, erasures
+        // (docs/runbooks/offboarding.md); a half-finished erasure is finished.
+        if let Err(e) = crate::closing::erase::tick(&state).await {
+            tracing::warn!(error = format!("{e:#}"), "could not advance the closing organizations");
+        }
         if let Err(e) = crate::exports::runs::overdue_slot_digests(&state.pool, &state.config.public_url).await {
             tracing::warn!(error = format!("{e:#}"), "could not send the mails of finished schedule slots");
         }

@@ -7,8 +7,10 @@ use sqlx::PgPool;
 
 use crate::orgs::OrgSlug;
 
-/// A user's place in one org: the org, their role and the keys of its modules that are on.
-pub type Membership = (crate::orgs::Org, String, Vec<String>);
+/// A user's place in one org: the org, their role, the keys of its modules that are
+/// on, and whether the org is closing (see `auth::closing_gate`). An erased org has
+/// no memberships left, so it is never found.
+pub type Membership = (crate::orgs::Org, String, Vec<String>, bool);
 
 /// Whom a membership query is for. (No `Debug`: a session id is a credential.)
 #[derive(Clone, Copy)]
@@ -62,6 +64,7 @@ fn membership_sql(caller: Caller<'_>) -> MembershipSql {
         exists (select 1 from platform_admins p where p.user_id = u.id) as m_is_platform_admin,
         o.id as m_org_id, o.slug as m_slug, o.name as m_name, o.bucket as m_bucket, m.role as m_role,
         array(select om.module from org_modules om where om.org_id = o.id and om.enabled order by om.module) as m_modules,
+        o.lifecycle <> 'active' as m_closing,
         {csrf} as m_csrf, {expiry} as m_session_expiry"
     );
     let from = format!(
@@ -181,7 +184,8 @@ fn found_in_row(row: &sqlx::postgres::PgRow) -> sqlx::Result<Found> {
     );
     let membership = match org {
         (Some(id), Some(slug), Some(name), Some(bucket), Some(role)) => {
-            Some((crate::orgs::Org { id, slug, name, bucket }, role, row.try_get("m_modules")?))
+            let closing: Option<bool> = row.try_get("m_closing")?;
+            Some((crate::orgs::Org { id, slug, name, bucket }, role, row.try_get("m_modules")?, closing == Some(true)))
         }
         _ => None,
     };

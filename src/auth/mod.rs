@@ -238,6 +238,9 @@ pub struct OrgCtx {
     pub role: Role,
     /// The org's modules that were on when the request was resolved.
     pub modules: Vec<crate::orgs::modules::Module>,
+    /// Whether the org is closing (docs/runbooks/offboarding.md): what the request
+    /// may do then is decided by [`closing_gate`].
+    pub closing: bool,
 }
 
 impl OrgCtx {
@@ -287,7 +290,7 @@ impl OrgCtx {
                     && found.membership.is_some()
                 {
                     let (user, membership) = remember(parts, found);
-                    let ctx = Self::from_membership(user, membership)?.require_admin()?;
+                    let ctx = closing_gate(parts, Self::from_membership(user, membership)?)?.require_admin()?;
                     let row = membership::org_row(&state.pool, ctx.org.id, also).await?;
                     return Ok((ctx, row));
                 }
@@ -323,7 +326,7 @@ impl OrgCtx {
             }
         };
         let (user, membership) = remember(parts, found);
-        Ok((Self::from_membership(user, membership)?.require_admin()?, row))
+        Ok((closing_gate(parts, Self::from_membership(user, membership)?)?.require_admin()?, row))
     }
 
     /// Resolves `{org}` of the path for `user` (see [`Self::of_session`]).
@@ -334,10 +337,10 @@ impl OrgCtx {
     }
 
     fn from_membership(user: User, membership: Option<membership::Membership>) -> Result<Self, AppError> {
-        let (org, role, modules) = membership.ok_or(AppError::NotFound)?;
+        let (org, role, modules, closing) = membership.ok_or(AppError::NotFound)?;
         let role = Role::parse(&role).ok_or(AppError::NotFound)?;
         let modules = modules.iter().filter_map(|k| crate::orgs::modules::Module::parse(k)).collect();
-        Ok(Self { org, user, role, modules })
+        Ok(Self { org, user, role, modules, closing })
     }
 
     /// Whether `module` is on for the org.
@@ -373,7 +376,8 @@ impl FromRequestParts<AppState> for OrgAdmin {
             CurrentUser::from_request_parts(parts, state).await?;
             return Err(AppError::NotFound);
         };
-        Ok(OrgAdmin(OrgCtx::of_session(parts, state, &slug).await?.require_admin()?))
+        let ctx = OrgCtx::of_session(parts, state, &slug).await?;
+        Ok(OrgAdmin(closing_gate(parts, ctx)?.require_admin()?))
     }
 }
 
@@ -386,6 +390,99 @@ impl FromRequestParts<AppState> for ApiOrgAdmin {
     async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
         let ApiUser(user) = ApiUser::from_request_parts(parts, state).await?;
         let slug = org_param(parts).ok_or(AppError::NotFound)?;
-        Ok(ApiOrgAdmin(OrgCtx::resolve(&state.pool, user, &slug).await?.require_admin()?))
+        let ctx = OrgCtx::resolve(&state.pool, user, &slug).await?;
+        Ok(ApiOrgAdmin(closing_gate(parts, ctx)?.require_admin()?))
+    }
+}
+
+/// What a request may do in an org that is closing (docs/runbooks/offboarding.md):
+/// its members nothing at all; its admins only read and download its exports (every
+/// GET under the org's `exports`, in the pages and in the API, whatever is added
+/// there), turn an export into tables (`POST .../exports/{id}/tables`), and see or
+/// cancel the closing (and ask again, which answers 409). Everything else answers 403 saying why.
+/// An org that is not closing passes unchanged.
+pub fn closing_gate(parts: &Parts, ctx: OrgCtx) -> Result<OrgCtx, AppError> {
+    if !ctx.closing {
+        return Ok(ctx);
+    }
+    let original = parts.extensions.get::<axum::extract::OriginalUri>().map(|u| u.0.path().to_string());
+    let path = original.unwrap_or_else(|| parts.uri.path().to_string());
+    if ctx.role == Role::Admin && closing_allows(&parts.method, &path, &ctx.org.slug) {
+        return Ok(ctx);
+    }
+    let what = if ctx.role == Role::Admin {
+        format!(
+            "While it is closing, its admins can only download its exports and cancel the closing ({}).",
+            crate::routes::path(crate::routes::ORG_CLOSE, &ctx.org.slug, None)
+        )
+    } else {
+        "Its members can no longer use it.".to_string()
+    };
+    Err(AppError::Forbidden(format!("The organization {:?} is closing. {what}", ctx.org.name)))
+}
+
+/// Whether `method path` is one that an org admin may use while the org `slug` is
+/// closing (see [`closing_gate`]).
+pub fn closing_allows(method: &http::Method, path: &str, slug: &str) -> bool {
+    let path = path.strip_prefix(crate::routes::API_PREFIX).unwrap_or(path);
+    let Some(rest) = path.strip_prefix("/orgs/").and_then(|p| p.strip_prefix(slug)).and_then(|p| p.strip_prefix('/'))
+    else {
+        return false;
+    };
+    let reads = matches!(*method, http::Method::GET | http::Method::HEAD);
+    let closing_page = crate::routes::ORG_CLOSE.trim_start_matches("/orgs/{org}/");
+    let reopen_html = crate::routes::ORG_REOPEN.trim_start_matches("/orgs/{org}/");
+    let reopen_api = crate::routes::API_ORG_REOPEN.trim_start_matches("/orgs/{org}/");
+    let close_api = crate::routes::API_ORG_CLOSE.trim_start_matches("/orgs/{org}/");
+    // Closing again is let through to answer its 409 ("already closing").
+    let closing_actions = [closing_page, reopen_html, reopen_api, close_api];
+    // Turning an export into tables (`exports/{id}/tables`, CSV or Parquet) writes
+    // only beside that export, so the final export's tables can still be had.
+    let segments: Vec<&str> = rest.split('/').collect();
+    let tables = matches!(segments.as_slice(), ["exports", _, "tables"]);
+    (reads && (rest == "exports" || rest.starts_with("exports/") || rest == closing_page))
+        || (*method == http::Method::POST && (closing_actions.contains(&rest) || tables))
+}
+
+#[cfg(test)]
+mod closing_tests {
+    use super::closing_allows;
+    use http::Method;
+
+    #[test]
+    fn a_closing_org_lets_its_admins_read_exports_and_cancel_only() {
+        let ok = [
+            (Method::GET, "/orgs/acme/exports/01J/download"),
+            (Method::HEAD, "/orgs/acme/exports/history"),
+            (Method::GET, "/api/v1/orgs/acme/exports"),
+            (Method::GET, "/api/v1/orgs/acme/exports/01J/tables/csv/download"),
+            (Method::GET, "/orgs/acme/settings/close"),
+            (Method::POST, "/orgs/acme/settings/close"),
+            (Method::POST, "/orgs/acme/settings/close/reopen"),
+            (Method::POST, "/api/v1/orgs/acme/reopen"),
+            (Method::POST, "/api/v1/orgs/acme/close"),
+            (Method::POST, "/api/v1/orgs/acme/exports/01J/tables"),
+            (Method::POST, "/orgs/acme/exports/01J/tables"),
+        ];
+        for (m, p) in ok {
+            assert!(closing_allows(&m, p, "acme"), "{m} {p}");
+        }
+        let refused = [
+            (Method::POST, "/orgs/acme/exports"),
+            (Method::POST, "/api/v1/orgs/acme/exports"),
+            (Method::DELETE, "/api/v1/orgs/acme/exports/01J"),
+            (Method::POST, "/orgs/acme/exports/01J/delete"),
+            (Method::POST, "/api/v1/orgs/acme/exports/01J/tables/csv"),
+            (Method::POST, "/api/v1/orgs/acme/exports/01J/cancel"),
+            (Method::GET, "/orgs/acme/settings/backups"),
+            (Method::GET, "/orgs/acme/settings/modules"),
+            (Method::GET, "/api/v1/orgs/acme/webhooks"),
+            (Method::GET, "/orgs/acme2/exports/history"),
+            (Method::GET, "/orgs/acme/exportsx"),
+            (Method::GET, "/orgs/acme/settings/close/reopen"),
+        ];
+        for (m, p) in refused {
+            assert!(!closing_allows(&m, p, "acme"), "{m} {p}");
+        }
     }
 }

@@ -25,27 +25,67 @@ pub async fn create_manual_unattributed(pool: &PgPool, org_id: i64, max_attempts
 }
 
 async fn create(pool: &PgPool, org_id: i64, user_id: Option<i64>, max_attempts: u32) -> Result<runs::Run, AppError> {
-    let id = Ulid::generate();
     let mut tx = pool.begin().await?;
+    let id = match create_in(&mut tx, org_id, user_id, max_attempts).await {
+        Ok(id) => id,
+        Err(InsertError::Active) => {
+            drop(tx);
+            let active = runs::active_id(pool, org_id).await?.unwrap_or_default();
+            return Err(AppError::Conflict { active_export_id: active });
+        }
+        Err(InsertError::Other(e)) => return Err(e),
+    };
+    tx.commit().await?;
+    runs::get_any(pool, &id).await?.ok_or(AppError::NotFound)
+}
+
+/// Why [`create_in`] wrote nothing.
+#[derive(Debug)]
+pub enum InsertError {
+    /// Another export of the org is pending or running (the one-active-export
+    /// index); the caller's transaction is aborted and must be dropped.
+    Active,
+    Other(AppError),
+}
+
+impl From<sqlx::Error> for InsertError {
+    fn from(e: sqlx::Error) -> Self {
+        Self::Other(e.into())
+    }
+}
+
+impl From<anyhow::Error> for InsertError {
+    fn from(e: anyhow::Error) -> Self {
+        Self::Other(e.into())
+    }
+}
+
+/// A manual run, its job and its audit entry, inside the caller's transaction (what
+/// closing an org writes with the org's new state); returns the run's id.
+pub async fn create_in(
+    tx: &mut sqlx::Transaction<'_, sqlx::Postgres>,
+    org_id: i64,
+    user_id: Option<i64>,
+    max_attempts: u32,
+) -> Result<String, InsertError> {
+    let id = Ulid::generate();
     let inserted = sqlx::query(
         "insert into export_runs (id, org_id, status, trigger, triggered_by) values ($1, $2, 'pending', 'manual', $3)",
     )
     .bind(id.to_string())
     .bind(org_id)
     .bind(user_id)
-    .execute(&mut *tx)
+    .execute(&mut **tx)
     .await;
     if let Err(e) = inserted {
         if crate::db::is_violation_of(&e, runs::ONE_ACTIVE_INDEX) {
-            drop(tx);
-            let active = runs::active_id(pool, org_id).await?.unwrap_or_default();
-            return Err(AppError::Conflict { active_export_id: active });
+            return Err(InsertError::Active);
         }
         return Err(e.into());
     }
-    job::enqueue(&mut tx, id, &ExportJob { run_id: id.to_string() }, max_attempts).await?;
+    job::enqueue(tx, id, &ExportJob { run_id: id.to_string() }, max_attempts).await?;
     crate::audit::write(
-        &mut *tx,
+        &mut **tx,
         Some(org_id),
         user_id,
         "export.triggered",
@@ -53,8 +93,7 @@ async fn create(pool: &PgPool, org_id: i64, user_id: Option<i64>, max_attempts: 
         serde_json::json!({}),
     )
     .await?;
-    tx.commit().await?;
-    runs::get_any(pool, &id.to_string()).await?.ok_or(AppError::NotFound)
+    Ok(id.to_string())
 }
 
 /// What a schedule slot did for one org.

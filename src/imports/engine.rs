@@ -182,6 +182,9 @@ pub async fn check_slug(pool: &sqlx::PgPool, slug: &str) -> Result<OrgSlug, Impo
             "{slug:?} is not a valid org slug (3 to 40 of a-z, 0-9 and '-', not starting or ending with '-')"
         ))
     })?;
+    if let Some(why) = crate::orgs::closed_slug_refusal(pool, parsed.as_str()).await? {
+        return Err(ImportError::Rejected(why));
+    }
     if crate::orgs::find_by_slug(pool, parsed.as_str()).await?.is_some() {
         return Err(ImportError::Rejected(format!("the slug {slug:?} is taken by an existing org")));
     }

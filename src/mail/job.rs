@@ -164,6 +164,11 @@ fn compose(config: &Config, mail: &Queued) -> anyhow::Result<lettre::Message> {
     // (and 'export', queued before the kinds were split) can be switched off.
     let why = match Kind::parse(&mail.kind) {
         Some(Kind::PrivacyRequest) => "You get this mail because you asked for a copy of your data.".to_string(),
+        Some(Kind::OrgClosed) => {
+            "You get this mail because you were an admin of this organization, or are a platform admin: it is the \
+             record of its closing."
+                .to_string()
+        }
         _ => format!(
             "You can switch off mails like this one at\n{}{}",
             config.public_url,

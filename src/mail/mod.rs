@@ -35,17 +35,22 @@ pub enum Kind {
     /// The person's data-subject request completed or failed: the answer to their
     /// own request, so it cannot be switched off.
     PrivacyRequest,
+    /// An org was closed and its data erased, with the receipt's summary (to its
+    /// admins as they were before the erasure, and to the platform admins): a
+    /// record, so it cannot be switched off.
+    OrgClosed,
 }
 
 impl Kind {
     /// Every kind, in the order the settings page lists them.
-    pub const ALL: [Kind; 6] = [
+    pub const ALL: [Kind; 7] = [
         Kind::ExportFailed,
         Kind::ExportCompletedMine,
         Kind::ExportCompletedScheduled,
         Kind::WebhookFailing,
         Kind::ScheduleFailures,
         Kind::PrivacyRequest,
+        Kind::OrgClosed,
     ];
 
     /// The stored name (`mail_messages.kind`, `mail_opt_outs.kind`,
@@ -59,6 +64,7 @@ impl Kind {
             Kind::WebhookFailing => "webhook",
             Kind::ScheduleFailures => "schedule",
             Kind::PrivacyRequest => "privacy",
+            Kind::OrgClosed => "org_closed",
         }
     }
 
@@ -69,7 +75,7 @@ impl Kind {
 
     /// Whether a person may switch this kind off (and on).
     pub fn can_opt_out(self) -> bool {
-        self != Kind::PrivacyRequest
+        !matches!(self, Kind::PrivacyRequest | Kind::OrgClosed)
     }
 
     /// Whether a person gets this kind before they choose: false for the routine

@@ -42,7 +42,7 @@ pub const ALSO_WRITTEN: &[&str] = &["organizations", "users"];
 /// each.
 pub const REGISTRY: &[Classes] = &[
     // The bucket's last check is the platform's bookkeeping (its error may name the
-    // endpoint), not the org's record: it never leaves.
+    // endpoint), not the org's record: it never leaves; nor does the closing's.
     table(
         "organizations",
         &[
@@ -54,6 +54,20 @@ pub const REGISTRY: &[Classes] = &[
             ("bucket_state", S),
             ("bucket_error", S),
             ("bucket_checked_at", S),
+            // The closing's bookkeeping (docs/runbooks/offboarding.md) is the
+            // platform's, like the bucket's: who asked, the receipt.
+            ("lifecycle", S),
+            ("close_requested_at", S),
+            ("close_requested_by", S),
+            ("close_requested_by_email", S),
+            ("close_via", S),
+            ("close_grace_days", S),
+            ("final_export_id", S),
+            ("close_after", S),
+            ("close_error", S),
+            ("erased_at", S),
+            ("close_receipt", S),
+            ("bucket_removed_at", S),
         ],
     ),
     // The password hash is an argon2id PHC string: it never leaves.

@@ -83,6 +83,9 @@ pub struct OrgLink {
     pub role: String,
     /// Whether the org has Data Export on (its Backups & Export page exists only then).
     pub data_export: bool,
+    /// Whether the org is closing: its admins see only its Close page, its
+    /// members no longer see it (docs/runbooks/offboarding.md).
+    pub closing: bool,
 }
 
 impl OrgLink {
@@ -91,14 +94,16 @@ impl OrgLink {
     }
 }
 
-/// The orgs a user belongs to, for navigation.
+/// The orgs a user belongs to, for navigation: the active ones, and those closing
+/// (so the home page can say so).
 pub async fn memberships_of(pool: &PgPool, user_id: i64) -> sqlx::Result<Vec<OrgLink>> {
     sqlx::query_as(
         "select o.slug, o.name, m.role,
                 exists (select 1 from org_modules om where om.org_id = o.id and om.module = 'data_export' and om.enabled)
-                  as data_export
+                  as data_export,
+                o.lifecycle = 'closing' as closing
          from memberships m join organizations o on o.id = m.org_id
-         where m.user_id = $1 and m.status = 'active' order by o.name",
+         where m.user_id = $1 and m.status = 'active' and o.lifecycle in ('active', 'closing') order by o.name",
     )
     .bind(user_id)
     .fetch_all(pool)
@@ -133,19 +138,44 @@ pub fn bucket_for(storage: &Storage, slug: &OrgSlug) -> String {
     format!("{}{}", storage.bucket_prefix(), slug.as_str())
 }
 
-/// Creates an org (or returns the existing one with that slug) and its bucket.
+/// Why `slug` cannot be given to a new org because an org that had it was closed
+/// (its row stays as a tombstone, and its slug is never reused), if it was.
+pub async fn closed_slug_refusal(pool: &PgPool, slug: &str) -> sqlx::Result<Option<String>> {
+    let closed: Option<(String,)> =
+        sqlx::query_as("select lifecycle from organizations where slug = $1 and lifecycle <> 'active'")
+            .bind(slug)
+            .fetch_optional(pool)
+            .await?;
+    Ok(closed.map(|(lifecycle,)| {
+        format!(
+            "the slug {slug:?} belonged to an organization that was {} (closing an organization is for good); \
+             the slugs of closed organizations are never reused: choose another",
+            if lifecycle == "closing" { "closed and is being erased" } else { "closed and erased" }
+        )
+    }))
+}
+
+/// Creates an org (or returns the existing one with that slug) and its bucket. The
+/// slug of a closed org is refused ([`closed_slug_refusal`]).
 pub async fn provision(pool: &PgPool, storage: &Storage, slug: &OrgSlug, name: &str) -> anyhow::Result<Org> {
+    if let Some(why) = closed_slug_refusal(pool, slug.as_str()).await? {
+        anyhow::bail!("{why}");
+    }
     let bucket = bucket_for(storage, slug);
-    let org: Org = sqlx::query_as(
+    let org: Option<Org> = sqlx::query_as(
         "insert into organizations (slug, name, bucket) values ($1, $2, $3)
-         on conflict (slug) do update set name = excluded.name
+         on conflict (slug) do update set name = excluded.name where organizations.lifecycle = 'active'
          returning id, slug, name, bucket",
     )
     .bind(slug.as_str())
     .bind(name)
     .bind(&bucket)
-    .fetch_one(pool)
+    .fetch_optional(pool)
     .await?;
+    // Closed between the check and the insert.
+    let Some(org) = org else {
+        anyhow::bail!("the slug {:?} belongs to an organization that was closed; choose another", slug.as_str());
+    };
     if let Err(e) = storage.ensure_bucket(&org.bucket).await {
         // The org exists, but its exports stay refused until its bucket is fixed
         // and checked again (never written to a bucket that is not ours).

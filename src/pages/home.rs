@@ -39,7 +39,14 @@ pub async fn show(
                 @for org in &ctx.orgs {
                     li {
                         span.font-medium { (org.name) } " · " (Role::parse(&org.role).map(|r| r.label()).unwrap_or("Member"))
-                        @if org.is_admin() {
+                        @if org.closing {
+                            " · " span.badge.badge-closing data-closing { "closing" }
+                            @if org.is_admin() {
+                                " · " a.text-blue-700.hover:underline href=(routes::path(routes::ORG_CLOSE, &org.slug, None)) { "Download the final export or cancel the closing" }
+                            } @else {
+                                " · " span.text-slate-600 { "This organization is being closed; it can no longer be used." }
+                            }
+                        } @else if org.is_admin() {
                             " · " a.text-blue-700.hover:underline href=(routes::org_modules(&org.slug)) { "Modules" }
                             @if org.data_export {
                                 " · " a.text-blue-700.hover:underline href=(routes::org_backups(&org.slug)) { "Backups & Export" }

@@ -85,6 +85,11 @@ fn view(ctx: &PageCtx, slug: &str, name: &str, modules: &[(Module, bool)], messa
                 }
                 button.btn.btn-primary type="submit" { "Save modules" }
             }
+            p.mt-6.text-sm.text-slate-600 {
+                "Leaving the platform? "
+                a.text-blue-700.hover:underline href=(routes::path(routes::ORG_CLOSE, slug, None)) #close-link { "Close this organization" }
+                " (a final export first, then a grace period, then everything is erased)."
+            }
         },
     )
 }

@@ -60,6 +60,11 @@ fn describe(kind: Kind) -> (&'static str, &'static str) {
             "When a copy of your data you asked for (or a platform admin asked for on your behalf) is ready, or \
              could not be made. Always sent: it answers your own request.",
         ),
+        Kind::OrgClosed => (
+            "Closed organizations",
+            "When an organization you administer (or, for platform admins, any organization) has been closed and \
+             its data erased, with the receipt's summary. Always sent: it is the record of the erasure.",
+        ),
     }
 }
 

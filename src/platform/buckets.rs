@@ -73,7 +73,7 @@ pub async fn start_checks(state: &AppState, actor: Option<i64>) -> anyhow::Resul
     }
     let id = Ulid::generate();
     sqlx::query(
-        "insert into bucket_verifications (id, started_by, total) values ($1, $2, (select count(*) from organizations))",
+        "insert into bucket_verifications (id, started_by, total) values ($1, $2, (select count(*) from organizations where lifecycle in ('active', 'closing')))",
     )
     .bind(id.to_string())
     .bind(actor)
@@ -109,7 +109,9 @@ pub async fn failing(pool: &sqlx::PgPool, limit: i64) -> sqlx::Result<Vec<(Strin
 /// time, and records each outcome. Returns (checked, failed).
 pub async fn check_all(state: &AppState, since: DateTime<Utc>) -> anyhow::Result<(usize, usize)> {
     let orgs: Vec<(i64, String)> = sqlx::query_as(
-        "select id, bucket from organizations where bucket_checked_at is null or bucket_checked_at < $1 order by id",
+        // An erased org's bucket is gone for good: a probe would create it again.
+        "select id, bucket from organizations
+         where lifecycle in ('active', 'closing') and (bucket_checked_at is null or bucket_checked_at < $1) order by id",
     )
     .bind(since)
     .fetch_all(&state.pool)
@@ -171,6 +173,7 @@ pub async fn recheck_failing(state: &AppState, limit: i64) -> anyhow::Result<(us
     let orgs: Vec<(i64, String)> = sqlx::query_as(
         "select id, bucket from organizations
          where bucket_state = 'failing' and bucket_checked_at < now() - interval '10 minutes'
+           and lifecycle in ('active', 'closing')
          order by bucket_checked_at limit $1",
     )
     .bind(limit)

@@ -129,7 +129,7 @@ fn view(ctx: &PageCtx, filter: &Filter, counts: &[(&str, i64)], page_of: &health
                     thead { tr {
                         th scope="col" { "Organization" } th scope="col" { "State" } th scope="col" { "Last backup" }
                         th scope="col" { "Newest failure" } th scope="col" { "Active export" } th scope="col" { "Failures in a row" }
-                        th scope="col" { "Last size" } th scope="col" { "Bucket" }
+                        th scope="col" { "Last size" } th scope="col" { "Bucket" } th scope="col" { "Closing" }
                     } }
                     tbody {
                         @for org in &page_of.orgs { (row(org)) }
@@ -182,6 +182,16 @@ fn row(org: &OrgHealth) -> Markup {
             td data-label="Bucket" {
                 (org.bucket_state)
                 @if let Some(e) = &org.bucket_error { p.text-xs.text-red-700 data-bucket-error { (e) } }
+            }
+            // Closing an org (the closing module's page): the request, its state, or
+            // the receipt once it is erased.
+            td data-label="Closing" {
+                @let url = routes::path(routes::PLATFORM_ORG_CLOSE, &org.slug, None);
+                @match org.state.as_str() {
+                    "closed" => { a.text-blue-700.hover:underline href=(url) data-receipt { "Receipt" } }
+                    "closing" => { a.text-blue-700.hover:underline href=(url) { "Closing: details" } }
+                    _ => { a.text-blue-700.hover:underline href=(url) { "Close…" } }
+                }
             }
         }
     }

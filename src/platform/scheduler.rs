@@ -149,6 +149,7 @@ pub async fn fire_slot(state: &AppState, slot: DateTime<Utc>) -> anyhow::Result<
         let orgs: Vec<(i64, String)> = sqlx::query_as(
             "select o.id, o.slug from organizations o
              join org_modules m on m.org_id = o.id and m.module = 'data_export' and m.enabled
+             where o.lifecycle = 'active'
              order by o.slug",
         )
         .fetch_all(&state.pool)

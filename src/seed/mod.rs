@@ -69,6 +69,10 @@ pub async fn run(pool: &PgPool, storage: &Storage, members: u32, demo_password: 
     let mut orgs_made = Vec::new();
     for (slug, name) in DEMO_ORGS {
         let slug = OrgSlug::parse(slug).context("demo slug")?;
+        // A closed org's row is its receipt's tombstone: never removed, its slug never reused.
+        if let Some(why) = orgs::closed_slug_refusal(pool, slug.as_str()).await? {
+            anyhow::bail!("cannot recreate the demo org: {why}");
+        }
         remove_org(pool, slug.as_str(), fast).await?;
         orgs_made.push(orgs::provision(pool, storage, &slug, name).await?);
     }

@@ -205,6 +205,23 @@ impl Storage {
         Ok(())
     }
 
+    /// Writes a small object whole (a receipt, say) in one request; writing it
+    /// again replaces it.
+    pub async fn put_small(&self, bucket: &str, key: &str, body: Vec<u8>, content_type: &str) -> anyhow::Result<()> {
+        self.client
+            .put_object()
+            .set_expected_bucket_owner(self.owner.clone())
+            .bucket(bucket)
+            .key(key)
+            .content_type(content_type)
+            .body(ByteStream::from(body))
+            .send()
+            .await
+            .map_err(|e| anyhow::Error::new(e.into_service_error()))
+            .with_context(|| Failed(format!("cannot write {bucket}/{key}")))?;
+        Ok(())
+    }
+
     /// A GET URL for `bucket/key` valid for [`PRESIGN_TTL`].
     pub async fn presign_get(&self, bucket: &str, key: &str, filename: &str) -> anyhow::Result<String> {
         let config = PresigningConfig::expires_in(PRESIGN_TTL)?;

@@ -79,6 +79,10 @@ fn nav(ctx: &PageCtx) -> Markup {
                     @for org in ctx.orgs.iter().filter(|o| o.is_admin()) {
                         span.text-slate-400 { "|" }
                         span.text-sm.text-slate-600 { (org.name) ":" }
+                        @if org.closing {
+                            // While it is closing, its admins can only see the closing.
+                            a.text-sm.text-blue-700.hover:underline href=(routes::path(routes::ORG_CLOSE, &org.slug, None)) data-closing { "Closing" }
+                        } @else {
                         a.text-sm.text-blue-700.hover:underline href=(routes::org_modules(&org.slug)) { "Modules" }
                         // While Data Export is off the page still lists the org's files
                         // (nothing new can start), and the link says it is off.
@@ -87,6 +91,7 @@ fn nav(ctx: &PageCtx) -> Markup {
                             a.text-sm.text-blue-700.hover:underline href=(routes::path(routes::ORG_NOTIFICATIONS, &org.slug, None)) { "Notifications" }
                         } @else {
                             a.text-sm.text-blue-700.hover:underline href=(routes::org_backups(&org.slug)) data-off { "Backups & Export (off)" }
+                        }
                         }
                     }
                     @if user.is_platform_admin {

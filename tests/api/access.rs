@@ -65,6 +65,8 @@ fn expected(kind: Kind, method: &str, pattern: &str, role: Role) -> u16 {
                 // The id is acme's export's, which no import has.
                 ("GET", API_IMPORT) => 404,
                 ("GET", API_PLATFORM_ORGS) => 200,
+                // acme is not closed: it has no receipt.
+                ("GET", API_PLATFORM_ORG_RECEIPT) => 404,
                 _ => panic!("no access expectation for API {method} {pattern}: add one to tests/api/access.rs"),
             },
         },
@@ -86,6 +88,10 @@ fn expected(kind: Kind, method: &str, pattern: &str, role: Role) -> u16 {
                 ("DELETE", API_WEBHOOK) => 204,
                 // No body.
                 ("POST", API_WEBHOOKS) => 400,
+                // No body (no confirmation): nothing changes.
+                ("POST", API_ORG_CLOSE) => 400,
+                // acme is not closing.
+                ("POST", API_ORG_REOPEN) => 409,
                 _ => panic!("no access expectation for API {method} {pattern}: add one to tests/api/access.rs"),
             },
         },
@@ -120,6 +126,25 @@ fn expected(kind: Kind, method: &str, pattern: &str, role: Role) -> u16 {
                 Admin if pattern == ORG_MODULES && method == "POST" => 400,
                 Admin if method == "GET" && pattern != ORG_EXPORT_DOWNLOAD => 200,
                 Admin => 303,
+            },
+            ("GET" | "POST", ORG_CLOSE | ORG_REOPEN) => match role {
+                Anonymous => to_login,
+                Member => 403,
+                OtherAdmin | Platform => 404,
+                Admin if method == "GET" => 200,
+                // No slug typed: refused, nothing changes.
+                Admin if pattern == ORG_CLOSE => 400,
+                // acme is not closing.
+                Admin => 409,
+            },
+            ("GET" | "POST", PLATFORM_ORG_CLOSE | PLATFORM_ORG_REOPEN) => match role {
+                Anonymous => to_login,
+                Member | OtherAdmin | Admin => 403,
+                Platform if method == "GET" => 200,
+                // No slug typed.
+                Platform if pattern == PLATFORM_ORG_CLOSE => 400,
+                // acme is not closing.
+                Platform => 409,
             },
             // The ids are acme's second endpoint's (the API deletes the first).
             ("GET" | "POST", ORG_NOTIFICATIONS | ORG_WEBHOOK_TEST | ORG_WEBHOOK_ROTATE | ORG_WEBHOOK_DELETE) => {

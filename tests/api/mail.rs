@@ -286,6 +286,7 @@ async fn a_kind_switched_off_is_not_queued_and_the_data_request_mail_is_sent_reg
         Kind::WebhookFailing,
         Kind::ScheduleFailures,
         Kind::PrivacyRequest,
+        Kind::OrgClosed,
     ];
     assert_eq!(mail::wanted(app.pool(), id).await.unwrap(), defaults);
     // Only webhook mails and completed scheduled exports ticked: the rest is off.
@@ -299,7 +300,7 @@ async fn a_kind_switched_off_is_not_queued_and_the_data_request_mail_is_sent_reg
     assert!(page.contains(r#"name="export_completed_scheduled" value="on" checked"#), "{page}");
     assert_eq!(
         mail::wanted(app.pool(), id).await.unwrap(),
-        [Kind::ExportCompletedScheduled, Kind::WebhookFailing, Kind::PrivacyRequest]
+        [Kind::ExportCompletedScheduled, Kind::WebhookFailing, Kind::PrivacyRequest, Kind::OrgClosed]
     );
     // Another person's settings are theirs.
     let admin = user_id(&app, "admin@acme.test").await;
@@ -334,7 +335,7 @@ async fn a_kind_switched_off_is_not_queued_and_the_data_request_mail_is_sent_reg
     assert_eq!(mail::wanted(app.pool(), id).await.unwrap(), Kind::ALL);
     assert!(enqueue(&app, id, Kind::ExportFailed, "a failed export").await);
     assert_eq!(member.post_form(ME_NOTIFICATIONS, &[]).await.status(), 303);
-    assert_eq!(mail::wanted(app.pool(), id).await.unwrap(), [Kind::PrivacyRequest]);
+    assert_eq!(mail::wanted(app.pool(), id).await.unwrap(), [Kind::PrivacyRequest, Kind::OrgClosed]);
     assert!(!enqueue(&app, id, Kind::ExportCompletedScheduled, "a scheduled export").await);
 }
 
@@ -934,10 +935,13 @@ async fn an_earlier_exports_opt_out_carries_over_to_both_new_kinds() {
         }
     };
     let (quiet, busy) = (id("quiet@example.test").await, id("busy@example.test").await);
-    assert_eq!(mail::wanted(&pool, quiet).await.unwrap(), [Kind::ScheduleFailures, Kind::PrivacyRequest]);
+    assert_eq!(
+        mail::wanted(&pool, quiet).await.unwrap(),
+        [Kind::ScheduleFailures, Kind::PrivacyRequest, Kind::OrgClosed]
+    );
     assert_eq!(
         mail::wanted(&pool, busy).await.unwrap(),
-        [Kind::ExportFailed, Kind::ExportCompletedMine, Kind::WebhookFailing, Kind::PrivacyRequest]
+        [Kind::ExportFailed, Kind::ExportCompletedMine, Kind::WebhookFailing, Kind::PrivacyRequest, Kind::OrgClosed]
     );
     let mut tx = pool.begin().await.unwrap();
     for kind in [Kind::ExportFailed, Kind::ExportCompletedMine, Kind::ExportCompletedScheduled] {

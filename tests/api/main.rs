@@ -6,6 +6,7 @@ mod access;
 mod auth;
 mod board;
 mod browser;
+mod closing;
 mod configuration;
 mod coverage;
 mod exports;

@@ -196,6 +196,35 @@ async fn real_answers_match_the_openapi_document() {
     assert_eq!((confirmed["kind"].as_str(), confirmed["check_id"].as_str()), (Some("import"), Some(check_id.as_str())));
     let again = platform.post(&format!("/platform/imports/{check_id}/confirm")).await;
     assert_eq!(check(&doc, "POST", API_IMPORT_CONFIRM, again).await["error"], "conflict");
+
+    // Closing an org (globex: the restore above reads acme's file): the request, a
+    // wrong confirmation, the cancel, and the receipt once it is erased.
+    let globex = api(&app, &app.token("admin@globex.test").await);
+    let wrong = globex.post_json("/orgs/globex/close", &json!({ "confirm": "acme" })).await;
+    assert_eq!(check(&doc, "POST", API_ORG_CLOSE, wrong).await["error"], "bad_request");
+    let not_yet = platform.get("/platform/orgs/globex/receipt").await;
+    assert_eq!(check(&doc, "GET", API_PLATFORM_ORG_RECEIPT, not_yet).await["error"], "not_found");
+    let confirm = json!({ "confirm": "globex" });
+    let closing = check(&doc, "POST", API_ORG_CLOSE, globex.post_json("/orgs/globex/close", &confirm).await).await;
+    assert_eq!(closing["state"], "closing");
+    app.wait_for_run(closing["final_export_id"].as_str().unwrap(), Duration::from_secs(120)).await;
+    let reopened = check(&doc, "POST", API_ORG_REOPEN, globex.post("/orgs/globex/reopen").await).await;
+    assert_eq!(reopened["state"], "active");
+    let again = globex.post("/orgs/globex/reopen").await;
+    assert_eq!(check(&doc, "POST", API_ORG_REOPEN, again).await["error"], "conflict");
+    let closing = check(&doc, "POST", API_ORG_CLOSE, globex.post_json("/orgs/globex/close", &confirm).await).await;
+    app.wait_for_run(closing["final_export_id"].as_str().unwrap(), Duration::from_secs(120)).await;
+    data_export::closing::erase::tick(&app.state).await.unwrap();
+    sqlx::query("update organizations set close_after = now() where slug = 'globex'")
+        .execute(app.pool())
+        .await
+        .unwrap();
+    assert_eq!(data_export::closing::erase::tick(&app.state).await.unwrap().closed, 1);
+    let receipt =
+        check(&doc, "GET", API_PLATFORM_ORG_RECEIPT, platform.get("/platform/orgs/globex/receipt").await).await;
+    assert_eq!(receipt["organization"]["slug"], "globex");
+    let orgs = check(&doc, "GET", API_PLATFORM_ORGS, platform.get("/platform/orgs?state=closed").await).await;
+    assert_eq!(orgs[0]["state"], "closed");
     println!(
         "openapi: {} routes described; real answers of exports, webhooks, the platform's orgs and errors match their schemas",
         router::API_ROUTES.len()
