@@ -448,6 +448,7 @@ async fn run<R: Read + Send + 'static>(
         report.media.not_copied = Some("a dry run copies nothing".into());
         report.seconds = (started.elapsed().as_secs_f64() * 1000.0).round() / 1000.0;
         tx.rollback().await?;
+        steps.done();
         return Ok(report);
     }
 
@@ -506,6 +507,7 @@ async fn run<R: Read + Send + 'static>(
     }
     media.committing = true;
     tx.commit().await?;
+    steps.done();
     Ok(report)
 }
 

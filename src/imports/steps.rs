@@ -4,7 +4,11 @@
 //! else sees until it commits; so the step is written on a connection of the pool,
 //! in a statement of its own that commits at once.
 
-use std::{fmt, time::Duration};
+use std::{
+    fmt,
+    sync::{Arc, Mutex},
+    time::{Duration, Instant},
+};
 
 use sqlx::PgPool;
 
@@ -43,22 +47,36 @@ impl fmt::Display for Step<'_> {
 }
 
 /// Writes each step to the import's record, while `attempt` holds it. Without a
-/// record (the command line) the steps go to the debug log only.
+/// record (the command line) the steps go to the debug log only. Each step's
+/// duration is logged at debug level when the next one begins (target
+/// `data_export::imports::steps`: where an import's time goes).
 #[derive(Clone, Debug, Default)]
 pub struct Steps {
     record: Option<(PgPool, String, i32)>,
+    current: Arc<Mutex<Option<(String, Instant)>>>,
 }
 
 impl Steps {
     /// Steps of the import record `id`, held by `attempt`.
     pub fn of_record(pool: PgPool, id: String, attempt: i32) -> Self {
-        Self { record: Some((pool, id, attempt)) }
+        Self { record: Some((pool, id, attempt)), ..Self::default() }
+    }
+
+    /// Logs how long the step before took.
+    pub fn done(&self) {
+        let Ok(mut current) = self.current.lock() else { return };
+        if let Some((step, since)) = current.take() {
+            tracing::debug!(step, seconds = since.elapsed().as_secs_f64(), "import step done");
+        }
     }
 
     /// Records `step`; a failure is logged, never returned.
     pub async fn enter(&self, step: Step<'_>) {
         let text = step.to_string();
-        tracing::debug!(step = %text, "import step");
+        self.done();
+        if let Ok(mut current) = self.current.lock() {
+            *current = Some((text.clone(), Instant::now()));
+        }
         let Some((pool, id, attempt)) = &self.record else { return };
         let write =
             sqlx::query("update org_imports set step = $3 where id = $1 and attempt = $2 and status = 'running'")
