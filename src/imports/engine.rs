@@ -384,6 +384,14 @@ async fn run<R: Read + Send + 'static>(
     if per_row.is_none() {
         fast::lock_accounts(&mut tx).await?;
     }
+    // Who joins suspended is written with the memberships (an update of them
+    // afterwards took longer than writing them).
+    let trust = trust_of(&mut tx, &source).await?;
+    let suspend = suspends(trust);
+    let suspended = match &suspend {
+        Some(condition) => count_suspended(&mut tx, condition).await?,
+        None => 0,
+    };
     let mut sections = BTreeMap::from([("organization".to_string(), 1u64)]);
     let mut cleared = 0;
     let imported_from = serde_json::json!({
@@ -394,7 +402,7 @@ async fn run<R: Read + Send + 'static>(
     });
     for (i, table) in present.iter().enumerate() {
         steps.enter(Step::Writing { n: i + 1, of: present.len(), section: table.name }).await;
-        let (written, nulls) = table.publish(&mut tx, &catalog, org_id, &imported_from).await?;
+        let (written, nulls) = table.publish(&mut tx, &catalog, org_id, &imported_from, suspend.as_deref()).await?;
         cleared += nulls;
         sections.insert(table.name.to_string(), written);
     }
@@ -414,8 +422,6 @@ async fn run<R: Read + Send + 'static>(
         }
     }
 
-    let trust = trust_of(&mut tx, &source).await?;
-    let suspended = suspend_untrusted(&mut tx, org_id, trust).await?;
     let matched = matched_people(&mut tx, org_id).await?;
     if let Some(expected) = &request.expect
         && expected.matched != matched
@@ -958,12 +964,14 @@ impl Table {
     /// Writes the staged rows into the table with their new ids and every
     /// reference rewritten. Returns the rows written and the optional references
     /// to people without a profile, which became null.
+    /// `suspend` (see [`suspends`]) says which memberships are written suspended.
     async fn publish(
         &self,
         conn: &mut PgConnection,
         catalog: &Catalog,
         org_id: i64,
         imported_from: &Value,
+        suspend: Option<&str>,
     ) -> Result<(u64, u64), ImportError> {
         let s = self.staging();
         let mut select = Vec::new();
@@ -1004,6 +1012,10 @@ impl Table {
                          || jsonb_build_object('imported_from', $1::jsonb)"
                             .to_string(),
                     )
+                }
+                (_, None) if self.name == "memberships" && col.name == "status" && suspend.is_some() => {
+                    joins.push("left join import_users jm on jm.old = s.user_id".to_string());
+                    select.push(format!("case when {} then 'suspended' else s.status end", suspend.unwrap_or("false")));
                 }
                 (_, None) => match &col.default {
                     // Staged null in a not-null column means the file lacks the column.
@@ -1201,6 +1213,7 @@ async fn map_people(conn: &mut PgConnection, catalog: &Catalog, org_id: i64) -> 
                 "insert into import_users (old, email, name, placeholder)
                  select distinct s.{c}, 'unknown-' || $1 || '-' || s.{c} || '@import.invalid', 'Unknown person ' || s.{c}, true
                  from {} s where s.{c} is not null
+                   and not exists (select 1 from import_users u where u.old = s.{c})
                  on conflict (old) do nothing",
                 t.staging()
             )))
@@ -1264,29 +1277,33 @@ async fn trust_of(conn: &mut PgConnection, source: &Source) -> Result<Trust, Imp
     Ok(org.map_or(Trust::File, Trust::StillMembersOf))
 }
 
-/// Suspends the new org's active memberships of matched existing accounts that the
-/// source does not vouch for (see [`Trust`]); returns how many. Accounts the import
-/// created cannot sign in, and keep what the file gives them.
-async fn suspend_untrusted(conn: &mut PgConnection, org_id: i64, trust: Trust) -> Result<u64, ImportError> {
-    let source_org = match trust {
-        Trust::File => return Ok(0),
-        Trust::Nobody => None,
-        Trust::StillMembersOf(id) => Some(id),
-    };
-    let done = sqlx::query(
-        "update memberships m set status = 'suspended'
-         from import_users iu
-         where m.org_id = $1 and m.user_id = iu.new and not iu.created and m.status = 'active'
-           and ($2::bigint is null
-                or not exists (select 1 from memberships s
-                               where s.org_id = $2 and s.user_id = iu.new and s.status = 'active'
-                                 and (m.role <> 'admin' or s.role = 'admin')))",
-    )
-    .bind(org_id)
-    .bind(source_org)
-    .execute(&mut *conn)
+/// Which memberships are written suspended: those of matched existing accounts,
+/// active in the file, that the source does not vouch for (see [`Trust`]). A
+/// condition on the staged membership `s` and its person's mapping `jm`; `None`
+/// when the file is taken as it is. Accounts the import creates cannot sign in,
+/// and keep what the file gives them.
+fn suspends(trust: Trust) -> Option<String> {
+    let matched = "s.status = 'active' and jm.new is not null and not jm.created";
+    match trust {
+        Trust::File => None,
+        Trust::Nobody => Some(matched.to_string()),
+        // The source org's id is a number from the database, not from the file.
+        Trust::StillMembersOf(source_org) => Some(format!(
+            "{matched} and not exists (select 1 from memberships src
+                                      where src.org_id = {source_org} and src.user_id = jm.new
+                                        and src.status = 'active' and (s.role <> 'admin' or src.role = 'admin'))"
+        )),
+    }
+}
+
+/// How many memberships `condition` (see [`suspends`]) writes suspended.
+async fn count_suspended(conn: &mut PgConnection, condition: &str) -> Result<u64, ImportError> {
+    let n: i64 = sqlx::query_scalar(sqlx::AssertSqlSafe(format!(
+        "select count(*) from import_memberships s join import_users jm on jm.old = s.user_id where {condition}"
+    )))
+    .fetch_one(&mut *conn)
     .await?;
-    Ok(done.rows_affected())
+    Ok(n as u64)
 }
 
 /// Every existing account the file matched, with its role and membership in the new
