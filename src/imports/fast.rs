@@ -24,7 +24,6 @@
 use serde::{Deserialize, Serialize};
 use sqlx::PgConnection;
 
-use super::engine::ImportError;
 use crate::orgs::sections::SECTIONS;
 
 /// How the sections' rows were written (the report's `write_path`).
@@ -96,10 +95,7 @@ pub const WRITTEN_BESIDES_SECTIONS: &[&str] = &["organizations", "org_modules", 
 /// one column, or a column the file does not write), or a trigger or rule that
 /// `replica` would turn off or on and that is not in [`KNOWN_TRIGGERS`].
 /// `checked` says whether the engine checks (table, column).
-pub async fn unsound(
-    conn: &mut PgConnection,
-    checked: impl Fn(&str, &str) -> bool,
-) -> Result<Option<String>, ImportError> {
+pub async fn unsound(conn: &mut PgConnection, checked: impl Fn(&str, &str) -> bool) -> sqlx::Result<Option<String>> {
     let tables: Vec<&str> = SECTIONS.iter().map(|s| s.table).collect();
     let keys: Vec<(String, String, Vec<String>)> = sqlx::query_as(
         "select c.relname::text, k.conname::text,
@@ -161,7 +157,7 @@ pub async fn unsound(
 /// Turns the per-row foreign-key checks and ordinary triggers off until
 /// [`end`] (or the transaction's end). `None` when done; else why the role may
 /// not, with the transaction still usable (the attempt runs in a savepoint).
-pub async fn begin(conn: &mut PgConnection) -> Result<Option<String>, ImportError> {
+pub async fn begin(conn: &mut PgConnection) -> sqlx::Result<Option<String>> {
     sqlx::query("savepoint dx_fast_write").execute(&mut *conn).await?;
     match sqlx::query("set local session_replication_role = replica").execute(&mut *conn).await {
         Ok(_) => {
@@ -177,12 +173,12 @@ pub async fn begin(conn: &mut PgConnection) -> Result<Option<String>, ImportErro
                  (GRANT SET ON PARAMETER session_replication_role TO {role} allows the fast write)"
             )))
         }
-        Err(e) => Err(e.into()),
+        Err(e) => Err(e),
     }
 }
 
 /// Turns the checks and triggers back on for the rest of the transaction.
-pub async fn end(conn: &mut PgConnection) -> Result<(), ImportError> {
+pub async fn end(conn: &mut PgConnection) -> sqlx::Result<()> {
     sqlx::query("set local session_replication_role to default").execute(&mut *conn).await?;
     Ok(())
 }
@@ -190,7 +186,7 @@ pub async fn end(conn: &mut PgConnection) -> Result<(), ImportError> {
 /// Locks the existing accounts that the new rows point at (`FOR KEY SHARE`, as
 /// PostgreSQL's foreign-key check would), so that none is deleted before the
 /// commit; refuses when one was deleted since it was matched.
-pub async fn lock_accounts(conn: &mut PgConnection) -> Result<(), ImportError> {
+pub async fn lock_accounts(conn: &mut PgConnection) -> anyhow::Result<()> {
     let (wanted, locked): (i64, i64) = sqlx::query_as(
         "with locked as (
              select u.id from users u
@@ -201,10 +197,10 @@ pub async fn lock_accounts(conn: &mut PgConnection) -> Result<(), ImportError> {
     .fetch_one(&mut *conn)
     .await?;
     if locked != wanted {
-        return Err(ImportError::Failed(anyhow::anyhow!(
+        anyhow::bail!(
             "{} of the accounts the file matched were deleted while it was imported: import it again",
             wanted - locked
-        )));
+        );
     }
     Ok(())
 }
@@ -212,7 +208,7 @@ pub async fn lock_accounts(conn: &mut PgConnection) -> Result<(), ImportError> {
 /// What the trigger `election_votes_participant` does for each vote it sees
 /// inserted, done for the new org's votes at once: every vote's voter is a
 /// participant of its election.
-pub async fn participants_of_votes(conn: &mut PgConnection, org_id: i64) -> Result<(), ImportError> {
+pub async fn participants_of_votes(conn: &mut PgConnection, org_id: i64) -> sqlx::Result<()> {
     sqlx::query(
         "insert into election_participants (org_id, election_id, user_id)
          select org_id, election_id, voter_user_id from election_votes
