@@ -33,6 +33,10 @@ use serde_json::{Value, value::RawValue};
 use sqlx::{Connection, PgConnection};
 use tokio::sync::mpsc;
 
+use super::{
+    fast::{self, WritePath},
+    steps::{Step, Steps},
+};
 use crate::{
     audit,
     orgs::{
@@ -133,6 +137,14 @@ pub struct Report {
     pub users_suspended: u64,
     pub media: Media,
     pub source: Source,
+    /// How the rows were written: `fast` (references checked set-based by the
+    /// engine, no per-row foreign-key checks) or `per_row`; `None` in reports
+    /// recorded before it was reported.
+    #[serde(default)]
+    pub write_path: Option<WritePath>,
+    /// Why the rows were written `per_row`, when they were.
+    #[serde(default)]
+    pub write_path_reason: Option<String>,
     pub seconds: f64,
     pub dry_run: bool,
 }
@@ -219,7 +231,12 @@ pub async fn import<R: Read + Send + 'static>(
     // not leave a half-used connection in the pool.
     let mut conn = state.pool.acquire().await?.detach();
     let mut media = Copied::default();
-    let result = run(state, &mut conn, input, &request, &slug, &mut media, started).await;
+    // The step is written on the pool, beside the import's open transaction.
+    let steps = match &request.import_id {
+        Some(id) => Steps::of_record(state.pool.clone(), id.clone(), request.attempt),
+        None => Steps::default(),
+    };
+    let result = run(state, &mut conn, input, &request, &slug, &mut media, &steps, started).await;
     let _ = conn.close().await;
     match result {
         Ok(report) => Ok(report),
@@ -279,6 +296,7 @@ impl Copied {
     }
 }
 
+#[allow(clippy::too_many_arguments)]
 async fn run<R: Read + Send + 'static>(
     state: &AppState,
     conn: &mut PgConnection,
@@ -286,8 +304,10 @@ async fn run<R: Read + Send + 'static>(
     request: &Request,
     slug: &OrgSlug,
     media: &mut Copied,
+    steps: &Steps,
     started: Instant,
 ) -> Result<Report, ImportError> {
+    steps.enter(Step::Reading).await;
     let mut tx = Connection::begin(conn).await?;
     let catalog = Arc::new(Catalog::load(&mut tx).await?);
     catalog.create_staging(&mut tx).await?;
@@ -307,6 +327,7 @@ async fn run<R: Read + Send + 'static>(
         )));
     }
     let modules = modules_of(&header, &checked.counts)?;
+    steps.enter(Step::Checking).await;
 
     // The file's own consistency, before anything is written. Temporary tables get
     // no statistics unless asked: without them the planner takes a section of a
@@ -350,8 +371,30 @@ async fn run<R: Read + Send + 'static>(
             .execute(&mut *tx)
             .await?;
     }
+    steps.enter(Step::People).await;
     let people = map_people(&mut tx, &catalog, org_id).await?;
     sqlx::query("analyze import_users").execute(&mut *tx).await?;
+    for table in &present {
+        table.check_people(&mut tx).await?;
+    }
+
+    // The fast write where it is sound and allowed (see `fast`), else each row's
+    // keys checked by PostgreSQL as before.
+    let mut per_row = fast::unsound(&mut tx, |t, c| catalog.checks(t, c)).await?;
+    if per_row.is_none() {
+        per_row = fast::begin(&mut tx).await?;
+    }
+    if per_row.is_none() {
+        fast::lock_accounts(&mut tx).await?;
+    }
+    // Who joins suspended is written with the memberships (an update of them
+    // afterwards took longer than writing them).
+    let trust = trust_of(&mut tx, &source).await?;
+    let suspend = suspends(trust);
+    let suspended = match &suspend {
+        Some(condition) => count_suspended(&mut tx, condition).await?,
+        None => 0,
+    };
     let mut sections = BTreeMap::from([("organization".to_string(), 1u64)]);
     let mut cleared = 0;
     let imported_from = serde_json::json!({
@@ -360,10 +403,18 @@ async fn run<R: Read + Send + 'static>(
         "sha256": source.sha256,
         "recorded_run": source.recorded_run,
     });
-    for table in &present {
-        let (written, nulls) = table.publish(&mut tx, &catalog, org_id, &imported_from).await?;
+    for (i, table) in present.iter().enumerate() {
+        steps.enter(Step::Writing { n: i + 1, of: present.len(), section: table.name }).await;
+        let (written, nulls) = table.publish(&mut tx, &catalog, org_id, &imported_from, suspend.as_deref()).await?;
         cleared += nulls;
         sections.insert(table.name.to_string(), written);
+    }
+    if per_row.is_none() {
+        fast::end(&mut tx).await?;
+        // The work of the triggers that `replica` turned off (`fast::KNOWN_TRIGGERS`).
+        if checked.counts.contains_key("election_votes") {
+            fast::participants_of_votes(&mut tx, org_id).await?;
+        }
     }
     for (name, n) in &sections {
         let declared = checked.counts.get(name).copied().unwrap_or(0);
@@ -374,8 +425,6 @@ async fn run<R: Read + Send + 'static>(
         }
     }
 
-    let trust = trust_of(&mut tx, &source).await?;
-    let suspended = suspend_untrusted(&mut tx, org_id, trust).await?;
     let matched = matched_people(&mut tx, org_id).await?;
     if let Some(expected) = &request.expect
         && expected.matched != matched
@@ -399,6 +448,8 @@ async fn run<R: Read + Send + 'static>(
         users_suspended: suspended,
         media: Media::default(),
         source,
+        write_path: Some(if per_row.is_none() { WritePath::Fast } else { WritePath::PerRow }),
+        write_path_reason: per_row,
         seconds: 0.0,
         dry_run: request.dry_run,
     };
@@ -406,12 +457,14 @@ async fn run<R: Read + Send + 'static>(
         report.media.not_copied = Some("a dry run copies nothing".into());
         report.seconds = (started.elapsed().as_secs_f64() * 1000.0).round() / 1000.0;
         tx.rollback().await?;
+        steps.done();
         return Ok(report);
     }
 
     // The org's bucket, as provisioning makes it, and the documents' binaries. A
     // bucket of that name that holds objects (left by an org deleted outside the
     // product) is refused: its files would show through the new org's documents.
+    steps.enter(Step::Media).await;
     let exists = state.storage.bucket_exists(&bucket).await?;
     if exists && !state.storage.bucket_is_empty(&bucket).await? {
         return Err(rejected(format!(
@@ -438,12 +491,14 @@ async fn run<R: Read + Send + 'static>(
             .map(|m| &m.email).collect::<Vec<_>>(),
         "media": report.media,
     });
+    steps.enter(Step::Finishing).await;
     audit::write(&mut *tx, Some(org_id), request.actor, "org.imported", slug.as_str(), details).await?;
     report.seconds = (started.elapsed().as_secs_f64() * 1000.0).round() / 1000.0;
     if let Some(id) = &request.import_id {
         let json = serde_json::to_value(&report).context("the report as JSON")?;
         let marked = sqlx::query(
-            "update org_imports set status = 'completed', finished_at = now(), report = $3, restored_org_id = $4, error = null
+            "update org_imports set status = 'completed', finished_at = now(), report = $3, restored_org_id = $4, error = null,
+                                    step = null
              where id = $1 and status = 'running' and attempt = $2",
         )
         .bind(id)
@@ -461,6 +516,7 @@ async fn run<R: Read + Send + 'static>(
     }
     media.committing = true;
     tx.commit().await?;
+    steps.done();
     Ok(report)
 }
 
@@ -725,6 +781,14 @@ impl Catalog {
         self.tables.iter().position(|t| t.name == section)
     }
 
+    /// Whether the engine checks the references of `table.column` itself (the
+    /// staging checks and the mapping): a column the file writes that refers to the
+    /// org, a person or another section.
+    fn checks(&self, table: &str, column: &str) -> bool {
+        self.index(table)
+            .is_some_and(|i| self.tables[i].columns.iter().any(|c| c.name == column && c.reference.is_some()))
+    }
+
     /// One staging table per section, dropped at the transaction's end: the file's
     /// columns with the table's types, nullable, and `new_id` drawn from the table's
     /// own sequence as each row is copied in.
@@ -875,15 +939,42 @@ impl Table {
         Ok(())
     }
 
+    /// Every person a staged row needs (a reference to a person in a column that
+    /// takes no null) has an account, one anti-join per such column. The mapping
+    /// gives each one an account (a placeholder for people without a profile);
+    /// this is the check that the rows may be written without PostgreSQL's.
+    async fn check_people(&self, conn: &mut PgConnection) -> Result<(), ImportError> {
+        let s = self.staging();
+        for col in self.columns.iter().filter(|c| c.reference == Some(Ref::User) && !c.nullable) {
+            let c = quote(&col.name);
+            let missing: Option<(i64, i64)> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
+                "select s.id, s.{c} from {s} s where s.{c} is not null
+                   and not exists (select 1 from import_users u where u.old = s.{c} and u.new is not null) limit 1"
+            )))
+            .fetch_optional(&mut *conn)
+            .await?;
+            if let Some((id, person)) = missing {
+                return Err(ImportError::Failed(anyhow::anyhow!(
+                    "section {}: row id {id} refers to person {person} ({}), who has no account",
+                    self.name,
+                    col.name
+                )));
+            }
+        }
+        Ok(())
+    }
+
     /// Writes the staged rows into the table with their new ids and every
     /// reference rewritten. Returns the rows written and the optional references
     /// to people without a profile, which became null.
+    /// `suspend` (see [`suspends`]) says which memberships are written suspended.
     async fn publish(
         &self,
         conn: &mut PgConnection,
         catalog: &Catalog,
         org_id: i64,
         imported_from: &Value,
+        suspend: Option<&str>,
     ) -> Result<(u64, u64), ImportError> {
         let s = self.staging();
         let mut select = Vec::new();
@@ -924,6 +1015,10 @@ impl Table {
                          || jsonb_build_object('imported_from', $1::jsonb)"
                             .to_string(),
                     )
+                }
+                (_, None) if self.name == "memberships" && col.name == "status" && suspend.is_some() => {
+                    joins.push("left join import_users jm on jm.old = s.user_id".to_string());
+                    select.push(format!("case when {} then 'suspended' else s.status end", suspend.unwrap_or("false")));
                 }
                 (_, None) => match &col.default {
                     // Staged null in a not-null column means the file lacks the column.
@@ -1121,6 +1216,7 @@ async fn map_people(conn: &mut PgConnection, catalog: &Catalog, org_id: i64) -> 
                 "insert into import_users (old, email, name, placeholder)
                  select distinct s.{c}, 'unknown-' || $1 || '-' || s.{c} || '@import.invalid', 'Unknown person ' || s.{c}, true
                  from {} s where s.{c} is not null
+                   and not exists (select 1 from import_users u where u.old = s.{c})
                  on conflict (old) do nothing",
                 t.staging()
             )))
@@ -1184,29 +1280,33 @@ async fn trust_of(conn: &mut PgConnection, source: &Source) -> Result<Trust, Imp
     Ok(org.map_or(Trust::File, Trust::StillMembersOf))
 }
 
-/// Suspends the new org's active memberships of matched existing accounts that the
-/// source does not vouch for (see [`Trust`]); returns how many. Accounts the import
-/// created cannot sign in, and keep what the file gives them.
-async fn suspend_untrusted(conn: &mut PgConnection, org_id: i64, trust: Trust) -> Result<u64, ImportError> {
-    let source_org = match trust {
-        Trust::File => return Ok(0),
-        Trust::Nobody => None,
-        Trust::StillMembersOf(id) => Some(id),
-    };
-    let done = sqlx::query(
-        "update memberships m set status = 'suspended'
-         from import_users iu
-         where m.org_id = $1 and m.user_id = iu.new and not iu.created and m.status = 'active'
-           and ($2::bigint is null
-                or not exists (select 1 from memberships s
-                               where s.org_id = $2 and s.user_id = iu.new and s.status = 'active'
-                                 and (m.role <> 'admin' or s.role = 'admin')))",
-    )
-    .bind(org_id)
-    .bind(source_org)
-    .execute(&mut *conn)
+/// Which memberships are written suspended: those of matched existing accounts,
+/// active in the file, that the source does not vouch for (see [`Trust`]). A
+/// condition on the staged membership `s` and its person's mapping `jm`; `None`
+/// when the file is taken as it is. Accounts the import creates cannot sign in,
+/// and keep what the file gives them.
+fn suspends(trust: Trust) -> Option<String> {
+    let matched = "s.status = 'active' and jm.new is not null and not jm.created";
+    match trust {
+        Trust::File => None,
+        Trust::Nobody => Some(matched.to_string()),
+        // The source org's id is a number from the database, not from the file.
+        Trust::StillMembersOf(source_org) => Some(format!(
+            "{matched} and not exists (select 1 from memberships src
+                                      where src.org_id = {source_org} and src.user_id = jm.new
+                                        and src.status = 'active' and (s.role <> 'admin' or src.role = 'admin'))"
+        )),
+    }
+}
+
+/// How many memberships `condition` (see [`suspends`]) writes suspended.
+async fn count_suspended(conn: &mut PgConnection, condition: &str) -> Result<u64, ImportError> {
+    let n: i64 = sqlx::query_scalar(sqlx::AssertSqlSafe(format!(
+        "select count(*) from import_memberships s join import_users jm on jm.old = s.user_id where {condition}"
+    )))
+    .fetch_one(&mut *conn)
     .await?;
-    Ok(done.rows_affected())
+    Ok(n as u64)
 }
 
 /// Every existing account the file matched, with its role and membership in the new

@@ -10,10 +10,13 @@
 
 pub mod api;
 pub mod engine;
+pub mod fast;
 pub mod job;
 pub mod members;
 pub mod records;
+pub mod steps;
 pub mod views;
 pub mod web;
 
 pub use engine::{Expected, ImportError, Matched, Report, Request, import};
+pub use fast::WritePath;

@@ -93,6 +93,8 @@ pub struct Import {
     /// For a check: the import that confirmed it (pending, running or completed; a
     /// failed confirmation leaves the check to be confirmed again).
     pub confirmed_by: Option<String>,
+    /// The step a running import is in (`super::steps`); `None` once it has finished.
+    pub step: Option<String>,
 }
 
 impl Import {
@@ -131,6 +133,11 @@ impl Import {
         None
     }
 
+    /// The step to show: only while the import runs.
+    pub fn running_step(&self) -> Option<&str> {
+        self.step.as_deref().filter(|_| self.status == ImportStatus::Running)
+    }
+
     /// The JSON API's view of an import.
     pub fn api_json(&self) -> serde_json::Value {
         serde_json::json!({
@@ -139,6 +146,7 @@ impl Import {
             "check_id": self.check_id,
             "confirmed_by": self.confirmed_by,
             "status": self.status,
+            "step": self.running_step(),
             "slug": self.slug,
             "name": self.name,
             "source_export_id": self.source_export_id,
@@ -159,7 +167,7 @@ const SELECT: &str = "select i.id, i.status, i.slug, i.name, i.source_export_id,
     i.upload_bytes, i.via, i.requested_by, u.email as requested_by_email, i.created_at, i.started_at, i.finished_at,
     i.attempt, i.restored_org_id, o.slug as restored_org, i.report, i.error, i.dry_run, i.check_id,
     (select c.id from org_imports c where c.check_id = i.id and c.status <> 'failed'
-     order by c.created_at desc limit 1) as confirmed_by
+     order by c.created_at desc limit 1) as confirmed_by, i.step
     from org_imports i
     left join users u on u.id = i.requested_by
     left join organizations o on o.id = i.restored_org_id
@@ -348,7 +356,7 @@ pub async fn list(pool: &PgPool, limit: i64) -> sqlx::Result<Vec<Import>> {
 /// attempt; `None` when it has finished or a later attempt holds it.
 pub async fn start(pool: &PgPool, id: &str, attempt: i32) -> sqlx::Result<Option<Import>> {
     let taken = sqlx::query(
-        "update org_imports set status = 'running', started_at = now(), attempt = $2, error = null
+        "update org_imports set status = 'running', started_at = now(), attempt = $2, error = null, step = null
          where id = $1 and status in ('pending', 'running') and attempt < $2",
     )
     .bind(id)
@@ -368,7 +376,7 @@ pub async fn fail(pool: &PgPool, id: &str, attempt: Option<i32>, reason: &str) -
     let reason: String = reason.chars().take(2000).collect();
     let mark = || async {
         let done = sqlx::query(
-            "update org_imports set status = 'failed', finished_at = now(), error = $2
+            "update org_imports set status = 'failed', finished_at = now(), error = $2, step = null
              where id = $1 and status in ('pending', 'running') and ($3::int is null or attempt = $3)",
         )
         .bind(id)
@@ -386,7 +394,7 @@ pub async fn fail(pool: &PgPool, id: &str, attempt: Option<i32>, reason: &str) -
 /// blocks its slug for ever. Returns them, for their uploads to be removed.
 pub async fn fail_abandoned(pool: &PgPool) -> sqlx::Result<Vec<Import>> {
     let ids: Vec<(String,)> = sqlx::query_as(
-        "update org_imports i set status = 'failed', finished_at = now(),
+        "update org_imports i set status = 'failed', finished_at = now(), step = null,
                 error = 'the import job ended without finishing the import'
          where i.status in ('pending', 'running') and i.created_at < now() - interval '5 minutes'
            and not exists (select 1 from apalis.jobs j where j.id = i.id
@@ -408,7 +416,7 @@ pub async fn fail_abandoned(pool: &PgPool) -> sqlx::Result<Vec<Import>> {
 pub async fn complete_check(pool: &PgPool, id: &str, attempt: i32, report: &Report) -> sqlx::Result<bool> {
     let json = serde_json::to_value(report).unwrap_or_default();
     let done = sqlx::query(
-        "update org_imports set status = 'completed', finished_at = now(), report = $3, error = null
+        "update org_imports set status = 'completed', finished_at = now(), report = $3, error = null, step = null
          where id = $1 and status = 'running' and attempt = $2 and dry_run",
     )
     .bind(id)

@@ -253,6 +253,7 @@ pub fn row(import: &Import, csrf: &str) -> Markup {
                 span class=(format!("badge badge-{}", import.status)) {
                     @if import.dry_run && import.status == ImportStatus::Completed { "checked" } @else { (import.status.as_str()) }
                 }
+                @if let Some(step) = import.running_step() { br; span.text-xs.text-slate-600.import-step { (step) } }
                 @if import.dry_run { br; span.text-xs.text-slate-600 { "check" } }
                 @if let Some(check) = &import.check_id { br; span.text-xs.text-slate-600 { "confirms " code.break-all { (check) } } }
                 @if let Some(e) = import.error.as_deref().filter(|_| import.status == ImportStatus::Failed) {

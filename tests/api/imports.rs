@@ -732,3 +732,93 @@ async fn a_confirmation_does_only_what_its_check_showed() {
     let (_, got) = api_get(&app, &token, &check).await;
     assert_eq!(got["confirmed_by"], second.as_str());
 }
+
+/// A running import shows the step it is in, on its row and in the API, while its
+/// one transaction is still open: here it is held at the documents' write by a lock
+/// on that table. Every step is recorded in order (by a trigger of this test's on
+/// the record), and none is left once the import has finished.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_running_import_shows_its_step_on_its_row_and_in_the_api() {
+    let app = TestApp::spawn().await;
+    let export_id = completed_acme_export(&app).await;
+    sqlx::raw_sql(
+        "create table steps_seen (n bigserial primary key, import_id text not null, step text);
+         create function record_step() returns trigger language plpgsql as $$
+         begin insert into steps_seen (import_id, step) values (new.id, new.step); return null; end $$;
+         create trigger org_imports_steps_seen after update of step on org_imports
+             for each row when (new.step is distinct from old.step) execute function record_step();",
+    )
+    .execute(app.pool())
+    .await
+    .unwrap();
+    let counts: Value = sqlx::query_scalar("select counts from export_runs where id = $1")
+        .bind(&export_id)
+        .fetch_one(app.pool())
+        .await
+        .unwrap();
+    let present: Vec<&str> =
+        data_export::orgs::sections::SECTIONS.iter().map(|s| s.table).filter(|t| counts.get(*t).is_some()).collect();
+    let writing: Vec<String> = present
+        .iter()
+        .enumerate()
+        .map(|(i, t)| format!("writing section {} of {}: {t}", i + 1, present.len()))
+        .collect();
+    let held_at = writing.iter().find(|s| s.ends_with(": documents")).unwrap().clone();
+
+    // Inserts into documents wait for this transaction.
+    let mut blocker = app.pool().begin().await.unwrap();
+    sqlx::query("lock table documents in share mode").execute(&mut *blocker).await.unwrap();
+    let token = app.token(PLATFORM).await;
+    let body = json!({ "source_export_id": export_id, "slug": "acme-steps", "name": "Acme Steps" }).to_string();
+    let (status, created) = api_post(&app, &token, &body).await;
+    assert_eq!(status, 202, "{created}");
+    let check = created["id"].as_str().unwrap().to_string();
+    let started = Instant::now();
+    loop {
+        let (_, got) = api_get(&app, &token, &check).await;
+        if got["step"] == held_at.as_str() {
+            assert_eq!(got["status"], "running", "{got}");
+            break;
+        }
+        assert!(["pending", "running"].contains(&got["status"].as_str().unwrap()), "{got}");
+        assert!(started.elapsed() < WAIT, "the check never showed {held_at:?}: {got}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let s = app.login(PLATFORM).await;
+    let row = s.htmx_get(&path(PLATFORM_IMPORT_ROW, "", Some(&check))).await.text().await.unwrap();
+    assert!(row.contains(&format!("import-step\">{held_at}<")), "the row shows the step: {row}");
+    assert!(row.contains("hx-get") && row.contains("data-status=\"running\""), "and keeps polling: {row}");
+    blocker.commit().await.unwrap();
+    assert_eq!(wait_for_import(&app, &check).await, ("completed".to_string(), None));
+    let (_, got) = api_get(&app, &token, &check).await;
+    assert!(got["step"].is_null(), "no step once finished: {got}");
+    let row = s.htmx_get(&path(PLATFORM_IMPORT_ROW, "", Some(&check))).await.text().await.unwrap();
+    assert!(!row.contains("import-step"), "{row}");
+
+    let seen = |id: String| {
+        let pool = app.pool().clone();
+        async move {
+            sqlx::query_scalar::<_, Option<String>>("select step from steps_seen where import_id = $1 order by n")
+                .bind(id)
+                .fetch_all(&pool)
+                .await
+                .unwrap()
+        }
+    };
+    let mut want: Vec<Option<String>> =
+        ["reading the file", "checking the file", "matching people"].iter().map(|s| Some(s.to_string())).collect();
+    want.extend(writing.iter().cloned().map(Some));
+    // A check writes nothing for good: no media, no audit entry, and its record is
+    // completed after the engine.
+    let mut check_want = want.clone();
+    check_want.push(None);
+    assert_eq!(seen(check.clone()).await, check_want);
+
+    let (status, confirmed) = api_confirm(&app, &token, &check).await;
+    assert_eq!(status, 202, "{confirmed}");
+    let id = confirmed["id"].as_str().unwrap().to_string();
+    assert_eq!(wait_for_import(&app, &id).await, ("completed".to_string(), None));
+    want.extend([Some("copying media".to_string()), Some("finishing".to_string()), None]);
+    assert_eq!(seen(id.clone()).await, want);
+    assert_eq!(api_get(&app, &token, &id).await.1["report"]["write_path"], "fast");
+}

@@ -247,6 +247,8 @@ async fn export_import_export_round_trips_every_section_with_every_module_on() {
     let a = gunzip(&std::fs::read(&first).unwrap());
     assert_eq!(report["org"], "acme-restored");
     assert_eq!(report["dry_run"], false);
+    // The test server's role is a superuser: the fast write (imports::fast).
+    assert_eq!((&report["write_path"], &report["write_path_reason"]), (&json!("fast"), &Value::Null), "{report}");
     assert_eq!(report["sections"], a["counts"], "the report's counts are the file's");
     let rows: u64 = a["counts"].as_object().unwrap().values().map(|v| v.as_u64().unwrap()).sum();
     assert_eq!(report["rows"], rows);
@@ -987,6 +989,8 @@ async fn ballots_restore_without_the_voter_link_older_files_restore_and_unclassi
     let (ok, report, stderr) = import(&app, &path, "acme-older", &[]);
     assert!(ok, "a file from before ballot kinds: {stderr}");
     assert!(report["sections"].get("election_participants").is_none());
+    // Written with the votes' trigger off: the engine made the participants itself.
+    assert_eq!(report["write_path"], "fast", "{report}");
     let older = org_id(&app, "acme-older").await.unwrap();
     let kinds: Vec<String> = sqlx::query_scalar("select distinct ballot from elections where org_id = $1")
         .bind(older)
@@ -1293,4 +1297,158 @@ async fn a_hand_edited_file_decides_nobody_gets_in() {
     .unwrap();
     assert_eq!(details["imported_from"]["export_id"], forged["export_id"], "{details}");
     assert_eq!(details["imported_from"]["recorded_run"], false);
+}
+
+/// Every trigger on a table the import writes is known to it, with what the fast
+/// write (rows written under `session_replication_role = replica`, which turns
+/// ordinary triggers off) does about it. A migration that adds a trigger to such a
+/// table fails here until `imports::fast::KNOWN_TRIGGERS` says what becomes of it.
+/// And should one appear at run time anyway, the import does not take the fast
+/// write: it writes row by row, the trigger fires, and the report says why.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_import_knows_every_trigger_on_the_tables_it_writes_and_writes_row_by_row_past_an_unknown_one() {
+    use data_export::{
+        imports::fast::{Handling, KNOWN_TRIGGERS, WRITTEN_BESIDES_SECTIONS},
+        orgs::sections::SECTIONS,
+    };
+    let app = TestApp::spawn().await;
+    let mut written: Vec<&str> = SECTIONS.iter().map(|s| s.table).collect();
+    written.extend(WRITTEN_BESIDES_SECTIONS);
+    let found: Vec<(String, String, String)> = sqlx::query_as(
+        "select c.relname::text, t.tgname::text, t.tgenabled::text
+         from pg_trigger t join pg_class c on c.oid = t.tgrelid
+         where not t.tgisinternal and c.relname = any($1) and c.relnamespace = current_schema()::regnamespace
+         order by 1, 2",
+    )
+    .bind(&written)
+    .fetch_all(app.pool())
+    .await
+    .unwrap();
+    let in_db: std::collections::BTreeSet<(String, String)> =
+        found.iter().map(|(t, n, _)| (t.clone(), n.clone())).collect();
+    let listed: std::collections::BTreeSet<(String, String)> =
+        KNOWN_TRIGGERS.iter().map(|k| (k.table.to_string(), k.name.to_string())).collect();
+    assert_eq!(
+        in_db, listed,
+        "the triggers on the tables an import writes are not those imports::fast::KNOWN_TRIGGERS lists: \
+         say there what the fast write does about each (it runs with ordinary triggers off)"
+    );
+    for (table, name, enabled) in &found {
+        let known = KNOWN_TRIGGERS.iter().find(|k| k.table == table && k.name == name).unwrap();
+        assert_eq!(
+            known.handling == Handling::FiresAlways,
+            enabled == "A",
+            "{table}.{name} is enabled {enabled:?}, but KNOWN_TRIGGERS says {:?}",
+            known.handling
+        );
+    }
+
+    // An ordinary trigger the import does not know, on a section's table.
+    sqlx::raw_sql(
+        "create table comments_counted (n bigint not null);
+         insert into comments_counted values (0);
+         create function count_comment() returns trigger language plpgsql as $$
+         begin update comments_counted set n = n + 1; return null; end $$;
+         create trigger forum_comments_counted after insert on forum_comments
+             for each row execute function count_comment();",
+    )
+    .execute(app.pool())
+    .await
+    .unwrap();
+    let file = export_to_file(&app, "acme", "triggers.json.gz");
+    let doc = gunzip(&std::fs::read(&file).unwrap());
+    let (ok, report, stderr) = import(&app, &file, "acme-triggered", &[]);
+    assert!(ok, "{stderr}");
+    assert_eq!(report["write_path"], "per_row", "{report}");
+    let why = report["write_path_reason"].as_str().unwrap();
+    assert!(why.contains("forum_comments_counted") && why.contains("forum_comments"), "{why}");
+    let counted: i64 = sqlx::query_scalar("select n from comments_counted").fetch_one(app.pool()).await.unwrap();
+    let comments = doc["counts"]["forum_comments"].as_i64().unwrap();
+    assert!(comments > 0);
+    assert_eq!(counted, comments, "the trigger fired for every comment written");
+    let restored = org_id(&app, "acme-triggered").await.unwrap();
+    let acme = app.org_id("acme").await;
+    let (a, b) = (app.section_counts(acme).await, app.section_counts(restored).await);
+    for ((section, n), (_, m)) in a.into_iter().zip(b) {
+        if section != "audit_log" {
+            assert_eq!(n, m, "{section}");
+        }
+    }
+}
+
+/// A database role that may not set `session_replication_role` (not a superuser,
+/// no grant) still restores, each row's keys checked by PostgreSQL, and the report
+/// says so and how to allow the fast write; with the grant the docs give, the same
+/// role takes the fast write.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_role_without_the_privilege_writes_row_by_row_and_the_grant_gives_it_the_fast_write() {
+    use std::sync::Arc;
+
+    use data_export::{
+        db,
+        imports::{self, WritePath},
+        state::{App, AppState},
+    };
+    let app = TestApp::spawn().await;
+    let file = export_to_file(&app, "acme", "role.json.gz");
+    let doc = gunzip(&std::fs::read(&file).unwrap());
+    // Roles belong to the whole server: a name of this test's own.
+    let role = format!("dxtest_role_{}", ulid::Ulid::generate().to_string().to_lowercase());
+    sqlx::raw_sql(sqlx::AssertSqlSafe(format!(
+        "create role {role} login;
+         grant all on all tables in schema public to {role};
+         grant all on all sequences in schema public to {role};"
+    )))
+    .execute(app.pool())
+    .await
+    .unwrap();
+    let options = db::parse_url(&app.server).unwrap().database(&app.db_name).username(&role);
+    let pool = db::connect(options, 4).await.unwrap();
+    let is_super: bool = sqlx::query_scalar("select rolsuper from pg_roles where rolname = current_user")
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+    assert!(!is_super);
+    let state = AppState(Arc::new(App::new(pool.clone(), app.state.storage.clone(), app.state.config.clone())));
+    let request = |slug: &str| imports::Request {
+        slug: slug.into(),
+        name: None,
+        dry_run: false,
+        actor: None,
+        via: "cli",
+        source_export_id: None,
+        import_id: None,
+        attempt: 0,
+        expect: None,
+    };
+
+    let slow = imports::import(&state, std::fs::File::open(&file).unwrap(), request("acme-per-row")).await.unwrap();
+    assert_eq!(slow.write_path, Some(WritePath::PerRow));
+    let why = slow.write_path_reason.clone().unwrap();
+    assert!(why.contains(&format!("GRANT SET ON PARAMETER session_replication_role TO {role}")), "{why}");
+    let rows: u64 = doc["counts"].as_object().unwrap().values().map(|v| v.as_u64().unwrap()).sum();
+    assert_eq!(slow.rows, rows, "every row");
+    let restored = org_id(&app, "acme-per-row").await.expect("the org exists");
+    let acme = app.org_id("acme").await;
+    for ((section, n), (_, m)) in app.section_counts(acme).await.into_iter().zip(app.section_counts(restored).await) {
+        if section != "audit_log" {
+            assert_eq!(n, m, "{section}");
+        }
+    }
+
+    sqlx::query(sqlx::AssertSqlSafe(format!("grant set on parameter session_replication_role to {role}")))
+        .execute(app.pool())
+        .await
+        .unwrap();
+    let fast = imports::import(&state, std::fs::File::open(&file).unwrap(), request("acme-granted")).await.unwrap();
+    assert_eq!((fast.write_path, fast.write_path_reason.as_deref()), (Some(WritePath::Fast), None));
+    assert_eq!(fast.sections, slow.sections);
+
+    pool.close().await;
+    sqlx::raw_sql(sqlx::AssertSqlSafe(format!(
+        "revoke set on parameter session_replication_role from {role}; drop owned by {role}; drop role {role};"
+    )))
+    .execute(app.pool())
+    .await
+    .unwrap();
 }
