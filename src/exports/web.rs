@@ -72,6 +72,12 @@ fn notice_text(code: Option<&str>) -> Option<(bool, &'static str)> {
             "This organization has used up its manual exports for the last 24 hours. The scheduled exports go on; try again later.",
         )),
         "already_finished" => Some((false, "That export had already finished; there was nothing to cancel.")),
+        "tables_queued" => {
+            Some((true, "The tables are being made. Their row shows the progress; download them when it says so."))
+        }
+        "tables_already" => Some((true, "Those tables are being made already.")),
+        "tables_ready" => Some((true, "Those tables are ready: use their download link.")),
+        "tables_not_completed" => Some((false, "Only a completed export can be converted into tables.")),
         _ => None,
     }
 }
@@ -89,9 +95,11 @@ pub async fn page(
     // The version before the page: a change in between is caught by the next poll.
     let version = runs::history_version(&state.pool, org.org.id).await?;
     let page = history_page(&state, &org, &cursor).await?;
+    let tables = tables_of(&state, &org, &page.runs).await?;
     let notice = notice_text(f.notice.as_deref());
     let csrf = CsrfToken(ctx.csrf.clone());
-    let body = views::backups_page(&ctx, &org.org.name, ready, &page, notice, viewer(&csrf, &org, &cursor), version);
+    let body =
+        views::backups_page(&ctx, &org.org.name, ready, &page, &tables, notice, viewer(&csrf, &org, &cursor), version);
     Ok(body.into_response())
 }
 
@@ -112,7 +120,8 @@ pub async fn history(
         return Ok(axum::http::StatusCode::NO_CONTENT.into_response());
     }
     let page = history_page(&state, &org, &cursor).await?;
-    Ok(no_store(views::history(viewer(&csrf, &org, &cursor), &page, None, version)))
+    let tables = tables_of(&state, &org, &page.runs).await?;
+    Ok(no_store(views::history(viewer(&csrf, &org, &cursor), &page, &tables, None, version)))
 }
 
 /// `since` of the query: the history version the page shows.
@@ -156,14 +165,70 @@ async fn history_response(
 ) -> AppResult<Response> {
     let version = runs::history_version(&state.pool, org.org.id).await?;
     let page = history_page(state, org, cursor).await?;
-    Ok(no_store(views::history(viewer(csrf, org, cursor), &page, notice_text(notice), version)))
+    let tables = tables_of(state, org, &page.runs).await?;
+    Ok(no_store(views::history(viewer(csrf, org, cursor), &page, &tables, notice_text(notice), version)))
 }
 
 /// GET /orgs/{org}/exports/{id}/row: one run's row, what a pending or running row
 /// polls every 2 s: one query. `AdminRun` comes before the token: it reads the
 /// token with the session (see `CsrfToken`).
-pub async fn row(AdminRun(org, run): AdminRun, csrf: CsrfToken) -> AppResult<Response> {
-    Ok(no_store(views::row(viewer(&csrf, &org, &Cursor::first(views::HISTORY_LIMIT)), &run)))
+pub async fn row(AdminRun(org, run): AdminRun, csrf: CsrfToken, State(state): State<AppState>) -> AppResult<Response> {
+    // Only a completed export has tables: an active row's poll stays one query.
+    let tables = if run.status == runs::RunStatus::Completed {
+        tables_of(&state, &org, std::slice::from_ref(&run)).await?
+    } else {
+        Vec::new()
+    };
+    Ok(no_store(views::row(viewer(&csrf, &org, &Cursor::first(views::HISTORY_LIMIT)), &run, &tables)))
+}
+
+/// The conversions into tables of the completed runs among `runs`.
+async fn tables_of(
+    state: &AppState,
+    org: &OrgCtx,
+    runs: &[runs::Run],
+) -> AppResult<Vec<crate::tables::records::Tables>> {
+    let ids: Vec<String> =
+        runs.iter().filter(|r| r.status == runs::RunStatus::Completed).map(|r| r.id.clone()).collect();
+    if ids.is_empty() {
+        return Ok(Vec::new());
+    }
+    Ok(crate::tables::records::of_exports(&state.pool, org.org.id, &ids).await?)
+}
+
+/// POST /orgs/{org}/exports/{id}/tables/{format}: asks for the export's tables (a
+/// second click while they are being made changes nothing); the row then shows
+/// their progress.
+pub async fn tables_request(
+    csrf: CsrfToken,
+    headers: HeaderMap,
+    FilesAdmin(org): FilesAdmin,
+    State(state): State<AppState>,
+    id: RecordId,
+    super::tables::FormatParam(format): super::tables::FormatParam,
+    RawQuery(query): RawQuery,
+) -> AppResult<Response> {
+    let cursor = history_cursor(query.as_deref())?;
+    let notice = match super::tables::request(&state, &org, &id, format, "web").await {
+        Ok((_, true)) => "tables_queued",
+        Ok((t, false)) if t.status == crate::tables::records::TablesStatus::Completed => "tables_ready",
+        Ok(_) => "tables_already",
+        Err(AppError::InConflict(_)) => "tables_not_completed",
+        Err(e) => return Err(e),
+    };
+    answer(&csrf, &headers, &state, &org, notice, &cursor).await
+}
+
+/// GET /orgs/{org}/exports/{id}/tables/{format}/download: 303 to a fresh presigned
+/// URL of the zip; 409 while it is not made.
+pub async fn tables_download(
+    FilesAdmin(org): FilesAdmin,
+    State(state): State<AppState>,
+    id: RecordId,
+    super::tables::FormatParam(format): super::tables::FormatParam,
+) -> AppResult<Response> {
+    let url = super::tables::download_url(&state, &org, &id, format, "web").await?;
+    Ok(see_other(&url))
 }
 
 /// The run `{id}` of the org in the path, for an org admin with the module on, as
