@@ -93,12 +93,13 @@ pub const JOB_ALIVE: &str = "exists (select 1 from apalis.jobs j where j.id = t.
         and (j.status in ('Pending', 'Queued', 'Running') or (j.status = 'Failed' and j.attempts < j.max_attempts)))";
 
 fn select() -> String {
+    let job_ended = JOB_ENDED.replace('\'', "''");
     format!(
         "select t.id, t.org_id, t.export_id, t.format,
                 case when t.status in ('pending', 'running') and not {JOB_ALIVE} then 'failed' else t.status end as status,
                 t.job_id, t.created_at, t.started_at, t.finished_at, t.object_key, t.size_bytes, t.rows_total,
                 t.rows_written,
-                case when t.status in ('pending', 'running') and not {JOB_ALIVE} then '{JOB_ENDED}' else t.error end as error
+                case when t.status in ('pending', 'running') and not {JOB_ALIVE} then '{job_ended}' else t.error end as error
          from export_tables t"
     )
 }

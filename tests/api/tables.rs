@@ -27,7 +27,7 @@ fn unzip(bytes: &[u8]) -> HashMap<String, Vec<u8>> {
         let mut f = zip.by_index(i).unwrap();
         let mut body = Vec::new();
         f.read_to_end(&mut body).unwrap();
-        out.insert(f.name().to_string(), body);
+        out.insert(f.name().unwrap().to_string(), body);
     }
     out
 }
@@ -308,8 +308,8 @@ async fn bad_input_to_convert_is_refused_and_leaves_no_file() {
     }
     // An existing zip is replaced only by a whole one: a failed conversion keeps it.
     std::fs::write(&out, b"earlier").unwrap();
-    let run = app.command().arg("convert").arg(dir.join("truncated.json.gz")).args(["--to", "csv", "--out"]).arg(&out);
-    assert!(!run.output().unwrap().status.success());
+    let run = app.command().arg("convert").arg(dir.join("truncated.json.gz")).args(["--to", "csv", "--out"]).arg(&out).output();
+    assert!(!run.unwrap().status.success());
     assert_eq!(std::fs::read(&out).unwrap(), b"earlier");
 }
 
@@ -435,8 +435,8 @@ async fn the_history_and_the_api_make_download_and_delete_an_exports_tables() {
     let member = api(&app, &app.token("member@acme.test").await);
     assert_eq!(member.get(&format!("{base}/csv/download")).await.status(), 403);
     let other = completed_export_of(&app, &globex, "globex").await;
-    let resp = admin.post_json(&format!("/orgs/acme/exports/{other}/tables"), &serde_json::json!({ "format": "csv" }));
-    assert_eq!(resp.await.status(), 404, "another org's export");
+    let resp = admin.post_json(&format!("/orgs/acme/exports/{other}/tables"), &serde_json::json!({ "format": "csv" })).await;
+    assert_eq!(resp.status(), 404, "another org's export");
 
     // Deleting the export deletes its tables.
     assert_eq!(admin.delete(&format!("/orgs/acme/exports/{export}")).await.status(), 204);
