@@ -95,7 +95,7 @@ pub async fn page(
     // The version before the page: a change in between is caught by the next poll.
     let version = runs::history_version(&state.pool, org.org.id).await?;
     let page = history_page(&state, &org, &cursor).await?;
-    let tables = tables_of(&state, &org, &page.runs).await?;
+    let tables = tables_of(&page.runs)?;
     let notice = notice_text(f.notice.as_deref());
     let csrf = CsrfToken(ctx.csrf.clone());
     let body =
@@ -120,7 +120,7 @@ pub async fn history(
         return Ok(axum::http::StatusCode::NO_CONTENT.into_response());
     }
     let page = history_page(&state, &org, &cursor).await?;
-    let tables = tables_of(&state, &org, &page.runs).await?;
+    let tables = tables_of(&page.runs)?;
     Ok(no_store(views::history(viewer(&csrf, &org, &cursor), &page, &tables, None, version)))
 }
 
@@ -165,35 +165,28 @@ async fn history_response(
 ) -> AppResult<Response> {
     let version = runs::history_version(&state.pool, org.org.id).await?;
     let page = history_page(state, org, cursor).await?;
-    let tables = tables_of(state, org, &page.runs).await?;
+    let tables = tables_of(&page.runs)?;
     Ok(no_store(views::history(viewer(csrf, org, cursor), &page, &tables, notice_text(notice), version)))
 }
 
 /// GET /orgs/{org}/exports/{id}/row: one run's row, what a pending or running row
 /// polls every 2 s: one query. `AdminRun` comes before the token: it reads the
 /// token with the session (see `CsrfToken`).
-pub async fn row(AdminRun(org, run): AdminRun, csrf: CsrfToken, State(state): State<AppState>) -> AppResult<Response> {
-    // Only a completed export has tables: an active row's poll stays one query.
-    let tables = if run.status == runs::RunStatus::Completed {
-        tables_of(&state, &org, std::slice::from_ref(&run)).await?
-    } else {
-        Vec::new()
-    };
+pub async fn row(AdminRun(org, run): AdminRun, csrf: CsrfToken) -> AppResult<Response> {
+    // Its tables came with the run, in the same query.
+    let tables = tables_of(std::slice::from_ref(&run))?;
     Ok(no_store(views::row(viewer(&csrf, &org, &Cursor::first(views::HISTORY_LIMIT)), &run, &tables)))
 }
 
-/// The conversions into tables of the completed runs among `runs`.
-async fn tables_of(
-    state: &AppState,
-    org: &OrgCtx,
-    runs: &[runs::Run],
-) -> AppResult<Vec<crate::tables::records::Tables>> {
-    let ids: Vec<String> =
-        runs.iter().filter(|r| r.status == runs::RunStatus::Completed).map(|r| r.id.clone()).collect();
-    if ids.is_empty() {
-        return Ok(Vec::new());
+/// The conversions into tables of `runs`, read with them (`Run::tables_json`).
+fn tables_of(runs: &[runs::Run]) -> AppResult<Vec<crate::tables::records::Tables>> {
+    let mut out = Vec::new();
+    for json in runs.iter().filter_map(|r| r.tables_json.as_ref()).filter(|j| !j.is_null()) {
+        let some: Vec<crate::tables::records::Tables> = serde_json::from_value(json.clone())
+            .map_err(|e| AppError::Internal(anyhow::anyhow!("reading the exports' tables: {e}")))?;
+        out.extend(some);
     }
-    Ok(crate::tables::records::of_exports(&state.pool, org.org.id, &ids).await?)
+    Ok(out)
 }
 
 /// POST /orgs/{org}/exports/{id}/tables/{format}: asks for the export's tables (a

@@ -32,7 +32,7 @@ pub const ONE_PER_FORMAT: &str = "export_tables_one_per_format";
 pub const JOB_ENDED: &str = "the conversion's job ended without finishing it; try again";
 
 /// A conversion, as its org's admins see it.
-#[derive(Clone, Debug, sqlx::FromRow)]
+#[derive(Clone, Debug, sqlx::FromRow, serde::Deserialize)]
 pub struct Tables {
     pub id: String,
     pub org_id: i64,
@@ -104,6 +104,16 @@ fn select() -> String {
     )
 }
 
+/// An SQL expression: the conversions of the export whose id and org are the
+/// expressions `export_id` and `org_id`, as a JSON array of [`Tables`] (null for none),
+/// so that a query of the export reads them in the same statement.
+pub fn json_of_export(export_id: &str, org_id: &str) -> String {
+    format!(
+        "(select json_agg(j order by j.format) from ({} where t.export_id = {export_id} and t.org_id = {org_id}) j)",
+        select()
+    )
+}
+
 /// The conversion of the org's export `export_id` into `format`.
 pub async fn get(pool: &PgPool, org_id: i64, export_id: &str, format: Format) -> sqlx::Result<Option<Tables>> {
     sqlx::query_as(sqlx::AssertSqlSafe(format!(
@@ -120,18 +130,6 @@ pub async fn get(pool: &PgPool, org_id: i64, export_id: &str, format: Format) ->
 /// A conversion by id, whatever its org (for the job).
 pub async fn get_any(pool: &PgPool, id: &str) -> sqlx::Result<Option<Tables>> {
     sqlx::query_as(sqlx::AssertSqlSafe(format!("{} where t.id = $1", select()))).bind(id).fetch_optional(pool).await
-}
-
-/// The conversions of the org's exports `export_ids` (for the history's rows).
-pub async fn of_exports(pool: &PgPool, org_id: i64, export_ids: &[String]) -> sqlx::Result<Vec<Tables>> {
-    sqlx::query_as(sqlx::AssertSqlSafe(format!(
-        "{} where t.org_id = $1 and t.export_id = any($2) order by t.export_id, t.format",
-        select()
-    )))
-    .bind(org_id)
-    .bind(export_ids)
-    .fetch_all(pool)
-    .await
 }
 
 /// Creates the conversion row in the caller's transaction; `None` when the export

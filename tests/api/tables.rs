@@ -308,7 +308,13 @@ async fn bad_input_to_convert_is_refused_and_leaves_no_file() {
     }
     // An existing zip is replaced only by a whole one: a failed conversion keeps it.
     std::fs::write(&out, b"earlier").unwrap();
-    let run = app.command().arg("convert").arg(dir.join("truncated.json.gz")).args(["--to", "csv", "--out"]).arg(&out).output();
+    let run = app
+        .command()
+        .arg("convert")
+        .arg(dir.join("truncated.json.gz"))
+        .args(["--to", "csv", "--out"])
+        .arg(&out)
+        .output();
     assert!(!run.unwrap().status.success());
     assert_eq!(std::fs::read(&out).unwrap(), b"earlier");
 }
@@ -396,6 +402,12 @@ async fn the_history_and_the_api_make_download_and_delete_an_exports_tables() {
     assert_eq!(wait_tables(&admin, &export, "parquet").await["status"], "completed");
     let history = page.get("/orgs/acme/settings/backups").await.text().await.unwrap();
     assert!(history.contains(&format!("{base}/parquet/download")), "the history links the zip");
+    // The row's own poll reads its tables with it.
+    let row = page.htmx_get(&format!("/orgs/acme/exports/{export}/row")).await.text().await.unwrap();
+    assert!(
+        row.contains(&format!("{base}/parquet/download")) && row.contains(&format!("{base}/csv/download")),
+        "{row}"
+    );
 
     // Both zips sit beside the export's file and download through presigned URLs.
     let objects = app.objects("org-acme").await;
@@ -435,7 +447,8 @@ async fn the_history_and_the_api_make_download_and_delete_an_exports_tables() {
     let member = api(&app, &app.token("member@acme.test").await);
     assert_eq!(member.get(&format!("{base}/csv/download")).await.status(), 403);
     let other = completed_export_of(&app, &globex, "globex").await;
-    let resp = admin.post_json(&format!("/orgs/acme/exports/{other}/tables"), &serde_json::json!({ "format": "csv" })).await;
+    let resp =
+        admin.post_json(&format!("/orgs/acme/exports/{other}/tables"), &serde_json::json!({ "format": "csv" })).await;
     assert_eq!(resp.status(), 404, "another org's export");
 
     // Deleting the export deletes its tables.
