@@ -293,6 +293,19 @@ pub struct Page {
     pub runs: Vec<Run>,
     /// The last run's id while older runs remain: the next page's `before`.
     pub next: Option<String>,
+    /// The runs' conversions into tables (read in the same statement).
+    pub tables: Vec<crate::tables::records::Tables>,
+}
+
+/// The conversions into tables read with `runs` (`Run::tables_json`).
+pub fn tables_of(runs: &[Run]) -> sqlx::Result<Vec<crate::tables::records::Tables>> {
+    let mut out = Vec::new();
+    for json in runs.iter().filter_map(|r| r.tables_json.as_ref()).filter(|j| !j.is_null()) {
+        let some: Vec<crate::tables::records::Tables> =
+            serde_json::from_value(json.clone()).map_err(|e| sqlx::Error::Decode(Box::new(e)))?;
+        out.extend(some);
+    }
+    Ok(out)
 }
 
 /// At most `limit` of the org's runs, newest first, and only those older than the
@@ -325,7 +338,8 @@ pub async fn page(pool: &PgPool, org_id: i64, limit: i64, before: Option<&Record
         }
     }
     let next = crate::db::keyset_next(&mut runs, limit, |r| &r.id);
-    Ok(Some(Page { runs, next }))
+    let tables = tables_of(&runs)?;
+    Ok(Some(Page { runs, next, tables }))
 }
 
 /// The newest failed runs of every org with their org's slug, newest first: what a

@@ -21,7 +21,6 @@ pub fn backups_page(
     org_name: &str,
     ready: bool,
     page: &Page,
-    tables: &[Tables],
     message: Option<(bool, &str)>,
     viewer: Viewer<'_>,
     version: i64,
@@ -57,7 +56,7 @@ pub fn backups_page(
             }
             section {
                 h2.text-lg.font-semibold.mb-2 { "Export History" }
-                (history(viewer, page, tables, message, version))
+                (history(viewer, page, message, version))
             }
         },
     )
@@ -99,13 +98,7 @@ impl Viewer<'_> {
 /// org's history changed since `version` (a run created anywhere, deleted, or
 /// moved on): the answer is 204 with no body while nothing did, else this fragment
 /// again, which htmx swaps in.
-pub fn history(
-    viewer: Viewer<'_>,
-    page: &Page,
-    tables: &[Tables],
-    message: Option<(bool, &str)>,
-    version: i64,
-) -> Markup {
+pub fn history(viewer: Viewer<'_>, page: &Page, message: Option<(bool, &str)>, version: i64) -> Markup {
     let backups = routes::path(routes::ORG_BACKUPS, viewer.org_slug, None);
     let fragment = routes::path(routes::ORG_EXPORT_HISTORY, viewer.org_slug, None);
     let poll = match viewer.before {
@@ -129,7 +122,7 @@ pub fn history(
                         th scope="col" { "Rows" } th scope="col" { span.sr-only { "Actions" } }
                     } }
                     tbody {
-                        @for run in &page.runs { (row(viewer, run, tables)) }
+                        @for run in &page.runs { (row(viewer, run, &page.tables)) }
                     }
                 } }
             }

@@ -95,11 +95,9 @@ pub async fn page(
     // The version before the page: a change in between is caught by the next poll.
     let version = runs::history_version(&state.pool, org.org.id).await?;
     let page = history_page(&state, &org, &cursor).await?;
-    let tables = tables_of(&page.runs)?;
     let notice = notice_text(f.notice.as_deref());
     let csrf = CsrfToken(ctx.csrf.clone());
-    let body =
-        views::backups_page(&ctx, &org.org.name, ready, &page, &tables, notice, viewer(&csrf, &org, &cursor), version);
+    let body = views::backups_page(&ctx, &org.org.name, ready, &page, notice, viewer(&csrf, &org, &cursor), version);
     Ok(body.into_response())
 }
 
@@ -120,8 +118,7 @@ pub async fn history(
         return Ok(axum::http::StatusCode::NO_CONTENT.into_response());
     }
     let page = history_page(&state, &org, &cursor).await?;
-    let tables = tables_of(&page.runs)?;
-    Ok(no_store(views::history(viewer(&csrf, &org, &cursor), &page, &tables, None, version)))
+    Ok(no_store(views::history(viewer(&csrf, &org, &cursor), &page, None, version)))
 }
 
 /// `since` of the query: the history version the page shows.
@@ -165,8 +162,7 @@ async fn history_response(
 ) -> AppResult<Response> {
     let version = runs::history_version(&state.pool, org.org.id).await?;
     let page = history_page(state, org, cursor).await?;
-    let tables = tables_of(&page.runs)?;
-    Ok(no_store(views::history(viewer(csrf, org, cursor), &page, &tables, notice_text(notice), version)))
+    Ok(no_store(views::history(viewer(csrf, org, cursor), &page, notice_text(notice), version)))
 }
 
 /// GET /orgs/{org}/exports/{id}/row: one run's row, what a pending or running row
@@ -174,19 +170,8 @@ async fn history_response(
 /// token with the session (see `CsrfToken`).
 pub async fn row(AdminRun(org, run): AdminRun, csrf: CsrfToken) -> AppResult<Response> {
     // Its tables came with the run, in the same query.
-    let tables = tables_of(std::slice::from_ref(&run))?;
+    let tables = runs::tables_of(std::slice::from_ref(&run))?;
     Ok(no_store(views::row(viewer(&csrf, &org, &Cursor::first(views::HISTORY_LIMIT)), &run, &tables)))
-}
-
-/// The conversions into tables of `runs`, read with them (`Run::tables_json`).
-fn tables_of(runs: &[runs::Run]) -> AppResult<Vec<crate::tables::records::Tables>> {
-    let mut out = Vec::new();
-    for json in runs.iter().filter_map(|r| r.tables_json.as_ref()).filter(|j| !j.is_null()) {
-        let some: Vec<crate::tables::records::Tables> = serde_json::from_value(json.clone())
-            .map_err(|e| AppError::Internal(anyhow::anyhow!("reading the exports' tables: {e}")))?;
-        out.extend(some);
-    }
-    Ok(out)
 }
 
 /// POST /orgs/{org}/exports/{id}/tables/{format}: asks for the export's tables (a

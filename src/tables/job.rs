@@ -312,9 +312,9 @@ pub async fn request(
     }
     let job_id = Ulid::generate();
     let tables_id = Ulid::generate().to_string();
-    let inserted =
-        records::insert(&mut tx, &tables_id, org_id, export_id, format, user_id, &job_id.to_string(), rows_total)
-            .await?;
+    let job_text = job_id.to_string();
+    let new = records::New { id: &tables_id, org_id, export_id, format, user_id, job_id: &job_text, rows_total };
+    let inserted = records::insert(&mut tx, &new).await?;
     let queued = inserted || records::retry(&mut tx, org_id, export_id, format, user_id, &job_id.to_string()).await?;
     if queued {
         let id = if inserted {

@@ -132,18 +132,23 @@ pub async fn get_any(pool: &PgPool, id: &str) -> sqlx::Result<Option<Tables>> {
     sqlx::query_as(sqlx::AssertSqlSafe(format!("{} where t.id = $1", select()))).bind(id).fetch_optional(pool).await
 }
 
+/// A conversion to create.
+#[derive(Clone, Copy, Debug)]
+pub struct New<'a> {
+    pub id: &'a str,
+    pub org_id: i64,
+    pub export_id: &'a str,
+    pub format: Format,
+    pub user_id: i64,
+    pub job_id: &'a str,
+    /// The export's rows (for the progress).
+    pub rows_total: Option<i64>,
+}
+
 /// Creates the conversion row in the caller's transaction; `None` when the export
 /// has one in this format already.
-pub async fn insert(
-    conn: &mut sqlx::PgConnection,
-    id: &str,
-    org_id: i64,
-    export_id: &str,
-    format: Format,
-    user_id: i64,
-    job_id: &str,
-    rows_total: Option<i64>,
-) -> sqlx::Result<bool> {
+pub async fn insert(conn: &mut sqlx::PgConnection, new: &New<'_>) -> sqlx::Result<bool> {
+    let New { id, org_id, export_id, format, user_id, job_id, rows_total } = *new;
     let done = sqlx::query(
         "insert into export_tables (id, org_id, export_id, format, requested_by, job_id, rows_total)
          values ($1, $2, $3, $4, $5, $6, $7)

@@ -112,7 +112,10 @@ fn read_csv(body: &[u8]) -> (Vec<String>, HashMap<String, csv::StringRecord>, us
 }
 
 /// A Parquet table: its column names and physical types, and its rows keyed by `id`.
-fn read_parquet(body: Vec<u8>) -> (Vec<(String, String)>, HashMap<i64, Vec<(String, Field)>>, i64) {
+/// A Parquet row: its columns' names and values.
+type ParquetRow = Vec<(String, Field)>;
+
+fn read_parquet(body: Vec<u8>) -> (Vec<(String, String)>, HashMap<i64, ParquetRow>, i64) {
     let reader = SerializedFileReader::new(bytes::Bytes::from(body)).expect("a Parquet file");
     let meta = reader.metadata();
     let schema = meta.file_metadata().schema_descr();
