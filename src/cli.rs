@@ -1,4 +1,4 @@
-//! The command line: `data-export [serve|worker|migrate|seed|export|prune|schedule-now|verify-storage|verify|import|activate|token|org]`.
+//! The command line: `data-export [serve|worker|migrate|seed|export|prune|schedule-now|verify-storage|verify|convert|import|activate|token|org]`.
 
 use std::{io::Write, path::PathBuf, time::Duration};
 
@@ -79,6 +79,19 @@ pub enum Command {
         /// The SHA-256 recorded for it (the run's `sha256` in the API or history).
         #[arg(long)]
         sha256: Option<String>,
+    },
+    /// Convert a snapshot file into a zip of tables, one per section, for
+    /// spreadsheets or analysis (docs/tables-format.md). Needs no database; prints a
+    /// JSON line.
+    Convert {
+        /// The .json.gz file (as downloaded or written by `export --out`).
+        file: PathBuf,
+        /// `csv` (spreadsheets) or `parquet` (DuckDB, pandas, Polars).
+        #[arg(long = "to")]
+        to: String,
+        /// The zip to write (replaced only once the conversion is whole).
+        #[arg(long)]
+        out: PathBuf,
     },
     /// Restore a snapshot file into a new org, all or nothing (docs/restore.md);
     /// prints a JSON report.
@@ -247,6 +260,7 @@ pub async fn run(cli: Cli, config: Config) -> anyhow::Result<()> {
             outcome
         }
         Command::Verify { file, sha256 } => verify_file(&file, sha256.as_deref()).await,
+        Command::Convert { file, to, out } => convert_file(&file, &to, &out).await,
         Command::Import { file, org, name, dry_run } => import_file(config, &file, org, name, dry_run).await,
         Command::Token { command } => token(config, command).await,
         Command::Activate { org, email, all } => activate(config, &org, email, all).await,
@@ -595,4 +609,24 @@ async fn verify_file(file: &std::path::Path, sha256: Option<&str>) -> anyhow::Re
         }
         Err(e) => bail!("{} is not a valid snapshot: {e}", file.display()),
     }
+}
+
+/// `data-export convert FILE --to csv|parquet --out ZIP`: prints a JSON line, or
+/// fails with what is wrong and leaves no file at ZIP.
+async fn convert_file(file: &std::path::Path, to: &str, out: &std::path::Path) -> anyhow::Result<()> {
+    let Some(format) = crate::tables::Format::parse(to) else {
+        bail!("--to {to:?}: {}", crate::tables::FORMAT_HELP);
+    };
+    let started = std::time::Instant::now();
+    let (input, output) = (file.to_path_buf(), out.to_path_buf());
+    let summary = tokio::task::spawn_blocking(move || crate::tables::convert_file(&input, format, &output))
+        .await?
+        .with_context(|| format!("cannot convert {}", file.display()))?;
+    let size = std::fs::metadata(out).map(|m| m.len()).unwrap_or(0);
+    println!(
+        "{}",
+        serde_json::json!({ "ok": true, "file": file.display().to_string(), "out": out.display().to_string(),
+            "size_bytes": size, "seconds": to_ms(started.elapsed().as_secs_f64()), "summary": summary })
+    );
+    Ok(())
 }

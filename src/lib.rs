@@ -28,6 +28,7 @@ pub mod snapshot;
 pub mod startup;
 pub mod state;
 pub mod storage;
+pub mod tables;
 pub mod telemetry;
 pub mod views;
 pub mod web;

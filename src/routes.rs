@@ -20,6 +20,10 @@ pub const ORG_EXPORT_DELETE: &str = "/orgs/{org}/exports/{id}/delete";
 pub const ORG_EXPORT_VERIFY: &str = "/orgs/{org}/exports/{id}/verify";
 pub const ORG_EXPORT_ROW: &str = "/orgs/{org}/exports/{id}/row";
 pub const ORG_EXPORT_CANCEL: &str = "/orgs/{org}/exports/{id}/cancel";
+/// An export's tables (`{format}`: `csv` or `parquet`): POST asks for them, the
+/// download redirects to the zip.
+pub const ORG_EXPORT_TABLES: &str = "/orgs/{org}/exports/{id}/tables/{format}";
+pub const ORG_EXPORT_TABLES_DOWNLOAD: &str = "/orgs/{org}/exports/{id}/tables/{format}/download";
 pub const ORG_NOTIFICATIONS: &str = "/orgs/{org}/settings/notifications";
 pub const ORG_WEBHOOK_TEST: &str = "/orgs/{org}/settings/notifications/{id}/test";
 pub const ORG_WEBHOOK_ROTATE: &str = "/orgs/{org}/settings/notifications/{id}/rotate";
@@ -63,6 +67,9 @@ pub const API_EXPORT: &str = "/orgs/{org}/exports/{id}";
 pub const API_EXPORT_DOWNLOAD: &str = "/orgs/{org}/exports/{id}/download";
 pub const API_EXPORT_VERIFY: &str = "/orgs/{org}/exports/{id}/verify";
 pub const API_EXPORT_CANCEL: &str = "/orgs/{org}/exports/{id}/cancel";
+pub const API_EXPORT_TABLES: &str = "/orgs/{org}/exports/{id}/tables";
+pub const API_EXPORT_TABLE: &str = "/orgs/{org}/exports/{id}/tables/{format}";
+pub const API_EXPORT_TABLE_DOWNLOAD: &str = "/orgs/{org}/exports/{id}/tables/{format}/download";
 pub const API_WEBHOOKS: &str = "/orgs/{org}/webhooks";
 pub const API_WEBHOOK: &str = "/orgs/{org}/webhooks/{id}";
 pub const API_WEBHOOK_ROTATE: &str = "/orgs/{org}/webhooks/{id}/rotate";
@@ -85,6 +92,11 @@ pub fn path(pattern: &str, org: &str, id: Option<&str>) -> String {
         Some(id) => p.replace("{id}", id),
         None => p,
     }
+}
+
+/// A pattern with `{format}` filled (after [`path`]).
+pub fn with_format(path: &str, format: &str) -> String {
+    path.replace("{format}", format)
 }
 
 /// `/orgs/{org}/settings/modules`.

@@ -20,6 +20,7 @@ use crate::{
     platform::{buckets::BucketCheckJob, pruner::PruneJob, scheduler::SlotJob},
     privacy::PrivacyJob,
     state::AppState,
+    tables::job::TablesJob,
     webhooks::delivery::DeliveryJob,
 };
 
@@ -58,6 +59,7 @@ pub fn queues() -> Vec<Queue> {
         queue::<DeliveryJob>(()),
         queue::<MailJob>(()),
         queue::<BucketCheckJob>(()),
+        queue::<TablesJob>(()),
     ]
 }
 

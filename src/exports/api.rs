@@ -120,3 +120,64 @@ pub async fn cancel(
     let run = super::cancel(&state, &org, &id).await?;
     Ok(Json(run.api_json(org.user.is_platform_admin)))
 }
+
+/// The body of a request for tables.
+#[derive(serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct TablesBody {
+    format: String,
+}
+
+/// POST /api/v1/orgs/{org}/exports/{id}/tables `{"format":"csv"|"parquet"}` -> 202
+/// with the conversion (queued now, or the one already queued, running or
+/// completed; a failed one is queued again). 400 for another body; 409 while the
+/// export is not completed.
+pub async fn tables_request(
+    ApiFilesAdmin(org): ApiFilesAdmin,
+    State(state): State<AppState>,
+    ApiRecordId(id): ApiRecordId,
+    body: Bytes,
+) -> ApiResult<Response> {
+    // An unknown export first: another org's id is 404 whatever the body.
+    super::tables::check_export(&state, &org, &id).await?;
+    let format = match serde_json::from_slice::<TablesBody>(&body) {
+        Ok(b) => data_format(&b.format)?,
+        Err(e) => {
+            return Err(AppError::BadRequest(format!(
+                "The body must be {{\"format\": \"csv\"}} or {{\"format\": \"parquet\"}} ({e})."
+            ))
+            .into());
+        }
+    };
+    let (tables, _queued) = super::tables::request(&state, &org, &id, format, "api").await?;
+    Ok((StatusCode::ACCEPTED, Json(tables.api_json())).into_response())
+}
+
+fn data_format(raw: &str) -> Result<crate::tables::Format, AppError> {
+    crate::tables::Format::parse(raw)
+        .ok_or_else(|| AppError::BadRequest(format!("Unknown format {raw:?}: {}.", crate::tables::FORMAT_HELP)))
+}
+
+/// GET /api/v1/orgs/{org}/exports/{id}/tables/{format} -> 200 the conversion's state;
+/// 404 when none was asked for.
+pub async fn tables_status(
+    ApiFilesAdmin(org): ApiFilesAdmin,
+    State(state): State<AppState>,
+    ApiRecordId(id): ApiRecordId,
+    super::tables::ApiFormatParam(format): super::tables::ApiFormatParam,
+) -> ApiResult<Json<serde_json::Value>> {
+    let tables = super::tables::status(&state, &org, &id, format).await?;
+    Ok(Json(tables.api_json()))
+}
+
+/// GET /api/v1/orgs/{org}/exports/{id}/tables/{format}/download -> 303 to a presigned
+/// URL of the zip once the conversion has completed; 409 before.
+pub async fn tables_download(
+    ApiFilesAdmin(org): ApiFilesAdmin,
+    State(state): State<AppState>,
+    ApiRecordId(id): ApiRecordId,
+    super::tables::ApiFormatParam(format): super::tables::ApiFormatParam,
+) -> ApiResult<Response> {
+    let url = super::tables::download_url(&state, &org, &id, format, "api").await?;
+    Ok(see_other(&url))
+}

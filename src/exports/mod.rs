@@ -9,6 +9,7 @@ pub mod org_snapshot;
 pub mod runs;
 pub mod start;
 pub mod stuck;
+pub mod tables;
 pub mod views;
 pub mod web;
 
@@ -247,6 +248,10 @@ impl Drop for OrgVerifying {
 pub async fn delete(state: &AppState, ctx: &OrgCtx, id: &RecordId) -> Result<(), AppError> {
     let run = runs::get(&state.pool, ctx.org.id, id).await?.ok_or(AppError::NotFound)?;
     if run.status == runs::RunStatus::Deleted {
+        // Again: its tables may have been left by a delete that stopped half-way.
+        if let Some(key) = run.object_key.as_deref() {
+            crate::tables::job::remove_of_export(state, &ctx.org.bucket, key, &run.id).await?;
+        }
         return Ok(());
     }
     let Some(key) = run.completed_key() else {
@@ -257,6 +262,9 @@ pub async fn delete(state: &AppState, ctx: &OrgCtx, id: &RecordId) -> Result<(),
     };
     state.storage.delete(&ctx.org.bucket, key).await?;
     runs::mark_deleted(&state.pool, ctx.org.id, &run.id).await?;
+    // Its tables go with it (after the mark: a conversion asked for meanwhile finds
+    // the export deleted, or is removed here).
+    crate::tables::job::remove_of_export(state, &ctx.org.bucket, key, &run.id).await?;
     crate::audit::write(
         &state.pool,
         Some(ctx.org.id),

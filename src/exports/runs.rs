@@ -78,6 +78,11 @@ pub struct Run {
     /// Who cancelled it (an org admin), when it was cancelled.
     #[serde(skip)]
     pub cancelled_by: Option<i64>,
+    /// Its conversions into tables, as a JSON array, where the query reads them with
+    /// the run ([`in_org_select`], the row's poll); `None` elsewhere.
+    #[serde(skip)]
+    #[sqlx(default)]
+    pub tables_json: Option<serde_json::Value>,
 }
 
 impl Run {
@@ -191,7 +196,8 @@ pub async fn get(pool: &PgPool, org_id: i64, id: &RecordId) -> sqlx::Result<Opti
 /// of the org `o.id`: the row a running export's page polls comes with the user in
 /// one query.
 pub fn in_org_select() -> String {
-    format!("{SELECT} where r.id = $3 and r.org_id = o.id")
+    let tables = crate::tables::records::json_of_export("x.id", "x.org_id");
+    format!("select x.*, {tables} as tables_json from ({SELECT} where r.id = $3 and r.org_id = o.id) x")
 }
 
 /// A run by id, whatever its org (for the job).
@@ -287,17 +293,33 @@ pub struct Page {
     pub runs: Vec<Run>,
     /// The last run's id while older runs remain: the next page's `before`.
     pub next: Option<String>,
+    /// The runs' conversions into tables (read in the same statement).
+    pub tables: Vec<crate::tables::records::Tables>,
+}
+
+/// The conversions into tables read with `runs` (`Run::tables_json`).
+pub fn tables_of(runs: &[Run]) -> sqlx::Result<Vec<crate::tables::records::Tables>> {
+    let mut out = Vec::new();
+    for json in runs.iter().filter_map(|r| r.tables_json.as_ref()).filter(|j| !j.is_null()) {
+        let some: Vec<crate::tables::records::Tables> =
+            serde_json::from_value(json.clone()).map_err(|e| sqlx::Error::Decode(Box::new(e)))?;
+        out.extend(some);
+    }
+    Ok(out)
 }
 
 /// At most `limit` of the org's runs, newest first, and only those older than the
 /// run `before` (keyset paging on `(created_at, id)`, so runs created meanwhile
 /// shift nothing). `None` when `before` is not a run of this org.
 pub async fn page(pool: &PgPool, org_id: i64, limit: i64, before: Option<&RecordId>) -> sqlx::Result<Option<Page>> {
+    // With each run's conversions into tables, in the same statement.
+    let tables = crate::tables::records::json_of_export("x.id", "x.org_id");
     let mut runs: Vec<Run> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
-        "{SELECT} where r.org_id = $1
+        "select x.*, {tables} as tables_json from ({SELECT} where r.org_id = $1
            and ($3::text is null
                 or (r.created_at, r.id) < (select b.created_at, b.id from export_runs b where b.id = $3 and b.org_id = $1))
-         order by r.created_at desc, r.id desc limit $2"
+         order by r.created_at desc, r.id desc limit $2) x
+         order by x.created_at desc, x.id desc"
     )))
     .bind(org_id)
     .bind(limit + 1)
@@ -316,7 +338,8 @@ pub async fn page(pool: &PgPool, org_id: i64, limit: i64, before: Option<&Record
         }
     }
     let next = crate::db::keyset_next(&mut runs, limit, |r| &r.id);
-    Ok(Some(Page { runs, next }))
+    let tables = tables_of(&runs)?;
+    Ok(Some(Page { runs, next, tables }))
 }
 
 /// The newest failed runs of every org with their org's slug, newest first: what a

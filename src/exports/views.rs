@@ -3,7 +3,14 @@
 use maud::{Markup, html};
 
 use super::runs::{Page, Run, RunStatus};
-use crate::{routes, views::PageCtx};
+use crate::{
+    routes,
+    tables::{
+        Format,
+        records::{Tables, TablesStatus},
+    },
+    views::PageCtx,
+};
 
 /// Rows shown in the history.
 pub const HISTORY_LIMIT: i64 = 50;
@@ -115,7 +122,7 @@ pub fn history(viewer: Viewer<'_>, page: &Page, message: Option<(bool, &str)>, v
                         th scope="col" { "Rows" } th scope="col" { span.sr-only { "Actions" } }
                     } }
                     tbody {
-                        @for run in &page.runs { (row(viewer, run)) }
+                        @for run in &page.runs { (row(viewer, run, &page.tables)) }
                     }
                 } }
             }
@@ -137,10 +144,14 @@ pub fn history(viewer: Viewer<'_>, page: &Page, message: Option<(bool, &str)>, v
 /// One run's row. While the run is pending or running the row replaces itself with
 /// a fresh copy every 2 s, and stops once the run has finished: a poll is one row,
 /// not the whole history.
-pub fn row(viewer: Viewer<'_>, run: &Run) -> Markup {
+/// `tables` may hold other runs' conversions: the row shows its own. A completed
+/// export offers its tables (CSV, Parquet), and polls while one is being made.
+pub fn row(viewer: Viewer<'_>, run: &Run, tables: &[Tables]) -> Markup {
     let Viewer { csrf, org_slug, detail, .. } = viewer;
     let badge = format!("badge badge-{}", run.status);
-    let poll = run.is_active().then(|| routes::path(routes::ORG_EXPORT_ROW, org_slug, Some(&run.id)));
+    let own: Vec<&Tables> = tables.iter().filter(|t| t.export_id == run.id).collect();
+    let converting = own.iter().any(|t| t.status.is_active());
+    let poll = (run.is_active() || converting).then(|| routes::path(routes::ORG_EXPORT_ROW, org_slug, Some(&run.id)));
     html! {
         tr data-export-id=(run.id) data-status=(run.status.as_str())
             hx-get=[poll.as_deref()] hx-trigger=[poll.is_some().then_some("every 2s")] hx-target=[poll.is_some().then_some("this")] {
@@ -197,6 +208,9 @@ pub fn row(viewer: Viewer<'_>, run: &Run) -> Markup {
                             (crate::auth::csrf::hidden_field(csrf))
                             button.btn.btn-danger type="submit" { "Delete" }
                         }
+                        @for format in Format::ALL {
+                            (tables_action(viewer, run, format, own.iter().copied().find(|t| t.format() == format)))
+                        }
                         @if viewer.on {
                             form method="post" action=(viewer.on_this_page(routes::ORG_EXPORT_VERIFY, Some(&run.id)))
                                 hx-post=(viewer.on_this_page(routes::ORG_EXPORT_VERIFY, Some(&run.id))) {
@@ -208,6 +222,53 @@ pub fn row(viewer: Viewer<'_>, run: &Run) -> Markup {
                 }
             }
         }
+    }
+}
+
+/// A completed export's tables in one format: a button that asks for them, their
+/// progress while they are made, their download once made, or why they failed with a
+/// button that tries again.
+fn tables_action(viewer: Viewer<'_>, run: &Run, format: Format, tables: Option<&Tables>) -> Markup {
+    let path = routes::path(routes::ORG_EXPORT_TABLES, viewer.org_slug, Some(&run.id));
+    let request = routes::with_format(&path, format.as_str());
+    let action = match viewer.before {
+        Some(before) => format!("{request}?before={before}"),
+        None => request,
+    };
+    let download = routes::with_format(
+        &routes::path(routes::ORG_EXPORT_TABLES_DOWNLOAD, viewer.org_slug, Some(&run.id)),
+        format.as_str(),
+    );
+    let ask = |label: String| {
+        html! {
+            form method="post" action=(action) hx-post=(action) data-tables=(format.as_str()) {
+                (crate::auth::csrf::hidden_field(viewer.csrf))
+                button.btn.btn-secondary type="submit" title="Made once, then kept beside the export until it is deleted" { (label) }
+            }
+        }
+    };
+    match tables {
+        None => ask(format!("Download as {}", format.label())),
+        Some(t) if t.status == TablesStatus::Completed => html! {
+            a.btn.btn-secondary href=(download) rel="noreferrer" data-tables=(format.as_str()) data-status="completed" {
+                "Download as " (format.label())
+                @if let Some(n) = t.size_bytes { " (" (human_bytes(n)) ")" }
+            }
+        },
+        Some(t) if t.status.is_active() => html! {
+            span.text-xs.text-slate-600.whitespace-nowrap data-tables=(format.as_str()) data-status=(t.status.as_str()) {
+                (format.as_str().to_uppercase()) " tables: " (t.status.as_str())
+                @if let Some(p) = t.progress().filter(|_| t.status == TablesStatus::Running) { " " (format!("{:.0}%", p * 100.0)) }
+            }
+        },
+        Some(t) => html! {
+            div data-tables=(format.as_str()) data-status="failed" {
+                (ask(format!("Try {} again", format.label())))
+                @if let Some(e) = t.error.as_deref() {
+                    p.text-xs.text-red-700.mt-1 data-error="tables" { (format.as_str().to_uppercase()) " tables failed: " (e) }
+                }
+            }
+        },
     }
 }
 

@@ -72,6 +72,12 @@ fn notice_text(code: Option<&str>) -> Option<(bool, &'static str)> {
             "This organization has used up its manual exports for the last 24 hours. The scheduled exports go on; try again later.",
         )),
         "already_finished" => Some((false, "That export had already finished; there was nothing to cancel.")),
+        "tables_queued" => {
+            Some((true, "The tables are being made. Their row shows the progress; download them when it says so."))
+        }
+        "tables_already" => Some((true, "Those tables are being made already.")),
+        "tables_ready" => Some((true, "Those tables are ready: use their download link.")),
+        "tables_not_completed" => Some((false, "Only a completed export can be converted into tables.")),
         _ => None,
     }
 }
@@ -163,7 +169,44 @@ async fn history_response(
 /// polls every 2 s: one query. `AdminRun` comes before the token: it reads the
 /// token with the session (see `CsrfToken`).
 pub async fn row(AdminRun(org, run): AdminRun, csrf: CsrfToken) -> AppResult<Response> {
-    Ok(no_store(views::row(viewer(&csrf, &org, &Cursor::first(views::HISTORY_LIMIT)), &run)))
+    // Its tables came with the run, in the same query.
+    let tables = runs::tables_of(std::slice::from_ref(&run))?;
+    Ok(no_store(views::row(viewer(&csrf, &org, &Cursor::first(views::HISTORY_LIMIT)), &run, &tables)))
+}
+
+/// POST /orgs/{org}/exports/{id}/tables/{format}: asks for the export's tables (a
+/// second click while they are being made changes nothing); the row then shows
+/// their progress.
+pub async fn tables_request(
+    csrf: CsrfToken,
+    headers: HeaderMap,
+    FilesAdmin(org): FilesAdmin,
+    State(state): State<AppState>,
+    id: RecordId,
+    super::tables::FormatParam(format): super::tables::FormatParam,
+    RawQuery(query): RawQuery,
+) -> AppResult<Response> {
+    let cursor = history_cursor(query.as_deref())?;
+    let notice = match super::tables::request(&state, &org, &id, format, "web").await {
+        Ok((_, true)) => "tables_queued",
+        Ok((t, false)) if t.status == crate::tables::records::TablesStatus::Completed => "tables_ready",
+        Ok(_) => "tables_already",
+        Err(AppError::InConflict(_)) => "tables_not_completed",
+        Err(e) => return Err(e),
+    };
+    answer(&csrf, &headers, &state, &org, notice, &cursor).await
+}
+
+/// GET /orgs/{org}/exports/{id}/tables/{format}/download: 303 to a fresh presigned
+/// URL of the zip; 409 while it is not made.
+pub async fn tables_download(
+    FilesAdmin(org): FilesAdmin,
+    State(state): State<AppState>,
+    id: RecordId,
+    super::tables::FormatParam(format): super::tables::FormatParam,
+) -> AppResult<Response> {
+    let url = super::tables::download_url(&state, &org, &id, format, "web").await?;
+    Ok(see_other(&url))
 }
 
 /// The run `{id}` of the org in the path, for an org admin with the module on, as

@@ -67,6 +67,7 @@ pub const EXCLUDED: &[(&str, &str)] = &[
     ("org_modules", "module switches are written to the snapshot's `modules` object instead"),
     ("org_backup_status", "the platform's record of the org's backups (its health), not the org's records"),
     ("health_notices", "what platform admins were told about the org's backups"),
+    ("export_tables", "conversions of the org's exports into tables, the export machinery's own bookkeeping"),
     ("mail_messages", "mails to people about the org (its exports, its webhooks), not the org's records"),
 ];
 

@@ -172,6 +172,18 @@ async fn prune_org(
         rows.iter().map(|(id, at, key)| (id.as_str(), (at, key.as_str()))).collect();
     for d in decide(settings, &rows).into_iter().filter(|d| !d.is_kept()) {
         let Some((at, key)) = keys.get(d.id.as_str()) else { continue };
+        // Its tables (CSV, Parquet zips) first: a failure leaves the export, and so
+        // both, to the next prune.
+        if let Err(e) = crate::tables::job::remove_of_export(state, bucket, key, &d.id).await {
+            tracing::warn!(
+                org = slug,
+                export_id = d.id,
+                error = format!("{e:#}"),
+                "could not remove a pruned export's tables"
+            );
+            failures.push(format!("{slug}/{} (tables): {e:#}", d.id));
+            continue;
+        }
         if let Err(e) = state.storage.delete(bucket, key).await {
             tracing::warn!(
                 org = slug,
@@ -195,6 +207,15 @@ async fn prune_org(
                 .await?;
         }
         tx.commit().await?;
+        // Tables asked for while it was being removed go too (best effort: see above).
+        if let Err(e) = crate::tables::job::remove_of_export(state, bucket, key, &d.id).await {
+            tracing::warn!(
+                org = slug,
+                export_id = d.id,
+                error = format!("{e:#}"),
+                "could not remove a pruned export's tables"
+            );
+        }
         if marked {
             tracing::info!(org = slug, export_id = d.id, scheduled_for = %at, "export pruned");
             removed.push(Removed { org: slug.to_string(), export_id: d.id.clone(), scheduled_for: **at });

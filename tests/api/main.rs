@@ -26,6 +26,7 @@ mod restore;
 mod seed;
 mod sessions;
 mod soak;
+mod tables;
 mod tokens;
 mod webhooks;
 mod zero_config;
