@@ -398,7 +398,7 @@ impl FromRequestParts<AppState> for ApiOrgAdmin {
 /// What a request may do in an org that is closing (docs/runbooks/offboarding.md):
 /// its members nothing at all; its admins only read and download its exports (every
 /// GET under the org's `exports`, in the pages and in the API, whatever is added
-/// there), turn an export into tables (`POST .../exports/{id}/tables`), and see or
+/// there, and the Backups & Export page that shows them), turn an export into tables (`POST .../exports/{id}/tables`), and see or
 /// cancel the closing (and ask again, which answers 409). Everything else answers 403 saying why.
 /// An org that is not closing passes unchanged.
 pub fn closing_gate(parts: &Parts, ctx: OrgCtx) -> Result<OrgCtx, AppError> {
@@ -439,8 +439,11 @@ pub fn closing_allows(method: &http::Method, path: &str, slug: &str) -> bool {
     // Turning an export into tables (`exports/{id}/tables`, CSV or Parquet) writes
     // only beside that export, so the final export's tables can still be had.
     let segments: Vec<&str> = rest.split('/').collect();
-    let tables = matches!(segments.as_slice(), ["exports", _, "tables"]);
-    (reads && (rest == "exports" || rest.starts_with("exports/") || rest == closing_page))
+    let tables = matches!(segments.as_slice(), ["exports", _, "tables"] | ["exports", _, "tables", "csv" | "parquet"]);
+    // The Backups & Export page is where the history's downloads and tables buttons
+    // are; its other actions are POSTs, refused here.
+    let backups_page = crate::routes::ORG_BACKUPS.trim_start_matches("/orgs/{org}/");
+    (reads && (rest == "exports" || rest.starts_with("exports/") || rest == closing_page || rest == backups_page))
         || (*method == http::Method::POST && (closing_actions.contains(&rest) || tables))
 }
 
@@ -457,12 +460,14 @@ mod closing_tests {
             (Method::GET, "/api/v1/orgs/acme/exports"),
             (Method::GET, "/api/v1/orgs/acme/exports/01J/tables/csv/download"),
             (Method::GET, "/orgs/acme/settings/close"),
+            (Method::GET, "/orgs/acme/settings/backups"),
             (Method::POST, "/orgs/acme/settings/close"),
             (Method::POST, "/orgs/acme/settings/close/reopen"),
             (Method::POST, "/api/v1/orgs/acme/reopen"),
             (Method::POST, "/api/v1/orgs/acme/close"),
             (Method::POST, "/api/v1/orgs/acme/exports/01J/tables"),
-            (Method::POST, "/orgs/acme/exports/01J/tables"),
+            (Method::POST, "/orgs/acme/exports/01J/tables/csv"),
+            (Method::POST, "/orgs/acme/exports/01J/tables/parquet"),
         ];
         for (m, p) in ok {
             assert!(closing_allows(&m, p, "acme"), "{m} {p}");
@@ -472,9 +477,9 @@ mod closing_tests {
             (Method::POST, "/api/v1/orgs/acme/exports"),
             (Method::DELETE, "/api/v1/orgs/acme/exports/01J"),
             (Method::POST, "/orgs/acme/exports/01J/delete"),
-            (Method::POST, "/api/v1/orgs/acme/exports/01J/tables/csv"),
+            (Method::POST, "/orgs/acme/exports/01J/tables/xlsx"),
             (Method::POST, "/api/v1/orgs/acme/exports/01J/cancel"),
-            (Method::GET, "/orgs/acme/settings/backups"),
+            (Method::POST, "/orgs/acme/settings/backups"),
             (Method::GET, "/orgs/acme/settings/modules"),
             (Method::GET, "/api/v1/orgs/acme/webhooks"),
             (Method::GET, "/orgs/acme2/exports/history"),

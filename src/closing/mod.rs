@@ -191,9 +191,40 @@ pub async fn close(
     .bind(&run_id)
     .execute(&mut *tx)
     .await?;
+    // Nobody is left to find out by chance: every admin of the org and every
+    // platform admin is told now, with the grace period and how to cancel (the
+    // review of issue 32: members are shut out at once, and the erasure cannot be undone).
+    let admins = crate::mail::org_admins(&mut tx, org.id).await?;
+    let platform = crate::mail::platform_admins(&mut tx).await?;
+    let message = requested_mail(&state.config.public_url, &org, grace, by.email.as_deref());
+    let mut told = std::collections::BTreeSet::new();
+    for user_id in admins.into_iter().chain(platform) {
+        if told.insert(user_id) {
+            crate::mail::enqueue(&mut tx, user_id, &message).await?;
+        }
+    }
     tx.commit().await?;
     tracing::info!(org = %org.slug, final_export = %run_id, grace_days = grace, "organization closing");
     find(&state.pool, slug).await?.ok_or(AppError::NotFound)
+}
+
+/// The mail that a closing was asked for: when the erasure comes and how to cancel it.
+fn requested_mail(public_url: &str, org: &OrgClosing, grace: i32, by: Option<&str>) -> crate::mail::Message {
+    let page = crate::routes::path(crate::routes::ORG_CLOSE, &org.slug, None);
+    crate::mail::Message {
+        kind: crate::mail::Kind::OrgClosed,
+        subject: format!("{} is closing: its data will be erased", org.name),
+        text: format!(
+            "{who} asked to close the organization {name} ({slug}).\n\n\
+             A final export is being made. Once it is verified, the organization's data is kept for \
+             {grace} more days and then erased from this platform for good. Its members can no longer \
+             use it; its admins can download the final export and its tables, or cancel the closing, at\n\
+             {public_url}{page}\n",
+            who = by.unwrap_or("Someone on the command line"),
+            name = org.name,
+            slug = org.slug,
+        ),
+    }
 }
 
 /// The 409 for an org that is not active.

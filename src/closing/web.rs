@@ -219,7 +219,11 @@ async fn view(
                     }
                     @if let Some(e) = &org.close_error { p.text-sm.text-red-700.mb-3 data-close-error { (e) } }
                     @if side == Side::Org {
-                        p.text-sm.text-slate-600.mb-3 { "The download link is made for you when you click it and works for 15 minutes. Members can no longer use the organization." }
+                        p.text-sm.text-slate-600.mb-3 {
+                            "The download link is made for you when you click it and works for 15 minutes. The final export's tables (CSV or Parquet) are on "
+                            a.text-blue-700.hover:underline href=(routes::path(routes::ORG_BACKUPS, &org.slug, None)) { "Backups & Export" }
+                            ". Members can no longer use the organization."
+                        }
                     }
                     form method="post" action=(reopen_url) {
                         (ctx.csrf_field())

@@ -192,7 +192,8 @@ pub async fn lock_accounts(conn: &mut PgConnection) -> anyhow::Result<()> {
              select u.id from users u
              where u.id in (select new from import_users where not created and new is not null)
              order by u.id for key share)
-         select (select count(*) from import_users where not created and new is not null), (select count(*) from locked)",
+         select (select count(distinct new) from import_users where not created and new is not null),
+                (select count(*) from locked)",
     )
     .fetch_one(&mut *conn)
     .await?;

@@ -350,6 +350,10 @@ fn readme(summary: &Summary) -> String {
             "The .csv files are RFC 4180 CSV in UTF-8 with a header row. An empty field is\n\
              null (or an empty text); booleans are true/false; times are RFC 3339 in UTC;\n\
              jsonb columns hold JSON text.\n\n\
+             The values are the members' own text, unchanged: a cell that starts with =, +,\n\
+             - or @ is a formula to a spreadsheet. Open the files as text (Calc: untick\n\
+             \"Evaluate formulas\"; Excel: import through Data > From Text/CSV, not by\n\
+             double-click) when the data may hold such values.\n\n\
              Spreadsheets: LibreOffice Calc opens a .csv directly (choose UTF-8 and comma).\n\
              Excel: Data > From Text/CSV, File origin 65001: Unicode (UTF-8).\n\
              DuckDB: select * from read_csv('memberships.csv');\n\

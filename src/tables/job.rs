@@ -373,9 +373,12 @@ pub async fn download_url(
 /// their rows. A conversion running meanwhile finds its row gone and removes its own
 /// zip.
 pub async fn remove_of_export(state: &AppState, bucket: &str, export_key: &str, export_id: &str) -> anyhow::Result<()> {
+    // The rows first: a conversion that finishes after this finds its row gone and
+    // removes its own zip; the objects second, so a zip completed just before is gone
+    // too (the other order left such a zip with no row to find it by).
+    records::remove_of_export(&state.pool, export_id).await?;
     for format in Format::ALL {
         state.storage.delete(bucket, &super::object_key(export_key, format)).await?;
     }
-    records::remove_of_export(&state.pool, export_id).await?;
     Ok(())
 }

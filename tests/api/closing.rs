@@ -108,6 +108,16 @@ async fn closing_erases_every_row_and_the_bucket_keeps_a_receipt_and_finishes_af
     assert_eq!(answer["grace_days"], 30);
     let final_id = answer["final_export_id"].as_str().unwrap().to_string();
     assert_eq!(admin.post_json("/orgs/acme/close", &json!({ "confirm": "acme" })).await.status(), 409);
+    // Every admin of the org and every platform admin is told at once, once.
+    let told: Vec<(String,)> = sqlx::query_as(
+        "select u.email from mail_messages m join users u on u.id = m.user_id
+         where m.kind = 'org_closed' and m.subject like '% is closing: %' order by u.email",
+    )
+    .fetch_all(app.pool())
+    .await
+    .unwrap();
+    let told: Vec<String> = told.into_iter().map(|(e,)| e).collect();
+    assert_eq!(told, ["admin@acme.test", "platform@example.test"], "the closing's mail");
     let run = app.wait_for_run(&final_id, Duration::from_secs(60)).await;
     assert_eq!(run.status, "completed");
 
@@ -125,7 +135,13 @@ async fn closing_erases_every_row_and_the_bucket_keeps_a_receipt_and_finishes_af
     assert_eq!(admin.get(&format!("/orgs/acme/exports/{final_id}/download")).await.status(), 303);
     assert_eq!(admin.get("/orgs/acme/exports").await.status(), 200);
     let admin_page = app.login("admin@acme.test").await;
-    assert_eq!(admin_page.get("/orgs/acme/settings/backups").await.status(), 403);
+    // The Backups & Export page stays readable (its history has the downloads and
+    // the tables buttons); making tables of the final export from the page works.
+    assert_eq!(admin_page.get("/orgs/acme/settings/backups").await.status(), 200);
+    let tables = admin_page.post_form(&format!("/orgs/acme/exports/{final_id}/tables/csv"), &[]).await;
+    assert!(tables.status().is_success() || tables.status().is_redirection(), "{}", tables.status());
+    assert_eq!(member_page.get("/orgs/acme/settings/backups").await.status(), 403);
+    assert_eq!(member_page.post_form(&format!("/orgs/acme/exports/{final_id}/tables/csv"), &[]).await.status(), 403);
     assert_eq!(admin_page.get("/orgs/acme/settings/modules").await.status(), 403);
     let page = admin_page.get("/orgs/acme/settings/close").await;
     assert_eq!(page.status(), 200);
@@ -248,7 +264,8 @@ async fn closing_erases_every_row_and_the_bucket_keeps_a_receipt_and_finishes_af
 
     // Mailed to acme's admin (as they were) and the platform admins; audited in the platform's log.
     let mailed: Vec<String> = sqlx::query_scalar(
-        "select recipient from mail_messages where kind = 'org_closed' and org_id is null order by recipient",
+        "select recipient from mail_messages where kind = 'org_closed' and org_id is null
+         and subject like '% was closed and its data erased' order by recipient",
     )
     .fetch_all(app.pool())
     .await

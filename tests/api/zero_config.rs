@@ -232,9 +232,8 @@ async fn the_storage_client_speaks_https_with_ring() {
     std::fs::write(&ca_file, ca.pem()).unwrap();
 
     // TLS in front of an embedded endpoint: every connection is decrypted and passed on.
-    let s3 = data_export::storage::EmbeddedS3::start(&dir.join("storage"), "127.0.0.1:0".parse().unwrap())
-        .await
-        .unwrap();
+    let s3 =
+        data_export::storage::EmbeddedS3::start(&dir.join("storage"), "127.0.0.1:0".parse().unwrap()).await.unwrap();
     let plain = s3.addr();
     let tls = rustls::ServerConfig::builder()
         .with_no_client_auth()
