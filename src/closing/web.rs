@@ -177,7 +177,8 @@ async fn view(
                     p.text-sm.text-slate-700.mb-2 {
                         "Closing an organization is for good. First a final export is made and verified. Then, for "
                         strong { (grace) " days" } ", the organization is closing: its members can no longer use it, "
-                        "and its admins can only download the final export or cancel the closing. After that, every row "
+                        "and its admins can only download the final export (and its tables) or cancel the closing. Every "
+                        "admin of it and the platform admins are mailed at once. After that, every row "
                         "of the organization and its storage bucket are erased; people's accounts stay. A receipt is "
                         "kept and mailed to its admins and the platform admins. The slug is never given to another "
                         "organization."
