@@ -166,6 +166,14 @@ impl<W: Write + Seek + Send> Tables<W> {
             let known: BTreeSet<&str> = table.columns.iter().map(|(n, _)| *n).collect();
             let extra = self.ignored.entry(section.to_string()).or_default();
             extra.extend(map.keys().filter(|k| !known.contains(k.as_str())).cloned());
+            // Listed in the manifest, so bounded: a file with ever new names is not
+            // a snapshot of this platform (review of issue 32).
+            if extra.len() > MAX_IGNORED_COLUMNS || extra.iter().map(String::len).sum::<usize>() > 64 * 1024 {
+                return Err(ConvertError::Input(format!(
+                    "section {section} has more than {MAX_IGNORED_COLUMNS} unknown columns (or their names exceed \
+                     64 KiB): this is not a snapshot of this platform"
+                )));
+            }
         }
         match open {
             Open::Csv(t) => t.row(&cells).map_err(out_err)?,
@@ -336,6 +344,9 @@ fn manifest(
         "ignored_columns": ignored,
     })
 }
+
+/// The most unknown column names a section may carry (they are listed in the manifest).
+const MAX_IGNORED_COLUMNS: usize = 256;
 
 /// `README.txt`: how to open the tables.
 fn readme(summary: &Summary) -> String {
