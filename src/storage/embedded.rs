@@ -155,7 +155,10 @@ impl Downloads {
     /// Answers a presigned download (see [`Downloads::wants`]); the signature, its
     /// expiry and the object are the endpoint's to check. The request's body is not
     /// read (a download has none).
-    pub async fn answer(&self, parts: http::request::Parts) -> http::Response<s3s::Body> {
+    pub async fn answer(&self, mut parts: http::request::Parts) -> http::Response<s3s::Body> {
+        // The browser's session cookie is the web UI's, not storage's: it is not
+        // passed on (nor logged by the endpoint at debug level).
+        parts.headers.remove(http::header::COOKIE);
         let req = http::Request::from_parts(parts, s3s::Body::empty());
         match self.0.call(req).await {
             Ok(mut resp) => {
