@@ -62,11 +62,27 @@ pub async fn close(
 ) -> AppResult<Response> {
     let confirm = confirm_of(&fields)?;
     let by = Requester { user_id: Some(org.user.id), email: Some(org.user.email.clone()), via: Via::Settings };
-    match super::close(&state, &org.org.slug, &confirm, None, &by).await {
-        Ok(_) => Ok(see_other(&routes::path(routes::ORG_CLOSE, &org.org.slug, None))),
+    let closing = super::find(&state.pool, &org.org.slug).await?.ok_or(AppError::NotFound)?;
+    close_and_answer(&ctx, &state, &closing, Side::Org, &confirm, &by).await
+}
+
+/// Closes `org` as `by` asked on the `side`'s page: back to that page, or the page
+/// again with a bad input's reason (400); other refusals are the usual answers.
+async fn close_and_answer(
+    ctx: &PageCtx,
+    state: &AppState,
+    org: &OrgClosing,
+    side: Side,
+    confirm: &str,
+    by: &Requester,
+) -> AppResult<Response> {
+    match super::close(state, &org.slug, confirm, None, by).await {
+        Ok(_) => {
+            let page = if side == Side::Org { routes::ORG_CLOSE } else { routes::PLATFORM_ORG_CLOSE };
+            Ok(see_other(&routes::path(page, &org.slug, None)))
+        }
         Err(e @ AppError::BadRequest(_)) => {
-            let closing = super::find(&state.pool, &org.org.slug).await?.ok_or(AppError::NotFound)?;
-            let body = view(&ctx, &state, &closing, Side::Org, Some(e.public_message())).await?;
+            let body = view(ctx, state, org, side, Some(e.public_message())).await?;
             Ok((StatusCode::BAD_REQUEST, body).into_response())
         }
         Err(e) => Err(e),
@@ -113,14 +129,7 @@ pub async fn platform_close(
     let org = platform_org(&state, &slug).await?;
     let confirm = confirm_of(&fields)?;
     let by = Requester { user_id: Some(user.id), email: Some(user.email.clone()), via: Via::Platform };
-    match super::close(&state, &org.slug, &confirm, None, &by).await {
-        Ok(_) => Ok(see_other(&routes::path(routes::PLATFORM_ORG_CLOSE, &org.slug, None))),
-        Err(e @ AppError::BadRequest(_)) => {
-            let body = view(&ctx, &state, &org, Side::Platform, Some(e.public_message())).await?;
-            Ok((StatusCode::BAD_REQUEST, body).into_response())
-        }
-        Err(e) => Err(e),
-    }
+    close_and_answer(&ctx, &state, &org, Side::Platform, &confirm, &by).await
 }
 
 /// POST /platform/orgs/{org}/reopen.
