@@ -774,3 +774,37 @@ impl FaultProxy {
         self.parts_passed.load(std::sync::atomic::Ordering::SeqCst)
     }
 }
+
+/// A private CA and a server certificate for 127.0.0.1 signed by it, written as
+/// `ca.pem`, `cert.pem` and `key.pem` into a fresh temporary directory (TLS tests of
+/// mail and storage).
+pub struct PrivateCa {
+    pub dir: PathBuf,
+    /// The server certificate and its PKCS#8 key, DER.
+    pub cert_der: Vec<u8>,
+    pub key_der: Vec<u8>,
+}
+
+impl PrivateCa {
+    pub fn new(prefix: &str) -> Self {
+        let ca_key = rcgen::KeyPair::generate().unwrap();
+        let mut ca_params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+        ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+        ca_params.distinguished_name.push(rcgen::DnType::CommonName, "Data Export test CA");
+        let ca = rcgen::CertifiedIssuer::self_signed(ca_params, ca_key).unwrap();
+        let server_key = rcgen::KeyPair::generate().unwrap();
+        let server_cert =
+            rcgen::CertificateParams::new(vec!["127.0.0.1".to_string()]).unwrap().signed_by(&server_key, &ca).unwrap();
+        let dir = std::env::temp_dir().join(format!("{prefix}-{}", ulid::Ulid::generate()));
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(dir.join("ca.pem"), ca.pem()).unwrap();
+        std::fs::write(dir.join("cert.pem"), server_cert.pem()).unwrap();
+        std::fs::write(dir.join("key.pem"), server_key.serialize_pem()).unwrap();
+        Self { dir, cert_der: server_cert.der().to_vec(), key_der: server_key.serialize_der() }
+    }
+
+    /// The path of one of its files, as a string.
+    pub fn path(&self, name: &str) -> String {
+        self.dir.join(name).to_str().unwrap().to_string()
+    }
+}

@@ -473,20 +473,8 @@ static TLS_IMPLICIT: OnceLock<MailSettings> = OnceLock::new();
 async fn mail_goes_over_starttls_with_a_password_and_over_implicit_tls_to_servers_of_a_private_ca() {
     let _ = rustls::crypto::ring::default_provider().install_default();
     // A private CA and the server's certificate for 127.0.0.1, signed by it.
-    let ca_key = rcgen::KeyPair::generate().unwrap();
-    let mut ca_params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
-    ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
-    ca_params.distinguished_name.push(rcgen::DnType::CommonName, "Data Export test CA");
-    let ca = rcgen::CertifiedIssuer::self_signed(ca_params, ca_key).unwrap();
-    let server_key = rcgen::KeyPair::generate().unwrap();
-    let server_cert =
-        rcgen::CertificateParams::new(vec!["127.0.0.1".to_string()]).unwrap().signed_by(&server_key, &ca).unwrap();
-    let dir = std::env::temp_dir().join(format!("dxtest-smtp-{}", ulid::Ulid::generate()));
-    std::fs::create_dir_all(&dir).unwrap();
-    let path = |name: &str| dir.join(name).to_str().unwrap().to_string();
-    std::fs::write(path("ca.pem"), ca.pem()).unwrap();
-    std::fs::write(path("cert.pem"), server_cert.pem()).unwrap();
-    std::fs::write(path("key.pem"), server_key.serialize_pem()).unwrap();
+    let ca = crate::helpers::PrivateCa::new("dxtest-smtp");
+    let path = |name: &str| ca.path(name);
 
     let inbox = Inbox::default();
     let port = inbox.serve(Some((path("cert.pem"), path("key.pem"))));
@@ -523,7 +511,12 @@ async fn mail_goes_over_starttls_with_a_password_and_over_implicit_tls_to_server
 
     // smtps://: TLS from the first byte, to a plain server behind a TLS front.
     let behind = Inbox::default();
-    let front = tls_front(&server_cert.pem(), &server_key.serialize_pem(), behind.serve(None)).await;
+    let front = tls_front(
+        &std::fs::read_to_string(path("cert.pem")).unwrap(),
+        &std::fs::read_to_string(path("key.pem")).unwrap(),
+        behind.serve(None),
+    )
+    .await;
     let url = format!("smtps://127.0.0.1:{front}");
     let settings = mail_settings(&[("SMTP_URL", &url), ("SMTP_CA_FILE", &path("ca.pem"))]).unwrap();
     assert_eq!(settings.smtp.as_ref().unwrap().security, SmtpSecurity::ImplicitTls);

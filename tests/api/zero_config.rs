@@ -218,18 +218,8 @@ async fn zero_config_download_links_work_through_the_public_address() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_storage_client_speaks_https_with_ring() {
     let _ = rustls::crypto::ring::default_provider().install_default();
-    let ca_key = rcgen::KeyPair::generate().unwrap();
-    let mut ca_params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
-    ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
-    ca_params.distinguished_name.push(rcgen::DnType::CommonName, "Data Export test CA");
-    let ca = rcgen::CertifiedIssuer::self_signed(ca_params, ca_key).unwrap();
-    let server_key = rcgen::KeyPair::generate().unwrap();
-    let server_cert =
-        rcgen::CertificateParams::new(vec!["127.0.0.1".to_string()]).unwrap().signed_by(&server_key, &ca).unwrap();
-    let dir = std::env::temp_dir().join(format!("dxtest-s3tls-{}", ulid::Ulid::generate()));
-    std::fs::create_dir_all(&dir).unwrap();
-    let ca_file = dir.join("ca.pem");
-    std::fs::write(&ca_file, ca.pem()).unwrap();
+    let ca = crate::helpers::PrivateCa::new("dxtest-s3tls");
+    let dir = ca.dir.clone();
 
     // TLS in front of an embedded endpoint: every connection is decrypted and passed on.
     let s3 =
@@ -238,8 +228,8 @@ async fn the_storage_client_speaks_https_with_ring() {
     let tls = rustls::ServerConfig::builder()
         .with_no_client_auth()
         .with_single_cert(
-            vec![server_cert.der().clone()],
-            rustls::pki_types::PrivateKeyDer::Pkcs8(server_key.serialize_der().into()),
+            vec![ca.cert_der.clone().into()],
+            rustls::pki_types::PrivateKeyDer::Pkcs8(ca.key_der.clone().into()),
         )
         .unwrap();
     let acceptor = tokio_rustls::TlsAcceptor::from(std::sync::Arc::new(tls));
@@ -262,7 +252,7 @@ async fn the_storage_client_speaks_https_with_ring() {
     let url = format!("{}/{name}", base.rsplit_once('/').unwrap().0);
     let settings = s3.settings();
     let endpoint = format!("https://127.0.0.1:{port}");
-    let ca_path = ca_file.display().to_string();
+    let ca_path = ca.path("ca.pem");
     let envs = |ca: Option<&str>| {
         let mut v = vec![
             ("DATABASE_URL", url.clone()),
